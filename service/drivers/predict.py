@@ -1,0 +1,139 @@
+"""predict / listen: feed what the client sends, return that step's outputs.
+
+Turns a Step message into the step tensors of the model contract (text or token ids for a
+language model, raw tensors for anything else), runs it through the scheduler, and turns the
+outputs into a StepResult: for language models, the top-k next tokens with their probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.api import statestream_pb2 as pb
+from service.contract import Manifest
+from service.drivers.vocabulary import vocabulary_of
+from service.errors import InvalidArgument, ResourceExhausted
+from service.sessions import Session
+from service.tensors import from_proto, to_proto
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class StepInputs:
+    """A decoded, validated step: tensors ``[K, *shape]`` by input name."""
+
+    arrays: Arrays
+    steps: int
+    token_ids: np.ndarray | None = None  # language models: the K input ids
+
+
+def logits_output(manifest: Manifest) -> str:
+    """The output holding a language model's next-token logits (``decoding.logits``, default "logits")."""
+    return str(manifest.decoding.get("logits", "logits"))
+
+
+def _token_input(manifest: Manifest) -> str:
+    inputs = manifest.inputs
+    if len(inputs) != 1 or inputs[0].shape != () or not inputs[0].dtype.startswith("int") or vocabulary_of(manifest) is None:
+        raise InvalidArgument(f"model {manifest.name!r} does not take text or token ids; send tensors")
+    return inputs[0].name
+
+
+def decode_step(manifest: Manifest, step: pb.Step, max_chunk: int) -> StepInputs:
+    """Validates a Step against the model; every problem is an InvalidArgument naming it."""
+    kind = step.WhichOneof("input")
+    if kind is None:
+        raise InvalidArgument("step has no input: set one of text, tokens or tensors")
+    if kind == "tensors":
+        inputs = _decode_tensors(manifest, step.tensors)
+    else:
+        name = _token_input(manifest)
+        vocab = vocabulary_of(manifest)
+        assert vocab is not None
+        if kind == "text":
+            ids = vocab.encode(step.text)
+        else:
+            ids = vocab.check_ids(np.asarray(step.tokens.ids, dtype=np.int64))
+        inputs = StepInputs({name: ids.astype(manifest.inputs[0].np_dtype, copy=False)}, len(ids), ids)
+    if inputs.steps == 0:
+        raise InvalidArgument("step is empty: it must carry at least one time step")
+    if inputs.steps > max_chunk:
+        raise ResourceExhausted("max_chunk", max_chunk, f"the step carries {inputs.steps} time steps")
+    return inputs
+
+
+def _decode_tensors(manifest: Manifest, tensors: pb.TensorInput) -> StepInputs:
+    given: Arrays = {}
+    for tensor in tensors.tensors:
+        if tensor.name in given:
+            raise InvalidArgument(f"tensor {tensor.name!r} is given twice")
+        given[tensor.name] = from_proto(tensor)
+    expected = {spec.name: spec for spec in manifest.inputs}
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise InvalidArgument(f"unknown input tensor(s) {unknown}; the model takes {sorted(expected)}")
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        raise InvalidArgument(f"missing input tensor(s) {missing}")
+    steps: int | None = None
+    for name, array in given.items():
+        spec = expected[name]
+        if array.dtype != np.dtype(spec.np_dtype):
+            raise InvalidArgument(f"tensor {name!r} has dtype {array.dtype.name}, the model takes {spec.dtype}")
+        if array.ndim != 1 + len(spec.shape) or tuple(array.shape[1:]) != spec.shape:
+            raise InvalidArgument(f"tensor {name!r} has shape {list(array.shape)}, the model takes [K, {', '.join(map(str, spec.shape))}]")
+        if steps is not None and array.shape[0] != steps:
+            raise InvalidArgument(f"tensor {name!r} has {array.shape[0]} time steps, another input has {steps}")
+        steps = array.shape[0]
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidArgument(f"tensor {name!r} holds NaN or Inf")
+    assert steps is not None
+    return StepInputs(given, steps)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, in float64 for exact top-k ordering."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def top_tokens(probs: np.ndarray, k: int, tokens: list[str]) -> list[pb.TokenProb]:
+    """The k most likely tokens, most likely first (ties broken by lower id)."""
+    k = min(k, probs.shape[-1])
+    candidates = np.argpartition(-probs, k - 1)[:k]
+    order = candidates[np.lexsort((candidates, -probs[candidates]))]
+    return [pb.TokenProb(id=int(i), token=tokens[i], prob=float(probs[i])) for i in order]
+
+
+def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:
+    """One StepOutput per time step (or only the last), as the session's options ask."""
+    manifest = session.runtime.model.manifest
+    vocab = vocabulary_of(manifest)
+    first = decoded.steps - 1 if step.last_only else 0
+    result = pb.StepResult(seq=step.seq)
+    logits = outputs.get(logits_output(manifest)) if vocab is not None else None
+    probs = softmax(logits[first:]) if logits is not None else None
+    for t in range(first, decoded.steps):
+        out = result.outputs.add()
+        if vocab is not None and decoded.token_ids is not None:
+            out.input = vocab.decode(int(decoded.token_ids[t]))
+        if probs is not None and vocab is not None and session.options.top_k:
+            out.top.extend(top_tokens(probs[t - first], session.options.top_k, vocab.tokens))
+        for name in session.options.return_tensors:
+            out.tensors.append(to_proto(name, outputs[name][t]))
+    return result
+
+
+async def run_step(session: Session, decoded: StepInputs) -> Arrays:
+    """Runs the step through the model's scheduler; the caller holds the session's lock."""
+    runtime = session.runtime
+    outputs = await runtime.scheduler.run(session.row, decoded.arrays, decoded.steps)
+    logits = outputs.get(logits_output(runtime.model.manifest))
+    if logits is not None:
+        # Kept so a later Generate with no prompt can continue from where the stream is.
+        session.scratch["last_logits"] = logits[-1].copy()
+    return outputs

@@ -1,0 +1,57 @@
+"""The server's errors, each carrying the gRPC status it maps to.
+
+The core raises these; the servicers turn them into an in-stream ``Error`` message (a bad
+request inside a live session) or into the RPC's status (a bad open, a broken stream). Keeping
+the code on the exception means the mapping lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StatestreamError(Exception):
+    """Base class: an error a client caused or must know about, with its status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(StatestreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(StatestreamError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(StatestreamError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(StatestreamError):
+    """A configured limit was reached; the message names the limit and its value."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: str, value: int | float, detail: str = "") -> None:
+        super().__init__(f"limit {limit}={value} reached" + (f": {detail}" if detail else ""))
+        self.limit = limit
+
+
+class Unavailable(StatestreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(StatestreamError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+def status_number(code: grpc.StatusCode) -> int:
+    """The canonical numeric code (google.rpc.Code) of a grpc.StatusCode."""
+    value = code.value[0]
+    assert isinstance(value, int)
+    return value

@@ -1,0 +1,57 @@
+"""A served model at run time: its loaded graph, its state slabs and its scheduler.
+
+The registry proves models; this module gives each one the moving parts that serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from service.metrics import Metrics
+from service.registry import LoadedModel, Registry
+from service.scheduler import Scheduler
+from service.settings import Settings
+from service.slabs import StateSlabs
+
+
+@dataclass
+class ModelRuntime:
+    model: LoadedModel
+    slabs: StateSlabs
+    scheduler: Scheduler
+
+    @classmethod
+    def build(cls, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelRuntime:
+        slabs = StateSlabs(model.manifest.state, settings.initial_capacity, settings.max_batch)
+        scheduler = Scheduler(
+            model, slabs, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
+            batching=settings.scheduler == "batched", metrics=metrics,
+        )
+        return cls(model, slabs, scheduler)
+
+    @property
+    def name(self) -> str:
+        return self.model.manifest.name
+
+
+class Runtimes:
+    """One ModelRuntime per loaded model, looked up like the registry."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+        self.registry = registry
+        self._by_key = {m.key: ModelRuntime.build(m, settings, metrics) for m in registry}
+
+    def get(self, name: str, version: str = "") -> ModelRuntime:
+        return self._by_key[self.registry.get(name, version).key]
+
+    def __iter__(self) -> Iterator[ModelRuntime]:
+        return iter(self._by_key.values())
+
+    def start(self) -> None:
+        for runtime in self._by_key.values():
+            runtime.scheduler.start()
+
+    async def stop(self) -> None:
+        for runtime in self._by_key.values():
+            await runtime.scheduler.stop()

@@ -1,0 +1,131 @@
+"""serve(): build the server, add servicers, health and reflection, bind, start, drain.
+
+The order is always the same: load and prove the models, build the runtimes and the session
+store, add the servicers, health and reflection, bind, start. On SIGTERM (or ``drain()``) the
+server drains: health goes NOT_SERVING, new sessions are refused with UNAVAILABLE, in-flight
+steps finish and are answered within ``grace_s``, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api import statestream_pb2 as pb
+from service.auth import Authenticator
+from service.metrics import Metrics
+from service.registry import Registry
+from service.runtime import Runtimes
+from service.servicers.models import ModelServicer
+from service.servicers.sessions import SessionServicer
+from service.servicers.wire import add_servicer
+from service.sessions import SessionStore
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("ModelService", "SessionService")
+
+
+def _full_name(service: str) -> str:
+    return pb.DESCRIPTOR.services_by_name[service].full_name
+
+
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", *(_full_name(s) for s in SERVICES)):
+        await servicer.set(name, status)
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class Server:
+    """A running statestream server."""
+
+    settings: Settings
+    grpc_server: grpc.aio.Server
+    store: SessionStore
+    runtimes: Runtimes
+    health: health.aio.HealthServicer
+    metrics: Metrics
+    port: int
+    _sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings, auth: Authenticator | None = None) -> Server:
+        metrics = Metrics()
+        registry = Registry.from_folder(settings.models_dir, settings)
+        runtimes = Runtimes(registry, settings, metrics)
+        store = SessionStore(runtimes, settings, metrics)
+        auth = auth or Authenticator()
+
+        server = grpc.aio.server(options=grpc_options(settings))
+        add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
+        add_servicer(server, "SessionService", SessionServicer(store, settings, metrics, auth))
+        health_servicer = add_health(server)
+        reflection.enable_server_reflection(
+            (*(_full_name(s) for s in SERVICES), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(settings.target)
+        if port == 0:
+            raise OSError(f"cannot bind {settings.target}")
+        runtimes.start()
+        await server.start()
+        await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_port:
+            metrics.serve_http(settings.metrics_port, settings.host)
+        running = cls(settings, server, store, runtimes, health_servicer, metrics, port)
+        running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
+        log.info(
+            "serving %d model(s) on %s:%d (scheduler %s, max batch %d)",
+            len(registry), settings.host, port, settings.scheduler, settings.max_batch,
+        )
+        return running
+
+    async def drain(self) -> None:
+        """Stops taking sessions, lets in-flight requests finish within the grace time, stops."""
+        log.info("draining: no new sessions, %.1fs for in-flight steps", self.settings.grace_s)
+        self.store.accepting = False
+        await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.stop(self.settings.grace_s)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.grpc_server.stop(grace_s)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.runtimes.stop()
+
+    async def wait(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT, then drains."""
+    server = await Server.start(settings)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"statestream listening on {settings.host}:{server.port}", flush=True)
+    await stopping.wait()
+    await server.drain()

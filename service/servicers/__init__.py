@@ -1,0 +1,1 @@
+"""gRPC servicers: the statestream.v1 services, and the wiring that registers them."""

@@ -1,0 +1,54 @@
+"""statestream.v1.ModelService: what is served, and the tensors of each model's contract."""
+
+from __future__ import annotations
+
+import grpc
+
+from service.api import statestream_pb2 as pb
+from service.auth import Authenticator
+from service.drivers.vocabulary import vocabulary_of
+from service.errors import InvalidArgument, StatestreamError
+from service.runtime import ModelRuntime, Runtimes
+from service.servicers.wire import Malformed
+from service.tensors import proto_dtype
+
+
+def model_info(runtime: ModelRuntime) -> pb.ModelInfo:
+    manifest = runtime.model.manifest
+    vocab = vocabulary_of(manifest)
+    return pb.ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        task=manifest.task,
+        description=manifest.description,
+        inputs=[pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.inputs],
+        outputs=[pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.outputs],
+        state=[pb.TensorInfo(name=s.input, dtype=proto_dtype(s.dtype), shape=s.shape, doc=s.doc) for s in manifest.state],
+        state_bytes=manifest.state_bytes,
+        vocabulary_size=len(vocab) if vocab is not None else 0,
+        scores=manifest.scores,
+        active_sessions=runtime.slabs.rows_in_use,
+    )
+
+
+class ModelServicer:
+    def __init__(self, runtimes: Runtimes, auth: Authenticator) -> None:
+        self.runtimes = runtimes
+        self.auth = auth
+
+    async def ListModels(self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        try:
+            self.auth.caller(context)
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+        return pb.ListModelsResponse(models=[model_info(r) for r in self.runtimes])
+
+    async def GetModel(self, request: pb.GetModelRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        try:
+            self.auth.caller(context)
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.reason)
+            return model_info(self.runtimes.get(request.name, request.version))
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises

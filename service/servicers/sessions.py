@@ -1,0 +1,258 @@
+"""statestream.v1.SessionService: sessions over bidirectional streams, multiplexing, unary open/close.
+
+Each Session stream is one task that reads requests in order; a request is answered before the
+next is read, which is what "applied exactly once, in order" needs. Errors about one request are
+answered in the stream (the session is unchanged); only a protocol error before the session is
+open ends the stream with a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from service.api import statestream_pb2 as pb
+from service.auth import Authenticator
+from service.drivers.generate import check_generate, generate, resolve_seed
+from service.drivers.predict import build_result, decode_step, run_step
+from service.drivers.vocabulary import vocabulary_of
+from service.errors import FailedPrecondition, InvalidArgument, StatestreamError, Unavailable, status_number
+from service.metrics import Metrics
+from service.servicers.wire import Malformed
+from service.sessions import ResolvedOptions, SeqCheck, Session, SessionStore
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def error_message(seq: int, error: StatestreamError) -> pb.Error:
+    return pb.Error(seq=seq, code=status_number(error.code), code_name=error.code.name, message=error.message)
+
+
+def resolve_options(session_model: str, options: pb.SessionOptions, store: SessionStore, version: str) -> ResolvedOptions:
+    """Fills in defaults and checks the options against the model before a session exists."""
+    manifest = store.runtimes.get(session_model, version).model.manifest
+    vocab = vocabulary_of(manifest)
+    top_k = options.top_k or 5
+    if vocab is not None and top_k > len(vocab):
+        raise InvalidArgument(f"top_k {top_k} exceeds the vocabulary size {len(vocab)}")
+    outputs = {t.name for t in manifest.outputs}
+    unknown = sorted(set(options.return_tensors) - outputs)
+    if unknown:
+        raise InvalidArgument(f"return_tensors names unknown output(s) {unknown}; the model has {sorted(outputs)}")
+    return ResolvedOptions(top_k=top_k if vocab is not None else 0, return_tensors=tuple(options.return_tensors))
+
+
+class SessionServicer:
+    def __init__(self, store: SessionStore, settings: Settings, metrics: Metrics, auth: Authenticator) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.auth = auth
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open(self, request: pb.OpenSession, caller: str) -> Session:
+        if not self.store.accepting:
+            raise Unavailable("the server is draining and opens no new sessions")
+        if not request.model:
+            raise InvalidArgument("open: model is required")
+        options = resolve_options(request.model, request.options, self.store, request.version)
+        return self.store.open(request.model, request.version, caller, options)
+
+    @staticmethod
+    def _opened(session: Session) -> pb.SessionOpened:
+        manifest = session.runtime.model.manifest
+        return pb.SessionOpened(
+            session_id=session.id, model=manifest.name, version=manifest.version,
+            last_applied_seq=session.last_seq, state_bytes=manifest.state_bytes,
+        )
+
+    async def _guard(self, context: grpc.aio.ServicerContext, action: Callable[[], Awaitable[T]]) -> T:
+        """Runs a unary action; a StatestreamError becomes the call's status."""
+        try:
+            return await action()
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    async def CreateSession(self, request: pb.OpenSession | Malformed, context: grpc.aio.ServicerContext) -> pb.SessionOpened:
+        async def create() -> pb.SessionOpened:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.reason)
+            return self._opened(self._open(request, self.auth.caller(context)))
+
+        return await self._guard(context, create)
+
+    async def CloseSession(self, request: pb.CloseSessionRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.CloseSessionResponse:
+        async def close() -> pb.CloseSessionResponse:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.reason)
+            session = self.store.get(request.session_id, self.auth.caller(context))
+            await self.store.close(session)
+            return pb.CloseSessionResponse(last_applied_seq=session.last_seq)
+
+        return await self._guard(context, close)
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SessionResponse]:
+        try:
+            caller = self.auth.caller(context)
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+        stream = object()  # identifies this stream as the session's holder
+        session: Session | None = None
+        try:
+            async for request in requests:
+                if session is None:
+                    session = await self._first(request, caller, stream, context)
+                    yield pb.SessionResponse(opened=self._opened(session))
+                    continue
+                if session.stream is not stream:
+                    yield pb.SessionResponse(error=error_message(0, FailedPrecondition(
+                        "another stream has attached this session; this stream no longer holds it")))
+                    return
+                async for response in self._handle(session, request):
+                    yield response
+                if session.closed:
+                    return
+        finally:
+            if session is not None and not session.closed:
+                self.store.detach(session, stream)
+
+    async def _first(self, request: pb.SessionRequest | Malformed, caller: str, stream: object,
+                     context: grpc.aio.ServicerContext) -> Session:
+        """The first message must open or attach; anything else ends the stream."""
+        try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.reason)
+            kind = request.WhichOneof("request")
+            if kind == "open":
+                session = self._open(request.open, caller)
+            elif kind == "attach":
+                session = self.store.get(request.attach.session_id, caller)
+            else:
+                raise InvalidArgument(f"the first message must be open or attach, got {kind or 'an empty message'}")
+        except StatestreamError as exc:
+            self.metrics.failures.labels("", exc.code.name).inc()
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+        self.store.attach(session, stream)
+        return session
+
+    async def _handle(self, session: Session, request: pb.SessionRequest | Malformed) -> AsyncIterator[pb.SessionResponse]:
+        """Answers one request of an open session; its errors stay in the stream."""
+        name = session.runtime.name
+        kind = "malformed" if isinstance(request, Malformed) else (request.WhichOneof("request") or "empty")
+        self.metrics.requests.labels(name, kind).inc()
+        try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.reason)
+            if kind == "step":
+                yield pb.SessionResponse(result=await self.step(session, request.step))
+            elif kind == "generate":
+                async for response in self._generate(session, request.generate):
+                    yield response
+            elif kind == "close":
+                await self.store.close(session)
+                yield pb.SessionResponse(closed=pb.Closed(session_id=session.id, last_applied_seq=session.last_seq))
+            elif kind in ("open", "attach"):
+                raise InvalidArgument(f"{kind}: this stream already holds session {session.id[:8]}…; open another stream")
+            else:
+                raise InvalidArgument("empty message: set one of step, generate or close")
+        except StatestreamError as exc:
+            self.metrics.failures.labels(name, exc.code.name).inc()
+            yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
+
+    async def step(self, session: Session, step: pb.Step) -> pb.StepResult:
+        """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate."""
+        async with session.lock:
+            if session.closed:
+                raise FailedPrecondition("the session is closed")
+            if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
+                return _duplicate_result(session, step.seq)
+            decoded = decode_step(session.runtime.model.manifest, step, self.settings.max_chunk)
+            outputs = await run_step(session, decoded)
+            result = build_result(session, step, decoded, outputs)
+            session.record(step.seq, result, self.settings.reply_cache)
+            return result
+
+    async def _generate(self, session: Session, request: pb.Generate) -> AsyncIterator[pb.SessionResponse]:
+        async with session.lock:
+            if session.check_seq(request.seq) is SeqCheck.DUPLICATE:
+                yield pb.SessionResponse(generated=pb.GenerateDone(seq=request.seq, duplicate=True))
+                return
+            sampler = check_generate(session, request, self.settings.max_generate_tokens)
+            if len(request.prompt) > self.settings.max_chunk:
+                raise InvalidArgument(f"prompt of {len(request.prompt)} characters exceeds max_chunk {self.settings.max_chunk}")
+            seed = resolve_seed(request)
+            saved_state = session.runtime.slabs.read_row(session.row)
+            saved_scratch = dict(session.scratch)
+            text: list[str] = []
+            try:
+                async for token in generate(session, request, sampler, seed):
+                    text.append(token.text)
+                    yield pb.SessionResponse(token=token)
+            except BaseException:
+                # Not finished (the stream broke, or the server stops): undo, so the seq stays unapplied.
+                session.runtime.slabs.write_row(session.row, saved_state)
+                session.scratch = saved_scratch
+                raise
+            done = pb.GenerateDone(seq=request.seq, tokens=len(text), seed=seed, text="".join(text))
+            session.record(request.seq, None, 0)
+            yield pb.SessionResponse(generated=done)
+
+    # -- multiplexing ----------------------------------------------------------------------
+
+    async def Multiplex(
+        self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MultiplexResponse]:
+        try:
+            caller = self.auth.caller(context)
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+        async for request in requests:
+            if isinstance(request, Malformed):
+                yield pb.MultiplexResponse(results=[pb.SessionStepResult(
+                    error=error_message(0, InvalidArgument(request.reason)))])
+                continue
+            outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
+            yield pb.MultiplexResponse(results=outcomes)
+
+    async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
+        try:
+            session = self.store.get(entry.session_id, caller)
+            self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
+            result = await self.step(session, entry.step)
+        except StatestreamError as exc:
+            return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
+        return pb.SessionStepResult(session_id=entry.session_id, result=result)
+
+
+def _duplicate_result(session: Session, seq: int) -> pb.StepResult:
+    cached = session.cached_reply(seq)
+    result = pb.StepResult(seq=seq, duplicate=True)
+    if cached is not None:
+        result.outputs.extend(cached.outputs)
+    return result
+
+
+def _seq_of(request: pb.SessionRequest | Malformed) -> int:
+    if isinstance(request, Malformed):
+        return 0
+    kind = request.WhichOneof("request")
+    if kind == "step":
+        return int(request.step.seq)
+    if kind == "generate":
+        return int(request.generate.seq)
+    return 0

@@ -1,0 +1,59 @@
+"""Registers servicers with request decoding that never raises.
+
+grpc's own generated registration decodes each request with ``FromString``; a message that does
+not parse then ends the call with INTERNAL before the servicer sees it. Here a request that does
+not parse reaches the servicer as a ``Malformed`` value instead, so the servicer can answer
+INVALID_ARGUMENT in the stream and keep the session going.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from service.api import statestream_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes are not a valid message of the expected type."""
+
+    reason: str
+
+
+def _safe_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, ValueError, RecursionError) as exc:
+            return Malformed(f"cannot decode {message_type.DESCRIPTOR.name} ({len(data)} bytes): {exc}")
+
+    return parse
+
+
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any) -> None:
+    """Registers every method of ``statestream.v1.<service_name>`` from the proto's descriptor."""
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=_safe_parser(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -1,0 +1,179 @@
+"""The session store: ids, owners, sequence numbers, limits and lifetimes.
+
+A session is data: a row in its model's state slabs plus a few counters. The rule that makes
+resume safe lives here: a state-changing request carries ``seq``; ``seq == last + 1`` is
+applied, ``seq <= last`` is a duplicate and is *not* applied again (its cached answer is
+returned while the session still holds it), and a gap is refused. A step applied twice would
+corrupt the hidden state silently, so nothing else in the server decides this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from service.errors import FailedPrecondition, NotFound, ResourceExhausted
+from service.metrics import Metrics
+from service.runtime import ModelRuntime, Runtimes
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSION_ID_BYTES = 24  # 192 random bits
+
+
+class SeqCheck(Enum):
+    APPLY = "apply"
+    DUPLICATE = "duplicate"
+
+
+@dataclass
+class ResolvedOptions:
+    """Session options with their defaults filled in and checked against the model."""
+
+    top_k: int = 5
+    return_tensors: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    runtime: ModelRuntime
+    row: int
+    owner: str
+    options: ResolvedOptions
+    last_seq: int = 0
+    replies: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    # Driver data that must survive between requests: a language model's last logits.
+    scratch: dict[str, np.ndarray] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stream: object | None = None  # the stream attached now, if any
+    last_used: float = field(default_factory=time.monotonic)
+    detached_at: float | None = None
+    closed: bool = False
+
+    def check_seq(self, seq: int) -> SeqCheck:
+        """Decides whether a request with ``seq`` is applied; raises on a gap or a missing seq."""
+        if seq < 1:
+            raise FailedPrecondition(f"seq must be >= 1 (the next expected is {self.last_seq + 1})")
+        if seq <= self.last_seq:
+            return SeqCheck.DUPLICATE
+        if seq != self.last_seq + 1:
+            raise FailedPrecondition(
+                f"seq {seq} skips ahead: the last applied is {self.last_seq}, the next expected is {self.last_seq + 1}"
+            )
+        return SeqCheck.APPLY
+
+    def record(self, seq: int, reply: Any, keep: int) -> None:
+        """Marks ``seq`` applied and keeps its answer for a resending client."""
+        self.last_seq = seq
+        self.last_used = time.monotonic()
+        if keep:
+            self.replies[seq] = reply
+            while len(self.replies) > keep:
+                self.replies.popitem(last=False)
+
+    def cached_reply(self, seq: int) -> Any | None:
+        return self.replies.get(seq)
+
+
+class SessionStore:
+    """All open sessions of the server, with the limits that protect it."""
+
+    def __init__(self, runtimes: Runtimes, settings: Settings, metrics: Metrics) -> None:
+        self.runtimes = runtimes
+        self.settings = settings
+        self.metrics = metrics
+        self._sessions: dict[str, Session] = {}
+        self._per_owner: dict[str, int] = {}
+        self.accepting = True
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def count(self, runtime: ModelRuntime) -> int:
+        return runtime.slabs.rows_in_use
+
+    def open(self, model: str, version: str, owner: str, options: ResolvedOptions) -> Session:
+        runtime = self.runtimes.get(model, version)
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise ResourceExhausted("max_sessions", self.settings.max_sessions, "the server holds its most sessions")
+        if self._per_owner.get(owner, 0) >= self.settings.max_sessions_per_caller:
+            raise ResourceExhausted(
+                "max_sessions_per_caller", self.settings.max_sessions_per_caller, "this caller holds its most sessions"
+            )
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        session = Session(session_id, runtime, runtime.slabs.allocate(), owner, options)
+        self._sessions[session_id] = session
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        self.metrics.active_sessions.labels(runtime.name).inc()
+        self.metrics.state_bytes.labels(runtime.name).set(runtime.slabs.nbytes)
+        return session
+
+    def get(self, session_id: str, owner: str) -> Session:
+        """The caller's session; another caller's session is reported as not found."""
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != owner or session.closed:
+            raise NotFound("no such session (it was closed, expired, or never existed)")
+        return session
+
+    async def close(self, session: Session, reason: str = "closed") -> None:
+        """Frees the session's row once its in-flight step (if any) has finished."""
+        if session.closed:
+            return
+        session.closed = True
+        async with session.lock:
+            self._sessions.pop(session.id, None)
+            remaining = self._per_owner.get(session.owner, 1) - 1
+            if remaining:
+                self._per_owner[session.owner] = remaining
+            else:
+                self._per_owner.pop(session.owner, None)
+            session.runtime.slabs.release(session.row)
+            name = session.runtime.name
+            self.metrics.active_sessions.labels(name).dec()
+            if reason != "closed":
+                self.metrics.evictions.labels(name, reason).inc()
+                log.info("session evicted", extra={"model": name, "reason": reason})
+
+    def attach(self, session: Session, stream: object) -> None:
+        session.stream = stream
+        session.detached_at = None
+        session.last_used = time.monotonic()
+
+    def detach(self, session: Session, stream: object) -> None:
+        """The stream ended without close: keep the session for resume until the detach TTL."""
+        if session.stream is stream:
+            session.stream = None
+            session.detached_at = time.monotonic()
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Closes sessions past their detach TTL or idle timeout; returns how many."""
+        now = time.monotonic() if now is None else now
+        expired: list[tuple[Session, str]] = []
+        for session in self:
+            if session.detached_at is not None and now - session.detached_at >= self.settings.detach_ttl_s:
+                expired.append((session, "detach_ttl"))
+            elif session.stream is None and now - session.last_used >= self.settings.idle_timeout_s:
+                expired.append((session, "idle_timeout"))
+        for session, reason in expired:
+            await self.close(session, reason)
+        return len(expired)
+
+    async def run_sweeper(self) -> None:
+        interval = max(0.05, min(self.settings.detach_ttl_s, self.settings.idle_timeout_s, 5.0) / 4)
+        while True:
+            await asyncio.sleep(interval)
+            await self.sweep()

@@ -1,0 +1,127 @@
+"""Flags and environment variables → one typed, frozen settings object.
+
+This is the only module that reads the environment. Every option has a flag (``--max-chunk``)
+and an environment variable (``STATESTREAM_MAX_CHUNK``); a flag given on the command line wins
+over the variable, which wins over the default. The resolved object is handed down to every
+part of the server, so what the server runs with can be logged and inspected in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STATESTREAM_"
+SCHEDULERS = ("batched", "none")
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with. Defaults are the documented defaults."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)"})
+    models_dir: Path = field(default=Path("models"), metadata={"help": "folder of model folders"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
+
+    scheduler: str = field(default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"})
+    max_batch: int = field(default=256, metadata={"help": "most session-steps in one ORT call"})
+    max_delay_ms: float = field(default=0.0, metadata={"help": "wait up to this long for a batch to fill (0: run at once)"})
+    ort_intra_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per model"})
+    ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
+    provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
+
+    initial_capacity: int = field(default=64, metadata={"help": "state slab rows preallocated per model"})
+    max_sessions: int = field(default=100_000, metadata={"help": "open sessions in the whole server"})
+    max_sessions_per_caller: int = field(default=10_000, metadata={"help": "open sessions one caller may hold"})
+    detach_ttl_s: float = field(default=300.0, metadata={"help": "how long a session outlives its stream, for resume"})
+    idle_timeout_s: float = field(default=3600.0, metadata={"help": "a session unused this long is closed"})
+    max_chunk: int = field(default=4096, metadata={"help": "most time steps in one Step message"})
+    max_generate_tokens: int = field(default=4096, metadata={"help": "most tokens one Generate may ask for"})
+    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
+    max_streams: int = field(default=10_000, metadata={"help": "concurrent streams the server accepts"})
+    reply_cache: int = field(default=8, metadata={"help": "answers kept per session to re-send to a resuming client"})
+
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
+    grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        for name in ("max_batch", "ort_intra_threads", "initial_capacity", "max_sessions",
+                     "max_sessions_per_caller", "max_chunk", "max_generate_tokens", "max_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(kind: Any) -> Any:
+    return {"int": int, "float": float, "str": str, "Path": Path, "bool": _parse_bool}[
+        kind if isinstance(kind, str) else kind.__name__
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per settings field, defaulting to "not given" so env vars can fill in."""
+    for f in fields(Settings):
+        kind = _converter(f.type)
+        if kind is _parse_bool:
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()})")
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, type=kind,
+                                help=f"{f.metadata.get('help', '')} (default {f.default}; env {ENV_PREFIX}{f.name.upper()})")
+
+
+def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags beat environment variables, which beat defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+            continue
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            try:
+                values[f.name] = _converter(f.type)(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+    return Settings(**values)
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="statestream serve")
+    add_arguments(parser)
+    return from_namespace(parser.parse_args(list(argv)), environ)

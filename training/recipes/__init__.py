@@ -1,0 +1,119 @@
+"""Recipes: one TOML file per shipped model, read into small frozen dataclasses.
+
+A recipe is the whole answer to "how was this model made": the network's size, the loop's
+settings and where the run writes. Loading is strict: an unknown key (a typo such as
+``hiden``) is an error that names it, never a silently ignored setting, and every value must
+have its field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from training.loops import LoopConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be read into its dataclass; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CharLSTMConfig:
+    """The ``[model]`` table of a character-LSTM recipe (see ``training.nets.CharLSTM``)."""
+
+    embed: int
+    hidden: int
+    layers: int
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class CharLMRecipe:
+    """A character language model: which net, and how to train it."""
+
+    name: str
+    model: CharLSTMConfig
+    train: LoopConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def recipe_path(model_name: str) -> Path:
+    """The shipped recipe of a model: ``training/recipes/<name>.toml``."""
+    return RECIPES_DIR / f"{model_name}.toml"
+
+
+def load_recipe(path: Path) -> CharLMRecipe:
+    """Read a recipe file; unknown or missing keys and wrongly typed values are RecipeErrors."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    return from_table(CharLMRecipe, data, where=str(path))
+
+
+def from_table(cls: type[T], table: Mapping[str, Any], *, where: str) -> T:
+    """Build the frozen dataclass ``cls`` from a TOML table, checking keys and types.
+
+    Nested dataclass fields are read from sub-tables; ``int`` fields take integers only,
+    ``float`` fields integers or floats (TOML writes ``1`` for ``1.0`` often enough).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {', '.join(repr(k) for k in unknown)} (known keys: {sorted(known)})")
+    missing = sorted(
+        name for name, f in known.items()
+        if name not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise RecipeError(f"{where}: missing key {', '.join(repr(k) for k in missing)}")
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        values[name] = _typed(hints[name], value, where=f"{where}: {name}")
+    try:
+        return cls(**values)
+    except ValueError as exc:  # the dataclass's own range checks
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def _typed(hint: Any, value: Any, *, where: str) -> Any:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} must be a table")
+        return from_table(hint, value, where=where)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} must be a string, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} must be true or false, got {value!r}")
+        return value
+    raise TypeError(f"{where}: recipes do not support fields of type {hint!r}")  # a programming error
+
+
+__all__ = ["CharLMRecipe", "CharLSTMConfig", "RecipeError", "from_table", "load_recipe", "recipe_path"]
