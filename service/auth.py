@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -37,7 +38,7 @@ class Authenticator:
     def __init__(self, tokens: dict[str, str] | None = None) -> None:
         self.tokens = tokens
 
-    def caller(self, context: grpc.aio.ServicerContext) -> str:
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if self.tokens is None:
             return ANONYMOUS
         header = ""

@@ -49,7 +49,11 @@ def _training(command: str, argv: Sequence[str]) -> int:
     except ImportError as exc:
         print(f"statestream {command} needs the training extra: pip install -e '.[train]' ({exc})", file=sys.stderr)
         return 2
-    handlers = {"train": training_cli.train_command, "export": training_cli.export_command, "eval": training_cli.eval_command}
+    handlers = {
+        "train": training_cli.train_command,
+        "export": training_cli.export_command,
+        "eval": training_cli.eval_command,
+    }
     return int(handlers[command](list(argv)))
 
 

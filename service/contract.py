@@ -52,9 +52,7 @@ class ContractError(ValueError):
 def check_model_name(name: str) -> str:
     """Refuse names that could escape the model folder or break a metric label."""
     if not MODEL_NAME_RE.match(name) or ".." in name:
-        raise ContractError(
-            f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit"
-        )
+        raise ContractError(f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit")
     return name
 
 
@@ -92,7 +90,9 @@ class TensorSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         _strict("tensor", data, ("name", "dtype", "shape", "doc"), ("name", "dtype", "shape"))
         where = f"tensor {data['name']!r}"
-        return cls(str(data["name"]), _dtype(data["dtype"], where), _shape(data["shape"], where), str(data.get("doc", "")))
+        return cls(
+            str(data["name"]), _dtype(data["dtype"], where), _shape(data["shape"], where), str(data.get("doc", ""))
+        )
 
     @property
     def np_dtype(self) -> type[np.generic]:
@@ -117,14 +117,20 @@ class StateSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StateSpec:
-        _strict("state", data, ("input", "output", "dtype", "shape", "init", "doc"), ("input", "output", "dtype", "shape"))
+        _strict(
+            "state", data, ("input", "output", "dtype", "shape", "init", "doc"), ("input", "output", "dtype", "shape")
+        )
         where = f"state {data['input']!r}"
         init = str(data.get("init", "zeros"))
         if init not in STATE_INITS:
             raise ContractError(f"{where}: init {init!r} is not one of {STATE_INITS}")
         return cls(
-            str(data["input"]), str(data["output"]), _dtype(data["dtype"], where),
-            _shape(data["shape"], where), init, str(data.get("doc", "")),
+            str(data["input"]),
+            str(data["output"]),
+            _dtype(data["dtype"], where),
+            _shape(data["shape"], where),
+            init,
+            str(data.get("doc", "")),
         )
 
     @property
@@ -175,8 +181,19 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     KEYS = (
-        "schema_version", "name", "version", "task", "description", "step_graph", "inputs",
-        "outputs", "state", "golden", "decoding", "training", "scores",
+        "schema_version",
+        "name",
+        "version",
+        "task",
+        "description",
+        "step_graph",
+        "inputs",
+        "outputs",
+        "state",
+        "golden",
+        "decoding",
+        "training",
+        "scores",
     )
     REQUIRED = ("schema_version", "name", "version", "task", "step_graph", "inputs", "outputs", "state", "golden")
 
@@ -287,9 +304,7 @@ def check_graph(manifest: Manifest, session: onnxruntime.InferenceSession) -> No
         expected_out[s.output] = (s.dtype, s.shape, 1)
     for kind, graph, expected in (("input", graph_inputs, expected_in), ("output", graph_outputs, expected_out)):
         if set(graph) != set(expected):
-            raise ContractError(
-                f"graph {kind}s {sorted(graph)} differ from the manifest's {sorted(expected)}"
-            )
+            raise ContractError(f"graph {kind}s {sorted(graph)} differ from the manifest's {sorted(expected)}")
         for name, (dtype, shape, leading) in expected.items():
             arg = graph[name]
             if arg.type != ORT_TYPES[dtype]:
@@ -303,7 +318,9 @@ def check_graph(manifest: Manifest, session: onnxruntime.InferenceSession) -> No
                 raise ContractError(f"graph {kind} {name!r}: the batch axis must be dynamic, it is fixed at {dims[0]}")
             for got, want in zip(dims[leading:], shape, strict=True):
                 if isinstance(got, int) and got != want:
-                    raise ContractError(f"graph {kind} {name!r} has shape {dims}, the manifest says [batch, ..., {list(shape)}]")
+                    raise ContractError(
+                        f"graph {kind} {name!r} has shape {dims}, the manifest says [batch, ..., {list(shape)}]"
+                    )
 
 
 def replay_golden(manifest: Manifest, session: onnxruntime.InferenceSession) -> float:
@@ -332,7 +349,5 @@ def replay_golden(manifest: Manifest, session: onnxruntime.InferenceSession) -> 
             worst = max(worst, err)
         state = {s.input: results[s.output] for s in manifest.state}
     if worst > manifest.golden.tolerance:
-        raise ContractError(
-            f"golden trace mismatch: max |diff| {worst:.3g} > tolerance {manifest.golden.tolerance:g}"
-        )
+        raise ContractError(f"golden trace mismatch: max |diff| {worst:.3g} > tolerance {manifest.golden.tolerance:g}")
     return worst

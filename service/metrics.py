@@ -17,17 +17,31 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("statestream_requests", "Session requests received", ["model", "kind"], registry=r)
-        self.failures = Counter("statestream_failures", "Requests answered with an error", ["model", "code"], registry=r)
+        self.failures = Counter(
+            "statestream_failures", "Requests answered with an error", ["model", "code"], registry=r
+        )
         self.steps = Counter("statestream_steps", "Time steps computed", ["model"], registry=r)
-        self.batch_size = Histogram("statestream_batch_size", "Session-steps per ONNX Runtime call", ["model"],
-                                    buckets=_BATCH_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("statestream_queue_seconds", "Time a step waited for its batch", ["model"],
-                                       buckets=_TIME_BUCKETS, registry=r)
-        self.compute_seconds = Histogram("statestream_compute_seconds", "ONNX Runtime time per call", ["model"],
-                                         buckets=_TIME_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "statestream_batch_size",
+            "Session-steps per ONNX Runtime call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "statestream_queue_seconds",
+            "Time a step waited for its batch",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "statestream_compute_seconds", "ONNX Runtime time per call", ["model"], buckets=_TIME_BUCKETS, registry=r
+        )
         self.active_sessions = Gauge("statestream_active_sessions", "Open sessions", ["model"], registry=r)
-        self.evictions = Counter("statestream_evictions", "Sessions closed by the server", ["model", "reason"],
-                                 registry=r)
+        self.evictions = Counter(
+            "statestream_evictions", "Sessions closed by the server", ["model", "reason"], registry=r
+        )
         self.state_bytes = Gauge("statestream_state_bytes", "Bytes of state slabs allocated", ["model"], registry=r)
 
     def exposition(self) -> bytes:

@@ -122,7 +122,11 @@ class Registry:
                 continue
             log.info(
                 "loaded model %s version %s from %s on %s (golden max diff %.2e, state %d bytes/session)",
-                model.manifest.name, model.manifest.version, folder, model.provider, model.golden_error,
+                model.manifest.name,
+                model.manifest.version,
+                folder,
+                model.provider,
+                model.golden_error,
                 model.manifest.state_bytes,
             )
             models.append(model)

@@ -25,8 +25,12 @@ class ModelRuntime:
     def build(cls, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelRuntime:
         slabs = StateSlabs(model.manifest.state, settings.initial_capacity, settings.max_batch)
         scheduler = Scheduler(
-            model, slabs, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
-            batching=settings.scheduler == "batched", metrics=metrics,
+            model,
+            slabs,
+            max_batch=settings.max_batch,
+            max_delay_ms=settings.max_delay_ms,
+            batching=settings.scheduler == "batched",
+            metrics=metrics,
         )
         return cls(model, slabs, scheduler)
 

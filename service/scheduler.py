@@ -23,6 +23,7 @@ A failed call fails every step of its batch and writes no state, so a session is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,14 @@ class Scheduler:
     """Runs the steps of one model's sessions, batched across sessions."""
 
     def __init__(
-        self, model: LoadedModel, slabs: StateSlabs, *, max_batch: int, max_delay_ms: float,
-        batching: bool, metrics: Metrics,
+        self,
+        model: LoadedModel,
+        slabs: StateSlabs,
+        *,
+        max_batch: int,
+        max_delay_ms: float,
+        batching: bool,
+        metrics: Metrics,
     ) -> None:
         self.model = model
         self.slabs = slabs
@@ -76,15 +83,15 @@ class Scheduler:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler-{self.model.manifest.name}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"scheduler-{self.model.manifest.name}"
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._executor.shutdown(wait=True)
 
@@ -160,7 +167,7 @@ class Scheduler:
         self._m_queue.observe(time.perf_counter() - job.enqueued)
         try:
             outputs = self._run_direct(job.row, job.inputs)
-        except Exception as exc:  # noqa: BLE001 - the waiting step must hear of the failure
+        except Exception as exc:
             if not job.future.done():
                 job.future.set_exception(exc)
             return
@@ -176,7 +183,7 @@ class Scheduler:
         feed.update(self.slabs.gather(rows))
         try:
             results = await loop.run_in_executor(self._executor, self._compute, feed)
-        except Exception as exc:  # noqa: BLE001 - every waiting step must hear of the failure
+        except Exception as exc:
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)

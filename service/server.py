@@ -82,8 +82,11 @@ class Server:
         add_servicer(server, "SessionService", SessionServicer(store, settings, metrics, auth))
         health_servicer = add_health(server)
         reflection.enable_server_reflection(
-            (*(_full_name(s) for s in SERVICES), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *(_full_name(s) for s in SERVICES),
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         port = server.add_insecure_port(settings.target)
@@ -98,7 +101,11 @@ class Server:
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
             "serving %d model(s) on %s:%d (scheduler %s, max batch %d)",
-            len(registry), settings.host, port, settings.scheduler, settings.max_batch,
+            len(registry),
+            settings.host,
+            port,
+            settings.scheduler,
+            settings.max_batch,
         )
         return running
 

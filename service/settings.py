@@ -31,9 +31,13 @@ class Settings:
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
 
-    scheduler: str = field(default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"})
+    scheduler: str = field(
+        default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"}
+    )
     max_batch: int = field(default=256, metadata={"help": "most session-steps in one ORT call"})
-    max_delay_ms: float = field(default=0.0, metadata={"help": "wait up to this long for a batch to fill (0: run at once)"})
+    max_delay_ms: float = field(
+        default=0.0, metadata={"help": "wait up to this long for a batch to fill (0: run at once)"}
+    )
     ort_intra_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per model"})
     ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
     provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
@@ -61,8 +65,16 @@ class Settings:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
-        for name in ("max_batch", "ort_intra_threads", "initial_capacity", "max_sessions",
-                     "max_sessions_per_caller", "max_chunk", "max_generate_tokens", "max_streams"):
+        for name in (
+            "max_batch",
+            "ort_intra_threads",
+            "initial_capacity",
+            "max_sessions",
+            "max_sessions_per_caller",
+            "max_chunk",
+            "max_generate_tokens",
+            "max_streams",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes < 1024:
@@ -96,11 +108,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         kind = _converter(f.type)
         if kind is _parse_bool:
-            parser.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()})")
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()})",
+            )
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, default=None, type=kind,
-                                help=f"{f.metadata.get('help', '')} (default {f.default}; env {ENV_PREFIX}{f.name.upper()})")
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                type=kind,
+                help=f"{f.metadata.get('help', '')} (default {f.default}; env {ENV_PREFIX}{f.name.upper()})",
+            )
 
 
 def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:

@@ -22,9 +22,7 @@ class StateSlabs:
     def __init__(self, specs: tuple[StateSpec, ...], capacity: int, max_batch: int) -> None:
         self.specs = specs
         self.capacity = capacity
-        self.arrays: dict[str, np.ndarray] = {
-            s.input: np.zeros((capacity, *s.shape), dtype=s.np_dtype) for s in specs
-        }
+        self.arrays: dict[str, np.ndarray] = {s.input: np.zeros((capacity, *s.shape), dtype=s.np_dtype) for s in specs}
         # Reused gather buffers: a batch of B rows is the view [:B] of these, contiguous for ORT.
         self._gather: dict[str, np.ndarray] = {
             s.input: np.zeros((max_batch, *s.shape), dtype=s.np_dtype) for s in specs

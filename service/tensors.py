@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from service.api import statestream_pb2 as pb
 from service.errors import InvalidArgument
 
-_TO_PROTO = {"float32": pb.DATA_TYPE_FLOAT32, "int64": pb.DATA_TYPE_INT64, "int32": pb.DATA_TYPE_INT32}
-_TO_NUMPY = {pb.DATA_TYPE_FLOAT32: np.dtype("<f4"), pb.DATA_TYPE_INT64: np.dtype("<i8"), pb.DATA_TYPE_INT32: np.dtype("<i4")}
+_TO_PROTO: dict[str, Any] = {"float32": pb.DATA_TYPE_FLOAT32, "int64": pb.DATA_TYPE_INT64, "int32": pb.DATA_TYPE_INT32}
+_TO_NUMPY: dict[int, np.dtype[Any]] = {
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    pb.DATA_TYPE_INT64: np.dtype("<i8"),
+    pb.DATA_TYPE_INT32: np.dtype("<i4"),
+}
 
 
-def proto_dtype(name: str) -> int:
+def proto_dtype(name: str) -> Any:
     """The DataType enum value of a manifest dtype name."""
     return _TO_PROTO[name]
 
@@ -37,4 +43,5 @@ def from_proto(tensor: pb.Tensor) -> np.ndarray:
         raise InvalidArgument(
             f"tensor {tensor.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(tensor.data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    array: np.ndarray = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)

@@ -14,8 +14,14 @@ from service.client.sdk import DEFAULT_TARGET, Client, StepFailed
 def _models(client: Client, args: argparse.Namespace) -> int:
     models = client.list_models()
     rows = [
-        {"name": m.name, "version": m.version, "task": m.task, "state_bytes": m.state_bytes,
-         "scores": dict(m.scores), "active_sessions": m.active_sessions}
+        {
+            "name": m.name,
+            "version": m.version,
+            "task": m.task,
+            "state_bytes": m.state_bytes,
+            "scores": dict(m.scores),
+            "active_sessions": m.active_sessions,
+        }
         for m in models
     ]
     if args.json:
@@ -33,8 +39,12 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
             try:
                 result = session.step(text=char)
             except StepFailed as exc:
-                print(json.dumps({"error": exc.error.code_name, "message": exc.error.message, "input": char})
-                      if args.json else f"error: {exc}", file=sys.stderr if not args.json else sys.stdout)
+                print(
+                    json.dumps({"error": exc.error.code_name, "message": exc.error.message, "input": char})
+                    if args.json
+                    else f"error: {exc}",
+                    file=sys.stderr if not args.json else sys.stdout,
+                )
                 continue
             out = result.outputs[0]
             top = [[t.token, round(t.prob, 4)] for t in out.top]
@@ -51,11 +61,15 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
 def _generate(client: Client, args: argparse.Namespace) -> int:
     session = client.open(args.model)
     try:
-        for event in session.generate(args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
-                                      seed=args.seed):
+        for event in session.generate(
+            args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+        ):
             if isinstance(event, pb.Token):
                 if args.json:
-                    print(json.dumps({"index": event.index, "token": event.text, "prob": round(event.prob, 4)}), flush=True)
+                    print(
+                        json.dumps({"index": event.index, "token": event.text, "prob": round(event.prob, 4)}),
+                        flush=True,
+                    )
                 else:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()

@@ -32,8 +32,14 @@ class StepFailed(Exception):
         self.code = grpc.StatusCode[error.code_name] if error.code_name in grpc.StatusCode.__members__ else None
 
 
-def make_step(seq: int, *, text: str | None = None, tokens: Sequence[int] | None = None,
-              tensors: dict[str, np.ndarray] | None = None, last_only: bool = False) -> pb.Step:
+def make_step(
+    seq: int,
+    *,
+    text: str | None = None,
+    tokens: Sequence[int] | None = None,
+    tensors: dict[str, np.ndarray] | None = None,
+    last_only: bool = False,
+) -> pb.Step:
     """A Step message with exactly one kind of input."""
     given = [x is not None for x in (text, tokens, tensors)]
     if sum(given) != 1:
@@ -68,12 +74,19 @@ class AsyncSession:
         assert isinstance(response, pb.SessionResponse)
         return response
 
-    async def step(self, *, text: str | None = None, tokens: Sequence[int] | None = None,
-                   tensors: dict[str, np.ndarray] | None = None, last_only: bool = False) -> pb.StepResult:
+    async def step(
+        self,
+        *,
+        text: str | None = None,
+        tokens: Sequence[int] | None = None,
+        tensors: dict[str, np.ndarray] | None = None,
+        last_only: bool = False,
+    ) -> pb.StepResult:
         """Sends the next step (or chunk) and returns its result; raises StepFailed on an in-stream error."""
         seq = self.last_seq + 1
-        await self._send(pb.SessionRequest(step=make_step(seq, text=text, tokens=tokens, tensors=tensors,
-                                                          last_only=last_only)))
+        await self._send(
+            pb.SessionRequest(step=make_step(seq, text=text, tokens=tokens, tensors=tensors, last_only=last_only))
+        )
         response = await self._receive()
         if response.HasField("error"):
             raise StepFailed(response.error)
@@ -85,8 +98,9 @@ class AsyncSession:
         await self._send(request)
         return await self._receive()
 
-    async def generate(self, prompt: str, max_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                       seed: int | None = None) -> AsyncIterator[pb.Token | pb.GenerateDone]:
+    async def generate(
+        self, prompt: str, max_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int | None = None
+    ) -> AsyncIterator[pb.Token | pb.GenerateDone]:
         """Streams each generated Token, then the GenerateDone."""
         seq = self.last_seq + 1
         request = pb.Generate(seq=seq, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k)
@@ -119,8 +133,14 @@ class AsyncSession:
 
 
 class AsyncClient:
-    def __init__(self, target: str = DEFAULT_TARGET, *, metadata: Sequence[tuple[str, str]] = (),
-                 credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         self.target = target
         self.metadata = tuple(metadata)
         if credentials is None:
@@ -137,14 +157,17 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def list_models(self) -> list[pb.ModelInfo]:
         response = await self.models.ListModels(pb.ListModelsRequest(), metadata=self.metadata)
         return list(response.models)
 
     async def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
-        return await self.models.GetModel(pb.GetModelRequest(name=name, version=version), metadata=self.metadata)
+        info: pb.ModelInfo = await self.models.GetModel(
+            pb.GetModelRequest(name=name, version=version), metadata=self.metadata
+        )
+        return info
 
     async def _start(self, first: pb.SessionRequest) -> AsyncSession:
         call = self.sessions.Session(metadata=self.metadata)
@@ -157,8 +180,9 @@ class AsyncClient:
             raise StepFailed(response.error)
         return AsyncSession(call, response.opened)
 
-    async def open(self, model: str, *, version: str = "", top_k: int = 0,
-                   return_tensors: Sequence[str] = ()) -> AsyncSession:
+    async def open(
+        self, model: str, *, version: str = "", top_k: int = 0, return_tensors: Sequence[str] = ()
+    ) -> AsyncSession:
         """Opens a session; raises grpc.aio.AioRpcError (e.g. NOT_FOUND) if the server refuses."""
         options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
         return await self._start(pb.SessionRequest(open=pb.OpenSession(model=model, version=version, options=options)))
@@ -209,6 +233,10 @@ class Client:
         return SyncSession(self, self._call(self._async.attach(session_id)))
 
 
+async def _next(stream: AsyncIterator[T]) -> T:
+    return await anext(stream)
+
+
 class SyncSession:
     def __init__(self, client: Client, session: AsyncSession) -> None:
         self._client = client
@@ -225,7 +253,7 @@ class SyncSession:
         stream = self.session.generate(prompt, max_tokens, **kwargs)
         while True:
             try:
-                yield self._client._call(stream.__anext__())
+                yield self._client._call(_next(stream))
             except StopAsyncIteration:
                 return
 

@@ -37,7 +37,12 @@ def logits_output(manifest: Manifest) -> str:
 
 def _token_input(manifest: Manifest) -> str:
     inputs = manifest.inputs
-    if len(inputs) != 1 or inputs[0].shape != () or not inputs[0].dtype.startswith("int") or vocabulary_of(manifest) is None:
+    if (
+        len(inputs) != 1
+        or inputs[0].shape != ()
+        or not inputs[0].dtype.startswith("int")
+        or vocabulary_of(manifest) is None
+    ):
         raise InvalidArgument(f"model {manifest.name!r} does not take text or token ids; send tensors")
     return inputs[0].name
 
@@ -84,7 +89,9 @@ def _decode_tensors(manifest: Manifest, tensors: pb.TensorInput) -> StepInputs:
         if array.dtype != np.dtype(spec.np_dtype):
             raise InvalidArgument(f"tensor {name!r} has dtype {array.dtype.name}, the model takes {spec.dtype}")
         if array.ndim != 1 + len(spec.shape) or tuple(array.shape[1:]) != spec.shape:
-            raise InvalidArgument(f"tensor {name!r} has shape {list(array.shape)}, the model takes [K, {', '.join(map(str, spec.shape))}]")
+            raise InvalidArgument(
+                f"tensor {name!r} has shape {list(array.shape)}, the model takes [K, {', '.join(map(str, spec.shape))}]"
+            )
         if steps is not None and array.shape[0] != steps:
             raise InvalidArgument(f"tensor {name!r} has {array.shape[0]} time steps, another input has {steps}")
         steps = array.shape[0]

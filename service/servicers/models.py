@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
-
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers.vocabulary import vocabulary_of
 from service.errors import InvalidArgument, StatestreamError
 from service.runtime import ModelRuntime, Runtimes
-from service.servicers.wire import Malformed
+from service.servicers.wire import Context, Malformed
 from service.tensors import proto_dtype
 
 
@@ -21,9 +19,15 @@ def model_info(runtime: ModelRuntime) -> pb.ModelInfo:
         version=manifest.version,
         task=manifest.task,
         description=manifest.description,
-        inputs=[pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.inputs],
-        outputs=[pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.outputs],
-        state=[pb.TensorInfo(name=s.input, dtype=proto_dtype(s.dtype), shape=s.shape, doc=s.doc) for s in manifest.state],
+        inputs=[
+            pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.inputs
+        ],
+        outputs=[
+            pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in manifest.outputs
+        ],
+        state=[
+            pb.TensorInfo(name=s.input, dtype=proto_dtype(s.dtype), shape=s.shape, doc=s.doc) for s in manifest.state
+        ],
         state_bytes=manifest.state_bytes,
         vocabulary_size=len(vocab) if vocab is not None else 0,
         scores=manifest.scores,
@@ -36,14 +40,14 @@ class ModelServicer:
         self.runtimes = runtimes
         self.auth = auth
 
-    async def ListModels(self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest | Malformed, context: Context) -> pb.ListModelsResponse:
         try:
             self.auth.caller(context)
         except StatestreamError as exc:
             await context.abort(exc.code, exc.message)
         return pb.ListModelsResponse(models=[model_info(r) for r in self.runtimes])
 
-    async def GetModel(self, request: pb.GetModelRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+    async def GetModel(self, request: pb.GetModelRequest | Malformed, context: Context) -> pb.ModelInfo:
         try:
             self.auth.caller(context)
             if isinstance(request, Malformed):

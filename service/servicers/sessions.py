@@ -13,8 +13,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-import grpc
-
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers.generate import check_generate, generate, resolve_seed
@@ -22,8 +20,9 @@ from service.drivers.predict import build_result, decode_step, run_step
 from service.drivers.vocabulary import vocabulary_of
 from service.errors import FailedPrecondition, InvalidArgument, StatestreamError, Unavailable, status_number
 from service.metrics import Metrics
-from service.servicers.wire import Malformed
-from service.sessions import ResolvedOptions, SeqCheck, Session, SessionStore
+from service.servicers.wire import Context, Malformed
+from service.sessions import ResolvedOptions, SeqCheck, SessionStore
+from service.sessions import Session as SessionState
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,9 @@ def error_message(seq: int, error: StatestreamError) -> pb.Error:
     return pb.Error(seq=seq, code=status_number(error.code), code_name=error.code.name, message=error.message)
 
 
-def resolve_options(session_model: str, options: pb.SessionOptions, store: SessionStore, version: str) -> ResolvedOptions:
+def resolve_options(
+    session_model: str, options: pb.SessionOptions, store: SessionStore, version: str
+) -> ResolvedOptions:
     """Fills in defaults and checks the options against the model before a session exists."""
     manifest = store.runtimes.get(session_model, version).model.manifest
     vocab = vocabulary_of(manifest)
@@ -57,7 +58,7 @@ class SessionServicer:
 
     # -- opening -------------------------------------------------------------------------
 
-    def _open(self, request: pb.OpenSession, caller: str) -> Session:
+    def _open(self, request: pb.OpenSession, caller: str) -> SessionState:
         if not self.store.accepting:
             raise Unavailable("the server is draining and opens no new sessions")
         if not request.model:
@@ -66,14 +67,17 @@ class SessionServicer:
         return self.store.open(request.model, request.version, caller, options)
 
     @staticmethod
-    def _opened(session: Session) -> pb.SessionOpened:
+    def _opened(session: SessionState) -> pb.SessionOpened:
         manifest = session.runtime.model.manifest
         return pb.SessionOpened(
-            session_id=session.id, model=manifest.name, version=manifest.version,
-            last_applied_seq=session.last_seq, state_bytes=manifest.state_bytes,
+            session_id=session.id,
+            model=manifest.name,
+            version=manifest.version,
+            last_applied_seq=session.last_seq,
+            state_bytes=manifest.state_bytes,
         )
 
-    async def _guard(self, context: grpc.aio.ServicerContext, action: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, context: Context, action: Callable[[], Awaitable[T]]) -> T:
         """Runs a unary action; a StatestreamError becomes the call's status."""
         try:
             return await action()
@@ -81,7 +85,7 @@ class SessionServicer:
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
-    async def CreateSession(self, request: pb.OpenSession | Malformed, context: grpc.aio.ServicerContext) -> pb.SessionOpened:
+    async def CreateSession(self, request: pb.OpenSession | Malformed, context: Context) -> pb.SessionOpened:
         async def create() -> pb.SessionOpened:
             if isinstance(request, Malformed):
                 raise InvalidArgument(request.reason)
@@ -89,7 +93,9 @@ class SessionServicer:
 
         return await self._guard(context, create)
 
-    async def CloseSession(self, request: pb.CloseSessionRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.CloseSessionResponse:
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest | Malformed, context: Context
+    ) -> pb.CloseSessionResponse:
         async def close() -> pb.CloseSessionResponse:
             if isinstance(request, Malformed):
                 raise InvalidArgument(request.reason)
@@ -102,7 +108,7 @@ class SessionServicer:
     # -- the stream ------------------------------------------------------------------------
 
     async def Session(
-        self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
         try:
             caller = self.auth.caller(context)
@@ -110,7 +116,7 @@ class SessionServicer:
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
         stream = object()  # identifies this stream as the session's holder
-        session: Session | None = None
+        session: SessionState | None = None
         try:
             async for request in requests:
                 if session is None:
@@ -118,8 +124,14 @@ class SessionServicer:
                     yield pb.SessionResponse(opened=self._opened(session))
                     continue
                 if session.stream is not stream:
-                    yield pb.SessionResponse(error=error_message(0, FailedPrecondition(
-                        "another stream has attached this session; this stream no longer holds it")))
+                    yield pb.SessionResponse(
+                        error=error_message(
+                            0,
+                            FailedPrecondition(
+                                "another stream has attached this session; this stream no longer holds it"
+                            ),
+                        )
+                    )
                     return
                 async for response in self._handle(session, request):
                     yield response
@@ -129,8 +141,9 @@ class SessionServicer:
             if session is not None and not session.closed:
                 self.store.detach(session, stream)
 
-    async def _first(self, request: pb.SessionRequest | Malformed, caller: str, stream: object,
-                     context: grpc.aio.ServicerContext) -> Session:
+    async def _first(
+        self, request: pb.SessionRequest | Malformed, caller: str, stream: object, context: Context
+    ) -> SessionState:
         """The first message must open or attach; anything else ends the stream."""
         try:
             if isinstance(request, Malformed):
@@ -149,7 +162,9 @@ class SessionServicer:
         self.store.attach(session, stream)
         return session
 
-    async def _handle(self, session: Session, request: pb.SessionRequest | Malformed) -> AsyncIterator[pb.SessionResponse]:
+    async def _handle(
+        self, session: SessionState, request: pb.SessionRequest | Malformed
+    ) -> AsyncIterator[pb.SessionResponse]:
         """Answers one request of an open session; its errors stay in the stream."""
         name = session.runtime.name
         kind = "malformed" if isinstance(request, Malformed) else (request.WhichOneof("request") or "empty")
@@ -166,14 +181,16 @@ class SessionServicer:
                 await self.store.close(session)
                 yield pb.SessionResponse(closed=pb.Closed(session_id=session.id, last_applied_seq=session.last_seq))
             elif kind in ("open", "attach"):
-                raise InvalidArgument(f"{kind}: this stream already holds session {session.id[:8]}…; open another stream")
+                raise InvalidArgument(
+                    f"{kind}: this stream already holds session {session.id[:8]}…; open another stream"
+                )
             else:
                 raise InvalidArgument("empty message: set one of step, generate or close")
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
 
-    async def step(self, session: Session, step: pb.Step) -> pb.StepResult:
+    async def step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
         """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate."""
         async with session.lock:
             if session.closed:
@@ -186,14 +203,16 @@ class SessionServicer:
             session.record(step.seq, result, self.settings.reply_cache)
             return result
 
-    async def _generate(self, session: Session, request: pb.Generate) -> AsyncIterator[pb.SessionResponse]:
+    async def _generate(self, session: SessionState, request: pb.Generate) -> AsyncIterator[pb.SessionResponse]:
         async with session.lock:
             if session.check_seq(request.seq) is SeqCheck.DUPLICATE:
                 yield pb.SessionResponse(generated=pb.GenerateDone(seq=request.seq, duplicate=True))
                 return
             sampler = check_generate(session, request, self.settings.max_generate_tokens)
             if len(request.prompt) > self.settings.max_chunk:
-                raise InvalidArgument(f"prompt of {len(request.prompt)} characters exceeds max_chunk {self.settings.max_chunk}")
+                raise InvalidArgument(
+                    f"prompt of {len(request.prompt)} characters exceeds max_chunk {self.settings.max_chunk}"
+                )
             seed = resolve_seed(request)
             saved_state = session.runtime.slabs.read_row(session.row)
             saved_scratch = dict(session.scratch)
@@ -214,7 +233,7 @@ class SessionServicer:
     # -- multiplexing ----------------------------------------------------------------------
 
     async def Multiplex(
-        self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.MultiplexResponse]:
         try:
             caller = self.auth.caller(context)
@@ -223,8 +242,9 @@ class SessionServicer:
             raise  # unreachable: abort raises
         async for request in requests:
             if isinstance(request, Malformed):
-                yield pb.MultiplexResponse(results=[pb.SessionStepResult(
-                    error=error_message(0, InvalidArgument(request.reason)))])
+                yield pb.MultiplexResponse(
+                    results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
+                )
                 continue
             outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
             yield pb.MultiplexResponse(results=outcomes)
@@ -239,7 +259,7 @@ class SessionServicer:
         return pb.SessionStepResult(session_id=entry.session_id, result=result)
 
 
-def _duplicate_result(session: Session, seq: int) -> pb.StepResult:
+def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
     cached = session.cached_reply(seq)
     result = pb.StepResult(seq=seq, duplicate=True)
     if cached is not None:

@@ -17,6 +17,8 @@ from google.protobuf.message import DecodeError, Message
 
 from service.api import statestream_pb2 as pb
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 
 @dataclass(frozen=True)
 class Malformed:
