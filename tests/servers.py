@@ -1,0 +1,35 @@
+"""A real statestream server on a loopback port, run on its own event-loop thread for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from service.auth import Authenticator
+from service.server import Server
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """Starts ``Server`` on port 0 in a background thread; ``target`` is where it listens."""
+
+    def __init__(self, settings: Settings, auth: Authenticator | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self.thread.start()
+        self.server: Server = self.call(Server.start(settings.replace(port=0), auth))
+        self.target = f"{settings.host}:{self.server.port}"
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs a coroutine on the server's loop (e.g. to inspect or sweep the session store)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def stop(self) -> None:
+        self.call(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
