@@ -41,6 +41,7 @@ class Settings:
     ort_intra_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per model"})
     ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
     provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
+    io_binding: bool = field(default=True, metadata={"help": "bind ORT inputs/outputs to preallocated buffers"})
 
     initial_capacity: int = field(default=64, metadata={"help": "state slab rows preallocated per model"})
     max_sessions: int = field(default=100_000, metadata={"help": "open sessions in the whole server"})
@@ -51,7 +52,25 @@ class Settings:
     max_generate_tokens: int = field(default=4096, metadata={"help": "most tokens one Generate may ask for"})
     max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
     max_streams: int = field(default=10_000, metadata={"help": "concurrent streams the server accepts"})
+    evict_detached: bool = field(
+        default=False, metadata={"help": "when full, close the least recently used detached session to make room"}
+    )
+    snapshot_secret: str = field(
+        default="",
+        metadata={
+            "help": "HMAC key for snapshot blobs (default: random per process; set it to restore across restarts)"
+        },
+    )
     reply_cache: int = field(default=8, metadata={"help": "answers kept per session to re-send to a resuming client"})
+
+    tls_cert: Path | None = field(default=None, metadata={"help": "server certificate chain (PEM); enables TLS"})
+    tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM)"})
+    tls_client_ca: Path | None = field(
+        default=None, metadata={"help": "CA bundle (PEM) clients must present a cert from: mutual TLS"}
+    )
+    tokens_file: Path | None = field(
+        default=None, metadata={"help": "bearer tokens, '<token> <caller>' per line; enables auth"}
+    )
 
     metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
     grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
@@ -79,6 +98,10 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -98,9 +121,8 @@ def _parse_bool(text: str) -> bool:
 
 
 def _converter(kind: Any) -> Any:
-    return {"int": int, "float": float, "str": str, "Path": Path, "bool": _parse_bool}[
-        kind if isinstance(kind, str) else kind.__name__
-    ]
+    name = kind if isinstance(kind, str) else kind.__name__
+    return {"int": int, "float": float, "str": str, "Path": Path, "bool": _parse_bool}[name.removesuffix(" | None")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

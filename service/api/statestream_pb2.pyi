@@ -94,14 +94,16 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state_bytes: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., active_sessions: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("model", "version", "options")
+    __slots__ = ("model", "version", "options", "restore")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     options: SessionOptions
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[SessionOptions, _Mapping]] = ...) -> None: ...
+    restore: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[SessionOptions, _Mapping]] = ..., restore: _Optional[bytes] = ...) -> None: ...
 
 class SessionOptions(_message.Message):
     __slots__ = ("top_k", "return_tensors")
@@ -177,19 +179,39 @@ class Close(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Fork(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Reset(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "attach", "step", "generate", "close")
+    __slots__ = ("open", "attach", "step", "generate", "close", "fork", "reset", "snapshot")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ATTACH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     attach: AttachSession
     step: Step
     generate: Generate
     close: Close
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., attach: _Optional[_Union[AttachSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ...) -> None: ...
+    fork: Fork
+    reset: Reset
+    snapshot: SnapshotRequest
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., attach: _Optional[_Union[AttachSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., fork: _Optional[_Union[Fork, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
 
 class TokenProb(_message.Message):
     __slots__ = ("id", "token", "prob")
@@ -269,21 +291,51 @@ class Closed(_message.Message):
     last_applied_seq: int
     def __init__(self, session_id: _Optional[str] = ..., last_applied_seq: _Optional[int] = ...) -> None: ...
 
+class Forked(_message.Message):
+    __slots__ = ("session_id", "last_applied_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    last_applied_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., last_applied_seq: _Optional[int] = ...) -> None: ...
+
+class ResetDone(_message.Message):
+    __slots__ = ("seq", "duplicate")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    duplicate: bool
+    def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("blob", "last_applied_seq")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    blob: bytes
+    last_applied_seq: int
+    def __init__(self, blob: _Optional[bytes] = ..., last_applied_seq: _Optional[int] = ...) -> None: ...
+
 class SessionResponse(_message.Message):
-    __slots__ = ("opened", "result", "token", "generated", "error", "closed")
+    __slots__ = ("opened", "result", "token", "generated", "error", "closed", "forked", "reset", "snapshot")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     opened: SessionOpened
     result: StepResult
     token: Token
     generated: GenerateDone
     error: Error
     closed: Closed
-    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., generated: _Optional[_Union[GenerateDone, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., closed: _Optional[_Union[Closed, _Mapping]] = ...) -> None: ...
+    forked: Forked
+    reset: ResetDone
+    snapshot: Snapshot
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., generated: _Optional[_Union[GenerateDone, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., closed: _Optional[_Union[Closed, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., reset: _Optional[_Union[ResetDone, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ("session_id", "step")
