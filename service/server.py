@@ -1,9 +1,11 @@
 """serve(): build the server, add servicers, health and reflection, bind, start, drain.
 
-The order is always the same: load and prove the models, build the runtimes and the session
-store, add the servicers, health and reflection, bind, start. On SIGTERM (or ``drain()``) the
-server drains: health goes NOT_SERVING, new sessions are refused with UNAVAILABLE, in-flight
-steps finish and are answered within ``grace_s``, then the process exits.
+The order is always the same: read the security files (TLS certificates, tokens; see
+service/security.py and docs/security.md), load and prove the models, build the runtimes and
+the session store, add the servicers, health and reflection, bind (TLS when configured), start.
+On SIGTERM (or ``drain()``) the server drains: health goes NOT_SERVING, new sessions are refused
+with UNAVAILABLE, in-flight steps finish and are answered within ``grace_s``, then the process
+exits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +25,14 @@ from service.auth import Authenticator
 from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
+from service.security import (
+    SecurityConfigError,
+    TransportSecurity,
+    authenticator,
+    bind,
+    transport_security,
+    warn_if_exposed,
+)
 from service.servicers.models import ModelServicer
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import add_servicer
@@ -67,15 +78,19 @@ class Server:
     health: health.aio.HealthServicer
     metrics: Metrics
     port: int
+    transport: TransportSecurity
+    auth: Authenticator
     _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, auth: Authenticator | None = None) -> Server:
+        """Builds and starts the server; ``auth`` overrides the one built from ``settings.tokens_file``."""
+        transport = transport_security(settings)  # certificate and token files fail here, before any load
+        auth = auth if auth is not None else authenticator(settings)
         metrics = Metrics()
         registry = Registry.from_folder(settings.models_dir, settings)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
-        auth = auth or Authenticator()
 
         server = grpc.aio.server(options=grpc_options(settings))
         add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
@@ -89,23 +104,24 @@ class Server:
             ),
             server,
         )
-        port = server.add_insecure_port(settings.target)
-        if port == 0:
-            raise OSError(f"cannot bind {settings.target}")
+        port = bind(server, settings.target, transport)
+        warn_if_exposed(settings, transport, auth)
         runtimes.start()
         await server.start()
         await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_port:
             metrics.serve_http(settings.metrics_port, settings.host)
-        running = cls(settings, server, store, runtimes, health_servicer, metrics, port)
+        running = cls(settings, server, store, runtimes, health_servicer, metrics, port, transport, auth)
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
-            "serving %d model(s) on %s:%d (scheduler %s, max batch %d)",
+            "serving %d model(s) on %s:%d (scheduler %s, max batch %d; %s, %s)",
             len(registry),
             settings.host,
             port,
             settings.scheduler,
             settings.max_batch,
+            transport.mode,
+            f"bearer tokens for {len(auth.callers)} caller(s)" if auth.tokens is not None else "no tokens",
         )
         return running
 
@@ -128,11 +144,15 @@ class Server:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains."""
-    server = await Server.start(settings)
+    try:
+        server = await Server.start(settings)
+    except SecurityConfigError as exc:
+        print(f"statestream serve: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    print(f"statestream listening on {settings.host}:{server.port}", flush=True)
+    print(f"statestream listening on {settings.host}:{server.port} ({server.transport.mode})", flush=True)
     await stopping.wait()
     await server.drain()
