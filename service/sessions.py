@@ -25,6 +25,7 @@ from service.errors import FailedPrecondition, NotFound, ResourceExhausted
 from service.metrics import Metrics
 from service.runtime import ModelRuntime, Runtimes
 from service.settings import Settings
+from service.snapshots import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class SessionStore:
         self.runtimes = runtimes
         self.settings = settings
         self.metrics = metrics
+        self.sealer = Sealer.from_secret(settings.snapshot_secret)
         self._sessions: dict[str, Session] = {}
         self._per_owner: dict[str, int] = {}
         self.accepting = True
@@ -103,14 +105,40 @@ class SessionStore:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    def count(self, runtime: ModelRuntime) -> int:
-        return runtime.slabs.rows_in_use
-
-    def open(self, model: str, version: str, owner: str, options: ResolvedOptions) -> Session:
+    def open(self, model: str, version: str, owner: str, options: ResolvedOptions, restore: bytes = b"") -> Session:
+        """A new session of ``model``: from its initial state, or from a snapshot blob."""
         runtime = self.runtimes.get(model, version)
-        if len(self._sessions) >= self.settings.max_sessions:
+        snapshot = self.sealer.open(restore, runtime.model.manifest) if restore else None
+        session = self._admit(runtime, owner, options)
+        if snapshot is not None:
+            runtime.slabs.write_row(session.row, snapshot.state)
+            session.last_seq = snapshot.last_seq
+        return session
+
+    def fork(self, parent: Session) -> Session:
+        """A new session with the parent's state, seq and options; it starts detached."""
+        child = self._admit(parent.runtime, parent.owner, parent.options)
+        parent.runtime.slabs.copy_row(parent.row, child.row)
+        child.last_seq = parent.last_seq
+        child.scratch = {name: value.copy() for name, value in parent.scratch.items()}
+        child.detached_at = time.monotonic()
+        return child
+
+    def reset(self, session: Session) -> None:
+        session.runtime.slabs.write_row(
+            session.row, {s.input: np.zeros(s.shape, s.np_dtype) for s in session.runtime.model.manifest.state}
+        )
+        session.scratch.clear()
+
+    def snapshot(self, session: Session) -> bytes:
+        state = session.runtime.slabs.read_row(session.row)
+        return self.sealer.seal(session.runtime.model.manifest, session.last_seq, state)
+
+    def _admit(self, runtime: ModelRuntime, owner: str, options: ResolvedOptions) -> Session:
+        """Enforces the session limits (evicting a detached session only if configured), then opens."""
+        if len(self._sessions) >= self.settings.max_sessions and not self._evict_lru(None):
             raise ResourceExhausted("max_sessions", self.settings.max_sessions, "the server holds its most sessions")
-        if self._per_owner.get(owner, 0) >= self.settings.max_sessions_per_caller:
+        if self._per_owner.get(owner, 0) >= self.settings.max_sessions_per_caller and not self._evict_lru(owner):
             raise ResourceExhausted(
                 "max_sessions_per_caller", self.settings.max_sessions_per_caller, "this caller holds its most sessions"
             )
@@ -121,6 +149,21 @@ class SessionStore:
         self.metrics.active_sessions.labels(runtime.name).inc()
         self.metrics.state_bytes.labels(runtime.name).set(runtime.slabs.nbytes)
         return session
+
+    def _evict_lru(self, owner: str | None) -> bool:
+        """Closes the least recently detached idle session (of ``owner``, if given), if allowed."""
+        if not self.settings.evict_detached:
+            return False
+        candidates = [
+            s
+            for s in self._sessions.values()
+            if s.stream is None and not s.lock.locked() and (owner is None or s.owner == owner)
+        ]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda s: s.last_used)
+        self._remove(victim, "evicted_lru")
+        return True
 
     def get(self, session_id: str, owner: str) -> Session:
         """The caller's session; another caller's session is reported as not found."""
@@ -135,18 +178,22 @@ class SessionStore:
             return
         session.closed = True
         async with session.lock:
-            self._sessions.pop(session.id, None)
-            remaining = self._per_owner.get(session.owner, 1) - 1
-            if remaining:
-                self._per_owner[session.owner] = remaining
-            else:
-                self._per_owner.pop(session.owner, None)
-            session.runtime.slabs.release(session.row)
-            name = session.runtime.name
-            self.metrics.active_sessions.labels(name).dec()
-            if reason != "closed":
-                self.metrics.evictions.labels(name, reason).inc()
-                log.info("session evicted", extra={"model": name, "reason": reason})
+            self._remove(session, reason)
+
+    def _remove(self, session: Session, reason: str) -> None:
+        session.closed = True
+        self._sessions.pop(session.id, None)
+        remaining = self._per_owner.get(session.owner, 1) - 1
+        if remaining:
+            self._per_owner[session.owner] = remaining
+        else:
+            self._per_owner.pop(session.owner, None)
+        session.runtime.slabs.release(session.row)
+        name = session.runtime.name
+        self.metrics.active_sessions.labels(name).dec()
+        if reason != "closed":
+            self.metrics.evictions.labels(name, reason).inc()
+            log.info("session closed by the server", extra={"model": name, "reason": reason})
 
     def attach(self, session: Session, stream: object) -> None:
         session.stream = stream

@@ -258,18 +258,22 @@ class Token(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., id: _Optional[int] = ..., text: _Optional[str] = ..., prob: _Optional[float] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("seq", "tokens", "seed", "text", "duplicate")
+    __slots__ = ("seq", "tokens", "seed", "text", "duplicate", "ids", "probs")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     tokens: int
     seed: int
     text: str
     duplicate: bool
-    def __init__(self, seq: _Optional[int] = ..., tokens: _Optional[int] = ..., seed: _Optional[int] = ..., text: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    probs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, seq: _Optional[int] = ..., tokens: _Optional[int] = ..., seed: _Optional[int] = ..., text: _Optional[str] = ..., duplicate: _Optional[bool] = ..., ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("seq", "code", "code_name", "message")

@@ -8,7 +8,9 @@ runs an ``AsyncClient`` on a private event loop thread, so both share one implem
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -55,24 +57,114 @@ def make_step(
     return step
 
 
-class AsyncSession:
-    """One open session on its own bidirectional stream."""
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
-    def __init__(self, call: Any, opened: pb.SessionOpened) -> None:
+
+class SessionLost(Exception):
+    """The stream broke and the session could not be resumed (expired, closed, or unreachable)."""
+
+
+class StreamBroken(Exception):
+    """The stream ended without an answer; the session may be resumed."""
+
+
+class AsyncSession:
+    """One open session on its own bidirectional stream, resumed by itself when the stream breaks.
+
+    Every state-changing request carries the next seq. If the stream breaks before its answer
+    arrives, the session reconnects, attaches, and sends the same request again: the server
+    applies it if it had not, or answers from its cache if it had (``duplicate`` set), so the
+    user sees one unbroken stream with every step applied exactly once.
+    """
+
+    def __init__(self, client: AsyncClient, call: Any, opened: pb.SessionOpened, *, resume_timeout_s: float) -> None:
+        self._client = client
         self._call = call
         self.opened = opened
         self.id = opened.session_id
         self.last_seq = opened.last_applied_seq
-
-    async def _send(self, request: pb.SessionRequest) -> None:
-        await self._call.write(request)
+        self.resume_timeout_s = resume_timeout_s
+        self.resumes = 0
 
     async def _receive(self) -> pb.SessionResponse:
         response = await self._call.read()
         if response is grpc.aio.EOF:
-            raise ConnectionError("the server ended the stream")
+            raise StreamBroken("the server ended the stream")
         assert isinstance(response, pb.SessionResponse)
         return response
+
+    async def send_raw(self, request: pb.SessionRequest) -> pb.SessionResponse:
+        """Sends any request as given and returns the next response (for tests and tools; no resume)."""
+        await self._call.write(request)
+        return await self._receive()
+
+    async def _reconnect(self) -> None:
+        """Attaches a new stream to this session, retrying with backoff until resume_timeout_s."""
+        self._call.cancel()
+        deadline = time.monotonic() + self.resume_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                session = await self._client.attach(self.id, resume_timeout_s=self.resume_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() + delay > deadline:
+                    raise SessionLost(f"cannot resume session: {exc.code().name}: {exc.details()}") from exc
+            except (StreamBroken, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise SessionLost(f"cannot resume session: {exc}") from exc
+            else:
+                self._call = session._call
+                self.opened = session.opened
+                self.resumes += 1
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _exchange(self, request: pb.SessionRequest) -> AsyncIterator[pb.SessionResponse]:
+        """Sends ``request`` and yields its responses; on a broken stream, resumes and resends.
+
+        ``skip`` responses already yielded are not yielded again after a resend (a generation
+        replayed with the same seed produces the same tokens).
+        """
+        yielded = 0
+        while True:
+            try:
+                await self._call.write(request)
+                seen = 0
+                while True:
+                    response = await self._receive()
+                    seen += 1
+                    if seen > yielded:
+                        yielded += 1
+                        yield response
+                    if response.WhichOneof("response") != "token":
+                        return
+            except (grpc.aio.AioRpcError, StreamBroken, asyncio.InvalidStateError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in RETRYABLE:
+                    raise
+                await self._reconnect()
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError from a read on a call that was cancelled under it
+                # (the stream was dropped); a cancellation of this task itself must propagate.
+                task = asyncio.current_task()
+                if (task is not None and task.cancelling()) or not self._call.cancelled():
+                    raise
+                await self._reconnect()
+
+    async def _one(self, request: pb.SessionRequest) -> pb.SessionResponse:
+        async for response in self._exchange(request):
+            if response.HasField("error"):
+                raise StepFailed(response.error)
+            return response
+        raise StreamBroken("no answer")
 
     async def step(
         self,
@@ -81,51 +173,71 @@ class AsyncSession:
         tokens: Sequence[int] | None = None,
         tensors: dict[str, np.ndarray] | None = None,
         last_only: bool = False,
+        seq: int | None = None,
     ) -> pb.StepResult:
-        """Sends the next step (or chunk) and returns its result; raises StepFailed on an in-stream error."""
-        seq = self.last_seq + 1
-        await self._send(
-            pb.SessionRequest(step=make_step(seq, text=text, tokens=tokens, tensors=tensors, last_only=last_only))
-        )
-        response = await self._receive()
-        if response.HasField("error"):
-            raise StepFailed(response.error)
-        self.last_seq = seq
-        return response.result
+        """Sends the next step (or chunk) and returns its result; raises StepFailed on an in-stream error.
 
-    async def send_raw(self, request: pb.SessionRequest) -> pb.SessionResponse:
-        """Sends any request as given and returns the next response (for tests and tools)."""
-        await self._send(request)
-        return await self._receive()
+        ``seq`` defaults to the next one; give an earlier one to replay a step (it is answered
+        as a duplicate and not applied again).
+        """
+        seq = self.last_seq + 1 if seq is None else seq
+        step = make_step(seq, text=text, tokens=tokens, tensors=tensors, last_only=last_only)
+        result = (await self._one(pb.SessionRequest(step=step))).result
+        self.last_seq = max(self.last_seq, seq)
+        return result
 
     async def generate(
         self, prompt: str, max_tokens: int, *, temperature: float = 0.0, top_k: int = 0, seed: int | None = None
     ) -> AsyncIterator[pb.Token | pb.GenerateDone]:
-        """Streams each generated Token, then the GenerateDone."""
+        """Streams each generated Token, then the GenerateDone.
+
+        Without a seed the SDK draws one, so a generation resumed after a broken stream replays
+        the same tokens.
+        """
         seq = self.last_seq + 1
-        request = pb.Generate(seq=seq, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k)
-        if seed is not None:
-            request.seed = seed
-        await self._send(pb.SessionRequest(generate=request))
-        while True:
-            response = await self._receive()
+        request = pb.Generate(
+            seq=seq,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=secrets.randbits(63) if seed is None else seed,
+        )
+        tokens = 0
+        async for response in self._exchange(pb.SessionRequest(generate=request)):
             kind = response.WhichOneof("response")
             if kind == "error":
                 raise StepFailed(response.error)
             if kind == "token":
+                tokens += 1
                 yield response.token
             elif kind == "generated":
+                done = response.generated
+                for index in range(tokens, len(done.ids)):  # tokens lost with a broken stream
+                    yield pb.Token(
+                        seq=seq, index=index, id=done.ids[index], text=done.text[index], prob=done.probs[index]
+                    )
                 self.last_seq = seq
-                yield response.generated
+                yield done
                 return
 
+    async def fork(self) -> str:
+        """A new session with this one's state; returns its id (attach to it to use it)."""
+        return (await self._one(pb.SessionRequest(fork=pb.Fork()))).forked.session_id
+
+    async def reset(self) -> pb.ResetDone:
+        seq = self.last_seq + 1
+        done = (await self._one(pb.SessionRequest(reset=pb.Reset(seq=seq)))).reset
+        self.last_seq = seq
+        return done
+
+    async def snapshot(self) -> pb.Snapshot:
+        return (await self._one(pb.SessionRequest(snapshot=pb.SnapshotRequest()))).snapshot
+
     async def close(self) -> pb.Closed:
-        await self._send(pb.SessionRequest(close=pb.Close()))
-        response = await self._receive()
+        closed = (await self._one(pb.SessionRequest(close=pb.Close()))).closed
         await self._call.done_writing()
-        if response.HasField("error"):
-            raise StepFailed(response.error)
-        return response.closed
+        return closed
 
     def cancel(self) -> None:
         """Drops the stream without closing: the session stays on the server for resume."""
@@ -169,27 +281,38 @@ class AsyncClient:
         )
         return info
 
-    async def _start(self, first: pb.SessionRequest) -> AsyncSession:
+    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float) -> AsyncSession:
         call = self.sessions.Session(metadata=self.metadata)
         await call.write(first)
         response = await call.read()
         if response is grpc.aio.EOF:
             await call  # raises the stream's status
-            raise ConnectionError("the server ended the stream before answering")
+            raise StreamBroken("the server ended the stream before answering")
         if response.HasField("error"):
             raise StepFailed(response.error)
-        return AsyncSession(call, response.opened)
+        return AsyncSession(self, call, response.opened, resume_timeout_s=resume_timeout_s)
 
     async def open(
-        self, model: str, *, version: str = "", top_k: int = 0, return_tensors: Sequence[str] = ()
+        self,
+        model: str,
+        *,
+        version: str = "",
+        top_k: int = 0,
+        return_tensors: Sequence[str] = (),
+        restore: bytes = b"",
+        resume_timeout_s: float = 30.0,
     ) -> AsyncSession:
-        """Opens a session; raises grpc.aio.AioRpcError (e.g. NOT_FOUND) if the server refuses."""
-        options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
-        return await self._start(pb.SessionRequest(open=pb.OpenSession(model=model, version=version, options=options)))
+        """Opens a session (from a snapshot blob if ``restore`` is given).
 
-    async def attach(self, session_id: str) -> AsyncSession:
-        """Binds a new stream to an existing session (resume)."""
-        return await self._start(pb.SessionRequest(attach=pb.AttachSession(session_id=session_id)))
+        Raises grpc.aio.AioRpcError (e.g. NOT_FOUND) if the server refuses.
+        """
+        options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
+        request = pb.OpenSession(model=model, version=version, options=options, restore=restore)
+        return await self._start(pb.SessionRequest(open=request), resume_timeout_s)
+
+    async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0) -> AsyncSession:
+        """Binds a new stream to an existing session (resume); its ``last_seq`` says where to go on."""
+        return await self._start(pb.SessionRequest(attach=pb.AttachSession(session_id=session_id)), resume_timeout_s)
 
 
 class Client:
@@ -229,8 +352,12 @@ class Client:
     def open(self, model: str, **kwargs: Any) -> SyncSession:
         return SyncSession(self, self._call(self._async.open(model, **kwargs)))
 
-    def attach(self, session_id: str) -> SyncSession:
-        return SyncSession(self, self._call(self._async.attach(session_id)))
+    def attach(self, session_id: str, **kwargs: Any) -> SyncSession:
+        return SyncSession(self, self._call(self._async.attach(session_id, **kwargs)))
+
+
+async def _cancel(session: AsyncSession) -> None:
+    session.cancel()
 
 
 async def _next(stream: AsyncIterator[T]) -> T:
@@ -257,8 +384,22 @@ class SyncSession:
             except StopAsyncIteration:
                 return
 
+    @property
+    def last_seq(self) -> int:
+        return self.session.last_seq
+
+    def fork(self) -> str:
+        return self._client._call(self.session.fork())
+
+    def reset(self) -> pb.ResetDone:
+        return self._client._call(self.session.reset())
+
+    def snapshot(self) -> pb.Snapshot:
+        return self._client._call(self.session.snapshot())
+
     def close(self) -> pb.Closed:
         return self._client._call(self.session.close())
 
     def cancel(self) -> None:
-        self._client._loop.call_soon_threadsafe(self.session.cancel)
+        """Breaks the stream (as a network failure would); the next call resumes the session."""
+        self._client._call(_cancel(self.session))

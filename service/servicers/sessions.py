@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers.generate import check_generate, generate, resolve_seed
 from service.drivers.predict import build_result, decode_step, run_step
 from service.drivers.vocabulary import vocabulary_of
-from service.errors import FailedPrecondition, InvalidArgument, StatestreamError, Unavailable, status_number
+from service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    StatestreamError,
+    Unavailable,
+    status_number,
+)
 from service.metrics import Metrics
-from service.servicers.wire import Context, Malformed
+from service.servicers.wire import Context, Malformed, unknown_field
 from service.sessions import ResolvedOptions, SeqCheck, SessionStore
 from service.sessions import Session as SessionState
 from service.settings import Settings
@@ -55,6 +64,12 @@ class SessionServicer:
         self.settings = settings
         self.metrics = metrics
         self.auth = auth
+        self.open_streams = 0
+
+    def _enter_stream(self) -> None:
+        if self.open_streams >= self.settings.max_streams:
+            raise ResourceExhausted("max_streams", self.settings.max_streams, "the server holds its most open streams")
+        self.open_streams += 1
 
     # -- opening -------------------------------------------------------------------------
 
@@ -64,7 +79,7 @@ class SessionServicer:
         if not request.model:
             raise InvalidArgument("open: model is required")
         options = resolve_options(request.model, request.options, self.store, request.version)
-        return self.store.open(request.model, request.version, caller, options)
+        return self.store.open(request.model, request.version, caller, options, request.restore)
 
     @staticmethod
     def _opened(session: SessionState) -> pb.SessionOpened:
@@ -87,9 +102,7 @@ class SessionServicer:
 
     async def CreateSession(self, request: pb.OpenSession | Malformed, context: Context) -> pb.SessionOpened:
         async def create() -> pb.SessionOpened:
-            if isinstance(request, Malformed):
-                raise InvalidArgument(request.reason)
-            return self._opened(self._open(request, self.auth.caller(context)))
+            return self._opened(self._open(checked(request), self.auth.caller(context)))
 
         return await self._guard(context, create)
 
@@ -97,9 +110,7 @@ class SessionServicer:
         self, request: pb.CloseSessionRequest | Malformed, context: Context
     ) -> pb.CloseSessionResponse:
         async def close() -> pb.CloseSessionResponse:
-            if isinstance(request, Malformed):
-                raise InvalidArgument(request.reason)
-            session = self.store.get(request.session_id, self.auth.caller(context))
+            session = self.store.get(checked(request).session_id, self.auth.caller(context))
             await self.store.close(session)
             return pb.CloseSessionResponse(last_applied_seq=session.last_seq)
 
@@ -112,6 +123,7 @@ class SessionServicer:
     ) -> AsyncIterator[pb.SessionResponse]:
         try:
             caller = self.auth.caller(context)
+            self._enter_stream()
         except StatestreamError as exc:
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
@@ -138,6 +150,7 @@ class SessionServicer:
                 if session.closed:
                     return
         finally:
+            self.open_streams -= 1
             if session is not None and not session.closed:
                 self.store.detach(session, stream)
 
@@ -146,8 +159,7 @@ class SessionServicer:
     ) -> SessionState:
         """The first message must open or attach; anything else ends the stream."""
         try:
-            if isinstance(request, Malformed):
-                raise InvalidArgument(request.reason)
+            request = checked(request)
             kind = request.WhichOneof("request")
             if kind == "open":
                 session = self._open(request.open, caller)
@@ -170,8 +182,7 @@ class SessionServicer:
         kind = "malformed" if isinstance(request, Malformed) else (request.WhichOneof("request") or "empty")
         self.metrics.requests.labels(name, kind).inc()
         try:
-            if isinstance(request, Malformed):
-                raise InvalidArgument(request.reason)
+            request = checked(request)
             if kind == "step":
                 yield pb.SessionResponse(result=await self.step(session, request.step))
             elif kind == "generate":
@@ -180,18 +191,34 @@ class SessionServicer:
             elif kind == "close":
                 await self.store.close(session)
                 yield pb.SessionResponse(closed=pb.Closed(session_id=session.id, last_applied_seq=session.last_seq))
+            elif kind == "fork":
+                yield pb.SessionResponse(forked=await self._fork(session))
+            elif kind == "reset":
+                yield pb.SessionResponse(reset=await self._reset(session, request.reset.seq))
+            elif kind == "snapshot":
+                async with session.lock:
+                    blob = self.store.snapshot(session)
+                yield pb.SessionResponse(snapshot=pb.Snapshot(blob=blob, last_applied_seq=session.last_seq))
             elif kind in ("open", "attach"):
                 raise InvalidArgument(
                     f"{kind}: this stream already holds session {session.id[:8]}…; open another stream"
                 )
             else:
-                raise InvalidArgument("empty message: set one of step, generate or close")
+                raise InvalidArgument("empty message: set one of step, generate, fork, reset, snapshot or close")
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
 
     async def step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
-        """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate."""
+        """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate.
+
+        The application is shielded from the caller's cancellation: once a step has started it
+        finishes and its seq is recorded even if the stream breaks meanwhile, so the state and
+        the last applied seq can never disagree (which would double-apply the step on resume).
+        """
+        return await shielded(self._apply_step(session, step))
+
+    async def _apply_step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
         async with session.lock:
             if session.closed:
                 raise FailedPrecondition("the session is closed")
@@ -203,31 +230,52 @@ class SessionServicer:
             session.record(step.seq, result, self.settings.reply_cache)
             return result
 
+    async def _fork(self, session: SessionState) -> pb.Forked:
+        async with session.lock:
+            if session.closed:
+                raise FailedPrecondition("the session is closed")
+            child = self.store.fork(session)
+        return pb.Forked(session_id=child.id, last_applied_seq=child.last_seq)
+
+    async def _reset(self, session: SessionState, seq: int) -> pb.ResetDone:
+        async with session.lock:
+            if session.check_seq(seq) is SeqCheck.DUPLICATE:
+                return pb.ResetDone(seq=seq, duplicate=True)
+            self.store.reset(session)
+            session.record(seq, None, 0)
+        return pb.ResetDone(seq=seq)
+
     async def _generate(self, session: SessionState, request: pb.Generate) -> AsyncIterator[pb.SessionResponse]:
         async with session.lock:
             if session.check_seq(request.seq) is SeqCheck.DUPLICATE:
-                yield pb.SessionResponse(generated=pb.GenerateDone(seq=request.seq, duplicate=True))
+                done = pb.GenerateDone(seq=request.seq)
+                cached = session.cached_reply(request.seq)
+                if cached is not None:
+                    done.CopyFrom(cached)
+                done.duplicate = True
+                yield pb.SessionResponse(generated=done)
                 return
             sampler = check_generate(session, request, self.settings.max_generate_tokens)
             if len(request.prompt) > self.settings.max_chunk:
-                raise InvalidArgument(
-                    f"prompt of {len(request.prompt)} characters exceeds max_chunk {self.settings.max_chunk}"
-                )
+                raise ResourceExhausted("max_chunk", self.settings.max_chunk, f"the prompt has {len(request.prompt)} characters")
             seed = resolve_seed(request)
             saved_state = session.runtime.slabs.read_row(session.row)
             saved_scratch = dict(session.scratch)
-            text: list[str] = []
+            done = pb.GenerateDone(seq=request.seq, seed=seed)
             try:
                 async for token in generate(session, request, sampler, seed):
-                    text.append(token.text)
+                    done.ids.append(token.id)
+                    done.probs.append(token.prob)
+                    done.text += token.text
                     yield pb.SessionResponse(token=token)
             except BaseException:
-                # Not finished (the stream broke, or the server stops): undo, so the seq stays unapplied.
+                # Not finished (the stream broke, or the server stops): undo, so the seq stays unapplied
+                # and a resuming client that sends the same Generate (same seed) gets the same tokens.
                 session.runtime.slabs.write_row(session.row, saved_state)
                 session.scratch = saved_scratch
                 raise
-            done = pb.GenerateDone(seq=request.seq, tokens=len(text), seed=seed, text="".join(text))
-            session.record(request.seq, None, 0)
+            done.tokens = len(done.ids)
+            session.record(request.seq, done, self.settings.reply_cache)
             yield pb.SessionResponse(generated=done)
 
     # -- multiplexing ----------------------------------------------------------------------
@@ -237,17 +285,21 @@ class SessionServicer:
     ) -> AsyncIterator[pb.MultiplexResponse]:
         try:
             caller = self.auth.caller(context)
+            self._enter_stream()
         except StatestreamError as exc:
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
-        async for request in requests:
-            if isinstance(request, Malformed):
-                yield pb.MultiplexResponse(
-                    results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
-                )
-                continue
-            outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
-            yield pb.MultiplexResponse(results=outcomes)
+        try:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    yield pb.MultiplexResponse(
+                        results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
+                    )
+                    continue
+                outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
+                yield pb.MultiplexResponse(results=outcomes)
+        finally:
+            self.open_streams -= 1
 
     async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
         try:
@@ -257,6 +309,29 @@ class SessionServicer:
         except StatestreamError as exc:
             return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
         return pb.SessionStepResult(session_id=entry.session_id, result=result)
+
+
+def checked(request: T | Malformed) -> T:
+    """The request, if it decoded and every field in it is one this server knows."""
+    if isinstance(request, Malformed):
+        raise InvalidArgument(request.reason)
+    assert isinstance(request, Message)
+    unknown = unknown_field(request)
+    if unknown:
+        raise InvalidArgument(f"unknown field ({unknown}): an option this server does not support")
+    return request
+
+
+async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Awaits ``coroutine`` as a task that the caller's cancellation does not stop."""
+    task = asyncio.ensure_future(coroutine)
+    task.add_done_callback(_consume_exception)
+    return await asyncio.shield(task)
+
+
+def _consume_exception(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so an orphaned failure is not reported as "never retrieved"
 
 
 def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
@@ -275,4 +350,6 @@ def _seq_of(request: pb.SessionRequest | Malformed) -> int:
         return int(request.step.seq)
     if kind == "generate":
         return int(request.generate.seq)
+    if kind == "reset":
+        return int(request.reset.seq)
     return 0

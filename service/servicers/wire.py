@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
 
 from service.api import statestream_pb2 as pb
@@ -59,3 +60,24 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any) -> N
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def unknown_field(message: Message, path: str = "") -> str | None:
+    """The path of the first field this server's proto does not define, or None.
+
+    proto3 keeps unknown fields silently; a client that sets an option this server does not know
+    must hear so rather than have it ignored.
+    """
+    where = path or message.DESCRIPTOR.name
+    unknown = unknown_fields.UnknownFieldSet(message)
+    if len(unknown):
+        return f"{where}: field number {unknown[0].field_number}"
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        values = value if descriptor.is_repeated else [value]
+        for item in values:
+            found = unknown_field(item, f"{where}.{descriptor.name}")
+            if found:
+                return found
+    return None
