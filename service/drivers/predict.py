@@ -52,6 +52,9 @@ def decode_step(manifest: Manifest, step: pb.Step, max_chunk: int) -> StepInputs
     kind = step.WhichOneof("input")
     if kind is None:
         raise InvalidArgument("step has no input: set one of text, tokens or tensors")
+    claimed = len(step.text) if kind == "text" else len(step.tokens.ids) if kind == "tokens" else 0
+    if claimed > max_chunk:  # refuse before decoding anything of an oversized chunk
+        raise ResourceExhausted("max_chunk", max_chunk, f"the step carries {claimed} time steps")
     if kind == "tensors":
         inputs = _decode_tensors(manifest, step.tensors)
     else:
