@@ -77,9 +77,10 @@ def run_sequence(step_fn: StepFn, manifest: Manifest, inputs: Mapping[str, np.nd
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, in float64."""
-    z = logits.astype(np.float64)
+    z: np.ndarray = logits.astype(np.float64)
     z -= z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    result: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return result
 
 
 def streamed_loss(

@@ -36,9 +36,10 @@ from service.contract import (
     replay_golden,
 )
 from training.data.shakespeare import TRAIN_DATA_DESCRIPTION, Vocabulary, load_shakespeare
-from training.evaluate import StepFn, Arrays, open_session, ort_step_fn, run_sequence, val_loss_from_onnx
+from training.evaluate import Arrays, StepFn, open_session, ort_step_fn, run_sequence, val_loss_from_onnx
 from training.loops import LOSS_CURVE_FILE, load_weights
 from training.nets import CharLSTM, StepNet
+from training.recipes import describe_recipe_path
 
 OPSET = 17
 GRAPH_FILE = "step.onnx"
@@ -115,7 +116,9 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
     The TorchScript exporter (``dynamo=False``) turns ``nn.LSTM`` into ONNX ``LSTM`` nodes,
     which ONNX Runtime runs as one fused kernel; ``auto`` uses it and falls back to the
     dynamo exporter only where it is unavailable. Either way the batch and time axes must
-    come out symbolic, which is checked here.
+    come out symbolic, which is checked here: in torch 2.13 the dynamo exporter unrolls
+    ``nn.LSTM`` over the example's time steps and fixes the time axis, so that export is
+    refused with a ContractError rather than shipped.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -132,6 +135,9 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
                 # batch > 1 needs its initial state as an input: it is an input here.
                 warnings.simplefilter("ignore", category=DeprecationWarning)
                 warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+                # nn.LSTM checks its input sizes in Python; the tracer warns that the checks
+                # become constants, which they are (the sizes are fixed by the weights).
+                warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
                 torch.onnx.export(
                     net, example, str(path), input_names=in_names, output_names=out_names,
                     dynamic_axes=axes, opset_version=OPSET, dynamo=False,
@@ -293,9 +299,10 @@ def export_char_lm(
     net.eval()
 
     facts = weights.training
+    recipe_file = str(weights.metadata.get("recipe_file", ""))
     training = {
         "recipe": weights.metadata.get("recipe", {}),
-        "recipe_file": weights.metadata.get("recipe_file", ""),
+        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
         "data": TRAIN_DATA_DESCRIPTION,
         "steps": facts.get("steps"),
         "time_s": facts.get("time_s"),

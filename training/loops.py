@@ -414,7 +414,7 @@ def train(
 
     def training_facts(step: int) -> dict[str, Any]:
         return {
-            "steps": step, "time_s": round(elapsed(), 1), "device": device_name, "torch": torch.__version__,
+            "steps": step, "time_s": round(elapsed(), 1), "device": device_name, "torch": str(torch.__version__),
             "final_train_loss": history.final_train_loss(), "val_loss": history.val[-1][1] if history.val else math.nan,
             "config": asdict(config),
         }
@@ -440,7 +440,7 @@ def train(
         output, *new_state = model(x, *state)
         loss = loss_fn(output, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
         optimizer.step()
         schedule.step()

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from training.loops import LoopConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent
+REPO_ROOT = RECIPES_DIR.parents[1]
 T = TypeVar("T")
 
 
@@ -51,6 +52,21 @@ class CharLMRecipe:
 def recipe_path(model_name: str) -> Path:
     """The shipped recipe of a model: ``training/recipes/<name>.toml``."""
     return RECIPES_DIR / f"{model_name}.toml"
+
+
+def describe_recipe_path(path: Path) -> str:
+    """The path to record in a manifest: repository-relative when the recipe is in the repository.
+
+    A run on another machine then records ``training/recipes/char_lm.toml``, not that
+    machine's checkout folder.
+    """
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO_ROOT):
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    parts = resolved.parts
+    if len(parts) >= 3 and parts[-3:-1] == ("training", "recipes"):  # a checkout elsewhere
+        return "/".join(parts[-3:])
+    return str(path)
 
 
 def load_recipe(path: Path) -> CharLMRecipe:
@@ -116,4 +132,4 @@ def _typed(hint: Any, value: Any, *, where: str) -> Any:
     raise TypeError(f"{where}: recipes do not support fields of type {hint!r}")  # a programming error
 
 
-__all__ = ["CharLMRecipe", "CharLSTMConfig", "RecipeError", "from_table", "load_recipe", "recipe_path"]
+__all__ = ["CharLMRecipe", "CharLSTMConfig", "RecipeError", "describe_recipe_path", "from_table", "load_recipe", "recipe_path"]
