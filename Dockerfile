@@ -16,9 +16,10 @@ COPY loadtest ./loadtest
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[${RUNTIME}]"
 
 FROM python:${PYTHON}-slim
+ARG RUNTIME=cpu
 RUN useradd --system --uid 10001 statestream
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels statestream && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "statestream[${RUNTIME}]" && rm -rf /wheels
 COPY --chown=statestream models /models
 USER statestream
 ENV STATESTREAM_HOST=0.0.0.0 \
