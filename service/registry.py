@@ -3,6 +3,11 @@
 A model is served only after its graph's signature matches the manifest and its golden trace
 replays within tolerance; a folder that fails either is refused with one log line that says
 why, and the server goes on with the others.
+
+``StepCalls`` is how the scheduler calls a model without per-step allocation: preallocated feed
+and result arrays for a batch of B sessions × K steps, bound to the graph once per (B, K) with
+ONNX Runtime's IOBinding, so a call is one ``run_with_iobinding`` with no conversion of Python
+dicts and no output allocation (about 6 µs less per call, ~25% of a tiny model's batch-1 call).
 """
 
 from __future__ import annotations
@@ -88,6 +93,126 @@ class LoadedModel:
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One ONNX Runtime call; the result maps every output (and new state) by name."""
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+
+Arrays = dict[str, np.ndarray]
+
+
+class BatchCall:
+    """The arrays of one (B, K) call: fill ``inputs`` and ``state``, ``run()``, read the results.
+
+    ``inputs[name]`` is ``[B, K, *shape]``, ``state[input]`` is ``[B, *shape]``; after ``run()``,
+    ``outputs[name]`` is ``[B, K, *shape]`` and ``new_state`` is keyed by the state's *input*
+    name. With IOBinding the result arrays are views of buffers that the next call overwrites:
+    copy what must outlive it (``reused`` says so).
+    """
+
+    __slots__ = ("_binding", "_model", "inputs", "new_state", "outputs", "reused", "state")
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        inputs: Arrays,
+        state: Arrays,
+        outputs: Arrays,
+        new_state: Arrays,
+        binding: ort.IOBinding | None,
+    ) -> None:
+        self._model = model
+        self.inputs = inputs
+        self.state = state
+        self.outputs = outputs
+        self.new_state = new_state
+        self._binding = binding
+        self.reused = binding is not None
+
+    def run(self) -> None:
+        """The ONNX Runtime call (releases the GIL while it computes)."""
+        if self._binding is not None:
+            # The C++ method directly: InferenceSession.run_with_iobinding is a thin wrapper, but
+            # run_with_ort_values' Python wrapper costs tens of µs; neither is needed here.
+            self._model.session._sess.run_with_iobinding(self._binding._iobinding, None)
+            return
+        results = self._model.run({**self.inputs, **self.state})
+        self.outputs = {t.name: results[t.name] for t in self._model.manifest.outputs}
+        self.new_state = {s.input: results[s.output] for s in self._model.manifest.state}
+
+
+class StepCalls:
+    """Preallocated, IOBound arrays for calls of up to ``max_batch`` sessions × K steps.
+
+    State buffers hold ``max_batch`` rows; per-step buffers hold B × K session-steps and grow
+    (doubling) up to ``max_steps``. A (B, K) call uses their leading rows, which are contiguous,
+    so ORT reads and writes them in place. Bindings are made once per (B, K) and kept (the cache
+    is cleared past ``max_bindings`` shapes). A call larger than ``max_steps`` gets fresh arrays
+    and no binding, so a rare huge chunk does not pin its memory; so does every call when
+    ``io_binding`` is off. One call at a time: the scheduler runs one batch at a time, and a
+    call's buffers are only reused by the next.
+    """
+
+    def __init__(
+        self, model: LoadedModel, *, io_binding: bool, max_batch: int, max_steps: int, max_bindings: int = 1024
+    ) -> None:
+        self.model = model
+        self.io_binding = io_binding
+        self.max_batch = max_batch
+        self.max_steps = max(max_steps, max_batch)
+        self.max_bindings = max_bindings
+        self._calls: dict[tuple[int, int], BatchCall] = {}
+        manifest = model.manifest
+        self._state_in = {s.input: np.zeros((max_batch, *s.shape), s.np_dtype) for s in manifest.state}
+        self._state_out = {s.input: np.zeros((max_batch, *s.shape), s.np_dtype) for s in manifest.state}
+        self._capacity = 0  # session-steps the per-step buffers hold
+        self._per_step: dict[str, np.ndarray] = {}
+
+    def _grow(self, steps: int) -> None:
+        capacity = min(max(steps, 2 * self._capacity, 64), self.max_steps)
+        manifest = self.model.manifest
+        self._per_step = {
+            t.name: np.zeros((capacity, *t.shape), t.np_dtype) for t in (*manifest.inputs, *manifest.outputs)
+        }
+        self._capacity = capacity
+        self._calls.clear()
+
+    def get(self, batch: int, steps: int) -> BatchCall:
+        """The arrays (and binding) of a call of ``batch`` sessions × ``steps`` time steps."""
+        call = self._calls.get((batch, steps))
+        if call is not None:
+            return call
+        if not self.io_binding or batch > self.max_batch or batch * steps > self.max_steps:
+            return self._unbound(batch, steps)
+        if batch * steps > self._capacity:
+            self._grow(batch * steps)
+        if len(self._calls) >= self.max_bindings:
+            self._calls.clear()
+        call = self._calls[(batch, steps)] = self._bound(batch, steps)
+        return call
+
+    def _bound(self, batch: int, steps: int) -> BatchCall:
+        manifest = self.model.manifest
+
+        def per_step(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            return self._per_step[name][: batch * steps].reshape(batch, steps, *shape)
+
+        inputs = {t.name: per_step(t.name, t.shape) for t in manifest.inputs}
+        outputs = {t.name: per_step(t.name, t.shape) for t in manifest.outputs}
+        state = {name: array[:batch] for name, array in self._state_in.items()}
+        new_state = {name: array[:batch] for name, array in self._state_out.items()}
+        binding = self.model.session.io_binding()
+        for name, array in (*inputs.items(), *state.items()):
+            binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        for name, array in outputs.items():
+            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        for s in manifest.state:
+            array = new_state[s.input]
+            binding.bind_output(s.output, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        return BatchCall(self.model, inputs, state, outputs, new_state, binding)
+
+    def _unbound(self, batch: int, steps: int) -> BatchCall:
+        manifest = self.model.manifest
+        inputs = {t.name: np.zeros((batch, steps, *t.shape), t.np_dtype) for t in manifest.inputs}
+        state = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
+        return BatchCall(self.model, inputs, state, {}, {}, None)
 
 
 def _model_folders(root: Path) -> Iterator[Path]:

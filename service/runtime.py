@@ -9,10 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from service.metrics import Metrics
-from service.registry import LoadedModel, Registry
+from service.registry import LoadedModel, Registry, StepCalls
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.slabs import StateSlabs
+
+#: Bound (preallocated) call buffers cover batches of up to max_batch x this many time steps;
+#: a larger call (a long prompt chunk of many sessions at once) allocates its own arrays.
+MAX_BOUND_STEPS_PER_SESSION = 64
 
 
 @dataclass
@@ -23,7 +27,13 @@ class ModelRuntime:
 
     @classmethod
     def build(cls, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelRuntime:
-        slabs = StateSlabs(model.manifest.state, settings.initial_capacity, settings.max_batch)
+        slabs = StateSlabs(model.manifest.state, settings.initial_capacity)
+        calls = StepCalls(
+            model,
+            io_binding=settings.io_binding,
+            max_batch=settings.max_batch,
+            max_steps=settings.max_batch * MAX_BOUND_STEPS_PER_SESSION,
+        )
         scheduler = Scheduler(
             model,
             slabs,
@@ -31,6 +41,7 @@ class ModelRuntime:
             max_delay_ms=settings.max_delay_ms,
             batching=settings.scheduler == "batched",
             metrics=metrics,
+            calls=calls,
         )
         return cls(model, slabs, scheduler)
 

@@ -6,16 +6,19 @@ as one batch, as soon as the previous batch finishes (no fixed wait unless ``max
 for one). Rules it keeps:
 
 * a batch holds at most ``max_batch`` session-steps, all with the same chunk length K, and
-  never two steps of one session (the later one waits for the next batch, so order holds);
-* state is gathered from the slabs before the call and scattered back after it, on the event
-  loop; only the ONNX Runtime call runs on the model's worker thread, so the loop keeps
-  receiving and decoding messages while the model computes;
+  never two steps of one session: a later step of a session already in the batch (and a step
+  of another K) stays at the head of the queue for the next batch, so each session's order
+  holds and the oldest step always goes next;
+* state is gathered from the slabs into the call's bound buffers before the call and scattered
+  back after it, on the event loop; only the ONNX Runtime call runs on the model's worker
+  thread, so the loop keeps receiving and decoding messages while the model computes;
 * a step submitted never runs at once: it waits until the submitting tasks of this turn of the
   event loop have all enqueued theirs, so steps that arrive together batch together. When the
-  batch is a single step it takes the direct path: it runs inline, with no thread hand-off,
-  which is what a lone stream needs for low latency;
+  batch is a single short step it takes the direct path: it runs inline, with no thread
+  hand-off, which is what a lone stream needs for low latency;
 * ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
-  call, inline. It is kept as an option so the benchmark can always measure it.
+  ``InferenceSession.run``, inline, with no scheduler and no IOBinding. It is kept as an option
+  so the benchmark can always measure it.
 
 A failed call fails every step of its batch and writes no state, so a session is never half-updated.
 """
@@ -27,18 +30,22 @@ import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from service.metrics import Metrics
-from service.registry import LoadedModel
+from service.metrics import Metrics, observe_many
+from service.registry import BatchCall, LoadedModel, StepCalls
 from service.slabs import StateSlabs
 
 Arrays = dict[str, np.ndarray]
 
+#: A lone step of at most this many time steps runs inline on the event loop (the direct path);
+#: a longer chunk goes to the worker thread, so it cannot stall the loop.
+INLINE_MAX_STEPS = 4
 
-@dataclass
+
+@dataclass(slots=True, eq=False)
 class StepJob:
     """One session's step (or chunk of K steps) waiting for a batch."""
 
@@ -46,7 +53,11 @@ class StepJob:
     inputs: Arrays  # each [K, *shape]
     steps: int  # K
     future: asyncio.Future[Arrays]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
+
+
+class SchedulerStopped(RuntimeError):
+    """The scheduler stopped before the step ran (server shutdown)."""
 
 
 class Scheduler:
@@ -61,22 +72,25 @@ class Scheduler:
         max_delay_ms: float,
         batching: bool,
         metrics: Metrics,
+        calls: StepCalls | None = None,
     ) -> None:
         self.model = model
         self.slabs = slabs
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self.batching = batching
+        self.calls = calls or StepCalls(model, io_binding=True, max_batch=max_batch, max_steps=max_batch * 64)
         self._pending: deque[StepJob] = deque()
         self._wakeup = asyncio.Event()
         self._busy = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.manifest.name}")
         self._task: asyncio.Task[None] | None = None
         self._input_names = [t.name for t in model.manifest.inputs]
-        self._state_pairs = [(s.input, s.output) for s in model.manifest.state]
         self._output_names = [t.name for t in model.manifest.outputs]
+        self._state_pairs = [(s.input, s.output) for s in model.manifest.state]
         name = model.manifest.name
         self._m_batch = metrics.batch_size.labels(name)
+        self._m_batches = metrics.batches.labels(name)
         self._m_queue = metrics.queue_seconds.labels(name)
         self._m_compute = metrics.compute_seconds.labels(name)
         self._m_steps = metrics.steps.labels(name)
@@ -93,6 +107,10 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(SchedulerStopped("the server stopped before this step ran"))
         self._executor.shutdown(wait=True)
 
     @property
@@ -102,93 +120,136 @@ class Scheduler:
     async def run(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """Runs K steps of the session at ``row``; returns its outputs, each ``[K, *shape]``.
 
-        The caller guarantees that a session has at most one call in flight.
+        The outputs are the caller's own arrays (no buffer of the scheduler's). The caller
+        guarantees that a session has at most one call in flight; the scheduler still never
+        puts two steps of one row in one batch.
         """
         if not self.batching:
-            return self._run_direct(row, inputs)
+            return self._run_naive(row, inputs, steps)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._pending.append(StepJob(row, inputs, steps, future))
-        self._wakeup.set()
+        self._pending.append(StepJob(row, inputs, steps, future, time.perf_counter()))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
         return await future
 
-    def _run_direct(self, row: int, inputs: Arrays) -> Arrays:
-        rows = np.array([row], dtype=np.intp)
-        feed = {name: value[np.newaxis] for name, value in inputs.items()}
-        feed.update(self.slabs.gather(rows))
-        results = self._compute(feed)
-        self.slabs.scatter(rows, {i: results[o] for i, o in self._state_pairs})
-        return {name: results[name][0] for name in self._output_names}
-
-    def _compute(self, feed: Arrays) -> Arrays:
-        """The ONNX Runtime call (on the worker thread when batched); feed includes the state."""
-        started = time.perf_counter()
-        results = self.model.run(feed)
-        self._m_compute.observe(time.perf_counter() - started)
-        batch, steps = feed[self._input_names[0]].shape[:2]
-        self._m_batch.observe(batch)
-        self._m_steps.inc(batch * steps)
-        return results
-
-    def _take_batch(self) -> list[StepJob]:
-        """Up to max_batch jobs of the first job's chunk length, one per session, in FIFO order."""
-        first = self._pending[0]
-        batch: list[StepJob] = []
-        rows: set[int] = set()
-        kept: deque[StepJob] = deque()
-        while self._pending:
-            job = self._pending.popleft()
-            if len(batch) < self.max_batch and job.steps == first.steps and job.row not in rows:
-                batch.append(job)
-                rows.add(job.row)
-            else:
-                kept.append(job)
-        self._pending = kept
-        return batch
+    # -- the loop ----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        pending = self._pending
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                if self.max_delay_s and len(self._pending) < self.max_batch:
-                    await asyncio.sleep(self.max_delay_s)
-                batch = self._take_batch()
-                if len(batch) == 1:
-                    self._run_single(batch[0])
-                    continue
-                self._busy = True
-                try:
+            if not pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay_s and len(pending) < self.max_batch:
+                wait_s = pending[0].enqueued + self.max_delay_s - time.perf_counter()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+            batch = self._take_batch()
+            self._busy = True
+            try:
+                if len(batch) == 1 and batch[0].steps <= INLINE_MAX_STEPS:
+                    self._run_inline(batch[0])
+                else:
                     await self._run_batch(loop, batch)
-                finally:
-                    self._busy = False
+            except Exception as exc:  # never let one bad batch stop the loop
+                _fail(batch, exc)
+            finally:
+                self._busy = False
 
-    def _run_single(self, job: StepJob) -> None:
-        self._m_queue.observe(time.perf_counter() - job.enqueued)
-        try:
-            outputs = self._run_direct(job.row, job.inputs)
-        except Exception as exc:
-            if not job.future.done():
-                job.future.set_exception(exc)
-            return
+    def _take_batch(self) -> list[StepJob]:
+        """Up to max_batch jobs of the first job's chunk length, one per session, oldest first.
+
+        Jobs passed over (another K, or a session already in the batch) go back to the head of
+        the queue in their order, so they are the first considered next time.
+        """
+        pending = self._pending
+        first = pending.popleft()
+        batch = [first]
+        if not pending:
+            return batch
+        steps = first.steps
+        rows = {first.row}
+        skipped: list[StepJob] = []
+        limit = self.max_batch
+        while pending and len(batch) < limit:
+            job = pending.popleft()
+            if job.steps == steps and job.row not in rows:
+                batch.append(job)
+                rows.add(job.row)
+            else:
+                skipped.append(job)
+        if skipped:
+            pending.extendleft(reversed(skipped))
+        return batch
+
+    # -- the three ways to run ---------------------------------------------------------------
+
+    def _run_naive(self, row: int, inputs: Arrays, steps: int) -> Arrays:
+        """The baseline: one plain batch-1 InferenceSession.run per step, inline."""
+        rows = np.array([row], dtype=np.intp)
+        feed = {name: value[np.newaxis] for name, value in inputs.items()}
+        feed.update(self.slabs.gather(rows))
+        started = time.perf_counter()
+        results = self.model.run(feed)
+        self._record(started, 1, steps)
+        self.slabs.scatter(rows, {i: results[o] for i, o in self._state_pairs})
+        return {name: results[name][0] for name in self._output_names}
+
+    def _run_inline(self, job: StepJob) -> None:
+        """The direct path: a lone step runs at once on the loop thread, with no hand-off."""
+        call = self.calls.get(1, job.steps)
+        for name, value in job.inputs.items():
+            call.inputs[name][0] = value
+        self.slabs.gather_row(job.row, call.state)
+        started = time.perf_counter()
+        self._m_queue.observe(started - job.enqueued)
+        call.run()
+        self._record(started, 1, job.steps)
+        self.slabs.scatter_row(job.row, call.new_state)
         if not job.future.done():
-            job.future.set_result(outputs)
+            reused = call.reused
+            job.future.set_result({name: out[0].copy() if reused else out[0] for name, out in call.outputs.items()})
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob]) -> None:
-        now = time.perf_counter()
-        for job in batch:
-            self._m_queue.observe(now - job.enqueued)
-        rows = np.fromiter((job.row for job in batch), dtype=np.intp, count=len(batch))
-        feed = {name: np.stack([job.inputs[name] for job in batch]) for name in self._input_names}
-        feed.update(self.slabs.gather(rows))
+        """Gathers on the loop, computes on the worker thread, scatters on the loop."""
+        count, steps = len(batch), batch[0].steps
+        call = self.calls.get(count, steps)
+        for name, view in call.inputs.items():
+            flat = view.reshape(count * steps, *view.shape[2:])
+            np.concatenate([job.inputs[name] for job in batch], axis=0, out=flat)
+        rows = np.fromiter((job.row for job in batch), dtype=np.intp, count=count)
+        self.slabs.gather(rows, call.state)
+        started = time.perf_counter()
+        observe_many(self._m_queue, [started - job.enqueued for job in batch])
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, feed)
+            await loop.run_in_executor(self._executor, call.run)
         except Exception as exc:
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            _fail(batch, exc)  # nothing was scattered: every session keeps its state
             return
-        self.slabs.scatter(rows, {i: results[o] for i, o in self._state_pairs})
+        self._record(started, count, steps)
+        self.slabs.scatter(rows, call.new_state)
+        outputs = _own(call)
         for index, job in enumerate(batch):
             if not job.future.done():
-                job.future.set_result({name: results[name][index] for name in self._output_names})
+                job.future.set_result({name: out[index] for name, out in outputs.items()})
+
+    def _record(self, started: float, batch: int, steps: int) -> None:
+        self._m_compute.observe(time.perf_counter() - started)
+        self._m_batch.observe(batch)
+        self._m_batches.inc()
+        self._m_steps.inc(batch * steps)
+
+
+def _own(call: BatchCall) -> Arrays:
+    """The call's outputs as arrays no later call writes to (one copy per batch, not per step)."""
+    if call.reused:
+        return {name: out.copy() for name, out in call.outputs.items()}
+    return call.outputs
+
+
+def _fail(batch: list[StepJob], exc: BaseException) -> None:
+    for job in batch:
+        if not job.future.done():
+            job.future.set_exception(exc)
