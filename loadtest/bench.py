@@ -1,0 +1,516 @@
+"""``statestream bench``: the serving benchmark, every variant measured side by side in one run.
+
+It starts each server variant itself on 127.0.0.1 as a child process (stopped by its PID at the
+end, whatever happens), drives it with closed-loop load from separate client processes, and
+prints one table and the targets as ratios measured in this run:
+
+* ``echo``: the same proto and message sizes with no model (``loadtest.echo``): the ceiling of
+  a Python grpc.aio server on this machine;
+* ``naive``: ``--scheduler none``, one batch-1 ORT call per step, the baseline;
+* ``statestream``: the batching scheduler, at N = 1, 64, 256, 1024 streams;
+* ``chunked``: K = 16 characters per message; ``multiplexed``: 256 sessions per message;
+* ``ort``: the model alone, at the batch shapes of those two, with the server's ORT options;
+* ``memory``: RSS growth per idle session against its raw state bytes.
+
+The machine is shared and noisy, so the variants are measured interleaved (echo, naive, ours,
+... for each N, then again) and every cell is the median of ``--repeats`` runs. Load is bounded
+(fixed stream counts, fixed durations) and goes to 127.0.0.1 only.
+
+    python -m loadtest.bench [--quick] [--json] [--models-dir models] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtest.load import LoadResult, LoadSpec, create_sessions, run_load
+from loadtest.ortrate import OrtBench
+from loadtest.servers import ServerProcess, echo_command, serve_command
+
+STREAMS_FULL = (1, 64, 256, 1024)
+STREAMS_QUICK = (1, 256)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how much: the full run, ``--quick``, or what the flags say."""
+
+    streams: tuple[int, ...] = STREAMS_FULL
+    warmup_s: float = 1.0
+    duration_s: float = 4.0
+    repeats: int = 3
+    chunk: int = 16
+    chunk_streams: int = 64
+    per_message: int = 256
+    multiplex_streams: int = 4
+    memory_sessions: int = 100_000
+    ort_duration_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured configuration."""
+
+    variant: str  # echo, naive, statestream, chunked, multiplexed
+    server: str  # which server process runs it
+    mode: str  # stream or multiplex
+    streams: int  # sessions driven at once
+    chunk: int = 1
+    per_message: int = 1
+
+    @property
+    def load_streams(self) -> int:
+        """Streams the client opens: one per session, or one per multiplexed message in flight."""
+        return self.streams // self.per_message if self.mode == "multiplex" else self.streams
+
+    @property
+    def steps_per_message(self) -> int:
+        return self.chunk * self.per_message
+
+
+@dataclass
+class Row:
+    """A table row: the median over repeats of one cell (or an ORT / memory measurement)."""
+
+    variant: str
+    streams: int
+    steps_per_message: int
+    messages_per_s: float
+    steps_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us_per_step: float = math.nan
+    errors: int = 0
+    response_bytes: float = math.nan
+    repeats: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "kind": "load" if self.variant != "ort" else "ort",
+            "variant": self.variant,
+            "streams": self.streams,
+            "steps_per_message": self.steps_per_message,
+            "messages_per_s": _round(self.messages_per_s),
+            "steps_per_s": _round(self.steps_per_s),
+            "p50_ms": _round(self.p50_ms, 3),
+            "p99_ms": _round(self.p99_ms, 3),
+            "server_cpu_us_per_step": _round(self.server_cpu_us_per_step, 1),
+            "errors": self.errors,
+            "response_bytes": _round(self.response_bytes),
+            "repeats": self.repeats,
+        }
+        data.update(self.extra)
+        return data
+
+
+@dataclass
+class Target:
+    name: str
+    value: float
+    threshold: float
+    higher_is_better: bool
+    detail: str
+
+    @property
+    def met(self) -> bool:
+        if math.isnan(self.value):
+            return False
+        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "target",
+            "target": self.name,
+            "value": _round(self.value, 3),
+            "threshold": self.threshold,
+            "met": self.met,
+            "detail": self.detail,
+        }
+
+
+def _round(value: float, digits: int = 0) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits) if digits else round(value)
+
+
+def client_layout(streams: int) -> tuple[int, int]:
+    """(worker processes, channels per worker) for N streams: as few processes as keep up.
+
+    The client shares the 2 cores with the server, so every extra process takes CPU from it;
+    one process with a few connections drives up to a few hundred streams, two beyond that.
+    """
+    workers = 1 if streams <= 256 else 2
+    channels = max(1, min(4, streams // 64))
+    return workers, channels
+
+
+def cells_of(plan: Plan) -> list[Cell]:
+    cells: list[Cell] = []
+    for streams in plan.streams:
+        cells.append(Cell("echo", "echo", "stream", streams))
+        cells.append(Cell("naive", "naive", "stream", streams))
+        cells.append(Cell("statestream", "statestream", "stream", streams))
+    cells.append(Cell("chunked", "statestream", "stream", plan.chunk_streams, chunk=plan.chunk))
+    cells.append(
+        Cell(
+            "multiplexed",
+            "statestream",
+            "multiplex",
+            plan.per_message * plan.multiplex_streams,
+            per_message=plan.per_message,
+        )
+    )
+    return cells
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(cell: Cell, server: ServerProcess, plan: Plan, model: str) -> LoadResult:
+    workers, channels = client_layout(cell.load_streams)
+    spec = LoadSpec(
+        target=server.target,
+        model=model,
+        mode=cell.mode,
+        streams=cell.load_streams,
+        channels=channels,
+        chunk=cell.chunk,
+        per_message=cell.per_message,
+    )
+    return run_load(
+        spec, workers=workers, warmup_s=plan.warmup_s, duration_s=plan.duration_s, cpu_seconds=server.cpu_seconds
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
+def summarize(cell: Cell, results: list[LoadResult]) -> Row:
+    return Row(
+        variant=cell.variant,
+        streams=cell.streams,
+        steps_per_message=cell.steps_per_message,
+        messages_per_s=_median([r.messages_per_s for r in results]),
+        steps_per_s=_median([r.steps_per_s for r in results]),
+        p50_ms=_median([r.percentile_ms(50) for r in results]),
+        p99_ms=_median([r.percentile_ms(99) for r in results]),
+        server_cpu_us_per_step=_median([r.cpu_us_per_step for r in results]),
+        errors=sum(r.errors for r in results),
+        response_bytes=_median([r.bytes_per_message for r in results]),
+        repeats=len(results),
+    )
+
+
+def measure_memory(models_dir: Path, model: str, sessions: int) -> dict[str, Any]:
+    """RSS growth of a fresh server per idle session (CreateSession), against the raw state bytes."""
+    from service.contract import Manifest
+
+    state_bytes = Manifest.load(models_dir / model).state_bytes
+    with ServerProcess("memory", serve_command(models_dir, "batched", ("--grace-s", "1"))) as server:
+        create_sessions(server.target, model, min(1000, sessions))  # warm: first-use allocations
+        time.sleep(0.5)
+        before = server.rss_bytes()
+        made = create_sessions(server.target, model, sessions)
+        time.sleep(0.5)
+        after = server.rss_bytes()
+    per_session = (after - before) / made
+    return {
+        "kind": "memory",
+        "variant": "memory",
+        "sessions": made,
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "rss_per_session_bytes": round(per_session),
+        "state_bytes_per_session": state_bytes,
+        "ratio": round(per_session / state_bytes, 3),
+    }
+
+
+def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> list[Target]:
+    def find(variant: str, streams: int | None = None) -> Row | None:
+        for row in rows:
+            if row.variant == variant and (streams is None or row.streams == streams):
+                return row
+        return None
+
+    targets: list[Target] = []
+    common = [n for n in plan.streams if n <= 256]
+    at = max(common) if common else max(plan.streams)
+    echo, naive, ours = find("echo", at), find("naive", at), find("statestream", at)
+    if echo and naive and ours:
+        targets.append(
+            Target(
+                f"statestream msg/s / echo msg/s at {at} streams",
+                ours.messages_per_s / echo.messages_per_s,
+                0.9,
+                True,
+                f"{ours.messages_per_s:.0f} / {echo.messages_per_s:.0f}",
+            )
+        )
+        targets.append(
+            Target(
+                f"statestream steps/s / naive steps/s at {at} streams",
+                ours.steps_per_s / naive.steps_per_s,
+                3.0,
+                True,
+                f"{ours.steps_per_s:.0f} / {naive.steps_per_s:.0f}",
+            )
+        )
+        targets.append(
+            Target(
+                f"statestream p99 / echo p99 at {at} streams",
+                ours.p99_ms / echo.p99_ms,
+                1.5,
+                False,
+                f"{ours.p99_ms:.2f} ms / {echo.p99_ms:.2f} ms",
+            )
+        )
+    lone, lone_naive = find("statestream", 1), find("naive", 1)
+    if lone and lone_naive:
+        targets.append(
+            Target(
+                "statestream p50 / naive p50 at 1 stream",
+                lone.p50_ms / lone_naive.p50_ms,
+                1.1,
+                False,
+                f"{lone.p50_ms:.3f} ms / {lone_naive.p50_ms:.3f} ms",
+            )
+        )
+    for variant, (batch, steps) in (
+        ("chunked", (plan.chunk_streams, plan.chunk)),
+        ("multiplexed", (min(plan.per_message, 256), 1)),
+    ):
+        row, ort = find(variant), _find_ort(rows, batch, steps)
+        if row and ort:
+            targets.append(
+                Target(
+                    f"{variant} steps/s / ORT steps/s (batch {batch} x {steps})",
+                    row.steps_per_s / ort.steps_per_s,
+                    0.6,
+                    True,
+                    f"{row.steps_per_s:.0f} / {ort.steps_per_s:.0f}",
+                )
+            )
+    if memory is not None:
+        targets.append(
+            Target(
+                f"RSS growth per idle session / raw state bytes ({memory['sessions']} sessions)",
+                float(memory["ratio"]),
+                1.5,
+                False,
+                f"{memory['rss_per_session_bytes']} B / {memory['state_bytes_per_session']} B",
+            )
+        )
+    return targets
+
+
+def _find_ort(rows: list[Row], batch: int, steps: int) -> Row | None:
+    for row in rows:
+        if row.variant == "ort" and row.streams == batch and row.steps_per_message == steps:
+            return row
+    return None
+
+
+def _ratio(row: Row, rows: list[Row]) -> str:
+    """The comparison printed beside a row: ours against echo and naive at the same N."""
+
+    def same(variant: str) -> Row | None:
+        return next((r for r in rows if r.variant == variant and r.streams == row.streams), None)
+
+    if row.variant == "statestream":
+        parts = []
+        echo, naive = same("echo"), same("naive")
+        if echo:
+            parts.append(f"{row.messages_per_s / echo.messages_per_s:.2f}x echo")
+        if naive:
+            parts.append(f"{row.steps_per_s / naive.steps_per_s:.2f}x naive")
+        return ", ".join(parts)
+    return ""
+
+
+def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] | None, header: str) -> str:
+    lines = [header, ""]
+    columns = (
+        f"{'variant':<12} {'streams':>7} {'steps/msg':>9} {'msg/s':>8} {'steps/s':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU us/step':>11}  vs"
+    )
+    lines += [columns, "-" * len(columns)]
+    for row in rows:
+        cpu = "" if math.isnan(row.server_cpu_us_per_step) else f"{row.server_cpu_us_per_step:.0f}"
+        vs = _ratio(row, rows)
+        if row.variant in ("chunked", "multiplexed"):
+            batch, steps = (row.streams, row.steps_per_message) if row.variant == "chunked" else (256, 1)
+            ort = _find_ort(rows, batch, steps)
+            vs = f"{row.steps_per_s / ort.steps_per_s:.2f}x ORT {batch}x{steps}" if ort else ""
+        if row.errors:
+            vs += f"  ({row.errors} errors)"
+        lines.append(
+            f"{row.variant:<12} {row.streams:>7} {row.steps_per_message:>9} {row.messages_per_s:>8.0f} "
+            f"{row.steps_per_s:>9.0f} {row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {cpu:>11}  {vs}"
+        )
+    if memory is not None:
+        lines += [
+            "",
+            f"memory: {memory['sessions']} idle sessions, RSS {memory['rss_before_mb']} -> {memory['rss_after_mb']} MB, "
+            f"{memory['rss_per_session_bytes']} B per session for {memory['state_bytes_per_session']} B of state "
+            f"({memory['ratio']:.2f}x)",
+        ]
+    lines += ["", "targets (ratios from this run):"]
+    for target in targets:
+        sign = ">=" if target.higher_is_better else "<="
+        status = "met " if target.met else "MISS"
+        lines.append(
+            f"  [{status}] {target.name}: {target.value:.2f} (target {sign} {target.threshold}) {target.detail}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="statestream bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="folder holding the model folder")
+    parser.add_argument("--model", default="char_lm", help="model to serve (default char_lm)")
+    parser.add_argument("--quick", action="store_true", help="N = 1 and 256, one repeat, short windows (< 2 min)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
+    parser.add_argument("--streams", help="comma-separated stream counts (default 1,64,256,1024)")
+    parser.add_argument("--repeats", type=int, help="runs of each cell; the table shows medians (default 3)")
+    parser.add_argument("--duration-s", type=float, help="measuring window per run (default 4)")
+    parser.add_argument("--warmup-s", type=float, help="warm-up before each window (default 1)")
+    parser.add_argument("--memory-sessions", type=int, help="idle sessions for the memory row (0: skip)")
+    parser.add_argument("--chunk-streams", type=int, help="streams of the chunked row (default 64)")
+    parser.add_argument("--multiplex-streams", type=int, help="multiplexed messages in flight (default 4)")
+    parser.add_argument("--per-message", type=int, help="sessions per multiplexed message (default 256)")
+    return parser.parse_args(list(argv))
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    plan = (
+        Plan(streams=STREAMS_QUICK, warmup_s=0.5, duration_s=2.0, repeats=1, memory_sessions=10_000, ort_duration_s=1.0)
+        if args.quick
+        else Plan()
+    )
+    changes: dict[str, Any] = {}
+    if args.streams:
+        changes["streams"] = tuple(int(s) for s in args.streams.split(","))
+    for name in (
+        "repeats",
+        "duration_s",
+        "warmup_s",
+        "memory_sessions",
+        "chunk_streams",
+        "multiplex_streams",
+        "per_message",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if changes:
+        from dataclasses import replace
+
+        plan = replace(plan, **changes)
+    return plan
+
+
+def run(
+    plan: Plan, models_dir: Path, model: str, log: Callable[[str], None] = _log
+) -> tuple[list[Row], dict[str, Any] | None]:
+    """Every measurement of the benchmark; servers are started here and always stopped."""
+    cells = cells_of(plan)
+    results: dict[Cell, list[LoadResult]] = {cell: [] for cell in cells}
+    ort_shapes = [(min(plan.per_message, 256), 1), (plan.chunk_streams, plan.chunk)]
+    ort_runs: dict[tuple[int, int], list[Any]] = {shape: [] for shape in ort_shapes}
+    servers: dict[str, ServerProcess] = {}
+    grace = ("--grace-s", "1")
+    try:
+        for name, command in (
+            ("echo", echo_command()),
+            ("naive", serve_command(models_dir, "none", grace)),
+            ("statestream", serve_command(models_dir, "batched", grace)),
+        ):
+            server = ServerProcess(name, command)
+            servers[name] = server  # registered before start, so a failed start is still stopped
+            server.start()
+            log(f"started {name} (pid {server.pid}) on {server.target}")
+        ort = OrtBench(models_dir / model)
+        for repeat in range(plan.repeats):
+            for cell in cells:
+                result = measure(cell, servers[cell.server], plan, model)
+                results[cell].append(result)
+                log(
+                    f"[{repeat + 1}/{plan.repeats}] {cell.variant:<12} N={cell.streams:<5} "
+                    f"{result.steps_per_s:8.0f} steps/s  p50 {result.percentile_ms(50):7.2f} ms  "
+                    f"p99 {result.percentile_ms(99):7.2f} ms  cpu {result.cpu_us_per_step:6.0f} us/step"
+                    + (f"  {result.errors} errors" if result.errors else "")
+                )
+            for shape in ort_shapes:
+                rate = ort.rate(*shape, plan.ort_duration_s)
+                ort_runs[shape].append(rate)
+                log(
+                    f"[{repeat + 1}/{plan.repeats}] ort          B={shape[0]} K={shape[1]} {rate.steps_per_s:8.0f} steps/s"
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = [summarize(cell, results[cell]) for cell in cells]
+    for (batch, steps), rates in ort_runs.items():
+        rows.append(
+            Row(
+                variant="ort",
+                streams=batch,
+                steps_per_message=steps,
+                messages_per_s=_median([r.calls / r.duration_s for r in rates]),
+                steps_per_s=_median([r.steps_per_s for r in rates]),
+                p50_ms=_median([r.percentile_ms(50) for r in rates]),
+                p99_ms=_median([r.percentile_ms(99) for r in rates]),
+                repeats=len(rates),
+            )
+        )
+    memory = None
+    if plan.memory_sessions > 0:
+        memory = measure_memory(models_dir, model, plan.memory_sessions)
+        log(f"memory: {memory['ratio']:.2f}x state bytes per idle session")
+    return rows, memory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = plan_of(args)
+    folder = args.models_dir / args.model
+    if not (folder / "manifest.json").is_file():
+        print(f"statestream bench: no model {args.model!r} in {args.models_dir} (use --models-dir)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    rows, memory = run(plan, args.models_dir, args.model)
+    targets = targets_of(rows, memory, plan)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_json()))
+        if memory is not None:
+            print(json.dumps(memory))
+        for target in targets:
+            print(json.dumps(target.to_json()))
+    else:
+        header = (
+            f"statestream bench: model {args.model} from {args.models_dir}, "
+            f"median of {plan.repeats} run(s) of {plan.duration_s:g} s each, "
+            f"{time.monotonic() - started:.0f} s in all"
+        )
+        print(format_table(rows, targets, memory, header))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""Closed-loop load generators: N streams, each sends a step and waits for its answer.
+
+A 2-core machine cannot drive a thousand streams from one Python process through one HTTP/2
+connection, and the client shares the cores with the server it measures, so the load is spread
+over a few worker processes (``spawn``ed, each with its own event loop) and each worker over a
+few channels with their own connections. Workers send pre-encoded request bytes and never parse
+a step's answer beyond its first byte (see ``loadtest.messages``).
+
+Every worker first opens its sessions and reports ready; the parent then hands all of them the
+same start time, warm-up and measuring window (``time.monotonic`` is one clock for every process
+of the machine), samples the server's CPU time at the window's edges, and gathers each worker's
+counts and latencies. Only answers that arrive inside the window count.
+
+Modes:
+
+* ``stream``: one session per Session stream, one step (K characters, K = ``chunk``) per message;
+* ``multiplex``: sessions made with CreateSession; each Multiplex stream carries the next step of
+  ``per_message`` sessions in every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+import numpy as np
+
+from loadtest import messages
+
+#: Keeps each channel on its own TCP connection (channels with equal arguments share one).
+_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)]
+_OPEN_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one worker process runs."""
+
+    target: str
+    model: str
+    mode: str  # "stream" or "multiplex"
+    streams: int  # Session streams, or Multiplex streams
+    channels: int = 2
+    chunk: int = 1  # characters (time steps) per step message
+    last_only: bool = False
+    per_message: int = 1  # sessions per Multiplex message
+    text: bytes = b"the quick brown fox jumps over the lazy dog. "
+    offset: int = 0  # where in ``text`` this worker's first stream starts
+
+
+@dataclass
+class WorkerResult:
+    messages: int = 0
+    steps: int = 0
+    errors: int = 0
+    response_bytes: int = 0
+    latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass
+class LoadResult:
+    """One closed-loop run, all workers together."""
+
+    messages: int
+    steps: int
+    errors: int
+    duration_s: float
+    latencies_s: np.ndarray
+    server_cpu_s: float
+    response_bytes: int
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.duration_s
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.duration_s
+
+    def percentile_ms(self, q: float) -> float:
+        if not len(self.latencies_s):
+            return float("nan")
+        return float(np.percentile(self.latencies_s, q) * 1e3)
+
+    @property
+    def cpu_us_per_step(self) -> float:
+        return self.server_cpu_s / self.steps * 1e6 if self.steps else float("nan")
+
+    @property
+    def bytes_per_message(self) -> float:
+        return self.response_bytes / self.messages if self.messages else float("nan")
+
+
+class _Window:
+    def __init__(self, go: float, measure: float, end: float) -> None:
+        self.go, self.measure, self.end = go, measure, end
+
+
+def _texts(spec: LoadSpec, index: int) -> list[bytes]:
+    """The chunks one stream sends in turn, starting at its own offset of ``spec.text``."""
+    text = spec.text
+    start = (spec.offset + index * 7) % len(text)
+    rolled = text[start:] + text[:start]
+    count = len(rolled)
+    return [(rolled * (spec.chunk + 1))[i : i + spec.chunk] for i in range(0, count * spec.chunk, spec.chunk)][:count]
+
+
+async def _stream(
+    channel: grpc.aio.Channel, spec: LoadSpec, index: int, gate: _Gate, opening: asyncio.Semaphore, out: WorkerResult
+) -> None:
+    method = channel.stream_stream(messages.SESSION_METHOD)  # bytes in, bytes out
+    async with opening:
+        call = method()
+        await call.write(messages.open_request(spec.model))
+        messages.opened_session_id(await call.read())
+    texts = _texts(spec, index)
+    times = await gate.opened()
+    latencies: list[float] = []
+    seq = 0
+    clock = time.monotonic
+    while True:
+        sent = clock()
+        if sent >= times.end:
+            break
+        seq += 1
+        await call.write(messages.session_step_request(seq, texts[seq % len(texts)], spec.last_only))
+        response = await call.read()
+        done = clock()
+        if done < times.measure or done >= times.end:
+            continue
+        latencies.append(done - sent)
+        if response[0] != messages.RESULT_TAG:
+            out.errors += 1
+        out.response_bytes += len(response)
+    out.messages += len(latencies)
+    out.steps += len(latencies) * spec.chunk
+    out.latencies_s = np.concatenate([out.latencies_s, np.asarray(latencies, np.float32)])
+    call.cancel()
+
+
+async def _multiplex(
+    channel: grpc.aio.Channel, spec: LoadSpec, index: int, gate: _Gate, opening: asyncio.Semaphore, out: WorkerResult
+) -> None:
+    create = channel.unary_unary(messages.CREATE_METHOD)
+
+    async def create_one() -> str:
+        async with opening:
+            return messages.created_session_id(await create(messages.create_request(spec.model)))
+
+    ids = await asyncio.gather(*(create_one() for _ in range(spec.per_message)))
+    prefixes = [messages.session_step_prefix(i) for i in ids]
+    all_texts = [_texts(spec, index * spec.per_message + j) for j in range(spec.per_message)]
+    call = channel.stream_stream(messages.MULTIPLEX_METHOD)()
+    times = await gate.opened()
+    latencies: list[float] = []
+    seq = 0
+    clock = time.monotonic
+    while True:
+        sent = clock()
+        if sent >= times.end:
+            break
+        seq += 1
+        texts = [t[seq % len(t)] for t in all_texts]
+        await call.write(messages.multiplex_request(prefixes, seq, texts))
+        response = await call.read()
+        done = clock()
+        if done < times.measure or done >= times.end:
+            continue
+        latencies.append(done - sent)
+        out.errors += messages.multiplex_errors(response)
+        out.response_bytes += len(response)
+    out.messages += len(latencies)
+    out.steps += len(latencies) * spec.per_message * spec.chunk
+    out.latencies_s = np.concatenate([out.latencies_s, np.asarray(latencies, np.float32)])
+    call.cancel()
+
+
+class _Gate:
+    """Counts the streams that have opened their sessions, then hands them the measuring window."""
+
+    def __init__(self, streams: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.remaining = streams
+        self.all_open: asyncio.Future[None] = loop.create_future()
+        self.window: asyncio.Future[_Window] = loop.create_future()
+
+    async def opened(self) -> _Window:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.all_open.set_result(None)
+        return await self.window
+
+
+async def _worker(spec: LoadSpec, conn: Connection) -> WorkerResult:
+    loop = asyncio.get_running_loop()
+    channels = [
+        grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS) for _ in range(spec.streams and spec.channels)
+    ]
+    gate = _Gate(spec.streams)
+    out = WorkerResult()
+    run = _stream if spec.mode == "stream" else _multiplex
+    opening = asyncio.Semaphore(_OPEN_CONCURRENCY)
+    tasks = [
+        loop.create_task(run(channels[i % len(channels)], spec, i, gate, opening, out)) for i in range(spec.streams)
+    ]
+    waiting = [gate.all_open, *tasks]
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()  # a stream that failed to open raises here
+    conn.send("ready")
+    go, measure, end = await loop.run_in_executor(None, conn.recv)
+    gate.window.set_result(_Window(go, measure, end))
+    await asyncio.gather(*tasks)
+    for channel in channels:
+        await channel.close(None)
+    return out
+
+
+def worker_main(spec: LoadSpec, conn: Connection) -> None:
+    try:
+        conn.send(asyncio.run(_worker(spec, conn)))
+    except BaseException as exc:  # report, so the parent does not wait for a dead worker
+        conn.send(RuntimeError(f"load worker failed: {exc!r}"))
+        raise
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` streams over at most ``parts`` workers, as evenly as possible (no empty worker)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_load(
+    spec: LoadSpec,
+    *,
+    workers: int,
+    warmup_s: float,
+    duration_s: float,
+    cpu_seconds: Any,
+    open_timeout_s: float = 120.0,
+) -> LoadResult:
+    """Runs ``spec.streams`` streams over ``workers`` processes; ``cpu_seconds()`` reads the server's CPU."""
+    context = mp.get_context("spawn")
+    processes: list[Any] = []
+    pipes: list[Connection] = []
+    try:
+        offset = 0
+        for count in split(spec.streams, workers):
+            parent, child = context.Pipe()
+            worker_spec = replace(spec, streams=count, offset=offset)
+            offset += count * 7 * max(1, spec.per_message)
+            process = context.Process(target=worker_main, args=(worker_spec, child), daemon=True)
+            process.start()
+            child.close()
+            processes.append(process)
+            pipes.append(parent)
+        for pipe in pipes:
+            _expect(pipe, "ready", open_timeout_s)
+        go = time.monotonic() + 0.05
+        measure, end = go + warmup_s, go + warmup_s + duration_s
+        for pipe in pipes:
+            pipe.send((go, measure, end))
+        time.sleep(max(0.0, measure - time.monotonic()))
+        cpu_start = cpu_seconds()
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu_end = cpu_seconds()
+        results = [_expect(pipe, None, open_timeout_s) for pipe in pipes]
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()  # our own child, by its PID
+                process.join(timeout=5)
+    latencies = np.concatenate([r.latencies_s for r in results]) if results else np.zeros(0, np.float32)
+    return LoadResult(
+        messages=sum(r.messages for r in results),
+        steps=sum(r.steps for r in results),
+        errors=sum(r.errors for r in results),
+        duration_s=duration_s,
+        latencies_s=latencies,
+        server_cpu_s=cpu_end - cpu_start,
+        response_bytes=sum(r.response_bytes for r in results),
+    )
+
+
+def _expect(pipe: Connection, want: str | None, timeout_s: float) -> Any:
+    if not pipe.poll(timeout_s):
+        raise TimeoutError(f"a load worker did not answer within {timeout_s:.0f}s")
+    message = pipe.recv()
+    if isinstance(message, BaseException):
+        raise message
+    if want is not None and message != want:
+        raise RuntimeError(f"a load worker said {message!r}, expected {want!r}")
+    return message
+
+
+async def _create_sessions(target: str, model: str, count: int, concurrency: int) -> int:
+    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    create = channel.unary_unary(messages.CREATE_METHOD)
+    request = messages.create_request(model)
+    remaining = count
+
+    async def creator() -> int:
+        nonlocal remaining
+        made = 0
+        while remaining > 0:
+            remaining -= 1
+            messages.created_session_id(await create(request))
+            made += 1
+        return made
+
+    made = sum(await asyncio.gather(*(creator() for _ in range(concurrency))))
+    await channel.close(None)
+    return made
+
+
+def _create_main(target: str, model: str, count: int, concurrency: int, conn: Connection) -> None:
+    try:
+        conn.send(asyncio.run(_create_sessions(target, model, count, concurrency)))
+    except BaseException as exc:
+        conn.send(RuntimeError(f"session creator failed: {exc!r}"))
+        raise
+
+
+def create_sessions(target: str, model: str, count: int, *, workers: int = 2, timeout_s: float = 600.0) -> int:
+    """Opens ``count`` idle sessions with CreateSession from ``workers`` processes; returns how many."""
+    context = mp.get_context("spawn")
+    processes: list[Any] = []
+    pipes: list[Connection] = []
+    try:
+        for part in split(count, workers):
+            parent, child = context.Pipe()
+            process = context.Process(target=_create_main, args=(target, model, part, 64, child), daemon=True)
+            process.start()
+            child.close()
+            processes.append(process)
+            pipes.append(parent)
+        return sum(int(_expect(pipe, None, timeout_s)) for pipe in pipes)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)

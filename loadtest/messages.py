@@ -1,0 +1,100 @@
+"""Request bytes for the load generators, encoded by hand, and cheap checks of the answers.
+
+The client shares the machine with the server it measures, so every microsecond it spends is
+taken from the server. Building a ``SessionRequest`` through protobuf and parsing every answer
+would cost the client about as much as the server's own work; instead the load generators send
+bytes encoded here (the same wire format, checked against the generated classes in the tests)
+and only look at the first byte of an answer to tell a result from an error.
+"""
+
+from __future__ import annotations
+
+from service.api import statestream_pb2 as pb
+
+# Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
+_SESSION_REQUEST_STEP = 3 << 3 | 2
+_STEP_SEQ = 1 << 3 | 0
+_STEP_TEXT = 2 << 3 | 2
+_STEP_LAST_ONLY = 5 << 3 | 0
+_MULTIPLEX_STEPS = 1 << 3 | 2
+_SESSION_STEP_ID = 1 << 3 | 2
+_SESSION_STEP_STEP = 2 << 3 | 2
+#: First byte of a SessionResponse carrying a StepResult (field 2) or an Error (field 5).
+RESULT_TAG = 2 << 3 | 2
+ERROR_TAG = 5 << 3 | 2
+
+SESSION_METHOD = "/statestream.v1.SessionService/Session"
+MULTIPLEX_METHOD = "/statestream.v1.SessionService/Multiplex"
+CREATE_METHOD = "/statestream.v1.SessionService/CreateSession"
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + varint(len(payload)) + payload
+
+
+def step_bytes(seq: int, text: bytes, last_only: bool = False) -> bytes:
+    """A serialized ``Step`` (seq, text, last_only)."""
+    body = bytes((_STEP_SEQ,)) + varint(seq) + _field(_STEP_TEXT, text)
+    if last_only:
+        body += bytes((_STEP_LAST_ONLY, 1))
+    return body
+
+
+def session_step_request(seq: int, text: bytes, last_only: bool = False) -> bytes:
+    """A serialized ``SessionRequest`` holding one step."""
+    return _field(_SESSION_REQUEST_STEP, step_bytes(seq, text, last_only))
+
+
+def session_step_prefix(session_id: str) -> bytes:
+    """The ``session_id`` field of a ``SessionStep``; reused for every message of that session."""
+    return _field(_SESSION_STEP_ID, session_id.encode())
+
+
+def multiplex_request(prefixes: list[bytes], seq: int, texts: list[bytes]) -> bytes:
+    """A serialized ``MultiplexRequest``: one step with ``seq`` for each session."""
+    parts = []
+    for prefix, text in zip(prefixes, texts, strict=True):
+        entry = prefix + _field(_SESSION_STEP_STEP, step_bytes(seq, text))
+        parts.append(_field(_MULTIPLEX_STEPS, entry))
+    return b"".join(parts)
+
+
+def open_request(model: str, top_k: int = 0) -> bytes:
+    return pb.SessionRequest(
+        open=pb.OpenSession(model=model, options=pb.SessionOptions(top_k=top_k))
+    ).SerializeToString()
+
+
+def create_request(model: str) -> bytes:
+    return pb.OpenSession(model=model).SerializeToString()
+
+
+def opened_session_id(response: bytes) -> str:
+    """The session id of a ``SessionResponse`` that must be ``opened``."""
+    message = pb.SessionResponse.FromString(response)
+    if message.WhichOneof("response") != "opened":
+        raise RuntimeError(f"expected opened, got {message}")
+    return message.opened.session_id
+
+
+def multiplex_errors(response: bytes) -> int:
+    """Entries of a ``MultiplexResponse`` that carry an error (parsed: one parse per many steps)."""
+    message = pb.MultiplexResponse.FromString(response)
+    return sum(1 for r in message.results if r.WhichOneof("outcome") != "result")
+
+
+def created_session_id(response: bytes) -> str:
+    """The session id of a ``SessionOpened`` (the answer to CreateSession)."""
+    return str(pb.SessionOpened.FromString(response).session_id)

@@ -1,0 +1,143 @@
+"""Server variants as child processes on 127.0.0.1, each stopped by its PID.
+
+``ServerProcess.start`` launches a variant (``python -m service.cli serve`` or the echo
+ceiling), reads the port it bound from its first line, and ``stop`` ends that one process:
+SIGTERM, then SIGKILL if it does not go within a few seconds. Use it as a context manager so a
+failing benchmark never leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+HOST = "127.0.0.1"
+_LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+
+
+def serve_command(models_dir: Path, scheduler: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The statestream server with limits that let the benchmark open 100k sessions."""
+    return [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--models-dir",
+        str(models_dir),
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--scheduler",
+        scheduler,
+        "--log-level",
+        "WARNING",
+        "--max-sessions",
+        "1000000",
+        "--max-sessions-per-caller",
+        "1000000",
+        "--max-streams",
+        "100000",
+        *extra,
+    ]
+
+
+def echo_command() -> list[str]:
+    return [sys.executable, "-m", "loadtest.echo", "--host", HOST, "--port", "0"]
+
+
+@dataclass
+class ServerProcess:
+    """One server variant running as a child process."""
+
+    name: str
+    command: list[str]
+    start_timeout_s: float = 120.0
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+    _log: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        try:
+            self.port = self._wait_for_port()
+        except BaseException:
+            self.stop()
+            raise
+        # Keep draining its output so a chatty server never blocks on a full pipe.
+        threading.Thread(target=self._drain, name=f"{self.name}-log", daemon=True).start()
+
+    def _wait_for_port(self) -> int:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        for line in self.process.stdout:
+            self._log.append(line.rstrip())
+            match = _LISTENING.search(line)
+            if match:
+                return int(match.group(2))
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError(f"{self.name} did not start: " + "\n".join(self._log))
+
+    def _drain(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self._log.append(line.rstrip())
+
+    def stop(self) -> None:
+        """Stops this process by its PID: SIGTERM, then SIGKILL after 10 s."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (all its threads)."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def recent_output(self) -> str:
+        return "\n".join(self._log)
