@@ -336,6 +336,9 @@ class Strategies:
             choices += [choices[4], choices[4], choices[5]]
         else:
             choices.append(st.just((r(close=pb.Close()), 0)))
+            # Around the message size limit: over it, gRPC itself ends the stream (RESOURCE_EXHAUSTED).
+            limit = self.limits.max_message_bytes
+            choices.append(st.integers(limit - 16, limit + 64).map(lambda n: (r(step=pb.Step(text="a" * n)), 1)))
         return st.one_of(choices)
 
     def mutations(self) -> st.SearchStrategy[tuple[tuple[str, float, bytes], ...]]:
@@ -407,10 +410,10 @@ class Strategies:
 TARGET_MIX = (("stream", 50), ("multiplex", 20), ("unary", 20), ("first", 10))
 
 
-def target_strategy() -> st.SearchStrategy[str]:
+def target_strategy(mix: Sequence[tuple[str, int]] = TARGET_MIX) -> st.SearchStrategy[str]:
     """A target drawn by the mix (a percentile, not sampled_from, which leans to its first elements)."""
     bounds, total = [], 0
-    for name, percent in TARGET_MIX:
+    for name, percent in mix:
         total += percent
         bounds.append((total, name))
     return st.integers(0, total - 1).map(lambda n: next(name for bound, name in bounds if n < bound))
@@ -1096,8 +1099,16 @@ def _parse(message_type: type[Message], payload: bytes) -> Any:
 # -- driving it ---------------------------------------------------------------------------------
 
 
-def run_cases(fuzzer: Fuzzer, strategies: Strategies, cases: int, *, seed_value: int | None = None) -> None:
+def run_cases(
+    fuzzer: Fuzzer,
+    strategies: Strategies,
+    cases: int,
+    *,
+    seed_value: int | None = None,
+    mix: Sequence[tuple[str, int]] = TARGET_MIX,
+) -> None:
     """Draws ``cases`` cases with hypothesis and runs each; findings are recorded, never raised."""
+    targets = target_strategy(mix)
 
     @settings(
         max_examples=cases,
@@ -1109,7 +1120,7 @@ def run_cases(fuzzer: Fuzzer, strategies: Strategies, cases: int, *, seed_value:
     )
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
-        target = data.draw(target_strategy(), label="target")
+        target = data.draw(targets, label="target")
         fuzzer.run(data.draw(strategies.case(target), label=target))
 
     if seed_value is not None:
