@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import grpc
 
+#: Longest message sent back: messages quote what the client sent (a name, a character), and an
+#: answer must stay small whatever the request held.
+MAX_MESSAGE_CHARS = 1024
+
 
 class StatestreamError(Exception):
     """Base class: an error a client caused or must know about, with its status code."""
@@ -16,6 +20,8 @@ class StatestreamError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.message = message
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ _TO_NUMPY: dict[int, np.dtype[Any]] = {
     pb.DATA_TYPE_INT64: np.dtype("<i8"),
     pb.DATA_TYPE_INT32: np.dtype("<i4"),
 }
+#: Most dimensions a tensor may have (numpy's own limit is 64; no model here needs more than a few).
+MAX_DIMS = 32
 
 
 def proto_dtype(name: str) -> Any:
@@ -35,10 +38,12 @@ def from_proto(tensor: pb.Tensor) -> np.ndarray:
     dtype = _TO_NUMPY.get(tensor.dtype)
     if dtype is None:
         raise InvalidArgument(f"tensor {tensor.name!r}: dtype {tensor.dtype} is not a valid DataType")
+    if len(tensor.shape) > MAX_DIMS:
+        raise InvalidArgument(f"tensor {tensor.name!r}: {len(tensor.shape)} dimensions, at most {MAX_DIMS}")
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"tensor {tensor.name!r}: negative dimension in shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: a huge shape cannot wrap around to match
     if len(tensor.data) != expected:
         raise InvalidArgument(
             f"tensor {tensor.name!r}: shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(tensor.data)}"

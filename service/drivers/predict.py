@@ -7,13 +7,15 @@ outputs into a StepResult: for language models, the top-k next tokens with their
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
-from service.drivers.vocabulary import vocabulary_of
+from service.drivers.vocabulary import Vocabulary, vocabulary_of
 from service.errors import InvalidArgument, ResourceExhausted
 from service.sessions import Session
 from service.tensors import from_proto, to_proto
@@ -57,6 +59,11 @@ def decode_step(manifest: Manifest, step: pb.Step, max_chunk: int) -> StepInputs
         raise ResourceExhausted("max_chunk", max_chunk, f"the step carries {claimed} time steps")
     if kind == "tensors":
         inputs = _decode_tensors(manifest, step.tensors)
+        vocab = vocabulary_of(manifest)
+        if vocab is not None and len(manifest.inputs) == 1 and manifest.inputs[0].dtype.startswith("int"):
+            # Token ids sent as a tensor obey the vocabulary too: ONNX Runtime would fail the whole
+            # batch on an id past the embedding, and silently read a negative id from the end.
+            vocab.check_ids(inputs.arrays[manifest.inputs[0].name].reshape(-1).astype(np.int64))
     else:
         name = _token_input(manifest)
         vocab = vocabulary_of(manifest)
@@ -117,6 +124,30 @@ def top_tokens(probs: np.ndarray, k: int, tokens: list[str]) -> list[pb.TokenPro
     candidates = np.argpartition(-probs, k - 1)[:k]
     order = candidates[np.lexsort((candidates, -probs[candidates]))]
     return [pb.TokenProb(id=int(i), token=tokens[i], prob=float(probs[i])) for i in order]
+
+
+@cache
+def _longest_token_bytes(vocab: Vocabulary) -> int:
+    return max((len(token.encode()) for token in vocab.tokens), default=0)
+
+
+def answer_bytes_bound(session: Session, steps: int) -> int:
+    """An upper bound of the encoded answer (SessionResponse of build_result) returning ``steps`` steps.
+
+    Checked before a step runs, so a step whose answer could not be sent (over max_message_bytes)
+    is refused instead of applied and then lost with the stream.
+    """
+    manifest = session.runtime.model.manifest
+    vocab = vocabulary_of(manifest)
+    per_step = 12  # StepOutput framing
+    if vocab is not None:
+        token = _longest_token_bytes(vocab)
+        per_step += token + 6 + session.options.top_k * (token + 24)  # input text; TokenProb id, token, prob
+    specs = {t.name: t for t in manifest.outputs}
+    for name in session.options.return_tensors:
+        spec = specs[name]
+        per_step += 24 + 2 * len(name) + 11 * len(spec.shape) + math.prod(spec.shape) * np.dtype(spec.np_dtype).itemsize
+    return 32 + steps * per_step
 
 
 def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:

@@ -9,6 +9,7 @@ open ends the stream with a status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,9 +19,10 @@ from google.protobuf.message import Message
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers.generate import check_generate, generate, resolve_seed
-from service.drivers.predict import build_result, decode_step, run_step
+from service.drivers.predict import answer_bytes_bound, build_result, decode_step, run_step
 from service.drivers.vocabulary import vocabulary_of
 from service.errors import (
+    MAX_MESSAGE_CHARS,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -36,6 +38,15 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def error_bytes_bound(request: Message) -> int:
+    """An upper bound of an encoded Error answering ``request``.
+
+    A message is at most errors.MAX_MESSAGE_CHARS characters of fixed text plus what it quotes of
+    the request (a name, a character: repr() at most quadruples a byte); 4 UTF-8 bytes a character.
+    """
+    return 64 + min(4 * MAX_MESSAGE_CHARS, 4 * 256 + 4 * request.ByteSize())
 
 
 def error_message(seq: int, error: StatestreamError) -> pb.Error:
@@ -121,52 +132,52 @@ class SessionServicer:
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
-        try:
-            caller = self.auth.caller(context)
-            self._enter_stream()
-        except StatestreamError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
         stream = object()  # identifies this stream as the session's holder
         session: SessionState | None = None
+        counted = False
         try:
             async for request in requests:
                 if session is None:
-                    session = await self._first(request, caller, stream, context)
+                    # Refusals (auth, limits) come only after the first message is read: a client
+                    # whose first write races a status it has not read yet would see INTERNAL.
+                    session = await self._first(request, stream, context)
+                    counted = True
                     yield pb.SessionResponse(opened=self._opened(session))
                     continue
                 if session.stream is not stream:
-                    yield pb.SessionResponse(
-                        error=error_message(
-                            0,
-                            FailedPrecondition(
-                                "another stream has attached this session; this stream no longer holds it"
-                            ),
-                        )
+                    taken = FailedPrecondition(
+                        "another stream has attached this session; this stream no longer holds it"
                     )
+                    yield pb.SessionResponse(error=error_message(0, taken))
                     return
                 async for response in self._handle(session, request):
                     yield response
                 if session.closed:
                     return
         finally:
-            self.open_streams -= 1
+            if counted:
+                self.open_streams -= 1
             if session is not None and not session.closed:
                 self.store.detach(session, stream)
 
-    async def _first(
-        self, request: pb.SessionRequest | Malformed, caller: str, stream: object, context: Context
-    ) -> SessionState:
-        """The first message must open or attach; anything else ends the stream."""
+    async def _first(self, request: pb.SessionRequest | Malformed, stream: object, context: Context) -> SessionState:
+        """Authenticates, admits the stream, and opens or attaches; any failure ends the stream."""
         try:
+            caller = self.auth.caller(context)
             request = checked(request)
             kind = request.WhichOneof("request")
-            if kind == "open":
-                session = self._open(request.open, caller)
-            elif kind == "attach":
-                session = self.store.get(request.attach.session_id, caller)
-            else:
+            if kind not in ("open", "attach"):
                 raise InvalidArgument(f"the first message must be open or attach, got {kind or 'an empty message'}")
+            self._enter_stream()
+            try:
+                session = (
+                    self._open(request.open, caller)
+                    if kind == "open"
+                    else self.store.get(request.attach.session_id, caller)
+                )
+            except StatestreamError:
+                self.open_streams -= 1
+                raise
         except StatestreamError as exc:
             self.metrics.failures.labels("", exc.code.name).inc()
             await context.abort(exc.code, exc.message)
@@ -225,10 +236,22 @@ class SessionServicer:
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return _duplicate_result(session, step.seq)
             decoded = decode_step(session.runtime.model.manifest, step, self.settings.max_chunk)
+            self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
             outputs = await run_step(session, decoded)
             result = build_result(session, step, decoded, outputs)
             session.record(step.seq, result, self.settings.reply_cache)
             return result
+
+    def _check_answer_fits(self, session: SessionState, steps: int) -> None:
+        """Refuses (before anything runs) a step whose answer could exceed max_message_bytes."""
+        bound = answer_bytes_bound(session, steps)
+        if bound > self.settings.max_message_bytes:
+            raise ResourceExhausted(
+                "max_message_bytes",
+                self.settings.max_message_bytes,
+                f"the answer to {steps} step(s) could reach {bound} bytes; send fewer steps, set last_only, "
+                "or return fewer tensors",
+            )
 
     async def _fork(self, session: SessionState) -> pb.Forked:
         async with session.lock:
@@ -250,14 +273,16 @@ class SessionServicer:
             if session.check_seq(request.seq) is SeqCheck.DUPLICATE:
                 done = pb.GenerateDone(seq=request.seq)
                 cached = session.cached_reply(request.seq)
-                if cached is not None:
+                if isinstance(cached, pb.GenerateDone):  # the seq may have been a Step or a Reset
                     done.CopyFrom(cached)
                 done.duplicate = True
                 yield pb.SessionResponse(generated=done)
                 return
             sampler = check_generate(session, request, self.settings.max_generate_tokens)
             if len(request.prompt) > self.settings.max_chunk:
-                raise ResourceExhausted("max_chunk", self.settings.max_chunk, f"the prompt has {len(request.prompt)} characters")
+                raise ResourceExhausted(
+                    "max_chunk", self.settings.max_chunk, f"the prompt has {len(request.prompt)} characters"
+                )
             seed = resolve_seed(request)
             saved_state = session.runtime.slabs.read_row(session.row)
             saved_scratch = dict(session.scratch)
@@ -296,10 +321,49 @@ class SessionServicer:
                         results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
                     )
                     continue
+                too_big = self._multiplex_too_big(request, caller)
+                if too_big is not None:
+                    yield pb.MultiplexResponse(results=[pb.SessionStepResult(error=error_message(0, too_big))])
+                    continue
                 outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
                 yield pb.MultiplexResponse(results=outcomes)
         finally:
             self.open_streams -= 1
+
+    def _multiplex_too_big(self, request: pb.MultiplexRequest, caller: str) -> ResourceExhausted | None:
+        """The whole request is refused, before any step runs, if its one answer could exceed max_message_bytes.
+
+        Each entry is bounded by the larger of an error and its result (at most max_chunk steps).
+        """
+        limit = self.settings.max_message_bytes
+        bound = 16
+        for entry in request.steps:
+            bound += 16 + len(entry.session_id) + error_bytes_bound(entry)
+            step = entry.step
+            kind = step.WhichOneof("input")
+            claimed = (
+                len(step.text)
+                if kind == "text"
+                else len(step.tokens.ids)
+                if kind == "tokens"
+                else max((t.shape[0] for t in step.tensors.tensors if t.shape), default=1)
+            )
+            steps = 1 if step.last_only else max(1, min(claimed, self.settings.max_chunk))
+            with contextlib.suppress(StatestreamError):  # not the caller's session: the answer is an error
+                session = self.store.get(entry.session_id, caller)
+                cached = session.cached_reply(step.seq)  # a duplicate is answered with its first answer
+                bound += max(
+                    answer_bytes_bound(session, steps),
+                    cached.ByteSize() + 32 if isinstance(cached, pb.StepResult) else 0,
+                )
+            if bound > limit:
+                return ResourceExhausted(
+                    "max_message_bytes",
+                    limit,
+                    f"the answer to these {len(request.steps)} steps could exceed it; nothing was applied: "
+                    "send fewer steps per request",
+                )
+        return None
 
     async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
         try:
@@ -337,7 +401,7 @@ def _consume_exception(task: asyncio.Future[Any]) -> None:
 def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
     cached = session.cached_reply(seq)
     result = pb.StepResult(seq=seq, duplicate=True)
-    if cached is not None:
+    if isinstance(cached, pb.StepResult):  # the seq may have been a Generate or a Reset
         result.outputs.extend(cached.outputs)
     return result
 
