@@ -283,10 +283,16 @@ class AsyncClient:
 
     async def _start(self, first: pb.SessionRequest, resume_timeout_s: float) -> AsyncSession:
         call = self.sessions.Session(metadata=self.metadata)
-        await call.write(first)
-        response = await call.read()
+        try:
+            await call.write(first)
+            response = await call.read()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The server may end the call (a refusal) before our first write lands; the write then
+            # fails with a transport error, and the status the server sent is the real answer.
+            await _raise_status(call)
+            raise
         if response is grpc.aio.EOF:
-            await call  # raises the stream's status
+            await _raise_status(call)
             raise StreamBroken("the server ended the stream before answering")
         if response.HasField("error"):
             raise StepFailed(response.error)
@@ -313,6 +319,15 @@ class AsyncClient:
     async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0) -> AsyncSession:
         """Binds a new stream to an existing session (resume); its ``last_seq`` says where to go on."""
         return await self._start(pb.SessionRequest(attach=pb.AttachSession(session_id=session_id)), resume_timeout_s)
+
+
+async def _raise_status(call: Any) -> None:
+    """Raises the status a finished call ended with, if it is not OK."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise grpc.aio.AioRpcError(
+            code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
+        )
 
 
 class Client:

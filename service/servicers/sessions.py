@@ -308,14 +308,17 @@ class SessionServicer:
     async def Multiplex(
         self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.MultiplexResponse]:
-        try:
-            caller = self.auth.caller(context)
-            self._enter_stream()
-        except StatestreamError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+        caller: str | None = None
         try:
             async for request in requests:
+                if caller is None:  # refusals only after the first message is read, as in Session
+                    try:
+                        caller = self.auth.caller(context)
+                        self._enter_stream()
+                    except StatestreamError as exc:
+                        caller = None
+                        await context.abort(exc.code, exc.message)
+                        raise  # unreachable: abort raises
                 if isinstance(request, Malformed):
                     yield pb.MultiplexResponse(
                         results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
@@ -328,7 +331,8 @@ class SessionServicer:
                 outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
                 yield pb.MultiplexResponse(results=outcomes)
         finally:
-            self.open_streams -= 1
+            if caller is not None:
+                self.open_streams -= 1
 
     def _multiplex_too_big(self, request: pb.MultiplexRequest, caller: str) -> ResourceExhausted | None:
         """The whole request is refused, before any step runs, if its one answer could exceed max_message_bytes.
