@@ -14,6 +14,8 @@ import ipaddress
 import json
 import os
 import pickle
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -45,6 +47,7 @@ from tests.servers import ServerThread
 
 TOLERANCE = 1e-5  # the float32 contract of test_service_sessions
 STATESTREAM = [sys.executable, "-m", "service.cli"]
+SECURITY_DOC = Path(__file__).parent.parent / "docs" / "security.md"
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdef"
 
@@ -514,6 +517,20 @@ def test_token_ownership_another_caller_cannot_close_a_session(stubs: Callable[[
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_token_ownership_a_fork_belongs_to_its_parents_owner(tls_server: ServerThread, pki: Pki) -> None:
+    with tls_client(tls_server.target, pki, ALICE_TOKEN) as alice, tls_client(tls_server.target, pki, BOB_TOKEN) as bob:
+        session = alice.open("char_lm")
+        session.step(text="a")
+        reply = alice._call(session.session.send_raw(pb.SessionRequest(fork=pb.Fork())))
+        assert reply.WhichOneof("response") == "forked"
+        child = reply.forked.session_id
+        assert rpc_code(lambda: bob.attach(child)) == grpc.StatusCode.NOT_FOUND
+        resumed = alice.attach(child)
+        assert resumed.session.last_seq == 1
+        resumed.close()
+        session.close()
+
+
 def test_token_callers_have_their_own_session_limit(tiny_lm_dir: Path, pki: Pki) -> None:
     """One caller filling its quota (max_sessions_per_caller) leaves the others able to open sessions."""
     running = start(
@@ -685,3 +702,72 @@ def test_only_onnx_graphs_are_loaded_never_pickles(models_dir: Path, tmp_path: P
     assert not canary.exists()
     assert not [t for t in touched if t.startswith("pickle.find_class")]
     assert not [t for t in touched if t.endswith(("step.pkl", "weights.pt"))]  # refused by name, never opened
+
+
+# -- the commands of docs/security.md ------------------------------------------------------------
+
+
+def doc_block(name: str) -> str:
+    """The fenced block after ``<!-- tested: NAME -->`` in docs/security.md."""
+    match = re.search(rf"<!-- tested: {name} -->\n```\w+\n(.*?)```", SECURITY_DOC.read_text(), re.S)
+    assert match, f"docs/security.md has no tested block {name!r}"
+    return match.group(1)
+
+
+def test_tls_docs_commands_make_certificates_serve_and_connect(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """The openssl, serve and client commands of docs/security.md, run as a user would."""
+    made = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", doc_block("certificates")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    serve = shlex.split(doc_block("serve"))
+    assert serve[:2] == ["statestream", "serve"]
+    serve[serve.index("--models-dir") + 1] = str(tiny_lm_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+    process = subprocess.Popen(
+        [*STATESTREAM, *serve[1:], "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+) \(mutual TLS\)", line)
+        assert match, line
+        port = match.group(1)
+        client = shlex.split(doc_block("client").replace("localhost:50051", f"localhost:{port}"))
+        assert client[:2] == ["statestream", "client"]
+        done = subprocess.run(
+            [*STATESTREAM, *client[1:], "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert [row["name"] for row in json.loads(done.stdout)] == ["char_lm"]
+        printed = subprocess.run(
+            [sys.executable, "-c", doc_block("python").replace("localhost:50051", f"localhost:{port}")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert 'name: "char_lm"' in printed.stdout
+        without_token = subprocess.run(
+            [*STATESTREAM, *[a for a in client[1:] if a not in ("--token-file", "alice.token")]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert without_token.returncode == 1 and "UNAUTHENTICATED" in without_token.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
