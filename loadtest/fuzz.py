@@ -928,7 +928,7 @@ class Fuzzer:
         if kind == "tensors" and len(step.tensors.tensors) == 1:
             tensor = step.tensors.tensors[0]
             dtype = {pb.DATA_TYPE_INT64: "<i8", pb.DATA_TYPE_INT32: "<i4"}.get(tensor.dtype)
-            if dtype is not None:
+            if dtype is not None and len(tensor.data) % np.dtype(dtype).itemsize == 0:
                 return [int(v) for v in np.frombuffer(tensor.data, dtype)]
         return None
 
