@@ -297,6 +297,24 @@ def test_tls_files_that_cannot_be_used_are_refused_at_start_naming_the_flag(
         transport_security(Settings(**files))
 
 
+def test_tls_warnings_name_tokens_on_a_plaintext_port_and_an_exposed_plaintext_bind(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.security import authenticator, warn_if_exposed
+
+    settings = Settings(host="0.0.0.0", tokens_file=pki.tokens)
+    with caplog.at_level("WARNING", logger="service.security"):
+        warn_if_exposed(settings, transport_security(settings), authenticator(settings))
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "bearer tokens are checked on a plaintext port" in warned
+    assert "without TLS" in warned
+    caplog.clear()
+    quiet = Settings(host="127.0.0.1", tls_cert=pki.server.cert, tls_key=pki.server.key, tokens_file=pki.tokens)
+    with caplog.at_level("WARNING", logger="service.security"):
+        warn_if_exposed(quiet, transport_security(quiet), authenticator(quiet))
+    assert not caplog.records
+
+
 def test_tls_serve_with_a_missing_certificate_exits_with_the_reason(tmp_path: Path) -> None:
     done = subprocess.run(
         [*STATESTREAM, "serve", "--port", "0", "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", "k.pem"],
