@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from service.registry import BatchCall, LoadedModel, StepCalls
 from service.slabs import StateSlabs
 
 Arrays = dict[str, np.ndarray]
+log = logging.getLogger(__name__)
 
 #: A lone step of at most this many time steps runs inline on the event loop (the direct path);
 #: a longer chunk goes to the worker thread, so it cannot stall the loop.
@@ -97,9 +99,23 @@ class Scheduler:
 
     def start(self) -> None:
         if self._task is None:
+            self._wakeup = asyncio.Event()  # bound to the loop that runs the scheduler
             self._task = asyncio.get_running_loop().create_task(
                 self._loop(), name=f"scheduler-{self.model.manifest.name}"
             )
+            self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """The loop ended (stop, or a bug): no step may wait for it forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler of %s stopped", self.model.manifest.name, exc_info=task.exception())
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(SchedulerStopped("the model's scheduler stopped before this step ran"))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -107,10 +123,7 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(SchedulerStopped("the server stopped before this step ran"))
+        self._fail_pending()
         self._executor.shutdown(wait=True)
 
     @property
@@ -126,6 +139,8 @@ class Scheduler:
         """
         if not self.batching:
             return self._run_naive(row, inputs, steps)
+        if self._task is None or self._task.done():
+            raise SchedulerStopped("the model's scheduler is not running")
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._pending.append(StepJob(row, inputs, steps, future, time.perf_counter()))
         if not self._wakeup.is_set():

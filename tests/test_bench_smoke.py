@@ -1,0 +1,87 @@
+"""A tiny run of the benchmark machinery: every variant starts, is driven, reports sane rows, and stops.
+
+Durations are far too short to mean anything about speed, and nothing here asserts a speed: the
+benchmark is a command (``statestream bench``), not a test. This only proves that the command
+works end to end and that its JSON rows have the documented fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import psutil
+import pytest
+
+from loadtest import messages
+from loadtest.bench import main
+from service.api import statestream_pb2 as pb
+
+VARIANTS = {"echo", "naive", "statestream", "chunked", "multiplexed", "ort"}
+
+
+def test_hand_encoded_requests_are_what_protobuf_would_send() -> None:
+    request = pb.SessionRequest.FromString(messages.session_step_request(300, b"hey", last_only=True))
+    assert request.step == pb.Step(seq=300, text="hey", last_only=True)
+    prefixes = [messages.session_step_prefix("id-a"), messages.session_step_prefix("id-b")]
+    multiplex = pb.MultiplexRequest.FromString(messages.multiplex_request(prefixes, 7, [b"x", b"yz"]))
+    assert [(s.session_id, s.step.seq, s.step.text) for s in multiplex.steps] == [("id-a", 7, "x"), ("id-b", 7, "yz")]
+    assert messages.varint(2**40 + 5) == pb.Step(seq=2**40 + 5).SerializeToString()[1:]
+
+
+def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
+    tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    code = main(
+        [
+            "--models-dir",
+            str(tiny_lm_dir),
+            "--json",
+            "--streams",
+            "1,4",
+            "--repeats",
+            "1",
+            "--duration-s",
+            "0.4",
+            "--warmup-s",
+            "0.1",
+            "--memory-sessions",
+            "200",
+            "--chunk-streams",
+            "4",
+            "--multiplex-streams",
+            "2",
+            "--per-message",
+            "8",
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    load = [r for r in rows if r["kind"] in ("load", "ort")]
+    assert {r["variant"] for r in load} == VARIANTS
+    for row in load:
+        for name in ("variant", "streams", "steps_per_s", "p50_ms", "p99_ms"):
+            assert name in row, f"{row['variant']} row lacks {name}"
+        assert row["steps_per_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row.get("errors", 0) == 0
+    per_step = {(r["variant"], r["streams"]) for r in load if r["kind"] == "load" and r["steps_per_message"] == 1}
+    assert {("echo", 1), ("naive", 4), ("statestream", 1), ("statestream", 4)} <= per_step
+    chunked = next(r for r in load if r["variant"] == "chunked")
+    assert chunked["steps_per_message"] == 16
+    assert math.isclose(chunked["steps_per_s"], 16 * chunked["messages_per_s"], rel_tol=0.01)
+    # Answers of the echo and the real server are about the same size (same proto, same top-k).
+    echo = next(r for r in load if r["variant"] == "echo")
+    ours = next(r for r in load if r["variant"] == "statestream")
+    assert abs(echo["response_bytes"] - ours["response_bytes"]) <= 8
+    memory = next(r for r in rows if r["kind"] == "memory")
+    assert memory["sessions"] == 200 and memory["state_bytes_per_session"] > 0
+    targets = [r for r in rows if r["kind"] == "target"]
+    assert len(targets) == 7 and all(isinstance(t["met"], bool) for t in targets)
+    # Every server and load worker the run started is gone (multiprocessing's own resource tracker stays).
+    leftover = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
+    alive = [psutil.Process(p) for p in leftover if psutil.pid_exists(p)]
+    running = [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not [c for c in running if not any("resource_tracker" in part for part in c)]
