@@ -54,6 +54,7 @@ class Plan:
     multiplex_streams: int = 4
     memory_sessions: int = 100_000
     ort_duration_s: float = 2.0
+    variants: tuple[str, ...] = ("echo", "naive", "statestream", "chunked", "multiplexed")
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def cells_of(plan: Plan) -> list[Cell]:
             per_message=plan.per_message,
         )
     )
-    return cells
+    return [cell for cell in cells if cell.variant in plan.variants]
 
 
 def _log(message: str) -> None:
@@ -393,6 +394,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--chunk-streams", type=int, help="streams of the chunked row (default 64)")
     parser.add_argument("--multiplex-streams", type=int, help="multiplexed messages in flight (default 4)")
     parser.add_argument("--per-message", type=int, help="sessions per multiplexed message (default 256)")
+    parser.add_argument(
+        "--variants", help="comma-separated subset of echo,naive,statestream,chunked,multiplexed (default: all)"
+    )
     return parser.parse_args(list(argv))
 
 
@@ -405,6 +409,11 @@ def plan_of(args: argparse.Namespace) -> Plan:
     changes: dict[str, Any] = {}
     if args.streams:
         changes["streams"] = tuple(int(s) for s in args.streams.split(","))
+    if args.variants:
+        changes["variants"] = tuple(v.strip() for v in args.variants.split(","))
+        unknown = set(changes["variants"]) - set(Plan.variants)
+        if unknown:
+            raise SystemExit(f"statestream bench: unknown variant(s) {sorted(unknown)}")
     for name in (
         "repeats",
         "duration_s",
@@ -434,12 +443,15 @@ def run(
     ort_runs: dict[tuple[int, int], list[Any]] = {shape: [] for shape in ort_shapes}
     servers: dict[str, ServerProcess] = {}
     grace = ("--grace-s", "1")
+    needed = {cell.server for cell in cells}
     try:
         for name, command in (
             ("echo", echo_command()),
             ("naive", serve_command(models_dir, "none", grace)),
             ("statestream", serve_command(models_dir, "batched", grace)),
         ):
+            if name not in needed:
+                continue
             server = ServerProcess(name, command)
             servers[name] = server  # registered before start, so a failed start is still stopped
             server.start()

@@ -36,10 +36,26 @@ def choose_providers(requested: str) -> list[str]:
     if requested == "cuda":
         if CUDA not in available:
             raise RuntimeError(f"--provider cuda, but this onnxruntime offers only {available}")
+        _preload_cuda_libraries()
         return [CUDA, CPU]
     if requested == "auto" and CUDA in available:
+        _preload_cuda_libraries()
         return [CUDA, CPU]
     return [CPU]
+
+
+def _preload_cuda_libraries() -> None:
+    """Loads the CUDA/cuDNN libraries of pip's nvidia-* packages, where onnxruntime-gpu can use them.
+
+    Without it, onnxruntime-gpu finds them only on the system's library path, and otherwise falls
+    back to the CPU with one error line. ``preload_dlls`` exists from onnxruntime-gpu 1.21 on.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # a missing library is reported by the CUDA provider itself
+            log.warning("onnxruntime.preload_dlls failed: %s", exc)
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
