@@ -197,6 +197,10 @@ class SessionServiceServicer:
         Every session named must have been created (CreateSession, or a Session stream) by the
         same caller. All steps of one request are batched together and answered in one
         MultiplexResponse, in request order. A bad entry gets its own Error; the others run.
+        A request whose answer could exceed the server's --max-message-bytes is refused whole,
+        before any step runs: the response then holds one entry, an Error RESOURCE_EXHAUSTED naming
+        max_message_bytes (send fewer steps per request). Unknown fields inside entries are not
+        checked (to keep the per-step cost low), unlike in Session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
