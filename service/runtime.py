@@ -5,6 +5,7 @@ The registry proves models; this module gives each one the moving parts that ser
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,13 @@ from service.slabs import StateSlabs
 #: Bound (preallocated) call buffers cover batches of up to max_batch x this many time steps;
 #: a larger call (a long prompt chunk of many sessions at once) allocates its own arrays.
 MAX_BOUND_STEPS_PER_SESSION = 64
+
+#: How often a thread that holds the GIL is asked to hand it over (Python's default is 5 ms).
+#: A batch is handed to the ORT worker thread and back, and each hand-off needs the GIL while
+#: the event loop thread is busy decoding and answering: with 5 ms, a 10-20 ms batch waited up
+#: to 10 ms for the GIL around its call. 200 µs measured +10-15% steps/s multiplexed and +5-10%
+#: at 256 streams on the 2-core box (docs/benchmarks.md).
+GIL_SWITCH_INTERVAL_S = 200e-6
 
 
 @dataclass
@@ -64,6 +72,8 @@ class Runtimes:
         return iter(self._by_key.values())
 
     def start(self) -> None:
+        if any(runtime.scheduler.batching for runtime in self._by_key.values()):
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         for runtime in self._by_key.values():
             runtime.scheduler.start()
 
