@@ -22,6 +22,7 @@ commands:
   export     export a trained checkpoint to a model folder (needs the 'train' extra)
   eval       score a model folder from its ONNX graph
   bench      the side-by-side serving benchmark
+  loadtest   Locust users against a server it starts, checked against latency SLOs
 """
 
 
@@ -63,6 +64,12 @@ def _bench(argv: Sequence[str]) -> int:
     return int(main(list(argv)))
 
 
+def _loadtest(argv: Sequence[str]) -> int:
+    from loadtest.slo import main
+
+    return int(main(list(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -77,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _training(command, rest)
     if command == "bench":
         return _bench(rest)
+    if command == "loadtest":
+        return _loadtest(rest)
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,178 @@
+"""Locust users for every workload of the server: streamed predict, chunked predict, server-side
+generation, and a multiplexing gateway.
+
+Run headless with an SLO check through ``python -m loadtest.slo`` (it starts the server too), or
+by hand against a running server::
+
+    locust -f loadtest/locustfile.py --headless -u 32 -r 32 -t 30s -H 127.0.0.1:50051
+
+Each user holds one session (the gateway, many) for its whole life, as a real client does, and
+reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
+in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
+of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions).
+An in-stream error counts as a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from grpc.experimental import gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # grpc's sync API must cooperate with Locust's gevent loop
+
+import gevent.queue  # noqa: E402
+import grpc  # noqa: E402
+from locust import User, constant, task  # noqa: E402
+
+from service.api import statestream_pb2 as pb  # noqa: E402
+from service.api import statestream_pb2_grpc as rpc  # noqa: E402
+
+MODEL = "char_lm"
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n"
+)
+
+
+class SessionStream:
+    """One Session stream driven request by request (the sync gRPC API, fed from a gevent queue)."""
+
+    def __init__(self, stub: rpc.SessionServiceStub) -> None:
+        self._requests: gevent.queue.Queue[pb.SessionRequest | None] = gevent.queue.Queue()
+        self._responses: Iterator[pb.SessionResponse] = stub.Session(iter(self._requests.get, None))
+        self.seq = 0
+
+    def send(self, request: pb.SessionRequest) -> None:
+        self._requests.put(request)
+
+    def receive(self) -> pb.SessionResponse:
+        return next(self._responses)
+
+    def open(self, model: str) -> str:
+        self.send(pb.SessionRequest(open=pb.OpenSession(model=model)))
+        return self.receive().opened.session_id
+
+    def close(self) -> None:
+        self.send(pb.SessionRequest(close=pb.Close()))
+        self.receive()
+        self._requests.put(None)
+
+
+class StatestreamUser(User):
+    """Base: a channel to the server, and reporting of one timed exchange to Locust."""
+
+    abstract = True
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.channel = grpc.insecure_channel(self.host)
+        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stream = SessionStream(self.sessions)
+        self.stream.open(MODEL)
+        self.position = 0
+
+    def on_stop(self) -> None:
+        self.stream.close()
+        self.channel.close()
+
+    def report(self, name: str, started: float, error: str | None = None, length: int = 0) -> None:
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000.0,
+            response_length=length,
+            exception=RuntimeError(error) if error else None,
+            context={},
+        )
+
+    def next_text(self, size: int) -> str:
+        start = self.position % (len(TEXT) - size)
+        self.position += size
+        return TEXT[start : start + size]
+
+    def step(self, name: str, text: str) -> None:
+        self.stream.seq += 1
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(step=pb.Step(seq=self.stream.seq, text=text, last_only=True)))
+        response = self.stream.receive()
+        error = response.error.message if response.HasField("error") else None
+        self.report(name, started, error, response.ByteSize())
+
+
+class PredictUser(StatestreamUser):
+    """A client streaming text one character per message (real-time next-character prediction)."""
+
+    weight = 4
+
+    @task
+    def step_one_character(self) -> None:
+        self.step("step", self.next_text(1))
+
+
+class ChunkUser(StatestreamUser):
+    """A client sending bursts: 16 characters per message, one model call."""
+
+    weight = 1
+
+    @task
+    def step_a_chunk(self) -> None:
+        self.step("chunk16", self.next_text(16))
+
+
+class GenerateUser(StatestreamUser):
+    """A client asking the server to write 32 characters after a prompt."""
+
+    weight = 1
+
+    @task
+    def generate(self) -> None:
+        self.stream.seq += 1
+        request = pb.Generate(seq=self.stream.seq, prompt=self.next_text(8), max_tokens=32, temperature=0.8, seed=1)
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(generate=request))
+        first = True
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind == "token" and first:
+                self.report("generate_first_token", started)
+                first = False
+            elif kind != "token":
+                error = response.error.message if kind == "error" else None
+                self.report("generate_32", started, error, response.ByteSize())
+                return
+
+
+class GatewayUser(StatestreamUser):
+    """A gateway fronting 64 users: the next step of each in one Multiplex message."""
+
+    weight = 1
+    fan_out = 64
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.ids = [self.sessions.CreateSession(pb.OpenSession(model=MODEL)).session_id for _ in range(self.fan_out)]
+        self.seq = 0
+        self.requests: gevent.queue.Queue[pb.MultiplexRequest | None] = gevent.queue.Queue()
+        self.answers: Iterator[pb.MultiplexResponse] = self.sessions.Multiplex(iter(self.requests.get, None))
+
+    def on_stop(self) -> None:
+        self.requests.put(None)
+        for session_id in self.ids:
+            self.sessions.CloseSession(pb.CloseSessionRequest(session_id=session_id))
+        super().on_stop()
+
+    @task
+    def multiplexed_step(self) -> None:
+        self.seq += 1
+        char = self.next_text(1)
+        request = pb.MultiplexRequest(
+            steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=self.seq, text=char)) for i in self.ids]
+        )
+        started = time.perf_counter()
+        self.requests.put(request)
+        answer = next(self.answers)
+        errors = [r.error.message for r in answer.results if r.HasField("error")]
+        self.report("multiplex64", started, errors[0] if errors else None, answer.ByteSize())

@@ -1,0 +1,38 @@
+"""The Locust users drive every workload against a real server, and the SLO runner reads their results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest import slo
+
+
+def test_locust_users_run_every_workload_without_failures(
+    tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SLOs are set out of reach on purpose: this checks the machinery, not this machine's speed.
+    relaxed = [f"--slo={name}=1e9" for name in slo.DEFAULT_SLO_MS]
+    code = slo.main(["--users", "5", "--run-time", "6s", "--models-dir", str(tiny_lm_dir), "--json", *relaxed])
+    rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.splitlines()) if row}
+    assert code == 0
+    assert set(rows) == set(slo.DEFAULT_SLO_MS)
+    for row in rows.values():
+        assert row["requests"] > 0 and row["failures"] == 0 and row["ok"]
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+
+def test_a_missed_slo_fails_the_run(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.csv"
+    stats.write_text(
+        "Type,Name,Request Count,Failure Count,Requests/s,50%,99%\n"
+        "grpc,step,100,0,50.0,10,80\n"
+        "grpc,chunk16,100,2,50.0,10,20\n"
+        ",Aggregated,200,2,100.0,10,80\n"
+    )
+    rows = {r.name: r for r in slo.read_stats(stats, {"step": 50.0, "chunk16": 100.0})}
+    assert not rows["step"].ok  # p99 80 ms over a 50 ms objective
+    assert not rows["chunk16"].ok  # failures
+    assert "Aggregated" not in rows
