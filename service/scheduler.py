@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ from service.registry import BatchCall, LoadedModel, StepCalls
 from service.slabs import StateSlabs
 
 Arrays = dict[str, np.ndarray]
+#: Derives more per-step arrays from a batch's outputs (``[B, K, ...]`` each) on the worker
+#: thread, e.g. a language model's ranked next tokens; see ``Scheduler.postprocess``.
+Postprocess = Callable[[Arrays], Arrays]
 log = logging.getLogger(__name__)
 
 #: A lone step of at most this many time steps runs inline on the event loop (the direct path);
@@ -96,6 +100,11 @@ class Scheduler:
         self._m_queue = metrics.queue_seconds.labels(name)
         self._m_compute = metrics.compute_seconds.labels(name)
         self._m_steps = metrics.steps.labels(name)
+        #: Set by a driver: runs after each batched call, off the event loop, over the whole
+        #: batch (one vectorised pass instead of one per session); its arrays join each step's
+        #: outputs. Model-aware work stays in the driver; the scheduler only calls it. A failure
+        #: fails the batch like a failed ORT call (no state is written).
+        self.postprocess: Postprocess | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -220,12 +229,20 @@ class Scheduler:
         self.slabs.gather_row(job.row, call.state)
         started = time.perf_counter()
         self._m_queue.observe(started - job.enqueued)
-        call.run()
+        derived = self._call(call)
         self._record(started, 1, job.steps)
         self.slabs.scatter_row(job.row, call.new_state)
         if not job.future.done():
             reused = call.reused
-            job.future.set_result({name: out[0].copy() if reused else out[0] for name, out in call.outputs.items()})
+            outputs = {name: out[0].copy() if reused else out[0] for name, out in call.outputs.items()}
+            outputs.update((name, out[0]) for name, out in derived.items())
+            job.future.set_result(outputs)
+
+    def _call(self, call: BatchCall) -> Arrays:
+        """The ORT call and the driver's postprocess (on the worker thread when batched)."""
+        call.run()
+        postprocess = self.postprocess
+        return postprocess(call.outputs) if postprocess is not None else {}
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob]) -> None:
         """Gathers on the loop, computes on the worker thread, scatters on the loop."""
@@ -239,13 +256,14 @@ class Scheduler:
         started = time.perf_counter()
         observe_many(self._m_queue, [started - job.enqueued for job in batch])
         try:
-            await loop.run_in_executor(self._executor, call.run)
+            derived = await loop.run_in_executor(self._executor, self._call, call)
         except Exception as exc:
             _fail(batch, exc)  # nothing was scattered: every session keeps its state
             return
         self._record(started, count, steps)
         self.slabs.scatter(rows, call.new_state)
         outputs = _own(call)
+        outputs.update(derived)
         for index, job in enumerate(batch):
             if not job.future.done():
                 job.future.set_result({name: out[index] for name, out in outputs.items()})
@@ -261,7 +279,7 @@ def _own(call: BatchCall) -> Arrays:
     """The call's outputs as arrays no later call writes to (one copy per batch, not per step)."""
     if call.reused:
         return {name: out.copy() for name, out in call.outputs.items()}
-    return call.outputs
+    return dict(call.outputs)
 
 
 def _fail(batch: list[StepJob], exc: BaseException) -> None:

@@ -376,3 +376,53 @@ def test_cached_labels_return_the_same_child() -> None:
     assert counter.labels("m", "step") is counter.labels("m", "step")
     counter.labels("m", "step").inc(2)
     assert counter.labels(model="m", kind="step")._value.get() == 2
+
+
+def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
+    tiny_model: LoadedModel, offline_lm: OfflineLM
+) -> None:
+    from service.drivers.predict import RANKED_IDS, RANKED_PROBS, ranked_logits, softmax, top_tokens
+
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(4)]
+    texts = ["ab", "cd", "ef", "gh"]
+    scheduler = recorder.scheduler
+
+    def with_ranking() -> Scheduler:
+        made = scheduler()
+        made.postprocess = ranked_logits("logits")
+        return made
+
+    recorder.scheduler = with_ranking  # type: ignore[method-assign]
+    outputs = _run_jobs(recorder, [(row, _ids(offline_lm, t)) for row, t in zip(rows, texts, strict=True)])
+    tokens = list(offline_lm.manifest.vocabulary)
+    for text, out in zip(texts, outputs, strict=True):
+        probs = softmax(offline_lm.logits(text))
+        assert out[RANKED_IDS].shape == (2, len(tokens))
+        for t in range(2):
+            expected = top_tokens(probs[t], 5, tokens)
+            assert out[RANKED_IDS][t, :5].tolist() == [p.id for p in expected]
+            np.testing.assert_allclose(out[RANKED_PROBS][t, :5], [p.prob for p in expected], rtol=1e-6)
+
+
+def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
+    tiny_model: LoadedModel, offline_lm: OfflineLM
+) -> None:
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(3)]
+    before = {name: array.copy() for name, array in recorder.slabs.arrays.items()}
+    scheduler = recorder.scheduler
+
+    def broken(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ValueError("postprocess failed")
+
+    def with_broken() -> Scheduler:
+        made = scheduler()
+        made.postprocess = broken
+        return made
+
+    recorder.scheduler = with_broken  # type: ignore[method-assign]
+    outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
+    assert all(isinstance(out, ValueError) for out in outputs)
+    for name, array in recorder.slabs.arrays.items():
+        np.testing.assert_array_equal(array, before[name])
