@@ -8,6 +8,7 @@ outputs into a StepResult: for language models, the top-k next tokens with their
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -150,12 +151,55 @@ def answer_bytes_bound(session: Session, steps: int) -> int:
     return 32 + steps * per_step
 
 
+#: Outputs added by ``ranked_logits`` (the scheduler's postprocess): token ids by falling
+#: probability (ties: lower id first) and their softmax probabilities, ``[K, V]`` per step.
+RANKED_IDS = "statestream.ranked_ids"
+RANKED_PROBS = "statestream.ranked_probs"
+
+
+def ranked_logits(logits_name: str) -> Callable[[Arrays], Arrays]:
+    """The next tokens of a whole batch ranked at once (the scheduler runs it on its worker thread).
+
+    One stable argsort and one float64 softmax over ``[B, K, V]`` instead of one per step on the
+    event loop; ``build_result`` then only reads the first top_k of each row. Same numbers as
+    ``softmax`` + ``top_tokens``.
+    """
+
+    def rank(outputs: Arrays) -> Arrays:
+        logits = outputs[logits_name]
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        exp = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
+        probs = np.take_along_axis(exp, order, axis=-1) / exp.sum(axis=-1, keepdims=True)
+        return {RANKED_IDS: order, RANKED_PROBS: probs}
+
+    return rank
+
+
 def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:
     """One StepOutput per time step (or only the last), as the session's options ask."""
     manifest = session.runtime.model.manifest
     vocab = vocabulary_of(manifest)
     first = decoded.steps - 1 if step.last_only else 0
     result = pb.StepResult(seq=step.seq)
+    top_k = session.options.top_k if vocab is not None else 0
+    ranked_ids = outputs.get(RANKED_IDS) if top_k else None
+    if ranked_ids is not None and vocab is not None:  # ranked for the whole batch by the scheduler
+        tokens = vocab.tokens
+        ids = ranked_ids[first:, :top_k].tolist()
+        probs_k = outputs[RANKED_PROBS][first:, :top_k].tolist()
+        for t in range(first, decoded.steps):
+            out = result.outputs.add()
+            if decoded.token_ids is not None:
+                out.input = tokens[int(decoded.token_ids[t])]
+            out.top.extend(
+                [
+                    pb.TokenProb(id=i, token=tokens[i], prob=p)
+                    for i, p in zip(ids[t - first], probs_k[t - first], strict=True)
+                ]
+            )
+            for name in session.options.return_tensors:
+                out.tensors.append(to_proto(name, outputs[name][t]))
+        return result
     logits = outputs.get(logits_output(manifest)) if vocab is not None else None
     probs = softmax(logits[first:]) if logits is not None else None
     for t in range(first, decoded.steps):
@@ -172,7 +216,10 @@ def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: 
 async def run_step(session: Session, decoded: StepInputs) -> Arrays:
     """Runs the step through the model's scheduler; the caller holds the session's lock."""
     runtime = session.runtime
-    outputs = await runtime.scheduler.run(session.row, decoded.arrays, decoded.steps)
+    scheduler = runtime.scheduler
+    if scheduler.postprocess is None and vocabulary_of(runtime.model.manifest) is not None:
+        scheduler.postprocess = ranked_logits(logits_output(runtime.model.manifest))
+    outputs = await scheduler.run(session.row, decoded.arrays, decoded.steps)
     logits = outputs.get(logits_output(runtime.model.manifest))
     if logits is not None:
         # Kept so a later Generate with no prompt can continue from where the stream is.
