@@ -177,6 +177,9 @@ class Scheduler:
                     self._run_inline(batch[0])
                 else:
                     await self._run_batch(loop, batch)
+            except asyncio.CancelledError:  # stop() during a batch: its steps must not wait forever
+                _fail(batch, SchedulerStopped("the server stopped while this step was running"))
+                raise
             except Exception as exc:  # never let one bad batch stop the loop
                 _fail(batch, exc)
             finally:
@@ -264,9 +267,11 @@ class Scheduler:
         self.slabs.scatter(rows, call.new_state)
         outputs = _own(call)
         outputs.update(derived)
-        for index, job in enumerate(batch):
+        names = list(outputs)
+        # list(array) makes the per-row views in one C loop; each step gets a dict of its rows.
+        for job, values in zip(batch, zip(*(list(out) for out in outputs.values()), strict=True), strict=True):
             if not job.future.done():
-                job.future.set_result({name: out[index] for name, out in outputs.items()})
+                job.future.set_result(dict(zip(names, values, strict=True)))
 
     def _record(self, started: float, batch: int, steps: int) -> None:
         self._m_compute.observe(time.perf_counter() - started)

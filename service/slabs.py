@@ -72,9 +72,11 @@ class StateSlabs:
         result = {}
         for name, array in self.arrays.items():
             if out is None:
-                result[name] = np.take(array, rows, axis=0)
+                result[name] = array.take(rows, axis=0, mode="clip")
             else:
-                np.take(array, rows, axis=0, out=out[name])
+                # mode="clip": rows are allocated rows, always in range; numpy's default "raise"
+                # with out= copies through a temporary and is ~3x slower (86 vs 27 us, 256 rows).
+                array.take(rows, axis=0, out=out[name], mode="clip")
                 result[name] = out[name]
         return result
 

@@ -426,3 +426,30 @@ def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
     assert all(isinstance(out, ValueError) for out in outputs)
     for name, array in recorder.slabs.arrays.items():
         np.testing.assert_array_equal(array, before[name])
+
+
+def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting(
+    tiny_model: LoadedModel, offline_lm: OfflineLM
+) -> None:
+    import time
+
+    from service.scheduler import SchedulerStopped
+
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(2)]
+
+    def slow(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.3)  # the batch is still on the worker thread when stop() comes
+        return {}
+
+    async def main() -> list[Any]:
+        scheduler = recorder.scheduler()
+        scheduler.postprocess = slow
+        scheduler.start()
+        tasks = [asyncio.ensure_future(scheduler.run(row, {"char_id": _ids(offline_lm, "a")}, 1)) for row in rows]
+        await asyncio.sleep(0.05)
+        await scheduler.stop()
+        return list(await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5))
+
+    outputs = asyncio.run(main())
+    assert all(isinstance(out, SchedulerStopped) for out in outputs)
