@@ -453,3 +453,49 @@ def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting
 
     outputs = asyncio.run(main())
     assert all(isinstance(out, SchedulerStopped) for out in outputs)
+
+
+async def _broken_multiplex_then_check(target: str, sessions: int) -> list[tuple[bool, np.ndarray]]:
+    """Cancels a Multiplex call right after sending seq 1 of many sessions, then steps each on.
+
+    Returns, per session, whether seq 1 had been applied (answered as a duplicate) and the
+    logits of seq 2 ("b"), which must follow from exactly the steps that were applied.
+    """
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = rpc.SessionServiceStub(channel)
+        options = pb.SessionOptions(return_tensors=["logits"])
+        opened = await asyncio.gather(
+            *(stub.CreateSession(pb.OpenSession(model="char_lm", options=options)) for _ in range(sessions))
+        )
+        ids = [o.session_id for o in opened]
+        call = stub.Multiplex()
+        await call.write(
+            pb.MultiplexRequest(steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=1, text="a")) for i in ids])
+        )
+        call.cancel()
+        await asyncio.sleep(0.5)  # let whatever started finish on the server
+        call = stub.Multiplex()
+        await call.write(
+            pb.MultiplexRequest(steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=1, text="a")) for i in ids])
+        )
+        first = await call.read()
+        await call.write(
+            pb.MultiplexRequest(steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=2, text="b")) for i in ids])
+        )
+        second = await call.read()
+        await call.done_writing()
+        out = []
+        for one, two in zip(first.results, second.results, strict=True):
+            assert one.HasField("result") and two.HasField("result"), (one, two)
+            out.append((one.result.duplicate, _logits(two.result)[0]))
+        return out
+
+
+def test_a_broken_multiplex_call_applies_each_started_step_exactly_once(
+    batching_server: ServerThread, offline_lm: OfflineLM
+) -> None:
+    results = asyncio.run(_broken_multiplex_then_check(batching_server.target, 256))
+    expected = offline_lm.logits("ab")[1]
+    for _, logits in results:
+        # Whether or not seq 1 ran before the cancel, it ran exactly once: "b" follows "a".
+        np.testing.assert_allclose(logits, expected, atol=TOLERANCE)
