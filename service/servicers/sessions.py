@@ -328,7 +328,9 @@ class SessionServicer:
                 if too_big is not None:
                     yield pb.MultiplexResponse(results=[pb.SessionStepResult(error=error_message(0, too_big))])
                     continue
-                outcomes = await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
+                # One shield for the whole message (not one task per entry): once the entries have
+                # started they all finish and record their seqs, even if this stream breaks.
+                outcomes = await shielded(self._multiplexed_all(request, caller))
                 yield pb.MultiplexResponse(results=outcomes)
         finally:
             if caller is not None:
@@ -369,11 +371,15 @@ class SessionServicer:
                 )
         return None
 
+    async def _multiplexed_all(self, request: pb.MultiplexRequest, caller: str) -> list[pb.SessionStepResult]:
+        return await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
+
     async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
+        """One entry; the caller (``_multiplexed_all`` under one ``shielded``) shields it."""
         try:
             session = self.store.get(entry.session_id, caller)
             self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
-            result = await self.step(session, entry.step)
+            result = await self._apply_step(session, entry.step)
         except StatestreamError as exc:
             return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
         return pb.SessionStepResult(session_id=entry.session_id, result=result)
