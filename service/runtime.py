@@ -42,6 +42,8 @@ class ModelRuntime:
             max_batch=settings.max_batch,
             max_steps=settings.max_batch * MAX_BOUND_STEPS_PER_SESSION,
         )
+        if settings.scheduler == "batched":
+            calls.prepare(steps=1)
         scheduler = Scheduler(
             model,
             slabs,
