@@ -22,6 +22,8 @@ def examples() -> list[tuple[str, int, str]]:
 
 
 @pytest.mark.parametrize(("page", "index", "code"), examples(), ids=[f"{p}#{i}" for p, i, _ in examples()])
-def test_docs_example_runs(server: ServerThread, page: str, index: int, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_docs_example_runs(
+    server: ServerThread, page: str, index: int, code: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     exec(compile(code, f"{page}#{index}", "exec"), {"TARGET": server.target, "__name__": "__docs__"})
     assert "refused: INVALID_ARGUMENT" in capsys.readouterr().out or "refused" not in code

@@ -158,7 +158,9 @@ def test_broken_model_folder_is_refused(
         replay_golden(manifest, session)
 
 
-def test_export_is_refused_when_parity_fails(exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_is_refused_when_parity_fails(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_export = export_module.export_step_graph
 
     def export_a_different_net(net: StepNet, manifest: Manifest, path: Path, *, exporter: str = "auto") -> str:

@@ -49,8 +49,17 @@ def tiny_net(vocab_size: int, seed: int = 7) -> CharLSTM:
 
 def tiny_config(out: Path, **changes: object) -> LoopConfig:
     config = LoopConfig(
-        batch=8, bptt=32, steps=60, lr=1e-2, warmup_steps=4, min_lr_ratio=0.1, clip_norm=1.0,
-        seed=7, eval_every=20, checkpoint_every=10, out=str(out),
+        batch=8,
+        bptt=32,
+        steps=60,
+        lr=1e-2,
+        warmup_steps=4,
+        min_lr_ratio=0.1,
+        clip_norm=1.0,
+        seed=7,
+        eval_every=20,
+        checkpoint_every=10,
+        out=str(out),
     )
     return replace(config, **changes)  # type: ignore[arg-type]
 
@@ -58,8 +67,13 @@ def tiny_config(out: Path, **changes: object) -> LoopConfig:
 def run_tiny(corpus: CharCorpus, config: LoopConfig, **kwargs: object) -> tuple[CharLSTM, TrainResult]:
     net = tiny_net(len(corpus.vocab))
     result = train(
-        net, corpus.train_ids[:TRAIN_CHARS], corpus.val_ids[:VAL_CHARS], config, progress=False,
-        metadata={"model": "tiny"}, **kwargs,  # type: ignore[arg-type]
+        net,
+        corpus.train_ids[:TRAIN_CHARS],
+        corpus.val_ids[:VAL_CHARS],
+        config,
+        progress=False,
+        metadata={"model": "tiny"},
+        **kwargs,  # type: ignore[arg-type]
     )
     return net, result
 
@@ -175,8 +189,18 @@ def test_cli_train_writes_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     for old, new in (("hidden = 512", "hidden = 32"), ("embed = 64", "embed = 16"), ("batch = 64", "batch = 8")):
         recipe = recipe.replace(old, new)
     (tmp_path / "tiny.toml").write_text(recipe)
-    argv = ["char_lm", "--recipe", str(tmp_path / "tiny.toml"), "--steps", "3", "--device", "cpu",
-            "--out", str(tmp_path / "run"), "--quiet"]
+    argv = [
+        "char_lm",
+        "--recipe",
+        str(tmp_path / "tiny.toml"),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
     assert train_command(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 3 and result["device"] == "cpu"

@@ -64,10 +64,20 @@ def train_command(argv: list[str]) -> int:
         "data": TRAIN_DATA_DESCRIPTION,
     }
     params = sum(p.numel() for p in model.parameters())
-    print(f"training {args.model}: {params:,} parameters on {device} (torch {torch.__version__}), out {recipe.train.out}")
+    print(
+        f"training {args.model}: {params:,} parameters on {device} (torch {torch.__version__}), out {recipe.train.out}"
+    )
     result = train(
-        model, corpus.train_ids, corpus.val_ids, recipe.train, device=device, metadata=metadata,
-        resume=args.resume, max_minutes=args.max_minutes, progress=not args.quiet, title=f"{args.model}: {path.name}",
+        model,
+        corpus.train_ids,
+        corpus.val_ids,
+        recipe.train,
+        device=device,
+        metadata=metadata,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+        progress=not args.quiet,
+        title=f"{args.model}: {path.name}",
     )
     print(json.dumps(asdict(result)))
     return 0

@@ -49,7 +49,9 @@ def ort_step_fn(session: onnxruntime.InferenceSession) -> StepFn:
     return step
 
 
-def iter_chunks(step_fn: StepFn, manifest: Manifest, inputs: Mapping[str, np.ndarray], chunk: int) -> Iterator[tuple[int, Arrays]]:
+def iter_chunks(
+    step_fn: StepFn, manifest: Manifest, inputs: Mapping[str, np.ndarray], chunk: int
+) -> Iterator[tuple[int, Arrays]]:
     """Run ``inputs`` (each ``[batch, time, *shape]``) through a step model ``chunk`` steps per call.
 
     Starts from the manifest's initial state and feeds each call's state outputs to the next
@@ -111,7 +113,9 @@ class LanguageModelScore:
     chars: int
 
 
-def evaluate_language_model(model_folder: Path, *, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK) -> LanguageModelScore:
+def evaluate_language_model(
+    model_folder: Path, *, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK
+) -> LanguageModelScore:
     """Validation loss of a character language model folder, from its ONNX graph.
 
     The held-out text is the last 10% of Tiny Shakespeare, encoded with the manifest's own

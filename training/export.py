@@ -139,8 +139,14 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
                 # become constants, which they are (the sizes are fixed by the weights).
                 warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
                 torch.onnx.export(
-                    net, example, str(path), input_names=in_names, output_names=out_names,
-                    dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+                    net,
+                    example,
+                    str(path),
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamic_axes=axes,
+                    opset_version=OPSET,
+                    dynamo=False,
                 )
             used = "torchscript"
         except (ImportError, NotImplementedError, TypeError):
@@ -151,8 +157,15 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
         dims = {label: torch.export.Dim(label) for label in ("batch", "time")}
         shapes = tuple({axis: dims[label] for axis, label in axes[name].items()} for name in in_names)
         torch.onnx.export(
-            net, example, str(path), input_names=in_names, output_names=out_names,
-            dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False,
+            net,
+            example,
+            str(path),
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
         )
     _require_dynamic_axes(path, axes)
     return used
@@ -167,7 +180,9 @@ def _require_dynamic_axes(path: Path, axes: Mapping[str, Mapping[int, str]]) -> 
         dims = value.type.tensor_type.shape.dim
         for axis in axes.get(value.name, {}):
             if dims[axis].HasField("dim_value"):
-                raise ContractError(f"{path.name}: axis {axis} of {value.name!r} is fixed at {dims[axis].dim_value}, not dynamic")
+                raise ContractError(
+                    f"{path.name}: axis {axis} of {value.name!r} is fixed at {dims[axis].dim_value}, not dynamic"
+                )
 
 
 def check_parity(
@@ -196,8 +211,15 @@ def check_parity(
     onnx_chunks = run_sequence(graph, manifest, streams, chunk=chunk)
     step_diff = _max_diff("one step per call", onnx_steps, torch_steps, tolerance)
     chunk_diff = max(
-        _max_diff(f"batch of {len(next(iter(streams.values())))} in chunks of {chunk}", onnx_chunks, torch_chunks, tolerance),
-        _max_diff(f"chunks of {chunk} vs one step per call", {k: v[:1] for k, v in onnx_chunks.items()}, torch_steps, tolerance),
+        _max_diff(
+            f"batch of {len(next(iter(streams.values())))} in chunks of {chunk}", onnx_chunks, torch_chunks, tolerance
+        ),
+        _max_diff(
+            f"chunks of {chunk} vs one step per call",
+            {k: v[:1] for k, v in onnx_chunks.items()},
+            torch_steps,
+            tolerance,
+        ),
     )
     steps = next(iter(streams.values())).shape[1]
     return ParityReport(steps=steps, step_by_step_max_diff=step_diff, chunked_max_diff=chunk_diff)
@@ -221,7 +243,8 @@ def _max_diff(run: str, got: Arrays, want: Arrays, tolerance: float) -> float:
 def record_golden(net: StepNet, manifest: Manifest, inputs: Mapping[str, list[Any]]) -> GoldenTrace:
     """Run ``inputs`` (``T`` steps each) through PyTorch one step per call from the initial state."""
     batched = {
-        t.name: np.asarray(inputs[t.name], dtype=t.np_dtype).reshape(1, len(inputs[t.name]), *t.shape) for t in manifest.inputs
+        t.name: np.asarray(inputs[t.name], dtype=t.np_dtype).reshape(1, len(inputs[t.name]), *t.shape)
+        for t in manifest.inputs
     }
     outputs = run_sequence(torch_step_fn(net, manifest), manifest, batched, chunk=1)
     return GoldenTrace(
@@ -265,8 +288,12 @@ def char_lm_manifest(net: CharLSTM, vocab: Vocabulary, *, training: Mapping[str,
             TensorSpec("logits", "float32", (len(vocab),), "unnormalised log-probabilities of the next character"),
         ),
         state=(
-            StateSpec("h", "h_out", "float32", state_shape, "zeros", "LSTM hidden state h of each layer, [layers, hidden]"),
-            StateSpec("c", "c_out", "float32", state_shape, "zeros", "LSTM cell state c of each layer, [layers, hidden]"),
+            StateSpec(
+                "h", "h_out", "float32", state_shape, "zeros", "LSTM hidden state h of each layer, [layers, hidden]"
+            ),
+            StateSpec(
+                "c", "c_out", "float32", state_shape, "zeros", "LSTM cell state c of each layer, [layers, hidden]"
+            ),
         ),
         golden=golden,
         decoding={"vocabulary": list(vocab.chars), "tokenizer": "char"},
@@ -330,7 +357,8 @@ def export_char_lm(
         check_graph(manifest, session)
         parity = check_parity(net, session, manifest, streams)
         manifest = replace(
-            manifest, training=manifest.training | {"exporter": used, "opset": OPSET, "parity_max_abs_diff": parity.max_diff}
+            manifest,
+            training=manifest.training | {"exporter": used, "opset": OPSET, "parity_max_abs_diff": parity.max_diff},
         )
         manifest.save(staging)
         loss = val_loss_from_onnx(staging)

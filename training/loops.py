@@ -168,13 +168,20 @@ class History:
         return float(np.mean(tail)) if tail else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train": self.train, "val": [list(v) for v in self.val], "best_val": self.best_val, "best_step": self.best_step}
+        return {
+            "train": self.train,
+            "val": [list(v) for v in self.val],
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> History:
         return cls(
-            train=list(data["train"]), val=[(int(s), float(v)) for s, v in data["val"]],
-            best_val=float(data["best_val"]), best_step=int(data["best_step"]),
+            train=list(data["train"]),
+            val=[(int(s), float(v)) for s, v in data["val"]],
+            best_val=float(data["best_val"]),
+            best_step=int(data["best_step"]),
         )
 
 
@@ -379,7 +386,9 @@ def train(
     model.to(device)
     model.train()
     optimizer = _make_optimizer(model, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+    )
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["scheduler"])
@@ -388,7 +397,9 @@ def train(
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the head; the LSTM is cuDNN's
 
-    data = StreamChunks(torch.as_tensor(train_sequence).to(device), batch=config.batch, bptt=config.bptt, seed=config.seed)
+    data = StreamChunks(
+        torch.as_tensor(train_sequence).to(device), batch=config.batch, bptt=config.bptt, seed=config.seed
+    )
     state = carried if carried is not None else model.initial_state(config.batch, device)
     device_name = describe_device(device)
     pending: list[torch.Tensor] = []  # losses still on the device
@@ -406,22 +417,35 @@ def train(
     def snapshot(step: int) -> dict[str, Any]:
         flush()
         return {
-            "format": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed(), "config": asdict(config),
-            "metadata": metadata, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(), "history": history.to_dict(), "rng": _rng_state(),
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "elapsed_s": elapsed(),
+            "config": asdict(config),
+            "metadata": metadata,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "history": history.to_dict(),
+            "rng": _rng_state(),
             "carried_state": [t.detach().cpu() for t in state],
         }
 
     def training_facts(step: int) -> dict[str, Any]:
         return {
-            "steps": step, "time_s": round(elapsed(), 1), "device": device_name, "torch": str(torch.__version__),
-            "final_train_loss": history.final_train_loss(), "val_loss": history.val[-1][1] if history.val else math.nan,
+            "steps": step,
+            "time_s": round(elapsed(), 1),
+            "device": device_name,
+            "torch": str(torch.__version__),
+            "final_train_loss": history.final_train_loss(),
+            "val_loss": history.val[-1][1] if history.val else math.nan,
             "config": asdict(config),
         }
 
     def write_weights(path: Path, step: int) -> None:
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        _save({"format": WEIGHTS_FORMAT, "model": weights, "metadata": metadata, "training": training_facts(step)}, path)
+        _save(
+            {"format": WEIGHTS_FORMAT, "model": weights, "metadata": metadata, "training": training_facts(step)}, path
+        )
 
     def validate(step: int) -> float:
         loss, _ = stream_loss(model, val_sequence, device=device, loss_fn=loss_fn)
@@ -471,9 +495,15 @@ def train(
     write_weights(out / WEIGHTS_FILE, step)
     save_loss_curve(history, out / LOSS_CURVE_FILE, title)
     result = TrainResult(
-        steps=step, time_s=round(elapsed(), 1), device=device_name, final_train_loss=history.final_train_loss(),
-        val_loss=history.val[-1][1], best_val_loss=history.best_val, best_step=history.best_step,
-        stopped_early=stopped_early, out=str(out),
+        steps=step,
+        time_s=round(elapsed(), 1),
+        device=device_name,
+        final_train_loss=history.final_train_loss(),
+        val_loss=history.val[-1][1],
+        best_val_loss=history.best_val,
+        best_step=history.best_step,
+        stopped_early=stopped_early,
+        out=str(out),
     )
     (out / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=1) + "\n")
     return result
@@ -484,7 +514,11 @@ def _check_resumable(checkpoint: Mapping[str, Any], config: LoopConfig, metadata
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError("not a statestream training checkpoint")
     saved = checkpoint["config"]
-    changed = [f.name for f in fields(config) if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(config, f.name)]
+    changed = [
+        f.name
+        for f in fields(config)
+        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(config, f.name)
+    ]
     if changed:
         raise ValueError(f"cannot resume: the checkpoint was trained with different {changed}")
     if dict(checkpoint["metadata"]) != dict(metadata):

@@ -75,7 +75,9 @@ class CharLSTM(StepNet):
         shape = (batch, self.layers, self.hidden)
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
-    def forward(self, char_id: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, char_id: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One chunk of steps.
 
         Args:

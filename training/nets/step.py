@@ -19,4 +19,3 @@ class StepNet(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
         """The state a new stream starts from (the server's ``init: zeros``)."""
         raise NotImplementedError
-

@@ -94,7 +94,8 @@ def from_table(cls: type[T], table: Mapping[str, Any], *, where: str) -> T:
     if unknown:
         raise RecipeError(f"{where}: unknown key {', '.join(repr(k) for k in unknown)} (known keys: {sorted(known)})")
     missing = sorted(
-        name for name, f in known.items()
+        name
+        for name, f in known.items()
         if name not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     if missing:
@@ -132,4 +133,12 @@ def _typed(hint: Any, value: Any, *, where: str) -> Any:
     raise TypeError(f"{where}: recipes do not support fields of type {hint!r}")  # a programming error
 
 
-__all__ = ["CharLMRecipe", "CharLSTMConfig", "RecipeError", "describe_recipe_path", "from_table", "load_recipe", "recipe_path"]
+__all__ = [
+    "CharLMRecipe",
+    "CharLSTMConfig",
+    "RecipeError",
+    "describe_recipe_path",
+    "from_table",
+    "load_recipe",
+    "recipe_path",
+]
