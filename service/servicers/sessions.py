@@ -150,6 +150,9 @@ class SessionServicer:
                     )
                     yield pb.SessionResponse(error=error_message(0, taken))
                     return
+                if not isinstance(request, Malformed) and request.WhichOneof("request") == "step":
+                    yield await self._answer_step(session, request)  # the hot path: no nested generator
+                    continue
                 async for response in self._handle(session, request):
                     yield response
                 if session.closed:
@@ -185,6 +188,16 @@ class SessionServicer:
         self.store.attach(session, stream)
         return session
 
+    async def _answer_step(self, session: SessionState, request: pb.SessionRequest) -> pb.SessionResponse:
+        """One Step of a Session stream, answered by a result or an in-stream error."""
+        name = session.runtime.name
+        self.metrics.requests.labels(name, "step").inc()
+        try:
+            return pb.SessionResponse(result=await self.step(session, checked(request).step))
+        except StatestreamError as exc:
+            self.metrics.failures.labels(name, exc.code.name).inc()
+            return pb.SessionResponse(error=error_message(request.step.seq, exc))
+
     async def _handle(
         self, session: SessionState, request: pb.SessionRequest | Malformed
     ) -> AsyncIterator[pb.SessionResponse]:
@@ -194,9 +207,7 @@ class SessionServicer:
         self.metrics.requests.labels(name, kind).inc()
         try:
             request = checked(request)
-            if kind == "step":
-                yield pb.SessionResponse(result=await self.step(session, request.step))
-            elif kind == "generate":
+            if kind == "generate":
                 async for response in self._generate(session, request.generate):
                     yield response
             elif kind == "close":
