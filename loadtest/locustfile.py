@@ -6,7 +6,9 @@ by hand against a running server::
 
     locust -f loadtest/locustfile.py --headless -u 32 -r 32 -t 30s -H 127.0.0.1:50051
 
-Each user holds one session (the gateway, many) for its whole life, as a real client does, and
+Each user paces itself like the client it stands for (a typist, a sensor, a gateway: see each
+class's ``wait_time``), so ``-u`` sets the offered load and the SLOs are checked at that load,
+not at saturation. Each user holds one session (the gateway, many) for its whole life, and
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
 of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions).
@@ -24,7 +26,7 @@ grpc_gevent.init_gevent()  # grpc's sync API must cooperate with Locust's gevent
 
 import gevent.queue  # noqa: E402
 import grpc  # noqa: E402
-from locust import User, constant, task  # noqa: E402
+from locust import User, constant_throughput, task  # noqa: E402
 
 from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
@@ -64,7 +66,6 @@ class StatestreamUser(User):
     """Base: a channel to the server, and reporting of one timed exchange to Locust."""
 
     abstract = True
-    wait_time = constant(0)
 
     def on_start(self) -> None:
         self.channel = grpc.insecure_channel(self.host)
@@ -105,6 +106,7 @@ class PredictUser(StatestreamUser):
     """A client streaming text one character per message (real-time next-character prediction)."""
 
     weight = 4
+    wait_time = constant_throughput(20)  # a fast typist: 20 characters a second
 
     @task
     def step_one_character(self) -> None:
@@ -115,6 +117,7 @@ class ChunkUser(StatestreamUser):
     """A client sending bursts: 16 characters per message, one model call."""
 
     weight = 1
+    wait_time = constant_throughput(5)  # 5 bursts of 16 readings a second
 
     @task
     def step_a_chunk(self) -> None:
@@ -125,6 +128,7 @@ class GenerateUser(StatestreamUser):
     """A client asking the server to write 32 characters after a prompt."""
 
     weight = 1
+    wait_time = constant_throughput(0.5)  # a new 32-character completion every 2 s
 
     @task
     def generate(self) -> None:
@@ -150,6 +154,7 @@ class GatewayUser(StatestreamUser):
 
     weight = 1
     fan_out = 64
+    wait_time = constant_throughput(10)  # each of its 64 users sends 10 characters a second
 
     def on_start(self) -> None:
         super().on_start()

@@ -1,6 +1,6 @@
 """Headless Locust run against a server it starts itself, checked against latency SLOs.
 
-    python -m loadtest.slo --users 24 --run-time 30s
+    python -m loadtest.slo --users 12 --run-time 30s
     python -m loadtest.slo --users 8 --run-time 5s --slo step=50 --slo generate_32=500 --json
 
 It starts ``statestream serve`` on 127.0.0.1 (stopped by its PID at the end), runs the users of
@@ -121,7 +121,7 @@ def run(users: int, run_time: str, models_dir: Path, slo: dict[str, float]) -> l
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.slo", description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=24, help="concurrent Locust users (default 24)")
+    parser.add_argument("--users", type=int, default=12, help="concurrent Locust users (default 12)")
     parser.add_argument("--run-time", default="30s", help="Locust run time, e.g. 30s or 2m (default 30s)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--slo", action="append", default=[], metavar="NAME=MS", help="p99 objective per request name")
