@@ -37,11 +37,7 @@ import asyncio
 import collections
 import contextlib
 import math
-import os
-import re
 import secrets
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -57,6 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from loadtest.servers import ServerProcess, serve_command
 from service.api import statestream_pb2 as pb
 from service.contract import MANIFEST_FILE, Manifest
 
@@ -1128,65 +1125,15 @@ def run_cases(
     one()
 
 
-_LISTENING = re.compile(r"listening on (\S+)")
-
-
-class ServerProcess:
-    """``statestream serve`` as a child process on 127.0.0.1 (port 0), stopped by its PID."""
-
-    def __init__(self, models_dir: Path, limits: Limits, extra: Sequence[str] = ()) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--models-dir",
-            str(models_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--log-level",
-            "ERROR",
-            "--max-chunk",
-            str(limits.max_chunk),
-            "--max-message-bytes",
-            str(limits.max_message_bytes),
-            "--max-generate-tokens",
-            str(limits.max_generate_tokens),
-            *extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = _LISTENING.search(line)
-        if not match:
-            self.stop()
-            raise RuntimeError(f"the server did not start: {line!r}")
-        self.target = match.group(1)
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=50)
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-
-    def _drain_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_tail.append(line.rstrip())
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int | None:
-        """SIGTERM to this PID, SIGKILL if it has not gone in 15 s; returns the exit code."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+def fuzz_target(models_dir: Path, limits: Limits) -> ServerProcess:
+    """``statestream serve`` with the fuzz limits, as a child process stopped by its PID."""
+    extra = (
+        "--log-level", "ERROR",
+        "--max-chunk", str(limits.max_chunk),
+        "--max-message-bytes", str(limits.max_message_bytes),
+        "--max-generate-tokens", str(limits.max_generate_tokens),
+    )  # fmt: skip
+    return ServerProcess("fuzz-target", serve_command(models_dir, "batched", extra))
 
 
 def solo_outputs(target: str, model: str, text: str, logits_name: str) -> np.ndarray:
@@ -1225,10 +1172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = Limits(args.max_chunk, args.max_message_bytes, args.max_generate_tokens)
     folder = find_model_folder(args.models_dir, args.model)
     reference = Reference(folder)
-    server = ServerProcess(args.models_dir, limits)
-    print(
-        f"fuzzing {args.model} on {server.target} (pid {server.process.pid}): {args.cases} cases, {limits}", flush=True
-    )
+    server = fuzz_target(args.models_dir, limits)
+    server.start()
+    print(f"fuzzing {args.model} on {server.target} (pid {server.pid}): {args.cases} cases, {limits}", flush=True)
     started = time.monotonic()
     try:
         solo = solo_outputs(server.target, args.model, BYSTANDER_TEXT, reference.logits_name)
@@ -1247,7 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary.report())
     print(f"server exit code after SIGTERM: {code}")
     if not summary.ok:
-        print("\n".join(list(server.stderr_tail)[-20:]), file=sys.stderr)
+        print(server.recent_output(), file=sys.stderr)
     return 0 if summary.ok else 1
 
 

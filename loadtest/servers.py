@@ -85,7 +85,9 @@ class ServerProcess:
         return self.process.pid
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The variant's flags alone configure it: no STATESTREAM_* variable of the caller leaks in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+        env["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
@@ -119,17 +121,23 @@ class ServerProcess:
         for line in self.process.stdout:
             self._log.append(line.rstrip())
 
-    def stop(self) -> None:
-        """Stops this process by its PID: SIGTERM, then SIGKILL after 10 s."""
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """Stops this process by its PID: SIGTERM, then SIGKILL after 10 s; returns its exit code."""
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        return process.returncode
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far (all its threads)."""
