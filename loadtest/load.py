@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -119,28 +120,11 @@ async def _stream(
         await call.write(messages.open_request(spec.model))
         messages.opened_session_id(await call.read())
     texts = _texts(spec, index)
-    times = await gate.opened()
-    latencies: list[float] = []
-    seq = 0
-    clock = time.monotonic
-    while True:
-        sent = clock()
-        if sent >= times.end:
-            break
-        seq += 1
-        await call.write(messages.session_step_request(seq, texts[seq % len(texts)], spec.last_only))
-        response = await call.read()
-        done = clock()
-        if done < times.measure or done >= times.end:
-            continue
-        latencies.append(done - sent)
-        if response[0] != messages.RESULT_TAG:
-            out.errors += 1
-        out.response_bytes += len(response)
-    out.messages += len(latencies)
-    out.steps += len(latencies) * spec.chunk
-    out.latencies_s = np.concatenate([out.latencies_s, np.asarray(latencies, np.float32)])
-    call.cancel()
+    await _closed_loop(
+        call, await gate.opened(), out, spec.chunk,
+        lambda seq: messages.session_step_request(seq, texts[seq % len(texts)], spec.last_only),
+        lambda response: int(response[0] != messages.RESULT_TAG),
+    )  # fmt: skip
 
 
 async def _multiplex(
@@ -156,7 +140,22 @@ async def _multiplex(
     prefixes = [messages.session_step_prefix(i) for i in ids]
     all_texts = [_texts(spec, index * spec.per_message + j) for j in range(spec.per_message)]
     call = channel.stream_stream(messages.MULTIPLEX_METHOD)()
-    times = await gate.opened()
+    await _closed_loop(
+        call, await gate.opened(), out, spec.per_message * spec.chunk,
+        lambda seq: messages.multiplex_request(prefixes, seq, [t[seq % len(t)] for t in all_texts]),
+        messages.multiplex_errors,
+    )  # fmt: skip
+
+
+async def _closed_loop(
+    call: Any,
+    times: _Window,
+    out: WorkerResult,
+    steps_per_message: int,
+    request: Callable[[int], bytes],
+    errors: Callable[[bytes], int],
+) -> None:
+    """Send, wait for the answer, send the next: until the window ends, counting only answers inside it."""
     latencies: list[float] = []
     seq = 0
     clock = time.monotonic
@@ -165,17 +164,16 @@ async def _multiplex(
         if sent >= times.end:
             break
         seq += 1
-        texts = [t[seq % len(t)] for t in all_texts]
-        await call.write(messages.multiplex_request(prefixes, seq, texts))
+        await call.write(request(seq))
         response = await call.read()
         done = clock()
         if done < times.measure or done >= times.end:
             continue
         latencies.append(done - sent)
-        out.errors += messages.multiplex_errors(response)
+        out.errors += errors(response)
         out.response_bytes += len(response)
     out.messages += len(latencies)
-    out.steps += len(latencies) * spec.per_message * spec.chunk
+    out.steps += len(latencies) * steps_per_message
     out.latencies_s = np.concatenate([out.latencies_s, np.asarray(latencies, np.float32)])
     call.cancel()
 
