@@ -149,3 +149,30 @@ def test_bad_input_leaves_a_bystander_session_and_the_server_untouched(
         bystander.close()
         assert [m.name for m in client.list_models()] == ["char_lm"]  # still serving
     np.testing.assert_allclose(np.concatenate(rows), offline_lm.logits(text), atol=TOLERANCE, rtol=0)
+
+
+def with_unknown_field(message_bytes: bytes, field_number: int = 99) -> bytes:
+    """Appends a varint field this server's proto does not define (as a newer client might send)."""
+    return message_bytes + bytes([(field_number << 3) & 0x7F | 0x80, field_number >> 4, 1])
+
+
+def test_an_unknown_option_at_open_is_refused_with_invalid_argument(server: ServerThread) -> None:
+    options = with_unknown_field(pb.SessionOptions(top_k=3).SerializeToString())
+    open_request = pb.SessionRequest(
+        open=pb.OpenSession(model="char_lm", options=pb.SessionOptions.FromString(options))
+    )
+    call = raw_stream(server.target)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(call(iter([open_request.SerializeToString()])))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "unknown field" in refused.value.details()  # type: ignore[attr-defined]
+
+
+def test_an_unknown_field_in_a_step_is_an_in_stream_error_and_the_session_goes_on(server: ServerThread) -> None:
+    step = pb.Step.FromString(with_unknown_field(pb.Step(seq=1, text="a").SerializeToString()))
+    call = raw_stream(server.target)
+    responses = list(call(iter([open_bytes(), pb.SessionRequest(step=step).SerializeToString(), step_bytes(1, "a")])))
+    assert [r.WhichOneof("response") for r in responses] == ["opened", "error", "result"]
+    assert responses[1].error.code_name == "INVALID_ARGUMENT"
+    assert "field number 99" in responses[1].error.message
+    assert responses[2].result.seq == 1  # the refused step consumed no seq
