@@ -52,6 +52,12 @@ class Unavailable(StatestreamError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelFailed(StatestreamError):
+    """ONNX Runtime failed on a step that passed validation: a server-side fault, not the client's."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class Unauthenticated(StatestreamError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

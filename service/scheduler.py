@@ -20,7 +20,8 @@ for one). Rules it keeps:
   ``InferenceSession.run``, inline, with no scheduler and no IOBinding. It is kept as an option
   so the benchmark can always measure it.
 
-A failed call fails every step of its batch and writes no state, so a session is never half-updated.
+A failed call writes no state, so a session is never half-updated; a failed batch is run again
+one step at a time, so a step that makes the model fail fails alone and its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -261,7 +262,12 @@ class Scheduler:
         try:
             derived = await loop.run_in_executor(self._executor, self._call, call)
         except Exception as exc:
-            _fail(batch, exc)  # nothing was scattered: every session keeps its state
+            # Nothing was scattered: every session keeps its state. One step may have made the
+            # whole call fail; run them one by one so only the faulty step fails, not its batch.
+            log.warning(
+                "a batch of %d steps of %s failed (%s); running them one by one", count, self.model.manifest.name, exc
+            )
+            self._isolate(batch)
             return
         self._record(started, count, steps)
         self.slabs.scatter(rows, call.new_state)
@@ -272,6 +278,15 @@ class Scheduler:
         for job, values in zip(batch, zip(*(list(out) for out in outputs.values()), strict=True), strict=True):
             if not job.future.done():
                 job.future.set_result(dict(zip(names, values, strict=True)))
+
+    def _isolate(self, batch: list[StepJob]) -> None:
+        """Runs each step of a failed batch alone; each fails or succeeds on its own."""
+        for job in batch:
+            try:
+                self._run_inline(job)
+            except Exception as exc:
+                if not job.future.done():
+                    job.future.set_exception(exc)
 
     def _record(self, started: float, batch: int, steps: int) -> None:
         self._m_compute.observe(time.perf_counter() - started)

@@ -274,6 +274,35 @@ def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
     assert all(isinstance(out, dict) for out in outputs)
 
 
+def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(6)]
+    poisoned = rows[2]
+    before = recorder.slabs.read_row(poisoned)
+    from service import registry
+
+    poison = int(_ids(offline_lm, "z")[0])
+    real_run = registry.BatchCall.run
+
+    def run_unless_poisoned(self: registry.BatchCall) -> None:
+        if (self.inputs["char_id"] == poison).any():  # e.g. an input the graph cannot take
+            raise RuntimeError("ORT failed on one row")
+        real_run(self)
+
+    monkeypatch.setattr(registry.BatchCall, "run", run_unless_poisoned)
+    outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "z" if row == poisoned else "a")) for row in rows])
+    assert len(recorder.batches) == 1 and len(recorder.batches[0]) == len(rows)  # they did share one batch
+    for row, out in zip(rows, outputs, strict=True):
+        if row == poisoned:
+            assert isinstance(out, RuntimeError)
+        else:
+            np.testing.assert_allclose(out["logits"], offline_lm.logits("a"), atol=TOLERANCE)
+    for name, value in recorder.slabs.read_row(poisoned).items():
+        np.testing.assert_array_equal(value, before[name])  # the failed step wrote no state
+
+
 def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
     tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -176,3 +176,30 @@ def test_an_unknown_field_in_a_step_is_an_in_stream_error_and_the_session_goes_o
     assert responses[1].error.code_name == "INVALID_ARGUMENT"
     assert "field number 99" in responses[1].error.message
     assert responses[2].result.seq == 1  # the refused step consumed no seq
+
+
+def test_a_model_failure_is_an_in_stream_internal_error_and_the_session_goes_on(
+    server: ServerThread, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import registry
+
+    poison = offline_lm.vocab["z"]
+    real_run = registry.BatchCall.run
+
+    def run_unless_poisoned(self: registry.BatchCall) -> None:
+        if (self.inputs["char_id"] == poison).any():
+            raise RuntimeError("simulated ONNX Runtime failure")
+        real_run(self)
+
+    with Client(server.target) as client:
+        session = client.open("char_lm", return_tensors=["logits"])
+        first = logits_of(session.step(text="a"))
+        monkeypatch.setattr(registry.BatchCall, "run", run_unless_poisoned)
+        with pytest.raises(StepFailed) as failed:
+            session.step(text="z")
+        assert failed.value.error.code_name == "INTERNAL"
+        assert "the model failed on this step" in failed.value.error.message
+        after = logits_of(session.step(text="b"))
+        monkeypatch.undo()
+        session.close()
+    np.testing.assert_allclose(np.concatenate([first, after]), offline_lm.logits("ab"), atol=TOLERANCE, rtol=0)

@@ -17,7 +17,8 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.drivers.vocabulary import Vocabulary, vocabulary_of
-from service.errors import InvalidArgument, ResourceExhausted
+from service.errors import InvalidArgument, ModelFailed, ResourceExhausted, StatestreamError, Unavailable
+from service.scheduler import SchedulerStopped
 from service.sessions import Session
 from service.tensors import from_proto, to_proto
 
@@ -219,7 +220,16 @@ async def run_step(session: Session, decoded: StepInputs) -> Arrays:
     scheduler = runtime.scheduler
     if scheduler.postprocess is None and vocabulary_of(runtime.model.manifest) is not None:
         scheduler.postprocess = ranked_logits(logits_output(runtime.model.manifest))
-    outputs = await scheduler.run(session.row, decoded.arrays, decoded.steps)
+    try:
+        outputs = await scheduler.run(session.row, decoded.arrays, decoded.steps)
+    except SchedulerStopped as exc:
+        raise Unavailable(f"the server is stopping: {exc}") from exc
+    except StatestreamError:
+        raise
+    except Exception as exc:  # the model itself failed on this step: the session's state is unchanged
+        raise ModelFailed(
+            f"the model failed on this step ({type(exc).__name__}: {exc}); the session is unchanged"
+        ) from exc
     logits = outputs.get(logits_output(runtime.model.manifest))
     if logits is not None:
         # Kept so a later Generate with no prompt can continue from where the stream is.
