@@ -221,9 +221,12 @@ class Scheduler:
         feed.update(self.slabs.gather(rows))
         started = time.perf_counter()
         results = self.model.run(feed)
+        outputs = {name: results[name] for name in self._output_names}
+        if self.postprocess is not None:  # the same per-step outputs as the batched paths give
+            outputs.update(self.postprocess(outputs))
         self._record(started, 1, steps)
         self.slabs.scatter(rows, {i: results[o] for i, o in self._state_pairs})
-        return {name: results[name][0] for name in self._output_names}
+        return {name: value[0] for name, value in outputs.items()}
 
     def _run_inline(self, job: StepJob) -> None:
         """The direct path: a lone step runs at once on the loop thread, with no hand-off."""

@@ -410,7 +410,7 @@ def test_cached_labels_return_the_same_child() -> None:
 def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
     tiny_model: LoadedModel, offline_lm: OfflineLM
 ) -> None:
-    from service.drivers.predict import RANKED_IDS, RANKED_PROBS, ranked_logits, softmax, top_tokens
+    from service.drivers.predict import RANKED_IDS, RANKED_PROBS, ranked_logits
 
     recorder = Recorder(tiny_model)
     rows = [recorder.slabs.allocate() for _ in range(4)]
@@ -426,12 +426,14 @@ def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, t)) for row, t in zip(rows, texts, strict=True)])
     tokens = list(offline_lm.manifest.vocabulary)
     for text, out in zip(texts, outputs, strict=True):
-        probs = softmax(offline_lm.logits(text))
+        logits = offline_lm.logits(text).astype(np.float64)  # the reference: a plain per-step softmax
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
         assert out[RANKED_IDS].shape == (2, len(tokens))
         for t in range(2):
-            expected = top_tokens(probs[t], 5, tokens)
-            assert out[RANKED_IDS][t, :5].tolist() == [p.id for p in expected]
-            np.testing.assert_allclose(out[RANKED_PROBS][t, :5], [p.prob for p in expected], rtol=1e-6)
+            expected = sorted(range(len(tokens)), key=lambda i: (-probs[t][i], i))[:5]  # ties: lower id
+            assert out[RANKED_IDS][t, :5].tolist() == expected
+            np.testing.assert_allclose(out[RANKED_PROBS][t, :5], probs[t][expected], rtol=1e-6)
 
 
 def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
@@ -528,3 +530,29 @@ def test_a_broken_multiplex_call_applies_each_started_step_exactly_once(
     for _, logits in results:
         # Whether or not seq 1 ran before the cancel, it ran exactly once: "b" follows "a".
         np.testing.assert_allclose(logits, expected, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "batched"])
+def test_both_schedulers_answer_the_same_top_k_and_logits(
+    tiny_lm_dir: Path, offline_lm: OfflineLM, scheduler: str
+) -> None:
+    """The naive baseline the benchmark compares against serves the same answers as the batching scheduler."""
+    from service.client import Client
+
+    text = "Wherefore art thou"
+    running = ServerThread(Settings(models_dir=tiny_lm_dir, scheduler=scheduler))
+    try:
+        with Client(running.target) as client:
+            session = client.open("char_lm", top_k=3, return_tensors=["logits"])
+            results = [session.step(text=ch).outputs[0] for ch in text]
+            session.close()
+    finally:
+        running.stop()
+    logits = offline_lm.logits(text).astype(np.float64)
+    np.testing.assert_allclose(np.stack([from_proto(r.tensors[0]) for r in results]), logits, atol=TOLERANCE)
+    for out, row in zip(results, logits, strict=True):
+        probs = np.exp(row - row.max())
+        probs /= probs.sum()
+        best = sorted(range(len(row)), key=lambda i: (-probs[i], i))[:3]
+        assert [t.id for t in out.top] == best
+        np.testing.assert_allclose([t.prob for t in out.top], probs[best], rtol=1e-5)

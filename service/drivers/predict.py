@@ -113,21 +113,6 @@ def _decode_tensors(manifest: Manifest, tensors: pb.TensorInput) -> StepInputs:
     return StepInputs(given, steps)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, in float64 for exact top-k ordering."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
-
-
-def top_tokens(probs: np.ndarray, k: int, tokens: list[str]) -> list[pb.TokenProb]:
-    """The k most likely tokens, most likely first (ties broken by lower id)."""
-    k = min(k, probs.shape[-1])
-    candidates = np.argpartition(-probs, k - 1)[:k]
-    order = candidates[np.lexsort((candidates, -probs[candidates]))]
-    return [pb.TokenProb(id=int(i), token=tokens[i], prob=float(probs[i])) for i in order]
-
-
 @cache
 def _longest_token_bytes(vocab: Vocabulary) -> int:
     return max((len(token.encode()) for token in vocab.tokens), default=0)
@@ -162,8 +147,7 @@ def ranked_logits(logits_name: str) -> Callable[[Arrays], Arrays]:
     """The next tokens of a whole batch ranked at once (the scheduler runs it on its worker thread).
 
     One stable argsort and one float64 softmax over ``[B, K, V]`` instead of one per step on the
-    event loop; ``build_result`` then only reads the first top_k of each row. Same numbers as
-    ``softmax`` + ``top_tokens``.
+    event loop; ``build_result`` then only reads the first top_k of each row.
     """
 
     def rank(outputs: Arrays) -> Arrays:
@@ -177,38 +161,27 @@ def ranked_logits(logits_name: str) -> Callable[[Arrays], Arrays]:
 
 
 def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:
-    """One StepOutput per time step (or only the last), as the session's options ask."""
-    manifest = session.runtime.model.manifest
-    vocab = vocabulary_of(manifest)
+    """One StepOutput per time step (or only the last), as the session's options ask.
+
+    A language model's top-k comes from the batch's ranking (``ranked_logits``, which every
+    scheduler path runs once the driver has set it), so here it is only read.
+    """
+    vocab = vocabulary_of(session.runtime.model.manifest)
+    tokens = vocab.tokens if vocab is not None else []
     first = decoded.steps - 1 if step.last_only else 0
-    result = pb.StepResult(seq=step.seq)
     top_k = session.options.top_k if vocab is not None else 0
-    ranked_ids = outputs.get(RANKED_IDS) if top_k else None
-    if ranked_ids is not None and vocab is not None:  # ranked for the whole batch by the scheduler
-        tokens = vocab.tokens
-        ids = ranked_ids[first:, :top_k].tolist()
-        probs_k = outputs[RANKED_PROBS][first:, :top_k].tolist()
-        for t in range(first, decoded.steps):
-            out = result.outputs.add()
-            if decoded.token_ids is not None:
-                out.input = tokens[int(decoded.token_ids[t])]
-            out.top.extend(
-                [
-                    pb.TokenProb(id=i, token=tokens[i], prob=p)
-                    for i, p in zip(ids[t - first], probs_k[t - first], strict=True)
-                ]
-            )
-            for name in session.options.return_tensors:
-                out.tensors.append(to_proto(name, outputs[name][t]))
-        return result
-    logits = outputs.get(logits_output(manifest)) if vocab is not None else None
-    probs = softmax(logits[first:]) if logits is not None else None
+    ids = outputs[RANKED_IDS][first:, :top_k].tolist() if top_k else []
+    probs = outputs[RANKED_PROBS][first:, :top_k].tolist() if top_k else []
+    result = pb.StepResult(seq=step.seq)
     for t in range(first, decoded.steps):
         out = result.outputs.add()
         if vocab is not None and decoded.token_ids is not None:
-            out.input = vocab.decode(int(decoded.token_ids[t]))
-        if probs is not None and vocab is not None and session.options.top_k:
-            out.top.extend(top_tokens(probs[t - first], session.options.top_k, vocab.tokens))
+            out.input = tokens[int(decoded.token_ids[t])]
+        if top_k:
+            row = t - first
+            out.top.extend(
+                [pb.TokenProb(id=i, token=tokens[i], prob=p) for i, p in zip(ids[row], probs[row], strict=True)]
+            )
         for name in session.options.return_tensors:
             out.tensors.append(to_proto(name, outputs[name][t]))
     return result

@@ -430,9 +430,7 @@ def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
 def _seq_of(request: pb.SessionRequest | Malformed) -> int:
     if isinstance(request, Malformed):
         return 0
-    kind = request.WhichOneof("request")
-    if kind == "step":
-        return int(request.step.seq)
+    kind = request.WhichOneof("request")  # steps are answered by _answer_step, with their own seq
     if kind == "generate":
         return int(request.generate.seq)
     if kind == "reset":
