@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 from service.auth import Authenticator
 from service.server import Server
@@ -33,3 +38,31 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+STATESTREAM = [sys.executable, "-m", "service.cli"]
+
+
+@contextmanager
+def serve_process(
+    args: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None, stderr: int | IO[Any] = subprocess.PIPE
+) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``statestream serve ARGS --port 0`` as a child process, the way a user starts it.
+
+    Yields the process, its first line (``statestream listening on HOST:PORT (...)``) and the
+    target it names; the process is killed at the end if it is still running.
+    """
+    process = subprocess.Popen(
+        [*STATESTREAM, "serve", *args, "--port", "0"], stdout=subprocess.PIPE, stderr=stderr, text=True,
+        env=dict(env), cwd=cwd,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"listening on (\S+)", line)
+        assert match, f"the server did not start: {line!r}"
+        yield process, line, match.group(1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

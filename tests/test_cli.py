@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-STATESTREAM = [sys.executable, "-m", "service.cli"]
+from tests.servers import STATESTREAM, serve_process
 
 
 @pytest.fixture(scope="module")
 def served(tiny_lm_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "STATESTREAM_MODELS_DIR": str(tiny_lm_dir), "STATESTREAM_LOG_JSON": "1"}
-    process = subprocess.Popen(
-        [*STATESTREAM, "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    assert match, f"server did not start: {line!r} {process.stderr.read() if process.poll() is not None else ''}"
-    yield process, match.group(1)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with serve_process([], env) as (process, _, target):
+        yield process, target
 
 
 def client(target: str, *args: str) -> subprocess.CompletedProcess[str]:

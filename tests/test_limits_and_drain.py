@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from service.client import Client, SessionLost, StepFailed
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
-from tests.servers import ServerThread
+from tests.servers import ServerThread, serve_process
 
 TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
 
@@ -209,16 +208,7 @@ def test_drain_on_sigterm_answers_in_flight_steps_refuses_new_sessions_and_exits
     tiny_lm_dir: Path, offline_lm: OfflineLM
 ) -> None:
     env = {**os.environ, "STATESTREAM_MODELS_DIR": str(tiny_lm_dir), "STATESTREAM_GRACE_S": "1.5"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert server.stdout is not None
-        target = re.search(r"listening on (\S+)", server.stdout.readline()).group(1)  # type: ignore[union-attr]
+    with serve_process([], env, stderr=subprocess.DEVNULL) as (server, _, target):
         acked: list[list[np.ndarray]] = [[] for _ in range(4)]
         started = threading.Barrier(5)
 
@@ -251,10 +241,6 @@ def test_drain_on_sigterm_answers_in_flight_steps_refuses_new_sessions_and_exits
         reference = offline_lm.logits(DRAIN_TEXT[: max(len(a) for a in acked)])
         for rows in acked:  # every acknowledged step was applied exactly once, in order
             np.testing.assert_allclose(np.stack(rows), reference[: len(rows)], atol=TOLERANCE, rtol=0)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 def test_drain_in_process_refuses_new_sessions_and_reports_not_serving(tiny_lm_dir: Path) -> None:

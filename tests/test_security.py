@@ -43,10 +43,9 @@ from service.sessions import SESSION_ID_BYTES
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
-from tests.servers import ServerThread
+from tests.servers import STATESTREAM, ServerThread, serve_process
 
 TOLERANCE = 1e-5  # the float32 contract of test_service_sessions
-STATESTREAM = [sys.executable, "-m", "service.cli"]
 SECURITY_DOC = Path(__file__).parent.parent / "docs" / "security.md"
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdef"
@@ -746,17 +745,7 @@ def test_tls_docs_commands_make_certificates_serve_and_connect(tiny_lm_dir: Path
     assert serve[:2] == ["statestream", "serve"]
     serve[serve.index("--models-dir") + 1] = str(tiny_lm_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
-    process = subprocess.Popen(
-        [*STATESTREAM, *serve[1:], "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
+    with serve_process(serve[2:], env, cwd=tmp_path) as (_, line, _target):
         match = re.search(r"listening on 127\.0\.0\.1:(\d+) \(mutual TLS\)", line)
         assert match, line
         port = match.group(1)
@@ -786,6 +775,3 @@ def test_tls_docs_commands_make_certificates_serve_and_connect(tiny_lm_dir: Path
             env=env,
         )
         assert without_token.returncode == 1 and "UNAUTHENTICATED" in without_token.stderr
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
