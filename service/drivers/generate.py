@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,8 +23,16 @@ from service.errors import FailedPrecondition, InvalidArgument, ResourceExhauste
 from service.sessions import Session
 
 
-def check_generate(session: Session, request: pb.Generate, max_tokens: int) -> Sampler:
-    """Validates a Generate before anything runs; raises naming the problem."""
+@dataclass(frozen=True)
+class GeneratePlan:
+    """A validated Generate: how to sample, and the prompt already encoded."""
+
+    sampler: Sampler
+    prompt_ids: np.ndarray
+
+
+def check_generate(session: Session, request: pb.Generate, *, max_tokens: int, max_chunk: int) -> GeneratePlan:
+    """Validates a Generate before anything runs; raises naming the problem (or the limit)."""
     manifest = session.runtime.model.manifest
     vocab = vocabulary_of(manifest)
     if vocab is None:
@@ -32,10 +41,12 @@ def check_generate(session: Session, request: pb.Generate, max_tokens: int) -> S
         raise InvalidArgument("max_tokens is required (1 or more)")
     if request.max_tokens > max_tokens:
         raise ResourceExhausted("max_generate_tokens", max_tokens, f"asked for {request.max_tokens}")
+    if len(request.prompt) > max_chunk:  # the prompt runs as one chunk
+        raise ResourceExhausted("max_chunk", max_chunk, f"the prompt has {len(request.prompt)} characters")
     if not request.prompt and "last_logits" not in session.scratch:
         raise FailedPrecondition("the session has seen no step yet: give a prompt")
-    vocab.encode(request.prompt)  # refuse an unknown character before any state changes
-    return Sampler(request.temperature, request.top_k, len(vocab))
+    prompt_ids = vocab.encode(request.prompt)  # refuses an unknown character before any state changes
+    return GeneratePlan(Sampler(request.temperature, request.top_k, len(vocab)), prompt_ids)
 
 
 def resolve_seed(request: pb.Generate) -> int:
@@ -43,7 +54,7 @@ def resolve_seed(request: pb.Generate) -> int:
     return request.seed if request.HasField("seed") else secrets.randbits(63)
 
 
-async def generate(session: Session, request: pb.Generate, sampler: Sampler, seed: int) -> AsyncIterator[pb.Token]:
+async def generate(session: Session, request: pb.Generate, plan: GeneratePlan, seed: int) -> AsyncIterator[pb.Token]:
     """Yields each token as it is sampled; the caller holds the session's lock."""
     manifest = session.runtime.model.manifest
     vocab = vocabulary_of(manifest)
@@ -51,12 +62,12 @@ async def generate(session: Session, request: pb.Generate, sampler: Sampler, see
     name = manifest.inputs[0].name
     dtype = manifest.inputs[0].np_dtype
     rng = np.random.Generator(np.random.PCG64(seed))
-    if request.prompt:
-        ids = vocab.encode(request.prompt)
+    ids = plan.prompt_ids
+    if len(ids):
         await run_step(session, StepInputs({name: ids.astype(dtype)}, len(ids), ids))
     token_buffer = np.zeros(1, dtype=dtype)
     for index in range(request.max_tokens):
-        token, prob = sampler.sample(session.scratch["last_logits"], rng)
+        token, prob = plan.sampler.sample(session.scratch["last_logits"], rng)
         yield pb.Token(seq=request.seq, index=index, id=token, text=vocab.decode(token), prob=prob)
         token_buffer[0] = token
         await run_step(session, StepInputs({name: token_buffer.copy()}, 1, None))

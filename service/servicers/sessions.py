@@ -289,17 +289,15 @@ class SessionServicer:
                 done.duplicate = True
                 yield pb.SessionResponse(generated=done)
                 return
-            sampler = check_generate(session, request, self.settings.max_generate_tokens)
-            if len(request.prompt) > self.settings.max_chunk:
-                raise ResourceExhausted(
-                    "max_chunk", self.settings.max_chunk, f"the prompt has {len(request.prompt)} characters"
-                )
+            plan = check_generate(
+                session, request, max_tokens=self.settings.max_generate_tokens, max_chunk=self.settings.max_chunk
+            )
             seed = resolve_seed(request)
             saved_state = session.runtime.slabs.read_row(session.row)
             saved_scratch = dict(session.scratch)
             done = pb.GenerateDone(seq=request.seq, seed=seed)
             try:
-                async for token in generate(session, request, sampler, seed):
+                async for token in generate(session, request, plan, seed):
                     done.ids.append(token.id)
                     done.probs.append(token.prob)
                     done.text += token.text
