@@ -80,6 +80,7 @@ class Server:
     port: int
     transport: TransportSecurity
     auth: Authenticator
+    sessions: SessionServicer
     _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -94,7 +95,8 @@ class Server:
 
         server = grpc.aio.server(options=grpc_options(settings))
         add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
-        add_servicer(server, "SessionService", SessionServicer(store, settings, metrics, auth))
+        sessions = SessionServicer(store, settings, metrics, auth)
+        add_servicer(server, "SessionService", sessions)
         health_servicer = add_health(server)
         reflection.enable_server_reflection(
             (
@@ -111,7 +113,7 @@ class Server:
         await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_port:
             metrics.serve_http(settings.metrics_port, settings.host)
-        running = cls(settings, server, store, runtimes, health_servicer, metrics, port, transport, auth)
+        running = cls(settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, sessions)
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
             "serving %d model(s) on %s:%d (scheduler %s, max batch %d; %s, %s)",
@@ -126,11 +128,20 @@ class Server:
         return running
 
     async def drain(self) -> None:
-        """Stops taking sessions, lets in-flight requests finish within the grace time, stops."""
+        """Stops taking sessions, lets in-flight requests finish within the grace time, stops.
+
+        The server keeps listening through the grace time, so a new session is refused by the
+        servicer with UNAVAILABLE (a clear answer) rather than racing gRPC's own shutdown, which
+        may cancel a call it had just accepted. It stops as soon as no stream is left open.
+        """
         log.info("draining: no new sessions, %.1fs for in-flight steps", self.settings.grace_s)
         self.store.accepting = False
         await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.stop(self.settings.grace_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace_s
+        while self.sessions.open_streams and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.stop(max(0.0, min(0.5, deadline - loop.time())))
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.grpc_server.stop(grace_s)

@@ -230,6 +230,7 @@ def test_drain_on_sigterm_answers_in_flight_steps_refuses_new_sessions_and_exits
             time.sleep(0.01)
         server.send_signal(signal.SIGTERM)
         sent = time.monotonic()
+        wait_until(lambda: _health(target) == "NOT_SERVING")  # the signal has been handled: draining
         with Client(target) as late:  # new sessions are refused while draining
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 late.open("char_lm")
@@ -241,6 +242,14 @@ def test_drain_on_sigterm_answers_in_flight_steps_refuses_new_sessions_and_exits
         reference = offline_lm.logits(DRAIN_TEXT[: max(len(a) for a in acked)])
         for rows in acked:  # every acknowledged step was applied exactly once, in order
             np.testing.assert_allclose(np.stack(rows), reference[: len(rows)], atol=TOLERANCE, rtol=0)
+
+
+def _health(target: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
 
 def test_drain_in_process_refuses_new_sessions_and_reports_not_serving(tiny_lm_dir: Path) -> None:
