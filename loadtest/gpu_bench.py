@@ -1,26 +1,30 @@
-"""ONNX Runtime CUDA against CPU for the served model's step: where does the GPU pay off?
+"""Where should session state live? The server's batch path, per provider and state memory.
 
-Run on a machine with onnxruntime-gpu and a GPU (``python -m loadtest.gpu_bench --out DIR``).
-For each batch size it measures steps/s of:
+``python -m loadtest.gpu_bench --out DIR`` measures, for each batch size, steps/s of one batch
+the way the scheduler runs it (gather the batch's rows from the slabs into the bound call, one
+ORT call, scatter the new state back), with no gRPC and no Python scheduling around it:
 
-* ``cpu``: the CPU provider with the server's options (1 thread, no spinning, IOBinding);
-* ``cuda-host``: the CUDA provider fed numpy arrays: state goes host → device → host every call
-  (what the server's CPU slabs cost on a GPU);
-* ``cuda-resident``: state stays on the device: two sets of state OrtValues bound in ping-pong
-  (the output of one call is the input of the next), only the token ids go in and the logits
-  come out over the bus. This is the ceiling of device-resident slabs;
-* ``cuda-slab``: device-resident slabs as a server would hold them: a ``[capacity, *shape]``
-  CUDA tensor per state, the batch's rows gathered into the bound input and the new state
-  scattered back by index on the device (torch ``index_select`` / ``index_copy_``; needs torch).
+* ``cpu``: the CPU provider with host slabs (what ``--state-memory auto`` picks on the CPU);
+* ``cpu-device``: the CPU provider with device slabs on ORT's CPU memory (``--state-memory
+  device`` without a GPU): the same code as ``cuda-slab``, to show what ORT's gather and
+  scatter cost against numpy's;
+* ``cuda-host``: the CUDA provider with host slabs (``--state-memory host``): the state goes
+  host → device → host on every call;
+* ``cuda-slab``: the CUDA provider with device slabs (``--state-memory auto`` on a GPU): the
+  state stays on the GPU; only token ids go in and logits come out;
+* ``cuda-resident``: the ceiling for ``cuda-slab``: two sets of state OrtValues bound in
+  ping-pong (one call's new state is the next call's state), no gather or scatter at all.
 
-It writes ``gpu_bench.md`` (a table) and ``gpu_bench.jsonl`` into ``--out``. TF32 is off for
-the parity check (``--tf32`` turns it on); the max |diff| of CUDA's logits against the CPU's over
-a few carried steps is reported with the table.
+CUDA rows need onnxruntime-gpu and a GPU; without them (or with ``--cpu-only``) only the CPU
+rows are measured. It writes ``gpu_bench.md`` (a table) and ``gpu_bench.jsonl`` into ``--out``,
+and reports the max |diff| of the CUDA provider's logits against the CPU's over a few carried
+steps (TF32 is off, as the server runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 
 BATCHES = (1, 16, 256, 1024, 4096, 16384)
+VARIANTS = ("cpu", "cpu-device", "cuda-host", "cuda-slab", "cuda-resident")
 
 
 def _timed(fn: Callable[[], Any], duration_s: float, batch: int) -> tuple[float, float]:
@@ -46,16 +51,48 @@ def _timed(fn: Callable[[], Any], duration_s: float, batch: int) -> tuple[float,
     return batch * len(times) / sum(times), float(np.median(times) * 1e3)
 
 
-def _bound_runner(session: Any, binding: Any) -> Callable[[], None]:
-    return lambda: session.run_with_iobinding(binding)
+def _server_batch(model: Any, memory: str, batch: int, ids: np.ndarray) -> Callable[[], None]:
+    """One batch of ``batch`` sessions spread over a slab of 2 × batch rows, as the scheduler runs it."""
+    from service.runtime import build_calls, build_slabs
+    from service.settings import Settings
+
+    settings = Settings(state_memory=memory, max_batch=batch, initial_capacity=2 * batch)
+    slabs, calls = build_slabs(model, settings), build_calls(model, settings)
+    for _ in range(2 * batch):
+        slabs.allocate()
+    rows = np.random.default_rng(1).permutation(2 * batch)[:batch].astype(np.intp)
+    call = calls.get(batch, 1)
+    call.inputs[model.manifest.inputs[0].name][...] = ids
+
+    def run() -> None:
+        slabs.gather(rows, call.state)
+        call.run()
+        slabs.scatter(rows, call.new_state)
+
+    return run
 
 
-def _plain_runner(session: Any, names: list[str], feed: dict[str, np.ndarray]) -> Callable[[], None]:
-    return lambda: session.run(names, feed)
-
-
-def _ping_pong_runner(session: Any, bindings: list[Any]) -> Callable[[], None]:
+def _ping_pong(ort: Any, model: Any, batch: int, ids: np.ndarray) -> Callable[[], None]:
     """Alternates two bindings whose state outputs are each other's state inputs."""
+    manifest, session = model.manifest, model.session
+    sets = [
+        {
+            s.input: ort.OrtValue.ortvalue_from_shape_and_type([batch, *s.shape], s.np_dtype, "cuda", 0)
+            for s in manifest.state
+        }
+        for _ in range(2)
+    ]
+    first = manifest.outputs[0]
+    logits = np.zeros((batch, 1, *first.shape), first.np_dtype)
+    bindings = []
+    for i in range(2):
+        binding = session.io_binding()
+        binding.bind_cpu_input(manifest.inputs[0].name, ids)
+        for s in manifest.state:
+            binding.bind_ortvalue_input(s.input, sets[i][s.input])
+            binding.bind_ortvalue_output(s.output, sets[1 - i][s.input])
+        binding.bind_output(first.name, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
+        bindings.append(binding)
     turn = [0]
 
     def run() -> None:
@@ -65,26 +102,21 @@ def _ping_pong_runner(session: Any, bindings: list[Any]) -> Callable[[], None]:
     return run
 
 
-def _slab_runner(
-    torch: Any,
-    session: Any,
-    binding: Any,
-    slabs: dict[str, Any],
-    gathered: dict[str, Any],
-    new: dict[str, Any],
-    rows: Any,
-) -> Callable[[], None]:
-    """Gather rows of device slabs into the bound input, run, scatter the new state back by index."""
-
-    def run() -> None:
-        for name, slab in slabs.items():
-            torch.index_select(slab, 0, rows, out=gathered[name])
-        torch.cuda.synchronize()  # ORT runs on its own stream: the gather must be done
-        session.run_with_iobinding(binding)
-        for name, slab in slabs.items():
-            slab.index_copy_(0, rows, new[name])
-
-    return run
+def _parity(cpu: Any, cuda: Any, steps: int = 20, batch: int = 4) -> float:
+    """Max |diff| of CUDA's logits against the CPU's over ``steps`` carried steps."""
+    manifest = cpu.manifest
+    rng = np.random.default_rng(0)
+    state_c = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
+    state_g = dict(state_c)
+    worst = 0.0
+    token = manifest.inputs[0]
+    for _ in range(steps):
+        ids = rng.integers(0, len(manifest.vocabulary), size=(batch, 1)).astype(token.np_dtype)
+        rc, rg = cpu.run({token.name: ids, **state_c}), cuda.run({token.name: ids, **state_g})
+        worst = max(worst, float(np.max(np.abs(rc["logits"] - rg["logits"]))))
+        state_c = {s.input: rc[s.output] for s in manifest.state}
+        state_g = {s.input: rg[s.output] for s in manifest.state}
+    return worst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,118 +126,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=1.0)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--cpu-max-batch", type=int, default=1024, help="skip CPU rows above this batch")
-    parser.add_argument("--tf32", action="store_true")
+    parser.add_argument("--cpu-only", action="store_true", help="measure the CPU rows only")
     args = parser.parse_args(argv)
 
-    torch: Any
-    try:  # torch first: its CUDA libraries are then found by onnxruntime-gpu
-        import torch
-    except ImportError:
-        torch = None
+    with contextlib.suppress(ImportError):  # torch first: onnxruntime-gpu then finds its CUDA libraries
+        import torch  # noqa: F401
     import onnxruntime as ort
 
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
-    from service.contract import Manifest
-    from service.registry import session_options
+    from service.registry import CUDA, LoadedModel
     from service.settings import Settings
 
-    manifest = Manifest.load(args.model)
-    graph = str(args.model / manifest.step_graph)
-    cpu = ort.InferenceSession(graph, session_options(Settings()), providers=["CPUExecutionProvider"])
-    cuda_options: dict[str, Any] = {"use_tf32": "1" if args.tf32 else "0"}
-    cuda = ort.InferenceSession(
-        graph, session_options(Settings()), providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-    )
-    providers = cuda.get_providers()
-    token = manifest.inputs[0]
-    out_names = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
+    cpu = LoadedModel.from_folder(args.model, Settings(provider="cpu"))
+    gpu = not args.cpu_only and CUDA in ort.get_available_providers()
+    cuda = LoadedModel.from_folder(args.model, Settings(provider="cuda")) if gpu else None
     rows: list[dict[str, Any]] = []
 
-    def record(variant: str, batch: int, rate: tuple[float, float]) -> None:
+    def record(variant: str, batch: int, runner: Callable[[], None]) -> None:
+        rate = _timed(runner, args.duration_s, batch)
         rows.append({"variant": variant, "batch": batch, "steps_per_s": round(rate[0]), "ms_per_call": rate[1]})
         print(json.dumps(rows[-1]), flush=True)
 
-    # Parity: 20 carried steps at batch 4, CUDA against CPU.
     rng = np.random.default_rng(0)
-    state_c = {s.input: np.zeros((4, *s.shape), s.np_dtype) for s in manifest.state}
-    state_g = dict(state_c)
-    worst = 0.0
-    for _ in range(20):
-        ids = rng.integers(0, len(manifest.vocabulary), size=(4, 1)).astype(token.np_dtype)
-        rc = dict(zip(out_names, cpu.run(out_names, {token.name: ids, **state_c}), strict=True))
-        rg = dict(zip(out_names, cuda.run(out_names, {token.name: ids, **state_g}), strict=True))
-        worst = max(worst, float(np.max(np.abs(rc["logits"] - rg["logits"]))))
-        state_c = {s.input: rc[s.output] for s in manifest.state}
-        state_g = {s.input: rg[s.output] for s in manifest.state}
-
+    token = cpu.manifest.inputs[0]
     for batch in (int(b) for b in args.batches.split(",")):
-        ids = rng.integers(0, len(manifest.vocabulary), size=(batch, 1)).astype(token.np_dtype)
-        state = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
-        feed = {token.name: ids, **state}
+        ids = rng.integers(0, len(cpu.manifest.vocabulary), size=(batch, 1)).astype(token.np_dtype)
         if batch <= args.cpu_max_batch:
-            binding = cpu.io_binding()
-            outs = {n: np.zeros((batch, 1, *t.shape), t.np_dtype) for n, t in ((t.name, t) for t in manifest.outputs)}
-            outs.update({s.output: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state})
-            for name, array in feed.items():
-                binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-            for name, array in outs.items():
-                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-            record("cpu", batch, _timed(_bound_runner(cpu, binding), args.duration_s, batch))
-        record("cuda-host", batch, _timed(_plain_runner(cuda, out_names, feed), args.duration_s, batch))
+            record("cpu", batch, _server_batch(cpu, "host", batch, ids))
+            record("cpu-device", batch, _server_batch(cpu, "device", batch, ids))
+        if cuda is not None:
+            record("cuda-host", batch, _server_batch(cuda, "host", batch, ids))
+            record("cuda-slab", batch, _server_batch(cuda, "auto", batch, ids))
+            record("cuda-resident", batch, _ping_pong(ort, cuda, batch, ids))
 
-        # Device-resident state in ping-pong: outputs of one call are the inputs of the next.
-        sets = [
-            {
-                s.input: ort.OrtValue.ortvalue_from_shape_and_type([batch, *s.shape], s.np_dtype, "cuda", 0)
-                for s in manifest.state
-            }
-            for _ in range(2)
-        ]
-        logits = np.zeros((batch, 1, *manifest.outputs[0].shape), manifest.outputs[0].np_dtype)
-        bindings = []
-        for i in range(2):
-            b = cuda.io_binding()
-            b.bind_cpu_input(token.name, ids)
-            for s in manifest.state:
-                b.bind_ortvalue_input(s.input, sets[i][s.input])
-                b.bind_ortvalue_output(s.output, sets[1 - i][s.input])
-            b.bind_output(manifest.outputs[0].name, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
-            bindings.append(b)
-        record("cuda-resident", batch, _timed(_ping_pong_runner(cuda, bindings), args.duration_s, batch))
-
-        if torch is not None and torch.cuda.is_available():
-            capacity = max(2 * batch, 1024)
-            slabs = {s.input: torch.zeros((capacity, *s.shape), device="cuda") for s in manifest.state}
-            gathered = {s.input: torch.zeros((batch, *s.shape), device="cuda") for s in manifest.state}
-            new = {s.input: torch.zeros((batch, *s.shape), device="cuda") for s in manifest.state}
-            b = cuda.io_binding()
-            b.bind_cpu_input(token.name, ids)
-            for s in manifest.state:
-                g, n = gathered[s.input], new[s.input]
-                b.bind_input(s.input, "cuda", 0, np.float32, list(g.shape), g.data_ptr())
-                b.bind_output(s.output, "cuda", 0, np.float32, list(n.shape), n.data_ptr())
-            b.bind_output(manifest.outputs[0].name, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
-            rows_idx = torch.randperm(capacity, device="cuda")[:batch]
-            runner = _slab_runner(torch, cuda, b, slabs, gathered, new, rows_idx)
-            record("cuda-slab", batch, _timed(runner, args.duration_s, batch))
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines = [
-        f"providers: {providers}; TF32 {'on' if args.tf32 else 'off'}; CUDA vs CPU logits max |diff| over 20 "
-        f"carried steps: {worst:.2e}",
-        f"torch: {getattr(torch, '__version__', 'absent')}; onnxruntime: {ort.__version__}",
-        "",
-        "| batch | " + " | ".join(v for v in ("cpu", "cuda-host", "cuda-resident", "cuda-slab")) + " |",
-        "|---:|---:|---:|---:|---:|",
-    ]
+    header = f"onnxruntime {ort.__version__}; providers: {cuda.session.get_providers() if cuda else ['CPU only']}"
+    if cuda is not None:
+        header += f"; CUDA vs CPU logits max |diff| over 20 carried steps: {_parity(cpu, cuda):.2e} (TF32 off)"
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    lines = [header, "", "| batch | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for batch in sorted({r["batch"] for r in rows}):
         cells = []
-        for variant in ("cpu", "cuda-host", "cuda-resident", "cuda-slab"):
+        for variant in variants:
             hit = next((r for r in rows if r["batch"] == batch and r["variant"] == variant), None)
             cells.append(f"{hit['steps_per_s']:,} ({hit['ms_per_call']:.3f} ms)" if hit else "")
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

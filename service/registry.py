@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.buffers import HOST, Device, DeviceArray, StateBuffer, bind_input, bind_output, head, host
 from service.contract import MANIFEST_FILE, ContractError, Manifest, check_graph, replay_golden
 from service.errors import NotFound
 from service.settings import Settings
@@ -30,17 +31,22 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def choose_providers(requested: str) -> list[str]:
+Providers = list[str | tuple[str, dict[str, str]]]
+
+#: CUDA provider options. TF32 matmuls are off: on Ampere and later they move an LSTM's logits
+#: by ~3e-4 (measured on an H100), past the golden trace's 1e-4 tolerance, so the model would be
+#: refused at load; fp32 keeps CUDA within 1e-5 of the CPU (6.2e-6 measured).
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+def choose_providers(requested: str) -> Providers:
     """CUDA when asked for or when ``auto`` finds it, CPU otherwise (always as the fallback)."""
     available = ort.get_available_providers()
-    if requested == "cuda":
-        if CUDA not in available:
-            raise RuntimeError(f"--provider cuda, but this onnxruntime offers only {available}")
+    if requested == "cuda" and CUDA not in available:
+        raise RuntimeError(f"--provider cuda, but this onnxruntime offers only {available}")
+    if requested == "cuda" or (requested == "auto" and CUDA in available):
         _preload_cuda_libraries()
-        return [CUDA, CPU]
-    if requested == "auto" and CUDA in available:
-        _preload_cuda_libraries()
-        return [CUDA, CPU]
+        return [(CUDA, dict(CUDA_OPTIONS)), CPU]
     return [CPU]
 
 
@@ -106,12 +112,32 @@ class LoadedModel:
     def provider(self) -> str:
         return str(self.session.get_providers()[0])
 
+    @property
+    def providers(self) -> Providers:
+        """The session's providers with their options, to run helper graphs exactly where the model runs."""
+        options = self.session.get_provider_options()
+        return [(name, dict(options.get(name, {}))) for name in self.session.get_providers()]
+
+    def state_device(self, state_memory: str) -> Device:
+        """Where this model's session state lives for ``--state-memory`` (see Settings).
+
+        ``auto`` puts it on the device the model runs on: the GPU with CUDA (so it never crosses
+        the bus), host memory with the CPU provider, where numpy's gather is cheaper than ORT's.
+        """
+        if state_memory == "host" or (state_memory == "auto" and self.provider != CUDA):
+            return HOST
+        if self.provider == CUDA:
+            options = self.session.get_provider_options().get(CUDA, {})
+            return Device("cuda", int(options.get("device_id", 0)))
+        return Device("cpu")  # device-resident code path on host OrtValues (tests, CPU-only machines)
+
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One ONNX Runtime call; the result maps every output (and new state) by name."""
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
 
 Arrays = dict[str, np.ndarray]
+StateBuffers = dict[str, StateBuffer]
 
 
 class BatchCall:
@@ -120,7 +146,9 @@ class BatchCall:
     ``inputs[name]`` is ``[B, K, *shape]``, ``state[input]`` is ``[B, *shape]``; after ``run()``,
     ``outputs[name]`` is ``[B, K, *shape]`` and ``new_state`` is keyed by the state's *input*
     name. With IOBinding the result arrays are views of buffers that the next call overwrites:
-    copy what must outlive it (``reused`` says so).
+    copy what must outlive it (``reused`` says so). ``state`` and ``new_state`` are on the
+    device when the slabs are (``StepCalls(state_device=...)``); inputs and outputs are always
+    host arrays.
     """
 
     __slots__ = ("_binding", "_model", "inputs", "new_state", "outputs", "reused", "state")
@@ -129,9 +157,9 @@ class BatchCall:
         self,
         model: LoadedModel,
         inputs: Arrays,
-        state: Arrays,
+        state: StateBuffers,
         outputs: Arrays,
-        new_state: Arrays,
+        new_state: StateBuffers,
         binding: ort.IOBinding | None,
     ) -> None:
         self._model = model
@@ -149,7 +177,7 @@ class BatchCall:
             # run_with_ort_values' Python wrapper costs tens of µs; neither is needed here.
             self._model.session._sess.run_with_iobinding(self._binding._iobinding, None)
             return
-        results = self._model.run({**self.inputs, **self.state})
+        results = self._model.run({**self.inputs, **{name: host(value) for name, value in self.state.items()}})
         self.outputs = {t.name: results[t.name] for t in self._model.manifest.outputs}
         self.new_state = {s.input: results[s.output] for s in self._model.manifest.state}
 
@@ -164,10 +192,21 @@ class StepCalls:
     and no binding, so a rare huge chunk does not pin its memory; so does every call when
     ``io_binding`` is off. One call at a time: the scheduler runs one batch at a time, and a
     call's buffers are only reused by the next.
+
+    With ``state_device`` (device-resident slabs), the state buffers are allocated on that
+    device and bound there, so the state never crosses the bus; the unbound fallback keeps host
+    state buffers, which device slabs gather into and scatter from as well.
     """
 
     def __init__(
-        self, model: LoadedModel, *, io_binding: bool, max_batch: int, max_steps: int, max_bindings: int = 1024
+        self,
+        model: LoadedModel,
+        *,
+        io_binding: bool,
+        max_batch: int,
+        max_steps: int,
+        max_bindings: int = 1024,
+        state_device: Device = HOST,
     ) -> None:
         self.model = model
         self.io_binding = io_binding
@@ -175,11 +214,20 @@ class StepCalls:
         self.max_steps = max(max_steps, max_batch)
         self.max_bindings = max_bindings
         self._calls: dict[tuple[int, int], BatchCall] = {}
-        manifest = model.manifest
-        self._state_in = {s.input: np.zeros((max_batch, *s.shape), s.np_dtype) for s in manifest.state}
-        self._state_out = {s.input: np.zeros((max_batch, *s.shape), s.np_dtype) for s in manifest.state}
+        self.state_device = state_device
+        self._state_in = self._state_buffers()
+        self._state_out = self._state_buffers()
         self._capacity = 0  # session-steps the per-step buffers hold
         self._per_step: dict[str, np.ndarray] = {}
+
+    def _state_buffers(self) -> dict[str, StateBuffer]:
+        specs = self.model.manifest.state
+        if self.state_device == HOST:
+            return {s.input: np.zeros((self.max_batch, *s.shape), s.np_dtype) for s in specs}
+        return {
+            s.input: DeviceArray.empty((self.max_batch, *s.shape), np.dtype(s.np_dtype), self.state_device)
+            for s in specs
+        }
 
     def _grow(self, steps: int) -> None:
         capacity = min(max(steps, 2 * self._capacity, 64), self.max_steps)
@@ -223,22 +271,21 @@ class StepCalls:
 
         inputs = {t.name: per_step(t.name, t.shape) for t in manifest.inputs}
         outputs = {t.name: per_step(t.name, t.shape) for t in manifest.outputs}
-        state = {name: array[:batch] for name, array in self._state_in.items()}
-        new_state = {name: array[:batch] for name, array in self._state_out.items()}
+        state = {name: head(buffer, batch) for name, buffer in self._state_in.items()}
+        new_state = {name: head(buffer, batch) for name, buffer in self._state_out.items()}
         binding = self.model.session.io_binding()
-        for name, array in (*inputs.items(), *state.items()):
-            binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        for name, buffer in (*inputs.items(), *state.items()):
+            bind_input(binding, name, buffer)
         for name, array in outputs.items():
-            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            bind_output(binding, name, array)
         for s in manifest.state:
-            array = new_state[s.input]
-            binding.bind_output(s.output, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            bind_output(binding, s.output, new_state[s.input])
         return BatchCall(self.model, inputs, state, outputs, new_state, binding)
 
     def _unbound(self, batch: int, steps: int) -> BatchCall:
         manifest = self.model.manifest
         inputs = {t.name: np.zeros((batch, steps, *t.shape), t.np_dtype) for t in manifest.inputs}
-        state = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
+        state: StateBuffers = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
         return BatchCall(self.model, inputs, state, {}, {}, None)
 
 

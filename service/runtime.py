@@ -9,11 +9,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from service.buffers import HOST
+from service.device_slabs import DeviceSlabs
 from service.metrics import Metrics
-from service.registry import LoadedModel, Registry, StepCalls
+from service.registry import LoadedModel, Registry, StepCalls, session_options
 from service.scheduler import Scheduler
 from service.settings import Settings
-from service.slabs import StateSlabs
+from service.slabs import Slabs, StateSlabs
 
 #: Bound (preallocated) call buffers cover batches of up to max_batch x this many time steps;
 #: a larger call (a long prompt chunk of many sessions at once) allocates its own arrays.
@@ -30,18 +32,13 @@ GIL_SWITCH_INTERVAL_S = 200e-6
 @dataclass
 class ModelRuntime:
     model: LoadedModel
-    slabs: StateSlabs
+    slabs: Slabs
     scheduler: Scheduler
 
     @classmethod
     def build(cls, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelRuntime:
-        slabs = StateSlabs(model.manifest.state, settings.initial_capacity)
-        calls = StepCalls(
-            model,
-            io_binding=settings.io_binding,
-            max_batch=settings.max_batch,
-            max_steps=settings.max_batch * MAX_BOUND_STEPS_PER_SESSION,
-        )
+        slabs = build_slabs(model, settings)
+        calls = build_calls(model, settings)
         if settings.scheduler == "batched":
             calls.prepare(steps=1)
         scheduler = Scheduler(
@@ -58,6 +55,28 @@ class ModelRuntime:
     @property
     def name(self) -> str:
         return self.model.manifest.name
+
+
+def build_slabs(model: LoadedModel, settings: Settings) -> Slabs:
+    """The model's state slabs, in the memory ``--state-memory`` picks for its provider."""
+    device = model.state_device(settings.state_memory)
+    if device == HOST:
+        return StateSlabs(model.manifest.state, settings.initial_capacity)
+    options = session_options(settings)
+    return DeviceSlabs(
+        model.manifest.state, settings.initial_capacity, device, providers=model.providers, options=options
+    )
+
+
+def build_calls(model: LoadedModel, settings: Settings) -> StepCalls:
+    """The model's bound call buffers; their state buffers live where its slabs do."""
+    return StepCalls(
+        model,
+        io_binding=settings.io_binding,
+        max_batch=settings.max_batch,
+        max_steps=settings.max_batch * MAX_BOUND_STEPS_PER_SESSION,
+        state_device=model.state_device(settings.state_memory),
+    )
 
 
 class Runtimes:

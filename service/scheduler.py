@@ -39,7 +39,7 @@ import numpy as np
 
 from service.metrics import Metrics, observe_many
 from service.registry import BatchCall, LoadedModel, StepCalls
-from service.slabs import StateSlabs
+from service.slabs import Slabs
 
 Arrays = dict[str, np.ndarray]
 #: Derives more per-step arrays from a batch's outputs (``[B, K, ...]`` each) on the worker
@@ -73,7 +73,7 @@ class Scheduler:
     def __init__(
         self,
         model: LoadedModel,
-        slabs: StateSlabs,
+        slabs: Slabs,
         *,
         max_batch: int,
         max_delay_ms: float,
@@ -216,16 +216,15 @@ class Scheduler:
 
     def _run_naive(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """The baseline: one plain batch-1 InferenceSession.run per step, inline."""
-        rows = np.array([row], dtype=np.intp)
         feed = {name: value[np.newaxis] for name, value in inputs.items()}
-        feed.update(self.slabs.gather(rows))
+        feed.update((name, value[np.newaxis]) for name, value in self.slabs.read_row(row).items())
         started = time.perf_counter()
         results = self.model.run(feed)
         outputs = {name: results[name] for name in self._output_names}
         if self.postprocess is not None:  # the same per-step outputs as the batched paths give
             outputs.update(self.postprocess(outputs))
         self._record(started, 1, steps)
-        self.slabs.scatter(rows, {i: results[o] for i, o in self._state_pairs})
+        self.slabs.write_row(row, {i: results[o][0] for i, o in self._state_pairs})
         return {name: value[0] for name, value in outputs.items()}
 
     def _run_inline(self, job: StepJob) -> None:

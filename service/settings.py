@@ -19,6 +19,7 @@ from typing import Any
 ENV_PREFIX = "STATESTREAM_"
 SCHEDULERS = ("batched", "none")
 PROVIDERS = ("auto", "cpu", "cuda")
+STATE_MEMORIES = ("auto", "host", "device")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class Settings:
     ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
     provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
     io_binding: bool = field(default=True, metadata={"help": "bind ORT inputs/outputs to preallocated buffers"})
+    state_memory: str = field(
+        default="auto",
+        metadata={
+            "help": f"one of {STATE_MEMORIES}: where session state lives; 'device' keeps it in the execution "
+            "provider's memory (the GPU's with CUDA); 'auto' is device on CUDA, host on the CPU"
+        },
+    )
 
     initial_capacity: int = field(default=64, metadata={"help": "state slab rows preallocated per model"})
     max_sessions: int = field(default=100_000, metadata={"help": "open sessions in the whole server"})
@@ -84,6 +92,8 @@ class Settings:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        if self.state_memory not in STATE_MEMORIES:
+            raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
         for name in (
             "max_batch",
             "ort_intra_threads",

@@ -9,19 +9,54 @@ resident memory follows the rows in use, not its capacity.
 
 All methods run on the event loop thread (the scheduler gathers before and scatters after the
 ONNX Runtime call), so growing a slab can never race a batch in flight.
+
+``Slabs`` is the contract the scheduler and the sessions use; ``StateSlabs`` keeps rows in host
+memory, ``service.device_slabs.DeviceSlabs`` in an execution provider's (the GPU's) memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 import numpy as np
 
+from service.buffers import StateBuffer, host
 from service.contract import StateSpec
+
+
+class Slabs(Protocol):
+    """Per-session state rows of one model, wherever they live.
+
+    ``gather``/``scatter`` move a batch's rows to and from a call's state buffers (``[B, *shape]``
+    per state input name); the ``_row`` variants are the batch-1 direct path; ``read_row`` /
+    ``write_row`` / ``copy_row`` are the rare row operations (snapshot, restore, reset, fork),
+    always through host arrays of one row's shape.
+    """
+
+    specs: tuple[StateSpec, ...]
+    capacity: int
+    rows_in_use: int
+
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def row_bytes(self) -> int: ...
+    def allocate(self) -> int: ...
+    def release(self, row: int) -> None: ...
+    def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None: ...
+    def gather_row(self, row: int, out: Mapping[str, StateBuffer]) -> None: ...
+    def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None: ...
+    def scatter_row(self, row: int, state: Mapping[str, StateBuffer]) -> None: ...
+    def read_row(self, row: int) -> dict[str, np.ndarray]: ...
+    def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None: ...
+    def copy_row(self, source: int, target: int) -> None: ...
 
 
 class StateSlabs:
     """The state rows of all sessions of one model."""
 
-    def __init__(self, specs: tuple[StateSpec, ...], capacity: int, max_batch: int = 0) -> None:
+    def __init__(self, specs: tuple[StateSpec, ...], capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"slab capacity must be >= 1, got {capacity}")
         self.specs = specs
@@ -63,45 +98,38 @@ class StateSlabs:
             self.arrays[name] = grown
         self._free.extend(range(self.capacity - 1, old - 1, -1))
 
-    def gather(self, rows: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """The state of ``rows`` as contiguous arrays ``[len(rows), *shape]``.
+    def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None:
+        """The state of ``rows`` into ``out`` (the host buffers bound to the ONNX Runtime call).
 
-        Written into ``out`` (e.g. the buffers bound to the ONNX Runtime call) when given, so
-        nothing is allocated; otherwise into new arrays.
+        ``[len(rows), *shape]`` each; nothing is allocated.
         """
-        result = {}
         for name, array in self.arrays.items():
-            if out is None:
-                result[name] = array.take(rows, axis=0, mode="clip")
-            else:
-                # mode="clip": rows are allocated rows, always in range; numpy's default "raise"
-                # with out= copies through a temporary and is ~3x slower (86 vs 27 us, 256 rows).
-                array.take(rows, axis=0, out=out[name], mode="clip")
-                result[name] = out[name]
-        return result
+            # mode="clip": rows are allocated rows, always in range; numpy's default "raise"
+            # with out= copies through a temporary and is ~3x slower (86 vs 27 us, 256 rows).
+            array.take(rows, axis=0, out=host(out[name]), mode="clip")
 
-    def gather_row(self, row: int, out: dict[str, np.ndarray]) -> None:
+    def gather_row(self, row: int, out: Mapping[str, StateBuffer]) -> None:
         """One session's state into ``out[name][0]`` (the batch-1 direct path)."""
         for name, array in self.arrays.items():
-            out[name][0] = array[row]
+            host(out[name])[0] = array[row]
 
-    def scatter(self, rows: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None:
         """Writes the new state of ``rows`` (``state`` keyed by state *input* name, ``[len(rows), *shape]``)."""
         for name, array in self.arrays.items():
             # Row-major 2-D views: numpy's fancy assignment is ~20 % faster than on [N, *shape].
             flat = array.reshape(len(array), -1)
-            flat[rows] = state[name].reshape(len(rows), -1)
+            flat[rows] = host(state[name]).reshape(len(rows), -1)
 
-    def scatter_row(self, row: int, state: dict[str, np.ndarray]) -> None:
+    def scatter_row(self, row: int, state: Mapping[str, StateBuffer]) -> None:
         """Writes ``state[name][0]`` as the new state of one session."""
         for name, array in self.arrays.items():
-            array[row] = state[name][0]
+            array[row] = host(state[name])[0]
 
     def read_row(self, row: int) -> dict[str, np.ndarray]:
         """A copy of one session's state, e.g. for a snapshot."""
         return {name: array[row].copy() for name, array in self.arrays.items()}
 
-    def write_row(self, row: int, state: dict[str, np.ndarray]) -> None:
+    def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None:
         for name, array in self.arrays.items():
             array[row] = state[name]
 

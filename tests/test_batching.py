@@ -5,6 +5,10 @@ mixed lengths, and multiplexed), and every session's logits must equal an offlin
 run of that session alone, one character per call. Then the scheduler, the state slabs, the
 bound call buffers and the metrics helpers are tested on their own.
 
+Every state-touching test runs twice: with host slabs (numpy) and with device slabs (ORT
+OrtValues moved by ORT graphs, ``service.device_slabs``). On this CPU-only machine the device
+is the CPU, which runs the very code that serves state from GPU memory under the CUDA provider.
+
 Tolerance: 1e-5 absolute on the logits, as the issue asks. A batch of B rows goes through other
 matrix kernels than a batch of 1 (different summation order in float32), so equality is to
 float tolerance, not bitwise; the tiny model's logits are O(1), so 1e-5 is ~1e-5 relative.
@@ -23,11 +27,14 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
+from service.buffers import HOST, Device
+from service.device_slabs import DeviceSlabs
 from service.metrics import CachedCounter, Metrics, observe_many
-from service.registry import LoadedModel, StepCalls
+from service.registry import LoadedModel
+from service.runtime import build_calls, build_slabs
 from service.scheduler import Scheduler, StepJob
 from service.settings import Settings
-from service.slabs import StateSlabs
+from service.slabs import Slabs, StateSlabs
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread
@@ -58,9 +65,22 @@ def _mean_batch(server: ServerThread) -> float:
     return total / count
 
 
-@pytest.fixture(scope="module")
-def batching_server(tiny_lm_dir: Path) -> Any:
-    running = ServerThread(Settings(models_dir=tiny_lm_dir, max_chunk=64, max_sessions_per_caller=100_000))
+STATE_MEMORIES = ["host", "device"]
+
+
+@pytest.fixture(scope="module", params=STATE_MEMORIES)
+def batching_server(tiny_lm_dir: Path, request: pytest.FixtureRequest) -> Any:
+    # A small initial capacity: the slabs grow while hundreds of sessions are stepping.
+    settings = Settings(
+        models_dir=tiny_lm_dir,
+        max_chunk=64,
+        max_sessions_per_caller=100_000,
+        initial_capacity=4,
+        state_memory=request.param,
+    )
+    running = ServerThread(settings)
+    (runtime,) = list(running.server.runtimes)
+    assert isinstance(runtime.slabs, DeviceSlabs if request.param == "device" else StateSlabs)
     yield running
     running.stop()
 
@@ -163,14 +183,40 @@ def tiny_model(tiny_lm_dir: Path) -> LoadedModel:
     return LoadedModel.from_folder(tiny_lm_dir / "char_lm", Settings())
 
 
+def make_slabs(model: LoadedModel, memory: str, capacity: int) -> Slabs:
+    """Host slabs, or device slabs on the CPU provider's memory, as the server builds them."""
+    slabs = build_slabs(model, Settings(state_memory=memory, initial_capacity=capacity))
+    assert isinstance(slabs, StateSlabs if memory == "host" else DeviceSlabs)
+    return slabs
+
+
+def all_state(slabs: Slabs, rows: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    return {row: slabs.read_row(row) for row in rows}
+
+
+def assert_same_state(got: dict[int, dict[str, np.ndarray]], want: dict[int, dict[str, np.ndarray]]) -> None:
+    assert got.keys() == want.keys()
+    for row, state in want.items():
+        for name, value in state.items():
+            np.testing.assert_array_equal(got[row][name], value, err_msg=f"row {row}, state {name}")
+
+
+@pytest.fixture(params=STATE_MEMORIES)
+def memory(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 class Recorder:
     """Runs jobs through a fresh scheduler per event loop, over shared slabs; records every batch as (row, K)."""
 
-    def __init__(self, model: LoadedModel, *, max_batch: int = 256, io_binding: bool = True) -> None:
+    def __init__(
+        self, model: LoadedModel, *, max_batch: int = 256, io_binding: bool = True, memory: str = "host"
+    ) -> None:
         self.model = model
         self.max_batch = max_batch
-        self.slabs = StateSlabs(model.manifest.state, 4)
-        self.calls = StepCalls(model, io_binding=io_binding, max_batch=max_batch, max_steps=max_batch * 64)
+        self.slabs = make_slabs(model, memory, 4)
+        settings = Settings(state_memory=memory, io_binding=io_binding, max_batch=max_batch)
+        self.calls = build_calls(model, settings)
         self.batches: list[list[tuple[int, int]]] = []
 
     def scheduler(self) -> Scheduler:
@@ -214,9 +260,9 @@ def _run_jobs(recorder: Recorder, jobs: list[tuple[int, np.ndarray]]) -> list[An
 
 
 def test_two_steps_of_one_session_never_share_a_batch_and_keep_their_order(
-    tiny_model: LoadedModel, offline_lm: OfflineLM
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(6)]
     text = "hello"
     # Five steps of rows[0] interleaved with single steps of the others, all submitted at once.
@@ -235,8 +281,10 @@ def test_two_steps_of_one_session_never_share_a_batch_and_keep_their_order(
         np.testing.assert_allclose(logits, offline_lm.logits("x")[0], atol=TOLERANCE)
 
 
-def test_batches_are_capped_and_hold_one_chunk_length(tiny_model: LoadedModel, offline_lm: OfflineLM) -> None:
-    recorder = Recorder(tiny_model, max_batch=4)
+def test_batches_are_capped_and_hold_one_chunk_length(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
+) -> None:
+    recorder = Recorder(tiny_model, max_batch=4, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(13)]
     texts = {row: ("ab" if row % 3 == 0 else "c") for row in rows}
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, texts[row])) for row in rows])
@@ -248,15 +296,13 @@ def test_batches_are_capped_and_hold_one_chunk_length(tiny_model: LoadedModel, o
 
 
 def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(5)]
     for row in rows:  # give every session some state first
-        recorder.slabs.write_row(
-            row, {name: np.full(a.shape[1:], 0.25, a.dtype) for name, a in recorder.slabs.arrays.items()}
-        )
-    before = {name: array.copy() for name, array in recorder.slabs.arrays.items()}
+        recorder.slabs.write_row(row, {s.input: np.full(s.shape, 0.25, s.np_dtype) for s in tiny_model.manifest.state})
+    before = all_state(recorder.slabs, rows)
     from service import registry
 
     def broken_run(self: registry.BatchCall) -> None:
@@ -266,8 +312,7 @@ def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
     assert all(isinstance(out, RuntimeError) for out in outputs)
     assert len(recorder.batches) == 1 and len(recorder.batches[0]) == len(rows)
-    for name, array in recorder.slabs.arrays.items():
-        np.testing.assert_array_equal(array, before[name])
+    assert_same_state(all_state(recorder.slabs, rows), before)
     monkeypatch.undo()
     # The scheduler survived: the same sessions step normally afterwards.
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
@@ -275,9 +320,9 @@ def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
 
 
 def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(6)]
     poisoned = rows[2]
     before = recorder.slabs.read_row(poisoned)
@@ -304,9 +349,9 @@ def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
 
 
 def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     row = recorder.slabs.allocate()
     before = recorder.slabs.read_row(row)
     from service import registry
@@ -319,9 +364,9 @@ def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
 
 
 def test_outputs_handed_out_are_not_overwritten_by_later_batches(
-    tiny_model: LoadedModel, offline_lm: OfflineLM
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     row = recorder.slabs.allocate()
     first = _run_jobs(recorder, [(row, _ids(offline_lm, "a"))])[0]["logits"].copy()
     kept = _run_jobs(recorder, [(row, _ids(offline_lm, "a"))])
@@ -334,9 +379,9 @@ def test_outputs_handed_out_are_not_overwritten_by_later_batches(
 
 @pytest.mark.parametrize("io_binding", [True, False])
 def test_bound_and_unbound_calls_compute_the_same(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, io_binding: bool
+    tiny_model: LoadedModel, offline_lm: OfflineLM, io_binding: bool, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model, io_binding=io_binding)
+    recorder = Recorder(tiny_model, io_binding=io_binding, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(3)]
     texts = ["abcd", "efgh", "ijkl"]
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, t)) for row, t in zip(rows, texts, strict=True)])
@@ -347,12 +392,17 @@ def test_bound_and_unbound_calls_compute_the_same(
 # -- slabs ---------------------------------------------------------------------------------------
 
 
-def test_slabs_grow_keeping_every_row_and_reuse_released_rows_zeroed(tiny_model: LoadedModel) -> None:
-    slabs = StateSlabs(tiny_model.manifest.state, 2)
+def _filled(model: LoadedModel, value: float) -> dict[str, np.ndarray]:
+    return {s.input: np.full(s.shape, value, s.np_dtype) for s in model.manifest.state}
+
+
+def test_slabs_grow_keeping_every_row_and_reuse_released_rows_zeroed(tiny_model: LoadedModel, memory: str) -> None:
+    slabs = make_slabs(tiny_model, memory, 2)
     rows = [slabs.allocate() for _ in range(9)]
     assert len(set(rows)) == 9 and slabs.capacity == 16 and slabs.rows_in_use == 9
+    assert slabs.nbytes == 16 * slabs.row_bytes == 16 * tiny_model.manifest.state_bytes
     for row in rows:
-        slabs.write_row(row, {n: np.full(a.shape[1:], row, a.dtype) for n, a in slabs.arrays.items()})
+        slabs.write_row(row, _filled(tiny_model, row))
     slabs.allocate()  # no growth needed, but every earlier row must be intact
     for row in rows:
         assert all(np.all(value == row) for value in slabs.read_row(row).values())
@@ -362,21 +412,38 @@ def test_slabs_grow_keeping_every_row_and_reuse_released_rows_zeroed(tiny_model:
     assert all(np.all(value == 0) for value in slabs.read_row(again).values())
 
 
-def test_slab_gather_and_scatter_move_exactly_the_named_rows(tiny_model: LoadedModel) -> None:
-    slabs = StateSlabs(tiny_model.manifest.state, 8)
+def test_slab_gather_and_scatter_move_exactly_the_named_rows(tiny_model: LoadedModel, memory: str) -> None:
+    slabs = make_slabs(tiny_model, memory, 8)
     rows = [slabs.allocate() for _ in range(8)]
     for row in rows:
-        slabs.write_row(row, {n: np.full(a.shape[1:], row, a.dtype) for n, a in slabs.arrays.items()})
+        slabs.write_row(row, _filled(tiny_model, row))
     picked = np.array([rows[5], rows[1], rows[6]], dtype=np.intp)
-    out = {n: np.empty((3, *a.shape[1:]), a.dtype) for n, a in slabs.arrays.items()}
-    gathered = slabs.gather(picked, out)
-    for name, array in gathered.items():
-        assert array is out[name]
+    specs = tiny_model.manifest.state
+    out = {s.input: np.empty((3, *s.shape), s.np_dtype) for s in specs}
+    slabs.gather(picked, out)
+    for array in out.values():
         assert [float(array[i].flat[0]) for i in range(3)] == [float(r) for r in picked]
-    slabs.scatter(picked, {n: -a for n, a in gathered.items()})
+        assert all(np.all(array[i] == array[i].flat[0]) for i in range(3))  # whole rows, not their first value
+    slabs.scatter(picked, {n: -a for n, a in out.items()})
     for row in rows:
         expected = -row if row in picked else row
         assert all(np.all(value == expected) for value in slabs.read_row(row).values())
+    slabs.copy_row(rows[2], rows[3])  # a fork
+    assert all(np.all(value == rows[2]) for value in slabs.read_row(rows[3]).values())
+    assert all(np.all(value == rows[2]) for value in slabs.read_row(rows[2]).values())
+    one = {s.input: np.zeros((1, *s.shape), s.np_dtype) for s in specs}
+    slabs.gather_row(rows[4], one)
+    slabs.scatter_row(rows[0], {n: a + 0.5 for n, a in one.items()})
+    assert all(np.all(value == rows[4] + 0.5) for value in slabs.read_row(rows[0]).values())
+
+
+def test_state_memory_auto_keeps_state_where_the_model_runs(tiny_model: LoadedModel) -> None:
+    assert tiny_model.provider == "CPUExecutionProvider"
+    assert tiny_model.state_device("auto") == HOST  # numpy's gather beats ORT's on the CPU
+    assert tiny_model.state_device("host") == HOST
+    assert tiny_model.state_device("device") == Device("cpu")
+    with pytest.raises(ValueError, match="state_memory must be one of"):
+        Settings(state_memory="gpu")
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -408,11 +475,11 @@ def test_cached_labels_return_the_same_child() -> None:
 
 
 def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
-    tiny_model: LoadedModel, offline_lm: OfflineLM
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     from service.drivers.predict import RANKED_IDS, RANKED_PROBS, ranked_logits
 
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(4)]
     texts = ["ab", "cd", "ef", "gh"]
     scheduler = recorder.scheduler
@@ -437,11 +504,11 @@ def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
 
 
 def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(3)]
-    before = {name: array.copy() for name, array in recorder.slabs.arrays.items()}
+    before = all_state(recorder.slabs, rows)
     scheduler = recorder.scheduler
 
     def broken(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -455,18 +522,17 @@ def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
     recorder.scheduler = with_broken  # type: ignore[method-assign]
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
     assert all(isinstance(out, ValueError) for out in outputs)
-    for name, array in recorder.slabs.arrays.items():
-        np.testing.assert_array_equal(array, before[name])
+    assert_same_state(all_state(recorder.slabs, rows), before)
 
 
 def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting(
-    tiny_model: LoadedModel, offline_lm: OfflineLM
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     import time
 
     from service.scheduler import SchedulerStopped
 
-    recorder = Recorder(tiny_model)
+    recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(2)]
 
     def slow(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

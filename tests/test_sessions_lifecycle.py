@@ -44,9 +44,11 @@ def two_model_dir(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return root
 
 
-@pytest.fixture(scope="module")
-def lifecycle_server(two_model_dir: Path) -> Iterator[ServerThread]:
-    running = ServerThread(Settings(models_dir=two_model_dir, snapshot_secret="test-secret-of-16+chars"))
+@pytest.fixture(scope="module", params=["host", "device"])
+def lifecycle_server(two_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """Every lifecycle test runs with state in host slabs and in device slabs (CPU OrtValues here)."""
+    settings = Settings(models_dir=two_model_dir, snapshot_secret="test-secret-of-16+chars", state_memory=request.param)
+    running = ServerThread(settings)
     yield running
     running.stop()
 
