@@ -140,22 +140,33 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._busy and not self._pending
 
-    async def run(self, row: int, inputs: Arrays, steps: int) -> Arrays:
-        """Runs K steps of the session at ``row``; returns its outputs, each ``[K, *shape]``.
+    def submit(self, row: int, inputs: Arrays, steps: int) -> asyncio.Future[Arrays]:
+        """Enqueues K steps of the session at ``row``; the future gets its outputs, each ``[K, *shape]``.
 
-        The outputs are the caller's own arrays (no buffer of the scheduler's). The caller
-        guarantees that a session has at most one call in flight; the scheduler still never
-        puts two steps of one row in one batch.
+        Once submitted, the steps run and their state is written whether or not anyone still
+        awaits the future (the scheduler never cancels it, and a cancelled awaiter of a shielded
+        future does not either), which is what lets a caller commit a step exactly once after its
+        stream broke. The outputs are the caller's own arrays (no buffer of the scheduler's). The
+        caller guarantees that a session has at most one step in flight; the scheduler still
+        never puts two steps of one row in one batch.
         """
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         if not self.batching:
-            return self._run_naive(row, inputs, steps)
+            try:
+                future.set_result(self._run_naive(row, inputs, steps))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
         if self._task is None or self._task.done():
             raise SchedulerStopped("the model's scheduler is not running")
-        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._pending.append(StepJob(row, inputs, steps, future, time.perf_counter()))
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return await future
+        return future
+
+    async def run(self, row: int, inputs: Arrays, steps: int) -> Arrays:
+        """``submit`` and wait for the outputs."""
+        return await self.submit(row, inputs, steps)
 
     # -- the loop ----------------------------------------------------------------------------
 

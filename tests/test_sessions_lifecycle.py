@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ import pytest
 
 from service.api import statestream_pb2 as pb
 from service.client import Client, StepFailed
+from service.sessions import ResolvedOptions
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
@@ -70,6 +73,39 @@ def test_resume_after_a_broken_stream_is_invisible_to_the_sdk_user(
         assert session.last_seq == len(TEXT)
         session.close()
     np.testing.assert_allclose(np.concatenate(rows), offline_lm.logits(TEXT), atol=TOLERANCE, rtol=0)
+
+
+def test_a_step_whose_caller_is_cancelled_while_it_runs_is_applied_and_recorded_exactly_once(
+    lifecycle_server: ServerThread, offline_lm: OfflineLM
+) -> None:
+    """The stream breaks while its step runs on the model's thread: the step still commits, once."""
+    server = lifecycle_server.server
+    chunk = "To be or"  # longer than the direct path takes: the step runs on the worker thread
+
+    async def scenario() -> tuple[bool, bool, pb.StepResult, pb.StepResult]:
+        options = ResolvedOptions(return_tensors=("logits",))
+        session = server.store.open("char_lm", "1", "anonymous", options, b"")
+        caller = asyncio.ensure_future(server.sessions.step(session, pb.Step(seq=1, text=chunk)))
+        await asyncio.sleep(0)  # the caller takes the lock and submits the step
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        # The caller is gone but its step is still running: it keeps the session until it commits.
+        held_while_running = session.lock.locked() and session.last_seq == 0
+        for _ in range(5000):
+            if not session.lock.locked():
+                break
+            await asyncio.sleep(0.001)
+        resent = await server.sessions.step(session, pb.Step(seq=1, text=chunk))  # the client's resend
+        after = await server.sessions.step(session, pb.Step(seq=2, text="b"))
+        await server.store.close(session)
+        return held_while_running, caller.cancelled(), resent, after
+
+    held_while_running, cancelled, resent, after = lifecycle_server.call(scenario())
+    assert held_while_running and cancelled
+    assert resent.duplicate  # recorded by the step's completion: the resend is not applied again
+    np.testing.assert_allclose(logits(resent), offline_lm.logits(chunk), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logits(after), offline_lm.logits(chunk + "b")[-1:], atol=TOLERANCE, rtol=0)
 
 
 def test_resume_replaying_the_last_five_steps_applies_none_of_them_again(

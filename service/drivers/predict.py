@@ -7,6 +7,8 @@ outputs into a StepResult: for language models, the top-k next tokens with their
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,24 +189,46 @@ def build_result(session: Session, step: pb.Step, decoded: StepInputs, outputs: 
     return result
 
 
-async def run_step(session: Session, decoded: StepInputs) -> Arrays:
-    """Runs the step through the model's scheduler; the caller holds the session's lock."""
+def start_step(session: Session, decoded: StepInputs) -> asyncio.Future[Arrays]:
+    """Hands the step to the model's scheduler; the caller holds the session's lock.
+
+    The future completes when the step has run and the session's new state is written; read it
+    with ``finish_step``.
+    """
     runtime = session.runtime
     scheduler = runtime.scheduler
     if scheduler.postprocess is None and vocabulary_of(runtime.model.manifest) is not None:
         scheduler.postprocess = ranked_logits(logits_output(runtime.model.manifest))
     try:
-        outputs = await scheduler.run(session.row, decoded.arrays, decoded.steps)
+        return scheduler.submit(session.row, decoded.arrays, decoded.steps)
     except SchedulerStopped as exc:
         raise Unavailable(f"the server is stopping: {exc}") from exc
-    except StatestreamError:
-        raise
-    except Exception as exc:  # the model itself failed on this step: the session's state is unchanged
+
+
+def finish_step(session: Session, future: asyncio.Future[Arrays]) -> Arrays:
+    """The outputs of a finished step; its failure as the StatestreamError a client should see."""
+    if future.cancelled():
+        raise Unavailable("the step was cancelled before it ran; the session is unchanged")
+    exc = future.exception()
+    if isinstance(exc, SchedulerStopped):
+        raise Unavailable(f"the server is stopping: {exc}") from exc
+    if isinstance(exc, StatestreamError):
+        raise exc
+    if exc is not None:  # the model itself failed on this step: the session's state is unchanged
         raise ModelFailed(
             f"the model failed on this step ({type(exc).__name__}: {exc}); the session is unchanged"
         ) from exc
-    logits = outputs.get(logits_output(runtime.model.manifest))
+    outputs = future.result()
+    logits = outputs.get(logits_output(session.runtime.model.manifest))
     if logits is not None:
         # Kept so a later Generate with no prompt can continue from where the stream is.
         session.scratch["last_logits"] = logits[-1].copy()
     return outputs
+
+
+async def run_step(session: Session, decoded: StepInputs) -> Arrays:
+    """Runs the step and waits for it (generation: its caller undoes the state if cancelled)."""
+    future = start_step(session, decoded)
+    with contextlib.suppress(Exception):
+        await future  # a failure is reported by finish_step
+    return finish_step(session, future)

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers.generate import check_generate, generate, resolve_seed
-from service.drivers.predict import answer_bytes_bound, build_result, decode_step, run_step
+from service.drivers.predict import (
+    Arrays,
+    StepInputs,
+    answer_bytes_bound,
+    build_result,
+    decode_step,
+    finish_step,
+    start_step,
+)
 from service.drivers.vocabulary import vocabulary_of
 from service.errors import (
     MAX_MESSAGE_CHARS,
@@ -234,24 +243,64 @@ class SessionServicer:
     async def step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
         """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate.
 
-        The application is shielded from the caller's cancellation: once a step has started it
-        finishes and its seq is recorded even if the stream breaks meanwhile, so the state and
-        the last applied seq can never disagree (which would double-apply the step on resume).
+        Safe against the caller's cancellation (a broken stream) without a task of its own: the
+        session's lock is taken before anything starts, and once the step is handed to the
+        scheduler it runs to the end. If the caller is cancelled while it runs, the commit
+        (record the seq and the answer, release the lock) moves to the step's completion
+        callback, so the state and ``last_applied_seq`` can never disagree, which would
+        double-apply the step on resume; a resend of that seq waits on the lock and is then
+        answered as a duplicate.
         """
-        return await shielded(self._apply_step(session, step))
-
-    async def _apply_step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
-        async with session.lock:
+        lock = session.lock
+        await lock.acquire()  # cancelled while waiting: nothing has started
+        try:
             if session.closed:
                 raise FailedPrecondition("the session is closed")
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
+                lock.release()
                 return _duplicate_result(session, step.seq)
             decoded = decode_step(session.runtime.model.manifest, step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
-            outputs = await run_step(session, decoded)
-            result = build_result(session, step, decoded, outputs)
-            session.record(step.seq, result, self.settings.reply_cache)
-            return result
+            future = start_step(session, decoded)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            await asyncio.shield(future)  # the shield keeps a cancelled caller from cancelling the step
+        except asyncio.CancelledError:
+            if future.done():  # it finished as the caller was cancelled
+                self._commit_orphan(session, step, decoded, future)
+            else:
+                future.add_done_callback(functools.partial(self._commit_orphan, session, step, decoded))
+            raise
+        except Exception:
+            pass  # _commit reports the step's failure
+        try:
+            return self._commit(session, step, decoded, future)
+        finally:
+            lock.release()
+
+    def _commit(
+        self, session: SessionState, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]
+    ) -> pb.StepResult:
+        """The answer of a finished step, recorded with its seq; a failed step records nothing."""
+        outputs = finish_step(session, future)
+        result = build_result(session, step, decoded, outputs)
+        session.record(step.seq, result, self.settings.reply_cache)
+        return result
+
+    def _commit_orphan(
+        self, session: SessionState, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]
+    ) -> None:
+        """Commits a step whose caller has gone (its stream broke) and frees the session."""
+        try:
+            self._commit(session, step, decoded, future)
+        except StatestreamError:
+            pass  # it failed: nothing was applied, nothing is recorded
+        except Exception:
+            log.exception("committing the step of a broken stream failed", extra={"model": session.runtime.name})
+        finally:
+            session.lock.release()
 
     def _check_answer_fits(self, session: SessionState, steps: int) -> None:
         """Refuses (before anything runs) a step whose answer could exceed max_message_bytes."""
@@ -337,9 +386,9 @@ class SessionServicer:
                 if too_big is not None:
                     yield pb.MultiplexResponse(results=[pb.SessionStepResult(error=error_message(0, too_big))])
                     continue
-                # One shield for the whole message (not one task per entry): once the entries have
-                # started they all finish and record their seqs, even if this stream breaks.
-                outcomes = await shielded(self._multiplexed_all(request, caller))
+                # If this stream breaks meanwhile, each entry's step either never started or still
+                # runs to the end and records its seq (see step()).
+                outcomes = await self._multiplexed_all(request, caller)
                 yield pb.MultiplexResponse(results=outcomes)
         finally:
             if caller is not None:
@@ -384,11 +433,11 @@ class SessionServicer:
         return await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
 
     async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
-        """One entry; the caller (``_multiplexed_all`` under one ``shielded``) shields it."""
+        """One entry, answered by its result or its error."""
         try:
             session = self.store.get(entry.session_id, caller)
             self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
-            result = await self._apply_step(session, entry.step)
+            result = await self.step(session, entry.step)
         except StatestreamError as exc:
             return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
         return pb.SessionStepResult(session_id=entry.session_id, result=result)
@@ -403,18 +452,6 @@ def checked(request: T | Malformed) -> T:
     if unknown:
         raise InvalidArgument(f"unknown field ({unknown}): an option this server does not support")
     return request
-
-
-async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Awaits ``coroutine`` as a task that the caller's cancellation does not stop."""
-    task = asyncio.ensure_future(coroutine)
-    task.add_done_callback(_consume_exception)
-    return await asyncio.shield(task)
-
-
-def _consume_exception(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved, so an orphaned failure is not reported as "never retrieved"
 
 
 def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
