@@ -17,8 +17,9 @@ ORT call, scatter the new state back), with no gRPC and no Python scheduling aro
 
 CUDA rows need onnxruntime-gpu and a GPU; without them (or with ``--cpu-only``) only the CPU
 rows are measured. It writes ``gpu_bench.md`` (a table) and ``gpu_bench.jsonl`` into ``--out``,
-and reports the max |diff| of the CUDA provider's logits against the CPU's over a few carried
-steps (TF32 is off, as the server runs it).
+and first proves each path: the max |diff| of logits and state, over 20 carried steps of 8
+sessions, of device slabs (on ORT's CPU memory, and on CUDA) against the CPU with host slabs
+(TF32 is off, as the server runs it).
 """
 
 from __future__ import annotations
@@ -102,21 +103,35 @@ def _ping_pong(ort: Any, model: Any, batch: int, ids: np.ndarray) -> Callable[[]
     return run
 
 
-def _parity(cpu: Any, cuda: Any, steps: int = 20, batch: int = 4) -> float:
-    """Max |diff| of CUDA's logits against the CPU's over ``steps`` carried steps."""
-    manifest = cpu.manifest
-    rng = np.random.default_rng(0)
-    state_c = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
-    state_g = dict(state_c)
-    worst = 0.0
-    token = manifest.inputs[0]
-    for _ in range(steps):
-        ids = rng.integers(0, len(manifest.vocabulary), size=(batch, 1)).astype(token.np_dtype)
-        rc, rg = cpu.run({token.name: ids, **state_c}), cuda.run({token.name: ids, **state_g})
-        worst = max(worst, float(np.max(np.abs(rc["logits"] - rg["logits"]))))
-        state_c = {s.input: rc[s.output] for s in manifest.state}
-        state_g = {s.input: rg[s.output] for s in manifest.state}
-    return worst
+def _served_parity(reference: tuple[Any, str], candidate: tuple[Any, str], steps: int = 20, sessions: int = 8) -> float:
+    """Max |diff| of logits and final state between two (model, state memory) pairs over carried steps.
+
+    Both run the server's batch path on the same token ids: ``sessions`` sessions on every other
+    row of slabs that start at 2 rows (so they grow on the way), one batch per step. Proves a
+    provider and a state memory against the CPU with host slabs before their speed is trusted.
+    """
+    from service.runtime import build_calls, build_slabs
+    from service.settings import Settings
+
+    results = []
+    for model, memory in (reference, candidate):
+        settings = Settings(state_memory=memory, max_batch=sessions, initial_capacity=2)
+        slabs, calls = build_slabs(model, settings), build_calls(model, settings)
+        rows = np.array([slabs.allocate() for _ in range(2 * sessions)], dtype=np.intp)[::2]
+        token = model.manifest.inputs[0]
+        rng = np.random.default_rng(0)
+        call = calls.get(sessions, 1)
+        logits = []
+        for _ in range(steps):
+            call.inputs[token.name][...] = rng.integers(0, len(model.manifest.vocabulary), size=(sessions, 1))
+            slabs.gather(rows, call.state)
+            call.run()
+            slabs.scatter(rows, call.new_state)
+            logits.append(call.outputs["logits"].copy())
+        state = np.concatenate([np.ravel(v) for row in rows for v in slabs.read_row(int(row)).values()])
+        results.append((np.stack(logits), state))
+    (logits_a, state_a), (logits_b, state_b) = results
+    return float(max(np.max(np.abs(logits_a - logits_b)), np.max(np.abs(state_a - state_b))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             record("cuda-resident", batch, _ping_pong(ort, cuda, batch, ids))
 
     header = f"onnxruntime {ort.__version__}; providers: {cuda.session.get_providers() if cuda else ['CPU only']}"
+    header += f"; max |diff| over 20 carried steps against cpu/host slabs: cpu/device slabs {_served_parity((cpu, 'host'), (cpu, 'device')):.2e}"
     if cuda is not None:
-        header += f"; CUDA vs CPU logits max |diff| over 20 carried steps: {_parity(cpu, cuda):.2e} (TF32 off)"
+        header += f", cuda/device slabs {_served_parity((cpu, 'host'), (cuda, 'auto')):.2e} (TF32 off)"
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     lines = [header, "", "| batch | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for batch in sorted({r["batch"] for r in rows}):

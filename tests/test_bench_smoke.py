@@ -85,3 +85,21 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     alive = [psutil.Process(p) for p in leftover if psutil.pid_exists(p)]
     running = [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not [c for c in running if not any("resource_tracker" in part for part in c)]
+
+
+def test_the_slab_bench_proves_device_slabs_against_host_slabs_and_times_both(
+    tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``loadtest.gpu_bench`` on a CPU-only machine: the parity line and a row per variant and batch."""
+    from loadtest import gpu_bench
+
+    code = gpu_bench.main(
+        ["--model", str(tiny_lm_dir / "char_lm"), "--out", str(tmp_path), "--batches", "1,4", "--duration-s", "0.01"]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "gpu_bench.jsonl").read_text().splitlines()]
+    assert {(r["variant"], r["batch"]) for r in rows} == {("cpu", 1), ("cpu-device", 1), ("cpu", 4), ("cpu-device", 4)}
+    assert all(r["steps_per_s"] > 0 for r in rows)
+    header = (tmp_path / "gpu_bench.md").read_text().splitlines()[0]
+    diff = float(header.split("cpu/device slabs ")[1].split()[0].rstrip(","))
+    assert diff <= 1e-5  # device slabs give the host slabs' logits and state
