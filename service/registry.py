@@ -114,9 +114,15 @@ class LoadedModel:
 
     @property
     def providers(self) -> Providers:
-        """The session's providers with their options, to run helper graphs exactly where the model runs."""
-        options = self.session.get_provider_options()
-        return [(name, dict(options.get(name, {}))) for name in self.session.get_providers()]
+        """Providers for helper graphs (the slab graphs) that must run on this model's device.
+
+        Only the device and the options the server sets are carried over: the full option dict
+        ORT reports holds entries (stream handles, arena settings) not meant to be passed back.
+        """
+        if self.provider != CUDA:
+            return [CPU]
+        device_id = self.session.get_provider_options().get(CUDA, {}).get("device_id", "0")
+        return [(CUDA, {**CUDA_OPTIONS, "device_id": str(device_id)}), CPU]
 
     def state_device(self, state_memory: str) -> Device:
         """Where this model's session state lives for ``--state-memory`` (see Settings).
