@@ -19,11 +19,11 @@ from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec
 FEATURES, HIDDEN = 3, 4
 
 
-def weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weights(seed: int = 0, hidden: int = HIDDEN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.5, (1, HIDDEN, FEATURES)).astype(np.float32)
-    r = rng.normal(0, 0.5, (1, HIDDEN, HIDDEN)).astype(np.float32)
-    b = rng.normal(0, 0.1, (1, 2 * HIDDEN)).astype(np.float32)
+    w = rng.normal(0, 0.5, (1, hidden, FEATURES)).astype(np.float32)
+    r = rng.normal(0, 0.5, (1, hidden, hidden)).astype(np.float32)
+    b = rng.normal(0, 0.1, (1, 2 * hidden)).astype(np.float32)
     return w, r, b
 
 
@@ -38,13 +38,14 @@ def reference(xs: np.ndarray, h: np.ndarray | None = None, seed: int = 0) -> np.
     return np.stack(rows)
 
 
-def build(folder: Path, name: str = "float_rnn", seed: int = 0) -> Path:
+def build(folder: Path, name: str = "float_rnn", seed: int = 0, hidden: int = HIDDEN) -> Path:
+    """The model folder; ``hidden`` sets the state size (``4 * hidden`` bytes a session)."""
     folder.mkdir(parents=True, exist_ok=True)
-    w, r, b = weights(seed)
+    w, r, b = weights(seed, hidden)
     nodes = [  # ORT's RNN kernel is time-major: transpose the batch-leading contract around it
         helper.make_node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["h"], ["h_1bh"], perm=[1, 0, 2]),
-        helper.make_node("RNN", ["x_tbf", "W", "R", "B", "", "h_1bh"], ["Y", "Y_h"], hidden_size=HIDDEN),
+        helper.make_node("RNN", ["x_tbf", "W", "R", "B", "", "h_1bh"], ["Y", "Y_h"], hidden_size=hidden),
         helper.make_node("Transpose", ["Y"], ["Y_bt1h"], perm=[2, 0, 1, 3]),
         helper.make_node("Reshape", ["Y_bt1h", "y_shape"], ["y"]),  # [B, T, 1, H] -> [B, T, H]
         helper.make_node("Transpose", ["Y_h"], ["h_out"], perm=[1, 0, 2]),  # [1, B, H] -> [B, 1, H]
@@ -54,17 +55,17 @@ def build(folder: Path, name: str = "float_rnn", seed: int = 0) -> Path:
         "float_rnn",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", FEATURES]),
-            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 1, HIDDEN]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 1, hidden]),
         ],
         [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", HIDDEN]),
-            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", 1, HIDDEN]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", hidden]),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", 1, hidden]),
         ],
         [
             numpy_helper.from_array(w, "W"),
             numpy_helper.from_array(r, "R"),
             numpy_helper.from_array(b, "B"),
-            numpy_helper.from_array(np.array([0, 0, HIDDEN], dtype=np.int64), "y_shape"),
+            numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), "y_shape"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -72,7 +73,7 @@ def build(folder: Path, name: str = "float_rnn", seed: int = 0) -> Path:
 
     inputs = np.linspace(-1, 1, 8 * FEATURES, dtype=np.float32).reshape(8, FEATURES)
     session = ort.InferenceSession(str(folder / "step.onnx"), providers=["CPUExecutionProvider"])
-    state, outputs = np.zeros((1, 1, HIDDEN), np.float32), []
+    state, outputs = np.zeros((1, 1, hidden), np.float32), []
     for x in inputs:
         y, state = session.run(["y", "h_out"], {"x": x[None, None], "h": state})
         outputs.append(y[0, 0].tolist())
@@ -83,8 +84,8 @@ def build(folder: Path, name: str = "float_rnn", seed: int = 0) -> Path:
         description="tiny float RNN for tests",
         step_graph="step.onnx",
         inputs=(TensorSpec("x", "float32", (FEATURES,)),),
-        outputs=(TensorSpec("y", "float32", (HIDDEN,)),),
-        state=(StateSpec("h", "h_out", "float32", (1, HIDDEN)),),
+        outputs=(TensorSpec("y", "float32", (hidden,)),),
+        state=(StateSpec("h", "h_out", "float32", (1, hidden)),),
         golden=GoldenTrace({"x": inputs.tolist()}, {"y": outputs}, 1e-5),
     ).save(folder)
     return folder

@@ -23,6 +23,7 @@ from service.auth import Authenticator
 from service.client import Client, SessionLost, StepFailed
 from service.settings import Settings
 from service.tensors import from_proto
+from tests import float_rnn
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread, serve_process
 
@@ -172,6 +173,36 @@ def test_limit_generation_length_and_chunk_size_are_refused_in_stream(limited: S
             session.step(text="abcdefghi")
         assert len([e for e in session.generate("A", 10)]) == 11  # 10 tokens + done: at the limit is fine
         session.close()
+
+
+@pytest.mark.parametrize("limited", [{"max_message_bytes": 2048}], indirect=True)
+def test_limit_a_generation_whose_answer_could_not_be_sent_is_refused_before_it_runs(limited: ServerThread) -> None:
+    with Client(limited.target) as client:
+        session = client.open("char_lm")
+        with pytest.raises(StepFailed, match="max_message_bytes=2048") as refused:
+            list(session.generate("A", 400))  # 400 tokens x (id, prob, text) > 2 KiB
+        assert "ask for fewer tokens" in str(refused.value)
+        assert session.last_seq == 0  # nothing ran
+        events = list(session.generate("A", 50))
+        assert isinstance(events[-1], pb.GenerateDone) and events[-1].tokens == 50
+        session.close()
+
+
+def test_limit_a_snapshot_larger_than_a_message_is_refused_in_stream(tmp_path: Path) -> None:
+    float_rnn.build(tmp_path / "models" / "wide_rnn", name="wide_rnn", hidden=1024)  # 4 KiB of state
+    running = ServerThread(Settings(models_dir=tmp_path / "models", max_message_bytes=2048))
+    try:
+        with Client(running.target) as client:
+            session = client.open("wide_rnn")
+            x = {"x": np.ones((1, float_rnn.FEATURES), np.float32)}
+            assert session.step(tensors=x).seq == 1
+            with pytest.raises(StepFailed, match="max_message_bytes=2048") as refused:
+                session.snapshot()
+            assert "the snapshot is" in str(refused.value)
+            assert session.step(tensors=x).seq == 2  # the stream and the session go on
+            session.close()
+    finally:
+        running.stop()
 
 
 @pytest.mark.parametrize("limited", [{"detach_ttl_s": 0.2}], indirect=True)

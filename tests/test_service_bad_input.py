@@ -178,6 +178,55 @@ def test_an_unknown_field_in_a_step_is_an_in_stream_error_and_the_session_goes_o
     assert responses[2].result.seq == 1  # the refused step consumed no seq
 
 
+def test_an_unknown_field_in_a_multiplexed_step_refuses_the_message_and_applies_none_of_it(
+    server: ServerThread, offline_lm: OfflineLM
+) -> None:
+    channel = grpc.insecure_channel(server.target)
+    create = channel.unary_unary(
+        "/statestream.v1.SessionService/CreateSession",
+        request_serializer=pb.OpenSession.SerializeToString,
+        response_deserializer=pb.SessionOpened.FromString,
+    )
+    multiplex = channel.stream_stream(
+        "/statestream.v1.SessionService/Multiplex",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.MultiplexResponse.FromString,
+    )
+    options = pb.SessionOptions(return_tensors=["logits"])
+    ids = [create(pb.OpenSession(model="char_lm", options=options)).session_id for _ in range(2)]
+    good = pb.SessionStep(session_id=ids[0], step=pb.Step(seq=1, text="a"))
+    bad = pb.SessionStep(
+        session_id=ids[1], step=pb.Step.FromString(with_unknown_field(pb.Step(seq=1, text="a").SerializeToString()))
+    )
+    first = pb.MultiplexRequest(steps=[good, bad]).SerializeToString()
+    second = pb.MultiplexRequest(steps=[good, pb.SessionStep(session_id=ids[1], step=pb.Step(seq=1, text="a"))])
+    refused, answered = list(multiplex(iter([first, second.SerializeToString()])))
+    channel.close()
+    (error,) = refused.results
+    assert error.error.code_name == "INVALID_ARGUMENT"
+    assert "unknown field" in error.error.message and "field number 99" in error.error.message
+    for result in answered.results:  # seq 1 of both was never applied: it runs now, and not as a duplicate
+        assert result.HasField("result") and not result.result.duplicate
+        np.testing.assert_allclose(logits_of(result.result), offline_lm.logits("a"), atol=TOLERANCE, rtol=0)
+
+
+def test_known_fields_encoded_longer_than_protobuf_would_are_accepted(server: ServerThread) -> None:
+    """The parser's size check must not refuse a valid request that is merely not canonical."""
+
+    def as_step_request(step: bytes) -> bytes:
+        return b"\x1a" + bytes([len(step)]) + step  # SessionRequest.step (field 3), as sent
+
+    text_a = b"\x12\x01a"  # Step.text = "a"
+    wide_seq_1 = as_step_request(b"\x08\x81\x80\x00" + text_a)  # seq 1 as a 3-byte varint
+    seq_2_written_twice = as_step_request(b"\x08\x07" + b"\x08\x02" + text_a)  # the later seq wins
+    for sent, seq in ((wide_seq_1, 1), (seq_2_written_twice, 2)):
+        canonical = pb.SessionRequest(step=pb.Step(seq=seq, text="a")).SerializeToString()
+        assert pb.SessionRequest.FromString(sent).SerializeToString() == canonical and len(sent) > len(canonical)
+    responses = list(raw_stream(server.target)(iter([open_bytes(), wide_seq_1, seq_2_written_twice])))
+    assert [r.WhichOneof("response") for r in responses] == ["opened", "result", "result"]
+    assert [r.result.seq for r in responses[1:]] == [1, 2]
+
+
 def test_a_model_failure_is_an_in_stream_internal_error_and_the_session_goes_on(
     server: ServerThread, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:

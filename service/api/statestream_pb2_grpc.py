@@ -199,8 +199,9 @@ class SessionServiceServicer:
         MultiplexResponse, in request order. A bad entry gets its own Error; the others run.
         A request whose answer could exceed the server's --max-message-bytes is refused whole,
         before any step runs: the response then holds one entry, an Error RESOURCE_EXHAUSTED naming
-        max_message_bytes (send fewer steps per request). Unknown fields inside entries are not
-        checked (to keep the per-step cost low), unlike in Session.
+        max_message_bytes (send fewer steps per request). A request holding a field this server
+        does not define, in any entry, is refused whole the same way, with INVALID_ARGUMENT naming
+        the field: nothing of it runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

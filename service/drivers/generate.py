@@ -18,7 +18,7 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.drivers.predict import StepInputs, run_step
 from service.drivers.sampling import Sampler
-from service.drivers.vocabulary import vocabulary_of
+from service.drivers.vocabulary import Vocabulary, vocabulary_of
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.sessions import Session
 
@@ -31,7 +31,18 @@ class GeneratePlan:
     prompt_ids: np.ndarray
 
 
-def check_generate(session: Session, request: pb.Generate, *, max_tokens: int, max_chunk: int) -> GeneratePlan:
+def generate_done_bytes_bound(vocab: Vocabulary, tokens: int) -> int:
+    """An upper bound of the encoded SessionResponse(generated=GenerateDone) of ``tokens`` tokens.
+
+    Per token: its id (a varint, at most 5 bytes), its probability (4) and its text; then the
+    framing, the seq, the seed and the counts.
+    """
+    return 64 + tokens * (5 + 4 + vocab.longest_token_bytes)
+
+
+def check_generate(
+    session: Session, request: pb.Generate, *, max_tokens: int, max_chunk: int, max_message_bytes: int
+) -> GeneratePlan:
     """Validates a Generate before anything runs; raises naming the problem (or the limit)."""
     manifest = session.runtime.model.manifest
     vocab = vocabulary_of(manifest)
@@ -43,6 +54,13 @@ def check_generate(session: Session, request: pb.Generate, *, max_tokens: int, m
         raise ResourceExhausted("max_generate_tokens", max_tokens, f"asked for {request.max_tokens}")
     if len(request.prompt) > max_chunk:  # the prompt runs as one chunk
         raise ResourceExhausted("max_chunk", max_chunk, f"the prompt has {len(request.prompt)} characters")
+    bound = generate_done_bytes_bound(vocab, request.max_tokens)
+    if bound > max_message_bytes:  # its final GenerateDone could not be sent
+        raise ResourceExhausted(
+            "max_message_bytes",
+            max_message_bytes,
+            f"the answer to {request.max_tokens} tokens could reach {bound} bytes; ask for fewer tokens",
+        )
     if not request.prompt and "last_logits" not in session.scratch:
         raise FailedPrecondition("the session has seen no step yet: give a prompt")
     prompt_ids = vocab.encode(request.prompt)  # refuses an unknown character before any state changes

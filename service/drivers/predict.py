@@ -12,13 +12,12 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
-from service.drivers.vocabulary import Vocabulary, vocabulary_of
+from service.drivers.vocabulary import vocabulary_of
 from service.errors import InvalidArgument, ModelFailed, ResourceExhausted, StatestreamError, Unavailable
 from service.scheduler import SchedulerStopped
 from service.sessions import Session
@@ -115,11 +114,6 @@ def _decode_tensors(manifest: Manifest, tensors: pb.TensorInput) -> StepInputs:
     return StepInputs(given, steps)
 
 
-@cache
-def _longest_token_bytes(vocab: Vocabulary) -> int:
-    return max((len(token.encode()) for token in vocab.tokens), default=0)
-
-
 def answer_bytes_bound(session: Session, steps: int) -> int:
     """An upper bound of the encoded answer (SessionResponse of build_result) returning ``steps`` steps.
 
@@ -130,7 +124,7 @@ def answer_bytes_bound(session: Session, steps: int) -> int:
     vocab = vocabulary_of(manifest)
     per_step = 12  # StepOutput framing
     if vocab is not None:
-        token = _longest_token_bytes(vocab)
+        token = vocab.longest_token_bytes
         per_step += token + 6 + session.options.top_k * (token + 24)  # input text; TokenProb id, token, prob
     specs = {t.name: t for t in manifest.outputs}
     for name in session.options.return_tensors:

@@ -14,6 +14,8 @@ class Vocabulary:
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self._ids = {token: index for index, token in enumerate(tokens)}
+        #: UTF-8 bytes of the longest token: what answer-size bounds assume per token.
+        self.longest_token_bytes = max((len(token.encode()) for token in tokens), default=0)
         # One read-only array per token: a one-character step (the common case of a typing
         # client) is encoded by a dict lookup instead of building an array.
         self._single: dict[str, np.ndarray] = {}

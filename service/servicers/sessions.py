@@ -40,7 +40,7 @@ from service.errors import (
     status_number,
 )
 from service.metrics import Metrics
-from service.servicers.wire import Context, Malformed, unknown_field
+from service.servicers.wire import Context, Malformed
 from service.sessions import ResolvedOptions, SeqCheck, SessionStore
 from service.sessions import Session as SessionState
 from service.settings import Settings
@@ -229,7 +229,14 @@ class SessionServicer:
             elif kind == "snapshot":
                 async with session.lock:
                     blob = self.store.snapshot(session)
-                yield pb.SessionResponse(snapshot=pb.Snapshot(blob=blob, last_applied_seq=session.last_seq))
+                snapshot = pb.Snapshot(blob=blob, last_applied_seq=session.last_seq)
+                if snapshot.ByteSize() + 16 > self.settings.max_message_bytes:  # could not be sent
+                    raise ResourceExhausted(
+                        "max_message_bytes",
+                        self.settings.max_message_bytes,
+                        f"the snapshot is {len(blob)} bytes (the session's state and its header)",
+                    )
+                yield pb.SessionResponse(snapshot=snapshot)
             elif kind in ("open", "attach"):
                 raise InvalidArgument(
                     f"{kind}: this stream already holds session {session.id[:8]}…; open another stream"
@@ -339,7 +346,11 @@ class SessionServicer:
                 yield pb.SessionResponse(generated=done)
                 return
             plan = check_generate(
-                session, request, max_tokens=self.settings.max_generate_tokens, max_chunk=self.settings.max_chunk
+                session,
+                request,
+                max_tokens=self.settings.max_generate_tokens,
+                max_chunk=self.settings.max_chunk,
+                max_message_bytes=self.settings.max_message_bytes,
             )
             seed = resolve_seed(request)
             saved_state = session.runtime.slabs.read_row(session.row)
@@ -444,13 +455,9 @@ class SessionServicer:
 
 
 def checked(request: T | Malformed) -> T:
-    """The request, if it decoded and every field in it is one this server knows."""
+    """The request, if it decoded and every field in it is one this server knows (see wire.py)."""
     if isinstance(request, Malformed):
         raise InvalidArgument(request.reason)
-    assert isinstance(request, Message)
-    unknown = unknown_field(request)
-    if unknown:
-        raise InvalidArgument(f"unknown field ({unknown}): an option this server does not support")
     return request
 
 
@@ -463,11 +470,12 @@ def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
 
 
 def _seq_of(request: pb.SessionRequest | Malformed) -> int:
+    """The seq an error answer names: the request's own, where it has one and it parsed."""
     if isinstance(request, Malformed):
-        return 0
-    kind = request.WhichOneof("request")  # steps are answered by _answer_step, with their own seq
-    if kind == "generate":
-        return int(request.generate.seq)
-    if kind == "reset":
-        return int(request.reset.seq)
+        if not isinstance(request.parsed, pb.SessionRequest):
+            return 0
+        request = request.parsed
+    kind = request.WhichOneof("request")
+    if kind in ("step", "generate", "reset"):
+        return int(getattr(request, kind).seq)
     return 0

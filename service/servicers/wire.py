@@ -4,6 +4,15 @@ grpc's own generated registration decodes each request with ``FromString``; a me
 not parse then ends the call with INTERNAL before the servicer sees it. Here a request that does
 not parse reaches the servicer as a ``Malformed`` value instead, so the servicer can answer
 INVALID_ARGUMENT in the stream and keep the session going.
+
+A request holding a field this server's proto does not define is ``Malformed`` too (proto3
+would keep it silently, and a client that sets an option this server does not know must hear
+so). Finding one costs a walk over the message in Python, ~2 µs for a step and ~0.4 ms for a
+Multiplex message of 256 steps, so the parser first asks protobuf's C code: it drops unknown
+fields and compares the re-encoded size with the bytes received. Known fields never encode
+shorter than protobuf's own encoding of them (defaults written out, unpacked repeats, wide
+varints and repeated fields only lengthen them; requests have no maps), so equal sizes prove
+there was nothing unknown; only a request whose size differs is walked.
 """
 
 from __future__ import annotations
@@ -23,17 +32,30 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass(frozen=True)
 class Malformed:
-    """A request whose bytes are not a valid message of the expected type."""
+    """A request whose bytes are not a valid message of the expected type, or name unknown fields.
+
+    ``parsed`` is the decoded request when it parsed but held unknown fields (so an answer can
+    still name its seq).
+    """
 
     reason: str
+    parsed: Message | None = None
 
 
 def _safe_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
     def parse(data: bytes) -> Message | Malformed:
         try:
-            return message_type.FromString(data)
+            message = message_type.FromString(data)
+            message.DiscardUnknownFields()
+            if message.ByteSize() == len(data):
+                return message  # nothing was unknown (see the module's docstring)
+            original = message_type.FromString(data)  # with its unknown fields, to name the first
         except (DecodeError, ValueError, RecursionError) as exc:
             return Malformed(f"cannot decode {message_type.DESCRIPTOR.name} ({len(data)} bytes): {exc}")
+        where = unknown_field(original)
+        if where is None:
+            return message  # known fields encoded longer than protobuf would: fine
+        return Malformed(f"unknown field ({where}): an option this server does not support", original)
 
     return parse
 
