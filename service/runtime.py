@@ -5,6 +5,7 @@ The registry proves models; this module gives each one the moving parts that ser
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from service.registry import LoadedModel, Registry, StepCalls, session_options
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.slabs import Slabs, StateSlabs
+
+log = logging.getLogger(__name__)
 
 #: Bound (preallocated) call buffers cover batches of up to max_batch x this many time steps;
 #: a larger call (a long prompt chunk of many sessions at once) allocates its own arrays.
@@ -60,6 +63,8 @@ class ModelRuntime:
 def build_slabs(model: LoadedModel, settings: Settings) -> Slabs:
     """The model's state slabs, in the memory ``--state-memory`` picks for its provider."""
     device = model.state_device(settings.state_memory)
+    where = "host memory" if device == HOST else f"{device} memory (device slabs)"
+    log.info("sessions of %s keep their state in %s", model.manifest.name, where, extra={"model": model.manifest.name})
     if device == HOST:
         return StateSlabs(model.manifest.state, settings.initial_capacity)
     options = session_options(settings)
