@@ -260,18 +260,19 @@ class SessionServicer:
         """
         lock = session.lock
         await lock.acquire()  # cancelled while waiting: nothing has started
+        started = False
         try:
             if session.closed:
                 raise FailedPrecondition("the session is closed")
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
-                lock.release()
                 return _duplicate_result(session, step.seq)
             decoded = decode_step(session.runtime.model.manifest, step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
             future = start_step(session, decoded)
-        except BaseException:
-            lock.release()
-            raise
+            started = True
+        finally:
+            if not started:  # refused, a duplicate, or failed to start: nothing runs, free the session
+                lock.release()
         try:
             await asyncio.shield(future)  # the shield keeps a cancelled caller from cancelling the step
         except asyncio.CancelledError:
