@@ -90,11 +90,7 @@ class DeviceSlabs:
 
     def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None:
         """The state of ``rows`` into ``out`` (``[len(rows), *shape]`` each), on the device."""
-        count = len(rows)
-        if count > len(self._rows):
-            self._rows = np.zeros(max(count, 2 * len(self._rows)), dtype=np.int64)
-            self._bindings.clear()
-        self._rows[:count] = rows
+        count = self._set_rows(rows)
         self._run(self._gather, self._gather_binding(self._rows, count, out))
 
     def gather_row(self, row: int, out: Mapping[str, StateBuffer]) -> None:
@@ -104,11 +100,7 @@ class DeviceSlabs:
 
     def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None:
         """Writes ``state`` (keyed by state input name, ``[len(rows), *shape]``) as the rows' new state."""
-        count = len(rows)
-        if count > len(self._rows):  # gather sized it for this batch; a direct caller may not have
-            self._rows = np.zeros(max(count, 2 * len(self._rows)), dtype=np.int64)
-            self._bindings.clear()
-        self._rows[:count] = rows
+        count = self._set_rows(rows)
         self._run(self._scatter, self._scatter_binding(self._rows, count, state))
 
     def scatter_row(self, row: int, state: Mapping[str, StateBuffer]) -> None:
@@ -133,6 +125,15 @@ class DeviceSlabs:
         self.write_row(target, self.read_row(source))
 
     # -- the graphs --------------------------------------------------------------------------
+
+    def _set_rows(self, rows: np.ndarray) -> int:
+        """Puts a batch's row indices in the buffer its bindings read; returns how many."""
+        count = len(rows)
+        if count > len(self._rows):  # bindings name the buffer's address: a new buffer voids them
+            self._rows = np.zeros(max(count, 2 * len(self._rows)), dtype=np.int64)
+            self._bindings.clear()
+        self._rows[:count] = rows
+        return count
 
     def _write(self, row: int, state: Mapping[str, np.ndarray]) -> None:
         rows = np.array([[row]], dtype=np.int64)  # bound by address: must outlive the run
