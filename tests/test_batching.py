@@ -437,6 +437,38 @@ def test_slab_gather_and_scatter_move_exactly_the_named_rows(tiny_model: LoadedM
     assert all(np.all(value == rows[4] + 0.5) for value in slabs.read_row(rows[0]).values())
 
 
+def test_slabs_that_grow_between_a_batchs_gather_and_scatter_keep_its_new_state(
+    tiny_model: LoadedModel, memory: str
+) -> None:
+    """A session opened while a batch is on the model's thread grows the slabs under it."""
+
+    def two_steps(memory: str, grow_during_second: bool) -> tuple[Slabs, list[int], list[int]]:
+        slabs = make_slabs(tiny_model, memory, 2)
+        call = build_calls(tiny_model, Settings(state_memory=memory, max_batch=4)).get(2, 1)
+        rows = [slabs.allocate() for _ in range(2)]
+        for row in rows:
+            slabs.write_row(row, _filled(tiny_model, row + 1))
+        batch = np.array(rows, dtype=np.intp)
+        newcomers: list[int] = []
+        for step in range(2):  # the first step leaves cached bindings that name the old slabs
+            call.inputs["char_id"][...] = step
+            slabs.gather(batch, call.state)
+            call.run()  # on the worker thread in the server; the slabs may grow meanwhile
+            if step == 1 and grow_during_second:
+                newcomers = [slabs.allocate() for _ in range(3)]
+                assert slabs.capacity == 8
+            slabs.scatter(batch, call.new_state)
+        return slabs, rows, newcomers
+
+    grown, rows, newcomers = two_steps(memory, grow_during_second=True)
+    reference, _, _ = two_steps("host", grow_during_second=False)
+    for row in rows:
+        for name, value in grown.read_row(row).items():
+            np.testing.assert_allclose(value, reference.read_row(row)[name], atol=1e-6)
+    for row in newcomers:
+        assert all(np.all(value == 0) for value in grown.read_row(row).values())
+
+
 def test_state_memory_auto_keeps_state_where_the_model_runs(tiny_model: LoadedModel) -> None:
     assert tiny_model.provider == "CPUExecutionProvider"
     assert tiny_model.state_device("auto") == HOST  # numpy's gather beats ORT's on the CPU
