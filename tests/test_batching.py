@@ -42,8 +42,8 @@ from tests.servers import ServerThread
 TOLERANCE = 1e-5
 STREAM_SESSIONS = 300
 CHUNKED_SESSIONS = 200
-MULTIPLEXED_SESSIONS = 512
-PER_MESSAGE = 256
+MULTIPLEXED_SESSIONS = 1536
+PER_MESSAGE = 1024  # one message's steps run as one batch: each session among 1,000+ others
 STEPS = 12
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,;!?ETAOINS"
 
@@ -56,6 +56,13 @@ def _text(index: int, length: int = STEPS) -> str:
 
 def _logits(result: pb.StepResult) -> np.ndarray:
     return np.stack([from_proto(out.tensors[0]) for out in result.outputs])
+
+
+def _batches_larger_than(server: ServerThread, size: int) -> float:
+    registry = server.server.metrics.registry
+    count = registry.get_sample_value("statestream_batch_size_count", {"model": "char_lm"}) or 0.0
+    within = registry.get_sample_value("statestream_batch_size_bucket", {"model": "char_lm", "le": f"{size:.1f}"})
+    return count - (within or 0.0)
 
 
 def _mean_batch(server: ServerThread) -> float:
@@ -75,6 +82,7 @@ def batching_server(tiny_lm_dir: Path, request: pytest.FixtureRequest) -> Any:
         models_dir=tiny_lm_dir,
         max_chunk=64,
         max_sessions_per_caller=100_000,
+        max_batch=1024,
         initial_capacity=4,
         state_memory=request.param,
     )
@@ -143,10 +151,15 @@ async def _multiplexed(target: str, texts: list[str]) -> list[np.ndarray]:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = rpc.SessionServiceStub(channel)
         options = pb.SessionOptions(return_tensors=["logits"])
-        opened = await asyncio.gather(
-            *(stub.CreateSession(pb.OpenSession(model="char_lm", options=options)) for _ in texts)
-        )
-        ids = [o.session_id for o in opened]
+        ids: list[str] = []
+        for start in range(0, len(texts), 256):  # a few hundred calls in flight at a time
+            opened = await asyncio.gather(
+                *(
+                    stub.CreateSession(pb.OpenSession(model="char_lm", options=options))
+                    for _ in texts[start : start + 256]
+                )
+            )
+            ids.extend(o.session_id for o in opened)
         got: list[list[np.ndarray]] = [[] for _ in texts]
         groups = [range(i, min(i + PER_MESSAGE, len(texts))) for i in range(0, len(texts), PER_MESSAGE)]
 
@@ -171,8 +184,10 @@ async def _multiplexed(target: str, texts: list[str]) -> list[np.ndarray]:
 
 def test_multiplexed_outputs_equal_their_lone_runs(batching_server: ServerThread, offline_lm: OfflineLM) -> None:
     texts = [_text(i + 1000) for i in range(MULTIPLEXED_SESSIONS)]
+    larger_before = _batches_larger_than(batching_server, 512)
     got = asyncio.run(_multiplexed(batching_server.target, texts))
     _check_against_offline(texts, got, offline_lm)
+    assert _batches_larger_than(batching_server, 512) > larger_before, "no batch held 1,000 sessions"
 
 
 # -- the scheduler on its own --------------------------------------------------------------------
