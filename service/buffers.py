@@ -96,24 +96,21 @@ _NUMPY_OF_ORT_TYPE = {
 }
 
 
+def _where(buffer: StateBuffer) -> tuple[str, int, np.dtype, list[int], int]:
+    """What IOBinding needs to bind ``buffer`` in place: device type and id, element type, shape, address."""
+    if isinstance(buffer, np.ndarray):
+        return ("cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
+    return (buffer.device.kind, buffer.device.index, buffer.dtype, list(buffer.shape), buffer.address)
+
+
 def bind_input(binding: ort.IOBinding, name: str, buffer: StateBuffer) -> None:
     """Binds graph input ``name`` to ``buffer`` in place, wherever it lives."""
-    if isinstance(buffer, np.ndarray):
-        binding.bind_input(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
-    else:
-        binding.bind_input(
-            name, buffer.device.kind, buffer.device.index, buffer.dtype, list(buffer.shape), buffer.address
-        )
+    binding.bind_input(name, *_where(buffer))
 
 
 def bind_output(binding: ort.IOBinding, name: str, buffer: StateBuffer) -> None:
     """Binds graph output ``name`` to ``buffer``: ORT writes the result there, allocating nothing."""
-    if isinstance(buffer, np.ndarray):
-        binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
-    else:
-        binding.bind_output(
-            name, buffer.device.kind, buffer.device.index, buffer.dtype, list(buffer.shape), buffer.address
-        )
+    binding.bind_output(name, *_where(buffer))
 
 
 def host(buffer: StateBuffer) -> np.ndarray:
@@ -133,6 +130,5 @@ def head(buffer: StateBuffer, rows: int) -> StateBuffer:
 
 def location(buffer: StateBuffer) -> tuple[str, int]:
     """Where a buffer starts, e.g. as a binding cache key (a host and a device address may be equal)."""
-    if isinstance(buffer, np.ndarray):
-        return ("cpu", buffer.ctypes.data)
-    return (buffer.device.kind, buffer.address)
+    kind, _, _, _, address = _where(buffer)
+    return (kind, address)
