@@ -229,9 +229,13 @@ class Scheduler:
     def _run_naive_into(self, future: asyncio.Future[Arrays], row: int, inputs: Arrays, steps: int) -> None:
         """The naive call, its outcome into ``future`` (a loop callback, see the module's docstring)."""
         try:
-            future.set_result(self._run_naive(row, inputs, steps))
+            outputs = self._run_naive(row, inputs, steps)
         except Exception as exc:
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():  # an awaiter may have cancelled it; the step ran all the same
+            future.set_result(outputs)
 
     def _run_naive(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """The baseline: one plain batch-1 InferenceSession.run per step, inline."""

@@ -108,6 +108,44 @@ def test_a_step_whose_caller_is_cancelled_while_it_runs_is_applied_and_recorded_
     np.testing.assert_allclose(logits(after), offline_lm.logits(chunk + "b")[-1:], atol=TOLERANCE, rtol=0)
 
 
+def test_a_generation_cancelled_while_its_step_waits_leaves_the_state_as_it_was(
+    lifecycle_server: ServerThread,
+) -> None:
+    """The rollback of a broken generation comes after its in-flight step has landed, never before."""
+    server = lifecycle_server.server
+
+    async def scenario() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+        session = server.store.open("char_lm", "1", "anonymous", ResolvedOptions(), b"")
+        await server.sessions.step(session, pb.Step(seq=1, text="To be"))
+        before = session.runtime.slabs.read_row(session.row)
+
+        async def consume() -> None:
+            async for _ in server.sessions._generate(session, pb.Generate(seq=2, max_tokens=5, seed=1)):
+                pass
+
+        other = server.store.open("char_lm", "1", "anonymous", ResolvedOptions(), b"")
+        # Another session's step in the same turn: the batch of two runs on the worker thread.
+        bystander = asyncio.ensure_future(server.sessions.step(other, pb.Step(seq=1, text="x")))
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0)  # it yields its first token and submits the step that feeds it back
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(50):  # whatever was submitted has run by now
+            await asyncio.sleep(0.002)
+        after = session.runtime.slabs.read_row(session.row)
+        last_seq = session.last_seq
+        assert (await bystander).seq == 1
+        await server.store.close(session)
+        await server.store.close(other)
+        return before, after, last_seq
+
+    before, after, last_seq = lifecycle_server.call(scenario())
+    assert last_seq == 1  # the generation was not applied...
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)  # ...and left no trace in the state
+
+
 def test_resume_replaying_the_last_five_steps_applies_none_of_them_again(
     lifecycle_server: ServerThread, offline_lm: OfflineLM
 ) -> None:

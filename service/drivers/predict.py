@@ -8,7 +8,6 @@ outputs into a StepResult: for language models, the top-k next tokens with their
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,8 +220,22 @@ def finish_step(session: Session, future: asyncio.Future[Arrays]) -> Arrays:
 
 
 async def run_step(session: Session, decoded: StepInputs) -> Arrays:
-    """Runs the step and waits for it (generation: its caller undoes the state if cancelled)."""
+    """Runs the step and waits for it; if the caller is cancelled, still waits for it to land.
+
+    A generation that is cut off rolls the session's state back. A step it had submitted runs
+    and writes its state whatever happens to the caller; were the rollback to come first, that
+    write would land after it and leave the state one token ahead of ``last_applied_seq``. So the
+    cancellation is passed on only once the step is done.
+    """
     future = start_step(session, decoded)
-    with contextlib.suppress(Exception):
-        await future  # a failure is reported by finish_step
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if not future.done():
+            await asyncio.wait((future,))
+        if not future.cancelled():
+            future.exception()  # retrieved: its outcome no longer matters to anyone
+        raise
+    except Exception:
+        pass  # finish_step reports it
     return finish_step(session, future)
