@@ -12,7 +12,8 @@ one node per state tensor, built here from the model's state specs:
   whole slab (measured: 32 µs for 256 rows into a 100,000-row slab, the same as into 1,024);
 * **grow**: ``Pad(slab, pads)`` with zeros → a new, longer slab that ORT allocates on the device.
 
-Axes named ``capacity`` and ``rows`` are dynamic, so one graph serves every slab size and batch.
+The slab and batch axes (``capacity``, ``batch``, ``grown``) are dynamic, so one graph serves every
+slab size and batch.
 """
 
 from __future__ import annotations
