@@ -121,8 +121,10 @@ class LoadedModel:
         """
         if self.provider != CUDA:
             return [CPU]
-        device_id = self.session.get_provider_options().get(CUDA, {}).get("device_id", "0")
-        return [(CUDA, {**CUDA_OPTIONS, "device_id": str(device_id)}), CPU]
+        return [(CUDA, {**CUDA_OPTIONS, "device_id": str(self._cuda_device_id())}), CPU]
+
+    def _cuda_device_id(self) -> int:
+        return int(self.session.get_provider_options().get(CUDA, {}).get("device_id", 0))
 
     def state_device(self, state_memory: str) -> Device:
         """Where this model's session state lives for ``--state-memory`` (see Settings).
@@ -133,8 +135,7 @@ class LoadedModel:
         if state_memory == "host" or (state_memory == "auto" and self.provider != CUDA):
             return HOST
         if self.provider == CUDA:
-            options = self.session.get_provider_options().get(CUDA, {})
-            return Device("cuda", int(options.get("device_id", 0)))
+            return Device("cuda", self._cuda_device_id())
         return Device("cpu")  # device-resident code path on host OrtValues (tests, CPU-only machines)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
