@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: F401
     import onnxruntime as ort
 
-    from service.registry import CUDA, LoadedModel
+    from service.providers import CUDA
+    from service.registry import LoadedModel
     from service.settings import Settings
 
     cpu = LoadedModel.from_folder(args.model, Settings(provider="cpu"))

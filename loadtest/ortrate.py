@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.registry import LoadedModel, StepCalls
+from service.calls import StepCalls
+from service.registry import LoadedModel
 from service.settings import Settings
 
 

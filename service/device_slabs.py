@@ -28,8 +28,10 @@ import onnxruntime as ort
 
 from service import slab_graphs as graphs
 from service.buffers import Device, DeviceArray, StateBuffer, bind_input, bind_output, head, location
-from service.contract import StateSpec
-from service.registry import Providers
+from service.calls import run_bound
+from service.contract import ContextSpec, RowSpec, StateSpec
+from service.providers import Providers
+from service.slabs import RowAllocator
 
 #: Cached IOBindings per operation before the cache is cleared (one per batch size in practice).
 MAX_BINDINGS = 2048
@@ -40,32 +42,45 @@ class DeviceSlabs:
 
     def __init__(
         self,
-        specs: tuple[StateSpec, ...],
+        state: tuple[StateSpec, ...],
         capacity: int,
         device: Device,
         *,
         providers: Providers,
         options: ort.SessionOptions,
+        context: tuple[ContextSpec, ...] = (),
     ) -> None:
-        if capacity < 1:
-            raise ValueError(f"slab capacity must be >= 1, got {capacity}")
+        self.rows = RowAllocator(capacity)
+        specs: tuple[RowSpec, ...] = (*state, *context)
         self.specs = specs
+        self.state = state
         self.device = device
-        self.capacity = capacity
-        self.rows_in_use = 0
         self._gather = ort.InferenceSession(graphs.gather_graph(specs), options, providers=providers)
-        self._scatter = ort.InferenceSession(graphs.scatter_graph(specs), options, providers=providers)
+        # A batch writes back its state only; a row operation writes the whole row (with context).
+        self._scatter = ort.InferenceSession(graphs.scatter_graph(state), options, providers=providers)
+        self._write_rows = (
+            ort.InferenceSession(graphs.scatter_graph(specs), options, providers=providers)
+            if context
+            else self._scatter
+        )
         self._grow_graph = ort.InferenceSession(graphs.grow_graph(specs), options, providers=providers)
         self.arrays: dict[str, DeviceArray] = {
             s.input: DeviceArray.zeros((capacity, *s.shape), np.dtype(s.np_dtype), device) for s in specs
         }
         self._zero = {s.input: np.zeros((1, *s.shape), s.np_dtype) for s in specs}
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._rows = np.zeros(0, dtype=np.int64)  # a batch's row indices, bound to gather and scatter
         self._one = np.zeros(1, dtype=np.int64)  # the direct path's row index
         self._bindings: dict[tuple[object, ...], ort.IOBinding] = {}
 
     # -- what StateSlabs has too -------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self.rows.capacity
+
+    @property
+    def rows_in_use(self) -> int:
+        return self.rows.rows_in_use
 
     @property
     def nbytes(self) -> int:
@@ -77,16 +92,14 @@ class DeviceSlabs:
 
     def allocate(self) -> int:
         """A zeroed row for a new session; grows the slabs when none is free."""
-        if not self._free:
+        if self.rows.full:
             self._grow()
-        row = self._free.pop()
+        row = self.rows.take()
         self._write(row, self._zero)
-        self.rows_in_use += 1
         return row
 
     def release(self, row: int) -> None:
-        self._free.append(row)
-        self.rows_in_use -= 1
+        self.rows.give_back(row)
 
     def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None:
         """The state of ``rows`` into ``out`` (``[len(rows), *shape]`` each), on the device."""
@@ -137,9 +150,9 @@ class DeviceSlabs:
 
     def _write(self, row: int, state: Mapping[str, np.ndarray]) -> None:
         rows = np.array([[row]], dtype=np.int64)  # bound by address: must outlive the run
-        binding = self._scatter.io_binding()
-        self._bind_scatter(binding, rows, 1, state)
-        self._run(self._scatter, binding)
+        binding = self._write_rows.io_binding()
+        self._bind_scatter(binding, rows, 1, state, self.specs)
+        self._run(self._write_rows, binding)
 
     def _gather_binding(self, rows: np.ndarray, count: int, out: Mapping[str, StateBuffer]) -> ort.IOBinding:
         key = ("gather", rows.ctypes.data, count, *(location(out[s.input]) for s in self.specs))
@@ -150,11 +163,11 @@ class DeviceSlabs:
         return binding
 
     def _scatter_binding(self, rows: np.ndarray, count: int, state: Mapping[str, StateBuffer]) -> ort.IOBinding:
-        key = ("scatter", rows.ctypes.data, count, *(location(state[s.input]) for s in self.specs))
+        key = ("scatter", rows.ctypes.data, count, *(location(state[s.input]) for s in self.state))
         binding = self._bindings.get(key)
         if binding is None:
             binding = self._cached(key, self._scatter.io_binding())
-            self._bind_scatter(binding, rows.reshape(-1, 1), count, state)
+            self._bind_scatter(binding, rows.reshape(-1, 1), count, state, self.state)
         return binding
 
     def _cached(self, key: tuple[object, ...], binding: ort.IOBinding) -> ort.IOBinding:
@@ -172,10 +185,15 @@ class DeviceSlabs:
             bind_output(binding, graphs.rows_output(s), head(out[s.input], count))
 
     def _bind_scatter(
-        self, binding: ort.IOBinding, rows: np.ndarray, count: int, state: Mapping[str, StateBuffer]
+        self,
+        binding: ort.IOBinding,
+        rows: np.ndarray,
+        count: int,
+        state: Mapping[str, StateBuffer],
+        specs: tuple[RowSpec, ...],
     ) -> None:
         bind_input(binding, graphs.ROWS, rows[:count])
-        for s in self.specs:
+        for s in specs:
             slab = self.arrays[s.input]
             bind_input(binding, graphs.slab_input(s), slab)
             bind_input(binding, graphs.rows_output(s), head(state[s.input], count))
@@ -195,11 +213,9 @@ class DeviceSlabs:
         self.arrays = {
             s.input: DeviceArray.wrap(value, self.device) for s, value in zip(self.specs, grown, strict=True)
         }
-        self.capacity = old * 2
+        self.rows.doubled()
         self._bindings.clear()  # they name the old slabs' addresses
-        self._free.extend(range(self.capacity - 1, old - 1, -1))
 
     @staticmethod
     def _run(session: ort.InferenceSession, binding: ort.IOBinding) -> None:
-        # The C++ method directly, as StepCalls does: the Python wrapper adds nothing needed here.
-        session._sess.run_with_iobinding(binding._iobinding, None)
+        run_bound(session, binding)

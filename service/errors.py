@@ -7,6 +7,8 @@ the code on the exception means the mapping lives in exactly one place.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 #: Longest message sent back: messages quote what the client sent (a name, a character), and an
@@ -60,6 +62,26 @@ class ModelFailed(StatestreamError):
 
 class Unauthenticated(StatestreamError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class SchedulerStopped(RuntimeError):
+    """The model's scheduler stopped before the step ran (server shutdown)."""
+
+
+def as_statestream_error(exc: BaseException) -> StatestreamError:
+    """Any failure of a step as the error a client sees: the one place such codes are chosen.
+
+    A StatestreamError keeps its code; a stopped scheduler or a step cancelled before it ran is
+    UNAVAILABLE (the server is going away, the session is unchanged); anything else is the model
+    failing on a step that passed validation, INTERNAL, with the session unchanged.
+    """
+    if isinstance(exc, StatestreamError):
+        return exc
+    if isinstance(exc, SchedulerStopped):
+        return Unavailable(f"the server is stopping: {exc}")
+    if isinstance(exc, asyncio.CancelledError):
+        return Unavailable("the step was cancelled before it ran; the session is unchanged")
+    return ModelFailed(f"the model failed on this step ({type(exc).__name__}: {exc}); the session is unchanged")
 
 
 def status_number(code: grpc.StatusCode) -> int:

@@ -1,13 +1,10 @@
-"""Model folders → loaded models: an ONNX Runtime session checked against its manifest.
+"""Model folders → loaded models: ONNX Runtime sessions checked against their manifest.
 
-A model is served only after its graph's signature matches the manifest and its golden trace
-replays within tolerance; a folder that fails either is refused with one log line that says
-why, and the server goes on with the others.
-
-``StepCalls`` is how the scheduler calls a model without per-step allocation: preallocated feed
-and result arrays for a batch of B sessions × K steps, bound to the graph once per (B, K) with
-ONNX Runtime's IOBinding, so a call is one ``run_with_iobinding`` with no conversion of Python
-dicts and no output allocation (about 6 µs less per call, ~25% of a tiny model's batch-1 call).
+A model is served only after its task has a driver, its graphs' signatures (step, and init
+where it has one) match the manifest, and its golden traces replay within tolerance; a folder
+that fails any of these is refused with one log line that says why, and the server goes on
+with the others. Execution providers are chosen in ``service.providers``; the call buffers of
+the hot path are ``service.calls``.
 """
 
 from __future__ import annotations
@@ -20,89 +17,54 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.buffers import HOST, Device, DeviceArray, StateBuffer, bind_input, bind_output, head, host
-from service.contract import MANIFEST_FILE, ContractError, Manifest, check_graph, replay_golden
+from service.buffers import HOST, Device
+from service.contract import MANIFEST_FILE, ContractError, Manifest, check_graph, check_init_graph, replay_golden
 from service.errors import NotFound
+from service.providers import CPU, CUDA, CUDA_OPTIONS, Providers, choose_providers, session_options
 from service.settings import Settings
+from service.tasks import driver_class
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
-
-Providers = list[str | tuple[str, dict[str, str]]]
-
-#: CUDA provider options. TF32 matmuls are off: on Ampere and later they move an LSTM's logits
-#: by ~3e-4 (measured on an H100), past the golden trace's 1e-4 tolerance, so the model would be
-#: refused at load; fp32 keeps CUDA within 1e-5 of the CPU (6.2e-6 measured).
-CUDA_OPTIONS = {"use_tf32": "0"}
-
-
-def choose_providers(requested: str) -> Providers:
-    """CUDA when asked for or when ``auto`` finds it, CPU otherwise (always as the fallback)."""
-    available = ort.get_available_providers()
-    if requested == "cuda" and CUDA not in available:
-        raise RuntimeError(f"--provider cuda, but this onnxruntime offers only {available}")
-    if requested == "cuda" or (requested == "auto" and CUDA in available):
-        _preload_cuda_libraries()
-        return [(CUDA, dict(CUDA_OPTIONS)), CPU]
-    return [CPU]
-
-
-def _preload_cuda_libraries() -> None:
-    """Loads the CUDA/cuDNN libraries of pip's nvidia-* packages, where onnxruntime-gpu can use them.
-
-    Without it, onnxruntime-gpu finds them only on the system's library path, and otherwise falls
-    back to the CPU with one error line. ``preload_dlls`` exists from onnxruntime-gpu 1.21 on.
-    """
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        try:
-            preload()
-        except Exception as exc:  # a missing library is reported by the CUDA provider itself
-            log.warning("onnxruntime.preload_dlls failed: %s", exc)
-
-
-def session_options(settings: Settings) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.ort_intra_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spinning = "1" if settings.ort_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-    return options
+def _open_graph(folder: Path, name: str, what: str, settings: Settings) -> ort.InferenceSession:
+    graph = folder / name
+    if graph.suffix != ".onnx" or not graph.is_file():
+        raise ContractError(f"{graph}: {what} graph missing (only .onnx graphs are loaded)")
+    try:
+        return ort.InferenceSession(
+            str(graph), sess_options=session_options(settings), providers=choose_providers(settings.provider)
+        )
+    except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+        raise ContractError(f"{graph}: ONNX Runtime cannot load it ({exc})") from None
 
 
 @dataclass
 class LoadedModel:
-    """A manifest and the ONNX Runtime session that runs its step graph."""
+    """A manifest and the ONNX Runtime sessions that run its step graph (and its init graph)."""
 
     manifest: Manifest
     folder: Path
     session: ort.InferenceSession
     output_names: list[str] = field(default_factory=list)
     golden_error: float = 0.0
+    init_session: ort.InferenceSession | None = None
 
     @classmethod
     def from_folder(cls, folder: Path, settings: Settings) -> LoadedModel:
         """Loads and proves a model folder; raises ContractError naming what is wrong."""
         manifest = Manifest.load(folder)
-        graph = folder / manifest.step_graph
-        if graph.suffix != ".onnx" or not graph.is_file():
-            raise ContractError(f"{graph}: step graph missing (only .onnx graphs are loaded)")
-        try:
-            session = ort.InferenceSession(
-                str(graph), sess_options=session_options(settings), providers=choose_providers(settings.provider)
-            )
-        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
-            raise ContractError(f"{graph}: ONNX Runtime cannot load it ({exc})") from None
+        driver = driver_class(manifest.task)  # an unknown task is refused here, naming the known ones
+        session = _open_graph(folder, manifest.step_graph, "step", settings)
         check_graph(manifest, session)
-        error = replay_golden(manifest, session)
+        driver.check_manifest(manifest)  # a graph that fits its manifest but not its kind
+        init_session = None
+        if manifest.init is not None:
+            init_session = _open_graph(folder, manifest.init.graph, "init", settings)
+            check_init_graph(manifest, init_session)
+        error = replay_golden(manifest, session, init_session)
         outputs = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
-        return cls(manifest, folder, session, outputs, error)
+        return cls(manifest, folder, session, outputs, error, init_session)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -142,158 +104,11 @@ class LoadedModel:
         """One ONNX Runtime call; the result maps every output (and new state) by name."""
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
-
-Arrays = dict[str, np.ndarray]
-StateBuffers = dict[str, StateBuffer]
-
-
-class BatchCall:
-    """The arrays of one (B, K) call: fill ``inputs`` and ``state``, ``run()``, read the results.
-
-    ``inputs[name]`` is ``[B, K, *shape]``, ``state[input]`` is ``[B, *shape]``; after ``run()``,
-    ``outputs[name]`` is ``[B, K, *shape]`` and ``new_state`` is keyed by the state's *input*
-    name. With IOBinding the result arrays are views of buffers that the next call overwrites:
-    copy what must outlive it (``reused`` says so). ``state`` and ``new_state`` are on the
-    device when the slabs are (``StepCalls(state_device=...)``); inputs and outputs are always
-    host arrays.
-    """
-
-    __slots__ = ("_binding", "_model", "inputs", "new_state", "outputs", "reused", "state")
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        inputs: Arrays,
-        state: StateBuffers,
-        outputs: Arrays,
-        new_state: StateBuffers,
-        binding: ort.IOBinding | None,
-    ) -> None:
-        self._model = model
-        self.inputs = inputs
-        self.state = state
-        self.outputs = outputs
-        self.new_state = new_state
-        self._binding = binding
-        self.reused = binding is not None
-
-    def run(self) -> None:
-        """The ONNX Runtime call (releases the GIL while it computes)."""
-        if self._binding is not None:
-            # The C++ method directly: InferenceSession.run_with_iobinding is a thin wrapper, but
-            # run_with_ort_values' Python wrapper costs tens of µs; neither is needed here.
-            self._model.session._sess.run_with_iobinding(self._binding._iobinding, None)
-            return
-        results = self._model.run({**self.inputs, **{name: host(value) for name, value in self.state.items()}})
-        self.outputs = {t.name: results[t.name] for t in self._model.manifest.outputs}
-        self.new_state = {s.input: results[s.output] for s in self._model.manifest.state}
-
-
-class StepCalls:
-    """Preallocated, IOBound arrays for calls of up to ``max_batch`` sessions × K steps.
-
-    State buffers hold ``max_batch`` rows; per-step buffers hold B × K session-steps and grow
-    (doubling) up to ``max_steps``. A (B, K) call uses their leading rows, which are contiguous,
-    so ORT reads and writes them in place. Bindings are made once per (B, K) and kept (the cache
-    is cleared past ``max_bindings`` shapes). A call larger than ``max_steps`` gets fresh arrays
-    and no binding, so a rare huge chunk does not pin its memory; so does every call when
-    ``io_binding`` is off. One call at a time: the scheduler runs one batch at a time, and a
-    call's buffers are only reused by the next.
-
-    With ``state_device`` (device-resident slabs), the state buffers are allocated on that
-    device and bound there, so the state never crosses the bus; the unbound fallback keeps host
-    state buffers, which device slabs gather into and scatter from as well.
-    """
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        *,
-        io_binding: bool,
-        max_batch: int,
-        max_steps: int,
-        max_bindings: int = 1024,
-        state_device: Device = HOST,
-    ) -> None:
-        self.model = model
-        self.io_binding = io_binding
-        self.max_batch = max_batch
-        self.max_steps = max(max_steps, max_batch)
-        self.max_bindings = max_bindings
-        self._calls: dict[tuple[int, int], BatchCall] = {}
-        self.state_device = state_device
-        self._state_in = self._state_buffers()
-        self._state_out = self._state_buffers()
-        self._capacity = 0  # session-steps the per-step buffers hold
-        self._per_step: dict[str, np.ndarray] = {}
-
-    def _state_buffers(self) -> dict[str, StateBuffer]:
-        specs = self.model.manifest.state
-        if self.state_device == HOST:
-            return {s.input: np.zeros((self.max_batch, *s.shape), s.np_dtype) for s in specs}
-        return {
-            s.input: DeviceArray.empty((self.max_batch, *s.shape), np.dtype(s.np_dtype), self.state_device)
-            for s in specs
-        }
-
-    def _grow(self, steps: int) -> None:
-        capacity = min(max(steps, 2 * self._capacity, 64), self.max_steps)
-        manifest = self.model.manifest
-        self._per_step = {
-            t.name: np.zeros((capacity, *t.shape), t.np_dtype) for t in (*manifest.inputs, *manifest.outputs)
-        }
-        self._capacity = capacity
-        self._calls.clear()
-
-    def prepare(self, steps: int = 1) -> None:
-        """Binds every batch size up to max_batch for chunks of ``steps`` now (~50 µs each).
-
-        Under load the batch size takes every value up to max_batch; binding each on first use
-        would cost the event loop during the first seconds of traffic instead of at start.
-        """
-        if not self.io_binding:
-            return
-        for batch in range(1, self.max_batch + 1):
-            self.get(batch, steps)
-
-    def get(self, batch: int, steps: int) -> BatchCall:
-        """The arrays (and binding) of a call of ``batch`` sessions × ``steps`` time steps."""
-        call = self._calls.get((batch, steps))
-        if call is not None:
-            return call
-        if not self.io_binding or batch > self.max_batch or batch * steps > self.max_steps:
-            return self._unbound(batch, steps)
-        if batch * steps > self._capacity:
-            self._grow(batch * steps)
-        if len(self._calls) >= self.max_bindings:
-            self._calls.clear()
-        call = self._calls[(batch, steps)] = self._bound(batch, steps)
-        return call
-
-    def _bound(self, batch: int, steps: int) -> BatchCall:
-        manifest = self.model.manifest
-
-        def per_step(name: str, shape: tuple[int, ...]) -> np.ndarray:
-            return self._per_step[name][: batch * steps].reshape(batch, steps, *shape)
-
-        inputs = {t.name: per_step(t.name, t.shape) for t in manifest.inputs}
-        outputs = {t.name: per_step(t.name, t.shape) for t in manifest.outputs}
-        state = {name: head(buffer, batch) for name, buffer in self._state_in.items()}
-        new_state = {name: head(buffer, batch) for name, buffer in self._state_out.items()}
-        binding = self.model.session.io_binding()
-        for name, buffer in (*inputs.items(), *state.items()):
-            bind_input(binding, name, buffer)
-        for name, array in outputs.items():
-            bind_output(binding, name, array)
-        for s in manifest.state:
-            bind_output(binding, s.output, new_state[s.input])
-        return BatchCall(self.model, inputs, state, outputs, new_state, binding)
-
-    def _unbound(self, batch: int, steps: int) -> BatchCall:
-        manifest = self.model.manifest
-        inputs = {t.name: np.zeros((batch, steps, *t.shape), t.np_dtype) for t in manifest.inputs}
-        state: StateBuffers = {s.input: np.zeros((batch, *s.shape), s.np_dtype) for s in manifest.state}
-        return BatchCall(self.model, inputs, state, {}, {}, None)
+    def run_init(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The init graph over ``[B, *shape]`` payloads: each session's starting state and context."""
+        assert self.init_session is not None, "the model has no init graph"
+        names = self.manifest.init_outputs
+        return dict(zip(names, self.init_session.run(names, feed), strict=True))
 
 
 def _model_folders(root: Path) -> Iterator[Path]:

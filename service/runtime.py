@@ -1,22 +1,35 @@
-"""A served model at run time: its loaded graph, its state slabs and its scheduler.
+"""A served model at run time: its loaded graphs, its driver, its state slabs and its scheduler.
 
-The registry proves models; this module gives each one the moving parts that serve it.
+The registry proves models; this module gives each one the moving parts that serve it, with the
+driver its manifest's task names (``service.tasks``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from service.buffers import HOST
+from service.calls import StepCalls
+from service.contract import initial_rows
 from service.device_slabs import DeviceSlabs
+from service.errors import as_statestream_error
 from service.metrics import Metrics
-from service.registry import LoadedModel, Registry, StepCalls, session_options
+from service.providers import session_options
+from service.registry import LoadedModel, Registry
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.slabs import Slabs, StateSlabs
+from service.tasks import driver_class
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from service.drivers.base import Driver
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,7 @@ class ModelRuntime:
     model: LoadedModel
     slabs: Slabs
     scheduler: Scheduler
+    driver: Driver
 
     @classmethod
     def build(cls, model: LoadedModel, settings: Settings, metrics: Metrics) -> ModelRuntime:
@@ -53,11 +67,25 @@ class ModelRuntime:
             metrics=metrics,
             calls=calls,
         )
-        return cls(model, slabs, scheduler)
+        driver = driver_class(model.manifest.task)(model.manifest)
+        scheduler.postprocess = driver.postprocess
+        return cls(model, slabs, scheduler, driver)
 
     @property
     def name(self) -> str:
         return self.model.manifest.name
+
+    async def initial_rows(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A new session's starting row from its init payload: the init graph, run off the event loop.
+
+        It runs on the model's worker thread, between batches, so a slow encoder (a captioner's
+        CNN) never stalls the loop. A failure is the model's (INTERNAL); nothing is opened.
+        """
+        try:
+            made = await asyncio.get_running_loop().run_in_executor(self.scheduler.executor, self.model.run_init, feed)
+        except Exception as exc:
+            raise as_statestream_error(exc) from exc
+        return {name: row[0] for name, row in initial_rows(self.model.manifest, made).items()}
 
 
 def build_slabs(model: LoadedModel, settings: Settings) -> Slabs:
@@ -65,11 +93,17 @@ def build_slabs(model: LoadedModel, settings: Settings) -> Slabs:
     device = model.state_device(settings.state_memory)
     where = "host memory" if device == HOST else f"{device} memory (device slabs)"
     log.info("sessions of %s keep their state in %s", model.manifest.name, where, extra={"model": model.manifest.name})
+    manifest = model.manifest
     if device == HOST:
-        return StateSlabs(model.manifest.state, settings.initial_capacity)
+        return StateSlabs(manifest.state, settings.initial_capacity, manifest.context)
     options = session_options(settings)
     return DeviceSlabs(
-        model.manifest.state, settings.initial_capacity, device, providers=model.providers, options=options
+        manifest.state,
+        settings.initial_capacity,
+        device,
+        providers=model.providers,
+        options=options,
+        context=manifest.context,
     )
 
 

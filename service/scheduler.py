@@ -40,8 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.calls import BatchCall, StepCalls
+from service.errors import SchedulerStopped
 from service.metrics import Metrics, observe_many
-from service.registry import BatchCall, LoadedModel, StepCalls
+from service.registry import LoadedModel
 from service.slabs import Slabs
 
 Arrays = dict[str, np.ndarray]
@@ -64,10 +66,6 @@ class StepJob:
     steps: int  # K
     future: asyncio.Future[Arrays]
     enqueued: float
-
-
-class SchedulerStopped(RuntimeError):
-    """The scheduler stopped before the step ran (server shutdown)."""
 
 
 class Scheduler:
@@ -138,6 +136,11 @@ class Scheduler:
             self._task = None
         self._fail_pending()
         self._executor.shutdown(wait=True)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The model's one ORT worker thread: other graph calls of the model (init) run there too."""
+        return self._executor
 
     @property
     def idle(self) -> bool:
@@ -240,14 +243,15 @@ class Scheduler:
     def _run_naive(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """The baseline: one plain batch-1 InferenceSession.run per step, inline."""
         feed = {name: value[np.newaxis] for name, value in inputs.items()}
-        feed.update((name, value[np.newaxis]) for name, value in self.slabs.read_row(row).items())
+        current = self.slabs.read_row(row)  # the state and the context
+        feed.update((name, value[np.newaxis]) for name, value in current.items())
         started = time.perf_counter()
         results = self.model.run(feed)
         outputs = {name: results[name] for name in self._output_names}
         if self.postprocess is not None:  # the same per-step outputs as the batched paths give
             outputs.update(self.postprocess(outputs))
         self._record(started, 1, steps)
-        self.slabs.write_row(row, {i: results[o][0] for i, o in self._state_pairs})
+        self.slabs.write_row(row, {**current, **{i: results[o][0] for i, o in self._state_pairs}})
         return {name: value[0] for name, value in outputs.items()}
 
     def _run_inline(self, job: StepJob) -> None:

@@ -17,9 +17,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
 from service.errors import FailedPrecondition, NotFound, ResourceExhausted
 from service.metrics import Metrics
@@ -35,6 +35,23 @@ SESSION_ID_BYTES = 24  # 192 random bits
 class SeqCheck(Enum):
     APPLY = "apply"
     DUPLICATE = "duplicate"
+
+
+class ReplyKind(Enum):
+    """Which request a cached answer answered: a resent seq gets it back only as the same kind."""
+
+    STEP = "step"  # a pb.StepResult
+    GENERATE = "generate"  # a pb.GenerateDone
+    RUN = "run"  # a pb.RunDone
+    RESET = "reset"  # no answer is kept
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A session's row and driver scratch, taken before a server-side loop and restored if it breaks."""
+
+    rows: dict[str, np.ndarray]
+    scratch: dict[str, np.ndarray]
 
 
 @dataclass
@@ -53,7 +70,9 @@ class Session:
     owner: str
     options: ResolvedOptions
     last_seq: int = 0
-    replies: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    replies: OrderedDict[int, tuple[ReplyKind, Message]] = field(default_factory=OrderedDict)
+    #: The row a reset returns to, when the init graph made it (None: zeros).
+    initial: dict[str, np.ndarray] | None = None
     # Driver data that must survive between requests: a language model's last logits.
     scratch: dict[str, np.ndarray] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -74,17 +93,19 @@ class Session:
             )
         return SeqCheck.APPLY
 
-    def record(self, seq: int, reply: Any, keep: int) -> None:
+    def record(self, seq: int, reply: Message | None, keep: int, kind: ReplyKind = ReplyKind.STEP) -> None:
         """Marks ``seq`` applied and keeps its answer for a resending client."""
         self.last_seq = seq
         self.last_used = time.monotonic()
-        if keep:
-            self.replies[seq] = reply
+        if keep and reply is not None:
+            self.replies[seq] = (kind, reply)
             while len(self.replies) > keep:
                 self.replies.popitem(last=False)
 
-    def cached_reply(self, seq: int) -> Any | None:
-        return self.replies.get(seq)
+    def cached_reply(self, seq: int, kind: ReplyKind) -> Message | None:
+        """The answer kept for ``seq`` if it answered a request of ``kind`` (a seq may have been another)."""
+        cached = self.replies.get(seq)
+        return cached[1] if cached is not None and cached[0] is kind else None
 
 
 class SessionStore:
@@ -105,14 +126,27 @@ class SessionStore:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    def open(self, model: str, version: str, owner: str, options: ResolvedOptions, restore: bytes = b"") -> Session:
-        """A new session of ``model``: from its initial state, or from a snapshot blob."""
+    def open(
+        self,
+        model: str,
+        version: str,
+        owner: str,
+        options: ResolvedOptions,
+        restore: bytes = b"",
+        initial: dict[str, np.ndarray] | None = None,
+    ) -> Session:
+        """A new session of ``model``: from zeros, from ``initial`` (the init graph's rows), or a snapshot blob."""
         runtime = self.runtimes.get(model, version)
         snapshot = self.sealer.open(restore, runtime.model.manifest) if restore else None
         session = self._admit(runtime, owner, options)
+        if initial is not None:
+            runtime.slabs.write_row(session.row, initial)
+            session.initial = initial
         if snapshot is not None:
             runtime.slabs.write_row(session.row, snapshot.state)
             session.last_seq = snapshot.last_seq
+            if runtime.model.manifest.init is not None:  # a reset returns to what the init graph made
+                session.initial = snapshot.state
         return session
 
     def fork(self, parent: Session) -> Session:
@@ -121,14 +155,28 @@ class SessionStore:
         parent.runtime.slabs.copy_row(parent.row, child.row)
         child.last_seq = parent.last_seq
         child.scratch = {name: value.copy() for name, value in parent.scratch.items()}
+        child.initial = parent.initial
         child.detached_at = time.monotonic()
         return child
 
     def reset(self, session: Session) -> None:
-        session.runtime.slabs.write_row(
-            session.row, {s.input: np.zeros(s.shape, s.np_dtype) for s in session.runtime.model.manifest.state}
-        )
+        """Back to the session's initial row: zeros, or what the init graph made when it opened."""
+        if session.initial is not None:
+            session.runtime.slabs.write_row(session.row, session.initial)
+        else:
+            session.runtime.slabs.write_row(
+                session.row, {s.input: np.zeros(s.shape, s.np_dtype) for s in session.runtime.model.manifest.rows}
+            )
         session.scratch.clear()
+
+    def checkpoint(self, session: Session) -> Checkpoint:
+        """The session's row and scratch, before a server-side loop (the one rollback path)."""
+        return Checkpoint(session.runtime.slabs.read_row(session.row), dict(session.scratch))
+
+    def rollback(self, session: Session, checkpoint: Checkpoint) -> None:
+        """Puts a session back as it was at ``checkpoint``: its loop did not finish, so its seq stays unapplied."""
+        session.runtime.slabs.write_row(session.row, checkpoint.rows)
+        session.scratch = dict(checkpoint.scratch)
 
     def snapshot(self, session: Session) -> bytes:
         state = session.runtime.slabs.read_row(session.row)

@@ -58,6 +58,10 @@ class Settings:
     idle_timeout_s: float = field(default=3600.0, metadata={"help": "a session unused this long is closed"})
     max_chunk: int = field(default=4096, metadata={"help": "most time steps in one Step message"})
     max_generate_tokens: int = field(default=4096, metadata={"help": "most tokens one Generate may ask for"})
+    max_run_steps: int = field(default=1024, metadata={"help": "most model steps one server-side Run may take"})
+    max_init_bytes: int = field(
+        default=1024 * 1024, metadata={"help": "largest init payload (tensors or encoded bytes) an open may carry"}
+    )
     max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
     max_streams: int = field(default=10_000, metadata={"help": "concurrent streams the server accepts"})
     evict_detached: bool = field(
@@ -102,6 +106,8 @@ class Settings:
             "max_sessions_per_caller",
             "max_chunk",
             "max_generate_tokens",
+            "max_run_steps",
+            "max_init_bytes",
             "max_streams",
         ):
             if getattr(self, name) < 1:

@@ -18,31 +18,33 @@ slab size and batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from service.contract import StateSpec
+from service.contract import RowSpec
 
 #: Opset of the graphs: ScatterND without reduction, Pad taking ``pads`` as an input.
 OPSET = 18
 ROWS = "rows"
 
 
-def slab_input(spec: StateSpec) -> str:
+def slab_input(spec: RowSpec) -> str:
     return f"slab.{spec.input}"
 
 
-def rows_output(spec: StateSpec) -> str:
+def rows_output(spec: RowSpec) -> str:
     """Gather's result, and scatter's update input, for one state tensor."""
     return f"rows.{spec.input}"
 
 
-def slab_output(spec: StateSpec) -> str:
+def slab_output(spec: RowSpec) -> str:
     return f"new.{spec.input}"
 
 
-def _tensor(name: str, spec: StateSpec, leading: str) -> onnx.ValueInfoProto:
+def _tensor(name: str, spec: RowSpec, leading: str) -> onnx.ValueInfoProto:
     element = helper.np_dtype_to_tensor_dtype(np.dtype(spec.np_dtype))
     return helper.make_tensor_value_info(name, element, [leading, *spec.shape])
 
@@ -57,7 +59,7 @@ def _model(
     return model.SerializeToString()
 
 
-def gather_graph(specs: tuple[StateSpec, ...]) -> bytes:
+def gather_graph(specs: Sequence[RowSpec]) -> bytes:
     """Inputs: each slab ``[capacity, *shape]`` and ``rows`` (int64 ``[B]``); outputs: ``[B, *shape]`` each."""
     nodes = [helper.make_node("Gather", [slab_input(s), ROWS], [rows_output(s)], axis=0) for s in specs]
     inputs = [_tensor(slab_input(s), s, "capacity") for s in specs]
@@ -65,7 +67,7 @@ def gather_graph(specs: tuple[StateSpec, ...]) -> bytes:
     return _model("slab_gather", nodes, inputs, [_tensor(rows_output(s), s, "batch") for s in specs])
 
 
-def scatter_graph(specs: tuple[StateSpec, ...]) -> bytes:
+def scatter_graph(specs: Sequence[RowSpec]) -> bytes:
     """Inputs: each slab, ``rows`` (int64 ``[B, 1]``) and each new state ``[B, *shape]``; outputs: each slab."""
     nodes = [helper.make_node("ScatterND", [slab_input(s), ROWS, rows_output(s)], [slab_output(s)]) for s in specs]
     inputs = [_tensor(slab_input(s), s, "capacity") for s in specs]
@@ -74,11 +76,11 @@ def scatter_graph(specs: tuple[StateSpec, ...]) -> bytes:
     return _model("slab_scatter", nodes, inputs, [_tensor(slab_output(s), s, "capacity") for s in specs])
 
 
-def pads_input(spec: StateSpec) -> str:
+def pads_input(spec: RowSpec) -> str:
     return f"pads.{spec.input}"
 
 
-def grow_graph(specs: tuple[StateSpec, ...]) -> bytes:
+def grow_graph(specs: Sequence[RowSpec]) -> bytes:
     """Inputs: each slab and its ``pads`` (int64 ``[2 * rank]``); outputs: each slab, zero-padded."""
     nodes = [helper.make_node("Pad", [slab_input(s), pads_input(s)], [slab_output(s)], mode="constant") for s in specs]
     inputs = [_tensor(slab_input(s), s, "capacity") for s in specs]
@@ -88,7 +90,7 @@ def grow_graph(specs: tuple[StateSpec, ...]) -> bytes:
     return _model("slab_grow", nodes, inputs, [_tensor(slab_output(s), s, "grown") for s in specs])
 
 
-def grow_pads(spec: StateSpec, extra_rows: int) -> np.ndarray:
+def grow_pads(spec: RowSpec, extra_rows: int) -> np.ndarray:
     """Pad's ``pads`` for adding ``extra_rows`` zero rows at the end of axis 0 of a slab."""
     rank = 1 + len(spec.shape)
     pads = np.zeros(2 * rank, dtype=np.int64)

@@ -10,8 +10,13 @@ resident memory follows the rows in use, not its capacity.
 All methods run on the event loop thread (the scheduler gathers before and scatters after the
 ONNX Runtime call), so growing a slab can never race a batch in flight.
 
+A model's context tensors (per-session, read-only step inputs made by its init graph) are rows
+in the same slabs: gathered into every batch like the state, never scattered back, and carried by
+fork, snapshot and restore because those move whole rows.
+
 ``Slabs`` is the contract the scheduler and the sessions use; ``StateSlabs`` keeps rows in host
-memory, ``service.device_slabs.DeviceSlabs`` in an execution provider's (the GPU's) memory.
+memory, ``service.device_slabs.DeviceSlabs`` in an execution provider's (the GPU's) memory. Both
+hand out rows through one ``RowAllocator``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,42 @@ from typing import Protocol
 import numpy as np
 
 from service.buffers import StateBuffer, host
-from service.contract import StateSpec
+from service.contract import ContextSpec, RowSpec, StateSpec
+
+
+class RowAllocator:
+    """Which rows of a model's slabs are free: one free list for host and device slabs alike.
+
+    Rows are handed out lowest first, so a slab's used rows stay packed at its start.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"slab capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self.rows_in_use = 0
+
+    @property
+    def full(self) -> bool:
+        return not self._free
+
+    def take(self) -> int:
+        """A free row; the caller grows its slabs first when ``full``."""
+        row = self._free.pop()
+        self.rows_in_use += 1
+        return row
+
+    def give_back(self, row: int) -> None:
+        self._free.append(row)
+        self.rows_in_use -= 1
+
+    def doubled(self) -> int:
+        """Doubles the capacity (the slabs have grown); returns the old capacity."""
+        old = self.capacity
+        self.capacity = old * 2
+        self._free.extend(range(self.capacity - 1, old - 1, -1))
+        return old
 
 
 class Slabs(Protocol):
@@ -31,12 +71,16 @@ class Slabs(Protocol):
     ``gather``/``scatter`` move a batch's rows to and from a call's state buffers (``[B, *shape]``
     per state input name); the ``_row`` variants are the batch-1 direct path; ``read_row`` /
     ``write_row`` / ``copy_row`` are the rare row operations (snapshot, restore, reset, fork),
-    always through host arrays of one row's shape.
+    always through host arrays of one row's shape, and move whole rows: state and context.
+    ``gather`` fills the state and context inputs; ``scatter`` writes the state only.
     """
 
-    specs: tuple[StateSpec, ...]
-    capacity: int
-    rows_in_use: int
+    specs: tuple[RowSpec, ...]
+
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def rows_in_use(self) -> int: ...
 
     @property
     def nbytes(self) -> int: ...
@@ -54,16 +98,24 @@ class Slabs(Protocol):
 
 
 class StateSlabs:
-    """The state rows of all sessions of one model."""
+    """The state (and context) rows of all sessions of one model."""
 
-    def __init__(self, specs: tuple[StateSpec, ...], capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"slab capacity must be >= 1, got {capacity}")
-        self.specs = specs
-        self.capacity = capacity
-        self.arrays: dict[str, np.ndarray] = {s.input: np.zeros((capacity, *s.shape), dtype=s.np_dtype) for s in specs}
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
-        self.rows_in_use = 0
+    def __init__(self, state: tuple[StateSpec, ...], capacity: int, context: tuple[ContextSpec, ...] = ()) -> None:
+        self.rows = RowAllocator(capacity)
+        self.specs: tuple[RowSpec, ...] = (*state, *context)
+        self.arrays: dict[str, np.ndarray] = {
+            s.input: np.zeros((capacity, *s.shape), dtype=s.np_dtype) for s in self.specs
+        }
+        #: The slabs a step writes back: the state's, never the context's.
+        self._written = [(s.input, self.arrays[s.input]) for s in state]
+
+    @property
+    def capacity(self) -> int:
+        return self.rows.capacity
+
+    @property
+    def rows_in_use(self) -> int:
+        return self.rows.rows_in_use
 
     @property
     def nbytes(self) -> int:
@@ -77,29 +129,26 @@ class StateSlabs:
 
     def allocate(self) -> int:
         """A zeroed row for a new session; grows the slabs when none is free."""
-        if not self._free:
+        if self.rows.full:
             self._grow()
-        row = self._free.pop()
+        row = self.rows.take()
         for array in self.arrays.values():
             array[row] = 0
-        self.rows_in_use += 1
         return row
 
     def release(self, row: int) -> None:
-        self._free.append(row)
-        self.rows_in_use -= 1
+        self.rows.give_back(row)
 
     def _grow(self) -> None:
-        old = self.capacity
-        self.capacity = old * 2
+        old = self.rows.doubled()
         for name, array in self.arrays.items():
             grown = np.zeros((self.capacity, *array.shape[1:]), dtype=array.dtype)
             grown[:old] = array
             self.arrays[name] = grown
-        self._free.extend(range(self.capacity - 1, old - 1, -1))
+        self._written = [(name, self.arrays[name]) for name, _ in self._written]
 
     def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None:
-        """The state of ``rows`` into ``out`` (the host buffers bound to the ONNX Runtime call).
+        """The state and context of ``rows`` into ``out`` (the host buffers bound to the ONNX Runtime call).
 
         ``[len(rows), *shape]`` each; nothing is allocated.
         """
@@ -115,14 +164,14 @@ class StateSlabs:
 
     def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None:
         """Writes the new state of ``rows`` (``state`` keyed by state *input* name, ``[len(rows), *shape]``)."""
-        for name, array in self.arrays.items():
+        for name, array in self._written:
             # Row-major 2-D views: numpy's fancy assignment is ~20 % faster than on [N, *shape].
             flat = array.reshape(len(array), -1)
             flat[rows] = host(state[name]).reshape(len(rows), -1)
 
     def scatter_row(self, row: int, state: Mapping[str, StateBuffer]) -> None:
         """Writes ``state[name][0]`` as the new state of one session."""
-        for name, array in self.arrays.items():
+        for name, array in self._written:
             array[row] = host(state[name])[0]
 
     def read_row(self, row: int) -> dict[str, np.ndarray]:
@@ -130,6 +179,7 @@ class StateSlabs:
         return {name: array[row].copy() for name, array in self.arrays.items()}
 
     def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        """Sets one session's whole row (state and context) from host arrays: a restore, a reset."""
         for name, array in self.arrays.items():
             array[row] = state[name]
 

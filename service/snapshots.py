@@ -56,7 +56,7 @@ class Sealer:
 
     def seal(self, manifest: Manifest, last_seq: int, state: dict[str, np.ndarray]) -> bytes:
         tensors, chunks, offset = [], [], 0
-        for spec in manifest.state:
+        for spec in manifest.rows:
             data = np.ascontiguousarray(state[spec.input], dtype=np.dtype(spec.np_dtype).newbyteorder("<")).tobytes()
             tensors.append({"name": spec.input, "dtype": spec.dtype, "shape": list(spec.shape), "offset": offset})
             chunks.append(data)
@@ -92,7 +92,7 @@ class Sealer:
         data = body[_PREFIX.size + header_len :]
         state: dict[str, np.ndarray] = {}
         by_name = {t["name"]: t for t in header.get("tensors", [])}
-        for spec in manifest.state:
+        for spec in manifest.rows:
             entry = by_name.get(spec.input)
             if entry is None or entry["dtype"] != spec.dtype or tuple(entry["shape"]) != spec.shape:
                 raise FailedPrecondition(f"snapshot state {spec.input!r} does not match the model's state tensors")

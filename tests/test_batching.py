@@ -318,7 +318,7 @@ def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
     for row in rows:  # give every session some state first
         recorder.slabs.write_row(row, {s.input: np.full(s.shape, 0.25, s.np_dtype) for s in tiny_model.manifest.state})
     before = all_state(recorder.slabs, rows)
-    from service import registry
+    from service import calls as registry
 
     def broken_run(self: registry.BatchCall) -> None:
         raise RuntimeError("ORT failed")
@@ -341,7 +341,7 @@ def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
     rows = [recorder.slabs.allocate() for _ in range(6)]
     poisoned = rows[2]
     before = recorder.slabs.read_row(poisoned)
-    from service import registry
+    from service import calls as registry
 
     poison = int(_ids(offline_lm, "z")[0])
     real_run = registry.BatchCall.run
@@ -369,7 +369,7 @@ def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
     recorder = Recorder(tiny_model, memory=memory)
     row = recorder.slabs.allocate()
     before = recorder.slabs.read_row(row)
-    from service import registry
+    from service import calls as registry
 
     monkeypatch.setattr(registry.BatchCall, "run", lambda self: (_ for _ in ()).throw(RuntimeError("ORT failed")))
     (out,) = _run_jobs(recorder, [(row, _ids(offline_lm, "q"))])
@@ -524,7 +524,7 @@ def test_cached_labels_return_the_same_child() -> None:
 def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
     tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
-    from service.drivers.predict import RANKED_IDS, RANKED_PROBS, ranked_logits
+    from service.drivers.language import RANKED_IDS, RANKED_PROBS, ranked_logits
 
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(4)]

@@ -230,7 +230,7 @@ def test_known_fields_encoded_longer_than_protobuf_would_are_accepted(server: Se
 def test_a_model_failure_is_an_in_stream_internal_error_and_the_session_goes_on(
     server: ServerThread, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service import registry
+    from service import calls as registry
 
     poison = offline_lm.vocab["z"]
     real_run = registry.BatchCall.run

@@ -120,7 +120,9 @@ def test_a_generation_cancelled_while_its_step_waits_leaves_the_state_as_it_was(
         before = session.runtime.slabs.read_row(session.row)
 
         async def consume() -> None:
-            async for _ in server.sessions._generate(session, pb.Generate(seq=2, max_tokens=5, seed=1)):
+            async for _ in server.sessions._loop(
+                session, pb.SessionRequest(generate=pb.Generate(seq=2, max_tokens=5, seed=1)), "generate"
+            ):
                 pass
 
         other = server.store.open("char_lm", "1", "anonymous", ResolvedOptions(), b"")

@@ -61,7 +61,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "description", "inputs", "outputs", "state", "state_bytes", "vocabulary_size", "scores", "active_sessions")
+    __slots__ = ("name", "version", "task", "description", "inputs", "outputs", "state", "state_bytes", "vocabulary_size", "scores", "active_sessions", "task_info", "context", "init_inputs")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,9 @@ class ModelInfo(_message.Message):
     VOCABULARY_SIZE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    TASK_INFO_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    INIT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     task: str
@@ -91,19 +94,60 @@ class ModelInfo(_message.Message):
     vocabulary_size: int
     scores: _containers.ScalarMap[str, float]
     active_sessions: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state_bytes: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., active_sessions: _Optional[int] = ...) -> None: ...
+    task_info: TaskInfo
+    context: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    init_inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state_bytes: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., active_sessions: _Optional[int] = ..., task_info: _Optional[_Union[TaskInfo, _Mapping]] = ..., context: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., init_inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("sends", "returns", "generates", "run", "run_options", "run_moves_state", "init")
+    SENDS_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    GENERATES_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    RUN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    RUN_MOVES_STATE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    sends: str
+    returns: str
+    generates: bool
+    run: str
+    run_options: _containers.RepeatedCompositeFieldContainer[RunOption]
+    run_moves_state: bool
+    init: str
+    def __init__(self, sends: _Optional[str] = ..., returns: _Optional[str] = ..., generates: _Optional[bool] = ..., run: _Optional[str] = ..., run_options: _Optional[_Iterable[_Union[RunOption, _Mapping]]] = ..., run_moves_state: _Optional[bool] = ..., init: _Optional[str] = ...) -> None: ...
+
+class RunOption(_message.Message):
+    __slots__ = ("name", "default", "doc")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    default: float
+    doc: str
+    def __init__(self, name: _Optional[str] = ..., default: _Optional[float] = ..., doc: _Optional[str] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("model", "version", "options", "restore")
+    __slots__ = ("model", "version", "options", "restore", "init")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     options: SessionOptions
     restore: bytes
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[SessionOptions, _Mapping]] = ..., restore: _Optional[bytes] = ...) -> None: ...
+    init: InitPayload
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., options: _Optional[_Union[SessionOptions, _Mapping]] = ..., restore: _Optional[bytes] = ..., init: _Optional[_Union[InitPayload, _Mapping]] = ...) -> None: ...
+
+class InitPayload(_message.Message):
+    __slots__ = ("tensors", "data")
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    data: bytes
+    def __init__(self, tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SessionOptions(_message.Message):
     __slots__ = ("top_k", "return_tensors")
@@ -175,6 +219,51 @@ class Generate(_message.Message):
     seed: int
     def __init__(self, seq: _Optional[int] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class Run(_message.Message):
+    __slots__ = ("seq", "tensors", "max_steps", "options", "seed")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    tensors: TensorInput
+    max_steps: int
+    options: _containers.ScalarMap[str, float]
+    seed: int
+    def __init__(self, seq: _Optional[int] = ..., tensors: _Optional[_Union[TensorInput, _Mapping]] = ..., max_steps: _Optional[int] = ..., options: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class RunOutput(_message.Message):
+    __slots__ = ("seq", "index", "output")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    index: int
+    output: StepOutput
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., output: _Optional[_Union[StepOutput, _Mapping]] = ...) -> None: ...
+
+class RunDone(_message.Message):
+    __slots__ = ("seq", "steps", "stop_reason", "seed", "duplicate")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    steps: int
+    stop_reason: str
+    seed: int
+    duplicate: bool
+    def __init__(self, seq: _Optional[int] = ..., steps: _Optional[int] = ..., stop_reason: _Optional[str] = ..., seed: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
 class Close(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -194,7 +283,7 @@ class SnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("open", "attach", "step", "generate", "close", "fork", "reset", "snapshot")
+    __slots__ = ("open", "attach", "step", "generate", "close", "fork", "reset", "snapshot", "run")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ATTACH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +292,7 @@ class SessionRequest(_message.Message):
     FORK_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     attach: AttachSession
     step: Step
@@ -211,7 +301,8 @@ class SessionRequest(_message.Message):
     fork: Fork
     reset: Reset
     snapshot: SnapshotRequest
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., attach: _Optional[_Union[AttachSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., fork: _Optional[_Union[Fork, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
+    run: Run
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., attach: _Optional[_Union[AttachSession, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., generate: _Optional[_Union[Generate, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., fork: _Optional[_Union[Fork, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class TokenProb(_message.Message):
     __slots__ = ("id", "token", "prob")
@@ -224,14 +315,16 @@ class TokenProb(_message.Message):
     def __init__(self, id: _Optional[int] = ..., token: _Optional[str] = ..., prob: _Optional[float] = ...) -> None: ...
 
 class StepOutput(_message.Message):
-    __slots__ = ("input", "top", "tensors")
+    __slots__ = ("input", "top", "tensors", "label")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     input: str
     top: _containers.RepeatedCompositeFieldContainer[TokenProb]
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, input: _Optional[str] = ..., top: _Optional[_Iterable[_Union[TokenProb, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    label: str
+    def __init__(self, input: _Optional[str] = ..., top: _Optional[_Iterable[_Union[TokenProb, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., label: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("seq", "outputs", "duplicate")
@@ -320,7 +413,7 @@ class Snapshot(_message.Message):
     def __init__(self, blob: _Optional[bytes] = ..., last_applied_seq: _Optional[int] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("opened", "result", "token", "generated", "error", "closed", "forked", "reset", "snapshot")
+    __slots__ = ("opened", "result", "token", "generated", "error", "closed", "forked", "reset", "snapshot", "run_output", "run_done")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +423,8 @@ class SessionResponse(_message.Message):
     FORKED_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    RUN_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RUN_DONE_FIELD_NUMBER: _ClassVar[int]
     opened: SessionOpened
     result: StepResult
     token: Token
@@ -339,7 +434,9 @@ class SessionResponse(_message.Message):
     forked: Forked
     reset: ResetDone
     snapshot: Snapshot
-    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., generated: _Optional[_Union[GenerateDone, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., closed: _Optional[_Union[Closed, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., reset: _Optional[_Union[ResetDone, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+    run_output: RunOutput
+    run_done: RunDone
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., generated: _Optional[_Union[GenerateDone, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., closed: _Optional[_Union[Closed, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., reset: _Optional[_Union[ResetDone, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., run_output: _Optional[_Union[RunOutput, _Mapping]] = ..., run_done: _Optional[_Union[RunDone, _Mapping]] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ("session_id", "step")

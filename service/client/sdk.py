@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +23,8 @@ from service.tensors import to_proto
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: Responses that a request's answer streams before its last one (Generate's tokens, Run's steps).
+STREAMED = ("token", "run_output")
 
 
 class StepFailed(Exception):
@@ -145,7 +147,7 @@ class AsyncSession:
                     if seen > yielded:
                         yielded += 1
                         yield response
-                    if response.WhichOneof("response") != "token":
+                    if response.WhichOneof("response") not in STREAMED:
                         return
             except (grpc.aio.AioRpcError, StreamBroken, asyncio.InvalidStateError) as exc:
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in RETRYABLE:
@@ -219,6 +221,39 @@ class AsyncSession:
                     )
                 self.last_seq = seq
                 yield done
+                return
+
+    async def run(
+        self,
+        max_steps: int,
+        *,
+        options: Mapping[str, float] | None = None,
+        tensors: dict[str, np.ndarray] | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[pb.RunOutput | pb.RunDone]:
+        """Streams each step of a server-side Run (the model's task says what it does), then the RunDone.
+
+        Without a seed the SDK draws one, so a run resumed after a broken stream (rolled back by
+        the server, then sent again) replays the same steps; those already yielded are skipped.
+        """
+        seq = self.last_seq + 1
+        request = pb.Run(
+            seq=seq,
+            max_steps=max_steps,
+            options=dict(options or {}),
+            seed=secrets.randbits(63) if seed is None else seed,
+        )
+        if tensors:
+            request.tensors.CopyFrom(make_step(seq, tensors=tensors).tensors)
+        async for response in self._exchange(pb.SessionRequest(run=request)):
+            kind = response.WhichOneof("response")
+            if kind == "error":
+                raise StepFailed(response.error)
+            if kind == "run_output":
+                yield response.run_output
+            elif kind == "run_done":
+                self.last_seq = seq
+                yield response.run_done
                 return
 
     async def fork(self) -> str:
@@ -306,14 +341,21 @@ class AsyncClient:
         top_k: int = 0,
         return_tensors: Sequence[str] = (),
         restore: bytes = b"",
+        init: Mapping[str, np.ndarray] | bytes | None = None,
         resume_timeout_s: float = 30.0,
     ) -> AsyncSession:
         """Opens a session (from a snapshot blob if ``restore`` is given).
 
-        Raises grpc.aio.AioRpcError (e.g. NOT_FOUND) if the server refuses.
+        ``init`` is the payload of a model with an init graph: its init tensors by name, or
+        encoded bytes (an image) for a task that decodes them. Raises grpc.aio.AioRpcError
+        (e.g. NOT_FOUND) if the server refuses.
         """
         options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
         request = pb.OpenSession(model=model, version=version, options=options, restore=restore)
+        if isinstance(init, bytes):
+            request.init.data = init
+        elif init is not None:
+            request.init.tensors.extend(to_proto(name, np.asarray(value)) for name, value in init.items())
         return await self._start(pb.SessionRequest(open=request), resume_timeout_s)
 
     async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0) -> AsyncSession:
@@ -402,6 +444,14 @@ class SyncSession:
     @property
     def last_seq(self) -> int:
         return self.session.last_seq
+
+    def run(self, max_steps: int, **kwargs: Any) -> Iterator[pb.RunOutput | pb.RunDone]:
+        stream = self.session.run(max_steps, **kwargs)
+        while True:
+            try:
+                yield self._client._call(_next(stream))
+            except StopAsyncIteration:
+                return
 
     def fork(self) -> str:
         return self._client._call(self.session.fork())

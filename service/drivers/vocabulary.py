@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
-from service.contract import Manifest
 from service.errors import InvalidArgument
 
 
@@ -50,24 +47,3 @@ class Vocabulary:
 
     def decode(self, token_id: int) -> str:
         return self.tokens[token_id]
-
-
-@cache
-def _vocabulary(tokens: tuple[str, ...]) -> Vocabulary:
-    return Vocabulary(list(tokens))
-
-
-#: Manifest identity → (manifest, vocabulary). A step asks several times; hashing a manifest (or
-#: its token tuple) each time cost ~0.8 µs a call. The manifest is kept, so its id stays unique.
-_BY_MANIFEST: dict[int, tuple[Manifest, Vocabulary | None]] = {}
-
-
-def vocabulary_of(manifest: Manifest) -> Vocabulary | None:
-    """The model's vocabulary, or None for a model whose inputs are not tokens."""
-    known = _BY_MANIFEST.get(id(manifest))
-    if known is not None and known[0] is manifest:
-        return known[1]
-    tokens = manifest.vocabulary
-    vocab = _vocabulary(tuple(tokens)) if tokens else None
-    _BY_MANIFEST[id(manifest)] = (manifest, vocab)
-    return vocab

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
-from service.drivers.vocabulary import vocabulary_of
 from service.errors import InvalidArgument, StatestreamError
 from service.runtime import ModelRuntime, Runtimes
 from service.servicers.wire import Context, Malformed
@@ -13,7 +12,7 @@ from service.tensors import proto_dtype
 
 def model_info(runtime: ModelRuntime) -> pb.ModelInfo:
     manifest = runtime.model.manifest
-    vocab = vocabulary_of(manifest)
+    init_inputs = manifest.init.inputs if manifest.init is not None else ()
     return pb.ModelInfo(
         name=manifest.name,
         version=manifest.version,
@@ -29,9 +28,16 @@ def model_info(runtime: ModelRuntime) -> pb.ModelInfo:
             pb.TensorInfo(name=s.input, dtype=proto_dtype(s.dtype), shape=s.shape, doc=s.doc) for s in manifest.state
         ],
         state_bytes=manifest.state_bytes,
-        vocabulary_size=len(vocab) if vocab is not None else 0,
+        vocabulary_size=runtime.driver.vocabulary_size,
         scores=manifest.scores,
         active_sessions=runtime.slabs.rows_in_use,
+        task_info=runtime.driver.task_info(),
+        context=[
+            pb.TensorInfo(name=c.name, dtype=proto_dtype(c.dtype), shape=c.shape, doc=c.doc) for c in manifest.context
+        ],
+        init_inputs=[
+            pb.TensorInfo(name=t.name, dtype=proto_dtype(t.dtype), shape=t.shape, doc=t.doc) for t in init_inputs
+        ],
     )
 
 

@@ -13,25 +13,14 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
-
-from google.protobuf.message import Message
+from typing import TypeVar, cast
 
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
-from service.drivers.generate import check_generate, generate, resolve_seed
-from service.drivers.predict import (
-    Arrays,
-    StepInputs,
-    answer_bytes_bound,
-    build_result,
-    decode_step,
-    finish_step,
-    start_step,
-)
-from service.drivers.vocabulary import vocabulary_of
+from service.drivers import bounds
+from service.drivers.loops import Loop, LoopContext
+from service.drivers.steps import Arrays, StepInputs, finish_step, start_step
 from service.errors import (
-    MAX_MESSAGE_CHARS,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -41,7 +30,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.servicers.wire import Context, Malformed
-from service.sessions import ResolvedOptions, SeqCheck, SessionStore
+from service.sessions import ReplyKind, SeqCheck, SessionStore
 from service.sessions import Session as SessionState
 from service.settings import Settings
 
@@ -49,33 +38,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def error_bytes_bound(request: Message) -> int:
-    """An upper bound of an encoded Error answering ``request``.
-
-    A message is at most errors.MAX_MESSAGE_CHARS characters of fixed text plus what it quotes of
-    the request (a name, a character: repr() at most quadruples a byte); 4 UTF-8 bytes a character.
-    """
-    return 64 + min(4 * MAX_MESSAGE_CHARS, 4 * 256 + 4 * request.ByteSize())
-
-
 def error_message(seq: int, error: StatestreamError) -> pb.Error:
     return pb.Error(seq=seq, code=status_number(error.code), code_name=error.code.name, message=error.message)
 
 
-def resolve_options(
-    session_model: str, options: pb.SessionOptions, store: SessionStore, version: str
-) -> ResolvedOptions:
-    """Fills in defaults and checks the options against the model before a session exists."""
-    manifest = store.runtimes.get(session_model, version).model.manifest
-    vocab = vocabulary_of(manifest)
-    top_k = options.top_k or 5
-    if vocab is not None and top_k > len(vocab):
-        raise InvalidArgument(f"top_k {top_k} exceeds the vocabulary size {len(vocab)}")
-    outputs = {t.name for t in manifest.outputs}
-    unknown = sorted(set(options.return_tensors) - outputs)
-    if unknown:
-        raise InvalidArgument(f"return_tensors names unknown output(s) {unknown}; the model has {sorted(outputs)}")
-    return ResolvedOptions(top_k=top_k if vocab is not None else 0, return_tensors=tuple(options.return_tensors))
+#: The server-side loops by request field: the kind of their cached answer, and the
+#: SessionResponse field that carries their final answer.
+LOOP_REPLIES = {
+    "generate": (ReplyKind.GENERATE, "generated"),
+    "run": (ReplyKind.RUN, "run_done"),
+}
 
 
 class SessionServicer:
@@ -84,6 +56,7 @@ class SessionServicer:
         self.settings = settings
         self.metrics = metrics
         self.auth = auth
+        self.limits = bounds.Limits.from_settings(settings)
         self.open_streams = 0
 
     def _enter_stream(self) -> None:
@@ -93,13 +66,19 @@ class SessionServicer:
 
     # -- opening -------------------------------------------------------------------------
 
-    def _open(self, request: pb.OpenSession, caller: str) -> SessionState:
+    async def _open(self, request: pb.OpenSession, caller: str) -> SessionState:
+        """Checks everything (options, the init payload) before running the init graph and opening."""
         if not self.store.accepting:
             raise Unavailable("the server is draining and opens no new sessions")
         if not request.model:
             raise InvalidArgument("open: model is required")
-        options = resolve_options(request.model, request.options, self.store, request.version)
-        return self.store.open(request.model, request.version, caller, options, request.restore)
+        runtime = self.store.runtimes.get(request.model, request.version)
+        options = runtime.driver.resolve_options(request.options)
+        feed = runtime.driver.decode_init(request.init, self.settings.max_init_bytes, bool(request.restore))
+        initial = await runtime.initial_rows(feed) if feed is not None else None
+        if not self.store.accepting:  # the server began to drain while the init graph ran
+            raise Unavailable("the server is draining and opens no new sessions")
+        return self.store.open(request.model, request.version, caller, options, request.restore, initial)
 
     @staticmethod
     def _opened(session: SessionState) -> pb.SessionOpened:
@@ -122,7 +101,7 @@ class SessionServicer:
 
     async def CreateSession(self, request: pb.OpenSession | Malformed, context: Context) -> pb.SessionOpened:
         async def create() -> pb.SessionOpened:
-            return self._opened(self._open(checked(request), self.auth.caller(context)))
+            return self._opened(await self._open(checked(request), self.auth.caller(context)))
 
         return await self._guard(context, create)
 
@@ -183,7 +162,7 @@ class SessionServicer:
             self._enter_stream()
             try:
                 session = (
-                    self._open(request.open, caller)
+                    await self._open(request.open, caller)
                     if kind == "open"
                     else self.store.get(request.attach.session_id, caller)
                 )
@@ -216,8 +195,8 @@ class SessionServicer:
         self.metrics.requests.labels(name, kind).inc()
         try:
             request = checked(request)
-            if kind == "generate":
-                async for response in self._generate(session, request.generate):
+            if kind in LOOP_REPLIES:
+                async for response in self._loop(session, request, kind):
                     yield response
             elif kind == "close":
                 await self.store.close(session)
@@ -242,7 +221,7 @@ class SessionServicer:
                     f"{kind}: this stream already holds session {session.id[:8]}…; open another stream"
                 )
             else:
-                raise InvalidArgument("empty message: set one of step, generate, fork, reset, snapshot or close")
+                raise InvalidArgument("empty message: set one of step, generate, run, fork, reset, snapshot or close")
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
@@ -266,7 +245,7 @@ class SessionServicer:
                 raise FailedPrecondition("the session is closed")
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return _duplicate_result(session, step.seq)
-            decoded = decode_step(session.runtime.model.manifest, step, self.settings.max_chunk)
+            decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
             future = start_step(session, decoded)
             started = True
@@ -293,7 +272,7 @@ class SessionServicer:
     ) -> pb.StepResult:
         """The answer of a finished step, recorded with its seq; a failed step records nothing."""
         outputs = finish_step(session, future)
-        result = build_result(session, step, decoded, outputs)
+        result = session.runtime.driver.build_result(session, step, decoded, outputs)
         session.record(step.seq, result, self.settings.reply_cache)
         return result
 
@@ -312,14 +291,11 @@ class SessionServicer:
 
     def _check_answer_fits(self, session: SessionState, steps: int) -> None:
         """Refuses (before anything runs) a step whose answer could exceed max_message_bytes."""
-        bound = answer_bytes_bound(session, steps)
-        if bound > self.settings.max_message_bytes:
-            raise ResourceExhausted(
-                "max_message_bytes",
-                self.settings.max_message_bytes,
-                f"the answer to {steps} step(s) could reach {bound} bytes; send fewer steps, set last_only, "
-                "or return fewer tensors",
-            )
+        self.limits.check_fits(
+            session.runtime.driver.answer_bytes_bound(session.options, steps),
+            f"{steps} step(s)",
+            "send fewer steps, set last_only, or return fewer tensors",
+        )
 
     async def _fork(self, session: SessionState) -> pb.Forked:
         async with session.lock:
@@ -333,45 +309,50 @@ class SessionServicer:
             if session.check_seq(seq) is SeqCheck.DUPLICATE:
                 return pb.ResetDone(seq=seq, duplicate=True)
             self.store.reset(session)
-            session.record(seq, None, 0)
+            session.record(seq, None, 0, ReplyKind.RESET)
         return pb.ResetDone(seq=seq)
 
-    async def _generate(self, session: SessionState, request: pb.Generate) -> AsyncIterator[pb.SessionResponse]:
+    async def _loop(
+        self, session: SessionState, request: pb.SessionRequest, kind: str
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """A server-side loop (Generate, Run), applied entirely or not at all as one seq.
+
+        The driver plans it (every check before anything runs); the session's row is
+        checkpointed, and restored through the session store if the loop does not finish (the
+        stream broke, the server stops), so the seq stays unapplied and a resend runs it again.
+        """
+        reply_kind, reply_field = LOOP_REPLIES[kind]
+        message = getattr(request, kind)
         async with session.lock:
-            if session.check_seq(request.seq) is SeqCheck.DUPLICATE:
-                done = pb.GenerateDone(seq=request.seq)
-                cached = session.cached_reply(request.seq)
-                if isinstance(cached, pb.GenerateDone):  # the seq may have been a Step or a Reset
-                    done.CopyFrom(cached)
-                done.duplicate = True
-                yield pb.SessionResponse(generated=done)
+            if session.check_seq(message.seq) is SeqCheck.DUPLICATE:
+                response = pb.SessionResponse()
+                duplicate = getattr(response, reply_field)  # a GenerateDone or a RunDone
+                duplicate.SetInParent()
+                cached = session.cached_reply(message.seq, reply_kind)
+                if cached is not None:
+                    duplicate.CopyFrom(cached)
+                duplicate.seq, duplicate.duplicate = message.seq, True
+                yield response
                 return
-            plan = check_generate(
-                session,
-                request,
-                max_tokens=self.settings.max_generate_tokens,
-                max_chunk=self.settings.max_chunk,
-                max_message_bytes=self.settings.max_message_bytes,
+            driver = session.runtime.driver
+            loop: Loop = (
+                driver.plan_generate(session, message, self.limits)
+                if kind == "generate"
+                else driver.plan_run(session, message, self.limits)
             )
-            seed = resolve_seed(request)
-            saved_state = session.runtime.slabs.read_row(session.row)
-            saved_scratch = dict(session.scratch)
-            done = pb.GenerateDone(seq=request.seq, seed=seed)
+            checkpoint = self.store.checkpoint(session)
+            context = LoopContext(session)
             try:
-                async for token in generate(session, request, plan, seed):
-                    done.ids.append(token.id)
-                    done.probs.append(token.prob)
-                    done.text += token.text
-                    yield pb.SessionResponse(token=token)
+                async for response in loop.run(context):
+                    yield response
             except BaseException:
-                # Not finished (the stream broke, or the server stops): undo, so the seq stays unapplied
-                # and a resuming client that sends the same Generate (same seed) gets the same tokens.
-                session.runtime.slabs.write_row(session.row, saved_state)
-                session.scratch = saved_scratch
+                self.store.rollback(session, checkpoint)
                 raise
-            done.tokens = len(done.ids)
-            session.record(request.seq, done, self.settings.reply_cache)
-            yield pb.SessionResponse(generated=done)
+            finally:
+                context.release()
+            done = loop.done()
+            session.record(message.seq, getattr(done, reply_field), self.settings.reply_cache, reply_kind)
+            yield done
 
     # -- multiplexing ----------------------------------------------------------------------
 
@@ -414,7 +395,7 @@ class SessionServicer:
         limit = self.settings.max_message_bytes
         bound = 16
         for entry in request.steps:
-            bound += 16 + len(entry.session_id) + error_bytes_bound(entry)
+            bound += 16 + len(entry.session_id) + bounds.error_response(entry)
             step = entry.step
             kind = step.WhichOneof("input")
             claimed = (
@@ -427,10 +408,10 @@ class SessionServicer:
             steps = 1 if step.last_only else max(1, min(claimed, self.settings.max_chunk))
             with contextlib.suppress(StatestreamError):  # not the caller's session: the answer is an error
                 session = self.store.get(entry.session_id, caller)
-                cached = session.cached_reply(step.seq)  # a duplicate is answered with its first answer
+                cached = session.cached_reply(step.seq, ReplyKind.STEP)  # a duplicate gets its first answer
                 bound += max(
-                    answer_bytes_bound(session, steps),
-                    cached.ByteSize() + 32 if isinstance(cached, pb.StepResult) else 0,
+                    session.runtime.driver.answer_bytes_bound(session.options, steps),
+                    cached.ByteSize() + 32 if cached is not None else 0,
                 )
             if bound > limit:
                 return ResourceExhausted(
@@ -463,10 +444,10 @@ def checked(request: T | Malformed) -> T:
 
 
 def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
-    cached = session.cached_reply(seq)
     result = pb.StepResult(seq=seq, duplicate=True)
-    if isinstance(cached, pb.StepResult):  # the seq may have been a Generate or a Reset
-        result.outputs.extend(cached.outputs)
+    cached = session.cached_reply(seq, ReplyKind.STEP)  # the seq may have been a Generate, a Run or a Reset
+    if cached is not None:
+        result.outputs.extend(cast(pb.StepResult, cached).outputs)
     return result
 
 
@@ -477,6 +458,6 @@ def _seq_of(request: pb.SessionRequest | Malformed) -> int:
             return 0
         request = request.parsed
     kind = request.WhichOneof("request")
-    if kind in ("step", "generate", "reset"):
+    if kind in ("step", "generate", "reset", "run"):
         return int(getattr(request, kind).seq)
     return 0
