@@ -26,6 +26,8 @@ What must hold, checked case by case:
   the state with an offline ONNX Runtime run of that history (float32 tolerance 1e-5);
 * the server never applies a step it does not answer (a stream that ends by status is resumed
   and its last applied seq checked);
+* every answer fits the bound its driver computed before running it (``service.drivers.bounds``:
+  the bound that decides whether a request is refused for ``--max-message-bytes``);
 * a bystander session stepping a fixed text alongside gets exactly its solo outputs;
 * afterwards the server still answers health and ListModels, and no session is left open.
 """
@@ -56,6 +58,9 @@ from hypothesis import strategies as st
 from loadtest.servers import ServerProcess, serve_command
 from service.api import statestream_pb2 as pb
 from service.contract import MANIFEST_FILE, Manifest
+from service.drivers import bounds
+from service.drivers.language import LanguageDriver
+from service.tasks import driver_class
 
 T = TypeVar("T")
 
@@ -93,6 +98,11 @@ class Reference:
         self.input = self.manifest.inputs[0]
         self.logits_name = str(self.manifest.decoding.get("logits", "logits"))
         self._names = [self.logits_name, *(s.output for s in self.manifest.state)]
+        #: The server's own driver for this model: the fuzzer checks answers against its bounds.
+        driver = driver_class(self.manifest.task)(self.manifest)
+        if not isinstance(driver, LanguageDriver):
+            raise ValueError(f"{folder}: the fuzzer's reference needs a language model, not {self.manifest.task!r}")
+        self.driver = driver
         self._cache: collections.OrderedDict[tuple[int, ...], tuple[dict[str, np.ndarray], np.ndarray]] = (
             collections.OrderedDict()
         )
@@ -779,6 +789,7 @@ class Fuzzer:
     async def _open_main(self) -> None:
         self.main_call = self.session_raw()
         options = pb.SessionOptions(return_tensors=[self.reference.logits_name])
+        self.main_options = self.reference.driver.resolve_options(options)
         await self.main_call.write(
             pb.SessionRequest(open=pb.OpenSession(model=self.model, options=options)).SerializeToString()
         )
@@ -855,6 +866,7 @@ class Fuzzer:
     ) -> None:
         """Counts the answer and moves the oracle exactly as far as the server says it applied."""
         kind = response.WhichOneof("response")
+        self._check_bound(case, request, response)
         if kind == "error":
             self._count(response.error.code_name, case, response.error.message)
             return
@@ -894,6 +906,23 @@ class Fuzzer:
                 self.main, self.main_call = None, None
         else:
             self.summary.violate(f"unexpected {kind} answer mid-stream: {case.describe()}")
+
+    def _check_bound(self, case: Case, request: pb.SessionRequest | None, response: pb.SessionResponse) -> None:
+        """An answer larger than the bound its driver computed would let a request through the
+        --max-message-bytes check whose answer cannot be sent."""
+        kind = response.WhichOneof("response")
+        size = response.ByteSize()
+        driver = self.reference.driver
+        if kind == "result" and request is not None and not response.result.duplicate:
+            bound = driver.answer_bytes_bound(self.main_options, len(response.result.outputs))
+        elif kind == "generated" and not response.generated.duplicate:
+            bound = bounds.generate_done(driver.vocabulary.longest_token_bytes, response.generated.tokens)
+        elif kind == "error":
+            bound = bounds.error_response(request)
+        else:
+            return
+        if size > bound:
+            self.summary.violate(f"a {kind} answer of {size} bytes is over its bound {bound}: {case.describe()}")
 
     def _applied(self, case: Case, session: Tracked, seq: int, duplicate: bool, ids: list[int] | None) -> bool:
         """Checks the exactly-once rule for an answer that says applied (or duplicate); True if applied now."""

@@ -8,7 +8,8 @@ It proves that a model kind is a plug-in: nothing in ``service/`` names it. The 
 with an init graph that makes ``acc_0 = offset`` and the context ``scale = 1 + |offset|`` from
 the open's payload; ``scale`` is read at every step and never written. Its server-side Run adds
 ``increment`` every step until the first unit reaches ``threshold`` (stop reason ``threshold``)
-or ``max_steps`` steps have run (``max_steps``).
+or ``max_steps`` steps have run (``max_steps``); with ``on_copy`` set it runs on a borrowed copy
+of the session's row (a what-if rollout, as a forecaster's), and the session does not move.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class AccumulatorDriver(Driver):
     run_options = {  # noqa: RUF012 - a class-level table, never mutated
         "increment": (1.0, "added to every unit at each step"),
         "threshold": (10.0, "the run stops once unit 0 reaches it"),
+        "on_copy": (0.0, "1: run on a borrowed copy of the session's row; the session stays where it was"),
     }
 
     def plan_run(self, session: Session, request: pb.Run, limits: bounds.Limits) -> Loop:
@@ -44,7 +46,9 @@ class AccumulatorDriver(Driver):
         limits.check_fits(
             bounds.run_output(bounds.step_output(self.manifest, [spec.name], label_bytes=8)), "one run step", ""
         )
-        return AccumulateLoop(request.seq, request.max_steps, options["increment"], options["threshold"], self)
+        loop = AccumulateLoop(request.seq, request.max_steps, options["increment"], options["threshold"], self)
+        loop.on_copy = options["on_copy"] == 1.0
+        return loop
 
 
 class AccumulateLoop(Loop):
@@ -55,12 +59,14 @@ class AccumulateLoop(Loop):
         self.threshold = threshold
         self.driver = driver
         self.answer = pb.RunDone(seq=seq)
+        self.on_copy = False
 
     async def run(self, context: LoopContext) -> AsyncIterator[pb.SessionResponse]:
         spec = self.driver.manifest.inputs[0]
         x = np.full((1, *spec.shape), self.increment, dtype=spec.np_dtype)
+        row = context.borrow_row() if self.on_copy else None
         for index in range(self.max_steps):
-            outputs = await context.step(StepInputs({spec.name: x}, 1))
+            outputs = await context.step(StepInputs({spec.name: x}, 1), row)
             y = outputs["y"][0]
             self.answer.steps = index + 1
             label = "above" if y[0] >= self.threshold else "below"

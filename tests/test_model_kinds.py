@@ -60,7 +60,11 @@ def test_the_kind_is_described_by_its_driver(kind_server: ServerThread) -> None:
         info = client.get_model("accumulator")
     assert info.task == "accumulator"
     assert "threshold" in info.task_info.run
-    assert {o.name: o.default for o in info.task_info.run_options} == {"increment": 1.0, "threshold": 10.0}
+    assert {o.name: o.default for o in info.task_info.run_options} == {
+        "increment": 1.0,
+        "threshold": 10.0,
+        "on_copy": 0.0,
+    }
     assert info.task_info.run_moves_state and not info.task_info.generates
     assert [c.name for c in info.context] == ["scale"]
     assert [t.name for t in info.init_inputs] == ["offset"]
@@ -120,6 +124,21 @@ def test_run_streams_until_its_stop_condition_and_equals_an_offline_run(kind_ser
         np.testing.assert_allclose(_steps(session, np.zeros((1, UNITS), np.float32)), want[-1:], atol=TOLERANCE)
         capped = list(session.run(2, options={"threshold": 1e9}))[-1]
         assert isinstance(capped, pb.RunDone) and (capped.stop_reason, capped.steps) == ("max_steps", 2)
+
+
+def test_a_run_on_a_borrowed_row_leaves_the_session_where_it_was(kind_server: ServerThread) -> None:
+    """The rollout pattern (a forecaster's H steps ahead): a loop steps a fork-like copy of the row."""
+    with Client(kind_server.target) as client:
+        session = client.open("accumulator", init={"offset": OFFSET}, return_tensors=["y"])
+        slabs = kind_server.server.store._sessions[session.id].runtime.slabs
+        rows_before = slabs.rows_in_use
+        answers = list(session.run(4, options={"threshold": 1e9, "on_copy": 1.0}))
+        got = np.stack([from_proto(a.output.tensors[0]) for a in answers if isinstance(a, pb.RunOutput)])
+        np.testing.assert_allclose(got, offline_run(OFFSET, np.ones((4, UNITS), np.float32)), atol=TOLERANCE)
+        assert slabs.rows_in_use == rows_before  # the borrowed row was given back
+        assert session.last_seq == 1  # the run is applied (one seq) ...
+        zero = np.zeros((1, UNITS), np.float32)
+        np.testing.assert_allclose(_steps(session, zero), OFFSET[None], atol=TOLERANCE)  # ... but moved nothing
 
 
 def test_a_resent_run_is_a_duplicate_and_runs_nothing(kind_server: ServerThread) -> None:

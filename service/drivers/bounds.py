@@ -46,11 +46,12 @@ class Limits:
             )
 
 
-def error_response(request: Message) -> int:
+def error_response(request: Message | None) -> int:
     """An Error answering ``request``: at most MAX_MESSAGE_CHARS characters of fixed text plus what
     it quotes of the request (a name, a character: repr() at most quadruples a byte); 4 UTF-8 bytes a
-    character."""
-    return 64 + min(4 * MAX_MESSAGE_CHARS, 4 * 256 + 4 * request.ByteSize())
+    character. ``None`` (bytes that did not decode) gets the cap."""
+    quoted = 4 * 256 + 4 * request.ByteSize() if request is not None else 4 * MAX_MESSAGE_CHARS
+    return 64 + min(4 * MAX_MESSAGE_CHARS, quoted)
 
 
 def tensor(name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> int:
