@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.checkpoints import load_weights
 from training.cli import train_command
 from training.data import CharCorpus, as_streams, load_shakespeare
 from training.loops import (
@@ -25,7 +26,6 @@ from training.loops import (
     LoopConfig,
     StreamChunks,
     TrainResult,
-    load_weights,
     seed_everything,
     stream_loss,
     train,

@@ -5,7 +5,8 @@ The server's ``statestream`` CLI dispatches its ``train``, ``export`` and ``eval
 the verb; ``python -m training.cli VERB ...`` does the same without the server installed::
 
     python -m training.cli train char_lm [--recipe PATH] [--resume] [--steps N] [--device cpu|cuda]
-    python -m training.cli export char_lm --checkpoint runs/char_lm/weights.pt --out models/char_lm
+    python -m training.cli train path/to/recipe.toml
+    python -m training.cli export --checkpoint runs/char_lm/weights.pt --out models/char_lm
     python -m training.cli eval --model models/char_lm --json
 """
 
@@ -14,20 +15,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
 from pathlib import Path
 
-from training.recipes import RecipeError, describe_recipe_path, load_recipe, recipe_path
+from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of
+from training.recipes import RecipeError, load_recipe, recipe_path
 
-#: Models that have a recipe and an exporter.
-MODELS = ("char_lm",)
+
+def _recipe_file(name_or_path: str) -> Path:
+    """A recipe given as a path to a TOML file, or by the name of a shipped one (training/recipes/NAME.toml)."""
+    path = Path(name_or_path)
+    return path if path.suffix == ".toml" or path.exists() else recipe_path(name_or_path)
+
+
+def _error(message: object) -> int:
+    print(f"statestream: error: {message}", file=sys.stderr)
+    return 2
 
 
 def train_command(argv: list[str]) -> int:
-    """``train MODEL``: run the model's recipe (or resume it), writing to the recipe's ``out``."""
+    """``train RECIPE``: run a recipe of any kind (or resume it), writing to the recipe's ``out``."""
     parser = argparse.ArgumentParser(prog="statestream train", description=train_command.__doc__)
-    parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--recipe", type=Path, help="recipe TOML (default: training/recipes/MODEL.toml)")
+    parser.add_argument("recipe", help="a shipped recipe's name (training/recipes/NAME.toml, e.g. char_lm) or a path")
+    parser.add_argument("--recipe", dest="recipe_file", type=Path, help="recipe TOML overriding RECIPE's file")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--out", help="override the recipe's output folder")
@@ -36,92 +45,76 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from training.data.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
-    from training.loops import resolve_device, seed_everything, train
-    from training.nets import CharLSTM
-
-    path = args.recipe or recipe_path(args.model)
+    path = args.recipe_file or _recipe_file(args.recipe)
     try:
         recipe = load_recipe(path)
     except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (("steps", args.steps), ("out", args.out)) if v is not None}
-    recipe = replace(recipe, train=replace(recipe.train, **overrides))
-    device = resolve_device(args.device)
-
-    corpus = load_shakespeare()
-    model_args = {"vocab_size": len(corpus.vocab), **asdict(recipe.model)}
-    seed_everything(recipe.train.seed)  # the initial weights depend on the seed too
-    model = CharLSTM(**model_args)
-    metadata = {
-        "model": model_args,
-        "vocabulary": "".join(corpus.vocab.chars),
-        "recipe": recipe.to_dict(),
-        "recipe_file": describe_recipe_path(path),
-        "data": TRAIN_DATA_DESCRIPTION,
-    }
-    params = sum(p.numel() for p in model.parameters())
-    print(
-        f"training {args.model}: {params:,} parameters on {device} (torch {torch.__version__}), out {recipe.train.out}"
-    )
-    result = train(
-        model,
-        corpus.train_ids,
-        corpus.val_ids,
-        recipe.train,
-        device=device,
-        metadata=metadata,
+        return _error(exc)
+    options = TrainOptions(
+        recipe_file=path,
+        steps=args.steps,
+        out=args.out,
+        device=args.device,
         resume=args.resume,
         max_minutes=args.max_minutes,
         progress=not args.quiet,
-        title=f"{args.model}: {path.name}",
     )
-    print(json.dumps(asdict(result)))
+    print(json.dumps(kind_of(recipe.kind).train(recipe, options)))
     return 0
 
 
 def export_command(argv: list[str]) -> int:
-    """``export MODEL``: checkpoint -> model folder (step.onnx + manifest.json), after the parity check."""
+    """``export [RECIPE] --checkpoint W --out DIR``: a checkpoint of any kind -> a model folder, after its parity checks."""
     parser = argparse.ArgumentParser(prog="statestream export", description=export_command.__doc__)
-    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("recipe", nargs="?", help="the recipe it was trained with, when the checkpoint does not say")
     parser.add_argument("--checkpoint", type=Path, required=True, help="weights.pt, best.pt or checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/char_lm")
     parser.add_argument("--loss-curve", type=Path, help="PNG to ship (default: loss_curve.png beside the checkpoint)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
     args = parser.parse_args(argv)
 
-    from training.export import ParityError, export_char_lm
+    from training.checkpoints import load_weights
+    from training.export import ParityError
 
     try:
-        report = export_char_lm(args.checkpoint, args.out, loss_curve=args.loss_curve, exporter=args.exporter)
+        kind_name = load_weights(args.checkpoint).metadata.get("recipe", {}).get("kind")
+        if not kind_name:
+            if args.recipe is None:
+                return _error(f"{args.checkpoint} does not say its kind: name the recipe it was trained with")
+            kind_name = load_recipe(_recipe_file(args.recipe)).kind
+        kind = kind_of(kind_name)
+        options = ExportOptions(args.checkpoint, args.out, args.loss_curve, args.exporter)
+        print(kind.export(options))
+    except (RecipeError, UnknownKind, FileNotFoundError) as exc:
+        return _error(exc)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"wrote {report.folder} ({report.exporter} exporter): parity max |diff| "
-        f"{report.parity.max_diff:.2e} over {report.parity.steps} steps; "
-        f"val loss {report.val_loss_nats_per_char:.4f} nats/char (ONNX)"
-    )
     return 0
 
 
 def eval_command(argv: list[str]) -> int:
-    """``eval --model FOLDER``: validation loss of a language model folder, computed from its ONNX graph."""
+    """``eval --model FOLDER``: a model folder's scores, recomputed from its ONNX graphs by its kind's scorer."""
     parser = argparse.ArgumentParser(prog="statestream eval", description=eval_command.__doc__)
     parser.add_argument("--model", type=Path, required=True, help="model folder, e.g. models/char_lm")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from training.evaluate import evaluate_language_model
+    from service.contract import ContractError, Manifest
 
-    score = evaluate_language_model(args.model)
+    try:
+        manifest = Manifest.load(args.model)
+        score = kind_of(manifest.task).evaluate(args.model)
+    except (ContractError, UnknownKind) as exc:
+        return _error(exc)
     if args.json:
-        print(json.dumps(asdict(score)))
+        print(json.dumps(score))
+    elif "val_loss_nats_per_char" in score:
+        print(
+            f"{score['model']}: {score['val_loss_nats_per_char']:.4f} nats/char over {score['chars']:,} held-out characters"
+        )
     else:
-        print(f"{score.model}: {score.val_loss_nats_per_char:.4f} nats/char over {score.chars:,} held-out characters")
+        print(f"{manifest.name}: " + ", ".join(f"{k} {v}" for k, v in score.items() if k != "model"))
     return 0
 
 

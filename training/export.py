@@ -35,9 +35,9 @@ from service.contract import (
     check_graph,
     replay_golden,
 )
+from training.checkpoints import LOSS_CURVE_FILE, load_weights
 from training.data.shakespeare import TRAIN_DATA_DESCRIPTION, Vocabulary, load_shakespeare
 from training.evaluate import Arrays, StepFn, open_session, ort_step_fn, run_sequence, val_loss_from_onnx
-from training.loops import LOSS_CURVE_FILE, load_weights
 from training.nets import CharLSTM, StepNet
 from training.recipes import describe_recipe_path
 

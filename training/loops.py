@@ -1,5 +1,8 @@
 """Training loop for step-contract nets: truncated BPTT over contiguous streams.
 
+Three pieces: ``train_step`` is one update (the step function), ``train`` is the loop around it
+(data, schedule, validation, progress), and ``training.checkpoints`` writes and resumes runs.
+
 The corpus (any ``[N, ...]`` sequence: character ids, samples of a series) is cut into
 ``batch`` parallel rows (:class:`StreamChunks`). Step ``k`` of the run trains on the next
 ``bptt`` items of every row, starting from the state the previous chunk ended in:
@@ -22,11 +25,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +37,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.checkpoints import (
+    BEST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    LOSS_CURVE_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    write_weights,
+)
 from training.data.streams import EVAL_CHUNK, EVAL_STREAMS, as_streams
 from training.nets.step import StepNet
 
-CHECKPOINT_FILE = "checkpoint.pt"  # everything needed to resume (model, optimiser, RNGs, ...)
-WEIGHTS_FILE = "weights.pt"  # the final weights and what produced them, for export
-BEST_WEIGHTS_FILE = "best.pt"  # the weights with the lowest validation loss so far
-LOSS_CURVE_FILE = "loss_curve.png"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FORMAT = "statestream-train-checkpoint/1"
-WEIGHTS_FORMAT = "statestream-weights/1"
+__all__ = ["BEST_WEIGHTS_FILE", "CHECKPOINT_FILE", "LOSS_CURVE_FILE", "WEIGHTS_FILE"]
+
 #: Train losses are copied off the device every this many steps (a copy waits for the GPU).
 LOG_EVERY = 20
 #: The reported train loss is the mean of this many last steps (one step's loss is noisy).
@@ -200,15 +210,6 @@ class TrainResult:
     out: str
 
 
-@dataclass(frozen=True)
-class Weights:
-    """A weights file: the state dict, the caller's metadata and the run that produced it."""
-
-    model: dict[str, torch.Tensor]
-    metadata: dict[str, Any]
-    training: dict[str, Any]
-
-
 def seed_everything(seed: int) -> None:
     """Seed every generator a run draws from: Python's, numpy's and torch's (CPU and CUDA)."""
     random.seed(seed)
@@ -261,42 +262,6 @@ def stream_loss(
     return float(total) / targets.numel(), targets.numel()
 
 
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj: Any, path: Path) -> None:
-    """Write through a temporary file, so an interrupted save never leaves a torn file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_weights(path: Path) -> Weights:
-    """Read a weights file, or the model part of a resumable checkpoint."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
-        raise ValueError(f"{path}: not a statestream weights file or checkpoint")
-    return Weights(model=data["model"], metadata=dict(data["metadata"]), training=dict(data.get("training", {})))
-
-
 def _make_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (decaying biases and gains only hurts)."""
     matrices = [p for p in model.parameters() if p.ndim >= 2]
@@ -330,6 +295,31 @@ def save_loss_curve(history: History, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def train_step(
+    model: StepNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: tuple[torch.Tensor, ...],
+    *,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    clip_norm: float,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One truncated-BPTT update from the carried ``state``; returns the (detached) loss and new state.
+
+    forward through the chunk, loss, backward, clip the global gradient norm to ``clip_norm``,
+    optimiser step; the new state is detached, which is the truncation: no gradient flows into
+    earlier chunks.
+    """
+    output, *new_state = model(x, *state)
+    loss = loss_fn(output, y)
+    optimizer.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss)
+    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return loss.detach(), tuple(s.detach() for s in new_state)
 
 
 def train(
@@ -374,8 +364,7 @@ def train(
     checkpoint: dict[str, Any] | None = None
 
     if resume:
-        checkpoint = torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        _check_resumable(checkpoint, config, metadata)
+        checkpoint = load_checkpoint(out / CHECKPOINT_FILE, asdict(config), metadata, RESUMABLE_CHANGES)
         model.load_state_dict(checkpoint["model"])
         history = History.from_dict(checkpoint["history"])
         start_step, elapsed_before = int(checkpoint["step"]), float(checkpoint["elapsed_s"])
@@ -393,7 +382,7 @@ def train(
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["scheduler"])
         schedule.lr_lambdas[0].total_steps = config.steps  # type: ignore[attr-defined]  # a longer run decays later
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the head; the LSTM is cuDNN's
 
@@ -426,7 +415,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
             "history": history.to_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "carried_state": [t.detach().cpu() for t in state],
         }
 
@@ -441,18 +430,12 @@ def train(
             "config": asdict(config),
         }
 
-    def write_weights(path: Path, step: int) -> None:
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        _save(
-            {"format": WEIGHTS_FORMAT, "model": weights, "metadata": metadata, "training": training_facts(step)}, path
-        )
-
     def validate(step: int) -> float:
         loss, _ = stream_loss(model, val_sequence, device=device, loss_fn=loss_fn)
         history.val.append((step, loss))
         if loss < history.best_val:
             history.best_val, history.best_step = loss, step
-            write_weights(out / BEST_WEIGHTS_FILE, step)
+            write_weights(out / BEST_WEIGHTS_FILE, model, metadata, training_facts(step))
         return loss
 
     bar = tqdm(total=config.steps, initial=start_step, disable=not progress, dynamic_ncols=True, mininterval=2.0)
@@ -461,15 +444,9 @@ def train(
         x, y, starts_epoch = data.chunk(step)
         if starts_epoch:
             state = model.initial_state(config.batch, device)
-        output, *new_state = model(x, *state)
-        loss = loss_fn(output, y)
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-        optimizer.step()
+        loss, state = train_step(model, x, y, state, loss_fn=loss_fn, optimizer=optimizer, clip_norm=config.clip_norm)
         schedule.step()
-        state = tuple(s.detach() for s in new_state)  # the truncation: no gradient into earlier chunks
-        pending.append(loss.detach())
+        pending.append(loss)
         step += 1
         bar.update(1)
 
@@ -486,13 +463,13 @@ def train(
             stopped_early = step < config.steps
             break
         if step % config.checkpoint_every == 0:
-            _save(snapshot(step), out / CHECKPOINT_FILE)
+            save_atomic(snapshot(step), out / CHECKPOINT_FILE)
     bar.close()
 
-    _save(snapshot(step), out / CHECKPOINT_FILE)
+    save_atomic(snapshot(step), out / CHECKPOINT_FILE)
     if not history.val or history.val[-1][0] != step:
         validate(step)
-    write_weights(out / WEIGHTS_FILE, step)
+    write_weights(out / WEIGHTS_FILE, model, metadata, training_facts(step))
     save_loss_curve(history, out / LOSS_CURVE_FILE, title)
     result = TrainResult(
         steps=step,
@@ -507,19 +484,3 @@ def train(
     )
     (out / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=1) + "\n")
     return result
-
-
-def _check_resumable(checkpoint: Mapping[str, Any], config: LoopConfig, metadata: Mapping[str, Any]) -> None:
-    """Refuse to resume into a different run: only the settings in RESUMABLE_CHANGES may differ."""
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("not a statestream training checkpoint")
-    saved = checkpoint["config"]
-    changed = [
-        f.name
-        for f in fields(config)
-        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(config, f.name)
-    ]
-    if changed:
-        raise ValueError(f"cannot resume: the checkpoint was trained with different {changed}")
-    if dict(checkpoint["metadata"]) != dict(metadata):
-        raise ValueError("cannot resume: the checkpoint's model / data metadata differ from this run's")

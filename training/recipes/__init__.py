@@ -1,7 +1,8 @@
 """Recipes: one TOML file per shipped model, read into small frozen dataclasses.
 
-A recipe is the whole answer to "how was this model made": the network's size, the loop's
-settings and where the run writes. Loading is strict: an unknown key (a typo such as
+A recipe is the whole answer to "how was this model made": its ``kind`` (which picks the
+network, the data, the exporter and the scorer: ``training.kinds``), the network's size, the
+loop's settings and where the run writes. Loading is strict: an unknown key (a typo such as
 ``hiden``) is an error that names it, never a silently ignored setting, and every value must
 have its field's type.
 """
@@ -42,6 +43,7 @@ class CharLMRecipe:
     """A character language model: which net, and how to train it."""
 
     name: str
+    kind: str
     model: CharLSTMConfig
     train: LoopConfig
 
@@ -69,15 +71,24 @@ def describe_recipe_path(path: Path) -> str:
     return str(path)
 
 
-def load_recipe(path: Path) -> CharLMRecipe:
-    """Read a recipe file; unknown or missing keys and wrongly typed values are RecipeErrors."""
+def load_recipe(path: Path) -> Any:
+    """Read a recipe file into its kind's dataclass; an unknown kind, unknown or missing keys and
+    wrongly typed values are RecipeErrors."""
+    from training.kinds import UnknownKind, kind_of
+
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from None
-    return from_table(CharLMRecipe, data, where=str(path))
+    if not isinstance(data.get("kind"), str):
+        raise RecipeError(f"{path}: missing key 'kind' (what the recipe makes, e.g. kind = \"language_model\")")
+    try:
+        kind = kind_of(data["kind"])
+    except UnknownKind as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+    return from_table(kind.recipe, data, where=str(path))
 
 
 def from_table(cls: type[T], table: Mapping[str, Any], *, where: str) -> T:
