@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class TensorSpec:
     doc: str = ""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         _strict("tensor", data, ("name", "dtype", "shape", "doc"), ("name", "dtype", "shape"))
         where = f"tensor {data['name']!r}"
         return cls(
@@ -151,34 +151,17 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
-class ContextSpec:
+class ContextSpec(TensorSpec):
     """A per-session, read-only step input, made by the init graph when the session opens.
 
     It lives in the state slabs beside the state (so fork, snapshot and restore carry it) but
     is gathered into every step's batch and never written back. ``shape`` excludes the batch axis.
     """
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    doc: str = ""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ContextSpec:
-        _strict("context", data, ("name", "dtype", "shape", "doc"), ("name", "dtype", "shape"))
-        where = f"context {data['name']!r}"
-        return cls(
-            str(data["name"]), _dtype(data["dtype"], where), _shape(data["shape"], where), str(data.get("doc", ""))
-        )
-
     @property
     def input(self) -> str:
         """The step graph input that receives it (its own name): slabs key rows by input name."""
         return self.name
-
-    @property
-    def np_dtype(self) -> type[np.generic]:
-        return DTYPES[self.dtype]
 
     @property
     def nbytes(self) -> int:

@@ -31,13 +31,13 @@ from service.buffers import Device, DeviceArray, StateBuffer, bind_input, bind_o
 from service.calls import run_bound
 from service.contract import ContextSpec, RowSpec, StateSpec
 from service.providers import Providers
-from service.slabs import RowAllocator
+from service.slabs import AllocatedRows, RowAllocator
 
 #: Cached IOBindings per operation before the cache is cleared (one per batch size in practice).
 MAX_BINDINGS = 2048
 
 
-class DeviceSlabs:
+class DeviceSlabs(AllocatedRows):
     """The state rows of all sessions of one model, in a device's memory."""
 
     def __init__(
@@ -75,14 +75,6 @@ class DeviceSlabs:
     # -- what StateSlabs has too -------------------------------------------------------------
 
     @property
-    def capacity(self) -> int:
-        return self.rows.capacity
-
-    @property
-    def rows_in_use(self) -> int:
-        return self.rows.rows_in_use
-
-    @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
@@ -97,9 +89,6 @@ class DeviceSlabs:
         row = self.rows.take()
         self._write(row, self._zero)
         return row
-
-    def release(self, row: int) -> None:
-        self.rows.give_back(row)
 
     def gather(self, rows: np.ndarray, out: Mapping[str, StateBuffer]) -> None:
         """The state of ``rows`` into ``out`` (``[len(rows), *shape]`` each), on the device."""

@@ -65,6 +65,23 @@ class RowAllocator:
         return old
 
 
+class AllocatedRows:
+    """What host and device slabs share: their rows handed out by one ``RowAllocator``."""
+
+    rows: RowAllocator
+
+    @property
+    def capacity(self) -> int:
+        return self.rows.capacity
+
+    @property
+    def rows_in_use(self) -> int:
+        return self.rows.rows_in_use
+
+    def release(self, row: int) -> None:
+        self.rows.give_back(row)
+
+
 class Slabs(Protocol):
     """Per-session state rows of one model, wherever they live.
 
@@ -97,7 +114,7 @@ class Slabs(Protocol):
     def copy_row(self, source: int, target: int) -> None: ...
 
 
-class StateSlabs:
+class StateSlabs(AllocatedRows):
     """The state (and context) rows of all sessions of one model."""
 
     def __init__(self, state: tuple[StateSpec, ...], capacity: int, context: tuple[ContextSpec, ...] = ()) -> None:
@@ -108,14 +125,6 @@ class StateSlabs:
         }
         #: The slabs a step writes back: the state's, never the context's.
         self._written = [(s.input, self.arrays[s.input]) for s in state]
-
-    @property
-    def capacity(self) -> int:
-        return self.rows.capacity
-
-    @property
-    def rows_in_use(self) -> int:
-        return self.rows.rows_in_use
 
     @property
     def nbytes(self) -> int:
@@ -135,9 +144,6 @@ class StateSlabs:
         for array in self.arrays.values():
             array[row] = 0
         return row
-
-    def release(self, row: int) -> None:
-        self.rows.give_back(row)
 
     def _grow(self) -> None:
         old = self.rows.doubled()

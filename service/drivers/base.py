@@ -20,10 +20,10 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.drivers import bounds
-from service.drivers.steps import Arrays, StepInputs, decode_tensors
+from service.drivers.steps import Arrays, StepInputs, decode_tensors, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
-from service.tensors import from_proto, to_proto
+from service.tensors import to_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.loops import Loop
@@ -127,18 +127,8 @@ class Driver:
     def decode_init_tensors(self, payload: pb.InitPayload) -> Arrays:
         init = self.manifest.init
         assert init is not None
-        given: Arrays = {}
-        for tensor in payload.tensors:
-            if tensor.name in given:
-                raise InvalidArgument(f"init tensor {tensor.name!r} is given twice")
-            given[tensor.name] = from_proto(tensor)
         expected = {t.name: t for t in init.inputs}
-        unknown = sorted(set(given) - set(expected))
-        if unknown:
-            raise InvalidArgument(f"unknown init tensor(s) {unknown}; the model takes {sorted(expected)}")
-        missing = sorted(set(expected) - set(given))
-        if missing:
-            raise InvalidArgument(f"missing init tensor(s) {missing}")
+        given = named_tensors(payload.tensors, expected, "init")
         feed: Arrays = {}
         for name, array in given.items():
             spec = expected[name]

@@ -8,6 +8,7 @@ failure to the status a client should see. Nothing here knows a model kind.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,20 +41,29 @@ def check_chunk(steps: int, max_chunk: int) -> None:
         raise ResourceExhausted("max_chunk", max_chunk, f"the step carries {steps} time steps")
 
 
-def decode_tensors(manifest: Manifest, tensors: pb.TensorInput, max_chunk: int) -> StepInputs:
-    """Raw tensors → step inputs: names, dtypes, shapes ``[K, *shape]``, one K, finite values."""
+def named_tensors(tensors: Iterable[pb.Tensor], expected: Collection[str], what: str) -> Arrays:
+    """Decodes a request's named tensors: each of ``expected`` exactly once, no other name.
+
+    ``what`` names them in the errors ("input", "init").
+    """
     given: Arrays = {}
-    for tensor in tensors.tensors:
+    for tensor in tensors:
         if tensor.name in given:
-            raise InvalidArgument(f"tensor {tensor.name!r} is given twice")
+            raise InvalidArgument(f"{'' if what == 'input' else what + ' '}tensor {tensor.name!r} is given twice")
         given[tensor.name] = from_proto(tensor)
-    expected = {spec.name: spec for spec in manifest.inputs}
     unknown = sorted(set(given) - set(expected))
     if unknown:
-        raise InvalidArgument(f"unknown input tensor(s) {unknown}; the model takes {sorted(expected)}")
+        raise InvalidArgument(f"unknown {what} tensor(s) {unknown}; the model takes {sorted(expected)}")
     missing = sorted(set(expected) - set(given))
     if missing:
-        raise InvalidArgument(f"missing input tensor(s) {missing}")
+        raise InvalidArgument(f"missing {what} tensor(s) {missing}")
+    return given
+
+
+def decode_tensors(manifest: Manifest, tensors: pb.TensorInput, max_chunk: int) -> StepInputs:
+    """Raw tensors → step inputs: names, dtypes, shapes ``[K, *shape]``, one K, finite values."""
+    expected = {spec.name: spec for spec in manifest.inputs}
+    given = named_tensors(tensors.tensors, expected, "input")
     steps: int | None = None
     for name, array in given.items():
         spec = expected[name]
