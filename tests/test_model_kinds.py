@@ -300,3 +300,23 @@ def test_a_manifest_whose_state_starts_from_a_missing_init_graph_is_refused(tmp_
     (folder / MANIFEST_FILE).write_text(__import__("json").dumps(data))
     with pytest.raises(Exception, match="start from the init graph, but there is none"):
         Manifest.load(folder)
+
+
+def test_context_lives_in_device_slabs_too(kinds_dir: Path) -> None:
+    """The same kind with state and context in ORT device memory (CPU provider here): batches, forks, runs."""
+    running = ServerThread(Settings(models_dir=kinds_dir, state_memory="device", initial_capacity=2))
+    try:
+        xs = np.full((3, UNITS), 0.5, np.float32)
+        with Client(running.target) as client:
+            sessions = [client.open("accumulator", init={"offset": OFFSET * k}, return_tensors=["y"]) for k in range(3)]
+            for k, session in enumerate(sessions):  # the slabs grew past their 2 rows, context and all
+                np.testing.assert_allclose(_steps(session, xs), offline_run(OFFSET * k, xs), atol=TOLERANCE)
+            child = client.attach(sessions[1].fork())
+            want = offline_run(OFFSET, np.concatenate([xs, xs]))[3:]
+            np.testing.assert_allclose(_steps(child, xs), want, atol=TOLERANCE)
+            outputs = [a for a in sessions[2].run(2, options={"threshold": 1e9}) if isinstance(a, pb.RunOutput)]
+            got = np.stack([from_proto(o.output.tensors[0]) for o in outputs])
+            ones = np.ones((2, UNITS), np.float32)
+            np.testing.assert_allclose(got, offline_run(OFFSET * 2, np.concatenate([xs, ones]))[3:], atol=TOLERANCE)
+    finally:
+        running.stop()
