@@ -12,6 +12,11 @@ from training.nets.sweep import SweepNet
 Rule = Literal["hebbian", "storkey"]
 Update = Literal["async", "sync"]
 RULES: tuple[Rule, ...] = ("hebbian", "storkey")
+#: A local field within this of zero is a tie. float32 sums come out a few ulp off zero in an order
+#: that depends on the kernel (a batched matmul and a single-row one differ), so without it a
+#: tie could break one way alone and the other way in a batch. Hebbian and Storkey fields are
+#: multiples of ~1/N, far above it.
+TIE_TOLERANCE = 1e-5
 UPDATES: tuple[Update, ...] = ("async", "sync")
 
 
@@ -60,7 +65,7 @@ class Hopfield(SweepNet):
     .. math::  E(s) = -\tfrac{1}{2} s^\top W s - b^\top s
 
     A unit looks at its local field ``h_i = \sum_j w_{ij} s_j + b_i`` and aligns with it:
-    ``s_i \leftarrow \operatorname{sgn}(h_i)`` (on a tie, ``h_i = 0``, it keeps its value). With
+    ``s_i \leftarrow \operatorname{sgn}(h_i)`` (on a tie, ``h_i = 0`` up to ``TIE_TOLERANCE``, it keeps its value). With
     ``W`` symmetric and zero on the diagonal, flipping one unit changes the energy by
     ``\Delta E = -\Delta s_i h_i \le 0``, so **asynchronous** updates (one unit at a time) never
     raise the energy and end in a fixed point. **Synchronous** updates (all units at once from
@@ -112,9 +117,10 @@ class Hopfield(SweepNet):
 
     @staticmethod
     def _align(field: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """``sgn(h)``; on a tie keep the current value, and an unset (0) unit becomes +1."""
+        """``sgn(h)``; on a tie (``|h| <= TIE_TOLERANCE``) keep the current value, and an unset (0) unit becomes +1."""
         keep = torch.where(current == 0, torch.ones_like(current), current)
-        return torch.where(field > 0, torch.ones_like(field), torch.where(field < 0, -torch.ones_like(field), keep))
+        up, down = field > TIE_TOLERANCE, field < -TIE_TOLERANCE
+        return torch.where(up, torch.ones_like(field), torch.where(down, -torch.ones_like(field), keep))
 
     def sweep(
         self,
