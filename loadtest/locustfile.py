@@ -1,5 +1,5 @@
 """Locust users for every workload of the server: streamed predict, chunked predict, server-side
-generation, and a multiplexing gateway.
+generation, a multiplexing gateway, and pattern completion by an associative memory.
 
 Run headless with an SLO check through ``python -m loadtest.slo`` (it starts the server too), or
 by hand against a running server::
@@ -11,7 +11,8 @@ class's ``wait_time``), so ``-u`` sets the offered load and the SLOs are checked
 not at saturation. Each user holds one session (the gateway, many) for its whole life, and
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
-of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions).
+of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
+swept by ``hopfield_letters`` until a fixed point, every sweep streamed).
 An in-stream error counts as a failure.
 """
 
@@ -26,12 +27,18 @@ grpc_gevent.init_gevent()  # grpc's sync API must cooperate with Locust's gevent
 
 import gevent.queue  # noqa: E402
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 from locust import User, constant_throughput, task  # noqa: E402
 
 from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
+from service.tensors import to_proto  # noqa: E402
+from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - numpy only
 
 MODEL = "char_lm"
+MEMORY_MODEL = "hopfield_letters"
+#: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
+PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
     "First Citizen:\nYou are all resolved rather to die than to famish?\n"
@@ -66,12 +73,13 @@ class StatestreamUser(User):
     """Base: a channel to the server, and reporting of one timed exchange to Locust."""
 
     abstract = True
+    model = MODEL
 
     def on_start(self) -> None:
         self.channel = grpc.insecure_channel(self.host)
         self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.stream = SessionStream(self.sessions)
-        self.stream.open(MODEL)
+        self.stream.open(self.model)
         self.position = 0
 
     def on_stop(self) -> None:
@@ -181,3 +189,28 @@ class GatewayUser(StatestreamUser):
         answer = next(self.answers)
         errors = [r.error.message for r in answer.results if r.HasField("error")]
         self.report("multiplex64", started, errors[0] if errors else None, answer.ByteSize())
+
+
+class CompleteUser(StatestreamUser):
+    """A client completing a noisy letter: the server sweeps it until no pixel changes, streaming each sweep."""
+
+    weight = 1
+    model = MEMORY_MODEL
+    wait_time = constant_throughput(2)  # a new probe every half second
+
+    @task
+    def complete(self) -> None:
+        self.stream.seq += 1
+        probe = PROBES[self.position % len(PROBES)]
+        self.position += 1
+        request = pb.Run(seq=self.stream.seq, max_steps=30, seed=self.stream.seq)
+        request.tensors.tensors.append(to_proto("pattern", probe[None]))
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(run=request))
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report("complete", started, error, response.ByteSize())
+                return

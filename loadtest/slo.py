@@ -31,6 +31,7 @@ DEFAULT_SLO_MS = {
     "generate_first_token": 200.0,
     "generate_32": 1000.0,
     "multiplex64": 250.0,
+    "complete": 300.0,  # a noisy letter swept to a fixed point (a few one-sweep model calls)
 }
 
 

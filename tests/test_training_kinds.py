@@ -21,7 +21,9 @@ def test_the_shipped_recipe_declares_its_kind_and_the_kind_reads_it() -> None:
 def test_a_recipe_of_an_unknown_kind_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
     text = recipe_path("char_lm").read_text().replace('kind = "language_model"', 'kind = "oracle"')
     (tmp_path / "r.toml").write_text(text)
-    with pytest.raises(RecipeError, match=r"unknown kind 'oracle'; known kinds: \['language_model'\]"):
+    with pytest.raises(
+        RecipeError, match=r"unknown kind 'oracle'; known kinds: \['associative_memory', 'language_model'\]"
+    ):
         load_recipe(tmp_path / "r.toml")
 
 

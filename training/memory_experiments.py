@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from training.data.maxcut import brute_force_max_cut, random_graph
-from training.data.patterns import flip_bits, load_digits_binary, occlusion_mask, random_bipolar
+from training.data.patterns import flip_bits, load_digits_binary, nearest_on_known, occlusion_mask, random_bipolar
 from training.nets.boltzmann import BoltzmannMachine
 from training.nets.dense_hopfield import DenseHopfield
 from training.nets.hopfield import Hopfield, Rule
@@ -183,10 +183,8 @@ def rbm(out: Path, *, quick: bool = False) -> dict[str, Any]:
     digits = load_digits_binary()
     known = occlusion_mask(digits.SHAPE, "bottom")
     hidden = known == 0
-    seen = known > 0
     truth = digits.test[:, hidden]
-    distance = (digits.test[:, None, seen] != digits.train[None, :, seen]).sum(axis=2)
-    nearest = digits.train[distance.argmin(axis=1)]
+    nearest = nearest_on_known(digits.train, digits.test, known)
     baseline = float((nearest[:, hidden] == truth).mean())
     epochs = 20 if quick else 200
     configs = {
@@ -224,7 +222,7 @@ def rbm(out: Path, *, quick: bool = False) -> dict[str, Any]:
     ax.set_ylabel("reconstruction error")
     ax.legend()
     rows = [("truth", digits.test), ("occluded", digits.test * known), ("nearest", nearest)]
-    rows += [(name, np.where(seen, digits.test, g)) for name, g in completions.items()]
+    rows += [(name, np.where(known > 0, digits.test, g)) for name, g in completions.items()]
     shown = 8
     for r, (label, images) in enumerate(rows):
         for c in range(shown):

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from service.api import statestream_pb2 as pb
+from service.client import complete
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, StepFailed
 
@@ -142,10 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.8)
     generate.add_argument("--top-k", type=int, default=0)
     generate.add_argument("--seed", type=int, default=None)
+    complete.add_parser(sub, common)
     return parser
 
 
-COMMANDS = {"models": _models, "predict": _predict, "generate": _generate}
+COMMANDS = {"models": _models, "predict": _predict, "generate": _generate, "complete": complete.complete}
 
 
 def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from service.api import statestream_pb2 as pb
 from service.drivers.steps import Arrays, StepInputs, run_step
@@ -53,6 +55,16 @@ class LoopContext:
     def copy_row(self, source: int, target: int) -> None:
         """Overwrites ``target`` (a borrowed row, or the session's own) with ``source``."""
         self.session.runtime.slabs.copy_row(source, target)
+
+    def read_row(self, row: int | None = None) -> dict[str, np.ndarray]:
+        """A copy of the state of the session's row (or a borrowed one): for a loop that streams the state itself."""
+        return self.session.runtime.slabs.read_row(self.session.row if row is None else row)
+
+    def write_row(self, state: Mapping[str, np.ndarray], row: int | None = None) -> None:
+        """Overwrites the session's row (or a borrowed one) with ``state``: a loop that starts from a
+        given state (a completion's probe). The servicer's checkpoint still restores the row if the
+        loop does not finish, so the session is unchanged then."""
+        self.session.runtime.slabs.write_row(self.session.row if row is None else row, state)
 
     def release(self) -> None:
         """Gives the borrowed rows back; the servicer calls it when the loop ends, however it ends."""

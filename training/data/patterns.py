@@ -127,6 +127,18 @@ def occlusion_mask(shape: tuple[int, int], region: str) -> np.ndarray:
     return known.reshape(-1)
 
 
+def nearest_on_known(train: np.ndarray, test: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """For each row of ``test``, the row of ``train`` closest in Hamming distance on the known units.
+
+    ``known [units]`` is 1 where a unit is seen; the baseline a completion has to beat fills the
+    hidden units from this nearest image. Returns ``[len(test), units]``.
+    """
+    seen = np.asarray(known) > 0
+    distance = (test[:, None, seen] != train[None, :, seen]).sum(axis=2)
+    nearest: np.ndarray = train[distance.argmin(axis=1)]
+    return nearest
+
+
 @dataclass(frozen=True)
 class Digits:
     """scikit-learn's bundled 8x8 handwritten digits, binarised, split into train and test.

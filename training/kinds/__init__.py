@@ -16,7 +16,10 @@ from typing import Any
 
 #: The kinds that ship, by name, and the module that defines each (imported on first use, so
 #: looking a kind up never imports torch for another).
-BUILTIN = {"language_model": "training.kinds.language_model"}
+BUILTIN = {
+    "associative_memory": "training.kinds.associative_memory",
+    "language_model": "training.kinds.language_model",
+}
 
 
 @dataclass(frozen=True)
