@@ -11,7 +11,6 @@ This is the only serving code that knows a vocabulary.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ from service.api import statestream_pb2 as pb
 from service.contract import ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
-from service.drivers.loops import Loop, LoopContext
+from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.sampling import Sampler
 from service.drivers.steps import Arrays, StepInputs, check_chunk, decode_tensors
 from service.drivers.vocabulary import Vocabulary
@@ -168,11 +167,6 @@ class LanguageDriver(Driver):
         prompt_ids = self.vocabulary.encode(request.prompt)  # refuses an unknown character before any state changes
         sampler = Sampler(request.temperature, request.top_k, len(self.vocabulary))
         return GenerateLoop(self, request, sampler, prompt_ids)
-
-
-def resolve_seed(request: pb.Generate | pb.Run) -> int:
-    """The request's seed, or a fresh random one (reported back so the run can be repeated)."""
-    return request.seed if request.HasField("seed") else secrets.randbits(63)
 
 
 class GenerateLoop(Loop):

@@ -16,6 +16,7 @@ copies of the session's row, stepped like any row and given back when the loop e
 from __future__ import annotations
 
 import asyncio
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -27,6 +28,11 @@ from service.drivers.steps import Arrays, StepInputs, run_step
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.sessions import Session
+
+
+def resolve_seed(request: pb.Generate | pb.Run) -> int:
+    """The request's seed, or a fresh random one (reported back so the run can be repeated)."""
+    return request.seed if request.HasField("seed") else secrets.randbits(63)
 
 
 class LoopContext:

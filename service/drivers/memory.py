@@ -47,8 +47,7 @@ from service.api import statestream_pb2 as pb
 from service.contract import ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
-from service.drivers.language import resolve_seed
-from service.drivers.loops import Loop, LoopContext
+from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.steps import Arrays, StepInputs, named_tensors
 from service.errors import InvalidArgument
 from service.sessions import Session
