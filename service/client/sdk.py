@@ -353,10 +353,26 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._call(self._async.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Closes the channel and ends the loop thread with no task left pending.
+
+        A call abandoned half-way (an error raised out of a generation, a reader that went
+        away) leaves grpc.aio tasks on the loop; closing the loop under them prints "Task was
+        destroyed but it is pending!" at exit, so they are cancelled and awaited first.
+        """
+        try:
+            self._call(self._shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        await self._async.close()
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
     def list_models(self) -> list[pb.ModelInfo]:
         return self._call(self._async.list_models())
@@ -379,6 +395,12 @@ async def _next(stream: AsyncIterator[T]) -> T:
     return await anext(stream)
 
 
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class SyncSession:
     def __init__(self, client: Client, session: AsyncSession) -> None:
         self._client = client
@@ -393,11 +415,14 @@ class SyncSession:
 
     def generate(self, prompt: str, max_tokens: int, **kwargs: Any) -> Iterator[pb.Token | pb.GenerateDone]:
         stream = self.session.generate(prompt, max_tokens, **kwargs)
-        while True:
-            try:
-                yield self._client._call(_next(stream))
-            except StopAsyncIteration:
-                return
+        try:
+            while True:
+                try:
+                    yield self._client._call(_next(stream))
+                except StopAsyncIteration:
+                    return
+        finally:  # an error or an early stop leaves the async generator suspended: finish it on its loop
+            self._client._call(_aclose(stream))
 
     @property
     def last_seq(self) -> int:
