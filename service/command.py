@@ -122,7 +122,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if "%(default)" in text or "default" in text or not action.option_strings:
             return text
-        if action.default in (None, False, "", argparse.SUPPRESS) or isinstance(action, argparse._HelpAction):
+        off = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if off or isinstance(action, argparse._HelpAction):  # `is`: a default of 0 is a value worth showing
             return text
         return text + " (default: %(default)s)"
 

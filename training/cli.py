@@ -11,29 +11,39 @@ the verb; ``python -m training.cli VERB ...`` does the same without the server i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TextIO
 
+from service.command import EXIT_INTERNAL, EXIT_USAGE, CommandError, Parser, positive_int
 from training.recipes import RecipeError, describe_recipe_path, load_recipe, recipe_path
 
 #: Models that have a recipe and an exporter.
 MODELS = ("char_lm",)
 
 
+def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -> bool:
+    """Whether train and eval draw a progress bar: not when asked to be quiet or to print JSON, and
+    only to a terminal (a bar's carriage returns make a log file or a CI transcript unreadable)."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and not as_json and stream.isatty()
+
+
 def train_command(argv: list[str]) -> int:
     """``train MODEL``: run the model's recipe (or resume it), writing to the recipe's ``out``."""
-    parser = argparse.ArgumentParser(prog="statestream train", description=train_command.__doc__)
-    parser.add_argument("model", choices=MODELS)
+    parser = Parser(prog="statestream train", description=train_command.__doc__)
+    parser.add_argument("model", choices=MODELS, help="the model to train")
     parser.add_argument("--recipe", type=Path, help="recipe TOML (default: training/recipes/MODEL.toml)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--steps", type=positive_int, help="override the recipe's step count")
     parser.add_argument("--out", help="override the recipe's output folder")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available")
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -46,8 +56,7 @@ def train_command(argv: list[str]) -> int:
     try:
         recipe = load_recipe(path)
     except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     overrides = {k: v for k, v in (("steps", args.steps), ("out", args.out)) if v is not None}
     recipe = replace(recipe, train=replace(recipe.train, **overrides))
     device = resolve_device(args.device)
@@ -76,7 +85,7 @@ def train_command(argv: list[str]) -> int:
         metadata=metadata,
         resume=args.resume,
         max_minutes=args.max_minutes,
-        progress=not args.quiet,
+        progress=show_progress(quiet=args.quiet, as_json=False),
         title=f"{args.model}: {path.name}",
     )
     print(json.dumps(asdict(result)))
@@ -85,21 +94,27 @@ def train_command(argv: list[str]) -> int:
 
 def export_command(argv: list[str]) -> int:
     """``export MODEL``: checkpoint -> model folder (step.onnx + manifest.json), after the parity check."""
-    parser = argparse.ArgumentParser(prog="statestream export", description=export_command.__doc__)
-    parser.add_argument("model", choices=MODELS)
+    parser = Parser(prog="statestream export", description=export_command.__doc__)
+    parser.add_argument("model", choices=MODELS, help="the model the checkpoint holds")
     parser.add_argument("--checkpoint", type=Path, required=True, help="weights.pt, best.pt or checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/char_lm")
     parser.add_argument("--loss-curve", type=Path, help="PNG to ship (default: loss_curve.png beside the checkpoint)")
-    parser.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
+    parser.add_argument(
+        "--exporter",
+        default="auto",
+        choices=("auto", "torchscript", "dynamo"),
+        help="torch's ONNX exporter; auto tries torchscript, then dynamo",
+    )
     args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise CommandError(f"--checkpoint {args.checkpoint}: no such file", EXIT_USAGE)
 
     from training.export import ParityError, export_char_lm
 
     try:
         report = export_char_lm(args.checkpoint, args.out, loss_curve=args.loss_curve, exporter=args.exporter)
     except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc), EXIT_INTERNAL) from exc
     print(
         f"wrote {report.folder} ({report.exporter} exporter): parity max |diff| "
         f"{report.parity.max_diff:.2e} over {report.parity.steps} steps; "
@@ -110,14 +125,23 @@ def export_command(argv: list[str]) -> int:
 
 def eval_command(argv: list[str]) -> int:
     """``eval --model FOLDER``: validation loss of a language model folder, computed from its ONNX graph."""
-    parser = argparse.ArgumentParser(prog="statestream eval", description=eval_command.__doc__)
+    parser = Parser(prog="statestream eval", description=eval_command.__doc__)
     parser.add_argument("--model", type=Path, required=True, help="model folder, e.g. models/char_lm")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
+    )
     args = parser.parse_args(argv)
+    if not (args.model / "manifest.json").is_file():
+        raise CommandError(f"--model {args.model}: not a model folder (no manifest.json)", EXIT_USAGE)
 
+    from service.contract import ContractError
     from training.evaluate import evaluate_language_model
 
-    score = evaluate_language_model(args.model)
+    try:
+        score = evaluate_language_model(args.model, progress=show_progress(quiet=args.quiet, as_json=args.json))
+    except ContractError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     if args.json:
         print(json.dumps(asdict(score)))
     else:
@@ -130,11 +154,13 @@ COMMANDS = {"train": train_command, "export": export_command, "eval": eval_comma
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.cli {train,export,eval} ...``."""
+    from service.command import debug_requested, run
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])
+        return EXIT_USAGE
+    return run(lambda: COMMANDS[argv[0]](argv[1:]), debug=debug_requested(argv))
 
 
 if __name__ == "__main__":

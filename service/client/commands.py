@@ -201,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="statestream client",
         description="Talk to a statestream server: list its models, stream a text, generate text.",
-        epilog="The connection options may come before or after the command: "
-        "'statestream client --target HOST:PORT models' or 'statestream client models --target HOST:PORT'.",
+        epilog="The connection options may come before or after the command:\n"
+        "  statestream client --target HOST:PORT models\n"
+        "  statestream client models --target HOST:PORT\n"
+        "Run 'statestream client COMMAND --help' for a command's own options.",
     )
     add_connection_arguments(parser, repeated=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
