@@ -98,6 +98,10 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped
     log = tmp_path_factory.mktemp("shipped") / "server.log"
     with (
         log.open("w") as sink,
-        serve_process(["--models-dir", str(SHIPPED_MODELS), "--log-json"], clean, cwd=ROOT, stderr=sink) as (_, _, target),
+        serve_process(["--models-dir", str(SHIPPED_MODELS), "--log-json"], clean, cwd=ROOT, stderr=sink) as (
+            _,
+            _,
+            target,
+        ),
     ):
         yield ShippedServer(target, log, {**clean, "STATESTREAM_TARGET": target})

@@ -18,7 +18,6 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -136,5 +135,7 @@ def test_python_example_runs(
     shipped_server: ShippedServer, page: str, line: int, code: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert DEFAULT_TARGET in code, "an example connects where `make serve` listens, so a reader can run it"
-    exec(compile(code.replace(DEFAULT_TARGET, shipped_server.target), f"{page}:{line}", "exec"), {"__name__": "__docs__"})
+    exec(
+        compile(code.replace(DEFAULT_TARGET, shipped_server.target), f"{page}:{line}", "exec"), {"__name__": "__docs__"}
+    )
     assert "refused: INVALID_ARGUMENT" in capsys.readouterr().out or "refused" not in code
