@@ -81,11 +81,16 @@ def rpc_error(code: grpc.StatusCode, details: str, *, target: str = "") -> Comma
         reason = _connect_reason(details)
         if "failed to connect" in details or reason or not details:
             where = f" at {target}" if target else ""
+            hint = (
+                "check --tls-ca, --tls-cert/--tls-key and --tls-server-name against the server's TLS set-up"
+                if "handshake" in reason
+                else "is 'statestream serve' running there? Set the address with --target HOST:PORT"
+            )
             return CommandError(
                 f"cannot reach a statestream server{where}" + (f": {reason}" if reason else ""),
                 EXIT_UNREACHABLE,
                 code=code.name,
-                hint="is 'statestream serve' running there? Set the address with --target HOST:PORT",
+                hint=hint,
             )
         return CommandError(details, EXIT_UNREACHABLE, code=code.name)
     if code in SERVER_FAULT_CODES:
