@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 
+from service.client import Client, StepFailed
 from service.errors import InvalidArgument
-from service.session_log import SessionEvents, masked
+from service.session_log import SessionEvents, events, masked
+from service.settings import Settings
+from tests.servers import ServerThread
 
 
 class Clock:
@@ -88,3 +92,34 @@ def test_a_rate_of_zero_logs_no_event_but_counts_them(caplog: pytest.LogCaptureF
 )
 def test_quoted_request_values_are_masked(reason: str, shown: str) -> None:
     assert masked(reason) == shown
+
+
+@pytest.fixture
+def every_event_logged() -> Iterator[None]:
+    """The process's writer with no rate limit: other tests' sessions must not use up this test's lines."""
+    events.configure(1e9)
+    yield
+    events.configure(Settings().log_session_events_per_s)
+
+
+@pytest.mark.usefixtures("every_event_logged")
+def test_a_served_session_logs_opened_resumed_refused_and_closed(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="statestream.sessions"), Client(server.target) as client:
+        session = client.open("char_lm")
+        session.step(text="a")
+        session.cancel()  # the stream breaks; the next step resumes the session on a new one
+        session.step(text="b")
+        with pytest.raises(StepFailed):
+            session.step(text="\u00e9")
+        session.close()
+    prefix = session.id[:8]
+    mine = [r for r in records(caplog) if getattr(r, "session", None) == prefix]
+    assert [r.event for r in mine] == [  # type: ignore[attr-defined]
+        "session_opened",
+        "session_resumed",
+        "session_refused",
+        "session_closed",
+    ]
+    assert session.id not in caplog.text  # only the prefix
