@@ -193,6 +193,25 @@ def test_predict_into_a_closed_pipe_ends_quietly(shipped_server: ShippedServer) 
     assert process.stderr.read() == ""
 
 
+def test_generate_into_a_closed_pipe_ends_quietly_and_closes_its_session(shipped_server: ShippedServer) -> None:
+    process = subprocess.Popen(
+        [*STATESTREAM, "client", "generate", "--model", "char_lm", "--prompt", "ROMEO:", "--length", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=shipped_server.env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(5)
+    process.stdout.close()
+    assert process.wait(timeout=120) == command.EXIT_PIPE_CLOSED
+    assert process.stderr.read() == b""
+    # The generation was given up half-way; the session is closed, not left for the detach TTL.
+    entries = [json.loads(line) for line in shipped_server.log.read_text().splitlines() if line.startswith("{")]
+    opened = [e["session"] for e in entries if e.get("event") == "session_opened"]
+    closed = {e["session"] for e in entries if e.get("event") == "session_closed"}
+    assert opened[-1] in closed
+
+
 def test_generate_prints_no_warnings_about_unfinished_tasks(shipped_server: ShippedServer) -> None:
     # Seen before as "Task was destroyed but it is pending!" at exit, now and then: run it a few times.
     for seed in range(3):

@@ -111,10 +111,9 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
 
 def _generate(client: Client, args: argparse.Namespace) -> int:
     session = client.open(args.model)
+    events = session.generate(args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     try:
-        for event in session.generate(
-            args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed
-        ):
+        for event in events:
             if isinstance(event, pb.Token):
                 if args.json:
                     print(
@@ -129,6 +128,7 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
             else:
                 sys.stdout.write("\n")
     finally:
+        events.close()  # now, not at garbage collection: a reader that went away leaves it mid-answer
         session.close()
     return 0
 

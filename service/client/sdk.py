@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -93,6 +93,7 @@ class AsyncSession:
         self.last_seq = opened.last_applied_seq
         self.resume_timeout_s = resume_timeout_s
         self.resumes = 0
+        self.answers_pending = False  # a generation was given up half-way: its answers still arrive
 
     async def _receive(self) -> pb.SessionResponse:
         response = await self._call.read()
@@ -204,14 +205,17 @@ class AsyncSession:
             seed=secrets.randbits(63) if seed is None else seed,
         )
         tokens = 0
+        self.answers_pending = True  # until the answer ends: a caller may stop reading at any token
         async for response in self._exchange(pb.SessionRequest(generate=request)):
             kind = response.WhichOneof("response")
             if kind == "error":
+                self.answers_pending = False
                 raise StepFailed(response.error)
             if kind == "token":
                 tokens += 1
                 yield response.token
             elif kind == "generated":
+                self.answers_pending = False
                 done = response.generated
                 for index in range(tokens, len(done.ids)):  # tokens lost with a broken stream
                     yield pb.Token(
@@ -235,7 +239,22 @@ class AsyncSession:
         return (await self._one(pb.SessionRequest(snapshot=pb.SnapshotRequest()))).snapshot
 
     async def close(self) -> pb.Closed:
-        closed = (await self._one(pb.SessionRequest(close=pb.Close()))).closed
+        """Closes the session on the server.
+
+        After a generation given up half-way (its reader stopped: ``generate … | head``) the
+        server is still sending its tokens; those are read past until the close is answered,
+        so the session is closed now rather than left to the server's detach TTL.
+        """
+        request = pb.SessionRequest(close=pb.Close())
+        if self.answers_pending:
+            await self._call.write(request)
+            while (response := await self._receive()).WhichOneof("response") != "closed":
+                if response.HasField("error"):
+                    raise StepFailed(response.error)
+            self.answers_pending = False
+            closed = response.closed
+        else:
+            closed = (await self._one(request)).closed
         await self._call.done_writing()
         return closed
 
@@ -413,7 +432,9 @@ class SyncSession:
     def step(self, **kwargs: Any) -> pb.StepResult:
         return self._client._call(self.session.step(**kwargs))
 
-    def generate(self, prompt: str, max_tokens: int, **kwargs: Any) -> Iterator[pb.Token | pb.GenerateDone]:
+    def generate(
+        self, prompt: str, max_tokens: int, **kwargs: Any
+    ) -> Generator[pb.Token | pb.GenerateDone, None, None]:
         stream = self.session.generate(prompt, max_tokens, **kwargs)
         try:
             while True:
