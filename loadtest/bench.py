@@ -35,6 +35,23 @@ from typing import Any
 from loadtest.load import LoadResult, LoadSpec, create_sessions, run_load
 from loadtest.ortrate import OrtBench
 from loadtest.servers import ServerProcess, echo_command, serve_command
+from service import command
+from service.command import EXIT_USAGE, CommandError, Parser
+
+#: ``statestream bench --help``: the module docstring's content as plain text.
+DESCRIPTION = """The serving benchmark: every variant measured side by side in one run.
+
+It starts each server variant on 127.0.0.1 as a child process (stopped at the end, whatever
+happens), drives it with closed-loop load from separate client processes, and prints one table
+and the targets as ratios measured in this run. Variants:
+  echo         the same proto and message sizes with no model: the ceiling of a Python server
+  naive        --scheduler none, one batch-1 ONNX Runtime call per step: the baseline
+  statestream  the batching scheduler, at N = 1, 64, 256, 1024 streams
+  chunked      16 characters per message
+  multiplexed  256 sessions per message
+  ort          the model alone, at the batch shapes of those two
+  memory       RSS growth per idle session against its raw state bytes
+Each cell is the median of --repeats runs, measured interleaved (the machine is noisy)."""
 
 STREAMS_FULL = (1, 64, 256, 1024)
 STREAMS_QUICK = (1, 256)
@@ -381,9 +398,9 @@ def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] 
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="statestream bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="statestream bench", description=DESCRIPTION)
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="folder holding the model folder")
-    parser.add_argument("--model", default="char_lm", help="model to serve (default char_lm)")
+    parser.add_argument("--model", default="char_lm", help="model to serve")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 256, one repeat, short windows (< 2 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
     parser.add_argument("--streams", help="comma-separated stream counts (default 1,64,256,1024)")
@@ -413,7 +430,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         changes["variants"] = tuple(v.strip() for v in args.variants.split(","))
         unknown = set(changes["variants"]) - set(Plan.variants)
         if unknown:
-            raise SystemExit(f"statestream bench: unknown variant(s) {sorted(unknown)}")
+            raise CommandError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(Plan.variants)}", EXIT_USAGE)
     for name in (
         "repeats",
         "duration_s",
@@ -502,8 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = plan_of(args)
     folder = args.models_dir / args.model
     if not (folder / "manifest.json").is_file():
-        print(f"statestream bench: no model {args.model!r} in {args.models_dir} (use --models-dir)", file=sys.stderr)
-        return 2
+        raise CommandError(f"no model {args.model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
     started = time.monotonic()
     rows, memory = run(plan, args.models_dir, args.model)
     targets = targets_of(rows, memory, plan)
@@ -525,4 +541,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

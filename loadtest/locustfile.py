@@ -19,7 +19,7 @@ An in-stream error counts as a failure.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from typing import Any
 
 from grpc.experimental import gevent as grpc_gevent
 
@@ -45,27 +45,54 @@ TEXT = (
 )
 
 
+class Reader:
+    """The answers of one streaming call, remembering whether a read was cut off.
+
+    When a run ends, Locust kills each user's greenlet wherever it is, often inside a read. That
+    read stays pending on the call, and a second read on it fails inside gRPC ("Internal gRPC
+    call error 8", too many operations): so a user stopped mid-read cancels its call instead.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.reading = False
+
+    def next(self) -> Any:
+        self.reading = True
+        answer = next(self.call)
+        self.reading = False
+        return answer
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
 class SessionStream:
     """One Session stream driven request by request (the sync gRPC API, fed from a gevent queue)."""
 
     def __init__(self, stub: rpc.SessionServiceStub) -> None:
         self._requests: gevent.queue.Queue[pb.SessionRequest | None] = gevent.queue.Queue()
-        self._responses: Iterator[pb.SessionResponse] = stub.Session(iter(self._requests.get, None))
+        self._responses = Reader(stub.Session(iter(self._requests.get, None)))
         self.seq = 0
 
     def send(self, request: pb.SessionRequest) -> None:
         self._requests.put(request)
 
     def receive(self) -> pb.SessionResponse:
-        return next(self._responses)
+        response: pb.SessionResponse = self._responses.next()
+        return response
 
     def open(self, model: str) -> str:
         self.send(pb.SessionRequest(open=pb.OpenSession(model=model)))
         return self.receive().opened.session_id
 
     def close(self) -> None:
-        self.send(pb.SessionRequest(close=pb.Close()))
-        self.receive()
+        """Closes the session; a stream cut off mid-read is cancelled (the server expires the session)."""
+        if self._responses.reading:
+            self._responses.cancel()
+        else:
+            self.send(pb.SessionRequest(close=pb.Close()))
+            self.receive()
         self._requests.put(None)
 
 
@@ -169,9 +196,11 @@ class GatewayUser(StatestreamUser):
         self.ids = [self.sessions.CreateSession(pb.OpenSession(model=MODEL)).session_id for _ in range(self.fan_out)]
         self.seq = 0
         self.requests: gevent.queue.Queue[pb.MultiplexRequest | None] = gevent.queue.Queue()
-        self.answers: Iterator[pb.MultiplexResponse] = self.sessions.Multiplex(iter(self.requests.get, None))
+        self.answers = Reader(self.sessions.Multiplex(iter(self.requests.get, None)))
 
     def on_stop(self) -> None:
+        if self.answers.reading:  # cut off mid-read: see Reader
+            self.answers.cancel()
         self.requests.put(None)
         for session_id in self.ids:
             self.sessions.CloseSession(pb.CloseSessionRequest(session_id=session_id))
@@ -186,7 +215,7 @@ class GatewayUser(StatestreamUser):
         )
         started = time.perf_counter()
         self.requests.put(request)
-        answer = next(self.answers)
+        answer: pb.MultiplexResponse = self.answers.next()
         errors = [r.error.message for r in answer.results if r.HasField("error")]
         self.report("multiplex64", started, errors[0] if errors else None, answer.ByteSize())
 

@@ -108,12 +108,19 @@ def warn_if_exposed(settings: Settings, transport: TransportSecurity, auth: Auth
         log.warning("listening on %s without tokens or mutual TLS: every caller is 'anonymous'", settings.host)
 
 
+class BindError(OSError):
+    """The server cannot listen on its address (most often: the port is in use)."""
+
+
 def bind(server: grpc.aio.Server, target: str, transport: TransportSecurity) -> int:
-    """Binds the port (TLS when configured); returns the port number, raising when it cannot bind."""
-    if transport.credentials is None:
-        port = int(server.add_insecure_port(target))
-    else:
-        port = int(server.add_secure_port(target, transport.credentials))
+    """Binds the port (TLS when configured); returns the port number, raising BindError when it cannot bind."""
+    try:
+        if transport.credentials is None:
+            port = int(server.add_insecure_port(target))
+        else:
+            port = int(server.add_secure_port(target, transport.credentials))
+    except RuntimeError as exc:  # grpcio raises RuntimeError("Failed to bind to address ...")
+        raise BindError(f"cannot listen on {target}") from exc
     if port == 0:
-        raise OSError(f"cannot bind {target}")
+        raise BindError(f"cannot listen on {target}")
     return port

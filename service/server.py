@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from dataclasses import dataclass
 
 import grpc
@@ -26,7 +25,6 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
 from service.security import (
-    SecurityConfigError,
     TransportSecurity,
     authenticator,
     bind,
@@ -36,6 +34,7 @@ from service.security import (
 from service.servicers.models import ModelServicer
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import add_servicer
+from service.session_log import events
 from service.sessions import SessionStore
 from service.settings import Settings
 
@@ -89,6 +88,7 @@ class Server:
         transport = transport_security(settings)  # certificate and token files fail here, before any load
         auth = auth if auth is not None else authenticator(settings)
         metrics = Metrics()
+        events.configure(settings.log_session_events_per_s)
         registry = Registry.from_folder(settings.models_dir, settings)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
@@ -138,10 +138,15 @@ class Server:
         self.store.accepting = False
         await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.grace_s
+        started, streams = loop.time(), self.sessions.open_streams
+        deadline = started + self.settings.grace_s
         while self.sessions.open_streams and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        cut, sessions_left = self.sessions.open_streams, len(self.store)
         await self.stop(max(0.0, min(0.5, deadline - loop.time())))
+        events.stopped(
+            streams_drained=streams - cut, streams_cut=cut, sessions_left=sessions_left, seconds=loop.time() - started
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.grpc_server.stop(grace_s)
@@ -155,11 +160,7 @@ class Server:
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains."""
-    try:
-        server = await Server.start(settings)
-    except SecurityConfigError as exc:
-        print(f"statestream serve: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    server = await Server.start(settings)  # a SecurityConfigError or BindError is the CLI's to report
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

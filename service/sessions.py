@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from service.errors import FailedPrecondition, NotFound, ResourceExhausted
 from service.metrics import Metrics
 from service.runtime import ModelRuntime, Runtimes
+from service.session_log import events
 from service.settings import Settings
 from service.snapshots import Sealer
 
@@ -196,6 +197,7 @@ class SessionStore:
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self.metrics.active_sessions.labels(runtime.name).inc()
         self.metrics.state_bytes.labels(runtime.name).set(runtime.slabs.nbytes)
+        events.opened(session)
         return session
 
     def _evict_lru(self, owner: str | None) -> bool:
@@ -241,7 +243,7 @@ class SessionStore:
         self.metrics.active_sessions.labels(name).dec()
         if reason != "closed":
             self.metrics.evictions.labels(name, reason).inc()
-            log.info("session closed by the server", extra={"model": name, "reason": reason})
+        events.closed(session, reason)
 
     def attach(self, session: Session, stream: object) -> None:
         session.stream = stream

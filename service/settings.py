@@ -31,6 +31,13 @@ class Settings:
     models_dir: Path = field(default=Path("models"), metadata={"help": "folder of model folders"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
+    log_session_events_per_s: float = field(
+        default=20.0,
+        metadata={
+            "help": "most session event lines (opened, closed, evicted, resumed, refused) logged per second; "
+            "the rest are counted (0: count only)"
+        },
+    )
 
     scheduler: str = field(
         default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"}
@@ -76,7 +83,7 @@ class Settings:
     reply_cache: int = field(default=8, metadata={"help": "answers kept per session to re-send to a resuming client"})
 
     tls_cert: Path | None = field(default=None, metadata={"help": "server certificate chain (PEM); enables TLS"})
-    tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM)"})
+    tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM), with --tls-cert"})
     tls_client_ca: Path | None = field(
         default=None, metadata={"help": "CA bundle (PEM) clients must present a cert from: mutual TLS"}
     )
@@ -141,6 +148,11 @@ def _converter(kind: Any) -> Any:
     return {"int": int, "float": float, "str": str, "Path": Path, "bool": _parse_bool}[name.removesuffix(" | None")]
 
 
+def _default_text(default: Any) -> str:
+    """``default X; `` for the help text, or nothing for an option that is off until given (its help says so)."""
+    return "" if default is None or default == "" else f"default {default}; "
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per settings field, defaulting to "not given" so env vars can fill in."""
     for f in fields(Settings):
@@ -151,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()})",
+                help=f"{f.metadata.get('help', '')} (default {'on' if f.default else 'off'}; "
+                f"env {ENV_PREFIX}{f.name.upper()})",
             )
         else:
             parser.add_argument(
@@ -159,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 default=None,
                 type=kind,
-                help=f"{f.metadata.get('help', '')} (default {f.default}; env {ENV_PREFIX}{f.name.upper()})",
+                help=f"{f.metadata.get('help', '')} ({_default_text(f.default)}env {ENV_PREFIX}{f.name.upper()})",
             )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,12 @@ import pytest
 
 from service.contract import Manifest
 from service.settings import Settings
-from tests.servers import ServerThread
+from tests.servers import ServerThread, serve_process
 
 TESTS = Path(__file__).parent
+ROOT = TESTS.parent
 TINY_RECIPE = TESTS / "recipes" / "tiny_char_lm.toml"
+SHIPPED_MODELS = ROOT / "models"
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +77,31 @@ class OfflineLM:
 @pytest.fixture(scope="session")
 def offline_lm(tiny_lm_dir: Path) -> OfflineLM:
     return OfflineLM(tiny_lm_dir / "char_lm")
+
+
+@dataclass(frozen=True)
+class ShippedServer:
+    """``statestream serve`` on the shipped models, as a newcomer starts it; its log goes to ``log``."""
+
+    target: str
+    log: Path
+    env: dict[str, str]  # what a client run against it should be given (STATESTREAM_TARGET set)
+
+
+@pytest.fixture(scope="session")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedServer]:
+    """The README's server: the shipped ``models/char_lm``, default settings, JSON logs to a file.
+
+    The log is a file, not a pipe: a pipe nobody reads fills up and stalls the server.
+    """
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+    log = tmp_path_factory.mktemp("shipped") / "server.log"
+    with (
+        log.open("w") as sink,
+        serve_process(["--models-dir", str(SHIPPED_MODELS), "--log-json"], clean, cwd=ROOT, stderr=sink) as (
+            _,
+            _,
+            target,
+        ),
+    ):
+        yield ShippedServer(target, log, {**clean, "STATESTREAM_TARGET": target})

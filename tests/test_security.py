@@ -379,11 +379,11 @@ def test_tls_cli_client_reads_its_settings_from_the_environment(mtls_token_serve
 def test_tls_cli_client_without_a_token_reports_unauthenticated(mtls_token_server: ServerThread, pki: Pki) -> None:
     tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.alice.cert), "--tls-key", str(pki.alice.key)]
     done = cli("models", "--target", mtls_token_server.target, *tls)
-    assert done.returncode == 1
+    assert done.returncode == 3  # refused by the server (docs/api.md#exit-codes)
     assert "UNAUTHENTICATED" in done.stderr and "Traceback" not in done.stderr
     done = cli("models", "--target", mtls_token_server.target, "--tls-ca", str(pki.ca), "--token", ALICE_TOKEN)
-    assert done.returncode == 1
-    assert "UNAVAILABLE" in done.stderr  # no client certificate: the handshake fails
+    assert done.returncode == 4  # no answer: without a client certificate the handshake fails
+    assert "UNAVAILABLE" in done.stderr
     done = cli("models", "--target", mtls_token_server.target, "--tls-cert", str(pki.alice.cert))
     assert done.returncode == 2
     assert "--tls-cert and --tls-key go together" in done.stderr
@@ -774,4 +774,4 @@ def test_tls_docs_commands_make_certificates_serve_and_connect(tiny_lm_dir: Path
             timeout=60,
             env=env,
         )
-        assert without_token.returncode == 1 and "UNAUTHENTICATED" in without_token.stderr
+        assert without_token.returncode == 3 and "UNAUTHENTICATED" in without_token.stderr

@@ -1,4 +1,4 @@
-"""Command-line entry points of the training side: train, export, eval.
+"""Command-line entry points of the training side: train, export, eval, for every kind of model.
 
 The server's ``statestream`` CLI dispatches its ``train``, ``export`` and ``eval`` verbs to
 :func:`train_command`, :func:`export_command` and :func:`eval_command` with the arguments after
@@ -8,17 +8,28 @@ the verb; ``python -m training.cli VERB ...`` does the same without the server i
     python -m training.cli train path/to/recipe.toml
     python -m training.cli export --checkpoint runs/char_lm/weights.pt --out models/char_lm
     python -m training.cli eval --model models/char_lm --json
+
+A recipe's ``kind`` (``training.kinds``) picks the network, the data, the exporter and the scorer;
+these commands know nothing else of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
-from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of
+from service.command import EXIT_INTERNAL, EXIT_USAGE, CommandError, Parser, positive_int
+from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of, known_kinds
 from training.recipes import RecipeError, load_recipe, recipe_path
+
+
+def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -> bool:
+    """Whether train and eval draw a progress bar: not when asked to be quiet or to print JSON, and
+    only to a terminal (a bar's carriage returns make a log file or a CI transcript unreadable)."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and not as_json and stream.isatty()
 
 
 def _recipe_file(name_or_path: str) -> Path:
@@ -27,29 +38,37 @@ def _recipe_file(name_or_path: str) -> Path:
     return path if path.suffix == ".toml" or path.exists() else recipe_path(name_or_path)
 
 
-def _error(message: object) -> int:
-    print(f"statestream: error: {message}", file=sys.stderr)
-    return 2
+def _load_recipe(path: Path) -> object:
+    try:
+        return load_recipe(path)
+    except RecipeError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
 
 
 def train_command(argv: list[str]) -> int:
     """``train RECIPE``: run a recipe of any kind (or resume it), writing to the recipe's ``out``."""
-    parser = argparse.ArgumentParser(prog="statestream train", description=train_command.__doc__)
-    parser.add_argument("recipe", help="a shipped recipe's name (training/recipes/NAME.toml, e.g. char_lm) or a path")
-    parser.add_argument("--recipe", dest="recipe_file", type=Path, help="recipe TOML overriding RECIPE's file")
+    parser = Parser(
+        prog="statestream train",
+        description="Train a model from its recipe (or resume the run), writing checkpoints, weights, the\n"
+        "loss curve and a summary to the recipe's output folder. The recipe's kind picks the network,\n"
+        f"the data and the loop (kinds: {', '.join(known_kinds())}).",
+    )
+    parser.add_argument(
+        "recipe", help="a shipped recipe's name (training/recipes/NAME.toml, e.g. char_lm) or a recipe TOML's path"
+    )
+    parser.add_argument("--recipe", dest="recipe_file", type=Path, help="recipe TOML to read instead of RECIPE's")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--steps", type=positive_int, help="override the recipe's step count")
     parser.add_argument("--out", help="override the recipe's output folder")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available")
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
+    )
     args = parser.parse_args(argv)
 
     path = args.recipe_file or _recipe_file(args.recipe)
-    try:
-        recipe = load_recipe(path)
-    except RecipeError as exc:
-        return _error(exc)
+    recipe = _load_recipe(path)
     options = TrainOptions(
         recipe_file=path,
         steps=args.steps,
@@ -57,56 +76,78 @@ def train_command(argv: list[str]) -> int:
         device=args.device,
         resume=args.resume,
         max_minutes=args.max_minutes,
-        progress=not args.quiet,
+        progress=show_progress(quiet=args.quiet, as_json=False),
     )
-    print(json.dumps(kind_of(recipe.kind).train(recipe, options)))
+    print(json.dumps(kind_of(recipe.kind).train(recipe, options)))  # type: ignore[attr-defined]
     return 0
 
 
 def export_command(argv: list[str]) -> int:
-    """``export [RECIPE] --checkpoint W --out DIR``: a checkpoint of any kind -> a model folder, after its parity checks."""
-    parser = argparse.ArgumentParser(prog="statestream export", description=export_command.__doc__)
-    parser.add_argument("recipe", nargs="?", help="the recipe it was trained with, when the checkpoint does not say")
+    """``export [RECIPE] --checkpoint W --out DIR``: a checkpoint of any kind -> a model folder, after its checks."""
+    parser = Parser(
+        prog="statestream export",
+        description="Export a trained checkpoint to a model folder (manifest.json + ONNX graphs), after\n"
+        "checking that ONNX Runtime gives the PyTorch model's outputs. The checkpoint's recipe says its kind.",
+    )
+    parser.add_argument(
+        "recipe", nargs="?", help="the recipe it was trained with, for a checkpoint that does not name its kind"
+    )
     parser.add_argument("--checkpoint", type=Path, required=True, help="weights.pt, best.pt or checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/char_lm")
     parser.add_argument("--loss-curve", type=Path, help="PNG to ship (default: loss_curve.png beside the checkpoint)")
-    parser.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
+    parser.add_argument(
+        "--exporter",
+        default="auto",
+        choices=("auto", "torchscript", "dynamo"),
+        help="torch's ONNX exporter; auto tries torchscript, then dynamo",
+    )
     args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise CommandError(f"--checkpoint {args.checkpoint}: no such file", EXIT_USAGE)
 
     from training.checkpoints import load_weights
     from training.export import ParityError
 
+    kind_name = load_weights(args.checkpoint).metadata.get("recipe", {}).get("kind")
+    if not kind_name:
+        if args.recipe is None:
+            raise CommandError(
+                f"{args.checkpoint} does not say its kind: name the recipe it was trained with", EXIT_USAGE
+            )
+        kind_name = _load_recipe(_recipe_file(args.recipe)).kind  # type: ignore[attr-defined]
     try:
-        kind_name = load_weights(args.checkpoint).metadata.get("recipe", {}).get("kind")
-        if not kind_name:
-            if args.recipe is None:
-                return _error(f"{args.checkpoint} does not say its kind: name the recipe it was trained with")
-            kind_name = load_recipe(_recipe_file(args.recipe)).kind
         kind = kind_of(kind_name)
-        options = ExportOptions(args.checkpoint, args.out, args.loss_curve, args.exporter)
-        print(kind.export(options))
-    except (RecipeError, UnknownKind, FileNotFoundError) as exc:
-        return _error(exc)
+        print(kind.export(ExportOptions(args.checkpoint, args.out, args.loss_curve, args.exporter)))
+    except UnknownKind as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc), EXIT_INTERNAL) from exc
     return 0
 
 
 def eval_command(argv: list[str]) -> int:
     """``eval --model FOLDER``: a model folder's scores, recomputed from its ONNX graphs by its kind's scorer."""
-    parser = argparse.ArgumentParser(prog="statestream eval", description=eval_command.__doc__)
+    parser = Parser(
+        prog="statestream eval",
+        description="A model folder's scores, recomputed from its ONNX graphs (the artefact that is served)\n"
+        "by the scorer of its kind (a language model: validation loss on the held-out 10% of Tiny Shakespeare).",
+    )
     parser.add_argument("--model", type=Path, required=True, help="model folder, e.g. models/char_lm")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
+    )
     args = parser.parse_args(argv)
+    if not (args.model / "manifest.json").is_file():
+        raise CommandError(f"--model {args.model}: not a model folder (no manifest.json)", EXIT_USAGE)
 
     from service.contract import ContractError, Manifest
 
     try:
         manifest = Manifest.load(args.model)
-        score = kind_of(manifest.task).evaluate(args.model)
+        score = kind_of(manifest.task).evaluate(args.model, show_progress(quiet=args.quiet, as_json=args.json))
     except (ContractError, UnknownKind) as exc:
-        return _error(exc)
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     if args.json:
         print(json.dumps(score))
     elif "val_loss_nats_per_char" in score:
@@ -114,7 +155,7 @@ def eval_command(argv: list[str]) -> int:
             f"{score['model']}: {score['val_loss_nats_per_char']:.4f} nats/char over {score['chars']:,} held-out characters"
         )
     else:
-        print(f"{manifest.name}: " + ", ".join(f"{k} {v}" for k, v in score.items() if k != "model"))
+        print(f"{manifest.name}: " + ", ".join(f"{key} {value}" for key, value in score.items() if key != "model"))
     return 0
 
 
@@ -123,11 +164,13 @@ COMMANDS = {"train": train_command, "export": export_command, "eval": eval_comma
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.cli {train,export,eval} ...``."""
+    from service.command import debug_requested, run
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])
+        return EXIT_USAGE
+    return run(lambda: COMMANDS[argv[0]](argv[1:]), debug=debug_requested(argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 from service.contract import ContractError, Manifest, zero_state
 from training.data.shakespeare import Vocabulary, load_shakespeare
@@ -86,21 +87,32 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def streamed_loss(
-    step_fn: StepFn, manifest: Manifest, ids: np.ndarray, *, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK
+    step_fn: StepFn,
+    manifest: Manifest,
+    ids: np.ndarray,
+    *,
+    streams: int = EVAL_STREAMS,
+    chunk: int = EVAL_CHUNK,
+    progress: bool = False,
 ) -> tuple[float, int]:
     """Mean next-token cross-entropy (nats per token) of a language model over ``ids``.
 
     ``ids`` is cut into ``streams`` contiguous rows; each row is read from the initial state
-    with the state carried to its end. Returns ``(loss, predicted_tokens)``.
+    with the state carried to its end. Returns ``(loss, predicted_tokens)``. ``progress`` draws a
+    bar on stderr (characters scored, their rate, and the time left): a full pass takes a while.
     """
     grid = as_streams(np.asarray(ids, dtype=np.int64), streams)
     inputs, targets = grid[:, :-1], grid[:, 1:]
     token_input, logits_output = manifest.inputs[0].name, manifest.outputs[0].name
     total = 0.0
-    for start, outputs in iter_chunks(step_fn, manifest, {token_input: inputs}, chunk):
-        logp = log_softmax(outputs[logits_output])
-        y = targets[:, start : start + logp.shape[1]]
-        total -= float(np.take_along_axis(logp, y[..., None], axis=-1).sum())
+    with tqdm(
+        total=int(targets.size), disable=not progress, unit="char", unit_scale=True, desc="eval", dynamic_ncols=True
+    ) as bar:
+        for start, outputs in iter_chunks(step_fn, manifest, {token_input: inputs}, chunk):
+            logp = log_softmax(outputs[logits_output])
+            y = targets[:, start : start + logp.shape[1]]
+            total -= float(np.take_along_axis(logp, y[..., None], axis=-1).sum())
+            bar.update(int(y.size))
     return total / targets.size, int(targets.size)
 
 
@@ -114,7 +126,7 @@ class LanguageModelScore:
 
 
 def evaluate_language_model(
-    model_folder: Path, *, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK
+    model_folder: Path, *, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK, progress: bool = False
 ) -> LanguageModelScore:
     """Validation loss of a character language model folder, from its ONNX graph.
 
@@ -129,7 +141,9 @@ def evaluate_language_model(
     if Vocabulary(manifest.vocabulary) != corpus.vocab:
         raise ContractError(f"{manifest.name}: its vocabulary differs from the Tiny Shakespeare vocabulary")
     session = open_session(Path(model_folder) / manifest.step_graph)
-    loss, chars = streamed_loss(ort_step_fn(session), manifest, corpus.val_ids, streams=streams, chunk=chunk)
+    loss, chars = streamed_loss(
+        ort_step_fn(session), manifest, corpus.val_ids, streams=streams, chunk=chunk, progress=progress
+    )
     return LanguageModelScore(model=manifest.name, val_loss_nats_per_char=loss, chars=chars)
 
 

@@ -438,7 +438,9 @@ def train(
             write_weights(out / BEST_WEIGHTS_FILE, model, metadata, training_facts(step))
         return loss
 
-    bar = tqdm(total=config.steps, initial=start_step, disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(
+        total=config.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=2.0
+    )
     step = start_step
     while step < config.steps:
         x, y, starts_epoch = data.chunk(step)

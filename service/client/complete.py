@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.sdk import Client, StepFailed
+from service.client.sdk import Client
+from service.command import EXIT_USAGE, CommandError, non_negative_float, positive_int
 from service.tensors import from_proto
 
 DEFAULT_MAX_STEPS = 50
@@ -37,20 +37,28 @@ class ProbeError(ValueError):
     """A probe that cannot be built for this model (exit status 2, one line)."""
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Registers the ``complete`` subcommand (called by ``service.client.commands``)."""
-    parser = sub.add_parser("complete", parents=[common], help="complete a letter or digit with an associative memory")
-    parser.add_argument("--model", required=True)
+DESCRIPTION = "complete a noisy or occluded letter or digit with an associative memory, sweep by sweep"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``complete`` subcommand's own options (``service.client.commands`` adds the connection ones)."""
+    parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     parser.add_argument("--pattern", required=True, help="a letter A-Z (letter memories) or a digit 0-9 (digit RBM)")
-    parser.add_argument("--noise", type=float, default=0.0, help="fraction of pixels flipped (default 0)")
+    parser.add_argument("--noise", type=non_negative_float, default=0.0, help="fraction of pixels flipped")
     parser.add_argument(
         "--occlude", default="none", choices=("none", "bottom", "top", "left", "right"), help="hide a half (unknown)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the flipped pixels and the server's run")
-    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="most sweeps")
-    parser.add_argument("--t-start", type=float, help="stochastic nets: first temperature")
-    parser.add_argument("--t-end", type=float, help="stochastic nets: last temperature")
-    parser.add_argument("--sweeps", type=int, help="stochastic nets: length of the annealing schedule")
+    parser.add_argument("--max-steps", type=positive_int, default=DEFAULT_MAX_STEPS, help="most sweeps")
+    parser.add_argument(
+        "--t-start", type=non_negative_float, help="stochastic nets: first temperature (default: the model's, 1)"
+    )
+    parser.add_argument(
+        "--t-end", type=non_negative_float, help="stochastic nets: last temperature (default: the model's, 1)"
+    )
+    parser.add_argument(
+        "--sweeps", type=positive_int, help="stochastic nets: length of the annealing schedule (default: --max-steps)"
+    )
     parser.add_argument("--png", type=Path, help="draw the probe and each sweep with its energy (needs matplotlib)")
 
 
@@ -102,13 +110,11 @@ def _options(args: argparse.Namespace) -> dict[str, float]:
 
 def complete(client: Client, args: argparse.Namespace) -> int:
     if args.png is not None and not _has_matplotlib():
-        print("statestream client: --png needs matplotlib (pip install 'statestream[train]')", file=sys.stderr)
-        return 2
+        raise CommandError("--png needs matplotlib", EXIT_USAGE, hint="pip install 'statestream[train]'")
     info = client.get_model(args.model)
     clamp = next((t for t in info.inputs if t.name == "clamp_values"), None)
     if info.task != "associative_memory" or clamp is None:
-        print(f"statestream client: {args.model!r} is not an associative memory (task {info.task!r})", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.model!r} is not an associative memory (its task is {info.task!r})", EXIT_USAGE)
     units = int(np.prod(list(clamp.shape)))
     binary = any(t.name == "temperature" for t in info.inputs)
     try:
@@ -117,8 +123,7 @@ def complete(client: Client, args: argparse.Namespace) -> int:
             target, shape, noise=args.noise, occlude=args.occlude, seed=args.seed, binary=binary
         )
     except ProbeError as exc:
-        print(f"statestream client: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     session = client.open(args.model)
     sweeps: list[dict[str, Any]] = []
     states: list[np.ndarray] = []
@@ -144,10 +149,7 @@ def complete(client: Client, args: argparse.Namespace) -> int:
                 )
             else:
                 done = event
-    except StepFailed as exc:
-        print(f"statestream client: {exc.error.code_name}: {exc.error.message}", file=sys.stderr)
-        return 1
-    finally:
+    finally:  # a refused run (StepFailed) is reported by the client's one error path
         session.close()
     final = states[-1]
     read = (final > 0.5) if binary else (final > 0)

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -95,6 +95,7 @@ class AsyncSession:
         self.last_seq = opened.last_applied_seq
         self.resume_timeout_s = resume_timeout_s
         self.resumes = 0
+        self.answers_pending = False  # a generation was given up half-way: its answers still arrive
 
     async def _receive(self) -> pb.SessionResponse:
         response = await self._call.read()
@@ -206,14 +207,17 @@ class AsyncSession:
             seed=secrets.randbits(63) if seed is None else seed,
         )
         tokens = 0
+        self.answers_pending = True  # until the answer ends: a caller may stop reading at any token
         async for response in self._exchange(pb.SessionRequest(generate=request)):
             kind = response.WhichOneof("response")
             if kind == "error":
+                self.answers_pending = False
                 raise StepFailed(response.error)
             if kind == "token":
                 tokens += 1
                 yield response.token
             elif kind == "generated":
+                self.answers_pending = False
                 done = response.generated
                 for index in range(tokens, len(done.ids)):  # tokens lost with a broken stream
                     yield pb.Token(
@@ -270,7 +274,22 @@ class AsyncSession:
         return (await self._one(pb.SessionRequest(snapshot=pb.SnapshotRequest()))).snapshot
 
     async def close(self) -> pb.Closed:
-        closed = (await self._one(pb.SessionRequest(close=pb.Close()))).closed
+        """Closes the session on the server.
+
+        After a generation given up half-way (its reader stopped: ``generate … | head``) the
+        server is still sending its tokens; those are read past until the close is answered,
+        so the session is closed now rather than left to the server's detach TTL.
+        """
+        request = pb.SessionRequest(close=pb.Close())
+        if self.answers_pending:
+            await self._call.write(request)
+            while (response := await self._receive()).WhichOneof("response") != "closed":
+                if response.HasField("error"):
+                    raise StepFailed(response.error)
+            self.answers_pending = False
+            closed = response.closed
+        else:
+            closed = (await self._one(request)).closed
         await self._call.done_writing()
         return closed
 
@@ -395,10 +414,26 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._call(self._async.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Closes the channel and ends the loop thread with no task left pending.
+
+        A call abandoned half-way (an error raised out of a generation, a reader that went
+        away) leaves grpc.aio tasks on the loop; closing the loop under them prints "Task was
+        destroyed but it is pending!" at exit, so they are cancelled and awaited first.
+        """
+        try:
+            self._call(self._shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        await self._async.close()
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
     def list_models(self) -> list[pb.ModelInfo]:
         return self._call(self._async.list_models())
@@ -421,6 +456,12 @@ async def _next(stream: AsyncIterator[T]) -> T:
     return await anext(stream)
 
 
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class SyncSession:
     def __init__(self, client: Client, session: AsyncSession) -> None:
         self._client = client
@@ -433,13 +474,18 @@ class SyncSession:
     def step(self, **kwargs: Any) -> pb.StepResult:
         return self._client._call(self.session.step(**kwargs))
 
-    def generate(self, prompt: str, max_tokens: int, **kwargs: Any) -> Iterator[pb.Token | pb.GenerateDone]:
+    def generate(
+        self, prompt: str, max_tokens: int, **kwargs: Any
+    ) -> Generator[pb.Token | pb.GenerateDone, None, None]:
         stream = self.session.generate(prompt, max_tokens, **kwargs)
-        while True:
-            try:
-                yield self._client._call(_next(stream))
-            except StopAsyncIteration:
-                return
+        try:
+            while True:
+                try:
+                    yield self._client._call(_next(stream))
+                except StopAsyncIteration:
+                    return
+        finally:  # an error or an early stop leaves the async generator suspended: finish it on its loop
+            self._client._call(_aclose(stream))
 
     @property
     def last_seq(self) -> int:

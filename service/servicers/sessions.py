@@ -30,6 +30,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.servicers.wire import Context, Malformed
+from service.session_log import events
 from service.sessions import ReplyKind, SeqCheck, SessionStore
 from service.sessions import Session as SessionState
 from service.settings import Settings
@@ -96,6 +97,7 @@ class SessionServicer:
         try:
             return await action()
         except StatestreamError as exc:
+            events.refused(exc)
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
@@ -171,9 +173,12 @@ class SessionServicer:
                 raise
         except StatestreamError as exc:
             self.metrics.failures.labels("", exc.code.name).inc()
+            events.refused(exc)
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
         self.store.attach(session, stream)
+        if kind == "attach":
+            events.resumed(session)
         return session
 
     async def _answer_step(self, session: SessionState, request: pb.SessionRequest) -> pb.SessionResponse:
@@ -184,6 +189,7 @@ class SessionServicer:
             return pb.SessionResponse(result=await self.step(session, checked(request).step))
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
+            events.refused(exc, session)
             return pb.SessionResponse(error=error_message(request.step.seq, exc))
 
     async def _handle(
@@ -224,6 +230,7 @@ class SessionServicer:
                 raise InvalidArgument("empty message: set one of step, generate, run, fork, reset, snapshot or close")
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
+            events.refused(exc, session)
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
 
     async def step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
@@ -368,15 +375,18 @@ class SessionServicer:
                         self._enter_stream()
                     except StatestreamError as exc:
                         caller = None
+                        events.refused(exc)
                         await context.abort(exc.code, exc.message)
                         raise  # unreachable: abort raises
                 if isinstance(request, Malformed):
+                    events.refused(InvalidArgument(request.reason))
                     yield pb.MultiplexResponse(
                         results=[pb.SessionStepResult(error=error_message(0, InvalidArgument(request.reason)))]
                     )
                     continue
                 too_big = self._multiplex_too_big(request, caller)
                 if too_big is not None:
+                    events.refused(too_big)
                     yield pb.MultiplexResponse(results=[pb.SessionStepResult(error=error_message(0, too_big))])
                     continue
                 # If this stream breaks meanwhile, each entry's step either never started or still
@@ -432,6 +442,7 @@ class SessionServicer:
             self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
             result = await self.step(session, entry.step)
         except StatestreamError as exc:
+            events.refused(exc)
             return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
         return pb.SessionStepResult(session_id=entry.session_id, result=result)
 

@@ -49,14 +49,15 @@ class TrainingKind:
 
     ``recipe`` is the recipe's dataclass (strictly read from TOML); ``train`` runs it and
     returns a JSON-able summary; ``export`` writes a model folder (after its parity checks) and
-    returns a one-line report; ``evaluate`` recomputes a model folder's scores from its ONNX graphs.
+    returns a one-line report; ``evaluate(folder, progress)`` recomputes a model folder's scores from
+    its ONNX graphs (with a progress bar when ``progress``).
     """
 
     name: str
     recipe: type[Any]
     train: Callable[[Any, TrainOptions], dict[str, Any]]
     export: Callable[[ExportOptions], str]
-    evaluate: Callable[[Path], dict[str, Any]]
+    evaluate: Callable[[Path, bool], dict[str, Any]]
 
 
 class UnknownKind(ValueError):

@@ -215,7 +215,8 @@ def export(options: ExportOptions) -> str:
     )
 
 
-def evaluate(folder: Path) -> dict[str, Any]:
+def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
+    """Recall and accuracy from the ONNX graph; a memory is scored in seconds, so ``progress`` draws no bar."""
     from service.contract import Manifest
     from training.evaluate import open_session, ort_step_fn
 

@@ -66,10 +66,10 @@ def export(options: ExportOptions) -> str:
     )
 
 
-def evaluate(folder: Path) -> dict[str, Any]:
+def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
     from training.evaluate import evaluate_language_model
 
-    return asdict(evaluate_language_model(folder))
+    return asdict(evaluate_language_model(folder, progress=progress))
 
 
 KIND = TrainingKind("language_model", CharLMRecipe, train, export, evaluate)

@@ -1,0 +1,236 @@
+"""What every ``statestream`` command shares: its argument parser, its exit codes, its one error path.
+
+A person at a terminal should see one line that says what went wrong and, where it helps, what
+to do next; a traceback is for a bug, or for ``--debug``. Every command (serve, client, train,
+export, eval, bench, loadtest) therefore builds its parser from :class:`Parser` and runs under
+:func:`run`, which turns the errors a user can cause into one line on stderr and an exit code
+that says which kind of failure it was, so a script can tell "fix your command" from "the
+server said no" from "no server there". The codes are documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+
+PROGRAM = "statestream"
+
+#: A bug, or a fault the server reported as its own (INTERNAL, UNKNOWN): not the user's doing.
+EXIT_INTERNAL = 1
+#: The command line itself is wrong: a bad flag or value, a missing file or folder, a busy port.
+EXIT_USAGE = 2
+#: The server answered and refused the request (bad input, unknown model, a limit, no token).
+EXIT_REFUSED = 3
+#: No answer: nothing listens at the target, it cannot be reached, or it is not taking requests.
+EXIT_UNREACHABLE = 4
+#: Stopped with Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+#: Whoever read the output stopped reading (``… | head``); the command ends quietly, as a tool
+#: killed by SIGPIPE would (128 + 13).
+EXIT_PIPE_CLOSED = 141
+
+#: gRPC codes that mean "no usable answer from a server", not "the server said no".
+UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: gRPC codes that mean the server failed, not the request.
+SERVER_FAULT_CODES = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
+)
+DEBUG_FLAG = "--debug"
+
+
+class CommandError(Exception):
+    """An error a user can act on: printed as one line, ending the command with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, code: str = "", hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.code = code
+        self.hint = hint
+
+    def line(self) -> str:
+        """``statestream: error: <what> (<CODE>); <hint>``: the one line a user sees."""
+        return error_line(self.message, code=self.code, hint=self.hint)
+
+
+def error_line(message: str, *, code: str = "", hint: str = "") -> str:
+    text = " ".join(message.split())  # one line, whatever the message held
+    return f"{PROGRAM}: error: {text}" + (f" ({code})" if code else "") + (f"; {hint}" if hint else "")
+
+
+def _connect_reason(details: str) -> str:
+    """The useful end of gRPC's 'failed to connect' details (e.g. 'Connection refused')."""
+    match = re.search(r"(Connection refused|Connection reset by peer|No route to host|Name or service not known|"
+                      r"Domain name not found|DNS resolution failed|Socket closed|Deadline Exceeded|"
+                      r"handshake failed|Ssl handshake failed)", details, re.I)  # fmt: skip
+    return match.group(1).lower() if match else ""
+
+
+def rpc_error(code: grpc.StatusCode, details: str, *, target: str = "") -> CommandError:
+    """The CommandError for a call that ended with a gRPC status: refused, unreachable, or a server fault."""
+    details = details or ""
+    if code in UNREACHABLE_CODES:
+        reason = _connect_reason(details)
+        if "failed to connect" in details or reason or not details:
+            where = f" at {target}" if target else ""
+            hint = (
+                "check --tls-ca, --tls-cert/--tls-key and --tls-server-name against the server's TLS set-up"
+                if "handshake" in reason
+                else "is 'statestream serve' running there? Set the address with --target HOST:PORT"
+            )
+            return CommandError(
+                f"cannot reach a statestream server{where}" + (f": {reason}" if reason else ""),
+                EXIT_UNREACHABLE,
+                code=code.name,
+                hint=hint,
+            )
+        return CommandError(details, EXIT_UNREACHABLE, code=code.name)
+    if code in SERVER_FAULT_CODES:
+        return CommandError(details or "the server failed", EXIT_INTERNAL, code=code.name)
+    hint = "give a token with --token-file or --token" if code == grpc.StatusCode.UNAUTHENTICATED else ""
+    return CommandError(details or code.name.lower(), EXIT_REFUSED, code=code.name, hint=hint)
+
+
+def call_error(exc: grpc.RpcError, *, target: str = "") -> CommandError:
+    """The CommandError for a failed gRPC call (grpc.aio's AioRpcError or the sync API's error)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    return rpc_error(code, details or "", target=target)
+
+
+def classify(exc: BaseException) -> CommandError | None:
+    """The user-facing form of ``exc``, or None when it is a bug (which keeps its traceback)."""
+    if isinstance(exc, CommandError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        return call_error(exc)
+    return None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends each option's default to its help, unless the help already states one or there is none.
+
+    argparse's ArgumentDefaultsHelpFormatter prints ``(default: None)`` for an option that is
+    simply off until given, which tells a reader nothing; this one leaves those out and keeps
+    descriptions as written (line breaks included).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or not action.option_strings:
+            return text
+        off = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if off or isinstance(action, argparse._HelpAction):  # `is`: a default of 0 is a value worth showing
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one ``statestream: error:`` line, exiting with EXIT_USAGE.
+
+    Every parser also accepts ``--debug`` (read by :func:`debug_requested` before parsing), so
+    it may be given anywhere on the command line and shows in every ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            DEBUG_FLAG, action="store_true", default=argparse.SUPPRESS, help="print the traceback of an error too"
+        )
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, error_line(message, hint=f"see '{self.prog} --help'") + "\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number of 0 or more."""
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    """Whether ``--debug`` is among the arguments (before a ``--``)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == DEBUG_FLAG:
+            return True
+    return False
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so the interpreter's final flush of a closed pipe says nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def run(action: Callable[[], int], *, debug: bool = False) -> int:
+    """Runs a command; a user error becomes one line on stderr and its exit code.
+
+    An exception that is not a user error is a bug: its traceback is printed, with a last line
+    saying so.
+    """
+    try:
+        return action()
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE_CLOSED
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is None:
+            traceback.print_exc()
+            print(error_line(f"internal error: {exc!r}", hint="this is a bug; please report it"), file=sys.stderr)
+            return EXIT_INTERNAL
+        if debug:
+            traceback.print_exc()
+        print(failure.line(), file=sys.stderr)
+        return failure.exit_code
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One row of the documented exit codes (docs/api.md is checked against this table)."""
+
+    code: int
+    meaning: str
+
+
+EXIT_CODES = (
+    ExitCode(0, "success"),
+    ExitCode(EXIT_INTERNAL, "a bug, or a fault the server reports as its own (INTERNAL, UNKNOWN)"),
+    ExitCode(EXIT_USAGE, "the command line is wrong: a flag or value, a missing file or folder, a busy port"),
+    ExitCode(EXIT_REFUSED, "the server refused the request (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...)"),
+    ExitCode(EXIT_UNREACHABLE, "no server answered at --target, or it is not taking requests (UNAVAILABLE)"),
+    ExitCode(EXIT_INTERRUPTED, "stopped with Ctrl-C"),
+    ExitCode(EXIT_PIPE_CLOSED, "the reader of the output went away (e.g. '| head'); nothing is printed"),
+)

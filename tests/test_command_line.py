@@ -1,0 +1,165 @@
+"""Help that answers, exit codes as documented, and the pieces of the one error path, in-process."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import grpc
+import pytest
+
+from service import cli, command
+from tests.conftest import ROOT
+
+#: Every command's --help, as a user types it.
+HELP_COMMANDS = [
+    ("serve",),
+    ("client",),
+    ("client", "models"),
+    ("client", "predict"),
+    ("client", "generate"),
+    ("train",),
+    ("export",),
+    ("eval",),
+    ("bench",),
+    ("loadtest",),
+]
+#: An option line of argparse's help: "  --flag VALUE   its help", or the help on the next lines.
+OPTION = re.compile(r"^  (-{1,2}[\w-]+(?:[ ,][^ ].*?)?)(?:\s{2,}(\S.*))?$")
+
+
+def help_of(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*args, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def options_without_help(text: str) -> list[str]:
+    """Option lines that have no help text, neither beside them nor on the deeper-indented next line."""
+    lines = text.splitlines()
+    bare = []
+    for index, line in enumerate(lines):
+        match = OPTION.match(line)
+        if match is None or match.group(2):
+            continue
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if not re.match(r"^ {8,}\S", following):
+            bare.append(line.strip())
+    return bare
+
+
+@pytest.mark.parametrize("args", HELP_COMMANDS, ids=" ".join)
+def test_help_names_the_command_and_explains_every_option(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_of(args, capsys)
+    assert text.startswith(f"usage: statestream {' '.join(args)} ")
+    assert options_without_help(text) == []
+    assert "None" not in text  # an unset default says what it means ("off", "a random one"), not None
+    assert "``" not in text and "python -m" not in text  # no raw markup, and the command's own name
+    assert "--debug" in text
+
+
+def test_client_help_lists_the_connection_options(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_of(("client",), capsys)
+    for flag in ("--target", "--token", "--token-file", "--tls", "--tls-ca", "--tls-cert", "--tls-key"):
+        assert re.search(rf"^  {flag}\b", text, re.M), flag
+    assert "default: 127.0.0.1:50051" in text
+
+
+def test_client_options_show_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(help_of(("client", "generate"), capsys).split())
+    assert "characters to generate (default: 200)" in text
+    assert "(default: 0.8)" in text and "(default: 0)" in text
+    assert "--seed SEED random seed: the same seed gives the same text (default: a random one)" in text
+
+
+def test_serve_help_shows_defaults_and_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(help_of(("serve",), capsys).split())
+    assert "(default 50051; env STATESTREAM_PORT)" in text
+    assert "(default off; env STATESTREAM_LOG_JSON)" in text
+    assert "(env STATESTREAM_TLS_CERT)" in text
+
+
+def test_the_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("serve", "client", "train", "export", "eval", "bench", "loadtest", "--debug"):
+        assert name in text
+
+
+def test_every_exit_code_is_documented_in_the_api_guide() -> None:
+    guide = (ROOT / "docs" / "api.md").read_text()
+    for exit_code in command.EXIT_CODES:
+        assert re.search(rf"^\| {exit_code.code} \|", guide, re.M), exit_code
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, command.EXIT_REFUSED),
+        (grpc.StatusCode.NOT_FOUND, command.EXIT_REFUSED),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, command.EXIT_REFUSED),
+        (grpc.StatusCode.UNAUTHENTICATED, command.EXIT_REFUSED),
+        (grpc.StatusCode.UNAVAILABLE, command.EXIT_UNREACHABLE),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, command.EXIT_UNREACHABLE),
+        (grpc.StatusCode.INTERNAL, command.EXIT_INTERNAL),
+    ],
+)
+def test_a_status_maps_to_its_exit_class(code: grpc.StatusCode, exit_code: int) -> None:
+    error = command.rpc_error(code, "what the server said")
+    assert error.exit_code == exit_code
+    assert error.code == code.name
+
+
+def test_a_connection_failure_is_one_line_naming_the_target() -> None:
+    details = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+        "Failed to connect to remote host: Connection refused"
+    )
+    line = command.rpc_error(grpc.StatusCode.UNAVAILABLE, details, target="127.0.0.1:1").line()
+    assert line.startswith("statestream: error: cannot reach a statestream server at 127.0.0.1:1: connection refused")
+    assert "(UNAVAILABLE)" in line and "\n" not in line and "ipv4" not in line
+
+
+def test_run_prints_one_line_for_a_user_error_and_a_traceback_for_a_bug(capsys: pytest.CaptureFixture[str]) -> None:
+    def refused() -> int:
+        raise command.CommandError("no", command.EXIT_REFUSED, code="NOT_FOUND", hint="try another")
+
+    def bug() -> int:
+        raise KeyError("oops")
+
+    assert command.run(refused) == command.EXIT_REFUSED
+    assert capsys.readouterr().err == "statestream: error: no (NOT_FOUND); try another\n"
+    assert command.run(refused, debug=True) == command.EXIT_REFUSED
+    assert "Traceback" in capsys.readouterr().err
+    assert command.run(bug) == command.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "this is a bug" in err.splitlines()[-1]
+
+
+def test_debug_is_found_anywhere_before_a_double_dash() -> None:
+    assert command.debug_requested(["client", "models", "--debug"])
+    assert command.debug_requested(["--debug", "serve"])
+    assert not command.debug_requested(["client", "--", "--debug"])
+    assert not command.debug_requested(["client", "models"])
+
+
+class FakeTerminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_bars_show_on_a_terminal_unless_quiet_or_json() -> None:
+    pytest.importorskip("torch")
+    from training.cli import show_progress
+
+    assert show_progress(quiet=False, as_json=False, stream=FakeTerminal(True))
+    assert not show_progress(quiet=False, as_json=False, stream=FakeTerminal(False))
+    assert not show_progress(quiet=True, as_json=False, stream=FakeTerminal(True))
+    assert not show_progress(quiet=False, as_json=True, stream=FakeTerminal(True))

@@ -1,0 +1,254 @@
+"""A newcomer's first ten minutes: the README's "Try it" commands and the mistakes people make.
+
+Everything runs as a person runs it: ``statestream serve`` on the shipped model in its own
+process, and each command as a child process. A mistake must be one line on stderr with the
+documented exit code (docs/api.md#exit-codes), never a traceback or a raw gRPC error object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service import command
+from tests.conftest import ROOT, SHIPPED_MODELS, ShippedServer
+from tests.servers import STATESTREAM, serve_process
+from tests.test_docs_examples import Example, argv_of, console_examples
+
+NOISE = ("Traceback", "AioRpcError", "debug_error_string", "Task was destroyed", "Exception ignored", "BrokenPipe")
+
+
+def statestream(server: ShippedServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STATESTREAM, *args], capture_output=True, text=True, timeout=timeout, env=server.env)
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess[str], exit_code: int, *expected: str) -> str:
+    """The command failed with ``exit_code`` and said so in exactly one line holding ``expected``."""
+    lines = done.stderr.splitlines()
+    assert done.returncode == exit_code, done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("statestream: error: ")
+    for text in expected:
+        assert text in lines[0]
+    for noise in NOISE:
+        assert noise not in done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("example", console_examples("README.md"), ids=lambda e: e.id)
+def test_readme_try_it_commands_run_without_noise(example: Example, shipped_server: ShippedServer) -> None:
+    done = subprocess.run(argv_of(example.command), capture_output=True, text=True, timeout=120, env=shipped_server.env)
+    refused = any(line.startswith("statestream: error:") for line in example.output)
+    assert done.returncode == (command.EXIT_REFUSED if refused else 0), done.stderr
+    for noise in NOISE:
+        assert noise not in done.stderr
+
+
+# -- refused by the server: exit 3 ---------------------------------------------------------------
+
+
+def test_a_character_outside_the_vocabulary_is_one_line_with_its_position_in_the_whole_text(
+    shipped_server: ShippedServer,
+) -> None:
+    done = statestream(shipped_server, "client", "predict", "--model", "char_lm", "--text", "abcdé f")
+    line = assert_one_error_line(done, command.EXIT_REFUSED, "INVALID_ARGUMENT", "'é'", "position 4 of --text")
+    assert "position 0" not in line
+    assert len(done.stdout.splitlines()) == 6  # the other characters were still streamed
+
+
+def test_predict_json_reports_a_refused_character_and_exits_non_zero(shipped_server: ShippedServer) -> None:
+    done = statestream(shipped_server, "client", "predict", "--model", "char_lm", "--text", "aé", "--json")
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == command.EXIT_REFUSED
+    assert rows[1] == {
+        "error": "INVALID_ARGUMENT",
+        "message": "character 'é' at position 1 of --text is not in the model's vocabulary",
+        "position": 1,
+        "input": "é",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--prompt", "Romé"), ("INVALID_ARGUMENT", "position 3 of --prompt")),
+        (("--prompt", ""), ("FAILED_PRECONDITION", "give a prompt")),  # a fresh session has nothing to go on
+        (("--prompt", "a", "--length", "5000"), ("RESOURCE_EXHAUSTED", "max_generate_tokens=4096")),
+        (("--prompt", "a" * 5000), ("RESOURCE_EXHAUSTED", "max_chunk=4096")),
+    ],
+    ids=["unknown-character", "empty-prompt", "length-over-limit", "prompt-over-limit"],
+)
+def test_a_refused_generate_is_one_line(
+    shipped_server: ShippedServer, args: tuple[str, ...], expected: tuple[str, ...]
+) -> None:
+    done = statestream(shipped_server, "client", "generate", "--model", "char_lm", "--length", "10", *args)
+    assert_one_error_line(done, command.EXIT_REFUSED, *expected)
+
+
+def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -> None:
+    done = statestream(shipped_server, "client", "predict", "--model", "hamlet", "--text", "To be")
+    assert_one_error_line(done, command.EXIT_REFUSED, "NOT_FOUND", "'hamlet'", "loaded: ['char_lm']")
+
+
+# -- the command line is wrong: exit 2 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "0"), "--length: must be 1 or more"),
+        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "-5"), "--length: must be 1 or more"),
+        (("generate", "--model", "char_lm", "--prompt", "a", "--temperature", "-1"), "--temperature"),
+        (("predict", "--model", "char_lm", "--text", ""), "--text is empty"),
+        (("predict", "--model", "char_lm"), "--text"),
+        (("models", "--tls-cert", "x.pem"), "--tls-cert and --tls-key go together"),
+    ],
+    ids=["length-0", "length-negative", "temperature-negative", "empty-text", "missing-text", "cert-without-key"],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    shipped_server: ShippedServer, args: tuple[str, ...], expected: str
+) -> None:
+    assert_one_error_line(statestream(shipped_server, "client", *args), command.EXIT_USAGE, expected)
+
+
+def test_serve_on_a_port_in_use_names_the_port(shipped_server: ShippedServer) -> None:
+    host, port = shipped_server.target.rsplit(":", 1)
+    done = statestream(shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--host", host, "--port", port)
+    assert_one_error_line(done, command.EXIT_USAGE, f"port {port}", "in use", "--port")
+
+
+def test_serve_with_a_missing_models_folder_says_so(shipped_server: ShippedServer, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    done = statestream(shipped_server, "serve", "--models-dir", str(missing), "--port", "0")
+    assert_one_error_line(done, command.EXIT_USAGE, str(missing), "no such folder")
+
+
+def test_an_unknown_command_is_a_usage_error(shipped_server: ShippedServer) -> None:
+    assert_one_error_line(statestream(shipped_server, "srve"), command.EXIT_USAGE, "unknown command 'srve'")
+
+
+# -- unreachable: exit 4 -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on (bound, not listening, so nobody else takes it meanwhile)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_an_unreachable_target_is_one_line_with_a_hint(
+    shipped_server: ShippedServer, closed_port: int, where: str
+) -> None:
+    target = ["--target", f"127.0.0.1:{closed_port}"]
+    args = [*target, "models"] if where == "before" else ["models", *target]
+    done = statestream(shipped_server, "client", *args)
+    assert_one_error_line(done, command.EXIT_UNREACHABLE, f"127.0.0.1:{closed_port}", "UNAVAILABLE", "--target")
+
+
+# -- the rest of a good command line -------------------------------------------------------------
+
+
+def test_global_options_go_before_or_after_the_subcommand(shipped_server: ShippedServer) -> None:
+    env = {k: v for k, v in shipped_server.env.items() if k != "STATESTREAM_TARGET"}
+    for args in (
+        ["client", "--target", shipped_server.target, "--json", "models"],
+        ["client", "models", "--target", shipped_server.target, "--json"],
+    ):
+        done = subprocess.run([*STATESTREAM, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)[0]["name"] == "char_lm"
+
+
+def test_debug_adds_the_traceback(shipped_server: ShippedServer) -> None:
+    for args in (["--debug", "client"], ["client", "--debug"]):
+        done = statestream(shipped_server, *args, "generate", "--model", "char_lm", "--prompt", "é", "--length", "3")
+        assert done.returncode == command.EXIT_REFUSED
+        assert "Traceback" in done.stderr
+        assert done.stderr.splitlines()[-1].startswith("statestream: error: ")
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(shipped_server: ShippedServer) -> None:
+    # `statestream client predict ... | head -1`: the reader goes away after the first line.
+    process = subprocess.Popen(
+        [*STATESTREAM, "client", "predict", "--model", "char_lm", "--text", "To be, or not to be: " * 20],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=shipped_server.env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith("   1 ")
+    process.stdout.close()
+    assert process.wait(timeout=60) == command.EXIT_PIPE_CLOSED
+    assert process.stderr.read() == ""
+
+
+def test_generate_into_a_closed_pipe_ends_quietly_and_closes_its_session(shipped_server: ShippedServer) -> None:
+    process = subprocess.Popen(
+        [*STATESTREAM, "client", "generate", "--model", "char_lm", "--prompt", "ROMEO:", "--length", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=shipped_server.env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(5)
+    process.stdout.close()
+    assert process.wait(timeout=120) == command.EXIT_PIPE_CLOSED
+    assert process.stderr.read() == b""
+    # The generation was given up half-way; the session is closed, not left for the detach TTL.
+    entries = [json.loads(line) for line in shipped_server.log.read_text().splitlines() if line.startswith("{")]
+    opened = [e["session"] for e in entries if e.get("event") == "session_opened"]
+    closed = {e["session"] for e in entries if e.get("event") == "session_closed"}
+    assert opened[-1] in closed
+
+
+def test_generate_prints_no_warnings_about_unfinished_tasks(shipped_server: ShippedServer) -> None:
+    # Seen before as "Task was destroyed but it is pending!" at exit, now and then: run it a few times.
+    for seed in range(3):
+        done = statestream(
+            shipped_server, "client", "generate", "--model", "char_lm", "--prompt", "ROMEO:", "--length", "40",
+            "--seed", str(seed),
+        )  # fmt: skip
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_the_server_logs_sessions_and_refusals_without_the_payload(shipped_server: ShippedServer) -> None:
+    secret = "Zebra\u00e9"  # a character the model refuses, in a text that must not reach the log
+    statestream(shipped_server, "client", "predict", "--model", "char_lm", "--text", secret)
+    entries = [json.loads(line) for line in shipped_server.log.read_text().splitlines() if line.startswith("{")]
+    events = {entry.get("event") for entry in entries}
+    assert {"session_opened", "session_closed", "session_refused"} <= events
+    refused = [e for e in entries if e.get("event") == "session_refused" and e.get("code") == "INVALID_ARGUMENT"]
+    assert refused and all(len(e["session"]) == 8 for e in refused if "session" in e)
+    assert "\u00e9" not in shipped_server.log.read_text()
+
+
+def test_sigterm_ends_with_a_line_saying_what_was_drained(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+    with (
+        log.open("w") as sink,
+        serve_process(["--models-dir", str(tiny_lm_dir), "--log-json"], clean, cwd=ROOT, stderr=sink) as (
+            process,
+            _,
+            target,
+        ),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "service.cli", "client", "--target", target, "models"], check=True, timeout=60
+        )
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["event"] == "server_stopped"
+    assert last["streams_cut"] == 0 and last["sessions_left"] == 0
