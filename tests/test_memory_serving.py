@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import AsyncClient, Client, StepFailed
@@ -285,16 +286,20 @@ def test_client_complete_refuses_what_it_cannot_build(
     memory_server: ServerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv = ["complete", "--target", memory_server.target, "--model", "letters"]
-    assert commands.main([*argv, "--pattern", "7"], environ={}) == 2  # a digit for a letter memory
+
+    def exit_code(*extra: str) -> int:  # through the one error path every command runs under
+        return command.run(lambda: commands.main([*argv, *extra], environ={}))
+
+    assert exit_code("--pattern", "7") == command.EXIT_USAGE  # a digit for a letter memory
     assert "a digit has 64 pixels" in capsys.readouterr().err
     from service.client import complete
 
     monkeypatch.setattr(complete, "_has_matplotlib", lambda: False)
-    assert commands.main([*argv, "--pattern", "E", "--png", "x.png"], environ={}) == 2
+    assert exit_code("--pattern", "E", "--png", "x.png") == command.EXIT_USAGE
     assert capsys.readouterr().err.strip().splitlines() == [
-        "statestream client: --png needs matplotlib (pip install 'statestream[train]')"
+        "statestream: error: --png needs matplotlib; pip install 'statestream[train]'"
     ]
-    assert commands.main([*argv, "--pattern", "E", "--max-steps", str(MAX_RUN_STEPS + 1)], environ={}) == 1
+    assert exit_code("--pattern", "E", "--max-steps", str(MAX_RUN_STEPS + 1)) == command.EXIT_REFUSED
     assert "RESOURCE_EXHAUSTED" in capsys.readouterr().err
 
 

@@ -94,7 +94,13 @@ def test_a_refused_generate_is_one_line(
 
 def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -> None:
     done = statestream(shipped_server, "client", "predict", "--model", "hamlet", "--text", "To be")
-    assert_one_error_line(done, command.EXIT_REFUSED, "NOT_FOUND", "'hamlet'", "loaded: ['char_lm']")
+    assert_one_error_line(
+        done,
+        command.EXIT_REFUSED,
+        "NOT_FOUND",
+        "'hamlet'",
+        "loaded: ['char_lm', 'dense_letters', 'hopfield_letters', 'rbm_digits']",
+    )
 
 
 # -- the command line is wrong: exit 2 -----------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from service import command
 from tests.accumulator_model import build
 from training.cli import eval_command
 from training.kinds import UnknownKind, kind_of, known_kinds
@@ -44,6 +45,6 @@ def test_eval_of_a_model_whose_kind_has_no_scorer_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = build(tmp_path / "accumulator")  # a test-only task: the training side has no kind for it
-    assert eval_command(["--model", str(folder)]) == 2
+    assert command.run(lambda: eval_command(["--model", str(folder)])) == command.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("statestream: error: unknown kind 'accumulator'") and "\n" not in err

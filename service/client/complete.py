@@ -173,7 +173,7 @@ def complete(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(_ascii(pattern, shape, binary, mask), "\n")
+        print(_ascii(pattern, shape, binary, mask) + "\n")
         for sweep in sweeps:
             print(
                 f"sweep {sweep['index']:>3}: energy {sweep['energy']:>10.4f}  changed {sweep['changed']:>3}  {sweep['label']}"
