@@ -101,17 +101,22 @@ def _example_inputs(manifest: Manifest, batch: int = 2, time: int = 3) -> tuple[
     return (*per_step, *state)
 
 
-def _dynamic_axes(manifest: Manifest) -> dict[str, dict[int, str]]:
+def _dynamic_axes(manifest: Manifest, *, time_axis: bool = True) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
     for t in (*manifest.inputs, *manifest.outputs):
-        axes[t.name] = {0: "batch", 1: "time"}
+        axes[t.name] = {0: "batch", 1: "time"} if time_axis else {0: "batch"}
     for s in manifest.state:
         axes[s.input] = axes[s.output] = {0: "batch"}
     return axes
 
 
-def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter: str = "auto") -> str:
+def export_step_graph(
+    net: torch.nn.Module, manifest: Manifest, path: Path, *, exporter: str = "auto", time_axis: bool = True
+) -> str:
     """Write the step graph of ``net`` with the manifest's names; returns the exporter used.
+
+    ``time_axis=False`` fixes the time axis at 1, for a net that runs exactly one step per call
+    (an associative memory's sweep, whose asynchronous unit order the exporter unrolls).
 
     The TorchScript exporter (``dynamo=False``) turns ``nn.LSTM`` into ONNX ``LSTM`` nodes,
     which ONNX Runtime runs as one fused kernel; ``auto`` uses it and falls back to the
@@ -123,10 +128,10 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     net.eval()
-    example = _example_inputs(manifest)
+    example = _example_inputs(manifest, time=3 if time_axis else 1)
     in_names = [t.name for t in manifest.inputs] + [s.input for s in manifest.state]
     out_names = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
-    axes = _dynamic_axes(manifest)
+    axes = _dynamic_axes(manifest, time_axis=time_axis)
     used = exporter
     if exporter in ("auto", "torchscript"):
         try:
@@ -137,7 +142,7 @@ def export_step_graph(net: StepNet, manifest: Manifest, path: Path, *, exporter:
                 warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
                 # nn.LSTM checks its input sizes in Python; the tracer warns that the checks
                 # become constants, which they are (the sizes are fixed by the weights).
-                warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+                warnings.filterwarnings("ignore", message="Converting a tensor to a Python")
                 torch.onnx.export(
                     net,
                     example,

@@ -25,14 +25,12 @@ output and state by state, and the folder is loaded back through ``service.contr
 from __future__ import annotations
 
 import shutil
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec, check_graph, zero_state
 from training.evaluate import Arrays, StepFn, open_session, ort_step_fn
@@ -41,7 +39,7 @@ from training.export import (
     OPSET,
     ParityError,
     _install,
-    _require_dynamic_axes,
+    export_step_graph,
     record_golden,
     self_check,
     torch_step_fn,
@@ -136,27 +134,7 @@ def memory_manifest(
 
 def export_sweep_graph(net: SweepNet, manifest: Manifest, path: Path) -> None:
     """Write the one-sweep graph of ``net`` with the manifest's names (batch dynamic, time 1)."""
-    net.eval()
-    batch = 2  # > 1 so the batch axis is not traced as a constant
-    example = [torch.zeros((batch, 1, *t.shape)) for t in manifest.inputs]
-    example.append(torch.zeros((batch, net.units)))
-    in_names = [t.name for t in manifest.inputs] + [s.input for s in manifest.state]
-    out_names = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
-    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in (*in_names, *out_names)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript exporter is "legacy"
-        warnings.filterwarnings("ignore", message="Converting a tensor to a Python")
-        torch.onnx.export(
-            net,
-            tuple(example),
-            str(path),
-            input_names=in_names,
-            output_names=out_names,
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    _require_dynamic_axes(path, axes)
+    export_step_graph(net, manifest, path, exporter="torchscript", time_axis=False)
 
 
 def random_sweep_inputs(
