@@ -7,6 +7,8 @@ prints one table and the targets as ratios measured in this run:
 * ``echo``: the same proto and message sizes with no model (``loadtest.echo``): the ceiling of
   a Python grpc.aio server on this machine;
 * ``naive``: ``--scheduler none``, one batch-1 ORT call per step, the baseline;
+* ``minimal``: a bare grpc.aio server on the same proto (``loadtest.minimal``): state in the
+  handler, one batch-1 ORT call per step, no sessions or scheduler: what our features cost;
 * ``statestream``: the batching scheduler, at N = 1, 64, 256, 1024 streams;
 * ``chunked``: K = 16 characters per message; ``multiplexed``: 256 sessions per message;
 * ``ort``: the model alone, at the batch shapes of those two, with the server's ORT options;
@@ -16,7 +18,7 @@ The machine is shared and noisy, so the variants are measured interleaved (echo,
 ... for each N, then again) and every cell is the median of ``--repeats`` runs. Load is bounded
 (fixed stream counts, fixed durations) and goes to 127.0.0.1 only.
 
-    python -m loadtest.bench [--quick] [--json] [--models-dir models] [--repeats 3]
+    python -m loadtest.bench [--quick] [--json] [--models-dir models] [--model char_lm] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.load import LoadResult, LoadSpec, create_sessions, run_load
+from loadtest.load import LoadResult, LoadSpec, create_sessions, model_fields, run_load
 from loadtest.ortrate import OrtBench
-from loadtest.servers import ServerProcess, echo_command, serve_command
+from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser
+from service.contract import Manifest
 
 #: ``statestream bench --help``: the module docstring's content as plain text.
 DESCRIPTION = """The serving benchmark: every variant measured side by side in one run.
@@ -46,6 +49,8 @@ happens), drives it with closed-loop load from separate client processes, and pr
 and the targets as ratios measured in this run. Variants:
   echo         the same proto and message sizes with no model: the ceiling of a Python server
   naive        --scheduler none, one batch-1 ONNX Runtime call per step: the baseline
+  minimal      a bare grpc.aio server, same proto, state in the handler, one batch-1 ORT call
+               per step, no sessions or scheduler: what statestream's machinery costs
   statestream  the batching scheduler, at N = 1, 64, 256, 1024 streams
   chunked      16 characters per message
   multiplexed  256 sessions per message
@@ -71,14 +76,14 @@ class Plan:
     multiplex_streams: int = 4
     memory_sessions: int = 100_000
     ort_duration_s: float = 2.0
-    variants: tuple[str, ...] = ("echo", "naive", "statestream", "chunked", "multiplexed")
+    variants: tuple[str, ...] = ("echo", "naive", "minimal", "statestream", "chunked", "multiplexed")
 
 
 @dataclass(frozen=True)
 class Cell:
     """One measured configuration."""
 
-    variant: str  # echo, naive, statestream, chunked, multiplexed
+    variant: str  # echo, naive, minimal, statestream, chunked, multiplexed
     server: str  # which server process runs it
     mode: str  # stream or multiplex
     streams: int  # sessions driven at once
@@ -178,6 +183,7 @@ def cells_of(plan: Plan) -> list[Cell]:
     for streams in plan.streams:
         cells.append(Cell("echo", "echo", "stream", streams))
         cells.append(Cell("naive", "naive", "stream", streams))
+        cells.append(Cell("minimal", "minimal", "stream", streams))
         cells.append(Cell("statestream", "statestream", "stream", streams))
     cells.append(Cell("chunked", "statestream", "stream", plan.chunk_streams, chunk=plan.chunk))
     cells.append(
@@ -196,16 +202,17 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(cell: Cell, server: ServerProcess, plan: Plan, model: str) -> LoadResult:
+def measure(cell: Cell, server: ServerProcess, plan: Plan, model: Manifest) -> LoadResult:
     workers, channels = client_layout(cell.load_streams)
     spec = LoadSpec(
         target=server.target,
-        model=model,
+        model=model.name,
         mode=cell.mode,
         streams=cell.load_streams,
         channels=channels,
         chunk=cell.chunk,
         per_message=cell.per_message,
+        **model_fields(model),
     )
     return run_load(
         spec, workers=workers, warmup_s=plan.warmup_s, duration_s=plan.duration_s, cpu_seconds=server.cpu_seconds
@@ -235,8 +242,6 @@ def summarize(cell: Cell, results: list[LoadResult]) -> Row:
 
 def measure_memory(models_dir: Path, model: str, sessions: int) -> dict[str, Any]:
     """RSS growth of a fresh server per idle session (CreateSession), against the raw state bytes."""
-    from service.contract import Manifest
-
     state_bytes = Manifest.load(models_dir / model).state_bytes
     with ServerProcess("memory", serve_command(models_dir, "batched", ("--grace-s", "1"))) as server:
         create_sessions(server.target, model, min(1000, sessions))  # warm: first-use allocations
@@ -343,21 +348,42 @@ def _find_ort(rows: list[Row], batch: int, steps: int) -> Row | None:
     return None
 
 
-def _ratio(row: Row, rows: list[Row]) -> str:
-    """The comparison printed beside a row: ours against echo and naive at the same N."""
+def ratios_of(row: Row, rows: list[Row]) -> dict[str, float]:
+    """A statestream row against the other servers at the same N: msg/s vs echo, steps/s vs naive and minimal.
+
+    Against the bare server also p50 over p50 (issue 14 asks a lone stream for p50, and many for
+    steps/s). Shown in the table's last column and in the row's JSON as ``vs``.
+    """
+    if row.variant != "statestream":
+        return {}
 
     def same(variant: str) -> Row | None:
         return next((r for r in rows if r.variant == variant and r.streams == row.streams), None)
 
-    if row.variant == "statestream":
-        parts = []
-        echo, naive = same("echo"), same("naive")
-        if echo:
-            parts.append(f"{row.messages_per_s / echo.messages_per_s:.2f}x echo")
-        if naive:
-            parts.append(f"{row.steps_per_s / naive.steps_per_s:.2f}x naive")
-        return ", ".join(parts)
-    return ""
+    ratios: dict[str, float] = {}
+    echo, naive, minimal = same("echo"), same("naive"), same("minimal")
+    if echo:
+        ratios["echo_messages_per_s"] = row.messages_per_s / echo.messages_per_s
+    if naive:
+        ratios["naive_steps_per_s"] = row.steps_per_s / naive.steps_per_s
+    if minimal:
+        ratios["minimal_steps_per_s"] = row.steps_per_s / minimal.steps_per_s
+        ratios["minimal_p50"] = row.p50_ms / minimal.p50_ms
+    return ratios
+
+
+#: How each ratio reads in the table.
+_RATIO_LABELS = {
+    "echo_messages_per_s": "x echo",
+    "naive_steps_per_s": "x naive",
+    "minimal_steps_per_s": "x minimal",
+    "minimal_p50": "x minimal p50",
+}
+
+
+def _ratio(row: Row, rows: list[Row]) -> str:
+    """The comparison printed beside a row: ours against echo, naive and minimal at the same N."""
+    return ", ".join(f"{value:.2f}{_RATIO_LABELS[name]}" for name, value in ratios_of(row, rows).items())
 
 
 def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] | None, header: str) -> str:
@@ -412,7 +438,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--multiplex-streams", type=int, help="multiplexed messages in flight (default 4)")
     parser.add_argument("--per-message", type=int, help="sessions per multiplexed message (default 256)")
     parser.add_argument(
-        "--variants", help="comma-separated subset of echo,naive,statestream,chunked,multiplexed (default: all)"
+        "--variants", help="comma-separated subset of echo,naive,minimal,statestream,chunked,multiplexed (default: all)"
     )
     return parser.parse_args(list(argv))
 
@@ -455,8 +481,17 @@ def run(
 ) -> tuple[list[Row], dict[str, Any] | None]:
     """Every measurement of the benchmark; servers are started here and always stopped."""
     cells = cells_of(plan)
+    manifest = Manifest.load(models_dir / model)
     results: dict[Cell, list[LoadResult]] = {cell: [] for cell in cells}
-    ort_shapes = [(min(plan.per_message, 256), 1), (plan.chunk_streams, plan.chunk)]
+    # The model alone at the batch shapes of the variants compared with it (none without them).
+    ort_shapes = [
+        shape
+        for variant, shape in (
+            ("multiplexed", (min(plan.per_message, 256), 1)),
+            ("chunked", (plan.chunk_streams, plan.chunk)),
+        )
+        if variant in plan.variants
+    ]
     ort_runs: dict[tuple[int, int], list[Any]] = {shape: [] for shape in ort_shapes}
     servers: dict[str, ServerProcess] = {}
     grace = ("--grace-s", "1")
@@ -465,6 +500,7 @@ def run(
         for name, command in (
             ("echo", echo_command()),
             ("naive", serve_command(models_dir, "none", grace)),
+            ("minimal", minimal_command(models_dir, model)),
             ("statestream", serve_command(models_dir, "batched", grace)),
         ):
             if name not in needed:
@@ -476,7 +512,7 @@ def run(
         ort = OrtBench(models_dir / model)
         for repeat in range(plan.repeats):
             for cell in cells:
-                result = measure(cell, servers[cell.server], plan, model)
+                result = measure(cell, servers[cell.server], plan, manifest)
                 results[cell].append(result)
                 log(
                     f"[{repeat + 1}/{plan.repeats}] {cell.variant:<12} N={cell.streams:<5} "
@@ -494,6 +530,10 @@ def run(
         for server in servers.values():
             server.stop()
     rows = [summarize(cell, results[cell]) for cell in cells]
+    for row in rows:
+        ratios = ratios_of(row, rows)
+        if ratios:
+            row.extra["vs"] = {name: round(value, 3) for name, value in ratios.items()}
     for (batch, steps), rates in ort_runs.items():
         rows.append(
             Row(

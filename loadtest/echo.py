@@ -77,12 +77,17 @@ class EchoServicer:
         return pb.CloseSessionResponse()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(servicer: object, label: str, host: str, port: int) -> None:
+    """Serves ``servicer`` as SessionService until SIGTERM/SIGINT; prints ``<label> listening on host:port``.
+
+    Shared by the echo ceiling and the minimal server, so both start, announce their port (read
+    by ``loadtest.servers``) and stop the same way.
+    """
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    add_servicer(server, "SessionService", EchoServicer())
+    add_servicer(server, "SessionService", servicer)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    print(f"echo listening on {host}:{bound}", flush=True)
+    print(f"{label} listening on {host}:{bound}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(EchoServicer(), "echo", args.host, args.port))
     return 0
 
 

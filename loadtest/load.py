@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 
 from loadtest import messages
+from service.contract import Manifest
 
 #: Keeps each channel on its own TCP connection (channels with equal arguments share one).
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)]
@@ -52,6 +53,28 @@ class LoadSpec:
     per_message: int = 1  # sessions per Multiplex message
     text: bytes = b"the quick brown fox jumps over the lazy dog. "
     offset: int = 0  # where in ``text`` this worker's first stream starts
+    #: A model that takes tensors: (name, dtype, per-step shape) of each input. Empty: send ``text``.
+    tensors: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    #: Outputs every session asks for (SessionOptions.return_tensors), so answers carry them.
+    return_tensors: tuple[str, ...] = ()
+
+
+#: Distinct tensor steps each stream cycles through (made once, sent as pre-encoded bytes).
+TENSOR_STEPS = 8
+
+
+def model_fields(manifest: Manifest) -> dict[str, Any]:
+    """LoadSpec fields for a model: text for a language model, else random tensors and every output back.
+
+    Asking for every output makes a tensor model's answer carry what a client of it reads; a
+    language model answers its top_k next tokens without asking.
+    """
+    if manifest.task == "language_model":
+        return {}
+    return {
+        "tensors": tuple((t.name, t.dtype, t.shape) for t in manifest.inputs),
+        "return_tensors": tuple(t.name for t in manifest.outputs),
+    }
 
 
 @dataclass
@@ -102,13 +125,30 @@ class _Window:
         self.go, self.measure, self.end = go, measure, end
 
 
-def _texts(spec: LoadSpec, index: int) -> list[bytes]:
-    """The chunks one stream sends in turn, starting at its own offset of ``spec.text``."""
+def _inputs(spec: LoadSpec, index: int) -> list[bytes]:
+    """The step input fields one stream sends in turn (see ``messages.step_bytes``).
+
+    Text: chunks of ``spec.text`` from the stream's own offset. Tensors: ``TENSOR_STEPS`` random
+    steps of ``[chunk, *shape]`` (floats standard normal, integers 0, a valid id of any
+    vocabulary), seeded by the stream's position so every run sends the same values.
+    """
+    if spec.tensors:
+        rng = np.random.default_rng(spec.offset + index)
+
+        def value(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+            full = (spec.chunk, *shape)
+            return rng.standard_normal(full).astype(dtype) if dtype.startswith("float") else np.zeros(full, dtype)
+
+        return [
+            messages.tensors_input({name: value(dtype, shape) for name, dtype, shape in spec.tensors})
+            for _ in range(TENSOR_STEPS)
+        ]
     text = spec.text
     start = (spec.offset + index * 7) % len(text)
     rolled = text[start:] + text[:start]
     count = len(rolled)
-    return [(rolled * (spec.chunk + 1))[i : i + spec.chunk] for i in range(0, count * spec.chunk, spec.chunk)][:count]
+    chunks = [(rolled * (spec.chunk + 1))[i : i + spec.chunk] for i in range(0, count * spec.chunk, spec.chunk)]
+    return [messages.text_input(chunk) for chunk in chunks[:count]]
 
 
 async def _stream(
@@ -117,12 +157,12 @@ async def _stream(
     method = channel.stream_stream(messages.SESSION_METHOD)  # bytes in, bytes out
     async with opening:
         call = method()
-        await call.write(messages.open_request(spec.model))
+        await call.write(messages.open_request(spec.model, return_tensors=spec.return_tensors))
         messages.opened_session_id(await call.read())
-    texts = _texts(spec, index)
+    inputs = _inputs(spec, index)
     await _closed_loop(
         call, await gate.opened(), out, spec.chunk,
-        lambda seq: messages.session_step_request(seq, texts[seq % len(texts)], spec.last_only),
+        lambda seq: messages.session_step_request(seq, inputs[seq % len(inputs)], spec.last_only),
         lambda response: int(response[0] != messages.RESULT_TAG),
     )  # fmt: skip
 
@@ -134,15 +174,15 @@ async def _multiplex(
 
     async def create_one() -> str:
         async with opening:
-            return messages.created_session_id(await create(messages.create_request(spec.model)))
+            return messages.created_session_id(await create(messages.create_request(spec.model, spec.return_tensors)))
 
     ids = await asyncio.gather(*(create_one() for _ in range(spec.per_message)))
     prefixes = [messages.session_step_prefix(i) for i in ids]
-    all_texts = [_texts(spec, index * spec.per_message + j) for j in range(spec.per_message)]
+    all_inputs = [_inputs(spec, index * spec.per_message + j) for j in range(spec.per_message)]
     call = channel.stream_stream(messages.MULTIPLEX_METHOD)()
     await _closed_loop(
         call, await gate.opened(), out, spec.per_message * spec.chunk,
-        lambda seq: messages.multiplex_request(prefixes, seq, [t[seq % len(t)] for t in all_texts]),
+        lambda seq: messages.multiplex_request(prefixes, seq, [i[seq % len(i)] for i in all_inputs]),
         messages.multiplex_errors,
     )  # fmt: skip
 

@@ -9,12 +9,18 @@ and only look at the first byte of an answer to tell a result from an error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 from service.api import statestream_pb2 as pb
+from service.tensors import to_proto
 
 # Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
 _SESSION_REQUEST_STEP = 3 << 3 | 2
 _STEP_SEQ = 1 << 3 | 0
 _STEP_TEXT = 2 << 3 | 2
+_STEP_TENSORS = 4 << 3 | 2
 _STEP_LAST_ONLY = 5 << 3 | 0
 _MULTIPLEX_STEPS = 1 << 3 | 2
 _SESSION_STEP_ID = 1 << 3 | 2
@@ -44,17 +50,31 @@ def _field(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + varint(len(payload)) + payload
 
 
-def step_bytes(seq: int, text: bytes, last_only: bool = False) -> bytes:
-    """A serialized ``Step`` (seq, text, last_only)."""
-    body = bytes((_STEP_SEQ,)) + varint(seq) + _field(_STEP_TEXT, text)
+def text_input(text: bytes) -> bytes:
+    """A Step's ``text`` input field, to pass as ``step_input`` below."""
+    return _field(_STEP_TEXT, text)
+
+
+def tensors_input(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A Step's ``tensors`` input field (one tensor per model input, ``[K, *shape]``).
+
+    Encoded through protobuf once per distinct step: the load generators reuse the bytes.
+    """
+    body = pb.TensorInput(tensors=[to_proto(name, array) for name, array in arrays.items()]).SerializeToString()
+    return _field(_STEP_TENSORS, body)
+
+
+def step_bytes(seq: int, step_input: bytes, last_only: bool = False) -> bytes:
+    """A serialized ``Step``: seq, an input field (``text_input`` or ``tensors_input``), last_only."""
+    body = bytes((_STEP_SEQ,)) + varint(seq) + step_input
     if last_only:
         body += bytes((_STEP_LAST_ONLY, 1))
     return body
 
 
-def session_step_request(seq: int, text: bytes, last_only: bool = False) -> bytes:
+def session_step_request(seq: int, step_input: bytes, last_only: bool = False) -> bytes:
     """A serialized ``SessionRequest`` holding one step."""
-    return _field(_SESSION_REQUEST_STEP, step_bytes(seq, text, last_only))
+    return _field(_SESSION_REQUEST_STEP, step_bytes(seq, step_input, last_only))
 
 
 def session_step_prefix(session_id: str) -> bytes:
@@ -62,23 +82,25 @@ def session_step_prefix(session_id: str) -> bytes:
     return _field(_SESSION_STEP_ID, session_id.encode())
 
 
-def multiplex_request(prefixes: list[bytes], seq: int, texts: list[bytes]) -> bytes:
+def multiplex_request(prefixes: list[bytes], seq: int, step_inputs: list[bytes]) -> bytes:
     """A serialized ``MultiplexRequest``: one step with ``seq`` for each session."""
     parts = []
-    for prefix, text in zip(prefixes, texts, strict=True):
-        entry = prefix + _field(_SESSION_STEP_STEP, step_bytes(seq, text))
+    for prefix, step_input in zip(prefixes, step_inputs, strict=True):
+        entry = prefix + _field(_SESSION_STEP_STEP, step_bytes(seq, step_input))
         parts.append(_field(_MULTIPLEX_STEPS, entry))
     return b"".join(parts)
 
 
-def open_request(model: str, top_k: int = 0) -> bytes:
-    return pb.SessionRequest(
-        open=pb.OpenSession(model=model, options=pb.SessionOptions(top_k=top_k))
-    ).SerializeToString()
+def open_request(model: str, top_k: int = 0, return_tensors: tuple[str, ...] = ()) -> bytes:
+    return pb.SessionRequest(open=open_session(model, top_k, return_tensors)).SerializeToString()
 
 
-def create_request(model: str) -> bytes:
-    return pb.OpenSession(model=model).SerializeToString()
+def create_request(model: str, return_tensors: tuple[str, ...] = ()) -> bytes:
+    return open_session(model, 0, return_tensors).SerializeToString()
+
+
+def open_session(model: str, top_k: int = 0, return_tensors: tuple[str, ...] = ()) -> pb.OpenSession:
+    return pb.OpenSession(model=model, options=pb.SessionOptions(top_k=top_k, return_tensors=return_tensors))
 
 
 def opened_session_id(response: bytes) -> str:

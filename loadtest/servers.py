@@ -1,7 +1,7 @@
 """Server variants as child processes on 127.0.0.1, each stopped by its PID.
 
-``ServerProcess.start`` launches a variant (``python -m service.cli serve`` or the echo
-ceiling), reads the port it bound from its first line, and ``stop`` ends that one process:
+``ServerProcess.start`` launches a variant (``python -m service.cli serve``, the echo
+ceiling or the minimal server), reads the port it bound from its first line, and ``stop`` ends that one process:
 SIGTERM, then SIGKILL if it does not go within a few seconds. Use it as a context manager so a
 failing benchmark never leaves a server behind.
 """
@@ -55,6 +55,14 @@ def serve_command(models_dir: Path, scheduler: str, extra: tuple[str, ...] = ())
 
 def echo_command() -> list[str]:
     return [sys.executable, "-m", "loadtest.echo", "--host", HOST, "--port", "0"]
+
+
+def minimal_command(models_dir: Path, model: str) -> list[str]:
+    """The bare server (``loadtest.minimal``) serving one model."""
+    return [
+        sys.executable, "-m", "loadtest.minimal", "--models-dir", str(models_dir), "--model", model,
+        "--host", HOST, "--port", "0",
+    ]  # fmt: skip
 
 
 @dataclass

@@ -11,22 +11,33 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
-from loadtest import messages
+from loadtest import lstm256, messages
 from loadtest.bench import main
 from service.api import statestream_pb2 as pb
+from service.contract import Manifest
+from service.registry import LoadedModel
+from service.settings import Settings
+from service.tensors import from_proto
 
-VARIANTS = {"echo", "naive", "statestream", "chunked", "multiplexed", "ort"}
+VARIANTS = {"echo", "naive", "minimal", "statestream", "chunked", "multiplexed", "ort"}
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def test_hand_encoded_requests_are_what_protobuf_would_send() -> None:
-    request = pb.SessionRequest.FromString(messages.session_step_request(300, b"hey", last_only=True))
+    request = pb.SessionRequest.FromString(messages.session_step_request(300, messages.text_input(b"hey"), True))
     assert request.step == pb.Step(seq=300, text="hey", last_only=True)
     prefixes = [messages.session_step_prefix("id-a"), messages.session_step_prefix("id-b")]
-    multiplex = pb.MultiplexRequest.FromString(messages.multiplex_request(prefixes, 7, [b"x", b"yz"]))
+    inputs = [messages.text_input(b"x"), messages.text_input(b"yz")]
+    multiplex = pb.MultiplexRequest.FromString(messages.multiplex_request(prefixes, 7, inputs))
     assert [(s.session_id, s.step.seq, s.step.text) for s in multiplex.steps] == [("id-a", 7, "x"), ("id-b", 7, "yz")]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensors = pb.SessionRequest.FromString(messages.session_step_request(2, messages.tensors_input({"x": x})))
+    assert tensors.step.seq == 2 and list(tensors.step.tensors.tensors[0].shape) == [2, 3]
+    assert np.array_equal(from_proto(tensors.step.tensors.tensors[0]), x)
     assert messages.varint(2**40 + 5) == pb.Step(seq=2**40 + 5).SerializeToString()[1:]
 
 
@@ -68,14 +79,17 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row.get("errors", 0) == 0
     per_step = {(r["variant"], r["streams"]) for r in load if r["kind"] == "load" and r["steps_per_message"] == 1}
-    assert {("echo", 1), ("naive", 4), ("statestream", 1), ("statestream", 4)} <= per_step
+    assert {("echo", 1), ("naive", 4), ("minimal", 1), ("statestream", 1), ("statestream", 4)} <= per_step
     chunked = next(r for r in load if r["variant"] == "chunked")
     assert chunked["steps_per_message"] == 16
     assert math.isclose(chunked["steps_per_s"], 16 * chunked["messages_per_s"], rel_tol=0.01)
     # Answers of the echo and the real server are about the same size (same proto, same top-k).
     echo = next(r for r in load if r["variant"] == "echo")
     ours = next(r for r in load if r["variant"] == "statestream")
+    minimal = next(r for r in load if r["variant"] == "minimal")
     assert abs(echo["response_bytes"] - ours["response_bytes"]) <= 8
+    assert abs(minimal["response_bytes"] - ours["response_bytes"]) <= 8  # the same top-5 answers
+    assert set(ours["vs"]) == {"echo_messages_per_s", "naive_steps_per_s", "minimal_steps_per_s", "minimal_p50"}
     memory = next(r for r in rows if r["kind"] == "memory")
     assert memory["sessions"] == 200 and memory["state_bytes_per_session"] > 0
     targets = [r for r in rows if r["kind"] == "target"]
@@ -85,6 +99,44 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     alive = [psutil.Process(p) for p in leftover if psutil.pid_exists(p)]
     running = [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not [c for c in running if not any("resource_tracker" in part for part in c)]
+
+
+def test_the_minimal_variant_on_a_tensor_model_reports_statestream_against_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--model lstm256 --variants minimal,statestream``: tensor steps both ways, and the ratio per N."""
+    code = main(
+        [
+            *("--models-dir", str(SHIPPED_MODELS), "--model", "lstm256", "--json", "--streams", "1,4"),
+            *("--repeats", "1", "--duration-s", "0.4", "--warmup-s", "0.1", "--memory-sessions", "0"),
+            *("--variants", "minimal,statestream"),
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    load = {(r["variant"], r["streams"]): r for r in rows if r["kind"] == "load"}
+    assert set(load) == {("minimal", 1), ("minimal", 4), ("statestream", 1), ("statestream", 4)}
+    assert not [r for r in rows if r["kind"] in ("ort", "memory")]  # nothing measured that was not asked for
+    for (variant, streams), row in load.items():
+        assert row["errors"] == 0 and row["steps_per_s"] > 0, (variant, streams)
+        # Each answer carries y: 64 float32 (256 bytes) plus its framing, from both servers alike.
+        assert 256 < row["response_bytes"] < 320, (variant, row["response_bytes"])
+        if variant == "statestream":
+            minimal = load[("minimal", streams)]
+            vs = row["vs"]
+            assert math.isclose(vs["minimal_steps_per_s"], row["steps_per_s"] / minimal["steps_per_s"], rel_tol=0.01)
+            assert math.isclose(vs["minimal_p50"], row["p50_ms"] / minimal["p50_ms"], rel_tol=0.01)
+
+
+def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
+    """``python -m loadtest.lstm256`` makes the shipped folder again: same graph bytes, a golden that replays."""
+    assert lstm256.main(["--out", str(tmp_path / "lstm256")]) == 0
+    built, shipped = tmp_path / "lstm256", SHIPPED_MODELS / "lstm256"
+    assert (built / "step.onnx").read_bytes() == (shipped / "step.onnx").read_bytes()
+    assert Manifest.load(built) == Manifest.load(shipped)
+    model = LoadedModel.from_folder(built, Settings())  # loads only if ORT's LSTM replays the numpy golden
+    assert model.manifest.task == "sequence_model" and model.golden_error < 1e-5
+    assert model.manifest.state_bytes == 2 * 256 * 4
 
 
 def test_the_slab_bench_proves_device_slabs_against_host_slabs_and_times_both(

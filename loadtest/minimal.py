@@ -1,0 +1,157 @@
+"""The bare server: statestream's Session proto and model call with none of its session machinery.
+
+Issue 14 compares statestream with a grpc.aio server that keeps each stream's state in the
+handler (numpy arrays) and runs one batch-1 ONNX Runtime call per step. This is that server, so
+``statestream bench`` measures what sessions, the sequence rule and the scheduler cost instead of
+guessing it. Per stream it holds the state and the options of its ``open``; a ``step`` is decoded
+by the model's own driver (text through the vocabulary, or raw tensors, so the work and the
+refusals match the real server's), run with ``InferenceSession.run`` at batch 1, and answered
+like the real server: a language model's top_k next tokens (``ranked_logits``, the real server's
+ranking) and the ``return_tensors`` asked for, so the answer sizes match.
+
+Nothing else: no session ids that resolve, no attach or resume, no seq check (the step's seq is
+only echoed), no batching, no Multiplex, no init graphs. The model is loaded and its golden trace
+replayed by ``LoadedModel.from_folder`` with the server's ONNX Runtime options. Run it as
+``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+import numpy as np
+
+from loadtest.echo import serve
+from service.api import statestream_pb2 as pb
+from service.contract import zero_state
+from service.drivers.language import RANKED_IDS, RANKED_PROBS
+from service.errors import FailedPrecondition, NotFound, StatestreamError, status_number
+from service.registry import LoadedModel
+from service.servicers.wire import Context, Malformed
+from service.sessions import ResolvedOptions
+from service.settings import Settings
+from service.tasks import driver_class
+from service.tensors import to_proto
+
+#: Longest chunk a step may carry: the real server's default limit.
+MAX_CHUNK = Settings().max_chunk
+
+
+def _error(exc: StatestreamError | Malformed) -> pb.SessionResponse:
+    if isinstance(exc, Malformed):
+        return pb.SessionResponse(error=pb.Error(code=3, code_name="INVALID_ARGUMENT", message=exc.reason))
+    return pb.SessionResponse(error=pb.Error(code=status_number(exc.code), code_name=exc.code.name, message=str(exc)))
+
+
+class MinimalServicer:
+    """SessionService.Session over one model; state lives in the handler's local variables."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.manifest = model.manifest
+        self.driver = driver_class(self.manifest.task)(self.manifest)
+        self.tokens: list[str] = self.manifest.vocabulary
+
+    def open(self, request: pb.OpenSession) -> tuple[dict[str, np.ndarray], ResolvedOptions, pb.SessionResponse]:
+        """A stream's fresh state and options, and the ``opened`` answer."""
+        if request.model != self.manifest.name:
+            raise NotFound(f"this server serves only {self.manifest.name!r}")
+        options = self.driver.resolve_options(request.options)
+        opened = pb.SessionOpened(
+            session_id=secrets.token_urlsafe(24),
+            model=self.manifest.name,
+            version=self.manifest.version,
+            state_bytes=self.manifest.state_bytes,
+        )
+        return zero_state(self.manifest, 1), options, pb.SessionResponse(opened=opened)
+
+    def step(self, state: dict[str, np.ndarray], options: ResolvedOptions, step: pb.Step) -> pb.StepResult:
+        """One batch-1 ORT call; ``state`` is updated in place with the graph's new state."""
+        decoded = self.driver.decode_step(step, MAX_CHUNK)
+        feed = {name: array[np.newaxis] for name, array in decoded.arrays.items()}
+        outputs = self.model.run({**feed, **state})
+        for spec in self.manifest.state:
+            state[spec.input] = outputs[spec.output]
+        per_step = {name: array[0] for name, array in outputs.items()}  # [K, ...], as a driver sees them
+        if self.driver.postprocess is not None:
+            per_step.update(self.driver.postprocess(per_step))
+        result = pb.StepResult(seq=step.seq)
+        for t in range(decoded.steps - 1 if step.last_only else 0, decoded.steps):
+            out = result.outputs.add()
+            if decoded.token_ids is not None:
+                out.input = self.tokens[int(decoded.token_ids[t])]
+            if RANKED_IDS in per_step:
+                ids = per_step[RANKED_IDS][t, : options.top_k].tolist()
+                probs = per_step[RANKED_PROBS][t, : options.top_k].tolist()
+                out.top.extend(
+                    [pb.TokenProb(id=i, token=self.tokens[i], prob=p) for i, p in zip(ids, probs, strict=True)]
+                )
+            for name in options.return_tensors:
+                out.tensors.append(to_proto(name, per_step[name][t]))
+        return result
+
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        state: dict[str, np.ndarray] | None = None
+        options = ResolvedOptions()
+        async for request in requests:
+            if isinstance(request, Malformed):
+                yield _error(request)
+                continue
+            kind = request.WhichOneof("request")
+            try:
+                if kind == "open":
+                    state, options, opened = self.open(request.open)
+                    yield opened
+                elif kind == "step" and state is not None:
+                    yield pb.SessionResponse(result=self.step(state, options, request.step))
+                elif kind == "close":
+                    yield pb.SessionResponse(closed=pb.Closed())
+                    return
+                else:
+                    raise FailedPrecondition(f"the minimal server does not take {kind!r} here (open, step, close)")
+            except StatestreamError as exc:
+                yield _error(exc)
+
+    async def Multiplex(
+        self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: Context
+    ) -> AsyncIterator[pb.MultiplexResponse]:
+        await _unimplemented(context, "Multiplex")
+        yield pb.MultiplexResponse()  # pragma: no cover - never reached; makes this a stream handler
+
+    async def CreateSession(self, request: pb.OpenSession | Malformed, context: Context) -> pb.SessionOpened:
+        await _unimplemented(context, "sessions without a stream")
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest | Malformed, context: Context
+    ) -> pb.CloseSessionResponse:
+        await _unimplemented(context, "sessions without a stream")
+
+
+async def _unimplemented(context: Context, what: str) -> NoReturn:
+    """Ends the call with UNIMPLEMENTED: only Session is part of the bare server."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"the minimal server has no {what}")
+    raise AssertionError("context.abort raises")  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.minimal", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="char_lm")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    model = LoadedModel.from_folder(args.models_dir / args.model, Settings())
+    asyncio.run(serve(MinimalServicer(model), "minimal", args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
