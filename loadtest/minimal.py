@@ -30,14 +30,12 @@ import numpy as np
 from loadtest.echo import serve
 from service.api import statestream_pb2 as pb
 from service.contract import zero_state
-from service.drivers.language import RANKED_IDS, RANKED_PROBS
 from service.errors import FailedPrecondition, NotFound, StatestreamError, status_number
 from service.registry import LoadedModel
 from service.servicers.wire import Context, Malformed
 from service.sessions import ResolvedOptions
 from service.settings import Settings
 from service.tasks import driver_class
-from service.tensors import to_proto
 
 #: Longest chunk a step may carry: the real server's default limit.
 MAX_CHUNK = Settings().max_chunk
@@ -56,7 +54,6 @@ class MinimalServicer:
         self.model = model
         self.manifest = model.manifest
         self.driver = driver_class(self.manifest.task)(self.manifest)
-        self.tokens: list[str] = self.manifest.vocabulary
 
     def open(self, request: pb.OpenSession) -> tuple[dict[str, np.ndarray], ResolvedOptions, pb.SessionResponse]:
         """A stream's fresh state and options, and the ``opened`` answer."""
@@ -81,20 +78,7 @@ class MinimalServicer:
         per_step = {name: array[0] for name, array in outputs.items()}  # [K, ...], as a driver sees them
         if self.driver.postprocess is not None:
             per_step.update(self.driver.postprocess(per_step))
-        result = pb.StepResult(seq=step.seq)
-        for t in range(decoded.steps - 1 if step.last_only else 0, decoded.steps):
-            out = result.outputs.add()
-            if decoded.token_ids is not None:
-                out.input = self.tokens[int(decoded.token_ids[t])]
-            if RANKED_IDS in per_step:
-                ids = per_step[RANKED_IDS][t, : options.top_k].tolist()
-                probs = per_step[RANKED_PROBS][t, : options.top_k].tolist()
-                out.top.extend(
-                    [pb.TokenProb(id=i, token=self.tokens[i], prob=p) for i, p in zip(ids, probs, strict=True)]
-                )
-            for name in options.return_tensors:
-                out.tensors.append(to_proto(name, per_step[name][t]))
-        return result
+        return self.driver.build_result(options, step, decoded, per_step)
 
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context

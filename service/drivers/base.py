@@ -164,17 +164,24 @@ class Driver:
         """An upper bound of one encoded StepOutput of this kind."""
         return bounds.step_output(self.manifest, options.return_tensors)
 
-    def build_output(self, session: Session, decoded: StepInputs, outputs: Arrays, t: int, out: pb.StepOutput) -> None:
+    def build_output(
+        self, options: ResolvedOptions, decoded: StepInputs, outputs: Arrays, t: int, out: pb.StepOutput
+    ) -> None:
         """Fills one time step's StepOutput from the step's outputs (``[K, ...]`` each)."""
-        for name in session.options.return_tensors:
+        for name in options.return_tensors:
             out.tensors.append(to_proto(name, outputs[name][t]))
 
-    def build_result(self, session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:
-        """One StepOutput per time step (or only the last), as the session's options ask."""
+    def build_result(
+        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+    ) -> pb.StepResult:
+        """One StepOutput per time step (or only the last), as the session's options ask.
+
+        It needs only the options, not the session, so a server without sessions (the bench's
+        ``minimal`` variant) answers with the same code."""
         result = pb.StepResult(seq=step.seq)
         first = decoded.steps - 1 if step.last_only else 0
         for t in range(first, decoded.steps):
-            self.build_output(session, decoded, outputs, t, result.outputs.add())
+            self.build_output(options, decoded, outputs, t, result.outputs.add())
         return result
 
     def after_step(self, session: Session, outputs: Arrays) -> None:

@@ -121,11 +121,13 @@ class LanguageDriver(Driver):
             self.vocabulary.longest_token_bytes, options.top_k
         )
 
-    def build_result(self, session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> pb.StepResult:
+    def build_result(
+        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+    ) -> pb.StepResult:
         """The top-k comes from the batch's ranking (``ranked_logits``), so here it is only read."""
         tokens = self.vocabulary.tokens
         first = decoded.steps - 1 if step.last_only else 0
-        top_k = session.options.top_k
+        top_k = options.top_k
         ids = outputs[RANKED_IDS][first:, :top_k].tolist()
         probs = outputs[RANKED_PROBS][first:, :top_k].tolist()
         result = pb.StepResult(seq=step.seq)
@@ -137,7 +139,7 @@ class LanguageDriver(Driver):
             out.top.extend(
                 [pb.TokenProb(id=i, token=tokens[i], prob=p) for i, p in zip(ids[row], probs[row], strict=True)]
             )
-            for name in session.options.return_tensors:
+            for name in options.return_tensors:
                 out.tensors.append(to_proto(name, outputs[name][t]))
         return result
 

@@ -279,7 +279,7 @@ class SessionServicer:
     ) -> pb.StepResult:
         """The answer of a finished step, recorded with its seq; a failed step records nothing."""
         outputs = finish_step(session, future)
-        result = session.runtime.driver.build_result(session, step, decoded, outputs)
+        result = session.runtime.driver.build_result(session.options, step, decoded, outputs)
         session.record(step.seq, result, self.settings.reply_cache)
         return result
 
