@@ -67,7 +67,7 @@ def full_bptt(
     loss = loss_fn(y, target)
     torch.autograd.backward(loss)
     on_update()
-    return BPTTResult(float(loss), _detach(after), 1)
+    return BPTTResult(float(loss.detach()), _detach(after), 1)
 
 
 def truncated_bptt(
@@ -113,7 +113,7 @@ def truncated_bptt(
         loss = loss_fn(y, target[:, done:end])  # Σ ℓ_t over this block's k1 steps
         torch.autograd.backward(loss)
         on_update()
-        total, updates, done = total + float(loss), updates + 1, end
+        total, updates, done = total + float(loss.detach()), updates + 1, end
         stored = {t: s for t, s in stored.items() if t >= min(done + k1, steps) - k2 or t == done}
     return BPTTResult(total, stored[steps], updates)
 
@@ -176,7 +176,7 @@ def randomized_truncated_bptt(
         if segment_loss is not None:
             torch.autograd.backward(segment_loss)
             on_update()
-            total, updates, segment_loss = total + float(segment_loss), updates + 1, None
+            total, updates, segment_loss = total + float(segment_loss.detach()), updates + 1, None
 
     for t in range(steps):
         if t > 0:
