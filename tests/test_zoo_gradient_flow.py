@@ -44,4 +44,4 @@ def test_command_writes_both_plots_and_a_json_summary(tmp_path: Path, capsys: py
     assert (tmp_path / "gradient_flow.png").stat().st_size > 0
     assert (tmp_path / "adding_problem.png").stat().st_size > 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(summary))
-    assert [m["model"] for m in summary["adding_problem"]["models"]] == ["LSTM", "vanilla tanh RNN"]
+    assert [m["model"] for m in summary["adding_problem"]["models"]] == ["LSTM", "vanilla tanh RNN", "vanilla tanh RNN, 8 units"]
