@@ -203,3 +203,26 @@ def test_invalid_modes_are_refused(call: object, message: str) -> None:
     x, target, state = _problem(net, 4, 14)
     with pytest.raises(ValueError, match=message):
         call(net, x, target, state)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("mode", ["truncated", "randomized"])
+def test_truncated_modes_carry_the_forward_state_and_call_on_update_per_backward(mode: str) -> None:
+    """Without weight changes the returned state is the plain forward run's (1e-12, float64), and on_update runs once per backward."""
+    net = _net(15)
+    x, target, state = _problem(net, 10, 16)
+    with torch.no_grad():
+        _, *expected = net(x, *state)
+    calls: list[int] = []
+    if mode == "truncated":
+        result = truncated_bptt(net, x, target, state, loss_fn=_sum_of_squares, k1=3, k2=4, on_update=lambda: calls.append(1))
+        assert result.updates == 4  # blocks of 3, 3, 3, 1
+    else:
+        result = randomized_truncated_bptt(
+            net, x, target, state, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.5, cuts=[True, False] * 4 + [True], on_update=lambda: calls.append(1)
+        )
+        assert result.updates == 6  # five cuts: six segments
+    assert len(calls) == result.updates
+    assert max(float((a - b).abs().max()) for a, b in zip(result.state, expected, strict=True)) <= 1e-12
+    with torch.no_grad():
+        y, *_ = net(x, *state)
+    assert result.loss == pytest.approx(float(_sum_of_squares(y, target)), rel=1e-12)

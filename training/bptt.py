@@ -5,7 +5,8 @@ Every function here runs a net written to the step contract (``model(x, *state) 
 more times, and calls ``on_update()`` after each backward (that is where the caller clips,
 steps the optimizer and zeroes the gradients). The loss of a sequence is a sum over its steps,
 :math:`L = \sum_t \ell_t`, and ``loss_fn(y, target)`` must be additive over the time axis
-(a sum, not a mean), so that per-step and whole-sequence evaluations agree.
+(a sum, not a mean), so that per-step and whole-sequence evaluations agree. The truncated modes run
+the net a step (or a window) at a time, so it must be causal: a ``Bidirectional`` layer is not.
 
 * :func:`full_bptt`: one backward through the whole sequence, the exact :math:`\nabla L`.
 * :func:`truncated_bptt`: Williams & Peng's BPTT(k1, k2): every ``k1`` steps, the losses of those
