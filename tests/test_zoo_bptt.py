@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from training.nets.cells import GRUCell, JordanCell, LSTMCell, Recurrent, Stacke
 
 
 @pytest.fixture(autouse=True)
-def _float64() -> object:
+def _float64() -> Iterator[None]:
     """float64 for the gradient comparisons (the tolerances are 1e-10), restored afterwards."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
