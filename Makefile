@@ -9,7 +9,7 @@ PORT ?= 50051
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck pytest bench protos
+.PHONY: serve test lint typecheck pytest bench protos redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy service training loadtest
 
-pytest: $(VENV)/.dev
+# The session-store tests start their own Redis from the system's redis-server (Debian's package;
+# no PyPI wheel ships one). CI runs as root on a fresh Debian machine, so it installs it here.
+redis-server:
+	@command -v redis-server >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+
+pytest: $(VENV)/.dev redis-server
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -438,6 +439,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--multiplex-streams", type=int, help="multiplexed messages in flight (default 4)")
     parser.add_argument("--per-message", type=int, help="sessions per multiplexed message (default 256)")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the scale-out rows instead (loadtest/scale.py): --workers W, Envoy in front of W replicas, "
+        "and the session store's checkpoint cost, at 256 and 1,024 streams",
+    )
+    parser.add_argument(
         "--variants", help="comma-separated subset of echo,naive,minimal,statestream,chunked,multiplexed (default: all)"
     )
     return parser.parse_args(list(argv))
@@ -561,8 +568,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (folder / "manifest.json").is_file():
         raise CommandError(f"no model {args.model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
     started = time.monotonic()
-    rows, memory = run(plan, args.models_dir, args.model)
-    targets = targets_of(rows, memory, plan)
+    if args.scale:
+        from loadtest.scale import run_scale, scale_targets
+
+        cores = len(os.sched_getaffinity(0))
+        rows, memory = run_scale(plan, args.models_dir, args.model, _log, cores), None
+        targets = scale_targets(rows, cores)
+    else:
+        rows, memory = run(plan, args.models_dir, args.model)
+        targets = targets_of(rows, memory, plan)
     if args.json:
         for row in rows:
             print(json.dumps(row.to_json()))

@@ -8,6 +8,7 @@ failing benchmark never leaves a server behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -148,9 +149,14 @@ class ServerProcess:
         return process.returncode
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the server process has used so far (all its threads)."""
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU the server has used so far: all its threads, and its child processes (--workers)."""
+        process = psutil.Process(self.pid)
+        total = 0.0
+        for member in (process, *process.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
+        return total
 
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)

@@ -38,6 +38,7 @@ exit codes: 0 success, 1 internal error, 2 usage, 3 refused by the server, 4 ser
 
 
 def _serve(argv: Sequence[str]) -> int:
+    from service.errors import Unavailable
     from service.logs import configure
     from service.security import BindError, SecurityConfigError
     from service.server import serve
@@ -54,12 +55,19 @@ def _serve(argv: Sequence[str]) -> int:
             EXIT_USAGE,
             hint="give a folder of model folders, e.g. --models-dir models (the shipped one)",
         )
-    _check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
     configure(settings.log_level, settings.log_json)
+    if settings.worker_count > 1:
+        from service.workers import run_workers
+
+        return run_workers(settings, argv)
+    if not settings.reuse_port:
+        _check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
     try:
         asyncio.run(serve(settings))
     except SecurityConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    except Unavailable as exc:  # the session store
+        raise CommandError(exc.message, EXIT_USAGE, hint="is Redis running at --session-store?") from exc
     except BindError as exc:
         raise _port_busy(settings.host, settings.port) from exc
     return 0

@@ -115,6 +115,29 @@ class Metrics:
             "statestream_state_bytes", "Bytes of state slabs allocated", ["model"], registry=r
         )
 
+        # The session store (--session-store): one checkpoint is one session's record written.
+        self.checkpoints = Counter(
+            "statestream_checkpoints", "Session records written to the session store", registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "statestream_checkpoint_seconds",
+            "Time of one pipelined checkpoint round trip (all the sessions of a batch)",
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_bytes = Counter(
+            "statestream_checkpoint_bytes", "Bytes of session records written to the session store", registry=r
+        )
+        self.checkpoint_failures = CachedCounter(
+            "statestream_checkpoint_failures",
+            "Checkpoints not written: 'fenced' (another replica owns the session) or 'unavailable' (store down)",
+            ["reason"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "statestream_takeovers", "Sessions this process took over from the session store", registry=r
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

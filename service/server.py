@@ -21,7 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.durable_sessions import DurableSessions
 from service.metrics import Metrics
+from service.redis_store import RedisStore
 from service.registry import Registry
 from service.runtime import Runtimes
 from service.security import (
@@ -62,7 +64,7 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
 
 
@@ -80,6 +82,7 @@ class Server:
     transport: TransportSecurity
     auth: Authenticator
     sessions: SessionServicer
+    durable: DurableSessions | None = None
     _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -92,10 +95,11 @@ class Server:
         registry = Registry.from_folder(settings.models_dir, settings)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
+        durable = await connect_session_store(settings, store, metrics)
 
         server = grpc.aio.server(options=grpc_options(settings))
         add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
-        sessions = SessionServicer(store, settings, metrics, auth)
+        sessions = SessionServicer(store, settings, metrics, auth, durable)
         add_servicer(server, "SessionService", sessions)
         health_servicer = add_health(server)
         reflection.enable_server_reflection(
@@ -113,7 +117,9 @@ class Server:
         await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_port:
             metrics.serve_http(settings.metrics_port, settings.host)
-        running = cls(settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, sessions)
+        running = cls(
+            settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, sessions, durable
+        )
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
             "serving %d model(s) on %s:%d (scheduler %s, max batch %d; %s, %s)",
@@ -137,6 +143,8 @@ class Server:
         log.info("draining: no new sessions, %.1fs for in-flight steps", self.settings.grace_s)
         self.store.accepting = False
         await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.durable is not None:  # hand every session to the store: its clients resume on another replica
+            await self.durable.drain()
         loop = asyncio.get_running_loop()
         started, streams = loop.time(), self.sessions.open_streams
         deadline = started + self.settings.grace_s
@@ -152,10 +160,24 @@ class Server:
         await self.grpc_server.stop(grace_s)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.durable is not None:
+            await self.durable.close()
         await self.runtimes.stop()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+async def connect_session_store(settings: Settings, store: SessionStore, metrics: Metrics) -> DurableSessions | None:
+    """The session store of --session-store, checked reachable now (an Unavailable if not); None without one."""
+    if not settings.session_store:
+        return None
+    redis_store = RedisStore(settings.session_store, settings.idle_timeout_s, settings.handover_timeout_s)
+    await redis_store.ping()
+    durable = DurableSessions(store, redis_store, settings.checkpoints, metrics)
+    store.on_removed = lambda session, reason: durable.closed(session)
+    durable.start()
+    return durable
 
 
 async def serve(settings: Settings) -> None:

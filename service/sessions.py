@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -81,6 +81,10 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     detached_at: float | None = None
     closed: bool = False
+    #: The owner epoch this process holds the session under in the session store (0: no store).
+    epoch: int = 0
+    #: Requests applied since the last checkpoint to the session store.
+    unsaved: int = 0
 
     def check_seq(self, seq: int) -> SeqCheck:
         """Decides whether a request with ``seq`` is applied; raises on a gap or a missing seq."""
@@ -120,6 +124,8 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._per_owner: dict[str, int] = {}
         self.accepting = True
+        #: Told of every session closed or evicted here (the session store forgets it too).
+        self.on_removed: Callable[[Session, str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -183,7 +189,34 @@ class SessionStore:
         state = session.runtime.slabs.read_row(session.row)
         return self.sealer.seal(session.runtime.model.manifest, session.last_seq, state)
 
-    def _admit(self, runtime: ModelRuntime, owner: str, options: ResolvedOptions) -> Session:
+    def adopt(
+        self,
+        session_id: str,
+        model: str,
+        version: str,
+        owner: str,
+        options: ResolvedOptions,
+        rows: dict[str, np.ndarray],
+    ) -> Session:
+        """A session another process held, under its own id, with its row (a take-over)."""
+        runtime = self.runtimes.get(model, version)
+        session = self._admit(runtime, owner, options, session_id)
+        runtime.slabs.write_row(session.row, rows)
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        """The open session of that id here, whoever its caller (for the session store's hand-over)."""
+        session = self._sessions.get(session_id)
+        return None if session is None or session.closed else session
+
+    def drop(self, session: Session, reason: str) -> None:
+        """Frees the session here only: it lives on in the session store (handed over, fenced, drained)."""
+        if not session.closed:
+            self._remove(session, reason, forget=False)
+
+    def _admit(
+        self, runtime: ModelRuntime, owner: str, options: ResolvedOptions, session_id: str | None = None
+    ) -> Session:
         """Enforces the session limits (evicting a detached session only if configured), then opens."""
         if len(self._sessions) >= self.settings.max_sessions and not self._evict_lru(None):
             raise ResourceExhausted("max_sessions", self.settings.max_sessions, "the server holds its most sessions")
@@ -191,7 +224,7 @@ class SessionStore:
             raise ResourceExhausted(
                 "max_sessions_per_caller", self.settings.max_sessions_per_caller, "this caller holds its most sessions"
             )
-        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        session_id = session_id or secrets.token_urlsafe(SESSION_ID_BYTES)
         session = Session(session_id, runtime, runtime.slabs.allocate(), owner, options)
         self._sessions[session_id] = session
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
@@ -230,7 +263,7 @@ class SessionStore:
         async with session.lock:
             self._remove(session, reason)
 
-    def _remove(self, session: Session, reason: str) -> None:
+    def _remove(self, session: Session, reason: str, forget: bool = True) -> None:
         session.closed = True
         self._sessions.pop(session.id, None)
         remaining = self._per_owner.get(session.owner, 1) - 1
@@ -244,6 +277,8 @@ class SessionStore:
         if reason != "closed":
             self.metrics.evictions.labels(name, reason).inc()
         events.closed(session, reason)
+        if forget and self.on_removed is not None:
+            self.on_removed(session, reason)
 
     def attach(self, session: Session, stream: object) -> None:
         session.stream = stream

@@ -94,6 +94,49 @@ class Settings:
     metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
     grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
 
+    workers: str = field(
+        default="1",
+        metadata={
+            "help": "server processes sharing the address (SO_REUSEPORT), or 'auto' for one per core; more than one "
+            "hands sessions between them through the session store (a private redis-server when "
+            "--session-store is not given)"
+        },
+    )
+    session_store: str = field(
+        default="",
+        metadata={
+            "help": "redis://HOST:PORT[/DB] (or unix:///PATH) of the Redis that keeps sessions beyond this process: "
+            "checkpoints, take-over on resume, drain hand-over (default: none, sessions live only in the process)"
+        },
+    )
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "write a session to the session store every K acknowledged requests, before answering the "
+            "K-th (default 1 with --session-store: every answered step is durable; 0: only on detach, "
+            "hand-over and drain, the default for the private store of --workers)"
+        },
+    )
+    handover_timeout_s: float = field(
+        default=1.0,
+        metadata={"help": "how long a resume waits for the live owner of a session to hand it over"},
+    )
+    reuse_port: bool = field(
+        default=False, metadata={"help": "bind with SO_REUSEPORT, sharing the port with other processes"}
+    )
+
+    @property
+    def worker_count(self) -> int:
+        """--workers resolved: 'auto' is the cores this process may run on."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return int(self.workers)
+
+    @property
+    def checkpoints(self) -> int:
+        """--checkpoint-every resolved (its default is 1)."""
+        return 1 if self.checkpoint_every is None else self.checkpoint_every
+
     @property
     def target(self) -> str:
         return f"{self.host}:{self.port}"
@@ -119,6 +162,16 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers != "auto" and (not self.workers.isdigit() or int(self.workers) < 1):
+            raise ValueError(f"workers must be a number >= 1 or 'auto', got {self.workers!r}")
+        if self.session_store and not self.session_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"session_store must be a redis://HOST:PORT (or unix://PATH) URL, got {self.session_store!r}"
+            )
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.handover_timeout_s < 0:
+            raise ValueError(f"handover_timeout_s must be >= 0, got {self.handover_timeout_s}")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -75,6 +75,20 @@ class OfflineLM:
 
 
 @pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding only the shipped ``char_lm``: for tests that start whole server processes,
+    where training the tiny model first would cost more than loading the shipped one."""
+    target = tmp_path_factory.mktemp("shipped_lm") / "models"
+    shutil.copytree(SHIPPED_MODELS / "char_lm", target / "char_lm")
+    return target
+
+
+@pytest.fixture(scope="session")
+def shipped_lm(lm_dir: Path) -> OfflineLM:
+    return OfflineLM(lm_dir / "char_lm")
+
+
+@pytest.fixture(scope="session")
 def offline_lm(tiny_lm_dir: Path) -> OfflineLM:
     return OfflineLM(tiny_lm_dir / "char_lm")
 

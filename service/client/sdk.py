@@ -59,6 +59,11 @@ def make_step(
     return step
 
 
+#: The header every Session stream carries: a key fixed for the session's life, so a proxy that hashes
+#: it (Envoy's ring_hash, docs/operations.md) sends the session's streams, resumes included, to one
+#: replica. Without it (another client) a resume still works: the replica it reaches takes the session over.
+ROUTE_HEADER = "x-statestream-route"
+
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -87,11 +92,15 @@ class AsyncSession:
     user sees one unbroken stream with every step applied exactly once.
     """
 
-    def __init__(self, client: AsyncClient, call: Any, opened: pb.SessionOpened, *, resume_timeout_s: float) -> None:
+    def __init__(
+        self, client: AsyncClient, call: Any, opened: pb.SessionOpened, *, resume_timeout_s: float, route: str
+    ) -> None:
         self._client = client
         self._call = call
         self.opened = opened
         self.id = opened.session_id
+        #: The routing key this session's streams carry (ROUTE_HEADER), the same on every resume.
+        self.route = route
         self.last_seq = opened.last_applied_seq
         self.resume_timeout_s = resume_timeout_s
         self.resumes = 0
@@ -116,7 +125,7 @@ class AsyncSession:
         delay = 0.05
         while True:
             try:
-                session = await self._client.attach(self.id, resume_timeout_s=self.resume_timeout_s)
+                session = await self._client.attach(self.id, resume_timeout_s=self.resume_timeout_s, route=self.route)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE or time.monotonic() + delay > deadline:
                     raise SessionLost(f"cannot resume session: {exc.code().name}: {exc.details()}") from exc
@@ -335,8 +344,8 @@ class AsyncClient:
         )
         return info
 
-    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float) -> AsyncSession:
-        call = self.sessions.Session(metadata=self.metadata)
+    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float, route: str) -> AsyncSession:
+        call = self.sessions.Session(metadata=(*self.metadata, (ROUTE_HEADER, route)))
         try:
             await call.write(first)
             response = await call.read()
@@ -350,7 +359,7 @@ class AsyncClient:
             raise StreamBroken("the server ended the stream before answering")
         if response.HasField("error"):
             raise StepFailed(response.error)
-        return AsyncSession(self, call, response.opened, resume_timeout_s=resume_timeout_s)
+        return AsyncSession(self, call, response.opened, resume_timeout_s=resume_timeout_s, route=route)
 
     async def open(
         self,
@@ -375,11 +384,15 @@ class AsyncClient:
             request.init.data = init
         elif init is not None:
             request.init.tensors.extend(to_proto(name, np.asarray(value)) for name, value in init.items())
-        return await self._start(pb.SessionRequest(open=request), resume_timeout_s)
+        return await self._start(pb.SessionRequest(open=request), resume_timeout_s, secrets.token_urlsafe(12))
 
-    async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0) -> AsyncSession:
-        """Binds a new stream to an existing session (resume); its ``last_seq`` says where to go on."""
-        return await self._start(pb.SessionRequest(attach=pb.AttachSession(session_id=session_id)), resume_timeout_s)
+    async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0, route: str = "") -> AsyncSession:
+        """Binds a new stream to an existing session (resume); its ``last_seq`` says where to go on.
+
+        ``route`` is the routing key the session's streams carried (default: the session id).
+        """
+        request = pb.SessionRequest(attach=pb.AttachSession(session_id=session_id))
+        return await self._start(request, resume_timeout_s, route or session_id)
 
 
 async def _raise_status(call: Any) -> None:

@@ -15,11 +15,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
 
+import grpc
+
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers import bounds
 from service.drivers.loops import Loop, LoopContext
 from service.drivers.steps import Arrays, StepInputs, finish_step, start_step
+from service.durable_sessions import DurableSessions, SessionMoved
 from service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -52,8 +55,17 @@ LOOP_REPLIES = {
 
 
 class SessionServicer:
-    def __init__(self, store: SessionStore, settings: Settings, metrics: Metrics, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: Settings,
+        metrics: Metrics,
+        auth: Authenticator,
+        durable: DurableSessions | None = None,
+    ) -> None:
         self.store = store
+        #: The session store outside the process (--session-store), if any.
+        self.durable = durable
         self.settings = settings
         self.metrics = metrics
         self.auth = auth
@@ -79,7 +91,22 @@ class SessionServicer:
         initial = await runtime.initial_rows(feed) if feed is not None else None
         if not self.store.accepting:  # the server began to drain while the init graph ran
             raise Unavailable("the server is draining and opens no new sessions")
-        return self.store.open(request.model, request.version, caller, options, request.restore, initial)
+        session = self.store.open(request.model, request.version, caller, options, request.restore, initial)
+        if self.durable is not None:
+            try:
+                await self.durable.opened(session)
+            except StatestreamError:
+                self.store.drop(session, "store_unavailable")
+                raise
+        return session
+
+    async def _find(self, session_id: str, caller: str) -> SessionState:
+        """The caller's session for an attach: held here, or (with a session store) taken over from it."""
+        if self.durable is not None and not self.store.accepting:  # its sessions went to the store
+            raise Unavailable("the server is draining; its sessions are in the session store, resume on another")
+        if self.durable is None:
+            return self.store.get(session_id, caller)
+        return await self.durable.attach(session_id, caller)
 
     @staticmethod
     def _opened(session: SessionState) -> pb.SessionOpened:
@@ -134,17 +161,24 @@ class SessionServicer:
                     counted = True
                     yield pb.SessionResponse(opened=self._opened(session))
                     continue
+                if session.closed and session.epoch:  # handed over, fenced or drained: resume elsewhere
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "this server no longer holds the session; attach again"
+                    )
                 if session.stream is not stream:
                     taken = FailedPrecondition(
                         "another stream has attached this session; this stream no longer holds it"
                     )
                     yield pb.SessionResponse(error=error_message(0, taken))
                     return
-                if not isinstance(request, Malformed) and request.WhichOneof("request") == "step":
-                    yield await self._answer_step(session, request)  # the hot path: no nested generator
-                    continue
-                async for response in self._handle(session, request):
-                    yield response
+                try:
+                    if not isinstance(request, Malformed) and request.WhichOneof("request") == "step":
+                        yield await self._answer_step(session, request)  # the hot path: no nested generator
+                        continue
+                    async for response in self._handle(session, request):
+                        yield response
+                except SessionMoved as exc:  # not acknowledged: the client resumes where the session is now
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if session.closed:
                     return
         finally:
@@ -152,6 +186,8 @@ class SessionServicer:
                 self.open_streams -= 1
             if session is not None and not session.closed:
                 self.store.detach(session, stream)
+                if self.durable is not None:
+                    self.durable.detached(session)
 
     async def _first(self, request: pb.SessionRequest | Malformed, stream: object, context: Context) -> SessionState:
         """Authenticates, admits the stream, and opens or attaches; any failure ends the stream."""
@@ -166,7 +202,7 @@ class SessionServicer:
                 session = (
                     await self._open(request.open, caller)
                     if kind == "open"
-                    else self.store.get(request.attach.session_id, caller)
+                    else await self._find(request.attach.session_id, caller)
                 )
             except StatestreamError:
                 self.open_streams -= 1
@@ -249,7 +285,7 @@ class SessionServicer:
         started = False
         try:
             if session.closed:
-                raise FailedPrecondition("the session is closed")
+                raise _closed(session)
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return _duplicate_result(session, step.seq)
             decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
@@ -270,7 +306,10 @@ class SessionServicer:
         except Exception:
             pass  # _commit reports the step's failure
         try:
-            return self._commit(session, step, decoded, future)
+            result = self._commit(session, step, decoded, future)
+            if self.durable is not None:
+                await self.durable.acknowledged(session)
+            return result
         finally:
             lock.release()
 
@@ -317,6 +356,8 @@ class SessionServicer:
                 return pb.ResetDone(seq=seq, duplicate=True)
             self.store.reset(session)
             session.record(seq, None, 0, ReplyKind.RESET)
+            if self.durable is not None:
+                await self.durable.acknowledged(session)
         return pb.ResetDone(seq=seq)
 
     async def _loop(
@@ -359,6 +400,8 @@ class SessionServicer:
                 context.release()
             done = loop.done()
             session.record(message.seq, getattr(done, reply_field), self.settings.reply_cache, reply_kind)
+            if self.durable is not None:
+                await self.durable.acknowledged(session)
             yield done
 
     # -- multiplexing ----------------------------------------------------------------------
@@ -441,6 +484,9 @@ class SessionServicer:
             session = self.store.get(entry.session_id, caller)
             self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
             result = await self.step(session, entry.step)
+        except SessionMoved as exc:
+            moved = Unavailable(f"{exc}; attach to it with a Session stream")
+            return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, moved))
         except StatestreamError as exc:
             events.refused(exc)
             return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
@@ -452,6 +498,13 @@ def checked(request: T | Malformed) -> T:
     if isinstance(request, Malformed):
         raise InvalidArgument(request.reason)
     return request
+
+
+def _closed(session: SessionState) -> Exception:
+    """Why a closed session refuses a request: closed by its client, or held by the session store now."""
+    if session.epoch:  # handed over, drained or fenced: not an error of the client's, it resumes elsewhere
+        return SessionMoved("this server no longer holds the session; attach again")
+    return FailedPrecondition("the session is closed")
 
 
 def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:

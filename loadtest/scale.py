@@ -1,0 +1,169 @@
+"""``statestream bench --scale``: the scale-out rows, measured side by side in one run.
+
+* ``direct``: one plain ``statestream serve`` (one process, no session store): the reference;
+* ``workers W``: ``serve --workers W`` for W = 1 … the cores, through its one address
+  (SO_REUSEPORT; the workers' private Redis, checkpoints only on detach and hand-over);
+* ``envoy W``: W single-process replicas behind Envoy (ring hash on the routing header);
+* ``store K``: one process with a Redis session store, a checkpoint every K acknowledged steps
+  (K = 1 and 16; the cost of durability, against ``direct`` which has none).
+
+Each at 256 and 1,024 streams, interleaved and repeated like the main table; the target is
+steps/s of ``workers W`` ≥ 0.7 × W × ``workers 1``, for W up to the cores the load generator
+leaves free (on a 2-core machine shared with the load generator, none: the table says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.bench import Cell, Plan, Row, Target, client_layout, measure, summarize
+from loadtest.front import free_port, run_envoy
+from loadtest.load import LoadResult
+from loadtest.servers import ServerProcess, serve_command
+from service.contract import Manifest
+
+SCALE_STREAMS = (256, 1024)
+CHECKPOINT_EVERY = (1, 16)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One server arrangement: direct, workers (W processes), envoy (W replicas) or store (K)."""
+
+    kind: str
+    count: int = 1
+
+    @property
+    def name(self) -> str:
+        return {"direct": "direct", "workers": f"workers {self.count}", "envoy": f"envoy {self.count}",
+                "store": f"store K={self.count}"}[self.kind]  # fmt: skip
+
+
+def setups(cores: int) -> list[Setup]:
+    arrangements = [Setup("direct")]
+    arrangements += [Setup("workers", w) for w in range(1, cores + 1)]
+    arrangements += [Setup("envoy", r) for r in range(1, cores + 1)]
+    arrangements += [Setup("store", k) for k in CHECKPOINT_EVERY]
+    return arrangements
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="statestream-bench-redis-") as folder:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def started(setup: Setup, models_dir: Path, stack: contextlib.ExitStack) -> Iterator[ServerProcess]:
+    """The arrangement running; yields the server process the load goes to (its CPU is counted)."""
+    grace: tuple[str, ...] = ("--grace-s", "1")
+    extra: tuple[str, ...]
+    if setup.kind == "store":
+        store = stack.enter_context(_redis())
+        extra = (*grace, "--session-store", store, "--checkpoint-every", str(setup.count))
+        yield stack.enter_context(ServerProcess(setup.name, serve_command(models_dir, "batched", extra)))
+    elif setup.kind == "envoy":
+        store = stack.enter_context(_redis())
+        extra = (*grace, "--session-store", store, "--checkpoint-every", "0")
+        replicas = [
+            stack.enter_context(ServerProcess(f"{setup.name}/{i}", serve_command(models_dir, "batched", extra)))
+            for i in range(setup.count)
+        ]
+        front, _ = stack.enter_context(run_envoy([r.target for r in replicas]))
+        yield _Fronted(setup.name, replicas, front)
+    else:
+        extra = (*grace, "--workers", str(setup.count)) if setup.kind == "workers" else grace
+        yield stack.enter_context(ServerProcess(setup.name, serve_command(models_dir, "batched", extra)))
+
+
+class _Fronted(ServerProcess):
+    """Replicas behind Envoy, measured as one server: the target is Envoy's, the CPU all of theirs."""
+
+    def __init__(self, name: str, replicas: list[ServerProcess], front: str) -> None:
+        super().__init__(name, [])
+        self.replicas = replicas
+        self.front = front
+
+    @property
+    def target(self) -> str:
+        return self.front
+
+    def cpu_seconds(self) -> float:
+        return sum(r.cpu_seconds() for r in self.replicas)
+
+
+def run_scale(
+    plan: Plan, models_dir: Path, model: str, log: Callable[[str], None], cores: int | None = None
+) -> list[Row]:
+    """Every scale row; each arrangement is started, measured at every stream count, and stopped.
+
+    Arrangements run one after another (not all at once: W workers of each would overcommit the
+    cores), and the whole sequence is repeated ``plan.repeats`` times so that each cell is a
+    median over runs spread through the measurement, as in the main table.
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    manifest = Manifest.load(models_dir / model)
+    arrangements = setups(cores)
+    results: dict[tuple[str, int], list[LoadResult]] = {}
+    for repeat in range(plan.repeats):
+        for setup in arrangements:
+            with contextlib.ExitStack() as stack, started(setup, models_dir, stack) as server:
+                for streams in SCALE_STREAMS:
+                    result = measure(Cell(setup.name, setup.name, "stream", streams), server, plan, manifest)
+                    results.setdefault((setup.name, streams), []).append(result)
+                    log(
+                        f"[{repeat + 1}/{plan.repeats}] {setup.name:<12} N={streams:<5} "
+                        f"{result.steps_per_s:8.0f} steps/s  p99 {result.percentile_ms(99):7.2f} ms"
+                        + (f"  {result.errors} errors" if result.errors else "")
+                    )
+    return [summarize(Cell(name, name, "stream", streams), runs) for (name, streams), runs in results.items()]
+
+
+def load_processes(streams: int) -> int:
+    """The client processes the load generator runs at ``streams`` (bench.client_layout decides)."""
+    return client_layout(streams)[0]
+
+
+def scale_targets(rows: list[Row], cores: int) -> list[Target]:
+    """workers W against W × workers 1, at each stream count; judged only where W cores are left free."""
+    by_name = {(row.variant, row.streams): row for row in rows}
+    targets: list[Target] = []
+    for streams in SCALE_STREAMS:
+        one = by_name.get(("workers 1", streams))
+        free = cores - load_processes(streams)
+        for workers in range(2, cores + 1):
+            row = by_name.get((f"workers {workers}", streams))
+            if one is None or row is None:
+                continue
+            ratio = row.steps_per_s / (workers * one.steps_per_s)
+            judged = workers <= free
+            detail = (
+                f"workers {workers} / ({workers} x workers 1) steps/s at N={streams}"
+                if judged
+                else f"NOT JUDGED: {cores} cores, {load_processes(streams)} taken by the load generator, "
+                f"{max(free, 0)} free for {workers} workers (measured {ratio:.2f})"
+            )
+            targets.append(Target(f"workers_{workers}_scaling_n{streams}", ratio if judged else math.nan, 0.7,
+                                  True, detail))  # fmt: skip
+    return targets

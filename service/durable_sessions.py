@@ -1,0 +1,263 @@
+"""Sessions that outlive their process: checkpoints to the session store, take-over and hand-over.
+
+The servicer calls four hooks, each one line: ``opened`` (the store learns the session),
+``acknowledged`` (before a state-changing request is answered), ``detached`` and ``closed``.
+Every ``checkpoint_every`` acknowledged requests of a session, its record is written before
+the answer goes out, so with K = 1 every answered step is durable. The writes of all the
+sessions whose answers are ready in the same turn of the event loop (one scheduler batch) go
+out as one pipelined round trip, not one per step.
+
+A write the store refuses (another replica took the session over: the epoch moved) or cannot
+take (the store is unreachable) means this process may no longer answer for the session: the
+request is not acknowledged, the session is dropped here (its state is the store's now), and
+the stream ends with UNAVAILABLE, so the client resumes wherever it lands and the replica there
+loads the session from its last checkpoint. That is the fence: a stale owner's step is refused,
+never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from service.api import statestream_pb2 as pb
+from service.errors import NotFound, StatestreamError, Unavailable
+from service.metrics import Metrics
+from service.redis_store import Checkpoint, RedisStore
+from service.session_records import SessionRecord
+from service.sessions import ReplyKind, ResolvedOptions, Session, SessionStore
+
+log = logging.getLogger(__name__)
+
+_REPLY_TYPES: dict[str, type[Message]] = {
+    ReplyKind.STEP.value: pb.StepResult,
+    ReplyKind.GENERATE.value: pb.GenerateDone,
+    ReplyKind.RUN.value: pb.RunDone,
+}
+
+
+class SessionMoved(Exception):
+    """This process no longer answers for the session: the client must resume (UNAVAILABLE)."""
+
+
+@dataclass
+class _Pending:
+    checkpoint: Checkpoint
+    session: Session
+    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class DurableSessions:
+    """Keeps the session store in step with the sessions this process holds."""
+
+    def __init__(self, store: SessionStore, redis_store: RedisStore, checkpoint_every: int, metrics: Metrics) -> None:
+        self.store = store
+        self.redis = redis_store
+        self.every = checkpoint_every  # 0: only on detach, hand-over and drain
+        self.metrics = metrics
+        self._pending: list[_Pending] = []
+        self._flush_scheduled = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.redis.listen(self._handover_requested)
+
+    # -- records -------------------------------------------------------------------------
+
+    def record_of(self, session: Session) -> bytes:
+        """The session's record now (the caller holds its lock, or nothing can run on it)."""
+        kind, reply = "", b""
+        if session.replies:
+            seq, (reply_kind, message) = next(reversed(session.replies.items()))
+            if seq == session.last_seq:
+                kind, reply = reply_kind.value, message.SerializeToString()
+        manifest = session.runtime.model.manifest
+        return SessionRecord(
+            session_id=session.id,
+            model=manifest.name,
+            version=manifest.version,
+            caller=session.owner,
+            top_k=session.options.top_k,
+            return_tensors=session.options.return_tensors,
+            last_seq=session.last_seq,
+            rows=session.runtime.slabs.read_row(session.row),
+            initial=session.initial,
+            scratch=session.scratch,
+            reply_kind=kind,
+            reply=reply,
+        ).to_bytes()
+
+    def _adopt(self, record: SessionRecord, epoch: int) -> Session:
+        session = self.store.adopt(
+            record.session_id,
+            record.model,
+            record.version,
+            record.caller,
+            ResolvedOptions(top_k=record.top_k, return_tensors=record.return_tensors),
+            record.rows,
+        )
+        session.last_seq = record.last_seq
+        session.initial = record.initial
+        session.scratch = dict(record.scratch)
+        session.epoch = epoch
+        if record.reply_kind in _REPLY_TYPES:
+            reply = _REPLY_TYPES[record.reply_kind].FromString(record.reply)
+            session.replies[record.last_seq] = (ReplyKind(record.reply_kind), reply)
+        return session
+
+    # -- the hooks -------------------------------------------------------------------------
+
+    async def opened(self, session: Session) -> None:
+        """Writes the new session's first record, so another process can resume it."""
+        session.epoch = 1
+        await self.redis.create(session.id, session.owner, self.record_of(session))
+
+    async def acknowledged(self, session: Session) -> None:
+        """Called with the session's lock held, after a request was applied and before it is answered."""
+        session.unsaved += 1
+        if self.every and session.unsaved >= self.every:
+            await self._save(session)
+
+    def detached(self, session: Session) -> None:
+        """Its stream ended: checkpoint now, so a resume elsewhere finds the latest state."""
+        if session.unsaved:
+            self._spawn(self._save_locked(session))
+
+    def closed(self, session: Session) -> None:
+        if session.epoch:
+            self._spawn(self._forget(session.id, session.epoch))
+
+    # -- taking over, handing over ---------------------------------------------------------
+
+    async def attach(self, session_id: str, caller: str) -> Session:
+        """The caller's session for a new stream: held here under the store's epoch, or taken over.
+
+        A copy held here under an older epoch (this process was cut off while another took the
+        session over) is never answered from: it is dropped and the session taken back.
+        """
+        stored = await self.redis.read(session_id)
+        if stored is None or stored.caller != caller:
+            raise NotFound("no such session (it was closed, expired, or never existed)")
+        local = self.store.find(session_id)
+        if local is not None and local.epoch == stored.epoch and stored.owner == self.redis.replica:
+            return self.store.get(session_id, caller)
+        if stored.owner and stored.owner != self.redis.replica:
+            await self.redis.ask_owner(session_id, stored.owner)
+        claimed = await self.redis.claim(session_id)
+        if claimed is None:
+            raise NotFound("no such session (it was closed, expired, or never existed)")
+        epoch, blob = claimed
+        existing = self.store.find(session_id)
+        if existing is not None:  # a session this process still held under an older epoch
+            self.store.drop(existing, "taken_over")
+        self.metrics.takeovers.inc()
+        return self._adopt(SessionRecord.from_bytes(blob), epoch)
+
+    async def _handover_requested(self, session_id: str, reply: str) -> None:
+        session = self.store.find(session_id)
+        try:
+            if session is not None:
+                await self.release(session, "handed_over")
+        except StatestreamError as exc:
+            log.warning("handing session %s… over failed: %s", session_id[:8], exc.message)
+        finally:
+            with contextlib.suppress(StatestreamError):  # unanswered, the asker takes over when its wait is over
+                await self.redis.answer(reply)
+
+    async def release(self, session: Session, reason: str) -> None:
+        """Checkpoints the session, lets go of it in the store and drops it here (hand-over, drain)."""
+        async with session.lock:
+            if session.closed:
+                return
+            try:
+                if session.unsaved:
+                    await self._save(session)
+                await self.redis.release(session.id, session.epoch)
+            finally:
+                if not session.closed:
+                    self.store.drop(session, reason)
+
+    async def drain(self) -> None:
+        """Hands every session this process holds back to the store (SIGTERM)."""
+        await asyncio.gather(*(self._release_quietly(s) for s in self.store), return_exceptions=True)
+
+    async def _release_quietly(self, session: Session) -> None:
+        try:
+            await self.release(session, "drained")
+        except (StatestreamError, SessionMoved) as exc:
+            log.warning("draining session %s… to the store failed: %s", session.id[:8], exc)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _save_locked(self, session: Session) -> None:
+        async with session.lock:
+            if session.closed or not session.unsaved:
+                return
+            try:
+                await self._save(session)
+            except SessionMoved as exc:
+                log.info("checkpoint on detach refused: %s", exc)
+
+    async def _save(self, session: Session) -> None:
+        """Writes the session's record, in the next pipelined batch; drops the session if refused."""
+        pending = _Pending(Checkpoint(session.id, session.epoch, self.record_of(session)), session)
+        self._pending.append(pending)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        try:
+            written = await asyncio.shield(pending.done)
+        except Unavailable as exc:
+            self.store.drop(session, "store_unavailable")
+            raise SessionMoved(f"the session could not be checkpointed: {exc.message}; resume it") from exc
+        if not written:
+            self.store.drop(session, "fenced")
+            raise SessionMoved("another replica has taken this session over; resume it there")
+        session.unsaved = 0
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            self._spawn(self._flush(batch))
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.redis.checkpoint_many([p.checkpoint for p in batch])
+        except Unavailable as exc:
+            self.metrics.checkpoint_failures.labels("unavailable").inc(len(batch))
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+            return
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        self.metrics.checkpoint_bytes.inc(sum(len(p.checkpoint.record) for p in batch))
+        self.metrics.checkpoints.inc(len(batch))
+        for pending, written in zip(batch, results, strict=True):
+            if not written:
+                self.metrics.checkpoint_failures.labels("fenced").inc()
+            if not pending.done.done():
+                pending.done.set_result(written)
+
+    async def _forget(self, session_id: str, epoch: int) -> None:
+        try:
+            await self.redis.delete(session_id, epoch)
+        except StatestreamError as exc:
+            log.warning("removing closed session %s… from the store failed: %s", session_id[:8], exc.message)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.redis.close()

@@ -1,0 +1,86 @@
+"""The pieces of a scaled-out deployment, started by tests on loopback ports: Redis and replicas.
+
+Redis is the system's ``redis-server`` (Debian's package; ``make test`` installs it), with
+append-only persistence (``appendfsync everysec``, as docs/operations.md advises) in the test's
+folder, so a restart finds what was acknowledged before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from loadtest.front import free_port
+from service.client import Client
+from tests.servers import serve_process
+
+
+class RedisServer:
+    """A redis-server on a free loopback port; ``kill`` and ``start`` again keep its port and its AOF."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (make test installs Debian's package)"
+        self.binary = binary
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[RedisServer]:
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+
+
+@contextlib.contextmanager
+def replica(models_dir: Path, store: str, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``statestream serve`` with the session store, as its own process; yields it and its target."""
+    env = {**os.environ, "STATESTREAM_LOG_LEVEL": "WARNING"}
+    args = ["--models-dir", str(models_dir), "--session-store", store, "--grace-s", "5", *extra]
+    with serve_process(args, env, stderr=subprocess.DEVNULL) as (process, _, target):
+        yield process, target
+
+
+def holds_session(target: str) -> bool:
+    """Whether the replica at ``target`` holds an open session now (asked directly, not through the front)."""
+    with Client(target) as client:
+        return any(model.active_sessions for model in client.list_models())
