@@ -1,0 +1,41 @@
+"""``statestream bench --scale``: which arrangements it measures and how it judges the scaling target."""
+
+from __future__ import annotations
+
+import math
+
+from loadtest.bench import Row
+from loadtest.front import envoy_config
+from loadtest.scale import SCALE_STREAMS, scale_targets, setups
+from service.client.sdk import ROUTE_HEADER
+
+
+def row(name: str, streams: int, steps_per_s: float) -> Row:
+    return Row(name, streams, 1, steps_per_s, steps_per_s, 1.0, 2.0)
+
+
+def test_every_worker_count_up_to_the_cores_is_measured_with_the_references() -> None:
+    names = [s.name for s in setups(3)]
+    assert names == ["direct", "workers 1", "workers 2", "workers 3", "envoy 1", "envoy 2", "envoy 3",
+                     "store K=1", "store K=16"]  # fmt: skip
+
+
+def test_scaling_is_judged_only_where_the_load_generator_leaves_the_cores_free() -> None:
+    rows = [row(f"workers {w}", n, 1000.0 * (w * 0.8 if w > 1 else 1)) for w in (1, 2, 3) for n in SCALE_STREAMS]
+    targets = {t.name: t for t in scale_targets(rows, cores=4)}
+    judged = targets["workers_2_scaling_n256"]  # 4 cores, 1 load process at N=256: 3 free
+    assert math.isclose(judged.value, 0.8) and judged.met
+    unjudged = targets["workers_3_scaling_n1024"]  # 2 load processes at N=1024: 2 free for 3 workers
+    assert math.isnan(unjudged.value) and not unjudged.met
+    assert "NOT JUDGED" in unjudged.detail and "measured 0.80" in unjudged.detail
+
+
+def test_envoy_hashes_the_sdk_routing_header_and_checks_idle_replicas() -> None:
+    config = envoy_config(("127.0.0.1", 8080), [("10.0.0.1", 50051), ("10.0.0.2", 50051)], 9901)
+    cluster = config["static_resources"]["clusters"][0]
+    assert cluster["lb_policy"] == "RING_HASH"
+    assert cluster["health_checks"][0]["no_traffic_interval"]
+    assert "grpc_health_check" in cluster["health_checks"][0]
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["hash_policy"] == [{"header": {"header_name": ROUTE_HEADER}}]
