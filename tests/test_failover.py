@@ -138,6 +138,9 @@ def test_failover_live_handover_to_a_plain_attach(cluster, shipped_lm: OfflineLM
     with Client(first) as one, Client(second) as two:
         session = one.open("char_lm", return_tensors=["logits"])
         rows = [logits_of(session.step(text=char)) for char in text[:12]]
+        fork = two.attach(session.fork())  # a fork is in the store too
+        assert fork.last_seq == 12
+        fork.close()
         moved = two.attach(session.id)
         assert moved.last_seq == 12
         rows += [logits_of(moved.step(text=char)) for char in text[12:]]

@@ -348,6 +348,8 @@ class SessionServicer:
             if session.closed:
                 raise FailedPrecondition("the session is closed")
             child = self.store.fork(session)
+        if self.durable is not None:  # so that an attach, here or on another process, finds it
+            await self.durable.opened(child)
         return pb.Forked(session_id=child.id, last_applied_seq=child.last_seq)
 
     async def _reset(self, session: SessionState, seq: int) -> pb.ResetDone:
