@@ -344,8 +344,8 @@ class AsyncClient:
         )
         return info
 
-    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float, route: str) -> AsyncSession:
-        call = self.sessions.Session(metadata=(*self.metadata, (ROUTE_HEADER, route)))
+    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float, route: str = "") -> AsyncSession:
+        call = self.sessions.Session(metadata=(*self.metadata, (ROUTE_HEADER, route)) if route else self.metadata)
         try:
             await call.write(first)
             response = await call.read()
