@@ -12,7 +12,9 @@ not at saturation. Each user holds one session (the gateway, many) for its whole
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
 of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
-swept by ``hopfield_letters`` until a fixed point, every sweep streamed).
+swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``forecast_step`` (one
+laser observation to ``laser``, its next-step prediction back) and ``rollout20`` (a 20-step
+rollout of that session, on a copy of its row).
 An in-stream error counts as a failure.
 """
 
@@ -37,6 +39,7 @@ from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - nu
 
 MODEL = "char_lm"
 MEMORY_MODEL = "hopfield_letters"
+FORECAST_MODEL = "laser"
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -242,4 +245,44 @@ class CompleteUser(StatestreamUser):
             if kind != "run_output":
                 error = response.error.message if kind == "error" else None
                 self.report("complete", started, error, response.ByteSize())
+                return
+
+
+class ForecastUser(StatestreamUser):
+    """A sensor streaming laser intensities one per message, asking for a 20-step rollout every 20th."""
+
+    weight = 1
+    model = FORECAST_MODEL
+    wait_time = constant_throughput(20)  # 20 readings a second
+    rollout_every = 20
+
+    def on_start(self) -> None:
+        super().on_start()
+        from training.data.laser import load_laser  # numpy only
+
+        self.readings = load_laser().test.astype(np.float32)
+
+    @task
+    def observe(self) -> None:
+        self.stream.seq += 1
+        value = self.readings[self.position % len(self.readings)].reshape(1, 1)
+        self.position += 1
+        step = pb.Step(seq=self.stream.seq, tensors=pb.TensorInput(tensors=[to_proto("observation", value)]))
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(step=step))
+        response = self.stream.receive()
+        self.report("forecast_step", started, response.error.message if response.HasField("error") else None)
+        if self.position % self.rollout_every == 0:
+            self.rollout()
+
+    def rollout(self) -> None:
+        self.stream.seq += 1
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(run=pb.Run(seq=self.stream.seq, max_steps=20)))
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report("rollout20", started, error, response.ByteSize())
                 return
