@@ -34,6 +34,8 @@ DEFAULT_SLO_MS = {
     "generate_32": 1000.0,
     "multiplex64": 250.0,
     "complete": 300.0,  # a noisy letter swept to a fixed point (a few one-sweep model calls)
+    "identify_frame": 100.0,  # one frame to the streaming speaker model, the running probabilities back
+    "identify_utterance": 150.0,  # a whole utterance to the bidirectional speaker model, batched with others
 }
 
 

@@ -22,6 +22,7 @@ D = TypeVar("D", bound="type[Driver]")
 BUILTIN = {
     "associative_memory": "service.drivers.memory",
     "language_model": "service.drivers.language",
+    "sequence_classifier": "service.drivers.classify",
     "sequence_model": "service.drivers.tensor",
 }
 _DRIVERS: dict[str, type[Driver]] = {}
