@@ -23,6 +23,7 @@ BUILTIN = {
     "associative_memory": "service.drivers.memory",
     "forecaster": "service.drivers.forecast",
     "language_model": "service.drivers.language",
+    "sequence_classifier": "service.drivers.classify",
     "sequence_model": "service.drivers.tensor",
 }
 _DRIVERS: dict[str, type[Driver]] = {}

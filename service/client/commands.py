@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from service.api import statestream_pb2 as pb
-from service.client import complete, forecast
+from service.client import complete, forecast, identify
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
 from service.command import (
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     complete.add_arguments(command("complete", complete.DESCRIPTION))
     forecast.add_arguments(command("forecast", forecast.DESCRIPTION))
+    identify.add_arguments(command("identify", identify.DESCRIPTION))
     return parser
 
 
@@ -249,6 +250,7 @@ COMMANDS = {
     "generate": _generate,
     "complete": complete.complete,
     "forecast": forecast.forecast,
+    "identify": identify.identify,
 }
 
 

@@ -20,6 +20,7 @@ BUILTIN = {
     "associative_memory": "training.kinds.associative_memory",
     "forecaster": "training.kinds.forecaster",
     "language_model": "training.kinds.language_model",
+    "sequence_classifier": "training.kinds.sequence_classifier",
 }
 
 
