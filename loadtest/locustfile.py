@@ -12,7 +12,11 @@ not at saturation. Each user holds one session (the gateway, many) for its whole
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
 of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
-swept by ``hopfield_letters`` until a fixed point, every sweep streamed).
+swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``forecast_step`` (one
+laser observation to ``laser``, its next-step prediction back), ``rollout20`` (a 20-step
+rollout of that session, on a copy of its row), ``identify_frame`` (one
+frame of an utterance to the streaming speaker model ``speakers``, answered with the running
+speaker probabilities) and ``identify_utterance`` (a whole utterance to ``speakers_bi``).
 An in-stream error counts as a failure.
 """
 
@@ -34,9 +38,15 @@ from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
 from service.tensors import to_proto  # noqa: E402
 from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - numpy only
+from training.data.vowels import load_vowels  # noqa: E402 - numpy only
 
 MODEL = "char_lm"
 MEMORY_MODEL = "hopfield_letters"
+FORECAST_MODEL = "laser"
+SPEAKER_STREAM_MODEL = "speakers"
+SPEAKER_WHOLE_MODEL = "speakers_bi"
+#: The speaker users' utterances: the bundled Japanese Vowels test set (7-29 frames of 12 coefficients).
+UTTERANCES = load_vowels("test").utterances
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -130,8 +140,12 @@ class StatestreamUser(User):
 
     def step(self, name: str, text: str) -> None:
         self.stream.seq += 1
+        self.send_step(name, pb.Step(seq=self.stream.seq, text=text, last_only=True))
+
+    def send_step(self, name: str, step: pb.Step) -> None:
+        """Sends one Step and reports its answer (an in-stream error is a failure)."""
         started = time.perf_counter()
-        self.stream.send(pb.SessionRequest(step=pb.Step(seq=self.stream.seq, text=text, last_only=True)))
+        self.stream.send(pb.SessionRequest(step=step))
         response = self.stream.receive()
         error = response.error.message if response.HasField("error") else None
         self.report(name, started, error, response.ByteSize())
@@ -243,3 +257,87 @@ class CompleteUser(StatestreamUser):
                 error = response.error.message if kind == "error" else None
                 self.report("complete", started, error, response.ByteSize())
                 return
+
+
+class ForecastUser(StatestreamUser):
+    """A sensor streaming laser intensities one per message, asking for a 20-step rollout every 20th."""
+
+    weight = 1
+    model = FORECAST_MODEL
+    wait_time = constant_throughput(20)  # 20 readings a second
+    rollout_every = 20
+
+    def on_start(self) -> None:
+        super().on_start()
+        from training.data.laser import load_laser  # numpy only
+
+        self.readings = load_laser().test.astype(np.float32)
+
+    @task
+    def observe(self) -> None:
+        self.stream.seq += 1
+        value = self.readings[self.position % len(self.readings)].reshape(1, 1)
+        self.position += 1
+        step = pb.Step(seq=self.stream.seq, tensors=pb.TensorInput(tensors=[to_proto("observation", value)]))
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(step=step))
+        response = self.stream.receive()
+        self.report("forecast_step", started, response.error.message if response.HasField("error") else None)
+        if self.position % self.rollout_every == 0:
+            self.rollout()
+
+    def rollout(self) -> None:
+        self.stream.seq += 1
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(run=pb.Run(seq=self.stream.seq, max_steps=20)))
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report("rollout20", started, error, response.ByteSize())
+                return
+
+
+class IdentifyFrameUser(StatestreamUser):
+    """A microphone streaming utterances frame by frame; each frame is answered with the running speaker
+    probabilities, and the session is reset between utterances."""
+
+    weight = 1
+    model = SPEAKER_STREAM_MODEL
+    wait_time = constant_throughput(20)  # 20 frames a second
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.frame = 0
+
+    @task
+    def identify_frame(self) -> None:
+        utterance = UTTERANCES[self.position % len(UTTERANCES)]
+        if self.frame == len(utterance):  # the utterance is over: the next one starts from a fresh state
+            self.position, self.frame = self.position + 1, 0
+            self.stream.seq += 1
+            self.stream.send(pb.SessionRequest(reset=pb.Reset(seq=self.stream.seq)))
+            self.stream.receive()
+            utterance = UTTERANCES[self.position % len(UTTERANCES)]
+        self.stream.seq += 1
+        step = pb.Step(seq=self.stream.seq)
+        step.tensors.tensors.append(to_proto("frame", utterance[self.frame : self.frame + 1]))
+        self.frame += 1
+        self.send_step("identify_frame", step)
+
+
+class IdentifyUtteranceUser(StatestreamUser):
+    """A client sending whole utterances to the bidirectional model, one call each."""
+
+    weight = 1
+    model = SPEAKER_WHOLE_MODEL
+    wait_time = constant_throughput(5)  # five utterances a second
+
+    @task
+    def identify_utterance(self) -> None:
+        self.stream.seq += 1
+        step = pb.Step(seq=self.stream.seq)
+        step.tensors.tensors.append(to_proto("frames", UTTERANCES[self.position % len(UTTERANCES)]))
+        self.position += 1
+        self.send_step("identify_utterance", step)

@@ -34,6 +34,10 @@ DEFAULT_SLO_MS = {
     "generate_32": 1000.0,
     "multiplex64": 250.0,
     "complete": 300.0,  # a noisy letter swept to a fixed point (a few one-sweep model calls)
+    "forecast_step": 100.0,  # one laser observation in, its next-step prediction back
+    "rollout20": 300.0,  # a 20-step rollout on a copy of the session's row (19 model calls)
+    "identify_frame": 100.0,  # one frame to the streaming speaker model, the running probabilities back
+    "identify_utterance": 150.0,  # a whole utterance to the bidirectional speaker model, batched with others
 }
 
 

@@ -21,7 +21,9 @@ D = TypeVar("D", bound="type[Driver]")
 #: The kinds that ship, by task, and the module that registers each.
 BUILTIN = {
     "associative_memory": "service.drivers.memory",
+    "forecaster": "service.drivers.forecast",
     "language_model": "service.drivers.language",
+    "sequence_classifier": "service.drivers.classify",
     "sequence_model": "service.drivers.tensor",
 }
 _DRIVERS: dict[str, type[Driver]] = {}

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,29 @@ def _install(staging: Path, out: Path) -> None:
             raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it")
         shutil.rmtree(out)
     staging.rename(out)
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out`` to write a model into; installed as ``out`` only if the block succeeds.
+
+    The block writes the graph and the manifest; on leaving it the staged folder is loaded
+    back as the server would (:func:`self_check`), moved into place and checked once more.
+    Any failure removes the staging folder and leaves ``out`` as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        self_check(staging)
+        _install(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    self_check(out)
 
 
 def char_lm_manifest(net: CharLSTM, vocab: Vocabulary, *, training: Mapping[str, Any], golden: GoldenTrace) -> Manifest:

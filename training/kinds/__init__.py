@@ -18,7 +18,9 @@ from typing import Any
 #: looking a kind up never imports torch for another).
 BUILTIN = {
     "associative_memory": "training.kinds.associative_memory",
+    "forecaster": "training.kinds.forecaster",
     "language_model": "training.kinds.language_model",
+    "sequence_classifier": "training.kinds.sequence_classifier",
 }
 
 

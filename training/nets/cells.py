@@ -49,11 +49,14 @@ class Cell(nn.Module):
         input_size: features of ``x_t`` (``F``).
         output_size: features of ``y_t``.
         state_sizes: the width of each state tensor, in the order ``forward`` takes them.
+        state_names: a short name of each state tensor (``h``, ``c``, ``y``), in the same order;
+            an exported graph names its state inputs after them.
     """
 
     input_size: int
     output_size: int
     state_sizes: tuple[int, ...]
+    state_names: tuple[str, ...]
 
     def initial_state(
         self, batch: int, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
@@ -111,7 +114,7 @@ class ElmanCell(_GatedAffine):
             raise ValueError(f"ElmanCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size=input_size, hidden_size=hidden_size, gates=1, bias=bias)
         self.nonlinearity = nonlinearity
-        self.output_size, self.state_sizes = hidden_size, (hidden_size,)
+        self.output_size, self.state_sizes, self.state_names = hidden_size, (hidden_size,), ("h",)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (h,) = state
@@ -153,7 +156,7 @@ class JordanCell(Cell):
         if output_activation not in ("identity", "tanh", "sigmoid"):
             raise ValueError(f"JordanCell: output_activation must be 'identity', 'tanh' or 'sigmoid', got {output_activation!r}")
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
-        self.state_sizes = (output_size,)
+        self.state_sizes, self.state_names = (output_size,), ("y",)
         self.output_activation = output_activation
         self.input_to_hidden = nn.Linear(input_size, hidden_size, bias=bias)
         self.output_to_hidden = nn.Linear(output_size, hidden_size, bias=bias)
@@ -197,7 +200,7 @@ class LSTMCell(_GatedAffine):
         if self.bias_ih is not None:
             with torch.no_grad():
                 self.bias_ih[hidden_size : 2 * hidden_size] += forget_bias
-        self.output_size, self.state_sizes = hidden_size, (hidden_size, hidden_size)
+        self.output_size, self.state_sizes, self.state_names = hidden_size, (hidden_size, hidden_size), ("h", "c")
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, c = state
@@ -229,7 +232,7 @@ class GRUCell(_GatedAffine):
 
     def __init__(self, *, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__(input_size=input_size, hidden_size=hidden_size, gates=3, bias=bias)
-        self.output_size, self.state_sizes = hidden_size, (hidden_size,)
+        self.output_size, self.state_sizes, self.state_names = hidden_size, (hidden_size,), ("h",)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (h,) = state

@@ -1,0 +1,151 @@
+"""``statestream client identify``: who is speaking? Speaker identification with a sequence classifier.
+
+    statestream client identify --model speakers --index 0 --json
+    statestream client identify --model speakers_bi --file utterance.txt
+    statestream client identify --model speakers --index 7 --png running.png
+
+The utterance is a case of the bundled Japanese Vowels test set (``--index``, numpy only) or a
+text file of frames (``--file``: one frame per line, its 12 coefficients separated by spaces or
+commas). A streaming model (its input is one ``frame``) gets the frames one Step each, as they
+would arrive from a microphone, and the command prints the running answer after each; with
+``--png`` it draws each speaker's probability against the frames seen (matplotlib). A
+whole-sequence model (its inputs are ``frames`` and ``length``) gets the utterance in one Step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.api import statestream_pb2 as pb
+from service.client.complete import _has_matplotlib
+from service.client.sdk import Client
+from service.command import EXIT_USAGE, CommandError, non_negative_int
+from service.tensors import from_proto
+
+DESCRIPTION = "identify the speaker of an utterance (Japanese Vowels), frame by frame or whole"
+TASK = "sequence_classifier"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``identify`` subcommand's own options (``service.client.commands`` adds the connection ones)."""
+    parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", type=non_negative_int, help="a case of the bundled test set (0-369)")
+    source.add_argument("--file", type=Path, help="a text file of frames: one per line, coefficients by space or comma")
+    parser.add_argument("--png", type=Path, help="draw the running probabilities of each speaker (needs matplotlib)")
+
+
+def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
+    """``(frames [T, F] float32, the true speaker index or None)`` from ``--index`` or ``--file``."""
+    if args.file is not None:
+        try:
+            rows = [line.replace(",", " ").split() for line in args.file.read_text().splitlines() if line.strip()]
+            frames = np.array([[float(v) for v in row] for row in rows], dtype=np.float32)
+        except OSError as exc:
+            raise CommandError(f"cannot read --file {args.file}: {exc.strerror}", EXIT_USAGE) from exc
+        except ValueError as exc:
+            raise CommandError(
+                f"--file {args.file}: every line must be the same number of numbers", EXIT_USAGE
+            ) from exc
+        if frames.ndim != 2 or len(frames) == 0:
+            raise CommandError(f"--file {args.file}: no frames", EXIT_USAGE)
+        return frames, None
+    from training.data.vowels import load_vowels
+
+    test = load_vowels("test")
+    if args.index >= len(test):
+        raise CommandError(f"--index takes 0 to {len(test) - 1}, got {args.index}", EXIT_USAGE)
+    return test.utterances[args.index], int(test.labels[args.index])
+
+
+def identify(client: Client, args: argparse.Namespace) -> int:
+    if args.png is not None and not _has_matplotlib():
+        raise CommandError("--png needs matplotlib", EXIT_USAGE, hint="pip install 'statestream[train]'")
+    info = client.get_model(args.model)
+    if info.task != TASK:
+        raise CommandError(f"{args.model!r} is not a sequence classifier (its task is {info.task!r})", EXIT_USAGE)
+    frames, truth = read_utterance(args)
+    whole = any(t.name == "frames" for t in info.inputs)
+    session = client.open(args.model)
+    try:
+        if whole:
+            answers = list(session.step(tensors={"frames": frames}).outputs)
+        else:
+            name = info.inputs[0].name
+            answers = [session.step(tensors={name: frame[None]}).outputs[0] for frame in frames]
+    finally:  # a refused step (StepFailed) is reported by the client's one error path
+        session.close()
+    probabilities = np.stack([_probabilities(a) for a in answers])
+    labels = [a.label for a in answers]
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "frames": len(frames),
+        "mode": "whole" if whole else "stream",
+        "label": labels[-1],
+        "probability": round(float(probabilities[-1].max()), 4),
+        "probabilities": [round(float(p), 4) for p in probabilities[-1]],
+    }
+    if truth is not None:
+        summary |= {"index": args.index, "truth": truth, "correct": int(np.argmax(probabilities[-1])) == truth}
+    if not whole:
+        summary["running"] = [
+            {"frame": i + 1, "label": label, "probability": round(float(p.max()), 4)}
+            for i, (label, p) in enumerate(zip(labels, probabilities, strict=True))
+        ]
+        first = _settled_at(labels)
+        summary["settled_after_frames"] = first
+    if args.png is not None:
+        draw_running(args.png, probabilities, truth, title=f"{args.model}: {labels[-1]}")
+        summary["png"] = str(args.png)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for entry in summary.get("running", []):
+        print(f"frame {entry['frame']:>2}/{len(frames)}: {entry['label']} ({entry['probability']:.2f})")
+    verdict = "" if truth is None else f"; truth speaker {truth + 1}, {'right' if summary['correct'] else 'wrong'}"
+    print(f"{summary['label']} ({summary['probability']:.2f}) after {len(frames)} frames{verdict}")
+    return 0
+
+
+def _probabilities(output: pb.StepOutput) -> np.ndarray:
+    return next(from_proto(t) for t in output.tensors if t.name == "probabilities")
+
+
+def _settled_at(labels: list[str]) -> int:
+    """The number of frames after which the running answer no longer changes."""
+    settled = len(labels)
+    while settled > 1 and labels[settled - 2] == labels[-1]:
+        settled -= 1
+    return settled
+
+
+def draw_running(path: Path, probabilities: np.ndarray, truth: int | None, *, title: str) -> None:
+    """Each class's probability against the frames seen (a bar chart for one whole-sequence answer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.4, 3.6))
+    classes = probabilities.shape[1]
+    if len(probabilities) == 1:
+        colours = ["tab:green" if c == truth else "tab:blue" for c in range(classes)]
+        ax.bar(np.arange(1, classes + 1), probabilities[0], color=colours)
+        ax.set_xlabel("speaker")
+    else:
+        frames = np.arange(1, len(probabilities) + 1)
+        for c in range(classes):
+            ax.plot(frames, probabilities[:, c], lw=2.5 if c == truth else 1.0, label=f"speaker {c + 1}")
+        ax.set_xlabel("frames seen")
+        ax.legend(fontsize=7, ncol=3)
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(title + ("" if truth is None else f" (truth: speaker {truth + 1}, thick)"), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

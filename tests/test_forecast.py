@@ -1,0 +1,213 @@
+"""Forecasting on the training side: the data, the ESN against its equations, RLS against numpy, export parity.
+
+Tiny reservoirs (20 and 12 units) keep this fast; the shipped models' scores are re-checked
+from their ONNX graphs at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.contract import Manifest
+from training.data.laser import LASER_PATH, load_laser
+from training.data.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
+from training.evaluate import open_session, ort_step_fn
+from training.export import ParityError
+from training.export_forecast import check_forecast_parity
+from training.forecast_eval import GraphRunner, free_runs, teacher_forced
+from training.kinds import ExportOptions, TrainOptions
+from training.kinds import forecaster as kind
+from training.kinds.forecaster import ForecastRecipe
+from training.nets.esn import AdaptiveESN, EchoStateNetwork, state_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = ForecastRecipe(
+    name="tiny_mg",
+    kind="forecaster",
+    task="mackey_glass",
+    net="esn",
+    description="a tiny test ESN",
+    out="unused",
+    units=20,
+    spectral_radius=0.9,
+    leak=0.5,
+    input_scaling=0.5,
+    ridge=1e-8,
+    washout=100,
+    max_horizon=50,
+)
+TINY_ADAPTIVE = replace(
+    TINY,
+    name="tiny_adaptive",
+    task="mackey_glass_drift",
+    net="adaptive_esn",
+    units=12,
+    forgetting=0.998,
+    p_start=0.01,
+    renewal=0.003,
+    p_renewed=1000.0,
+)
+
+
+def export_tiny(recipe: ForecastRecipe, root: Path) -> Path:
+    """Train and export ``recipe`` through the kind's own commands; returns the model folder."""
+    run = root / f"run_{recipe.name}"
+    kind.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=str(run), progress=False))
+    kind.export(ExportOptions(checkpoint=run / kind.WEIGHTS_NAME, out=root / recipe.name))
+    return root / recipe.name
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("forecasters")
+    export_tiny(TINY, root)
+    export_tiny(TINY_ADAPTIVE, root)
+    return root
+
+
+def graph_runner(folder: Path) -> GraphRunner:
+    manifest = Manifest.load(folder)
+    return GraphRunner(ort_step_fn(open_session(folder / manifest.step_graph)), manifest)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def test_the_bundled_laser_is_the_documented_file_split_80_20() -> None:
+    assert hashlib.md5(LASER_PATH.read_bytes()).hexdigest() == "1541ee6df55d82a111c5bbe0c4cbffc6"
+    laser = load_laser()
+    assert (len(laser.train), len(laser.test)) == (8074, 2019)
+    assert laser.mean == pytest.approx(laser.train.mean()) and laser.test.min() >= 0 and laser.test.max() <= 255
+
+
+def test_mackey_glass_is_chaotic_in_its_usual_range_and_drifts_only_after_the_change() -> None:
+    series = mackey_glass(1500)
+    assert 0.35 < series.min() < 0.5 and 1.2 < series.max() < 1.4  # the tau = 17 attractor's range
+    drifting = drifting_mackey_glass(1500, 1000)
+    # One integration: identical until tau changes (the delayed term reaches back 17, then 23, units).
+    np.testing.assert_array_equal(drifting[:1000], series[:1000])
+    assert np.abs(drifting[1100:] - series[1100:]).max() > 0.1
+    assert DRIFT_CHANGE > 0
+
+
+# -- the networks against their equations ---------------------------------------------------------
+
+
+def test_an_esn_step_is_the_leaky_reservoir_and_linear_readout_of_its_docstring() -> None:
+    net = EchoStateNetwork(units=15, spectral_radius=0.8, leak=0.3, input_scaling=0.7, seed=4).double()
+    rng = np.random.default_rng(0)
+    net.w_out.copy_(torch.from_numpy(rng.normal(size=(1, net.features))))
+    net.mean.fill_(2.0)
+    net.std.fill_(3.0)
+    w, w_in, w_out = (t.numpy() for t in (net.w, net.w_in, net.w_out))
+    assert np.max(np.abs(np.linalg.eigvals(w))) == pytest.approx(0.8)
+    r = np.zeros(15)
+    state = net.initial_state(1)[0].double()
+    for u in rng.normal(2.0, 3.0, size=30):
+        u_norm = (u - 2.0) / 3.0
+        r = 0.7 * r + 0.3 * np.tanh(w @ r + w_in @ np.array([1.0, u_norm]))
+        want = 2.0 + 3.0 * (w_out @ np.concatenate([[1.0, u_norm], r]))[0]
+        with torch.no_grad():
+            got, state = net(torch.tensor([[[u]]], dtype=torch.float64), state)
+        assert float(got) == pytest.approx(want, abs=1e-12)  # float64, same operations
+        np.testing.assert_allclose(state[0].numpy(), r, atol=1e-12)
+
+
+def numpy_rls(esn: EchoStateNetwork, recipe: ForecastRecipe, series: np.ndarray) -> np.ndarray:
+    """Offline RLS in float64, written from AdaptiveESN's equations: the predictions of series[t + 1]."""
+    lam, eps = recipe.forgetting, recipe.renewal
+    mean, std = float(esn.mean[0]), float(esn.std[0])
+    w_res, w_in = esn.w.double().numpy(), esn.w_in.double().numpy()
+    d = esn.features
+    w = esn.w_out[0].double().numpy().copy()
+    p = np.eye(d) * recipe.p_start
+    r, z = np.zeros(esn.units), np.zeros(d)
+    out = []
+    for u in series:
+        u_norm = (u - mean) / std
+        k = p @ z / (lam + z @ p @ z)
+        w = w + k * (u_norm - w @ z)
+        p = (1 - eps) * (p - np.outer(k, z @ p)) / lam + eps * recipe.p_renewed * np.eye(d)
+        r = (1 - esn.leak) * r + esn.leak * np.tanh(w_res @ r + w_in @ np.array([1.0, u_norm]))
+        z = np.concatenate([[1.0, u_norm], r])
+        out.append(mean + std * (w @ z))
+    return np.array(out)
+
+
+def tiny_adaptive_net() -> tuple[EchoStateNetwork, AdaptiveESN]:
+    esn = kind.build_esn(TINY_ADAPTIVE)
+    esn.fit(mackey_glass(1500).reshape(-1, 1), washout=100, ridge=1e-8)
+    return esn, kind.wrap(TINY_ADAPTIVE, esn)
+
+
+def test_the_adaptive_step_is_recursive_least_squares_step_for_step() -> None:
+    esn, net = tiny_adaptive_net()
+    series = drifting_mackey_glass(400, 200)
+    want = numpy_rls(esn, TINY_ADAPTIVE, series)
+    net64 = net.double()
+    state = net64.initial_state(1)
+    got = []
+    with torch.no_grad():
+        for u in series:
+            y, *state = net64(torch.tensor([[[u]]], dtype=torch.float64), *state)
+            got.append(float(y))
+    np.testing.assert_allclose(got, want, atol=1e-9)  # float64 both; only the summation order differs
+    assert state_bytes(net) == 4 * (12 + 2 * 14 + 14 * 14)  # r, z, w, P: 4 * (N + 2D + D^2), D = N + 2
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def test_the_export_records_parity_over_free_runs_and_eval_recomputes_the_scores(tiny_models: Path) -> None:
+    for name, horizon in (("tiny_mg", 84), ("tiny_adaptive", 5)):
+        folder = tiny_models / name
+        manifest = Manifest.load(folder)
+        facts = manifest.training
+        assert facts["parity_free_run_horizon"] == horizon
+        scale = 1e-3 * float(np.std(mackey_glass(10_000)[6000:]))
+        assert 0 < facts["parity_free_run_max_abs_diff"] <= scale  # the bound export enforced
+        assert manifest.scores and kind.evaluate(folder) == {"model": name, **manifest.scores}
+    assert np.isfinite(Manifest.load(tiny_models / "tiny_mg").scores["nrmse84"])  # scored from the graph
+
+
+def test_a_graph_that_computes_something_else_is_refused(tiny_models: Path) -> None:
+    folder = tiny_models / "tiny_mg"
+    manifest = Manifest.load(folder)
+    other = replace(TINY, seed=1)
+    esn = kind.build_esn(other)
+    esn.fit(mackey_glass(2000).reshape(-1, 1), washout=100, ridge=1e-8)
+    with pytest.raises(ParityError, match="differ from PyTorch"):
+        check_forecast_parity(esn, open_session(folder / manifest.step_graph), manifest, mackey_glass(1500), horizon=84)
+
+
+def test_the_graphs_free_run_is_the_nets_free_run_in_float32(tiny_models: Path) -> None:
+    """The exported graph fed its own predictions tracks the float64 net to float32 precision over 84 steps."""
+    folder = tiny_models / "tiny_mg"
+    runner = graph_runner(folder)
+    series = mackey_glass(3000)
+    graph = free_runs(runner.step_fn, runner.manifest, series, [1000, 2000], warmup=300, horizon=84)
+    assert np.abs(graph - series[[[s + h for h in range(84)] for s in (1000, 2000)]]).max() < 0.2  # it forecasts
+    assert np.isfinite(teacher_forced(runner.step_fn, runner.manifest, series[:100])).all()
+
+
+# -- the shipped models ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mackey_glass", "laser", "mackey_glass_adaptive"])
+def test_eval_recomputes_the_shipped_scores(name: str) -> None:
+    folder = ROOT / "models" / name
+    recorded = Manifest.load(folder).scores
+    assert recorded
+    assert {k: v for k, v in kind.evaluate(folder).items() if k != "model"} == pytest.approx(dict(recorded), rel=1e-3)
+
+
+def test_the_shipped_mackey_glass_forecaster_meets_its_floor() -> None:
+    scores = Manifest.load(ROOT / "models" / "mackey_glass").scores
+    assert scores["nrmse84"] <= 1e-3 and scores["trials"] >= 20

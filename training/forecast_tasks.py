@@ -1,0 +1,194 @@
+"""The forecasting benchmarks' protocols, in one place: data, splits, start points and scores.
+
+Every number a forecaster's manifest, ``statestream eval`` and ``statestream bench-forecast``
+report comes from :func:`score`, so the shipped models, their re-evaluation and the
+reservoirpy comparison measure the same thing on the same splits.
+
+* ``mackey_glass``: ``MG_SAMPLES`` samples of τ = 17 (``training/data/mackey_glass.py``); the
+  first ``MG_TRAIN`` train; NRMSE84 over ``MG_TRIALS`` start points evenly spaced in the rest,
+  each after ``MG_WARMUP`` teacher-forced steps taken from the held-out part; σ is the whole
+  series' standard deviation (Jaeger's "signal's std").
+* ``laser``: the Santa Fe laser's 80/20 split (``training/data/laser.py``); one-step NRMSE on
+  the last 20 % (the whole series teacher-forced from its start), and the NRMSE of
+  ``LASER_FREE_TRIALS`` free runs of ``LASER_HORIZON`` steps started evenly over the test part,
+  each after ``LASER_WARMUP`` observed steps; σ is the test part's standard deviation.
+* ``mackey_glass_drift``: τ moves from 17 to 23 at sample ``DRIFT_CHANGE`` of one integration
+  (``drifting_mackey_glass``); trained on the τ = 17 part before ``MG_TRAIN`` like
+  ``mackey_glass``; scored by the one-step error before and after the change
+  (:func:`drift_errors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from training.data.laser import LASER_DESCRIPTION, load_laser
+from training.data.mackey_glass import (
+    DRIFT_CHANGE,
+    DRIFT_SAMPLES,
+    MG_DESCRIPTION,
+    MG_SAMPLES,
+    MG_TRAIN,
+    drifting_mackey_glass,
+    mackey_glass,
+)
+from training.forecast_eval import (
+    NRMSE84_HORIZON,
+    Runner,
+    one_step_nrmse,
+    score_free_runs,
+    spaced_starts,
+)
+
+TASKS = ("mackey_glass", "laser", "mackey_glass_drift")
+MG_WARMUP = 500
+MG_TRIALS = 50
+LASER_HORIZON = 20
+LASER_WARMUP = 200
+LASER_FREE_TRIALS = 100
+#: Window (steps) of the running one-step error in the drift experiment.
+DRIFT_WINDOW = 100
+#: The drift test: after the change the error must come back within this factor of its level before.
+DRIFT_RECOVERY_FACTOR = 2.0
+DRIFT_RECOVERY_STEPS = 500
+
+
+@dataclass(frozen=True)
+class ForecastData:
+    """A task's training part (the readout is fitted on it) and what it is scored on."""
+
+    task: str
+    train: np.ndarray
+    description: str
+
+
+@cache
+def mackey_glass_series() -> np.ndarray:
+    return mackey_glass(MG_SAMPLES)
+
+
+@cache
+def drift_series() -> np.ndarray:
+    return drifting_mackey_glass(DRIFT_SAMPLES, DRIFT_CHANGE)
+
+
+def training_data(task: str) -> ForecastData:
+    if task == "laser":
+        return ForecastData(task, load_laser().train, LASER_DESCRIPTION)
+    if task in ("mackey_glass", "mackey_glass_drift"):
+        return ForecastData(task, mackey_glass_series()[:MG_TRAIN], f"{MG_DESCRIPTION}; first {MG_TRAIN} samples")
+    raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
+
+
+def held_out(task: str) -> np.ndarray:
+    """The part of the task's series the readout never saw: for parity checks and golden traces."""
+    if task == "laser":
+        return load_laser().test
+    if task == "mackey_glass":
+        return mackey_glass_series()[MG_TRAIN:]
+    if task == "mackey_glass_drift":
+        return drift_series()[DRIFT_CHANGE:]
+    raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
+
+
+#: The adaptive forecaster is a one-step tracker: its small reservoir's readout (the offline
+#: one too) weighs the input directly by more than 1, so a free run grows without bound within
+#: tens of steps and two float32 implementations part as fast (docs/zoo.md). Its rollouts and
+#: its free-run parity check stop at this many steps.
+DRIFT_FREE_RUN_HORIZON = 5
+
+
+def free_run_horizon(task: str) -> int:
+    """The free-run length the task scores (and the exporter checks parity over)."""
+    return {"laser": LASER_HORIZON, "mackey_glass_drift": DRIFT_FREE_RUN_HORIZON}.get(task, NRMSE84_HORIZON)
+
+
+def mackey_glass_starts() -> list[int]:
+    return spaced_starts(MG_TRAIN + MG_WARMUP, MG_SAMPLES - NRMSE84_HORIZON, MG_TRIALS)
+
+
+def laser_starts() -> list[int]:
+    laser = load_laser()
+    first = len(laser.train)
+    return spaced_starts(first, first + len(laser.test) - LASER_HORIZON, LASER_FREE_TRIALS)
+
+
+def score(task: str, runner: Runner) -> dict[str, float]:
+    """The task's scores of a forecaster (rounded to 4 significant digits)."""
+    scores: dict[str, float]
+    if task == "mackey_glass":
+        series = mackey_glass_series()
+        runs = score_free_runs(
+            runner,
+            series,
+            mackey_glass_starts(),
+            warmup=MG_WARMUP,
+            horizon=NRMSE84_HORIZON,
+            std=float(series.std()),
+        )
+        scores = {"nrmse84": runs.nrmse_at_horizon, "log10_nrmse84": float(np.log10(runs.nrmse_at_horizon))}
+        scores["trials"] = runs.trials
+        # The same fixed forecaster on the drifting series: what an adaptive session is compared with.
+        scores |= {f"drift_{name}": value for name, value in drift_scores(runner).items()}
+    elif task == "laser":
+        laser = load_laser()
+        series = np.concatenate([laser.train, laser.test])
+        runs = score_free_runs(
+            runner,
+            series,
+            laser_starts(),
+            warmup=LASER_WARMUP,
+            horizon=LASER_HORIZON,
+            std=float(laser.test.std()),
+        )
+        scores = {
+            "one_step_nrmse": one_step_nrmse(runner, laser.train, laser.test),
+            f"free_run_{LASER_HORIZON}_nrmse": runs.nrmse_over_horizon,
+            "trials": runs.trials,
+        }
+    elif task == "mackey_glass_drift":
+        scores = drift_scores(runner)
+    else:
+        raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
+    return {name: float(f"{value:.4g}") for name, value in scores.items()}
+
+
+def drift_scores(runner: Runner) -> dict[str, float]:
+    errors = drift_errors(runner)
+    return {
+        "one_step_nrmse_before_change": errors.before,
+        "one_step_nrmse_after_change": errors.after,
+        "recovery_steps": float(errors.recovery_steps),
+    }
+
+
+@dataclass(frozen=True)
+class DriftErrors:
+    """One-step errors on the drifting series, in units of its standard deviation.
+
+    ``before``: RMS over the ``DRIFT_RECOVERY_STEPS`` steps before the change; ``after``: over
+    the last ``DRIFT_RECOVERY_STEPS`` steps of the series; ``recovery_steps``: steps after the
+    change until the running error (window ``DRIFT_WINDOW``) is back within
+    ``DRIFT_RECOVERY_FACTOR`` × ``before`` (-1: never); ``running``: that running error, per step.
+    """
+
+    before: float
+    after: float
+    recovery_steps: int
+    running: np.ndarray
+
+
+def drift_errors(runner: Runner) -> DriftErrors:
+    series = drift_series()
+    predictions = runner.teacher_forced(series[:-1])
+    squared = np.square(predictions - series[1:]) / series.var()
+    running = np.sqrt(np.convolve(squared, np.ones(DRIFT_WINDOW) / DRIFT_WINDOW, mode="full")[: len(squared)])
+    change = DRIFT_CHANGE - 1  # predictions[t] is of series[t + 1]
+    before = float(np.sqrt(squared[change - DRIFT_RECOVERY_STEPS : change].mean()))
+    after = float(np.sqrt(squared[-DRIFT_RECOVERY_STEPS:].mean()))
+    back = np.flatnonzero(running[change + DRIFT_WINDOW :] <= DRIFT_RECOVERY_FACTOR * before)
+    recovery = int(back[0]) + DRIFT_WINDOW if back.size else -1
+    return DriftErrors(before, after, recovery, running)

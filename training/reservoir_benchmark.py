@@ -1,0 +1,245 @@
+"""Side by side with reservoirpy: the same reservoir size, splits and scores, two implementations.
+
+    python -m training.reservoir_benchmark                 # both tasks, the tuned settings
+    python -m training.reservoir_benchmark --task laser --json
+
+For each task (``training/forecast_tasks.py``) it trains
+
+* **statestream**: the shipped recipe's ESN (``training/recipes/<task>.toml``), exported to its
+  one-step ONNX graph, scored by ONNX Runtime in float32 (what the server runs);
+* **reservoirpy**: ``reservoirpy.ESN`` with the same number of units, input-to-readout
+  connections (our readout sees ``[1; u_t; r_t]`` too), the same washout and the same training
+  part, scored by reservoirpy's own ``run`` (one step) and ``step`` (free runs), in float64;
+
+and prints one row per implementation with the training time (reservoir drawn, states
+collected, readout solved; for statestream without the export) and the task's scores, computed
+by the same functions (``training.forecast_eval``) on the same start points.
+
+**Tuning, the same way for both** (``--tune``): a grid over the spectral radius, the leak rate,
+the input scaling and the ridge, scored on a validation part (the last ``VALIDATION_FRACTION``
+of the training part, never the test part): the one-step NRMSE for the laser, the NRMSE of
+84-step free runs for Mackey-Glass. Each library keeps its own defaults for what the grid does
+not cover (reservoirpy: sparse ``W`` and ``W_in`` at 10 % connectivity, Bernoulli ±1 input
+weights; ours: dense Gaussian ``W``, uniform ``W_in``). The winners are the constants below
+(``RESERVOIRPY_SETTINGS``) and the shipped recipes; docs/benchmarks.md records the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.forecast_eval import NRMSE84_HORIZON, nrmse, spaced_starts
+from training.forecast_tasks import score, training_data
+
+TASKS = ("mackey_glass", "laser")
+VALIDATION_FRACTION = 0.2
+GRID = {
+    "spectral_radius": (0.5, 0.9, 1.1),
+    "leak": (0.5, 1.0),
+    "input_scaling": (0.5, 1.0),
+    "ridge": (1e-10, 1e-8, 1e-6, 1e-4),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One ESN's hyper-parameters, as both libraries name them between them."""
+
+    units: int
+    spectral_radius: float
+    leak: float
+    input_scaling: float
+    ridge: float
+    washout: int
+
+
+#: reservoirpy's winners of the validation grid (``--tune``), per task.
+RESERVOIRPY_SETTINGS = {
+    "mackey_glass": Settings(500, 0.9, 0.5, 0.5, 1e-8, 300),
+    "laser": Settings(500, 0.9, 1.0, 0.5, 1e-6, 100),
+}
+
+
+class ReservoirpyRunner:
+    """reservoirpy's ESN behind :class:`training.forecast_eval.Runner` (float64, one trial at a time)."""
+
+    def __init__(self, settings: Settings, seed: int = 0) -> None:
+        from reservoirpy import ESN
+
+        self.settings = settings
+        self.model = ESN(
+            units=settings.units,
+            sr=settings.spectral_radius,
+            lr=settings.leak,
+            input_scaling=settings.input_scaling,
+            ridge=settings.ridge,
+            input_to_readout=True,
+            seed=seed,
+        )
+        self.mean, self.std = 0.0, 1.0
+
+    def fit(self, train: np.ndarray) -> None:
+        self.mean, self.std = float(train.mean()), float(train.std())
+        u = self._norm(train)
+        self.model.fit(u[:-1], u[1:], warmup=self.settings.washout)
+
+    def _norm(self, series: np.ndarray) -> np.ndarray:
+        return ((np.asarray(series, np.float64) - self.mean) / self.std).reshape(-1, 1)
+
+    def teacher_forced(self, series: np.ndarray) -> np.ndarray:
+        self.model.reset()
+        return self.mean + self.std * np.asarray(self.model.run(self._norm(series)))[:, 0]
+
+    def free_runs(self, series: np.ndarray, starts: Sequence[int], *, warmup: int, horizon: int) -> np.ndarray:
+        out = np.empty((len(starts), horizon))
+        for row, start in enumerate(starts):
+            self.model.reset()
+            y = np.asarray(self.model.run(self._norm(series[start - warmup : start])))[-1]
+            for h in range(horizon):
+                out[row, h] = y[0]
+                if h + 1 < horizon:
+                    y = np.asarray(self.model.step(y)).reshape(-1)
+        return self.mean + self.std * out
+
+
+def statestream_row(task: str, recipe: Any, *, units: int | None = None) -> dict[str, Any]:
+    """Train the recipe's ESN, export it to a temporary folder, score the ONNX graph."""
+    from service.contract import Manifest
+    from training.evaluate import open_session, ort_step_fn
+    from training.forecast_eval import GraphRunner
+    from training.kinds import ExportOptions, TrainOptions
+    from training.kinds import forecaster as kind
+
+    if units is not None:
+        recipe = replace(recipe, units=units)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        kind.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=tmp, progress=False))
+        train_s = time.perf_counter() - started
+        folder = Path(tmp) / "model"
+        kind.export(ExportOptions(checkpoint=Path(tmp) / kind.WEIGHTS_NAME, out=folder))
+        manifest = Manifest.load(folder)
+        scores = score(task, GraphRunner(ort_step_fn(open_session(folder / manifest.step_graph)), manifest))
+    return {
+        "implementation": "statestream (ONNX, float32)",
+        "task": task,
+        "units": recipe.units,
+        "train_s": train_s,
+    } | scores
+
+
+def reservoirpy_row(task: str, settings: Settings) -> dict[str, Any]:
+    runner = ReservoirpyRunner(settings)
+    started = time.perf_counter()
+    runner.fit(training_data(task).train)
+    train_s = time.perf_counter() - started
+    scores = score(task, runner)
+    return {
+        "implementation": "reservoirpy (float64)",
+        "task": task,
+        "units": settings.units,
+        "train_s": train_s,
+    } | scores
+
+
+def validation_score(task: str, runner: Any, validation: np.ndarray, context: np.ndarray) -> float:
+    """The tuning criterion on the validation part (``context``: the training part before it)."""
+    series = np.concatenate([context, validation])
+    if task == "laser":
+        predictions = runner.teacher_forced(series[:-1])[len(context) - 1 :]
+        return nrmse(predictions, validation, float(validation.std()))
+    starts = spaced_starts(len(context) + 100, len(series) - NRMSE84_HORIZON, 20)
+    forecasts = runner.free_runs(series, starts, warmup=300, horizon=NRMSE84_HORIZON)
+    targets = np.stack([series[s : s + NRMSE84_HORIZON] for s in starts])
+    return nrmse(forecasts, targets, float(series.std()))
+
+
+def tune(task: str, library: str, units: int, washout: int) -> tuple[Settings, float]:
+    """The grid's best settings for ``library`` on the validation part, and their score."""
+    train = training_data(task).train
+    cut = int(len(train) * (1 - VALIDATION_FRACTION))
+    best: tuple[Settings, float] | None = None
+    for rho, leak, scale, ridge in itertools.product(*GRID.values()):
+        settings = Settings(units, rho, leak, scale, ridge, washout)
+        runner = _runner(library, settings, train[:cut])
+        value = validation_score(task, runner, train[cut:], train[:cut])
+        print(json.dumps({"tune": library, "task": task, **settings.__dict__, "validation_nrmse": value}), flush=True)
+        if best is None or value < best[1]:
+            best = (settings, value)
+    assert best is not None
+    return best
+
+
+def _runner(library: str, settings: Settings, train: np.ndarray) -> Any:
+    if library == "reservoirpy":
+        runner = ReservoirpyRunner(settings)
+        runner.fit(train)
+        return runner
+    from service.contract import StateSpec
+    from training.evaluate import ort_step_fn  # noqa: F401 - torch path below
+    from training.export import torch_step_fn
+    from training.export_forecast import forecast_manifest
+    from training.forecast_eval import GraphRunner
+    from training.nets.esn import EchoStateNetwork
+
+    esn = EchoStateNetwork(
+        units=settings.units,
+        spectral_radius=settings.spectral_radius,
+        leak=settings.leak,
+        input_scaling=settings.input_scaling,
+    )
+    esn.fit(train.reshape(-1, 1), washout=settings.washout, ridge=settings.ridge)
+    state = (StateSpec("reservoir", "reservoir_out", "float32", (settings.units,), "zeros", ""),)
+    manifest = forecast_manifest(name="tune", description="", state=state, max_horizon=1, decoding={}, training={})
+    return GraphRunner(torch_step_fn(esn, manifest), manifest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from training.kinds.forecaster import ForecastRecipe
+    from training.recipes import load_recipe, recipe_path
+
+    parser = argparse.ArgumentParser(prog="python -m training.reservoir_benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=TASKS, action="append", help="a task (default: both)")
+    parser.add_argument("--units", type=int, help="reservoir size for both (default: the recipe's)")
+    parser.add_argument("--tune", action="store_true", help="run the validation grid for both libraries first")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    args = parser.parse_args(argv)
+    for task in args.task or TASKS:
+        recipe: ForecastRecipe = load_recipe(recipe_path(task))
+        settings = RESERVOIRPY_SETTINGS[task]
+        if args.units is not None:
+            settings = replace(settings, units=args.units)
+        if args.tune:
+            settings, _ = tune(task, "reservoirpy", settings.units, settings.washout)
+            ours, _ = tune(task, "statestream", settings.units, recipe.washout)
+            recipe = replace(
+                recipe,
+                spectral_radius=ours.spectral_radius,
+                leak=ours.leak,
+                input_scaling=ours.input_scaling,
+                ridge=ours.ridge,
+            )
+        rows = [statestream_row(task, recipe, units=args.units), reservoirpy_row(task, settings)]
+        for row in rows:
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "train_s")
+                print(
+                    f"{task:<13} {row['implementation']:<28} N={row['units']:<4} train {row['train_s']:6.2f} s  {shown}"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
