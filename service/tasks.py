@@ -21,6 +21,7 @@ D = TypeVar("D", bound="type[Driver]")
 #: The kinds that ship, by task, and the module that registers each.
 BUILTIN = {
     "associative_memory": "service.drivers.memory",
+    "captioner": "service.drivers.caption",
     "language_model": "service.drivers.language",
     "sequence_model": "service.drivers.tensor",
 }
