@@ -18,6 +18,7 @@ from typing import Any
 #: looking a kind up never imports torch for another).
 BUILTIN = {
     "associative_memory": "training.kinds.associative_memory",
+    "captioner": "training.kinds.captioner",
     "language_model": "training.kinds.language_model",
 }
 
