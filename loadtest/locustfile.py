@@ -12,7 +12,8 @@ not at saturation. Each user holds one session (the gateway, many) for its whole
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
 of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
-swept by ``hopfield_letters`` until a fixed point, every sweep streamed).
+swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``caption`` (a scene
+captioned greedily by ``captioner``, every word streamed with its attention map).
 An in-stream error counts as a failure.
 """
 
@@ -37,6 +38,7 @@ from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - nu
 
 MODEL = "char_lm"
 MEMORY_MODEL = "hopfield_letters"
+CAPTION_MODEL = "captioner"
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -82,8 +84,8 @@ class SessionStream:
         response: pb.SessionResponse = self._responses.next()
         return response
 
-    def open(self, model: str) -> str:
-        self.send(pb.SessionRequest(open=pb.OpenSession(model=model)))
+    def open(self, model: str, init: pb.InitPayload | None = None) -> str:
+        self.send(pb.SessionRequest(open=pb.OpenSession(model=model, init=init)))
         return self.receive().opened.session_id
 
     def close(self) -> None:
@@ -135,6 +137,18 @@ class StatestreamUser(User):
         response = self.stream.receive()
         error = response.error.message if response.HasField("error") else None
         self.report(name, started, error, response.ByteSize())
+
+    def server_run(self, name: str, request: pb.Run) -> None:
+        """Sends a Run and reads its streamed outputs; reports the time to its end (RunDone or an error)."""
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(run=request))
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report(name, started, error, response.ByteSize())
+                return
 
 
 class PredictUser(StatestreamUser):
@@ -234,12 +248,28 @@ class CompleteUser(StatestreamUser):
         self.position += 1
         request = pb.Run(seq=self.stream.seq, max_steps=30, seed=self.stream.seq)
         request.tensors.tensors.append(to_proto("pattern", probe[None]))
-        started = time.perf_counter()
-        self.stream.send(pb.SessionRequest(run=request))
-        while True:
-            response = self.stream.receive()
-            kind = response.WhichOneof("response")
-            if kind != "run_output":
-                error = response.error.message if kind == "error" else None
-                self.report("complete", started, error, response.ByteSize())
-                return
+        self.server_run("complete", request)
+
+
+class CaptionUser(StatestreamUser):
+    """A client captioning a scene: its session holds the encoded image, and each task decodes it
+    greedily on the server (a decode leaves the session as it was), every word streamed."""
+
+    weight = 1
+    model = CAPTION_MODEL
+    wait_time = constant_throughput(2)  # a caption every half second
+
+    def on_start(self) -> None:
+        from training.data.scenes import scenes, to_png  # the scenes need scikit-learn (the train extra)
+
+        self.channel = grpc.insecure_channel(self.host)
+        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stream = SessionStream(self.sessions)
+        image = scenes("test", 1, seed=id(self) % 1000)[0].image
+        self.stream.open(self.model, pb.InitPayload(data=to_png(image)))
+        self.position = 0
+
+    @task
+    def caption(self) -> None:
+        self.stream.seq += 1
+        self.server_run("caption", pb.Run(seq=self.stream.seq, max_steps=20))

@@ -34,6 +34,7 @@ DEFAULT_SLO_MS = {
     "generate_32": 1000.0,
     "multiplex64": 250.0,
     "complete": 300.0,  # a noisy letter swept to a fixed point (a few one-sweep model calls)
+    "caption": 500.0,  # a scene's greedy caption, 5-17 words each one decoder step, streamed
 }
 
 

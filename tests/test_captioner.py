@@ -203,6 +203,21 @@ def _prefixes(vocabulary: int, depth: int) -> list[tuple[int, ...]]:
     return [p for n in range(depth) for p in itertools.product(range(vocabulary), repeat=n)]
 
 
+def test_a_client_may_drive_the_decoder_one_word_per_step(
+    caption_server: ServerThread, captioner_dir: Path, images: list[np.ndarray]
+) -> None:
+    first = greedy_captions(captioner_dir / NAME, images[0][None], 1)[0].attention[0]
+    start = VOCABULARY.index("<START>")
+    with Client(caption_server.target) as client:
+        session = client.open(NAME, init=to_png(images[0]), return_tensors=["attention"])
+        result = session.step(tensors={"word": np.array([start], np.int64)})
+        np.testing.assert_allclose(from_proto(result.outputs[0].tensors[0]), first, atol=TOLERANCE)
+        for words, message in (([start, start], "one token per step"), ([len(VOCABULARY)], "outside the vocabulary")):
+            with pytest.raises(StepFailed) as raised:
+                session.step(tensors={"word": np.array(words, np.int64)})
+            assert raised.value.error.code_name == "INVALID_ARGUMENT" and message in raised.value.error.message
+
+
 # -- the pointing metric -------------------------------------------------------------------
 
 
