@@ -251,8 +251,18 @@ class CompleteUser(StatestreamUser):
         self.server_run("complete", request)
 
 
+def caption_image(seed: int) -> np.ndarray:
+    """A 64x64 image with a blob of ink at a seeded place: numpy only, so a user starts at once (the
+    real scenes need scikit-learn, whose import takes seconds); its caption does not matter here."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((64, 64), np.float32)
+    top, left = rng.integers(0, 44, size=2)
+    image[top : top + 20, left : left + 20] = rng.random((20, 20), dtype=np.float32)
+    return image
+
+
 class CaptionUser(StatestreamUser):
-    """A client captioning a scene: its session holds the encoded image, and each task decodes it
+    """A client captioning an image: its session holds the encoded image, and each task decodes it
     greedily on the server (a decode leaves the session as it was), every word streamed."""
 
     weight = 1
@@ -260,13 +270,10 @@ class CaptionUser(StatestreamUser):
     wait_time = constant_throughput(2)  # a caption every half second
 
     def on_start(self) -> None:
-        from training.data.scenes import scenes, to_png  # the scenes need scikit-learn (the train extra)
-
         self.channel = grpc.insecure_channel(self.host)
         self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.stream = SessionStream(self.sessions)
-        image = scenes("test", 1, seed=id(self) % 1000)[0].image
-        self.stream.open(self.model, pb.InitPayload(data=to_png(image)))
+        self.stream.open(self.model, pb.InitPayload(tensors=[to_proto("image", caption_image(id(self)))]))
         self.position = 0
 
     @task

@@ -23,7 +23,7 @@ def test_a_recipe_of_an_unknown_kind_is_refused_naming_the_known_ones(tmp_path: 
     text = recipe_path("char_lm").read_text().replace('kind = "language_model"', 'kind = "oracle"')
     (tmp_path / "r.toml").write_text(text)
     with pytest.raises(
-        RecipeError, match=r"unknown kind 'oracle'; known kinds: \['associative_memory', 'language_model'\]"
+        RecipeError, match=r"unknown kind 'oracle'; known kinds: \['associative_memory', 'captioner', 'language_model'\]"
     ):
         load_recipe(tmp_path / "r.toml")
 
