@@ -16,7 +16,8 @@ swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``fore
 laser observation to ``laser``, its next-step prediction back), ``rollout20`` (a 20-step
 rollout of that session, on a copy of its row), ``identify_frame`` (one
 frame of an utterance to the streaming speaker model ``speakers``, answered with the running
-speaker probabilities) and ``identify_utterance`` (a whole utterance to ``speakers_bi``).
+speaker probabilities), ``identify_utterance`` (a whole utterance to ``speakers_bi``) and
+``caption`` (a scene captioned greedily by ``captioner``, every word streamed with its attention map).
 An in-stream error counts as a failure.
 """
 
@@ -47,6 +48,7 @@ SPEAKER_STREAM_MODEL = "speakers"
 SPEAKER_WHOLE_MODEL = "speakers_bi"
 #: The speaker users' utterances: the bundled Japanese Vowels test set (7-29 frames of 12 coefficients).
 UTTERANCES = load_vowels("test").utterances
+CAPTION_MODEL = "captioner"
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -92,8 +94,8 @@ class SessionStream:
         response: pb.SessionResponse = self._responses.next()
         return response
 
-    def open(self, model: str) -> str:
-        self.send(pb.SessionRequest(open=pb.OpenSession(model=model)))
+    def open(self, model: str, init: pb.InitPayload | None = None) -> str:
+        self.send(pb.SessionRequest(open=pb.OpenSession(model=model, init=init)))
         return self.receive().opened.session_id
 
     def close(self) -> None:
@@ -149,6 +151,18 @@ class StatestreamUser(User):
         response = self.stream.receive()
         error = response.error.message if response.HasField("error") else None
         self.report(name, started, error, response.ByteSize())
+
+    def server_run(self, name: str, request: pb.Run) -> None:
+        """Sends a Run and reads its streamed outputs; reports the time to its end (RunDone or an error)."""
+        started = time.perf_counter()
+        self.stream.send(pb.SessionRequest(run=request))
+        while True:
+            response = self.stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report(name, started, error, response.ByteSize())
+                return
 
 
 class PredictUser(StatestreamUser):
@@ -248,15 +262,7 @@ class CompleteUser(StatestreamUser):
         self.position += 1
         request = pb.Run(seq=self.stream.seq, max_steps=30, seed=self.stream.seq)
         request.tensors.tensors.append(to_proto("pattern", probe[None]))
-        started = time.perf_counter()
-        self.stream.send(pb.SessionRequest(run=request))
-        while True:
-            response = self.stream.receive()
-            kind = response.WhichOneof("response")
-            if kind != "run_output":
-                error = response.error.message if kind == "error" else None
-                self.report("complete", started, error, response.ByteSize())
-                return
+        self.server_run("complete", request)
 
 
 class ForecastUser(StatestreamUser):
@@ -288,15 +294,7 @@ class ForecastUser(StatestreamUser):
 
     def rollout(self) -> None:
         self.stream.seq += 1
-        started = time.perf_counter()
-        self.stream.send(pb.SessionRequest(run=pb.Run(seq=self.stream.seq, max_steps=20)))
-        while True:
-            response = self.stream.receive()
-            kind = response.WhichOneof("response")
-            if kind != "run_output":
-                error = response.error.message if kind == "error" else None
-                self.report("rollout20", started, error, response.ByteSize())
-                return
+        self.server_run("rollout20", pb.Run(seq=self.stream.seq, max_steps=20))
 
 
 class IdentifyFrameUser(StatestreamUser):
@@ -341,3 +339,34 @@ class IdentifyUtteranceUser(StatestreamUser):
         step.tensors.tensors.append(to_proto("frames", UTTERANCES[self.position % len(UTTERANCES)]))
         self.position += 1
         self.send_step("identify_utterance", step)
+
+
+def caption_image(seed: int) -> np.ndarray:
+    """A 64x64 image with a blob of ink at a seeded place: numpy only, so a user starts at once (the
+    real scenes need scikit-learn, whose import takes seconds); its caption does not matter here."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((64, 64), np.float32)
+    top, left = rng.integers(0, 44, size=2)
+    image[top : top + 20, left : left + 20] = rng.random((20, 20), dtype=np.float32)
+    return image
+
+
+class CaptionUser(StatestreamUser):
+    """A client captioning an image: its session holds the encoded image, and each task decodes it
+    greedily on the server (a decode leaves the session as it was), every word streamed."""
+
+    weight = 1
+    model = CAPTION_MODEL
+    wait_time = constant_throughput(2)  # a caption every half second
+
+    def on_start(self) -> None:
+        self.channel = grpc.insecure_channel(self.host)
+        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stream = SessionStream(self.sessions)
+        self.stream.open(self.model, pb.InitPayload(tensors=[to_proto("image", caption_image(id(self)))]))
+        self.position = 0
+
+    @task
+    def caption(self) -> None:
+        self.stream.seq += 1
+        self.server_run("caption", pb.Run(seq=self.stream.seq, max_steps=20))

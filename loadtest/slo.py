@@ -38,6 +38,7 @@ DEFAULT_SLO_MS = {
     "rollout20": 300.0,  # a 20-step rollout on a copy of the session's row (19 model calls)
     "identify_frame": 100.0,  # one frame to the streaming speaker model, the running probabilities back
     "identify_utterance": 150.0,  # a whole utterance to the bidirectional speaker model, batched with others
+    "caption": 500.0,  # a scene's greedy caption, 5-17 words each one decoder step, streamed
 }
 
 

@@ -26,6 +26,7 @@ commands:
   train      train a model from its recipe                (needs the 'train' extra)
   export     export a trained checkpoint to a model folder (needs the 'train' extra)
   eval       score a model folder from its ONNX graph      (needs the 'train' extra)
+  scenes     write sample captioner scenes as PNGs         (needs the 'train' extra)
   bench      the side-by-side serving benchmark           (needs the 'dev' extra)
   loadtest   Locust users against a server it starts, checked against latency SLOs (needs 'dev')
 
@@ -133,7 +134,7 @@ def _dispatch(name: str, rest: list[str]) -> int:
         return _serve(rest)
     if name == "client":
         return _client(rest)
-    if name in ("train", "export", "eval"):
+    if name in ("train", "export", "eval", "scenes"):
         return _training(name, rest)
     if name == "bench":
         return _bench(rest)

@@ -22,6 +22,7 @@ D = TypeVar("D", bound="type[Driver]")
 BUILTIN = {
     "associative_memory": "service.drivers.memory",
     "forecaster": "service.drivers.forecast",
+    "captioner": "service.drivers.caption",
     "language_model": "service.drivers.language",
     "sequence_classifier": "service.drivers.classify",
     "sequence_model": "service.drivers.tensor",

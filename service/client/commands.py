@@ -22,6 +22,7 @@ import grpc
 
 from service.api import statestream_pb2 as pb
 from service.client import complete, forecast, identify
+from service.client import caption, complete
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
 from service.command import (
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_arguments(command("complete", complete.DESCRIPTION))
     forecast.add_arguments(command("forecast", forecast.DESCRIPTION))
     identify.add_arguments(command("identify", identify.DESCRIPTION))
+    caption.add_arguments(command("caption", caption.DESCRIPTION))
     return parser
 
 
@@ -251,6 +253,7 @@ COMMANDS = {
     "complete": complete.complete,
     "forecast": forecast.forecast,
     "identify": identify.identify,
+    "caption": caption.caption,
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 BUILTIN = {
     "associative_memory": "training.kinds.associative_memory",
     "forecaster": "training.kinds.forecaster",
+    "captioner": "training.kinds.captioner",
     "language_model": "training.kinds.language_model",
     "sequence_classifier": "training.kinds.sequence_classifier",
 }
