@@ -8,7 +8,7 @@ sockets and HTTP/2 it counts only statestream's own code (decoding and checks, t
 and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can run under
 ``valgrind --tool=callgrind`` (instruction counts repeat even on a loaded machine) or py-spy.
 
-    python -m loadtest.hotpath --model lstm256 --streams 256 --steps 200
+    python -m loadtest.hotpath --model lstm256 --streams 1,256 --steps 1000,20
 """
 
 from __future__ import annotations
@@ -65,13 +65,23 @@ class _Context:
         raise RuntimeError(f"stream aborted: {code} {details}")
 
 
-async def drive(models_dir: Path, model: str, streams: int, steps: int) -> dict[str, float]:
-    """N Session streams of ``steps`` steps each through the servicer; CPU and wall time per step."""
+async def drive(models_dir: Path, model: str, runs: list[tuple[int, int]]) -> list[dict[str, float]]:
+    """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step."""
     settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
     metrics = Metrics()
     runtimes = Runtimes(Registry.from_folder(models_dir, settings), settings, metrics)
     store = SessionStore(runtimes, settings, metrics)
     servicer = SessionServicer(store, settings, metrics, Authenticator(None))
+    runtimes.start()
+    try:
+        return [await _measure(servicer, runtimes, model, streams, steps) for streams, steps in runs]
+    finally:
+        await runtimes.stop()
+
+
+async def _measure(
+    servicer: SessionServicer, runtimes: Runtimes, model: str, streams: int, steps: int
+) -> dict[str, float]:
     parse: Callable[[bytes], Any] = request_parser(pb.SessionRequest)
     manifest = runtimes.get(model).model.manifest
     fields = model_fields(manifest)
@@ -91,23 +101,19 @@ async def drive(models_dir: Path, model: str, streams: int, steps: int) -> dict[
             for data in requests[index]:
                 yield parse(data)
 
-        async for response in servicer.Session(incoming(), _Context()):  # type: ignore[arg-type]
+        async for response in servicer.Session(incoming(), _Context()):
             data = response if isinstance(response, bytes) else serialize(response)
             if data[:1] == b"\x2a":
                 raise RuntimeError(f"the server answered an error: {pb.SessionResponse.FromString(data)}")
             answered[0] += 1
 
-    runtimes.start()
-    try:
-        tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
-        await asyncio.sleep(0.05)
-        answered[0] = 0
-        cpu, wall = time.process_time(), time.perf_counter()
-        ready.set()
-        await asyncio.gather(*tasks)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    finally:
-        await runtimes.stop()
+    tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
+    await asyncio.sleep(0.05)
+    answered[0] = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    ready.set()
+    await asyncio.gather(*tasks)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     total = streams * steps
     assert answered[0] == total, (answered[0], total)
     return {
@@ -122,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--model", default="char_lm")
-    parser.add_argument("--streams", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=200, help="steps per stream")
+    parser.add_argument("--streams", default="1", help="comma-separated stream counts, measured in turn")
+    parser.add_argument("--steps", default="200", help="steps per stream, one for all or one per stream count")
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(drive(args.models_dir, args.model, args.streams, args.steps))))
+    streams = [int(n) for n in args.streams.split(",")]
+    steps = [int(k) for k in args.steps.split(",")]
+    runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
+    for row in asyncio.run(drive(args.models_dir, args.model, runs)):
+        print(json.dumps(row))
     return 0
 
 
