@@ -38,18 +38,27 @@ def proto_dtype(name: str) -> Any:
 
 
 def to_proto(name: str, array: np.ndarray | np.generic) -> pb.Tensor:
-    """An array (or numpy scalar) as a Tensor message: little-endian bytes in C order.
+    """An array (or numpy scalar) as a Tensor message: little-endian bytes in C order."""
+    return pb.Tensor(**_tensor_fields(name, array))
 
-    On every answer's hot path: one dict lookup by the dtype object and ``tobytes`` (which
-    writes C order from any layout), ~2 µs for 64 floats against ~10 µs through dtype names.
-    """
+
+def add_proto(tensors: Any, name: str, array: np.ndarray | np.generic) -> None:
+    """Appends ``array`` to a repeated Tensor field in place: no message is built and then copied
+    in, as ``tensors.append(to_proto(...))`` does (~2 µs less per answer tensor)."""
+    tensors.add(**_tensor_fields(name, array))
+
+
+def _tensor_fields(name: str, array: np.ndarray | np.generic) -> dict[str, Any]:
+    """A Tensor's fields. On every answer's hot path: one dict lookup by the dtype object and
+    ``tobytes`` (which writes C order from any layout), ~2 µs for 64 floats against ~10 µs
+    through dtype names and ``ascontiguousarray``."""
     wire = _WIRE.get(array.dtype)
     if wire is None:
         raise ValueError(f"tensor {name!r}: dtype {array.dtype.name} has no wire type")
     number, swap_to = wire
     if swap_to is not None:
         array = array.astype(swap_to)
-    return pb.Tensor(name=name, dtype=number, shape=array.shape, data=array.tobytes())
+    return {"name": name, "dtype": number, "shape": array.shape, "data": array.tobytes()}
 
 
 def from_proto(tensor: pb.Tensor) -> np.ndarray:

@@ -23,7 +23,7 @@ from service.drivers import bounds
 from service.drivers.steps import Arrays, StepInputs, decode_tensors, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
-from service.tensors import to_proto
+from service.tensors import add_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.loops import Loop
@@ -184,7 +184,7 @@ class Driver:
     ) -> None:
         """Fills one time step's StepOutput from the step's outputs (``[K, ...]`` each)."""
         for name in options.return_tensors:
-            out.tensors.append(to_proto(name, outputs[name][t]))
+            add_proto(out.tensors, name, outputs[name][t])
 
     def build_result(
         self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
