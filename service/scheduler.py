@@ -16,6 +16,9 @@ for one). Rules it keeps:
   event loop have all enqueued theirs, so steps that arrive together batch together. When the
   batch is a single short step it takes the direct path: it runs inline, with no thread
   hand-off, which is what a lone stream needs for low latency;
+* the scheduler is loop callbacks, not a task: ``submit`` schedules a drain with ``call_soon``
+  and the worker thread hands a finished batch back with one ``call_soon_threadsafe``, which
+  drains again. No event to set and no task to switch to per step, no futures per batch;
 * ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
   ``InferenceSession.run`` on the loop thread, with no scheduler and no IOBinding. It is kept as
   an option so the benchmark can always measure it. Its call runs in a callback just after the
