@@ -16,9 +16,6 @@ for one). Rules it keeps:
   event loop have all enqueued theirs, so steps that arrive together batch together. When the
   batch is a single short step it takes the direct path: it runs inline, with no thread
   hand-off, which is what a lone stream needs for low latency;
-* the scheduler is loop callbacks, not a task: ``submit`` schedules a drain with ``call_soon``
-  and the worker thread hands a finished batch back with one ``call_soon_threadsafe``, which
-  drains again. No event to set and no task to switch to per step, no futures per batch;
 * ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
   ``InferenceSession.run`` on the loop thread, with no scheduler and no IOBinding. It is kept as
   an option so the benchmark can always measure it. Its call runs in a callback just after the
@@ -33,6 +30,7 @@ one step at a time, so a step that makes the model fail fails alone and its batc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -73,8 +71,6 @@ class StepJob:
 class Scheduler:
     """Runs the steps of one model's sessions, batched across sessions."""
 
-    _loop: asyncio.AbstractEventLoop  # the loop that runs the steps, set by start()
-
     def __init__(
         self,
         model: LoadedModel,
@@ -93,10 +89,10 @@ class Scheduler:
         self.batching = batching
         self.calls = calls or StepCalls(model, io_binding=True, max_batch=max_batch, max_steps=max_batch * 64)
         self._pending: deque[StepJob] = deque()
-        self._running = False
-        self._drain_handle: asyncio.Handle | None = None  # a _drain scheduled and not yet run
-        self._in_flight: list[StepJob] | None = None  # the batch on the worker thread
+        self._wakeup = asyncio.Event()
+        self._busy = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.manifest.name}")
+        self._task: asyncio.Task[None] | None = None
         self._input_names = [t.name for t in model.manifest.inputs]
         self._output_names = [t.name for t in model.manifest.outputs]
         self._state_pairs = [(s.input, s.output) for s in model.manifest.state]
@@ -113,10 +109,18 @@ class Scheduler:
         self.postprocess: Postprocess | None = None
 
     def start(self) -> None:
-        """Accepts steps from now on; called on the event loop that will run them."""
-        if not self._running:
-            self._loop = asyncio.get_running_loop()
-            self._running = True
+        if self._task is None:
+            self._wakeup = asyncio.Event()  # bound to the loop that runs the scheduler
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"scheduler-{self.model.manifest.name}"
+            )
+            self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """The loop ended (stop, or a bug): no step may wait for it forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler of %s stopped", self.model.manifest.name, exc_info=task.exception())
+        self._fail_pending()
 
     def _fail_pending(self) -> None:
         while self._pending:
@@ -125,13 +129,11 @@ class Scheduler:
                 job.future.set_exception(SchedulerStopped("the model's scheduler stopped before this step ran"))
 
     async def stop(self) -> None:
-        self._running = False
-        if self._drain_handle is not None:
-            self._drain_handle.cancel()
-            self._drain_handle = None
-        if self._in_flight is not None:  # a batch on the worker thread: its steps must not wait for it
-            _fail(self._in_flight, SchedulerStopped("the server stopped while this step was running"))
-            self._in_flight = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         self._fail_pending()
         self._executor.shutdown(wait=True)
 
@@ -142,7 +144,7 @@ class Scheduler:
 
     @property
     def idle(self) -> bool:
-        return self._in_flight is None and not self._pending
+        return not self._busy and not self._pending
 
     def submit(self, row: int, inputs: Arrays, steps: int) -> asyncio.Future[Arrays]:
         """Enqueues K steps of the session at ``row``; the future gets its outputs, each ``[K, *shape]``.
@@ -159,44 +161,45 @@ class Scheduler:
         if not self.batching:
             loop.call_soon(self._run_naive_into, future, row, inputs, steps)
             return future
-        if not self._running:
+        if self._task is None or self._task.done():
             raise SchedulerStopped("the model's scheduler is not running")
         self._pending.append(StepJob(row, inputs, steps, future, time.perf_counter()))
-        if self._drain_handle is None and self._in_flight is None:
-            self._drain_handle = loop.call_soon(self._drain)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
         return future
 
     async def run(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """``submit`` and wait for the outputs."""
         return await self.submit(row, inputs, steps)
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """Runs what is pending: lone short steps inline, then one batch handed to the worker thread.
-
-        A loop callback, not a task: ``submit`` schedules it with ``call_soon`` (so every step
-        submitted in this turn of the event loop is queued before it runs), and a finished
-        batch calls it again. With no task to wake there is no per-step ``Event`` and no task
-        switch between a handler and the scheduler.
-        """
-        self._drain_handle = None
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         pending = self._pending
-        while pending and self._running and self._in_flight is None:
+        while True:
+            if not pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             if self.max_delay_s and len(pending) < self.max_batch:
                 wait_s = pending[0].enqueued + self.max_delay_s - time.perf_counter()
                 if wait_s > 0:
-                    self._drain_handle = self._loop.call_later(wait_s, self._drain)
-                    return
+                    await asyncio.sleep(wait_s)
             batch = self._take_batch()
+            self._busy = True
             try:
                 if len(batch) == 1 and batch[0].steps <= INLINE_MAX_STEPS:
                     self._run_inline(batch[0])
                 else:
-                    self._start_batch(batch)
-            except Exception as exc:  # never let one bad batch stop the scheduler
-                self._in_flight = None
+                    await self._run_batch(loop, batch)
+            except asyncio.CancelledError:  # stop() during a batch: its steps must not wait forever
+                _fail(batch, SchedulerStopped("the server stopped while this step was running"))
+                raise
+            except Exception as exc:  # never let one bad batch stop the loop
                 _fail(batch, exc)
+            finally:
+                self._busy = False
 
     def _take_batch(self) -> list[StepJob]:
         """Up to max_batch jobs of the first job's chunk length, one per session, oldest first.
@@ -274,8 +277,8 @@ class Scheduler:
         postprocess = self.postprocess
         return postprocess(call.outputs) if postprocess is not None else {}
 
-    def _start_batch(self, batch: list[StepJob]) -> None:
-        """Gathers on the loop and hands the call to the worker thread; ``_batch_done`` takes it back."""
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob]) -> None:
+        """Gathers on the loop, computes on the worker thread, scatters on the loop."""
         count, steps = len(batch), batch[0].steps
         call = self.calls.get(count, steps)
         for name, view in call.inputs.items():
@@ -285,51 +288,17 @@ class Scheduler:
         self.slabs.gather(rows, call.state)
         started = time.perf_counter()
         self._m_queue.observe_many([started - job.enqueued for job in batch])
-        self._in_flight = batch
-        self._executor.submit(self._call_and_return, batch, call, rows, started)
-
-    def _call_and_return(self, batch: list[StepJob], call: BatchCall, rows: np.ndarray, started: float) -> None:
-        """On the worker thread: the call, then its outcome back to the loop (one hop, no futures)."""
         try:
-            derived, error = self._call(call), None
+            derived = await loop.run_in_executor(self._executor, self._call, call)
         except Exception as exc:
-            derived, error = {}, exc
-        self._loop.call_soon_threadsafe(self._batch_done, batch, call, rows, started, derived, error)
-
-    def _batch_done(
-        self,
-        batch: list[StepJob],
-        call: BatchCall,
-        rows: np.ndarray,
-        started: float,
-        derived: Arrays,
-        error: Exception | None,
-    ) -> None:
-        """Scatters on the loop, answers the batch's steps, and goes on with what is pending."""
-        if batch is not self._in_flight:  # stop() failed it meanwhile: nothing is written
+            # Nothing was scattered: every session keeps its state. One step may have made the
+            # whole call fail; run them one by one so only the faulty step fails, not its batch.
+            log.warning(
+                "a batch of %d steps of %s failed (%s); running them one by one", count, self.model.manifest.name, exc
+            )
+            self._isolate(batch)
             return
-        self._in_flight = None
-        try:
-            if error is not None:
-                # Nothing was scattered: every session keeps its state. One step may have made the
-                # whole call fail; run them one by one so only the faulty step fails, not its batch.
-                log.warning(
-                    "a batch of %d steps of %s failed (%s); running them one by one",
-                    len(batch),
-                    self.model.manifest.name,
-                    error,
-                )
-                self._isolate(batch)
-            else:
-                self._answer_batch(batch, call, rows, started, derived)
-        except Exception as exc:
-            _fail(batch, exc)
-        self._drain()
-
-    def _answer_batch(
-        self, batch: list[StepJob], call: BatchCall, rows: np.ndarray, started: float, derived: Arrays
-    ) -> None:
-        self._record(started, len(batch), batch[0].steps)
+        self._record(started, count, steps)
         self.slabs.scatter(rows, call.new_state)
         outputs = _own(call)
         outputs.update(derived)
