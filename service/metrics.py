@@ -3,8 +3,9 @@
 Per model: requests and failures, queue and compute time, batch sizes, steps (``rate()`` of it is
 steps/s), active sessions, evictions and state bytes. Exposed on ``--metrics-port`` when it is set.
 
-The hot path never pays for prometheus_client's bookkeeping. ``labels(...)`` on the counters and
-histograms returns a child cached by its label values, and that child is a *tally*: plain Python
+The hot path never pays for prometheus_client's bookkeeping. ``labels(...)`` returns a child
+cached by its label values; on the hot path's metrics (requests, steps, batches, batch size,
+queue and compute time) that child is a *tally*: plain Python
 numbers that the event loop adds to (a counter's total; a histogram's per-bucket counts and sum).
 prometheus_client's own ``inc`` and ``observe`` take a lock and, for a histogram, walk the buckets
 in Python, ~1-2 µs each, six times for a lone step. A collector registered first in the registry
