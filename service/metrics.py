@@ -3,21 +3,107 @@
 Per model: requests and failures, queue and compute time, batch sizes, steps (``rate()`` of it is
 steps/s), active sessions, evictions and state bytes. Exposed on ``--metrics-port`` when it is set.
 
-The hot path never pays for a label lookup: ``labels(...)`` on these metrics returns a child
-cached by its label values (prometheus_client's own lookup validates, locks and hashes on every
-call), and the scheduler records a whole batch's queue times with one ``observe_many``.
+The hot path never pays for prometheus_client's bookkeeping. ``labels(...)`` returns a child
+cached by its label values; on the hot path's metrics (requests, steps, batches, batch size,
+queue and compute time) that child is a *tally*: plain Python
+numbers that the event loop adds to (a counter's total; a histogram's per-bucket counts and sum).
+prometheus_client's own ``inc`` and ``observe`` take a lock and, for a histogram, walk the buckets
+in Python, ~1-2 µs each, six times for a lone step. A collector registered first in the registry
+folds what is new in every tally into the real children whenever the registry is collected (a
+scrape, ``get_sample_value``), so what is exposed is what the per-value calls would have stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 _TIME_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+
+
+class CounterTally:
+    """A counter child's increments as a plain number, added to the child when collected.
+
+    The total only grows and is never reset, so the collector (on the metrics server's thread)
+    only reads it while the event loop writes: nothing is lost between the two threads.
+    """
+
+    __slots__ = ("_child", "_flushed", "total")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.total = 0.0
+        self._flushed = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.total += amount
+
+    def flush(self) -> None:
+        total = self.total
+        if total != self._flushed:
+            self._child.inc(total - self._flushed)
+            self._flushed = total
+
+
+class HistogramTally:
+    """A histogram child's observations as per-bucket counts and a sum, added to it when collected."""
+
+    __slots__ = ("_child", "_flushed_counts", "_flushed_sum", "_upper", "counts", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._upper: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self._upper)
+        self.sum = 0.0
+        self._flushed_counts = [0] * len(self._upper)
+        self._flushed_sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Bucket i counts values <= upper[i] that are above upper[i - 1] (prometheus_client keeps
+        # them non-cumulative and sums them at exposition); the last bound is +Inf.
+        self.counts[bisect.bisect_left(self._upper, value)] += 1
+        self.sum += value
+
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
+        """Many observations with one update per bucket (a batch's queue times)."""
+        counts, total = bucket_counts(self._upper, values)
+        for index in np.flatnonzero(counts):
+            self.counts[index] += int(counts[index])
+        self.sum += total
+
+    def flush(self) -> None:
+        counts, total = list(self.counts), self.sum
+        buckets = self._child._buckets
+        for index, (now, before) in enumerate(zip(counts, self._flushed_counts, strict=True)):
+            if now != before:
+                buckets[index].inc(now - before)
+        if total != self._flushed_sum:
+            self._child._sum.inc(total - self._flushed_sum)
+        self._flushed_counts, self._flushed_sum = counts, total
+
+
+class _Tallies:
+    """The registry's first collector: it yields no metric, it folds every tally into its child."""
+
+    def __init__(self) -> None:
+        self.tallies: list[CounterTally | HistogramTally] = []
+        self._lock = threading.Lock()  # two scrapes at once must not add the same increments twice
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            for tally in self.tallies:
+                tally.flush()
+        return ()
 
 
 class _CachedLabels:
@@ -30,8 +116,25 @@ class _CachedLabels:
         try:
             return cache[values]
         except KeyError:
-            child = cache[values] = super().labels(*values)  # type: ignore[misc]
+            child = cache[values] = self._wrap(super().labels(*values))  # type: ignore[misc]
             return child
+
+    def _wrap(self, child: Any) -> Any:
+        return child
+
+
+class _Tallied(_CachedLabels):
+    """Cached children that are tallies (see the module's docstring), registered with ``tallies``."""
+
+    def __init__(self, *args: Any, tallies: _Tallies | None = None, **kwargs: Any) -> None:
+        self._tallies = tallies  # None in the children prometheus_client makes of the same class
+        super().__init__(*args, **kwargs)
+
+    def _wrap(self, child: Any) -> Any:
+        assert self._tallies is not None
+        tally = HistogramTally(child) if isinstance(child, Histogram) else CounterTally(child)
+        self._tallies.tallies.append(tally)
+        return tally
 
 
 class CachedCounter(_CachedLabels, Counter):
@@ -44,6 +147,21 @@ class CachedGauge(_CachedLabels, Gauge):
 
 class CachedHistogram(_CachedLabels, Histogram):
     pass
+
+
+class TalliedCounter(_Tallied, Counter):
+    pass
+
+
+class TalliedHistogram(_Tallied, Histogram):
+    pass
+
+
+def bucket_counts(upper: Sequence[float], values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
+    """How many of ``values`` fall in each bucket (non-cumulative, as prometheus_client keeps them), and their sum."""
+    array = np.asarray(values, dtype=np.float64)
+    indices = np.searchsorted(np.asarray(upper, dtype=np.float64), array, side="left")
+    return np.bincount(indices, minlength=len(upper)), float(array.sum())
 
 
 def observe_many(child: Any, values: Sequence[float] | np.ndarray) -> None:
@@ -63,49 +181,53 @@ def observe_many(child: Any, values: Sequence[float] | np.ndarray) -> None:
         for value in array:
             child.observe(float(value))
         return
-    # Bucket i counts values <= upper[i] that are above upper[i - 1] (the library keeps them
-    # non-cumulative and sums them at exposition).
-    indices = np.searchsorted(np.asarray(upper, dtype=np.float64), array, side="left")
-    counts = np.bincount(indices, minlength=len(upper))
+    counts, added = bucket_counts(upper, array)
     for index in np.flatnonzero(counts):
         buckets[int(index)].inc(int(counts[index]))
-    total.inc(float(array.sum()))
+    total.inc(added)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = CachedCounter(
-            "statestream_requests", "Session requests received", ["model", "kind"], registry=r
+        tallies = _Tallies()
+        r.register(tallies)  # first, so every collection folds the tallies in before reading
+        self.requests = TalliedCounter(
+            "statestream_requests", "Session requests received", ["model", "kind"], registry=r, tallies=tallies
         )
         self.failures = CachedCounter(
             "statestream_failures", "Requests answered with an error", ["model", "code"], registry=r
         )
-        self.steps = CachedCounter(
-            "statestream_steps", "Time steps computed (rate() of it is steps/s)", ["model"], registry=r
+        self.steps = TalliedCounter(
+            "statestream_steps", "Time steps computed (rate() of it is steps/s)", ["model"], registry=r, tallies=tallies
         )
-        self.batches = CachedCounter("statestream_batches", "ONNX Runtime calls made", ["model"], registry=r)
-        self.batch_size = CachedHistogram(
+        self.batches = TalliedCounter(
+            "statestream_batches", "ONNX Runtime calls made", ["model"], registry=r, tallies=tallies
+        )
+        self.batch_size = TalliedHistogram(
             "statestream_batch_size",
             "Sessions per ONNX Runtime call",
             ["model"],
             buckets=_BATCH_BUCKETS,
             registry=r,
+            tallies=tallies,
         )
-        self.queue_seconds = CachedHistogram(
+        self.queue_seconds = TalliedHistogram(
             "statestream_queue_seconds",
             "Time a step waited for its batch",
             ["model"],
             buckets=_TIME_BUCKETS,
             registry=r,
+            tallies=tallies,
         )
-        self.compute_seconds = CachedHistogram(
+        self.compute_seconds = TalliedHistogram(
             "statestream_compute_seconds",
             "ONNX Runtime time per call",
             ["model"],
             buckets=_TIME_BUCKETS,
             registry=r,
+            tallies=tallies,
         )
         self.active_sessions = CachedGauge("statestream_active_sessions", "Open sessions", ["model"], registry=r)
         self.evictions = CachedCounter(

@@ -42,7 +42,7 @@ import numpy as np
 
 from service.calls import BatchCall, StepCalls
 from service.errors import SchedulerStopped
-from service.metrics import Metrics, observe_many
+from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.slabs import Slabs
 
@@ -287,7 +287,7 @@ class Scheduler:
         rows = np.fromiter((job.row for job in batch), dtype=np.intp, count=count)
         self.slabs.gather(rows, call.state)
         started = time.perf_counter()
-        observe_many(self._m_queue, [started - job.enqueued for job in batch])
+        self._m_queue.observe_many([started - job.enqueued for job in batch])
         try:
             derived = await loop.run_in_executor(self._executor, self._call, call)
         except Exception as exc:

@@ -23,11 +23,14 @@ from service.drivers import bounds
 from service.drivers.steps import Arrays, StepInputs, decode_tensors, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
-from service.tensors import to_proto
+from service.tensors import add_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.loops import Loop
     from service.sessions import ResolvedOptions, Session
+
+#: Distinct session options whose answer bound a driver keeps (see ``Driver.answer_bytes_bound``).
+MAX_CACHED_BOUNDS = 256
 
 
 class Driver:
@@ -54,6 +57,7 @@ class Driver:
         #: Runs after each batched call, on the worker thread, over the whole batch; its arrays
         #: join each step's outputs (see ``Scheduler.postprocess``). None: nothing to derive.
         self.postprocess: Postprocess | None = None
+        self._output_bounds: dict[tuple[int, tuple[str, ...]], int] = {}
 
     @classmethod
     def check_manifest(cls, manifest: Manifest) -> None:
@@ -157,8 +161,19 @@ class Driver:
         return decode_tensors(self.manifest, step.tensors, max_chunk)
 
     def answer_bytes_bound(self, options: ResolvedOptions, steps: int) -> int:
-        """An upper bound of the encoded answer to a Step returning ``steps`` steps."""
-        return bounds.step_result(self.output_bytes_bound(options), steps)
+        """An upper bound of the encoded answer to a Step returning ``steps`` steps.
+
+        Checked before every step, so the per-step bound is computed once per distinct options
+        (it walks the manifest's outputs) and kept; the cache is emptied past
+        ``MAX_CACHED_BOUNDS`` entries, since clients choose the options.
+        """
+        key = (options.top_k, options.return_tensors)
+        per_step = self._output_bounds.get(key)
+        if per_step is None:
+            if len(self._output_bounds) >= MAX_CACHED_BOUNDS:
+                self._output_bounds.clear()
+            per_step = self._output_bounds[key] = self.output_bytes_bound(options)
+        return bounds.step_result(per_step, steps)
 
     def output_bytes_bound(self, options: ResolvedOptions) -> int:
         """An upper bound of one encoded StepOutput of this kind."""
@@ -169,7 +184,7 @@ class Driver:
     ) -> None:
         """Fills one time step's StepOutput from the step's outputs (``[K, ...]`` each)."""
         for name in options.return_tensors:
-            out.tensors.append(to_proto(name, outputs[name][t]))
+            add_proto(out.tensors, name, outputs[name][t])
 
     def build_result(
         self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays

@@ -26,7 +26,7 @@ from service.drivers.vocabulary import Vocabulary
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.sessions import ResolvedOptions, Session
 from service.tasks import register
-from service.tensors import to_proto
+from service.tensors import add_proto
 
 #: Outputs added by ``ranked_logits`` (the scheduler's postprocess): token ids by falling
 #: probability (ties: lower id first) and their softmax probabilities, ``[K, V]`` per step.
@@ -136,11 +136,11 @@ class LanguageDriver(Driver):
             if decoded.token_ids is not None:
                 out.input = tokens[int(decoded.token_ids[t])]
             row = t - first
-            out.top.extend(
-                [pb.TokenProb(id=i, token=tokens[i], prob=p) for i, p in zip(ids[row], probs[row], strict=True)]
-            )
+            add = out.top.add  # in place: no TokenProb built and then copied in (~40 % of the answer)
+            for i, p in zip(ids[row], probs[row], strict=True):
+                add(id=i, token=tokens[i], prob=p)
             for name in options.return_tensors:
-                out.tensors.append(to_proto(name, outputs[name][t]))
+                add_proto(out.tensors, name, outputs[name][t])
         return result
 
     def after_step(self, session: Session, outputs: Arrays) -> None:

@@ -42,7 +42,9 @@ class Malformed:
     parsed: Message | None = None
 
 
-def _safe_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+def request_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """The deserializer the server registers for ``message_type`` (also driven by ``loadtest.hotpath``)."""
+
     def parse(data: bytes) -> Message | Malformed:
         try:
             message = message_type.FromString(data)
@@ -78,7 +80,7 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any) -> N
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),
-            request_deserializer=_safe_parser(request_type),
+            request_deserializer=request_parser(request_type),
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

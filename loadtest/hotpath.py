@@ -1,0 +1,143 @@
+"""The server's per-step cost without gRPC: for profilers and A/B runs on a noisy machine.
+
+``statestream bench`` measures whole servers, and on a shared machine its wall-clock numbers
+move by ±20 % between runs. This drives the real ``SessionServicer.Session`` handler in-process
+(the request bytes parsed by the server's own deserializer, each answer serialized as gRPC
+would), N streams at once on one event loop, and prints the process CPU time per step. Without
+sockets and HTTP/2 it counts only statestream's own code (decoding and checks, the session lock
+and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can run under
+``valgrind --tool=callgrind`` (instruction counts repeat even on a loaded machine) or py-spy.
+
+    python -m loadtest.hotpath --model lstm256 --streams 1,256 --steps 1000,20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.load import model_fields
+from loadtest.messages import open_request, session_step_request, tensors_input, text_input
+from service.api import statestream_pb2 as pb
+from service.auth import Authenticator
+from service.contract import Manifest
+from service.metrics import Metrics
+from service.registry import Registry
+from service.runtime import Runtimes
+from service.servicers.sessions import SessionServicer
+from service.servicers.wire import request_parser
+from service.sessions import SessionStore
+from service.settings import Settings
+
+
+def step_inputs(manifest: Manifest, count: int, seed: int = 0) -> list[bytes]:
+    """``count`` distinct one-step inputs: characters of the vocabulary, or random tensors."""
+    fields = model_fields(manifest)
+    if not fields:
+        tokens = [t for t in manifest.vocabulary if len(t) == 1]
+        return [text_input(tokens[i % len(tokens)].encode()) for i in range(count)]
+    rng = np.random.default_rng(seed)
+    return [
+        tensors_input(
+            {name: rng.standard_normal((1, *shape)).astype(dtype) for name, dtype, shape in fields["tensors"]}
+        )
+        for _ in range(count)
+    ]
+
+
+class _Context:
+    """The little of a ``grpc.aio.ServicerContext`` an unauthenticated Session stream uses."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def auth_context(self) -> dict[str, Any]:
+        return {}
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise RuntimeError(f"stream aborted: {code} {details}")
+
+
+async def drive(models_dir: Path, model: str, runs: list[tuple[int, int]]) -> list[dict[str, float]]:
+    """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step."""
+    settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
+    metrics = Metrics()
+    runtimes = Runtimes(Registry.from_folder(models_dir, settings), settings, metrics)
+    store = SessionStore(runtimes, settings, metrics)
+    servicer = SessionServicer(store, settings, metrics, Authenticator(None))
+    runtimes.start()
+    try:
+        return [await _measure(servicer, runtimes, model, streams, steps) for streams, steps in runs]
+    finally:
+        await runtimes.stop()
+
+
+async def _measure(
+    servicer: SessionServicer, runtimes: Runtimes, model: str, streams: int, steps: int
+) -> dict[str, float]:
+    parse: Callable[[bytes], Any] = request_parser(pb.SessionRequest)
+    manifest = runtimes.get(model).model.manifest
+    fields = model_fields(manifest)
+    opening = open_request(model, return_tensors=fields.get("return_tensors", ()))
+    inputs = step_inputs(manifest, 8)
+    requests = [
+        [session_step_request(seq, inputs[(seq + s) % 8]) for seq in range(1, steps + 1)] for s in range(streams)
+    ]
+    serialize = pb.SessionResponse.SerializeToString
+    ready = asyncio.Event()
+    answered = [0]
+
+    async def stream(index: int) -> None:
+        async def incoming() -> AsyncIterator[Any]:
+            yield parse(opening)
+            await ready.wait()
+            for data in requests[index]:
+                yield parse(data)
+
+        async for response in servicer.Session(incoming(), _Context()):
+            data = response if isinstance(response, bytes) else serialize(response)
+            if data[:1] == b"\x2a":
+                raise RuntimeError(f"the server answered an error: {pb.SessionResponse.FromString(data)}")
+            answered[0] += 1
+
+    tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
+    await asyncio.sleep(0.05)
+    answered[0] = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    ready.set()
+    await asyncio.gather(*tasks)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    total = streams * steps
+    assert answered[0] == total, (answered[0], total)
+    return {
+        "streams": streams,
+        "steps": total,
+        "cpu_us_per_step": 1e6 * cpu / total,
+        "wall_us_per_step": 1e6 * wall / total,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="char_lm")
+    parser.add_argument("--streams", default="1", help="comma-separated stream counts, measured in turn")
+    parser.add_argument("--steps", default="200", help="steps per stream, one for all or one per stream count")
+    args = parser.parse_args(argv)
+    streams = [int(n) for n in args.streams.split(",")]
+    steps = [int(k) for k in args.steps.split(",")]
+    runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
+    for row in asyncio.run(drive(args.models_dir, args.model, runs)):
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
