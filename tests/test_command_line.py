@@ -18,6 +18,7 @@ HELP_COMMANDS = [
     ("client", "models"),
     ("client", "predict"),
     ("client", "generate"),
+    ("client", "health"),
     ("train",),
     ("export",),
     ("eval",),
