@@ -33,7 +33,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
-# -- the environment: the locked dependencies and the wheel in a venv, pip removed afterwards ------
+# -- the environment: the locked dependencies and the wheel in a venv; then pip goes, and the unlocked
+#    setuptools that Python 3.11's venv brings along ---------------------------------------------------
 FROM ${RUNTIME}-base AS venv
 ARG RUNTIME
 COPY deploy/locks/serve-${RUNTIME}.txt /tmp/lock.txt
@@ -41,7 +42,7 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN python3 -m venv /opt/statestream \
     && /opt/statestream/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r /tmp/lock.txt \
     && /opt/statestream/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/statestream-*.whl \
-    && /opt/statestream/bin/pip uninstall --yes pip
+    && /opt/statestream/bin/pip uninstall --yes setuptools pip
 
 # -- the image ------------------------------------------------------------------------------------
 FROM ${RUNTIME}-base
