@@ -47,8 +47,9 @@ RUN python3 -m venv /opt/statestream \
 # -- the image ------------------------------------------------------------------------------------
 FROM ${RUNTIME}-base
 COPY --from=venv /opt/statestream /opt/statestream
-# Root-owned and read-only to the server's user: a compromised server cannot swap a model.
-COPY models /models
+# Root-owned and read-only to the server's user: a compromised server cannot swap a model. The
+# mode is set, not copied, so a checkout made under a private umask still gives readable models.
+COPY --chmod=0755 models /models
 USER 10001:10001
 ENV PATH=/opt/statestream/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
