@@ -10,7 +10,7 @@ PORT ?= 50051
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck pytest bench protos locks
+.PHONY: serve test lint typecheck pytest bench protos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,7 @@ UPGRADE ?=
 UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command 'make locks' $(UPGRADE)
 
+.PHONY: locks
 locks: $(VENV)/.dev
 	$(UV_COMPILE) --python-version 3.11 --extra cpu --output-file $(LOCKS)/serve-cpu.txt pyproject.toml
 	$(UV_COMPILE) --python-version 3.12 --extra gpu --output-file $(LOCKS)/serve-gpu.txt pyproject.toml

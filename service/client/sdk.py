@@ -327,16 +327,6 @@ class AsyncClient:
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def list_models(self) -> list[pb.ModelInfo]:
-        response = await self.models.ListModels(pb.ListModelsRequest(), metadata=self.metadata)
-        return list(response.models)
-
-    async def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
-        info: pb.ModelInfo = await self.models.GetModel(
-            pb.GetModelRequest(name=name, version=version), metadata=self.metadata
-        )
-        return info
-
     async def health(self, service: str = "", *, timeout_s: float = 5.0) -> str:
         """The server's ``grpc.health.v1`` status for ``service`` ("": the whole server), e.g. ``SERVING``.
 
@@ -346,6 +336,16 @@ class AsyncClient:
         request = health_pb2.HealthCheckRequest(service=service)
         answer = await self.health_checks.Check(request, timeout=timeout_s, metadata=self.metadata)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        response = await self.models.ListModels(pb.ListModelsRequest(), metadata=self.metadata)
+        return list(response.models)
+
+    async def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
+        info: pb.ModelInfo = await self.models.GetModel(
+            pb.GetModelRequest(name=name, version=version), metadata=self.metadata
+        )
+        return info
 
     async def _start(self, first: pb.SessionRequest, resume_timeout_s: float) -> AsyncSession:
         call = self.sessions.Session(metadata=self.metadata)
