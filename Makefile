@@ -1,7 +1,8 @@
 # The two set-up commands of the README. Each creates .venv on a fresh machine and installs
 # what it needs; running one again reuses the environment.
 #   make serve   install the serving package (no torch) and serve the shipped models
-#   make test    install everything (torch CPU, dev tools), then ruff, mypy and the test suite
+#   make test    install everything (torch CPU, dev tools), then ruff, hadolint, mypy and the test suite
+#   make locks   regenerate the container's hash-locked requirements (deploy/locks/) from pyproject.toml
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,6 +32,7 @@ serve: $(VENV)/.serve
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy service training loadtest
@@ -51,3 +53,18 @@ bench: $(VENV)/.dev
 
 protos: $(VENV)/.dev
 	$(BIN)/python -m service.api.generate
+
+# The container's locks (docs/operations.md#lock-files): every pin with the hashes of all its files,
+# for the Python each image runs. An existing pin is kept unless pyproject.toml no longer allows
+# it; `make locks UPGRADE=--upgrade` moves every pin to the newest release allowed.
+LOCKS := deploy/locks
+UPGRADE ?=
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command 'make locks' $(UPGRADE)
+
+.PHONY: locks
+locks: $(VENV)/.dev
+	$(UV_COMPILE) --python-version 3.11 --extra cpu --output-file $(LOCKS)/serve-cpu.txt pyproject.toml
+	$(UV_COMPILE) --python-version 3.12 --extra gpu --output-file $(LOCKS)/serve-gpu.txt pyproject.toml
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(UV_COMPILE) --python-version 3.11 --output-file $(LOCKS)/build.txt -

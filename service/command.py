@@ -106,12 +106,24 @@ def call_error(exc: grpc.RpcError, *, target: str = "") -> CommandError:
     return rpc_error(code, details or "", target=target)
 
 
+#: The project's packages that a serving-only install (the container image, the wheel of
+#: ``service/``) leaves out, with the extra a source install needs for the commands that use them.
+NOT_SERVING_PACKAGES = {"training": "train", "loadtest": "dev"}
+
+
 def classify(exc: BaseException) -> CommandError | None:
     """The user-facing form of ``exc``, or None when it is a bug (which keeps its traceback)."""
     if isinstance(exc, CommandError):
         return exc
     if isinstance(exc, grpc.RpcError):
         return call_error(exc)
+    package = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if package in NOT_SERVING_PACKAGES:
+        return CommandError(
+            f"this command needs the project's {package!r} package, which a serving-only install leaves out",
+            EXIT_USAGE,
+            hint=f"run it from a source checkout: pip install -e '.[cpu,{NOT_SERVING_PACKAGES[package]}]'",
+        )
     return None
 
 

@@ -1,9 +1,11 @@
-"""Help that answers, exit codes as documented, and the pieces of the one error path, in-process."""
+"""Help that answers, exit codes as documented, and the pieces of the one error path (in-process, but for one)."""
 
 from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -18,6 +20,7 @@ HELP_COMMANDS = [
     ("client", "models"),
     ("client", "predict"),
     ("client", "generate"),
+    ("client", "health"),
     ("train",),
     ("export",),
     ("eval",),
@@ -163,3 +166,18 @@ def test_progress_bars_show_on_a_terminal_unless_quiet_or_json() -> None:
     assert not show_progress(quiet=False, as_json=False, stream=FakeTerminal(False))
     assert not show_progress(quiet=True, as_json=False, stream=FakeTerminal(True))
     assert not show_progress(quiet=False, as_json=True, stream=FakeTerminal(True))
+
+
+@pytest.mark.parametrize("args", [("bench",), ("loadtest",)], ids=" ".join)
+def test_a_command_whose_code_a_serving_install_leaves_out_says_so_in_one_line(args: tuple[str, ...]) -> None:
+    """The container image holds `service` alone: `bench` there is a usage error, not a traceback."""
+    hide = "import sys; sys.modules['loadtest'] = sys.modules['training'] = None; from service.cli import main; "
+    done = subprocess.run(
+        [sys.executable, "-c", hide + "sys.exit(main(sys.argv[1:]))", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == command.EXIT_USAGE
+    assert done.stderr == (
+        "statestream: error: this command needs the project's 'loadtest' package, which a serving-only install "
+        "leaves out; run it from a source checkout: pip install -e '.[cpu,dev]'\n"
+    )

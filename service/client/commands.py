@@ -21,8 +21,7 @@ from typing import Any
 import grpc
 
 from service.api import statestream_pb2 as pb
-from service.client import complete, forecast, identify
-from service.client import caption, complete
+from service.client import caption, complete, forecast, health, identify
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
 from service.command import (
@@ -243,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_arguments(command("forecast", forecast.DESCRIPTION))
     identify.add_arguments(command("identify", identify.DESCRIPTION))
     caption.add_arguments(command("caption", caption.DESCRIPTION))
+    health.add_arguments(command("health", health.DESCRIPTION))
     return parser
 
 
@@ -254,6 +254,7 @@ COMMANDS = {
     "forecast": forecast.forecast,
     "identify": identify.identify,
     "caption": caption.caption,
+    "health": health.health,
 }
 
 

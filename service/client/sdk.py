@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
@@ -324,6 +325,7 @@ class AsyncClient:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options))
         self.models = rpc.ModelServiceStub(self.channel)
         self.sessions = rpc.SessionServiceStub(self.channel)
+        self.health_checks = health_pb2_grpc.HealthStub(self.channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -333,6 +335,16 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self.channel.close(None)
+
+    async def health(self, service: str = "", *, timeout_s: float = 5.0) -> str:
+        """The server's ``grpc.health.v1`` status for ``service`` ("": the whole server), e.g. ``SERVING``.
+
+        The question a load balancer or a container's health check asks: a draining server answers
+        ``NOT_SERVING``. No answer within ``timeout_s`` raises DEADLINE_EXCEEDED.
+        """
+        request = health_pb2.HealthCheckRequest(service=service)
+        answer = await self.health_checks.Check(request, timeout=timeout_s, metadata=self.metadata)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
     async def list_models(self) -> list[pb.ModelInfo]:
         response = await self.models.ListModels(pb.ListModelsRequest(), metadata=self.metadata)
@@ -453,6 +465,9 @@ class Client:
 
     def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
         return self._call(self._async.get_model(name, version))
+
+    def health(self, service: str = "", *, timeout_s: float = 5.0) -> str:
+        return self._call(self._async.health(service, timeout_s=timeout_s))
 
     def open(self, model: str, **kwargs: Any) -> SyncSession:
         return SyncSession(self, self._call(self._async.open(model, **kwargs)))
