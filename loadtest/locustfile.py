@@ -12,7 +12,8 @@ not at saturation. Each user holds one session (the gateway, many) for its whole
 reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
 in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
 of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
-swept by ``hopfield_letters`` until a fixed point, every sweep streamed).
+swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``translate`` (a date
+opened as a ``dates`` session and translated to ISO 8601, every character streamed).
 An in-stream error counts as a failure.
 """
 
@@ -37,6 +38,9 @@ from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - nu
 
 MODEL = "char_lm"
 MEMORY_MODEL = "hopfield_letters"
+TRANSLATOR_MODEL = "dates"
+#: The translation user's texts: one date written many ways.
+DATE_TEXTS = ("Nov 27, 2026", "27th of November 2026", "11/27/26", "2026年11月27日", "27. November 2026", "le 27 nov. 2026")
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -82,8 +86,8 @@ class SessionStream:
         response: pb.SessionResponse = self._responses.next()
         return response
 
-    def open(self, model: str) -> str:
-        self.send(pb.SessionRequest(open=pb.OpenSession(model=model)))
+    def open(self, model: str, init: pb.InitPayload | None = None) -> str:
+        self.send(pb.SessionRequest(open=pb.OpenSession(model=model, init=init)))
         return self.receive().opened.session_id
 
     def close(self) -> None:
@@ -243,3 +247,40 @@ class CompleteUser(StatestreamUser):
                 error = response.error.message if kind == "error" else None
                 self.report("complete", started, error, response.ByteSize())
                 return
+
+
+class TranslateUser(StatestreamUser):
+    """A client normalising dates: each text opens a session (the encoder runs), a Run streams the ISO date."""
+
+    weight = 1
+    model = TRANSLATOR_MODEL
+    wait_time = constant_throughput(2)  # a date every half second
+
+    def on_start(self) -> None:  # no long-lived session: every translation opens its own
+        self.channel = grpc.insecure_channel(self.host)
+        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.position = 0
+        self.translation: SessionStream | None = None
+
+    def on_stop(self) -> None:
+        if self.translation is not None:
+            self.translation.close()
+        self.channel.close()
+
+    @task
+    def translate(self) -> None:
+        text = DATE_TEXTS[self.position % len(DATE_TEXTS)]
+        self.position += 1
+        started = time.perf_counter()
+        stream = self.translation = SessionStream(self.sessions)
+        stream.open(self.model, pb.InitPayload(data=text.encode()))
+        stream.send(pb.SessionRequest(run=pb.Run(seq=1, max_steps=16)))
+        while True:
+            response = stream.receive()
+            kind = response.WhichOneof("response")
+            if kind != "run_output":
+                error = response.error.message if kind == "error" else None
+                self.report("translate", started, error, response.ByteSize())
+                break
+        stream.close()
+        self.translation = None

@@ -24,6 +24,7 @@ BUILTIN = {
     "captioner": "service.drivers.caption",
     "language_model": "service.drivers.language",
     "sequence_model": "service.drivers.tensor",
+    "translator": "service.drivers.translate",
 }
 _DRIVERS: dict[str, type[Driver]] = {}
 

@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_locust_users_run_every_workload_without_failures(models_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    # 8 users = the sum of the user classes' weights, so each class runs. SLOs are set out of reach
+    # 9 users = the sum of the user classes' weights, so each class runs. SLOs are set out of reach
     # on purpose: this checks the machinery, not this machine's speed. The completion user's
-    # memory is the shipped one, copied (read-only use of models/).
+    # memory and the translation user's translator are the shipped ones, copied (read-only use of models/).
     shutil.copytree(ROOT / "models" / "hopfield_letters", models_dir / "hopfield_letters")
+    shutil.copytree(ROOT / "models" / "dates", models_dir / "dates")
     relaxed = [f"--slo={name}=1e9" for name in slo.DEFAULT_SLO_MS]
-    code = slo.main(["--users", "8", "--run-time", "6s", "--models-dir", str(models_dir), "--json", *relaxed])
+    code = slo.main(["--users", "9", "--run-time", "6s", "--models-dir", str(models_dir), "--json", *relaxed])
     printed = capfd.readouterr()  # file descriptors: Locust and the server are child processes
     rows = {row["name"]: row for row in map(json.loads, printed.out.splitlines()) if row}
     assert code == 0

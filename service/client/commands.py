@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from service.api import statestream_pb2 as pb
-from service.client import complete
+from service.client import complete, translate
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
 from service.command import (
@@ -239,10 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="random seed: the same seed gives the same text (default: a random one)"
     )
     complete.add_arguments(command("complete", complete.DESCRIPTION))
+    translate.add_arguments(command("translate", translate.DESCRIPTION))
     return parser
 
 
-COMMANDS = {"models": _models, "predict": _predict, "generate": _generate, "complete": complete.complete}
+COMMANDS = {
+    "models": _models,
+    "predict": _predict,
+    "generate": _generate,
+    "complete": complete.complete,
+    "translate": translate.translate,
+}
 
 
 def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 BUILTIN = {
     "associative_memory": "training.kinds.associative_memory",
     "language_model": "training.kinds.language_model",
+    "translator": "training.kinds.translator",
 }
 
 
