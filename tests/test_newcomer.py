@@ -99,7 +99,7 @@ def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -
         command.EXIT_REFUSED,
         "NOT_FOUND",
         "'hamlet'",
-        "loaded: ['char_lm', 'dense_letters', 'hopfield_letters', 'lstm256', 'rbm_digits']",
+        "loaded: ['char_lm', 'dates', 'dense_letters', 'hopfield_letters', 'lstm256', 'rbm_digits']",
     )
 
 

@@ -56,6 +56,14 @@ class TranslateDriver(AttentionDecoderDriver):
         if not isinstance(source, list) or len(source) < 2 or not all(isinstance(s, str) for s in source):
             raise ContractError("a translator's manifest needs decoding.source_vocabulary (id 0 is padding)")
 
+    def decode_init(self, payload: pb.InitPayload, max_init_bytes: int, has_restore: bool) -> Arrays | None:
+        # An empty text is an empty payload on the wire: say so in the translator's words.
+        if payload.ByteSize() == 0 and not has_restore:
+            raise InvalidArgument(
+                f"the text is empty: model {self.manifest.name!r} translates 1 to {self.max_chars} characters"
+            )
+        return super().decode_init(payload, max_init_bytes, has_restore)
+
     def decode_init_bytes(self, data: bytes) -> Arrays:
         try:
             text = data.decode("utf-8")
@@ -71,7 +79,7 @@ class TranslateDriver(AttentionDecoderDriver):
         if unknown:
             shown = "".join(unknown[:QUOTED_CHARS]) + ("..." if len(unknown) > QUOTED_CHARS else "")
             raise InvalidArgument(
-                f"the text has {len(unknown)} character(s) outside model {self.manifest.name!r}'s vocabulary: {shown!r}"
+                f"the text has {len(unknown)} character(s) outside the vocabulary of model {self.manifest.name!r}: {shown!r}"
             )
         chars = np.zeros((1, self.max_chars), np.int64)
         chars[0, : len(text)] = [self.source_ids[ch] for ch in text]
