@@ -16,8 +16,9 @@ swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``fore
 laser observation to ``laser``, its next-step prediction back), ``rollout20`` (a 20-step
 rollout of that session, on a copy of its row), ``identify_frame`` (one
 frame of an utterance to the streaming speaker model ``speakers``, answered with the running
-speaker probabilities), ``identify_utterance`` (a whole utterance to ``speakers_bi``) and
-``caption`` (a scene captioned greedily by ``captioner``, every word streamed with its attention map).
+speaker probabilities), ``identify_utterance`` (a whole utterance to ``speakers_bi``),
+``caption`` (a scene captioned greedily by ``captioner``, every word streamed with its attention map) and ``translate`` (a date
+opened as a ``dates`` session and translated to ISO 8601, every character streamed).
 An in-stream error counts as a failure.
 """
 
@@ -49,6 +50,9 @@ SPEAKER_WHOLE_MODEL = "speakers_bi"
 #: The speaker users' utterances: the bundled Japanese Vowels test set (7-29 frames of 12 coefficients).
 UTTERANCES = load_vowels("test").utterances
 CAPTION_MODEL = "captioner"
+TRANSLATOR_MODEL = "dates"
+#: The translation user's texts: one date written many ways.
+DATE_TEXTS = ("Nov 27, 2026", "27th of November 2026", "11/27/26", "2026年11月27日", "27. November 2026", "le 27 nov. 2026")
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (
@@ -152,12 +156,16 @@ class StatestreamUser(User):
         error = response.error.message if response.HasField("error") else None
         self.report(name, started, error, response.ByteSize())
 
-    def server_run(self, name: str, request: pb.Run) -> None:
-        """Sends a Run and reads its streamed outputs; reports the time to its end (RunDone or an error)."""
-        started = time.perf_counter()
-        self.stream.send(pb.SessionRequest(run=request))
+    def server_run(
+        self, name: str, request: pb.Run, stream: SessionStream | None = None, started: float | None = None
+    ) -> None:
+        """Sends a Run on ``stream`` (the user's own by default) and reads its streamed outputs; reports
+        the time from ``started`` (default: now) to its end (RunDone or an error)."""
+        started = time.perf_counter() if started is None else started
+        stream = self.stream if stream is None else stream
+        stream.send(pb.SessionRequest(run=request))
         while True:
-            response = self.stream.receive()
+            response = stream.receive()
             kind = response.WhichOneof("response")
             if kind != "run_output":
                 error = response.error.message if kind == "error" else None
@@ -370,3 +378,33 @@ class CaptionUser(StatestreamUser):
     def caption(self) -> None:
         self.stream.seq += 1
         self.server_run("caption", pb.Run(seq=self.stream.seq, max_steps=20))
+
+
+class TranslateUser(StatestreamUser):
+    """A client normalising dates: each text opens a session (the encoder runs), a Run streams the ISO date."""
+
+    weight = 1
+    model = TRANSLATOR_MODEL
+    wait_time = constant_throughput(2)  # a date every half second
+
+    def on_start(self) -> None:  # no long-lived session: every translation opens its own
+        self.channel = grpc.insecure_channel(self.host)
+        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.position = 0
+        self.translation: SessionStream | None = None
+
+    def on_stop(self) -> None:
+        if self.translation is not None:
+            self.translation.close()
+        self.channel.close()
+
+    @task
+    def translate(self) -> None:
+        text = DATE_TEXTS[self.position % len(DATE_TEXTS)]
+        self.position += 1
+        started = time.perf_counter()
+        stream = self.translation = SessionStream(self.sessions)
+        stream.open(self.model, pb.InitPayload(data=text.encode()))
+        self.server_run("translate", pb.Run(seq=1, max_steps=16), stream=stream, started=started)
+        stream.close()
+        self.translation = None

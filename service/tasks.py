@@ -26,6 +26,7 @@ BUILTIN = {
     "language_model": "service.drivers.language",
     "sequence_classifier": "service.drivers.classify",
     "sequence_model": "service.drivers.tensor",
+    "translator": "service.drivers.translate",
 }
 _DRIVERS: dict[str, type[Driver]] = {}
 

@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_locust_users_run_every_workload_without_failures(models_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    # 12 users = the sum of the user classes' weights, so each class runs. SLOs are set out of reach
+    # 13 users = the sum of the user classes' weights, so each class runs. SLOs are set out of reach
     # on purpose: this checks the machinery, not this machine's speed. The completion user's
-    # memory, the speaker models, the forecaster and the captioner are the shipped ones, copied (read-only use of models/).
-    for name in ("hopfield_letters", "speakers", "speakers_bi", "laser", "captioner"):
+    # memory, the speaker models, the forecaster, the captioner and the translator are the shipped ones, copied (read-only use of models/).
+    for name in ("hopfield_letters", "speakers", "speakers_bi", "laser", "captioner", "dates"):
         shutil.copytree(ROOT / "models" / name, models_dir / name)
     relaxed = [f"--slo={name}=1e9" for name in slo.DEFAULT_SLO_MS]
-    code = slo.main(["--users", "12", "--run-time", "6s", "--models-dir", str(models_dir), "--json", *relaxed])
+    code = slo.main(["--users", "13", "--run-time", "6s", "--models-dir", str(models_dir), "--json", *relaxed])
     printed = capfd.readouterr()  # file descriptors: Locust and the server are child processes
     rows = {row["name"]: row for row in map(json.loads, printed.out.splitlines()) if row}
     assert code == 0

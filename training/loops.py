@@ -262,12 +262,12 @@ def stream_loss(
     return float(total) / targets.numel(), targets.numel()
 
 
-def _make_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (decaying biases and gains only hurts)."""
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def save_loss_curve(history: History, path: Path, title: str) -> None:
@@ -374,7 +374,7 @@ def train(
 
     model.to(device)
     model.train()
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
     )

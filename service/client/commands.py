@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from service.api import statestream_pb2 as pb
-from service.client import caption, complete, forecast, health, identify
+from service.client import caption, complete, forecast, health, identify, translate
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
 from service.command import (
@@ -66,8 +66,14 @@ def _models(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
+        # Columns as wide as their longest entry, so a long model or task name keeps the table aligned.
+        name_width = max((len(row["name"]) for row in rows), default=0)
+        task_width = max((len(row["task"]) for row in rows), default=0)
         for row in rows:
-            print(f"{row['name']:<16} v{row['version']:<4} {row['task']:<16} {row['state_bytes']:>8} state bytes")
+            print(
+                f"{row['name']:<{name_width}} v{row['version']:<4} {row['task']:<{task_width}} "
+                f"{row['state_bytes']:>8} state bytes"
+            )
     return 0
 
 
@@ -243,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_arguments(command("identify", identify.DESCRIPTION))
     caption.add_arguments(command("caption", caption.DESCRIPTION))
     health.add_arguments(command("health", health.DESCRIPTION))
+    translate.add_arguments(command("translate", translate.DESCRIPTION))
     return parser
 
 
@@ -255,6 +262,7 @@ COMMANDS = {
     "identify": identify.identify,
     "caption": caption.caption,
     "health": health.health,
+    "translate": translate.translate,
 }
 
 

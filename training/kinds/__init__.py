@@ -22,6 +22,7 @@ BUILTIN = {
     "captioner": "training.kinds.captioner",
     "language_model": "training.kinds.language_model",
     "sequence_classifier": "training.kinds.sequence_classifier",
+    "translator": "training.kinds.translator",
 }
 
 
