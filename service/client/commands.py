@@ -67,8 +67,8 @@ def _models(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         # Columns as wide as their longest entry, so a long model or task name keeps the table aligned.
-        name_width = max((len(row["name"]) for row in rows), default=0)
-        task_width = max((len(row["task"]) for row in rows), default=0)
+        name_width = max((len(m.name) for m in models), default=0)
+        task_width = max((len(m.task) for m in models), default=0)
         for row in rows:
             print(
                 f"{row['name']:<{name_width}} v{row['version']:<4} {row['task']:<{task_width}} "
