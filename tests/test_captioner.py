@@ -81,7 +81,7 @@ def _solo(target: str, image: np.ndarray, beam: int) -> tuple[list[int], np.ndar
 
 def test_the_exported_graphs_pass_their_parity_checks_and_load(captioner_dir: Path) -> None:
     from service.contract import Manifest
-    from training.export_attention import self_check
+    from training.export import self_check
 
     manifest = Manifest.load(captioner_dir / NAME)
     assert manifest.training["parity_max_abs_diff"] <= 1e-4  # init and decoder, ONNX vs PyTorch

@@ -24,7 +24,7 @@ def test_a_recipe_of_an_unknown_kind_is_refused_naming_the_known_ones(tmp_path: 
     (tmp_path / "r.toml").write_text(text)
     with pytest.raises(
         RecipeError,
-        match=r"unknown kind 'oracle'; known kinds: \['associative_memory', 'captioner', 'forecaster', 'language_model', 'sequence_classifier'\]",
+        match=r"unknown kind 'oracle'; known kinds: \['associative_memory', 'captioner', 'forecaster', 'language_model', 'sequence_classifier', 'translator'\]",
     ):
         load_recipe(tmp_path / "r.toml")
 

@@ -34,6 +34,7 @@ from service.contract import (
     StateSpec,
     TensorSpec,
     check_graph,
+    check_init_graph,
     replay_golden,
 )
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
@@ -261,11 +262,16 @@ def record_golden(net: StepNet, manifest: Manifest, inputs: Mapping[str, list[An
 
 
 def self_check(folder: Path) -> float:
-    """Load a model folder as the server does: manifest, signature, golden replay. Returns the golden error."""
+    """Load a model folder as the server does: manifest, signature(s), golden replay (from the init
+    graph's answer when the model has one). Returns the golden error."""
     manifest = Manifest.load(folder)
     session = open_session(Path(folder) / manifest.step_graph)
     check_graph(manifest, session)
-    return replay_golden(manifest, session)
+    if manifest.init is None:
+        return replay_golden(manifest, session)
+    init = open_session(Path(folder) / manifest.init.graph)
+    check_init_graph(manifest, init)
+    return replay_golden(manifest, session, init)
 
 
 def _install(staging: Path, out: Path) -> None:

@@ -203,16 +203,3 @@ def record_golden(
         tolerance,
     )
     return init_trace, step_trace
-
-
-def self_check(folder: Path) -> float:
-    """Loads a model folder as the server does: manifest, both signatures, both golden traces."""
-    from service.contract import check_graph, check_init_graph, replay_golden
-
-    manifest = Manifest.load(folder)
-    assert manifest.init is not None
-    step = open_session(Path(folder) / manifest.step_graph)
-    init = open_session(Path(folder) / manifest.init.graph)
-    check_graph(manifest, step)
-    check_init_graph(manifest, init)
-    return replay_golden(manifest, step, init)

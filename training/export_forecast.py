@@ -20,7 +20,6 @@ The scores are then computed from the installed graph (``training.forecast_tasks
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,10 +34,9 @@ from training.export import (
     GRAPH_FILE,
     OPSET,
     ParityError,
-    _install,
     export_step_graph,
     record_golden,
-    self_check,
+    staged_folder,
     torch_step_fn,
 )
 from training.forecast_eval import free_runs, spaced_starts, teacher_forced
@@ -141,11 +139,7 @@ def export_forecaster(
     trace = record_golden(net, manifest, golden)
     # The golden replay's bound, like parity's, scales with the series (laser intensities reach 255).
     manifest = replace(manifest, golden=replace(trace, tolerance=PARITY_TOLERANCE * float(held_out.std())))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         with torch.no_grad():
             export_step_graph(net, manifest, staging / GRAPH_FILE, exporter="torchscript", time_axis=False)
         session = open_session(staging / GRAPH_FILE)
@@ -161,10 +155,4 @@ def export_forecaster(
         }
         manifest = replace(manifest, training=manifest.training | facts)
         manifest.save(staging)
-        self_check(staging)
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    self_check(out)
     return parity

@@ -24,7 +24,6 @@ output and state by state, and the folder is loaded back through ``service.contr
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,10 +37,9 @@ from training.export import (
     GRAPH_FILE,
     OPSET,
     ParityError,
-    _install,
     export_step_graph,
     record_golden,
-    self_check,
+    staged_folder,
     torch_step_fn,
 )
 from training.nets.sweep import SweepNet
@@ -236,11 +234,7 @@ def export_memory(
     )
     parity_feed = random_sweep_inputs(manifest, batch=3, sweeps=PARITY_SWEEPS, seed=seed + 1)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         export_sweep_graph(net, manifest, staging / GRAPH_FILE)
         session = open_session(staging / GRAPH_FILE)
         check_graph(manifest, session)
@@ -250,10 +244,4 @@ def export_memory(
             training=manifest.training | {"exporter": "torchscript", "opset": OPSET, "parity_max_abs_diff": diff},
         )
         manifest.save(staging)
-        self_check(staging)
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    self_check(out)
     return MemoryExportReport(folder=out, manifest=manifest, parity_max_abs_diff=diff)

@@ -28,7 +28,7 @@ from training import export_attention
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
 from training.data import dates
 from training.evaluate_translation import OnnxTranslator, evaluate_translator
-from training.export import ParityError, _install
+from training.export import ParityError, self_check, staged_folder
 from training.kinds.translator import TranslatorRecipe
 from training.nets.seq2seq import Seq2Seq
 from training.recipes import from_table
@@ -157,36 +157,27 @@ def export_translator(checkpoint: Path, out: Path) -> str:
     golden_chars, golden_mask = codec.encode_sources([GOLDEN_TEXT])
     golden_payload = {"chars": golden_chars, "chars_mask": golden_mask}
     decoded = translate_with_torch(net, codec, [GOLDEN_TEXT])[0]
-    golden_tokens = [codec.target.index(START), *[codec.target.index(ch) for ch in decoded][:TARGET_STEPS - 1]]
+    golden_tokens = [codec.target.index(START), *[codec.target.index(ch) for ch in decoded][: TARGET_STEPS - 1]]
     init_trace, step_trace = export_attention.record_golden(
         init, step, manifest, golden_payload, golden_tokens, GOLDEN_TOLERANCE
     )
     assert manifest.init is not None
     manifest = replace(manifest, golden=step_trace, init=replace(manifest.init, golden=init_trace))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         export_attention.export_graphs(init, step, manifest, staging, payload)
         parity = export_attention.check_parity(init, step, manifest, staging, payload, previous)
         manifest = replace(manifest, training=manifest.training | {"parity_max_abs_diff": parity.max_diff})
         manifest.save(staging)
         _greedy_parity(net, codec, staging, [text for text, _ in pairs[:GREEDY_PARITY_EXAMPLES]])
-        export_attention.self_check(staging)
         curve = checkpoint.parent / LOSS_CURVE_FILE
         if curve.exists():
             shutil.copyfile(curve, staging / LOSS_CURVE_FILE)
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report = evaluate_translator(out)
     scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
     manifest = replace(Manifest.load(out), scores=scores)
     manifest.save(out)
-    export_attention.self_check(out)
+    self_check(out)
     return (
         f"wrote {out}: parity max |diff| {parity.max_diff:.2e} (init and {parity.steps} steps of {parity.sessions} "
         f"sessions; greedy decode of {GREEDY_PARITY_EXAMPLES} identical); exact match "

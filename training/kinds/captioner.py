@@ -286,8 +286,8 @@ def install(
     """Exports ``net`` to the model folder ``out`` after its parity checks (and scores it from the
     staged graphs when ``score``); returns the parity report and the scores."""
     from training.data.scenes import START, VOCABULARY, scenes
-    from training.export import _install
-    from training.export_attention import check_parity, export_graphs, record_golden, self_check
+    from training.export import staged_folder
+    from training.export_attention import check_parity, export_graphs, record_golden
 
     manifest = manifest_of(recipe, net, training)
     parity_scenes = scenes("validation", PARITY_SESSIONS, seed=EVAL_SEED)
@@ -299,12 +299,8 @@ def install(
     )
     assert manifest.init is not None
     manifest = replace(manifest, golden=step_trace, init=replace(manifest.init, golden=init_trace))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     scores: dict[str, float] = {}
-    try:
+    with staged_folder(out) as staging:
         export_graphs(net.init_graph, net.step_graph, manifest, staging, payload)
         parity = check_parity(net.init_graph, net.step_graph, manifest, staging, payload, tokens)
         manifest = replace(
@@ -317,12 +313,6 @@ def install(
             manifest.save(staging)
         if loss_curve is not None and loss_curve.exists():
             shutil.copyfile(loss_curve, staging / loss_curve.name)
-        self_check(staging)
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    self_check(out)
     return parity, scores
 
 
