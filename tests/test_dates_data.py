@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -49,6 +50,13 @@ def test_held_out_templates_are_never_trained_on_and_made_of_seen_parts() -> Non
         assert {(template.locale, part) for part in template.parts} <= seen_parts, template.key
         assert (template.locale, template.case) in seen_cases, template.key
     assert {t.locale for t in split.heldout} == {t.locale for t in split.train}
+    # Two fields with no separator between them (YYYYMMDD) occur in one template only: it is a
+    # part of its own, so it is always trained on, never held out.
+    adjacent = {(t.locale, a, b) for t in split.train for a, b in itertools.pairwise(t.parts) if {a, b} <= dates.FIELDS}
+    assert ("num", "YYYY", "MM") in adjacent
+    for template in split.heldout:
+        pairs = itertools.pairwise(template.parts)
+        assert not any({a, b} <= dates.FIELDS for a, b in pairs), template.key
 
 
 def test_samples_are_seeded_and_every_character_is_in_the_vocabulary() -> None:

@@ -214,17 +214,24 @@ class TemplateSplit:
     heldout: tuple[Template, ...]
 
 
+def _joins_fields(template: Template) -> bool:
+    """Whether two fields touch with no literal between them (``YYYYMMDD``): the only form that
+    reads digits without a separator, so holding it out would test a part never seen in training."""
+    return any(a in FIELDS and b in FIELDS for a, b in itertools.pairwise(template.parts))
+
+
 def split_templates(fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> TemplateSplit:
-    """Hold out ``fraction`` of the templates of every locale (at least one each), seeded."""
+    """Hold out ``fraction`` of the templates of every locale (at least one each), seeded; a
+    template with fields joined without a separator is always trained on (:func:`_joins_fields`)."""
     rng = np.random.default_rng(seed)
     train: list[Template] = []
     heldout: list[Template] = []
     templates = all_templates()
     for locale in dict.fromkeys(t.locale for t in templates):
         group = [t for t in templates if t.locale == locale]
-        order = rng.permutation(len(group))
+        order = [i for i in rng.permutation(len(group)).tolist() if not _joins_fields(group[i])]
         count = max(1, round(fraction * len(group)))
-        held = set(order[:count].tolist())
+        held = set(order[:count])
         heldout += [t for i, t in enumerate(group) if i in held]
         train += [t for i, t in enumerate(group) if i not in held]
     return TemplateSplit(tuple(train), tuple(heldout))
