@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from service.api import statestream_pb2 as pb
+from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
 from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_float, positive_int
-from service.tensors import from_proto
+from service.command import EXIT_USAGE, CommandError
 
 DESCRIPTION = "caption an image (PNG or JPEG) on the server, streaming each word with its attention map"
 DEFAULT_MAX_WORDS = 32
@@ -35,12 +34,7 @@ PANEL_SCALE = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     parser.add_argument("--image", type=Path, required=True, help="a greyscale PNG or JPEG of the model's size")
-    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy or sampled)")
-    parser.add_argument(
-        "--temperature", type=non_negative_float, default=0.0, help="0: greedy; > 0: sample (with --beam 1)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling (--temperature > 0)")
-    parser.add_argument("--max-words", type=positive_int, default=DEFAULT_MAX_WORDS, help="most words decoded")
+    add_decoding_arguments(parser, limit_flag="--max-words", limit=DEFAULT_MAX_WORDS, limit_help="most words decoded")
     parser.add_argument("--attention-png", type=Path, help="write the image with one attention overlay per word")
 
 
@@ -49,38 +43,31 @@ def caption(client: Client, args: argparse.Namespace) -> int:
         data = args.image.read_bytes()
     except OSError as exc:
         raise CommandError(f"--image {args.image}: {exc.strerror or exc}", EXIT_USAGE) from None
-    info = client.get_model(args.model)
-    if info.task != "captioner":
-        raise CommandError(f"{args.model!r} is not a captioner (its task is {info.task!r})", EXIT_USAGE)
-    session = client.open(args.model, init=data)
-    words: list[dict[str, Any]] = []
-    maps: list[np.ndarray] = []
-    done = pb.RunDone()
-    try:
-        options = {"beam": float(args.beam), "temperature": float(args.temperature)}
-        for event in session.run(args.max_words, options=options, seed=args.seed):
-            if isinstance(event, pb.RunOutput):
-                attention = from_proto(event.output.tensors[0])
-                maps.append(attention)
-                top = event.output.top[0]
-                word = {"index": event.index, "word": event.output.label, "prob": round(top.prob, 4)}
-                word["peak"] = int(np.argmax(attention))
-                words.append(word)
-                if not args.json:
-                    print(f"{event.index:>3}  {word['word']:<8} p={word['prob']:.3f}  attention peak at {word['peak']}")
-            else:
-                done = event
-    finally:
-        session.close()
+
+    def show(token: DecodedToken) -> None:
+        if not args.json:
+            print(f"{token.index:>3}  {token.label:<8} p={token.prob:.3f}  attention peak at {token.peak}")
+
+    decoded = decode(client, args, task="captioner", payload=data, max_tokens=args.max_words, on_token=show)
+    words: list[dict[str, Any]] = [
+        {"index": t.index, "word": t.label, "prob": t.prob, "peak": t.peak} for t in decoded.tokens
+    ]
+    maps = [t.attention for t in decoded.tokens]
     text = " ".join(w["word"] for w in words)
-    summary = {"model": args.model, "caption": text, "words": words, "stop_reason": done.stop_reason, "beam": args.beam}
+    summary = {
+        "model": args.model,
+        "caption": text,
+        "words": words,
+        "stop_reason": decoded.stop_reason,
+        "beam": args.beam,
+    }
     if args.attention_png is not None:
         draw_attention(args.attention_png, data, [w["word"] for w in words], maps)
         summary["attention_png"] = str(args.attention_png)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{text}  ({done.stop_reason})")
+        print(f"{text}  ({decoded.stop_reason})")
     return 0
 
 

@@ -18,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from service.api import statestream_pb2 as pb
+from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
 from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_float, positive_int
-from service.tensors import from_proto
 
 DESCRIPTION = "translate a text on the server (e.g. a date to ISO 8601), streaming each character with its attention"
 DEFAULT_MAX_CHARS = 32
@@ -31,48 +29,35 @@ CELL_PX = 18  # side of one cell of the attention PNG
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     parser.add_argument("--text", required=True, help="the text to translate, e.g. 'Nov 27, 2026'")
-    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy or sampled)")
-    parser.add_argument(
-        "--temperature", type=non_negative_float, default=0.0, help="0: greedy; > 0: sample (with --beam 1)"
+    add_decoding_arguments(
+        parser, limit_flag="--max-chars", limit=DEFAULT_MAX_CHARS, limit_help="most characters decoded"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling (--temperature > 0)")
-    parser.add_argument("--max-chars", type=positive_int, default=DEFAULT_MAX_CHARS, help="most characters decoded")
     parser.add_argument("--attention-png", type=Path, help="write the attention matrix (output x input characters)")
 
 
 def translate(client: Client, args: argparse.Namespace) -> int:
-    info = client.get_model(args.model)
-    if info.task != "translator":
-        raise CommandError(f"{args.model!r} is not a translator (its task is {info.task!r})", EXIT_USAGE)
-    session = client.open(args.model, init=args.text.encode("utf-8"))
+    text = args.text
+
+    def show(token: DecodedToken) -> None:
+        peak = int(np.argmax(token.attention[: len(text)]))  # the padding past the text has weight 0
+        if not args.json:
+            print(f"{token.index:>3}  {token.label!r:<5} p={token.prob:.3f}  looked at {peak} {text[peak]!r}")
+
+    payload = text.encode("utf-8")
+    decoded = decode(client, args, task="translator", payload=payload, max_tokens=args.max_chars, on_token=show)
+    rows = [t.attention[: len(text)] for t in decoded.tokens]
     characters: list[dict[str, Any]] = []
-    rows: list[np.ndarray] = []
-    done = pb.RunDone()
-    try:
-        options = {"beam": float(args.beam), "temperature": float(args.temperature)}
-        for event in session.run(args.max_chars, options=options, seed=args.seed):
-            if isinstance(event, pb.RunDone):
-                done = event
-                continue
-            weights = from_proto(event.output.tensors[0])[: len(args.text)]
-            rows.append(weights)
-            peak = int(np.argmax(weights))
-            char = {"index": event.index, "char": event.output.label, "prob": round(event.output.top[0].prob, 4)}
-            char |= {"peak": peak, "peak_char": args.text[peak]}
-            characters.append(char)
-            if not args.json:
-                print(
-                    f"{event.index:>3}  {char['char']!r:<5} p={char['prob']:.3f}  looked at {peak} {args.text[peak]!r}"
-                )
-    finally:
-        session.close()
+    for token, weights in zip(decoded.tokens, rows, strict=True):
+        peak = int(np.argmax(weights))
+        char = {"index": token.index, "char": token.label, "prob": token.prob, "peak": peak, "peak_char": text[peak]}
+        characters.append(char)
     translation = "".join(c["char"] for c in characters)
     summary: dict[str, Any] = {
         "model": args.model,
         "text": args.text,
         "translation": translation,
         "characters": characters,
-        "stop_reason": done.stop_reason,
+        "stop_reason": decoded.stop_reason,
         "beam": args.beam,
     }
     if args.attention_png is not None:
@@ -81,7 +66,7 @@ def translate(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
-        print(f"{translation}  ({done.stop_reason})")
+        print(f"{translation}  ({decoded.stop_reason})")
     return 0
 
 
