@@ -283,6 +283,15 @@ def _install(staging: Path, out: Path) -> None:
     staging.rename(out)
 
 
+def record_scores(folder: Path, report: Mapping[str, Any]) -> dict[str, float]:
+    """Write an evaluation report's numbers into the installed model's manifest as its scores and
+    check the folder again; the scores describe the graph as installed, so they come after it."""
+    scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    replace(Manifest.load(folder), scores=scores).save(folder)
+    self_check(folder)
+    return scores
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A staging folder beside ``out`` to write a model into; installed as ``out`` only if the block succeeds.

@@ -28,7 +28,7 @@ from training import export_attention
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
 from training.data import dates
 from training.evaluate_translation import OnnxTranslator, evaluate_translator
-from training.export import ParityError, self_check, staged_folder
+from training.export import ParityError, record_scores, staged_folder
 from training.kinds.translator import TranslatorRecipe
 from training.nets.seq2seq import Seq2Seq
 from training.recipes import from_table
@@ -173,11 +173,7 @@ def export_translator(checkpoint: Path, out: Path) -> str:
         curve = checkpoint.parent / LOSS_CURVE_FILE
         if curve.exists():
             shutil.copyfile(curve, staging / LOSS_CURVE_FILE)
-    report = evaluate_translator(out)
-    scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
-    manifest = replace(Manifest.load(out), scores=scores)
-    manifest.save(out)
-    self_check(out)
+    scores = record_scores(out, evaluate_translator(out))
     return (
         f"wrote {out}: parity max |diff| {parity.max_diff:.2e} (init and {parity.steps} steps of {parity.sessions} "
         f"sessions; greedy decode of {GREEDY_PARITY_EXAMPLES} identical); exact match "

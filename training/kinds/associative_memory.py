@@ -164,10 +164,9 @@ def train(recipe: MemoryRecipe, options: TrainOptions) -> dict[str, Any]:
 
 
 def export(options: ExportOptions) -> str:
-    from service.contract import Manifest
     from training.checkpoints import load_weights
     from training.data.patterns import LETTER_SHAPE, Digits, flip_bits, letter_patterns, load_digits_binary
-    from training.export import self_check
+    from training.export import record_scores
     from training.export_memory import export_memory
 
     weights = load_weights(options.checkpoint)
@@ -203,10 +202,7 @@ def export(options: ExportOptions) -> str:
         seed=recipe.seed,
     )
     # The scores describe the installed graph: computed from it, then written into its manifest.
-    scores = {k: v for k, v in evaluate(options.out).items() if k != "model"}
-    manifest = replace(Manifest.load(options.out), scores=scores)
-    manifest.save(options.out)
-    self_check(options.out)
+    scores = record_scores(options.out, evaluate(options.out))
     elapsed = time.perf_counter() - started
     shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     return (

@@ -122,9 +122,9 @@ def train(recipe: ForecastRecipe, options: TrainOptions) -> dict[str, Any]:
 
 
 def export(options: ExportOptions) -> str:
-    from service.contract import Manifest, StateSpec
+    from service.contract import StateSpec
     from training.checkpoints import load_weights
-    from training.export import self_check
+    from training.export import record_scores
     from training.export_forecast import export_forecaster, forecast_manifest
     from training.forecast_tasks import free_run_horizon, held_out
 
@@ -162,10 +162,7 @@ def export(options: ExportOptions) -> str:
     started = time.perf_counter()
     horizon = free_run_horizon(recipe.task)
     parity = export_forecaster(net, manifest, options.out, held_out(recipe.task), horizon=horizon)
-    scores = {k: v for k, v in evaluate(options.out).items() if k != "model"}
-    manifest = replace(Manifest.load(options.out), scores=scores)
-    manifest.save(options.out)
-    self_check(options.out)
+    scores = record_scores(options.out, evaluate(options.out))
     elapsed = time.perf_counter() - started
     shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     return (

@@ -239,9 +239,8 @@ def parity_inputs(recipe: ClassifierRecipe) -> dict[str, np.ndarray]:
 
 
 def export(options: ExportOptions) -> str:
-    from service.contract import Manifest
     from training.checkpoints import load_weights
-    from training.export import self_check
+    from training.export import record_scores
     from training.export_cells import export_one_step
 
     weights = load_weights(options.checkpoint)
@@ -265,10 +264,7 @@ def export(options: ExportOptions) -> str:
         parity_inputs=parity_inputs(recipe),
         golden_steps=golden_steps,
     )
-    scores = {k: v for k, v in evaluate(options.out).items() if k != "model"}
-    manifest = replace(Manifest.load(options.out), scores=scores)
-    manifest.save(options.out)
-    self_check(options.out)
+    scores = record_scores(options.out, evaluate(options.out))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     return (
         f"wrote {report.folder}: parity max |diff| {report.parity.max_diff:.2e} over {report.parity.steps} steps; "
