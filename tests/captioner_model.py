@@ -30,7 +30,7 @@ END_BIAS = 1.0
 def build(folder: Path) -> Path:
     """Writes the tiny captioner's model folder (parity-checked, not scored)."""
     torch.manual_seed(0)
-    model = CaptionerModel(channels=4, embed=8, hidden=16, attention=8)
+    model = CaptionerModel(channels=4, embed=8, hidden=16, attention=8, coordinates=True)
     net = build_net(model)
     with torch.no_grad():
         net.decoder.out.bias[VOCABULARY.index(END)] += END_BIAS

@@ -368,3 +368,63 @@ def test_scenes_command_writes_pngs_with_their_captions(tmp_path: Path) -> None:
     for entry, scene in zip(index, expected, strict=True):
         with Image.open(tmp_path / entry["file"]) as png:
             np.testing.assert_array_equal(np.asarray(png, np.float32) / 255, scene.image)
+
+
+# -- training options ------------------------------------------------------------------------
+
+
+def test_annotations_with_coordinates_carry_where_each_location_is() -> None:
+    from training.nets.captioner import ConvEncoder
+
+    torch = pytest.importorskip("torch")
+    encoder = ConvEncoder((4, 4, 4), coordinates=True, canvas=CANVAS)
+    plain = ConvEncoder((4, 4, 4), coordinates=False, canvas=CANVAS)
+    plain.load_state_dict(encoder.state_dict())
+    images = torch.rand(3, CANVAS, CANVAS)
+    annotations = encoder(images)
+    assert annotations.shape == (3, 64, 6)
+    torch.testing.assert_close(annotations[..., :4], plain(images))  # the CNN's features are unchanged
+    where = annotations[..., 4:]
+    torch.testing.assert_close(where[0], where[2])  # the same for every image
+    # row-major over the 8x8 grid: location 0 is the top left corner, 7 the top right, 63 the bottom right
+    assert where[0, 0].tolist() == [-1.0, -1.0]
+    assert where[0, 7].tolist() == [-1.0, 1.0]
+    assert where[0, 63].tolist() == [1.0, 1.0]
+
+
+def test_location_labels_name_the_digit_and_size_whose_box_holds_each_location() -> None:
+    from training.kinds.captioner import location_labels
+
+    scene = Scene(
+        np.zeros((CANVAS, CANVAS), np.float32),
+        "a large 3 to the left of a small 7",
+        (3, 7),
+        (Box(top=20, left=0, size=20), Box(top=24, left=40, size=12)),
+    )
+    labels = location_labels([scene], 64)[0].reshape(8, 8)
+    # cell centres are at 8k + 4: the 3's rows 20..39 hold centres 20, 28 and 36 (grid rows 2-4),
+    # its columns 0..19 hold 4 and 12 (grid columns 0, 1); the 7 (24..35 by 40..51) holds (28, 44)
+    expected = np.zeros((8, 8), np.int64)
+    expected[2:5, 0:2] = 11 + 3  # large
+    expected[3, 5] = 1 + 7  # small
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_training_with_the_location_loss_trains_a_head_it_does_not_keep(tmp_path: Path) -> None:
+    from training.checkpoints import load_weights
+    from training.kinds import TrainOptions
+    from training.kinds.captioner import CaptionerModel, CaptionerRecipe, CaptionerTrain, build_net, train
+
+    model = CaptionerModel(channels=4, embed=8, hidden=16, attention=8, coordinates=True)
+    recipe = CaptionerRecipe(
+        name="tiny",
+        kind="captioner",
+        out=str(tmp_path),
+        description="",
+        model=model,
+        train=CaptionerTrain(scenes=32, steps=4, batch=8, eval_every=2, val_scenes=8, locations=1.0),
+    )
+    summary = train(recipe, TrainOptions(recipe_file=Path("tiny.toml"), progress=False))
+    assert summary["steps"] == 4
+    weights = load_weights(tmp_path / "weights.pt")
+    assert set(weights.model) == set(build_net(model).state_dict())  # the auxiliary head is not saved

@@ -21,10 +21,14 @@ from training.evaluate import open_session, ort_step_fn
 from training.export import ParityError
 from training.export_forecast import check_forecast_parity
 from training.forecast_eval import GraphRunner, free_runs, teacher_forced
+from training.forecast_training import FreeRunTraining, window_loss
 from training.kinds import ExportOptions, TrainOptions
 from training.kinds import forecaster as kind
 from training.kinds.forecaster import ForecastRecipe
+from training.nets.cell_step import CellStepNet
 from training.nets.esn import AdaptiveESN, EchoStateNetwork, state_bytes
+from training.nets.gated_forecaster import GatedForecaster
+from training.recipes import RecipeError, from_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +59,18 @@ TINY_ADAPTIVE = replace(
     p_renewed=1000.0,
 )
 
+TINY_GRU = ForecastRecipe(
+    name="tiny_gru",
+    kind="forecaster",
+    task="mackey_glass",
+    net="gru",
+    description="a tiny test GRU",
+    out="unused",
+    units=6,
+    max_horizon=50,
+    bptt=FreeRunTraining(steps=12, batch=8, warmup=40, burn=20, horizon=10, eval_every=6),
+)
+
 
 def export_tiny(recipe: ForecastRecipe, root: Path) -> Path:
     """Train and export ``recipe`` through the kind's own commands; returns the model folder."""
@@ -69,6 +85,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("forecasters")
     export_tiny(TINY, root)
     export_tiny(TINY_ADAPTIVE, root)
+    export_tiny(TINY_GRU, root)
     return root
 
 
@@ -162,11 +179,61 @@ def test_the_adaptive_step_is_recursive_least_squares_step_for_step() -> None:
     assert state_bytes(net) == 4 * (12 + 2 * 14 + 14 * 14)  # r, z, w, P: 4 * (N + 2D + D^2), D = N + 2
 
 
+# -- gated forecasters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_gated_forecaster_adds_its_readout_to_the_normalised_observation(cell: str) -> None:
+    """y_t = μ + σ (ũ_t + W_o h_t + b_o): the cells see ũ, the readout gives the change."""
+    torch.manual_seed(0)
+    net = GatedForecaster(cell, hidden=5, layers=2, mean=1.5, std=0.25)
+    u = 1.5 + 0.25 * torch.randn(3, 7, 1)
+    stack = CellStepNet.build(cell, input_size=1, hidden_size=5, layers=2, readout_size=1)
+    stack.load_state_dict(net.stack.state_dict())
+    normalised = (u - 1.5) / 0.25
+    change, *want_state = stack(normalised, *stack.initial_state(3))
+    got, *got_state = net(u, *net.initial_state(3))
+    torch.testing.assert_close(got, 1.5 + 0.25 * (normalised + change))
+    for a, b in zip(got_state, want_state, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_window_loss_scores_teacher_forced_steps_after_the_burn_then_a_free_run() -> None:
+    torch.manual_seed(0)
+    net = GatedForecaster("gru", hidden=4, mean=0.9, std=0.2)
+    windows = torch.from_numpy(mackey_glass(200)[:60].astype(np.float32)).reshape(2, 30)
+    warmup, burn, horizon = 20, 5, 10
+    errors = []
+    for window in windows:
+        state = net.initial_state(1)
+        for t in range(warmup):  # one step per call, teacher-forced
+            y, *state = net(window[t].reshape(1, 1, 1), *state)
+            if t >= burn:
+                errors.append(float(y) - float(window[t + 1]))
+        for t in range(warmup + 1, warmup + horizon):  # its own predictions fed back
+            y, *state = net(y, *state)
+            errors.append(float(y) - float(window[t]))
+    want = np.mean(np.square(errors)) / 0.2**2
+    got = float(window_loss(net, windows, warmup, burn, horizon))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_a_gated_recipe_has_no_reservoir_and_a_reservoir_has_no_bptt_table() -> None:
+    table = {k: v for k, v in TINY_GRU.to_dict().items() if k != "bptt"}
+    with pytest.raises(RecipeError, match="a gru forecaster has no reservoir: leave out spectral_radius"):
+        from_table(ForecastRecipe, table | {"spectral_radius": 0.5}, where="r.toml")
+    esn = {k: v for k, v in TINY.to_dict().items() if k != "bptt"}
+    with pytest.raises(RecipeError, match=r"the \[bptt\] table belongs to a gru or lstm forecaster"):
+        from_table(ForecastRecipe, esn | {"bptt": {"steps": 10}}, where="r.toml")
+    with pytest.raises(RecipeError, match="burn must be in"):
+        from_table(ForecastRecipe, table | {"bptt": {"warmup": 10, "burn": 10}}, where="r.toml")
+
+
 # -- export ---------------------------------------------------------------------------------------
 
 
 def test_the_export_records_parity_over_free_runs_and_eval_recomputes_the_scores(tiny_models: Path) -> None:
-    for name, horizon in (("tiny_mg", 84), ("tiny_adaptive", 5)):
+    for name, horizon in (("tiny_mg", 84), ("tiny_adaptive", 5), ("tiny_gru", 84)):
         folder = tiny_models / name
         manifest = Manifest.load(folder)
         facts = manifest.training

@@ -59,6 +59,21 @@ class CellExportReport:
     parity: ParityReport
 
 
+def cell_state_specs(net: CellStepNet) -> tuple[StateSpec, ...]:
+    """One state tensor per cell tensor of every layer (``h0``, ``c0``, ``h1``...), zeros at the start."""
+    return tuple(
+        StateSpec(
+            state_name,
+            f"{state_name}_out",
+            "float32",
+            (size,),
+            "zeros",
+            f"cell state {state_name} (layer {state_name[1:]})",
+        )
+        for state_name, size in zip(net.state_names, net.state_sizes, strict=True)
+    )
+
+
 def cell_manifest(
     net: CellStepNet,
     *,
@@ -74,17 +89,6 @@ def cell_manifest(
     scores: Mapping[str, float] | None = None,
 ) -> Manifest:
     """The manifest of ``net``'s one-step graph (golden trace empty until :func:`export_cell_model`)."""
-    state = tuple(
-        StateSpec(
-            state_name,
-            f"{state_name}_out",
-            "float32",
-            (size,),
-            "zeros",
-            f"cell state {state_name} (layer {state_name[1:]})",
-        )
-        for state_name, size in zip(net.state_names, net.state_sizes, strict=True)
-    )
     return Manifest(
         name=name,
         version="1",
@@ -93,7 +97,7 @@ def cell_manifest(
         step_graph=GRAPH_FILE,
         inputs=(TensorSpec(input_name, "float32", (net.input_size,), input_doc),),
         outputs=(TensorSpec(output_name, "float32", (net.output_size,), output_doc),),
-        state=state,
+        state=cell_state_specs(net),
         golden=GoldenTrace({}, {}),
         decoding={"steps_per_call": 1, **dict(decoding or {})},
         training=dict(training or {}),

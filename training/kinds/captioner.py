@@ -31,23 +31,29 @@ ATTENTION_KINDS = ("soft", "hard")
 EVAL_SCENES = 1000
 EVAL_SEED = 7
 PARITY_SESSIONS = 8
+#: Classes of :func:`location_labels`: background, then ten digits small and ten large.
+LOCATION_CLASSES = 21
 
 
 @dataclass(frozen=True)
 class CaptionerModel:
-    """``channels``: widths of the three conv blocks; ``heads``: attention heads (hard attention takes 1)."""
+    """``channels``: widths of the three conv blocks; ``heads``: attention heads (hard attention takes 1);
+    ``coordinates``: append each location's (row, column) to its annotation (``ConvEncoder``)."""
 
     channels: int = 32
     embed: int = 32
     hidden: int = 128
     attention: int = 64
     heads: int = 1
+    coordinates: bool = False
 
 
 @dataclass(frozen=True)
 class CaptionerTrain:
     """``doubly_stochastic``: lambda of the regulariser. Hard attention: ``reinforce`` (lambda_r),
-    ``entropy`` (lambda_e) and ``baseline_decay`` of the moving-average baseline."""
+    ``entropy`` (lambda_e) and ``baseline_decay`` of the moving-average baseline. ``locations``:
+    weight of the auxiliary loss that names, at every annotation, the digit and size whose box
+    holds it (:func:`location_labels`); its linear head is trained alongside and discarded."""
 
     scenes: int = 20000
     steps: int = 3000
@@ -59,6 +65,7 @@ class CaptionerTrain:
     reinforce: float = 1.0
     entropy: float = 0.01
     baseline_decay: float = 0.9
+    locations: float = 0.0
     eval_every: int = 250
     val_scenes: int = 500
     seed: int = 0
@@ -86,7 +93,7 @@ class CaptionerRecipe:
 
 
 def build_net(model: CaptionerModel) -> Any:
-    from training.data.scenes import VOCABULARY
+    from training.data.scenes import CANVAS, VOCABULARY
     from training.nets.captioner import Captioner
 
     c = model.channels
@@ -97,6 +104,8 @@ def build_net(model: CaptionerModel) -> Any:
         hidden=model.hidden,
         attention=model.attention,
         heads=model.heads,
+        coordinates=model.coordinates,
+        canvas=CANVAS,
     )
 
 
@@ -107,6 +116,30 @@ def teacher_forcing(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     targets = caption_batch(captions)
     inputs = np.concatenate([np.full((len(captions), 1), VOCABULARY.index(START)), targets[:, :-1]], axis=1)
     return inputs, targets
+
+
+def location_labels(chosen: list[Any], locations: int) -> np.ndarray:
+    """``[N, L]`` class of every annotation: 0 where no digit's box holds the location's centre,
+    else ``1 + digit`` for a small digit and ``11 + digit`` for a large one.
+
+    The scenes know where every digit is, so the encoder can be told what each of its locations
+    shows. Captions alone teach that only through the attention, which early in training is
+    spread over the whole grid; this target reaches every location at once. It supervises the
+    encoder's features, never the attention: where the decoder looks is still learned from the
+    captions alone, so the pointing metric still measures what the attention learned.
+    """
+    from training.data.scenes import SIZES
+    from training.evaluate_captions import grid_centre
+
+    labels = np.zeros((len(chosen), locations), np.int64)
+    centres = [grid_centre(i, locations) for i in range(locations)]
+    for n, scene in enumerate(chosen):
+        for digit, box in zip(scene.digits, scene.boxes, strict=True):
+            offset = 11 if box.size == SIZES["large"] else 1
+            for i, (row, column) in enumerate(centres):
+                if box.contains(row, column):
+                    labels[n, i] = offset + digit
+    return labels
 
 
 def greedy_torch(net: Any, images: np.ndarray, max_tokens: int) -> list[str]:
@@ -156,7 +189,12 @@ def train(recipe: CaptionerRecipe, options: TrainOptions) -> dict[str, Any]:
     images = torch.from_numpy(np.stack([s.image for s in train_set]))
     inputs, targets = (torch.from_numpy(a) for a in teacher_forcing([s.caption for s in train_set]))
     val_images = np.stack([s.image for s in val_set])
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    parameters = list(net.parameters())
+    if config.locations:
+        locate = torch.nn.Linear(net.init_graph.encoder.features, LOCATION_CLASSES)  # auxiliary, not exported
+        location_targets = torch.from_numpy(location_labels(train_set, net.init_graph.encoder.where.shape[1]))
+        parameters += list(locate.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     order = torch.Generator().manual_seed(config.seed)
     sampler = torch.Generator().manual_seed(config.seed + 1) if config.attention == "hard" else None
@@ -168,11 +206,16 @@ def train(recipe: CaptionerRecipe, options: TrainOptions) -> dict[str, Any]:
     for step in tqdm(range(config.steps), desc=recipe.name, disable=not options.progress):
         net.train()
         batch = torch.randint(len(images), (config.batch,), generator=order)
-        logits, alphas, logprobs = net(images[batch], inputs[batch], sample=sampler)
+        h, c, annotations, mask = net.init_graph(images[batch])
+        logits, alphas, logprobs = net.decoder(inputs[batch], h, c, annotations, mask, sample=sampler)
         real = (targets[batch] != VOCABULARY.index(PAD)).float()
         per_word = loss_fn(logits.transpose(1, 2), targets[batch])  # [B, T]
         nll = (per_word * real).sum() / real.sum()
         loss = nll + config.doubly_stochastic * doubly_stochastic_penalty(alphas, real)
+        if config.locations:
+            loss = loss + config.locations * torch.nn.functional.cross_entropy(
+                locate(annotations).flatten(0, 1), location_targets[batch].flatten()
+            )
         if sampler is not None:
             # REINFORCE: the log-likelihood of the caption given the sampled locations rewards them.
             reward = -(per_word * real).sum(dim=1).detach()

@@ -33,9 +33,18 @@ from training.nets.attention import AdditiveAttention
 
 
 class ConvEncoder(nn.Module):
-    """Three conv + ReLU + 2×2 max-pool blocks: ``[B, 1, H, W] -> [B, L = (H/8)(W/8), D]``."""
+    """Three conv + ReLU + 2×2 max-pool blocks: ``[B, 1, H, W] -> [B, L = (H/8)(W/8), D]``.
 
-    def __init__(self, channels: tuple[int, int, int]) -> None:
+    With ``coordinates``, each annotation also carries its location's row and column (in
+    [-1, 1]). A convolution is translation-equivariant: ``a_i`` says *what* is at location
+    ``i`` but not *where* ``i`` is, and a caption's "to the left of", "above" and reading
+    order are all about where. Without them the attention can only find position from the
+    zero padding at the canvas's edges.
+    """
+
+    where: torch.Tensor
+
+    def __init__(self, channels: tuple[int, int, int], *, coordinates: bool = False, canvas: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = 1
@@ -43,11 +52,19 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(previous, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             previous = width
         self.body = nn.Sequential(*layers)
-        self.features = previous
+        side = canvas // 2 ** len(channels)
+        axis = torch.linspace(-1.0, 1.0, side)
+        rows, columns = torch.meshgrid(axis, axis, indexing="ij")
+        grid = torch.stack([rows.flatten(), columns.flatten()], dim=-1) if coordinates else torch.zeros(side * side, 0)
+        self.register_buffer("where", grid.unsqueeze(0), persistent=False)  # [1, L, 2] or [1, L, 0]
+        self.features = previous + grid.shape[1]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         grid: torch.Tensor = self.body(image.unsqueeze(1))  # [B, D, h, w]
-        return grid.flatten(2).transpose(1, 2)  # [B, L, D], row-major over the grid
+        annotations = grid.flatten(2).transpose(1, 2)  # [B, L, D], row-major over the grid
+        if self.where.shape[-1] == 0:
+            return annotations
+        return torch.cat([annotations, self.where.expand(annotations.shape[0], -1, -1)], dim=-1)
 
 
 class CaptionerInit(nn.Module):
@@ -152,9 +169,11 @@ class Captioner(nn.Module):
         hidden: int = 128,
         attention: int = 64,
         heads: int = 1,
+        coordinates: bool = False,
+        canvas: int = 64,
     ) -> None:
         super().__init__()
-        encoder = ConvEncoder(channels)
+        encoder = ConvEncoder(channels, coordinates=coordinates, canvas=canvas)
         self.init_graph = CaptionerInit(encoder, hidden)
         self.decoder = CaptionerDecoder(vocab_size, encoder.features, embed, hidden, attention, heads)
         self.step_graph = CaptionerStep(self.decoder)
