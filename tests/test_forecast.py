@@ -278,3 +278,24 @@ def test_eval_recomputes_the_shipped_scores(name: str) -> None:
 def test_the_shipped_mackey_glass_forecaster_meets_its_floor() -> None:
     scores = Manifest.load(ROOT / "models" / "mackey_glass").scores
     assert scores["nrmse84"] <= 1e-3 and scores["trials"] >= 20
+
+
+def test_no_readout_over_the_shipped_adaptive_reservoir_can_meet_the_2x_drift_criterion() -> None:
+    """The offline optima bound the adaptive session on both sides of the change (docs/zoo.md)."""
+    from training.drift_ceiling import ceiling
+    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR
+    from training.recipes import load_recipe, recipe_path
+
+    recipe = load_recipe(recipe_path("mackey_glass_adaptive"))
+    found = ceiling(
+        recipe.units,
+        recipe.spectral_radius,
+        recipe.leak,
+        recipe.input_scaling,
+        bias_scaling=recipe.bias_scaling,
+        seed=recipe.seed,
+    )
+    scores = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores
+    assert found.best_before <= scores["one_step_nrmse_before_change"]
+    assert found.best_after <= scores["one_step_nrmse_after_change"]
+    assert found.ratio > DRIFT_RECOVERY_FACTOR

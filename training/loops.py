@@ -270,8 +270,11 @@ def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def save_loss_curve(history: History, path: Path, title: str) -> None:
-    """Plot train loss per step (raw and smoothed) and validation loss per evaluation."""
+def save_loss_curve(
+    history: History, path: Path, title: str, *, ylabel: str = "loss (nats per item)", log: bool = False
+) -> None:
+    """Plot train loss per step (raw and smoothed) and validation loss per evaluation (``log``: a
+    log y axis, for losses that fall by decades)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,7 +291,9 @@ def save_loss_curve(history: History, path: Path, title: str) -> None:
         val_steps, val_losses = zip(*history.val, strict=True)
         ax.plot(val_steps, val_losses, "o-", color="tab:orange", markersize=3, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per item)")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

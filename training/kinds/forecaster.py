@@ -163,7 +163,13 @@ def train(recipe: ForecastRecipe, options: TrainOptions) -> dict[str, Any]:
             "steps": trained.steps,
             "best_validation_nrmse84": trained.best_validation_nrmse84,
         }
-        save_loss_curve(trained.history, out / LOSS_CURVE_FILE, f"{recipe.name}: window MSE / var, validation NRMSE84")
+        save_loss_curve(
+            trained.history,
+            out / LOSS_CURVE_FILE,
+            f"{recipe.name}: train window MSE / variance; validation NRMSE84",
+            ylabel="MSE / variance (train), NRMSE84 (validation)",
+            log=True,
+        )
     write_weights(out / WEIGHTS_NAME, net, metadata, training)
     return {"name": recipe.name, "weights": str(out / WEIGHTS_NAME), **training}
 
