@@ -99,7 +99,7 @@ def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -
         command.EXIT_REFUSED,
         "NOT_FOUND",
         "'hamlet'",
-        "loaded: ['captioner', 'char_lm', 'dates', 'dense_letters', 'hopfield_letters', 'laser', 'lstm256', 'mackey_glass', 'mackey_glass_adaptive', 'rbm_digits', 'speakers', 'speakers_bi']",
+        "loaded: ['captioner', 'char_lm', 'dates', 'dense_letters', 'hopfield_letters', 'laser', 'lstm256', 'mackey_glass', 'mackey_glass_adaptive', 'mackey_glass_gru', 'rbm_digits', 'speakers', 'speakers_bi']",
     )
 
 

@@ -63,10 +63,10 @@ class Settings:
     washout: int
 
 
-#: reservoirpy's winners of the validation grid (``--tune``), per task.
+#: reservoirpy's winners of the validation grid (``--tune``, run 2026-12-02; docs/benchmarks.md), per task.
 RESERVOIRPY_SETTINGS = {
-    "mackey_glass": Settings(500, 0.9, 0.5, 0.5, 1e-8, 300),
-    "laser": Settings(500, 0.9, 1.0, 0.5, 1e-6, 100),
+    "mackey_glass": Settings(500, 1.1, 0.5, 1.0, 1e-8, 300),
+    "laser": Settings(500, 0.9, 1.0, 0.5, 1e-4, 100),
 }
 
 
