@@ -163,6 +163,8 @@ def train(recipe: ForecastRecipe, options: TrainOptions) -> dict[str, Any]:
             "steps": trained.steps,
             "best_validation_nrmse84": trained.best_validation_nrmse84,
         }
+    write_weights(out / WEIGHTS_NAME, net, metadata, training)  # before the plot: a plotting error keeps the weights
+    if recipe.net in GATED_KINDS:
         save_loss_curve(
             trained.history,
             out / LOSS_CURVE_FILE,
@@ -170,7 +172,6 @@ def train(recipe: ForecastRecipe, options: TrainOptions) -> dict[str, Any]:
             ylabel="MSE / variance (train), NRMSE84 (validation)",
             log=True,
         )
-    write_weights(out / WEIGHTS_NAME, net, metadata, training)
     return {"name": recipe.name, "weights": str(out / WEIGHTS_NAME), **training}
 
 
