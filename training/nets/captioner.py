@@ -55,14 +55,15 @@ class ConvEncoder(nn.Module):
         side = canvas // 2 ** len(channels)
         axis = torch.linspace(-1.0, 1.0, side)
         rows, columns = torch.meshgrid(axis, axis, indexing="ij")
-        grid = torch.stack([rows.flatten(), columns.flatten()], dim=-1) if coordinates else torch.zeros(side * side, 0)
-        self.register_buffer("where", grid.unsqueeze(0), persistent=False)  # [1, L, 2] or [1, L, 0]
-        self.features = previous + grid.shape[1]
+        where = torch.stack([rows.flatten(), columns.flatten()], dim=-1)  # [L, 2], row-major
+        self.register_buffer("where", where.unsqueeze(0), persistent=False)
+        self.coordinates = coordinates
+        self.features = previous + (2 if coordinates else 0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         grid: torch.Tensor = self.body(image.unsqueeze(1))  # [B, D, h, w]
         annotations = grid.flatten(2).transpose(1, 2)  # [B, L, D], row-major over the grid
-        if self.where.shape[-1] == 0:
+        if not self.coordinates:
             return annotations
         return torch.cat([annotations, self.where.expand(annotations.shape[0], -1, -1)], dim=-1)
 
