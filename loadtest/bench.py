@@ -314,6 +314,7 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
                 f"{lone.p50_ms:.3f} ms / {lone_naive.p50_ms:.3f} ms",
             )
         )
+    targets += _minimal_targets(find)
     for variant, (batch, steps) in (
         ("chunked", (plan.chunk_streams, plan.chunk)),
         ("multiplexed", (min(plan.per_message, 256), 1)),
@@ -337,6 +338,42 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
                 1.5,
                 False,
                 f"{memory['rss_per_session_bytes']} B / {memory['state_bytes_per_session']} B",
+            )
+        )
+    return targets
+
+
+#: Issue 14's targets against the bare server: (streams, measure, threshold).
+MINIMAL_TARGETS = ((1, "p50", 1.1), (16, "steps/s", 1.0), (256, "steps/s", 2.5))
+
+
+def _minimal_targets(find: Callable[[str, int | None], Row | None]) -> list[Target]:
+    """statestream against the bare server (``minimal``), and where echo puts the ceiling.
+
+    Echo answers without a model, so no server of one message per step can pass its rate; its
+    ratio to the bare server is the most any target on steps/s can read in this run.
+    """
+    targets = []
+    for streams, measure, threshold in MINIMAL_TARGETS:
+        ours, minimal, echo = find("statestream", streams), find("minimal", streams), find("echo", streams)
+        if not (ours and minimal):
+            continue
+        if measure == "p50":
+            value, detail = ours.p50_ms / minimal.p50_ms, f"{ours.p50_ms:.3f} ms / {minimal.p50_ms:.3f} ms"
+            targets.append(
+                Target(f"statestream p50 / minimal p50 at {streams} stream", value, threshold, False, detail)
+            )
+            continue
+        detail = f"{ours.steps_per_s:.0f} / {minimal.steps_per_s:.0f}"
+        if echo:
+            detail += f"; echo's ceiling {echo.messages_per_s / minimal.steps_per_s:.2f}x"
+        targets.append(
+            Target(
+                f"statestream steps/s / minimal steps/s at {streams} streams",
+                ours.steps_per_s / minimal.steps_per_s,
+                threshold,
+                True,
+                detail,
             )
         )
     return targets

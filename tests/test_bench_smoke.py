@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from loadtest import lstm256, messages
-from loadtest.bench import main
+from loadtest.bench import Plan, Row, main, targets_of
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.registry import LoadedModel
@@ -126,6 +126,31 @@ def test_the_minimal_variant_on_a_tensor_model_reports_statestream_against_it(
             vs = row["vs"]
             assert math.isclose(vs["minimal_steps_per_s"], row["steps_per_s"] / minimal["steps_per_s"], rel_tol=0.01)
             assert math.isclose(vs["minimal_p50"], row["p50_ms"] / minimal["p50_ms"], rel_tol=0.01)
+
+
+def test_issue_14s_targets_are_read_against_the_bare_server_with_echos_ceiling_beside_them() -> None:
+    def row(variant: str, streams: int, rate: float, p50: float) -> Row:
+        return Row(variant, streams, 1, rate, rate, p50, 2 * p50)
+
+    rows = [
+        row("minimal", 1, 1000, 0.70),
+        row("statestream", 1, 950, 0.84),
+        row("minimal", 16, 2000, 8.0),
+        row("statestream", 16, 2100, 7.5),
+        row("echo", 256, 4400, 50.0),
+        row("minimal", 256, 2000, 120.0),
+        row("statestream", 256, 3000, 90.0),
+    ]
+    plan = Plan(streams=(1, 16, 256), variants=("echo", "minimal", "statestream"))
+    found = {t.name: t for t in targets_of(rows, None, plan) if "minimal" in t.name}
+    lone = found["statestream p50 / minimal p50 at 1 stream"]
+    assert math.isclose(lone.value, 1.2) and not lone.met  # 1.2 > 1.1
+    sixteen = found["statestream steps/s / minimal steps/s at 16 streams"]
+    assert math.isclose(sixteen.value, 1.05) and sixteen.met
+    many = found["statestream steps/s / minimal steps/s at 256 streams"]
+    assert math.isclose(many.value, 1.5) and not many.met
+    assert "echo's ceiling 2.20x" in many.detail  # 4400 / 2000: no server of one message per step passes it
+    assert "echo" not in sixteen.detail  # no echo row at 16 streams
 
 
 def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
