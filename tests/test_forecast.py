@@ -228,6 +228,16 @@ def test_a_gated_recipe_has_no_reservoir_and_a_reservoir_has_no_bptt_table() -> 
         from_table(ForecastRecipe, esn | {"bptt": {"steps": 10}}, where="r.toml")
     with pytest.raises(RecipeError, match="burn must be in"):
         from_table(ForecastRecipe, table | {"bptt": {"warmup": 10, "burn": 10}}, where="r.toml")
+    with pytest.raises(RecipeError, match="curriculum must be in"):
+        from_table(ForecastRecipe, table | {"bptt": {"curriculum": 0}}, where="r.toml")
+
+
+def test_an_adaptive_recipe_whose_inverse_correlation_would_grow_without_bound_is_refused() -> None:
+    adaptive = {k: v for k, v in TINY_ADAPTIVE.to_dict().items() if k != "bptt"}
+    # 1/0.995 - 1 = 0.005: a renewal of 0.003 leaves P growing as 0.995^-t in unexcited directions.
+    with pytest.raises(RecipeError, match=r"renewal must be in \(1/forgetting - 1, 1\) = \(0.005025, 1\)"):
+        from_table(ForecastRecipe, adaptive | {"forgetting": 0.995, "renewal": 0.003}, where="r.toml")
+    assert from_table(ForecastRecipe, adaptive | {"forgetting": 0.995, "renewal": 0.008}, where="r.toml").renewal == 0.008
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -279,6 +289,31 @@ def test_eval_recomputes_the_shipped_scores(name: str) -> None:
 def test_the_shipped_mackey_glass_forecaster_meets_its_floor() -> None:
     scores = Manifest.load(ROOT / "models" / "mackey_glass").scores
     assert scores["nrmse84"] <= 1e-3 and scores["trials"] >= 20
+
+
+def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed_forecaster_does_not() -> None:
+    """τ 17 → 19: a drift whose two regimes the shipped reservoir forecasts equally well (docs/zoo.md)."""
+    from training.drift_ceiling import ceiling
+    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
+    from training.recipes import load_recipe, recipe_path
+
+    recipe = load_recipe(recipe_path("mackey_glass_adaptive"))
+    even = ceiling(
+        recipe.units,
+        recipe.spectral_radius,
+        recipe.leak,
+        recipe.input_scaling,
+        bias_scaling=recipe.bias_scaling,
+        seed=recipe.seed,
+        tau_after=DRIFTS["tau19_"],
+    )
+    assert even.ratio < 1.5  # the best readouts of both regimes are alike: the criterion measures tracking
+    adaptive = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores
+    assert 0 <= adaptive["tau19_recovery_steps"] <= DRIFT_RECOVERY_STEPS
+    assert adaptive["tau19_one_step_nrmse_after_change"] <= DRIFT_RECOVERY_FACTOR * adaptive["tau19_one_step_nrmse_before_change"]
+    fixed = Manifest.load(ROOT / "models" / "mackey_glass").scores
+    assert fixed["drift_tau19_recovery_steps"] == -1
+    assert fixed["drift_tau19_one_step_nrmse_after_change"] > 10 * adaptive["tau19_one_step_nrmse_after_change"]
 
 
 def test_no_readout_over_the_shipped_adaptive_reservoir_can_meet_the_2x_drift_criterion() -> None:

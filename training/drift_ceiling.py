@@ -4,7 +4,7 @@
     python -m training.drift_ceiling --units 200 --json
 
 An adaptive session (``models/mackey_glass_adaptive``) changes only its linear readout; its
-reservoir is fixed. So after τ moves from 17 to 23 (``training.forecast_tasks``, the
+reservoir is fixed. So after τ moves from 17 to 23 (or ``--tau-after``; ``training.forecast_tasks``, the
 ``mackey_glass_drift`` task) its one-step error cannot fall below what the *best* fixed readout
 over the same reservoir reaches on τ = 23 data, and before the change it cannot beat the best
 readout on τ = 17 data. This command fits both optima offline (ridge regression in float64,
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from training.data.mackey_glass import DRIFT_CHANGE
-from training.forecast_tasks import DRIFT_RECOVERY_STEPS, drift_series, training_data
+from training.forecast_tasks import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
 from training.nets.esn import EchoStateNetwork, ridge_readout
 
 GRID = {
@@ -58,10 +58,17 @@ class Ceiling:
 
 
 def ceiling(
-    units: int, spectral_radius: float, leak: float, input_scaling: float, *, bias_scaling: float = 0.2, seed: int = 0
+    units: int,
+    spectral_radius: float,
+    leak: float,
+    input_scaling: float,
+    *,
+    bias_scaling: float = 0.2,
+    seed: int = 0,
+    tau_after: float = DRIFTS[""],
 ) -> Ceiling:
     """The two offline optima of one reservoir, each with the best of ``RIDGES``."""
-    series = drift_series()
+    series = drift_series(tau_after)
     train = training_data("mackey_glass_drift").train
     esn = EchoStateNetwork(
         units=units,
@@ -105,12 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--units", type=int, default=100, help="reservoir size (default: 100, the shipped adaptive one's)"
     )
+    parser.add_argument(
+        "--tau-after", type=float, default=DRIFTS[""], help="tau after the change (default: 23; before it, 17)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     args = parser.parse_args(argv)
+    if args.tau_after <= 0:
+        parser.error(f"--tau-after must be > 0, got {args.tau_after}")
     if not args.json:
         print("units  rho   leak  input  best before  best after  ratio")
     for rho, leak, scale in itertools.product(*GRID.values()):
-        found = ceiling(args.units, rho, leak, scale)
+        found = ceiling(args.units, rho, leak, scale, tau_after=args.tau_after)
         if args.json:
             print(json.dumps(asdict(found) | {"ratio": found.ratio}), flush=True)
         else:

@@ -15,7 +15,8 @@ reservoirpy comparison measure the same thing on the same splits.
 * ``mackey_glass_drift``: τ moves from 17 to 23 at sample ``DRIFT_CHANGE`` of one integration
   (``drifting_mackey_glass``); trained on the τ = 17 part before ``MG_TRAIN`` like
   ``mackey_glass``; scored by the one-step error before and after the change
-  (:func:`drift_errors`).
+  (:func:`drift_errors`), and the same on a second integration where τ moves from 17 to 19
+  (scores prefixed ``tau19_``, see ``DRIFTS``).
 """
 
 from __future__ import annotations
@@ -70,9 +71,18 @@ def mackey_glass_series() -> np.ndarray:
     return mackey_glass(MG_SAMPLES)
 
 
+#: The drifts an adaptive forecaster is scored on: τ after the change (17 before it) by the
+#: prefix of its scores. τ = 23, the issue's example, is the harder regime: the best readout over
+#: the shipped reservoir forecasts it ~4× worse than τ = 17, so no session that forecasts well
+#: before the change can come back within ``DRIFT_RECOVERY_FACTOR`` of that level after it.
+#: τ = 19 is as predictable as τ = 17 (`python -m training.drift_ceiling --tau-after 19`), so
+#: there the criterion measures the tracking alone (docs/zoo.md).
+DRIFTS = {"": 23.0, "tau19_": 19.0}
+
+
 @cache
-def drift_series() -> np.ndarray:
-    return drifting_mackey_glass(DRIFT_SAMPLES, DRIFT_CHANGE)
+def drift_series(tau_after: float = DRIFTS[""]) -> np.ndarray:
+    return drifting_mackey_glass(DRIFT_SAMPLES, DRIFT_CHANGE, tau_after=tau_after)
 
 
 def training_data(task: str) -> ForecastData:
@@ -157,12 +167,16 @@ def score(task: str, runner: Runner) -> dict[str, float]:
 
 
 def drift_scores(runner: Runner) -> dict[str, float]:
-    errors = drift_errors(runner)
-    return {
-        "one_step_nrmse_before_change": errors.before,
-        "one_step_nrmse_after_change": errors.after,
-        "recovery_steps": float(errors.recovery_steps),
-    }
+    """The one-step errors around the change and the recovery, for each of ``DRIFTS``."""
+    scores: dict[str, float] = {}
+    for prefix, tau_after in DRIFTS.items():
+        errors = drift_errors(runner, tau_after)
+        scores |= {
+            f"{prefix}one_step_nrmse_before_change": errors.before,
+            f"{prefix}one_step_nrmse_after_change": errors.after,
+            f"{prefix}recovery_steps": float(errors.recovery_steps),
+        }
+    return scores
 
 
 @dataclass(frozen=True)
@@ -181,8 +195,8 @@ class DriftErrors:
     running: np.ndarray
 
 
-def drift_errors(runner: Runner) -> DriftErrors:
-    series = drift_series()
+def drift_errors(runner: Runner, tau_after: float = DRIFTS[""]) -> DriftErrors:
+    series = drift_series(tau_after)
     predictions = runner.teacher_forced(series[:-1])
     squared = np.square(predictions - series[1:]) / series.var()
     running = np.sqrt(np.convolve(squared, np.ones(DRIFT_WINDOW) / DRIFT_WINDOW, mode="full")[: len(squared)])

@@ -11,8 +11,9 @@ window is
 
 and the loss, in units of the series' variance, is the mean squared error of both parts,
 back-propagated through the whole window (full BPTT: the window is the sequence). The free run
-grows from 1 step to ``horizon`` over the first half of the steps (a curriculum: long free runs
-of an untrained net only add noise to the gradient). The learning rate follows one cycle
+grows from 1 step to ``horizon`` over the first ``curriculum`` fraction of the steps (long free
+runs of an untrained net only add noise to the gradient; the steps after it are spent at the
+full horizon, where the score is). The learning rate follows one cycle
 (warm-up over 5 %, then cosine decay); the gradient is clipped by norm. Every ``eval_every``
 steps the NRMSE84 protocol runs on a validation part (the training part's last
 ``VALIDATION_FRACTION``, which the windows never touch), and the best weights are kept.
@@ -48,12 +49,15 @@ class FreeRunTraining:
     horizon: int = NRMSE84_HORIZON
     clip_norm: float = 1.0
     eval_every: int = 500
+    curriculum: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.burn < self.warmup:
             raise ValueError(f"burn must be in [0, warmup), got burn {self.burn} and warmup {self.warmup}")
         if min(self.layers, self.steps, self.batch, self.horizon, self.eval_every) < 1:
             raise ValueError("layers, steps, batch, horizon and eval_every must be >= 1")
+        if not 0 < self.curriculum <= 1:
+            raise ValueError(f"curriculum must be in (0, 1] (the fraction of steps the free run grows over), got {self.curriculum}")
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def train_free_runs(
     started = time.perf_counter()
     for step in tqdm(range(config.steps), desc=f"{kind} forecaster", disable=not progress):
         net.train()
-        horizon = max(1, min(config.horizon, round(config.horizon * step / (0.5 * config.steps))))
+        horizon = max(1, min(config.horizon, round(config.horizon * step / (config.curriculum * config.steps))))
         length = config.warmup + horizon
         starts = torch.randint(0, len(train) - length, (config.batch,), generator=windows)
         loss = window_loss(net, train[starts[:, None] + torch.arange(length)], config.warmup, config.burn, horizon)

@@ -91,6 +91,10 @@ class ForecastRecipe:
                 raise ValueError(f"a {self.net} forecaster has no reservoir: leave out {', '.join(RESERVOIR_DEFAULTS)}")
         elif self.bptt != FreeRunTraining():
             raise ValueError("the [bptt] table belongs to a gru or lstm forecaster")
+        if self.net == "adaptive_esn":
+            from training.nets.esn import check_rls
+
+            check_rls(forgetting=self.forgetting, p_start=self.p_start, renewal=self.renewal, p_renewed=self.p_renewed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

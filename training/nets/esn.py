@@ -160,6 +160,16 @@ def _float64_copy(net: EchoStateNetwork) -> EchoStateNetwork:
     return copy
 
 
+def check_rls(*, forgetting: float, p_start: float, renewal: float, p_renewed: float) -> None:
+    """Refuses RLS settings whose P is unbounded (a recipe hears it at ``train``, not at export)."""
+    if not 0.0 < forgetting <= 1.0 or not p_start > 0.0 or not p_renewed > 0.0:
+        raise ValueError("forgetting must be in (0, 1], p_start and p_renewed > 0")
+    if not 1.0 / forgetting - 1.0 < renewal < 1.0 and not (forgetting == 1.0 and renewal == 0.0):
+        raise ValueError(
+            f"renewal must be in (1/forgetting - 1, 1) = ({1.0 / forgetting - 1.0:.4g}, 1) to bound P, got {renewal}"
+        )
+
+
 class AdaptiveESN(StepNet):
     r"""An ESN whose readout each stream learns online, by recursive least squares inside the step.
 
@@ -195,10 +205,7 @@ class AdaptiveESN(StepNet):
         super().__init__()
         if esn.inputs != 1:
             raise ValueError("the adaptive forecaster predicts one scalar series")
-        if not 0.0 < forgetting <= 1.0 or not p_start > 0.0 or not p_renewed > 0.0:
-            raise ValueError("forgetting must be in (0, 1], p_start and p_renewed > 0")
-        if not 1.0 / forgetting - 1.0 < renewal < 1.0 and not (forgetting == 1.0 and renewal == 0.0):
-            raise ValueError(f"renewal must be in (1/forgetting - 1, 1) to bound P, got {renewal}")
+        check_rls(forgetting=forgetting, p_start=p_start, renewal=renewal, p_renewed=p_renewed)
         self.esn = esn
         self.forgetting, self.renewal = forgetting, renewal
         self.register_buffer("w0", esn.w_out[0].clone())
