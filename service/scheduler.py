@@ -16,6 +16,12 @@ for one). Rules it keeps:
   event loop have all enqueued theirs, so steps that arrive together batch together. When the
   batch is a single short step it takes the direct path: it runs inline, with no thread
   hand-off, which is what a lone stream needs for low latency;
+* the fast lane goes one step further for a stream stepping alone: when the last batch was a
+  single step of the same session and nothing is queued or running, its next short step (a
+  client's Step on a Session stream, never a server-side loop's) runs
+  inside ``submit`` and the future is done on return (no turn of the scheduler's task, no wait
+  for the answer). A step of any other session queues as usual and turns the lane off until a
+  batch is a lone step again, so two or more streams always batch;
 * ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
   ``InferenceSession.run`` on the loop thread, with no scheduler and no IOBinding. It is kept as
   an option so the benchmark can always measure it. Its call runs in a callback just after the
@@ -93,6 +99,8 @@ class Scheduler:
         self._busy = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.manifest.name}")
         self._task: asyncio.Task[None] | None = None
+        #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
+        self._lone_row = -1
         self._input_names = [t.name for t in model.manifest.inputs]
         self._output_names = [t.name for t in model.manifest.outputs]
         self._state_pairs = [(s.input, s.output) for s in model.manifest.state]
@@ -146,8 +154,13 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._busy and not self._pending
 
-    def submit(self, row: int, inputs: Arrays, steps: int) -> asyncio.Future[Arrays]:
-        """Enqueues K steps of the session at ``row``; the future gets its outputs, each ``[K, *shape]``.
+    def submit(self, row: int, inputs: Arrays, steps: int, *, lane: bool = False) -> asyncio.Future[Arrays]:
+        """Enqueues K steps of the session at ``row`` (or runs them now, on the fast lane); the future
+        gets its outputs, each ``[K, *shape]``.
+
+        ``lane`` allows the fast lane: a client's step, which needs another message before the
+        next one comes. A server-side loop (a rollout, a decode) never asks for it, so its steps
+        still give the event loop a turn each instead of holding it for the whole loop.
 
         Once submitted, the steps run and their state is written whether or not anyone still
         awaits the future (the scheduler never cancels it, and a cancelled awaiter of a shielded
@@ -163,7 +176,11 @@ class Scheduler:
             return future
         if self._task is None or self._task.done():
             raise SchedulerStopped("the model's scheduler is not running")
-        self._pending.append(StepJob(row, inputs, steps, future, time.perf_counter()))
+        job = StepJob(row, inputs, steps, future, time.perf_counter())
+        if lane and row == self._lone_row and not self._busy and not self._pending and steps <= INLINE_MAX_STEPS:
+            self._run_lone(job)
+            return future
+        self._pending.append(job)
         if not self._wakeup.is_set():
             self._wakeup.set()
         return future
@@ -187,6 +204,7 @@ class Scheduler:
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
             batch = self._take_batch()
+            self._lone_row = batch[0].row if len(batch) == 1 else -1
             self._busy = True
             try:
                 if len(batch) == 1 and batch[0].steps <= INLINE_MAX_STEPS:
@@ -228,6 +246,16 @@ class Scheduler:
         return batch
 
     # -- the three ways to run ---------------------------------------------------------------
+
+    def _run_lone(self, job: StepJob) -> None:
+        """The fast lane: the step runs now, inside ``submit``, and its future is done on return."""
+        self._busy = True
+        try:
+            self._run_inline(job)
+        except Exception as exc:
+            _fail([job], exc)
+        finally:
+            self._busy = False
 
     def _run_naive_into(self, future: asyncio.Future[Arrays], row: int, inputs: Arrays, steps: int) -> None:
         """The naive call, its outcome into ``future`` (a loop callback, see the module's docstring)."""

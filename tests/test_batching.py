@@ -378,6 +378,68 @@ def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
         np.testing.assert_array_equal(value, before[name])
 
 
+def test_a_lone_streams_step_runs_inside_submit_and_a_second_session_brings_batching_back(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
+) -> None:
+    recorder = Recorder(tiny_model, memory=memory)
+    a, b = recorder.slabs.allocate(), recorder.slabs.allocate()
+    lane_done: list[bool] = []
+
+    async def main() -> list[Any]:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            first = await scheduler.run(a, {"char_id": _ids(offline_lm, "h")}, 1)  # a lone batch, via the loop
+            looped = scheduler.submit(a, {"char_id": _ids(offline_lm, "e")}, 1)  # a server-side loop's step
+            lane_done.append(looped.done())
+            second = await looped  # a lone batch again
+            lane = scheduler.submit(a, {"char_id": _ids(offline_lm, "l")}, 1, lane=True)
+            lane_done.append(lane.done())  # the fast lane: it ran inside submit
+            together = [
+                scheduler.submit(b, {"char_id": _ids(offline_lm, "x")}, 1, lane=True),
+                scheduler.submit(a, {"char_id": _ids(offline_lm, "l")}, 1, lane=True),
+            ]
+            lane_done.extend(future.done() for future in together)
+            return [first, second, await lane, *await asyncio.gather(*together)]
+        finally:
+            await scheduler.stop()
+
+    first, second, third, other, fourth = asyncio.run(main())
+    assert lane_done == [False, True, False, False]
+    # The loop's step queued; the fast-lane step skipped the queue; the next two batched together.
+    assert recorder.batches == [[(a, 1)], [(a, 1)], [(b, 1), (a, 1)]]
+    mine = np.stack([out["logits"][0] for out in (first, second, third, fourth)])
+    np.testing.assert_allclose(mine, offline_lm.logits("hell"), atol=TOLERANCE)
+    np.testing.assert_allclose(other["logits"][0], offline_lm.logits("x")[0], atol=TOLERANCE)
+
+
+def test_a_failing_step_on_the_fast_lane_fails_alone_and_writes_no_state(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
+) -> None:
+    recorder = Recorder(tiny_model, memory=memory)
+    row = recorder.slabs.allocate()
+    from service import calls as registry
+
+    async def main() -> tuple[dict[str, np.ndarray], BaseException | None]:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            await scheduler.run(row, {"char_id": _ids(offline_lm, "h")}, 1)
+            before = recorder.slabs.read_row(row)
+            with monkeypatch.context() as patch:
+                patch.setattr(registry.BatchCall, "run", lambda self: (_ for _ in ()).throw(RuntimeError("ORT failed")))
+                failed = scheduler.submit(row, {"char_id": _ids(offline_lm, "e")}, 1, lane=True)
+            assert failed.done()
+            return before, failed.exception()
+        finally:
+            await scheduler.stop()
+
+    before, exc = asyncio.run(main())
+    assert isinstance(exc, RuntimeError)
+    for name, value in recorder.slabs.read_row(row).items():
+        np.testing.assert_array_equal(value, before[name])
+
+
 def test_outputs_handed_out_are_not_overwritten_by_later_batches(
     tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:

@@ -83,15 +83,20 @@ def decode_tensors(manifest: Manifest, tensors: pb.TensorInput, max_chunk: int) 
     return StepInputs(given, steps)
 
 
-def start_step(session: Session, decoded: StepInputs, row: int | None = None) -> asyncio.Future[Arrays]:
+def start_step(
+    session: Session, decoded: StepInputs, row: int | None = None, *, lane: bool = False
+) -> asyncio.Future[Arrays]:
     """Hands the step to the model's scheduler; the caller holds the session's lock.
 
     ``row`` is the slab row to step: the session's own by default, or a row a server-side loop
     borrowed (a beam, a rollout). The future completes when the step has run and the row's new
-    state is written; read it with ``finish_step``.
+    state is written; read it with ``finish_step``. ``lane``: a lone stream's step may run at
+    once (``Scheduler.submit``).
     """
     try:
-        return session.runtime.scheduler.submit(session.row if row is None else row, decoded.arrays, decoded.steps)
+        return session.runtime.scheduler.submit(
+            session.row if row is None else row, decoded.arrays, decoded.steps, lane=lane
+        )
     except Exception as exc:
         raise as_statestream_error(exc) from exc
 

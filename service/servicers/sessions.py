@@ -222,7 +222,7 @@ class SessionServicer:
         name = session.runtime.name
         self.metrics.requests.labels(name, "step").inc()
         try:
-            return pb.SessionResponse(result=await self.step(session, checked(request).step))
+            return pb.SessionResponse(result=await self.step(session, checked(request).step, lane=True))
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             events.refused(exc, session)
@@ -269,7 +269,7 @@ class SessionServicer:
             events.refused(exc, session)
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
 
-    async def step(self, session: SessionState, step: pb.Step) -> pb.StepResult:
+    async def step(self, session: SessionState, step: pb.Step, *, lane: bool = False) -> pb.StepResult:
         """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate.
 
         Safe against the caller's cancellation (a broken stream) without a task of its own: the
@@ -278,7 +278,8 @@ class SessionServicer:
         (record the seq and the answer, release the lock) moves to the step's completion
         callback, so the state and ``last_applied_seq`` can never disagree, which would
         double-apply the step on resume; a resend of that seq waits on the lock and is then
-        answered as a duplicate.
+        answered as a duplicate. ``lane``: a Session stream's step may take the scheduler's fast
+        lane (a Multiplex message's steps arrive together and batch instead).
         """
         lock = session.lock
         await lock.acquire()  # cancelled while waiting: nothing has started
@@ -290,7 +291,7 @@ class SessionServicer:
                 return _duplicate_result(session, step.seq)
             decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
-            future = start_step(session, decoded)
+            future = start_step(session, decoded, lane=lane)
             started = True
         finally:
             if not started:  # refused, a duplicate, or failed to start: nothing runs, free the session
