@@ -17,6 +17,7 @@ import torch
 from service.contract import Manifest
 from training.data.laser import LASER_PATH, load_laser
 from training.data.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
+from training.drift_ceiling import Ceiling, ceiling
 from training.evaluate import open_session, ort_step_fn
 from training.export import ParityError
 from training.export_forecast import check_forecast_parity
@@ -237,7 +238,9 @@ def test_an_adaptive_recipe_whose_inverse_correlation_would_grow_without_bound_i
     # 1/0.995 - 1 = 0.005: a renewal of 0.003 leaves P growing as 0.995^-t in unexcited directions.
     with pytest.raises(RecipeError, match=r"renewal must be in \(1/forgetting - 1, 1\) = \(0.005025, 1\)"):
         from_table(ForecastRecipe, adaptive | {"forgetting": 0.995, "renewal": 0.003}, where="r.toml")
-    assert from_table(ForecastRecipe, adaptive | {"forgetting": 0.995, "renewal": 0.008}, where="r.toml").renewal == 0.008
+    assert (
+        from_table(ForecastRecipe, adaptive | {"forgetting": 0.995, "renewal": 0.008}, where="r.toml").renewal == 0.008
+    )
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -292,26 +295,34 @@ def test_the_shipped_mackey_glass_forecasters_meet_their_floors(name: str, floor
     assert scores["nrmse84"] <= floor and scores["trials"] >= 20
 
 
-def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed_forecaster_does_not() -> None:
-    """τ 17 → 19: a drift whose two regimes the shipped reservoir forecasts equally well (docs/zoo.md)."""
-    from training.drift_ceiling import ceiling
-    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
+def _shipped_adaptive_ceiling(tau_after: float) -> Ceiling:
+    """The best fixed readouts, before and after the change to ``tau_after``, over the shipped reservoir."""
     from training.recipes import load_recipe, recipe_path
 
     recipe = load_recipe(recipe_path("mackey_glass_adaptive"))
-    even = ceiling(
+    return ceiling(
         recipe.units,
         recipe.spectral_radius,
         recipe.leak,
         recipe.input_scaling,
         bias_scaling=recipe.bias_scaling,
         seed=recipe.seed,
-        tau_after=DRIFTS["tau19_"],
+        tau_after=tau_after,
     )
+
+
+def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed_forecaster_does_not() -> None:
+    """τ 17 → 19: a drift whose two regimes the shipped reservoir forecasts equally well (docs/zoo.md)."""
+    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
+
+    even = _shipped_adaptive_ceiling(DRIFTS["tau19_"])
     assert even.ratio < 1.5  # the best readouts of both regimes are alike: the criterion measures tracking
     adaptive = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores
     assert 0 <= adaptive["tau19_recovery_steps"] <= DRIFT_RECOVERY_STEPS
-    assert adaptive["tau19_one_step_nrmse_after_change"] <= DRIFT_RECOVERY_FACTOR * adaptive["tau19_one_step_nrmse_before_change"]
+    assert (
+        adaptive["tau19_one_step_nrmse_after_change"]
+        <= DRIFT_RECOVERY_FACTOR * adaptive["tau19_one_step_nrmse_before_change"]
+    )
     fixed = Manifest.load(ROOT / "models" / "mackey_glass").scores
     assert fixed["drift_tau19_recovery_steps"] == -1
     assert fixed["drift_tau19_one_step_nrmse_after_change"] > 10 * adaptive["tau19_one_step_nrmse_after_change"]
@@ -319,19 +330,9 @@ def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed
 
 def test_no_readout_over_the_shipped_adaptive_reservoir_can_meet_the_2x_drift_criterion() -> None:
     """The offline optima bound the adaptive session on both sides of the change (docs/zoo.md)."""
-    from training.drift_ceiling import ceiling
-    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR
-    from training.recipes import load_recipe, recipe_path
+    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFTS
 
-    recipe = load_recipe(recipe_path("mackey_glass_adaptive"))
-    found = ceiling(
-        recipe.units,
-        recipe.spectral_radius,
-        recipe.leak,
-        recipe.input_scaling,
-        bias_scaling=recipe.bias_scaling,
-        seed=recipe.seed,
-    )
+    found = _shipped_adaptive_ceiling(DRIFTS[""])
     scores = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores
     assert found.best_before <= scores["one_step_nrmse_before_change"]
     assert found.best_after <= scores["one_step_nrmse_after_change"]
