@@ -93,7 +93,9 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     memory = next(r for r in rows if r["kind"] == "memory")
     assert memory["sessions"] == 200 and memory["state_bytes_per_session"] > 0
     targets = [r for r in rows if r["kind"] == "target"]
-    assert len(targets) == 7 and all(isinstance(t["met"], bool) for t in targets)
+    assert len(targets) == 8 and all(isinstance(t["met"], bool) for t in targets)
+    # Issue 14's against the bare server: only its 1-stream p50 here (no minimal row at 16 or 256).
+    assert [t["target"] for t in targets if "minimal" in t["target"]] == ["statestream p50 / minimal p50 at 1 stream"]
     # Every server and load worker the run started is gone (multiprocessing's own resource tracker stays).
     leftover = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
     alive = [psutil.Process(p) for p in leftover if psutil.pid_exists(p)]
