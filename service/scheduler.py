@@ -18,10 +18,10 @@ for one). Rules it keeps:
   hand-off, which is what a lone stream needs for low latency;
 * the fast lane goes one step further for a stream stepping alone: when the last batch was a
   single step of the same session and nothing is queued or running, its next short step (a
-  client's Step on a Session stream, never a server-side loop's) runs
-  inside ``submit`` and the future is done on return (no turn of the scheduler's task, no wait
-  for the answer). A step of any other session queues as usual and turns the lane off until a
-  batch is a lone step again, so two or more streams always batch;
+  client's Step on a Session stream, never a server-side loop's) runs inside ``submit`` and the
+  future is done on return (no turn of the scheduler's task, no wait for the answer). A step of
+  any other session queues as usual and turns the lane off until a batch is a lone step again,
+  so two or more streams always batch;
 * ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
   ``InferenceSession.run`` on the loop thread, with no scheduler and no IOBinding. It is kept as
   an option so the benchmark can always measure it. Its call runs in a callback just after the
