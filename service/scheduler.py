@@ -56,6 +56,9 @@ Arrays = dict[str, np.ndarray]
 #: Derives more per-step arrays from a batch's outputs (``[B, K, ...]`` each) on the worker
 #: thread, e.g. a language model's ranked next tokens; see ``Scheduler.postprocess``.
 Postprocess = Callable[[Arrays], Arrays]
+#: Takes the outcome of a step whose future its awaiter cancelled (a done future of its own);
+#: see ``Scheduler.submit``.
+Orphan = Callable[["asyncio.Future[Arrays]"], None]
 log = logging.getLogger(__name__)
 
 #: A lone step of at most this many time steps runs inline on the event loop (the direct path);
@@ -72,6 +75,7 @@ class StepJob:
     steps: int  # K
     future: asyncio.Future[Arrays]
     enqueued: float
+    orphan: Orphan | None = None
 
 
 class Scheduler:
@@ -132,9 +136,9 @@ class Scheduler:
 
     def _fail_pending(self) -> None:
         while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(SchedulerStopped("the model's scheduler stopped before this step ran"))
+            _settle(
+                self._pending.popleft(), None, SchedulerStopped("the model's scheduler stopped before this step ran")
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -154,7 +158,9 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._busy and not self._pending
 
-    def submit(self, row: int, inputs: Arrays, steps: int, *, lane: bool = False) -> asyncio.Future[Arrays]:
+    def submit(
+        self, row: int, inputs: Arrays, steps: int, *, lane: bool = False, orphan: Orphan | None = None
+    ) -> asyncio.Future[Arrays]:
         """Enqueues K steps of the session at ``row`` (or runs them now, on the fast lane); the future
         gets its outputs, each ``[K, *shape]``.
 
@@ -163,20 +169,23 @@ class Scheduler:
         still give the event loop a turn each instead of holding it for the whole loop.
 
         Once submitted, the steps run and their state is written whether or not anyone still
-        awaits the future (the scheduler never cancels it, and a cancelled awaiter of a shielded
-        future does not either), which is what lets a caller commit a step exactly once after its
-        stream broke. The outputs are the caller's own arrays (no buffer of the scheduler's). The
-        caller guarantees that a session has at most one step in flight; the scheduler still
-        never puts two steps of one row in one batch.
+        awaits the future: the scheduler never cancels it. An awaiter that is cancelled cancels
+        the future (that is how asyncio cancels an ``await``); the step runs all the same, and
+        its outcome goes to ``orphan`` instead, as a done future of its own. That is what lets
+        a caller commit a step exactly once after its stream broke, without an
+        ``asyncio.shield`` (a second future and an extra turn of the loop) on every step. The
+        outputs are the caller's own arrays (no buffer of the scheduler's). The caller
+        guarantees that a session has at most one step in flight; the scheduler still never
+        puts two steps of one row in one batch.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
+        job = StepJob(row, inputs, steps, future, time.perf_counter(), orphan)
         if not self.batching:
-            loop.call_soon(self._run_naive_into, future, row, inputs, steps)
+            loop.call_soon(self._run_naive_job, job)
             return future
         if self._task is None or self._task.done():
             raise SchedulerStopped("the model's scheduler is not running")
-        job = StepJob(row, inputs, steps, future, time.perf_counter())
         if lane and row == self._lone_row and not self._busy and not self._pending and steps <= INLINE_MAX_STEPS:
             self._run_lone(job)
             return future
@@ -257,16 +266,14 @@ class Scheduler:
         finally:
             self._busy = False
 
-    def _run_naive_into(self, future: asyncio.Future[Arrays], row: int, inputs: Arrays, steps: int) -> None:
-        """The naive call, its outcome into ``future`` (a loop callback, see the module's docstring)."""
+    def _run_naive_job(self, job: StepJob) -> None:
+        """The naive call, its outcome settled (a loop callback, see the module's docstring)."""
         try:
-            outputs = self._run_naive(row, inputs, steps)
+            outputs = self._run_naive(job.row, job.inputs, job.steps)
         except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
+            _settle(job, None, exc)
             return
-        if not future.done():  # an awaiter may have cancelled it; the step ran all the same
-            future.set_result(outputs)
+        _settle(job, outputs, None)
 
     def _run_naive(self, row: int, inputs: Arrays, steps: int) -> Arrays:
         """The baseline: one plain batch-1 InferenceSession.run per step, inline."""
@@ -293,11 +300,10 @@ class Scheduler:
         derived = self._call(call)
         self._record(started, 1, job.steps)
         self.slabs.scatter_row(job.row, call.new_state)
-        if not job.future.done():
-            reused = call.reused
-            outputs = {name: out[0].copy() if reused else out[0] for name, out in call.outputs.items()}
-            outputs.update((name, out[0]) for name, out in derived.items())
-            job.future.set_result(outputs)
+        reused = call.reused
+        outputs = {name: out[0].copy() if reused else out[0] for name, out in call.outputs.items()}
+        outputs.update((name, out[0]) for name, out in derived.items())
+        _settle(job, outputs, None)
 
     def _call(self, call: BatchCall) -> Arrays:
         """The ORT call and the driver's postprocess (on the worker thread when batched)."""
@@ -333,7 +339,9 @@ class Scheduler:
         names = list(outputs)
         # list(array) makes the per-row views in one C loop; each step gets a dict of its rows.
         for job, values in zip(batch, zip(*(list(out) for out in outputs.values()), strict=True), strict=True):
-            if not job.future.done():
+            if job.future.done():  # its awaiter cancelled it: the outcome goes to the orphan callback
+                _settle(job, dict(zip(names, values, strict=True)), None)
+            else:
                 job.future.set_result(dict(zip(names, values, strict=True)))
 
     def _isolate(self, batch: list[StepJob]) -> None:
@@ -342,8 +350,7 @@ class Scheduler:
             try:
                 self._run_inline(job)
             except Exception as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                _settle(job, None, exc)
 
     def _record(self, started: float, batch: int, steps: int) -> None:
         self._m_compute.observe(time.perf_counter() - started)
@@ -361,5 +368,25 @@ def _own(call: BatchCall) -> Arrays:
 
 def _fail(batch: list[StepJob], exc: BaseException) -> None:
     for job in batch:
-        if not job.future.done():
-            job.future.set_exception(exc)
+        _settle(job, None, exc)
+
+
+def _settle(job: StepJob, outputs: Arrays | None, exc: BaseException | None) -> None:
+    """Gives a finished step's outcome to its future, or, if its awaiter cancelled that, to its orphan callback.
+
+    Exactly one of ``outputs`` and ``exc`` is set. The orphan callback gets a done future of its
+    own, so it reads the outcome as any awaiter would.
+    """
+    future, orphan = job.future, None
+    if future.done():  # its awaiter cancelled it
+        orphan = job.orphan
+        if orphan is None:
+            return  # nobody commits it: a caller that needed to would have passed an orphan callback
+        future = future.get_loop().create_future()
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert outputs is not None
+        future.set_result(outputs)
+    if orphan is not None:
+        orphan(future)

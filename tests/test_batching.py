@@ -661,6 +661,50 @@ def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting
     assert all(isinstance(out, SchedulerStopped) for out in outputs)
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_step_whose_future_its_awaiter_cancelled_still_runs_and_hands_its_outcome_to_the_orphan(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """Cancelling an ``await`` cancels the future; the step runs all the same and ``orphan`` gets its outcome."""
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(2)]
+    before = all_state(recorder.slabs, rows)
+    if fails:
+        from service import calls as registry
+
+        def broken_run(self: registry.BatchCall) -> None:
+            raise RuntimeError("ORT failed")
+
+        monkeypatch.setattr(registry.BatchCall, "run", broken_run)
+    handed: list[asyncio.Future[dict[str, np.ndarray]]] = []
+
+    async def main() -> list[Any]:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            ids = _ids(offline_lm, "a")
+            abandoned = scheduler.submit(rows[0], {"char_id": ids}, 1, orphan=handed.append)
+            kept = scheduler.submit(rows[1], {"char_id": ids}, 1, orphan=handed.append)
+            abandoned.cancel()  # what asyncio does to the awaited future of a cancelled task
+            return list(await asyncio.wait_for(asyncio.gather(kept, return_exceptions=True), 30))
+        finally:
+            await scheduler.stop()
+
+    (kept,) = asyncio.run(main())
+    assert len(recorder.batches) == 1 and len(recorder.batches[0]) == 2  # the cancelled step still ran
+    assert len(handed) == 1 and handed[0].done()  # only the cancelled one is handed over
+    if fails:
+        assert isinstance(kept, RuntimeError) and isinstance(handed[0].exception(), RuntimeError)
+        assert_same_state(all_state(recorder.slabs, rows), before)
+        return
+    np.testing.assert_allclose(handed[0].result()["logits"], kept["logits"], atol=TOLERANCE)
+    np.testing.assert_allclose(handed[0].result()["logits"][0], offline_lm.logits("a")[0], atol=TOLERANCE)
+    after = all_state(recorder.slabs, rows)
+    for name, value in after[rows[0]].items():
+        np.testing.assert_array_equal(value, after[rows[1]][name])  # its state was written like its batch-mate's
+        assert not np.array_equal(value, before[rows[0]][name])
+
+
 async def _broken_multiplex_then_check(target: str, sessions: int) -> list[tuple[bool, np.ndarray]]:
     """Cancels a Multiplex call right after sending seq 1 of many sessions, then steps each on.
 

@@ -20,6 +20,7 @@ from service.errors import InvalidArgument, ResourceExhausted, as_statestream_er
 from service.tensors import from_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from service.scheduler import Orphan
     from service.sessions import Session
 
 Arrays = dict[str, np.ndarray]
@@ -84,18 +85,19 @@ def decode_tensors(manifest: Manifest, tensors: pb.TensorInput, max_chunk: int) 
 
 
 def start_step(
-    session: Session, decoded: StepInputs, row: int | None = None, *, lane: bool = False
+    session: Session, decoded: StepInputs, row: int | None = None, *, lane: bool = False, orphan: Orphan | None = None
 ) -> asyncio.Future[Arrays]:
     """Hands the step to the model's scheduler; the caller holds the session's lock.
 
     ``row`` is the slab row to step: the session's own by default, or a row a server-side loop
     borrowed (a beam, a rollout). The future completes when the step has run and the row's new
     state is written; read it with ``finish_step``. ``lane``: a lone stream's step may run at
-    once (``Scheduler.submit``).
+    once; ``orphan``: where its outcome goes if an awaiter cancels the future (both
+    ``Scheduler.submit``).
     """
     try:
         return session.runtime.scheduler.submit(
-            session.row if row is None else row, decoded.arrays, decoded.steps, lane=lane
+            session.row if row is None else row, decoded.arrays, decoded.steps, lane=lane, orphan=orphan
         )
     except Exception as exc:
         raise as_statestream_error(exc) from exc

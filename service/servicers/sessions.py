@@ -275,11 +275,12 @@ class SessionServicer:
         Safe against the caller's cancellation (a broken stream) without a task of its own: the
         session's lock is taken before anything starts, and once the step is handed to the
         scheduler it runs to the end. If the caller is cancelled while it runs, the commit
-        (record the seq and the answer, release the lock) moves to the step's completion
-        callback, so the state and ``last_applied_seq`` can never disagree, which would
-        double-apply the step on resume; a resend of that seq waits on the lock and is then
-        answered as a duplicate. ``lane``: a Session stream's step may take the scheduler's fast
-        lane (a Multiplex message's steps arrive together and batch instead).
+        (record the seq and the answer, release the lock) is the scheduler's to call when the
+        step ends (the ``orphan`` callback of ``Scheduler.submit``), so the state and
+        ``last_applied_seq`` can never disagree, which would double-apply the step on resume; a
+        resend of that seq waits on the lock and is then answered as a duplicate. ``lane``: a
+        Session stream's step may take the scheduler's fast lane (a Multiplex message's steps
+        arrive together and batch instead).
         """
         lock = session.lock
         await lock.acquire()  # cancelled while waiting: nothing has started
@@ -291,18 +292,17 @@ class SessionServicer:
                 return _duplicate_result(session, step.seq)
             decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
-            future = start_step(session, decoded, lane=lane)
+            orphan = functools.partial(self._commit_orphan, session, step, decoded)
+            future = start_step(session, decoded, lane=lane, orphan=orphan)
             started = True
         finally:
             if not started:  # refused, a duplicate, or failed to start: nothing runs, free the session
                 lock.release()
         try:
-            await asyncio.shield(future)  # the shield keeps a cancelled caller from cancelling the step
+            await future  # cancelled meanwhile: the future is cancelled, the step is not (see submit)
         except asyncio.CancelledError:
-            if future.done():  # it finished as the caller was cancelled
+            if not future.cancelled():  # it finished, then the caller was cancelled before it resumed
                 self._commit_orphan(session, step, decoded, future)
-            else:
-                future.add_done_callback(functools.partial(self._commit_orphan, session, step, decoded))
             raise
         except Exception:
             pass  # _commit reports the step's failure
