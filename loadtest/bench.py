@@ -11,7 +11,9 @@ prints one table and the targets as ratios measured in this run:
   handler, one batch-1 ORT call per step, no sessions or scheduler: what our features cost;
 * ``statestream``: the batching scheduler, at N = 1, 64, 256, 1024 streams;
 * ``chunked``: K = 16 characters per message; ``multiplexed``: 256 sessions per message;
-* ``ort``: the model alone, at the batch shapes of those two, with the server's ORT options;
+* ``ort``: the model alone, at the batch shapes of those two (and at batch 256 when echo and
+  statestream run at 256 streams), with the server's ORT options; its CPU column is ORT's own
+  CPU time per step in this process, which the residual target subtracts;
 * ``memory``: RSS growth per idle session against its raw state bytes.
 
 The machine is shared and noisy, so the variants are measured interleaved (echo, naive, ours,
@@ -55,7 +57,8 @@ and the targets as ratios measured in this run. Variants:
   statestream  the batching scheduler, at N = 1, 64, 256, 1024 streams
   chunked      16 characters per message
   multiplexed  256 sessions per message
-  ort          the model alone, at the batch shapes of those two
+  ort          the model alone, at the batch shapes of those two (and batch 256 for the
+               residual target); its CPU column is ORT's own CPU per step
   memory       RSS growth per idle session against its raw state bytes
 Each cell is the median of --repeats runs, measured interleaved (the machine is noisy)."""
 
@@ -315,6 +318,9 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
             )
         )
     targets += _minimal_targets(find)
+    residual = _residual_target(find, _find_ort(rows, RESIDUAL_STREAMS, 1))
+    if residual is not None:
+        targets.append(residual)
     for variant, (batch, steps) in (
         ("chunked", (plan.chunk_streams, plan.chunk)),
         ("multiplexed", (min(plan.per_message, 256), 1)),
@@ -377,6 +383,34 @@ def _minimal_targets(find: Callable[[str, int | None], Row | None]) -> list[Targ
             )
         )
     return targets
+
+
+#: Issue 14's residual: statestream's CPU per step at this many streams, less echo's per message
+#: and ORT's per step at a batch of this size, is what the session layer itself costs.
+RESIDUAL_STREAMS = 256
+RESIDUAL_TARGET_US = 40.0
+
+
+def _residual_target(find: Callable[[str, int | None], Row | None], ort: Row | None) -> Target | None:
+    """What a step costs the server beyond gRPC's message (echo) and the model (ORT alone), in µs.
+
+    All three are CPU time per step measured in this run: the two servers' over their load
+    windows, ORT's in this process over back-to-back calls at a full batch (the best case: the
+    server's own batches are smaller and its caches colder, so the residual includes that).
+    """
+    ours, echo = find("statestream", RESIDUAL_STREAMS), find("echo", RESIDUAL_STREAMS)
+    if not (ours and echo and ort) or math.isnan(ort.server_cpu_us_per_step):
+        return None
+    value = ours.server_cpu_us_per_step - (echo.server_cpu_us_per_step + ort.server_cpu_us_per_step)
+    return Target(
+        f"statestream CPU/step - (echo CPU/message + ORT CPU/step at batch {RESIDUAL_STREAMS}) "
+        f"at {RESIDUAL_STREAMS} streams, us",
+        value,
+        RESIDUAL_TARGET_US,
+        False,
+        f"{ours.server_cpu_us_per_step:.0f} - ({echo.server_cpu_us_per_step:.0f} + "
+        f"{ort.server_cpu_us_per_step:.1f}) us",
+    )
 
 
 def _find_ort(rows: list[Row], batch: int, steps: int) -> Row | None:
@@ -536,6 +570,9 @@ def run(
         )
         if variant in plan.variants
     ]
+    if RESIDUAL_STREAMS in plan.streams and {"echo", "statestream"} <= set(plan.variants):
+        ort_shapes.append((RESIDUAL_STREAMS, 1))  # for the residual target (see _residual_target)
+    ort_shapes = list(dict.fromkeys(ort_shapes))
     ort_runs: dict[tuple[int, int], list[Any]] = {shape: [] for shape in ort_shapes}
     servers: dict[str, ServerProcess] = {}
     grace = ("--grace-s", "1")
@@ -588,6 +625,7 @@ def run(
                 steps_per_s=_median([r.steps_per_s for r in rates]),
                 p50_ms=_median([r.percentile_ms(50) for r in rates]),
                 p99_ms=_median([r.percentile_ms(99) for r in rates]),
+                server_cpu_us_per_step=_median([r.cpu_us_per_step for r in rates]),  # ORT's own, in this process
                 repeats=len(rates),
             )
         )

@@ -25,6 +25,8 @@ class OrtRate:
     calls: int
     duration_s: float
     call_latencies_s: np.ndarray
+    #: CPU time of this process over the calls (ORT's own threads included), for its cost per step.
+    cpu_s: float = float("nan")
 
     @property
     def steps_per_s(self) -> float:
@@ -32,6 +34,10 @@ class OrtRate:
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.call_latencies_s, q) * 1e3)
+
+    @property
+    def cpu_us_per_step(self) -> float:
+        return self.cpu_s / (self.calls * self.batch * self.steps) * 1e6
 
 
 class OrtBench:
@@ -47,6 +53,7 @@ class OrtBench:
         call.run()  # warm-up: the first call of a shape plans its memory
         latencies: list[float] = []
         clock = time.perf_counter
+        cpu = time.process_time()
         start = clock()
         end = start + duration_s
         now = start
@@ -55,4 +62,5 @@ class OrtBench:
             done = clock()
             latencies.append(done - now)
             now = done
-        return OrtRate(batch, steps, len(latencies), now - start, np.asarray(latencies))
+        cpu = time.process_time() - cpu
+        return OrtRate(batch, steps, len(latencies), now - start, np.asarray(latencies), cpu)

@@ -155,6 +155,25 @@ def test_issue_14s_targets_are_read_against_the_bare_server_with_echos_ceiling_b
     assert "echo" not in sixteen.detail  # no echo row at 16 streams
 
 
+def test_the_residual_target_is_statestreams_cpu_less_echos_and_orts_at_256_streams() -> None:
+    """Issue 14's char_lm residual, from CPU per step of three rows of one run; absent without them."""
+
+    def row(variant: str, streams: int, cpu: float) -> Row:
+        return Row(variant, streams, 1, 1000, 1000, 1.0, 2.0, server_cpu_us_per_step=cpu)
+
+    rows = [row("echo", 256, 160.0), row("statestream", 256, 300.0), row("ort", 256, 97.5)]
+    plan = Plan(streams=(256,), variants=("echo", "statestream"))
+    residual = [t for t in targets_of(rows, None, plan) if "ORT CPU/step" in t.name]
+    assert len(residual) == 1
+    assert math.isclose(residual[0].value, 300.0 - (160.0 + 97.5)) and not residual[0].met  # 42.5 > 40
+    assert residual[0].detail == "300 - (160 + 97.5) us"
+    rows[1] = row("statestream", 256, 290.0)
+    assert [t.met for t in targets_of(rows, None, plan) if "ORT CPU/step" in t.name] == [True]
+    # Without ORT's CPU time (an ORT row of wall-clock rate only) there is nothing to subtract.
+    rows[2] = Row("ort", 256, 1, 1000, 1000, 1.0, 2.0)
+    assert not [t for t in targets_of(rows, None, plan) if "ORT CPU/step" in t.name]
+
+
 def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
     """``python -m loadtest.lstm256`` makes the shipped folder again: same graph bytes, a golden that replays."""
     assert lstm256.main(["--out", str(tmp_path / "lstm256")]) == 0
