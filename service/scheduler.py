@@ -339,10 +339,7 @@ class Scheduler:
         names = list(outputs)
         # list(array) makes the per-row views in one C loop; each step gets a dict of its rows.
         for job, values in zip(batch, zip(*(list(out) for out in outputs.values()), strict=True), strict=True):
-            if job.future.done():  # its awaiter cancelled it: the outcome goes to the orphan callback
-                _settle(job, dict(zip(names, values, strict=True)), None)
-            else:
-                job.future.set_result(dict(zip(names, values, strict=True)))
+            _settle(job, dict(zip(names, values, strict=True)), None)
 
     def _isolate(self, batch: list[StepJob]) -> None:
         """Runs each step of a failed batch alone; each fails or succeeds on its own."""
