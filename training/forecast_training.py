@@ -57,7 +57,9 @@ class FreeRunTraining:
         if min(self.layers, self.steps, self.batch, self.horizon, self.eval_every) < 1:
             raise ValueError("layers, steps, batch, horizon and eval_every must be >= 1")
         if not 0 < self.curriculum <= 1:
-            raise ValueError(f"curriculum must be in (0, 1] (the fraction of steps the free run grows over), got {self.curriculum}")
+            raise ValueError(
+                f"curriculum must be in (0, 1] (the fraction of steps the free run grows over), got {self.curriculum}"
+            )
 
 
 @dataclass(frozen=True)
