@@ -25,6 +25,7 @@ import numpy as np
 
 from loadtest.load import model_fields
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
+from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.contract import Manifest
@@ -34,7 +35,7 @@ from service.runtime import Runtimes
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import request_parser
 from service.sessions import SessionStore
-from service.settings import Settings
+from service.settings import EVENT_LOOPS, Settings
 
 
 def step_inputs(manifest: Manifest, count: int, seed: int = 0) -> list[bytes]:
@@ -65,14 +66,22 @@ class _Context:
         raise RuntimeError(f"stream aborted: {code} {details}")
 
 
-async def drive(models_dir: Path, model: str, runs: list[tuple[int, int]]) -> list[dict[str, float]]:
-    """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step."""
+async def drive(
+    models_dir: Path, model: str, runs: list[tuple[int, int]], *, settle: bool = False
+) -> list[dict[str, float]]:
+    """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step.
+
+    ``settle``: tune the garbage collector as ``statestream serve`` does once its models are
+    loaded (``service.process.settle_heap``); for a process of its own, not a test's.
+    """
     settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
     metrics = Metrics()
     runtimes = Runtimes(Registry.from_folder(models_dir, settings), settings, metrics)
     store = SessionStore(runtimes, settings, metrics)
     servicer = SessionServicer(store, settings, metrics, Authenticator(None))
     runtimes.start()
+    if settle:
+        process.settle_heap()
     try:
         return [await _measure(servicer, runtimes, model, streams, steps) for streams, steps in runs]
     finally:
@@ -130,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="char_lm")
     parser.add_argument("--streams", default="1", help="comma-separated stream counts, measured in turn")
     parser.add_argument("--steps", default="200", help="steps per stream, one for all or one per stream count")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     args = parser.parse_args(argv)
     streams = [int(n) for n in args.streams.split(",")]
     steps = [int(k) for k in args.steps.split(",")]
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
-    for row in asyncio.run(drive(args.models_dir, args.model, runs)):
+    for row in process.run(drive(args.models_dir, args.model, runs, settle=True), args.event_loop):
         print(json.dumps(row))
     return 0
 

@@ -8,13 +8,12 @@ a user error is one ``statestream: error: …`` line and a documented exit code 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import sys
 from collections.abc import Sequence
 
-from service import command
+from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError
 
@@ -64,7 +63,7 @@ def _serve(argv: Sequence[str]) -> int:
     if not settings.reuse_port:
         _check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
     try:
-        asyncio.run(serve(settings))
+        process.run(serve(settings), settings.event_loop)
     except SecurityConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except Unavailable as exc:  # the session store

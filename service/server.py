@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.durable_sessions import DurableSessions
@@ -122,12 +123,13 @@ class Server:
         )
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
-            "serving %d model(s) on %s:%d (scheduler %s, max batch %d; %s, %s)",
+            "serving %d model(s) on %s:%d (scheduler %s, max batch %d, event loop %s; %s, %s)",
             len(registry),
             settings.host,
             port,
             settings.scheduler,
             settings.max_batch,
+            process.running_loop_name(),
             transport.mode,
             f"bearer tokens for {len(auth.callers)} caller(s)" if auth.tokens is not None else "no tokens",
         )
@@ -183,6 +185,7 @@ async def connect_session_store(settings: Settings, store: SessionStore, metrics
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains."""
     server = await Server.start(settings)  # a SecurityConfigError or BindError is the CLI's to report
+    process.settle_heap()  # the models are loaded: what lives now lives as long as the process
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ ENV_PREFIX = "STATESTREAM_"
 SCHEDULERS = ("batched", "none")
 PROVIDERS = ("auto", "cpu", "cuda")
 STATE_MEMORIES = ("auto", "host", "device")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ class Settings:
     tls_client_ca: Path | None = field(
         default=None, metadata={"help": "CA bundle (PEM) clients must present a cert from: mutual TLS"}
     )
+    event_loop: str = field(
+        default="auto",
+        metadata={
+            "help": f"one of {EVENT_LOOPS}: the event loop that runs the server; 'auto' is uvloop where it is "
+            "installed, else asyncio's own"
+        },
+    )
+
     tokens_file: Path | None = field(
         default=None, metadata={"help": "bearer tokens, '<token> <caller>' per line; enables auth"}
     )
@@ -146,6 +155,8 @@ class Settings:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
         if self.state_memory not in STATE_MEMORIES:
             raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
         for name in (

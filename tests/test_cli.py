@@ -77,3 +77,4 @@ def test_sigterm_drains_and_exits_cleanly(served: tuple[subprocess.Popen[str], s
     assert process.stderr is not None
     logs = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
     assert any("draining" in entry["msg"] for entry in logs)
+    assert any("event loop uvloop" in entry["msg"] for entry in logs)  # --event-loop auto, uvloop installed

@@ -1,0 +1,60 @@
+"""How the server's process runs: its event loop, and a garbage collector tuned for a server.
+
+Both are measured choices (docs/benchmarks.md, issue 14, fourth session):
+
+* **The event loop.** uvloop (libuv, in Cython) schedules callbacks, futures and task wake-ups
+  for less CPU than asyncio's pure-Python loop, and a step of a Session stream is several of
+  those. ``--event-loop auto`` takes uvloop where it is installed (a dependency on Linux and
+  macOS) and asyncio's own loop elsewhere; ``asyncio`` forces the standard loop, e.g. to rule
+  the loop out when chasing a problem.
+* **The garbage collector.** The default thresholds run a young-generation collection every
+  700 net allocations of container objects; a step's dicts, futures and frames reach that
+  every few steps, and the older generations then walk every object the models and modules
+  left on the heap. Measured in-process at 256 streams that cost 8.4 µs a step. Once the
+  server has loaded its models, ``settle_heap`` moves everything alive into the permanent
+  generation (``gc.freeze``), which no collection walks again, and collects ~14× less often.
+  A step's own objects are freed by reference counting as before; only reference cycles wait
+  longer, and those are rare on the hot path (a failed step's traceback, a closed stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Net container allocations between young collections, young collections per middle one,
+#: middle ones per full one (CPython's defaults: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def event_loop_of(choice: str) -> str:
+    """The loop ``--event-loop`` names: 'auto' is uvloop where it is installed, else asyncio."""
+    if choice == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return choice
+
+
+def run(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """Runs ``main`` to the end on the event loop ``choice`` names (``--event-loop``)."""
+    if event_loop_of(choice) == "uvloop":
+        import uvloop  # a hard dependency on Linux and macOS; 'auto' only picks it when present
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def running_loop_name() -> str:
+    """'uvloop' or 'asyncio': what runs the calling coroutine (the server logs it at start)."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
+def settle_heap() -> None:
+    """Called once the server holds its models: see the module's docstring."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

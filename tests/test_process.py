@@ -1,0 +1,67 @@
+"""The server's process: the event loop --event-loop picks, and the garbage collector it settles.
+
+Both change only how fast the server runs (docs/benchmarks.md), so what is checked here is that
+each choice is the one made, that a server on the standard loop still serves, and that a wrong
+choice is a one-line usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import process
+from service.settings import Settings
+from tests.servers import STATESTREAM, serve_process
+
+
+def test_auto_picks_uvloop_where_it_is_installed_and_asyncio_runs_the_standard_loop() -> None:
+    assert process.event_loop_of("auto") == "uvloop"  # a dependency of the package on Linux
+    assert process.event_loop_of("asyncio") == "asyncio"
+
+    async def name() -> str:
+        return process.running_loop_name()
+
+    assert process.run(name(), "auto") == "uvloop"
+    assert process.run(name(), "asyncio") == "asyncio"
+
+
+def test_settling_the_heap_freezes_what_is_alive_and_collects_less_often() -> None:
+    # In a process of its own: it changes the collector of the whole process.
+    code = (
+        "import gc; from service import process; keep = [object() for _ in range(1000)]; "
+        "process.settle_heap(); print(gc.get_threshold(), gc.get_freeze_count() > 1000)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{process.GC_THRESHOLDS} True"
+
+
+def test_a_server_on_the_standard_loop_serves_and_says_so(tiny_lm_dir: Path) -> None:
+    env = {**os.environ, "STATESTREAM_MODELS_DIR": str(tiny_lm_dir), "STATESTREAM_LOG_JSON": "1"}
+    with serve_process(["--event-loop", "asyncio"], env) as (server, _, target):
+        predicted = subprocess.run(
+            [*STATESTREAM, "client", "predict", "--model", "char_lm", "--text", "To be", "--json", "--target", target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stderr is not None
+        logs = [json.loads(line)["msg"] for line in server.stderr.read().splitlines() if line.startswith("{")]
+    assert [json.loads(line)["input"] for line in predicted.stdout.splitlines()] == list("To be")
+    assert any("event loop asyncio" in message for message in logs)
+
+
+def test_an_unknown_event_loop_is_a_usage_error() -> None:
+    with pytest.raises(ValueError, match=r"event_loop must be one of \('auto', 'uvloop', 'asyncio'\)"):
+        Settings(event_loop="tokio")
+    done = subprocess.run([*STATESTREAM, "serve", "--event-loop", "tokio"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "event_loop must be one of" in done.stderr
