@@ -3,13 +3,17 @@
 Metric tallies must expose what prometheus_client's own ``inc``/``observe`` would have stored,
 also when collected while more is being added; the fast tensor encoding must keep byte order,
 layout and the refusal of types without a wire type; and ``loadtest.hotpath`` (the in-process
-harness the A/B runs in docs/benchmarks.md use) must drive real steps to their answers.
+harness the A/B runs in docs/benchmarks.md use) must drive real steps to their answers; and the
+step decoder's fast pass must accept and refuse exactly what the field-by-field checks do.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -17,6 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loadtest.hotpath import drive
 from service.api import statestream_pb2 as pb
+from service.contract import Manifest, TensorSpec
+from service.drivers.steps import StepDecoder, StepInputs, decode_tensors
+from service.errors import StatestreamError
 from service.metrics import SMALL_BATCH, Metrics
 from service.tensors import add_proto, from_proto, to_proto
 
@@ -99,3 +106,73 @@ def test_the_hot_path_harness_answers_every_step(tiny_lm_dir: Path) -> None:
     rows = asyncio.run(drive(tiny_lm_dir, "char_lm", [(1, 5), (3, 4)]))
     assert [(row["streams"], row["steps"]) for row in rows] == [(1, 5), (3, 12)]
     assert all(row["cpu_us_per_step"] > 0 for row in rows)
+
+
+#: A model with a float input [2, 3] and an integer input [] (per time step).
+DECODED = cast(Manifest, SimpleNamespace(inputs=(TensorSpec("x", "float32", (2, 3)), TensorSpec("ids", "int64", ()))))
+MAX_CHUNK = 4
+
+
+def _step(k: int = 2, x: np.ndarray | None = None, **change: Callable[[list[pb.Tensor]], None]) -> pb.TensorInput:
+    """A well-formed step of K time steps, then each ``change`` applied to its tensor list."""
+    x = np.arange(k * 6, dtype=np.float32).reshape(k, 2, 3) if x is None else x
+    tensors = [to_proto("x", x), to_proto("ids", np.arange(k, dtype=np.int64))]
+    for edit in change.values():
+        edit(tensors)
+    return pb.TensorInput(tensors=tensors)
+
+
+def _outcome(decode: Callable[[], StepInputs]) -> tuple[str, object]:
+    try:
+        decoded = decode()
+    except StatestreamError as exc:
+        return "refused", (type(exc), exc.message)
+    arrays = {name: (a.dtype.str, a.shape, a.tobytes()) for name, a in decoded.arrays.items()}
+    return "decoded", (arrays, decoded.steps)
+
+
+def _set(index: int, **fields: object) -> Callable[[list[pb.Tensor]], None]:
+    def edit(tensors: list[pb.Tensor]) -> None:
+        for name, value in fields.items():
+            if name == "shape":
+                del tensors[index].shape[:]
+                tensors[index].shape.extend(cast(list[int], value))
+            else:
+                setattr(tensors[index], name, value)
+
+    return edit
+
+
+STEPS = {
+    "one step": _step(1),
+    "a chunk": _step(3),
+    "the longest chunk": _step(MAX_CHUNK),
+    "another order": _step(reverse=lambda t: t.reverse()),
+    "huge finite values": _step(x=np.full((2, 2, 3), 3e38, np.float32)),
+    "NaN": _step(x=np.array([[[0, 1, np.nan], [0, 0, 0]]] * 2, np.float32)),
+    "Inf": _step(x=np.array([[[0, 1, -np.inf], [0, 0, 0]]] * 2, np.float32)),
+    "a missing tensor": _step(drop=lambda t: t.pop()),
+    "an extra tensor": _step(extra=lambda t: t.append(to_proto("z", np.zeros(2, np.float32)))),
+    "a tensor twice": _step(twice=lambda t: t.__setitem__(1, t[0])),
+    "a wrong name": _step(name=_set(1, name="id")),
+    "a wrong dtype": _step(dtype=_set(1, dtype=pb.DATA_TYPE_INT32, data=np.arange(2, dtype=np.int32).tobytes())),
+    "an unknown dtype": _step(dtype=_set(0, dtype=99)),
+    "a wrong trailing shape": _step(shape=_set(0, shape=[2, 3, 2])),
+    "too few dimensions": _step(shape=_set(0, shape=[12])),
+    "two step counts": _step(shape=_set(1, shape=[1], data=np.zeros(1, np.int64).tobytes())),
+    "no time step": _step(0),
+    "a chunk too long": _step(MAX_CHUNK + 1),
+    "a short payload": _step(data=_set(0, data=b"\0" * 44)),
+    "a negative dimension": _step(shape=_set(0, shape=[-2, 2, 3])),
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in dot")  # the server's own filter, which pytest resets
+@pytest.mark.parametrize("case", list(STEPS))
+def test_the_step_decoder_decodes_and_refuses_like_the_full_checks(case: str) -> None:
+    step = STEPS[case]
+    fast = _outcome(lambda: StepDecoder(DECODED).decode(step, MAX_CHUNK))
+    assert fast == _outcome(lambda: decode_tensors(DECODED, step, MAX_CHUNK))
+    well_formed = case in ("one step", "a chunk", "the longest chunk", "another order", "huge finite values")
+    assert fast[0] == ("decoded" if well_formed else "refused")
+

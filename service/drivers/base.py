@@ -20,7 +20,7 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.drivers import bounds
-from service.drivers.steps import Arrays, StepInputs, decode_tensors, named_tensors
+from service.drivers.steps import Arrays, StepDecoder, StepInputs, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
 from service.tensors import add_proto
@@ -54,6 +54,8 @@ class Driver:
     def __init__(self, manifest: Manifest) -> None:
         self.check_manifest(manifest)
         self.manifest = manifest
+        #: Decodes a Step's raw tensors into the model's inputs (``decode_step``).
+        self.step_decoder = StepDecoder(manifest)
         #: Runs after each batched call, on the worker thread, over the whole batch; its arrays
         #: join each step's outputs (see ``Scheduler.postprocess``). None: nothing to derive.
         self.postprocess: Postprocess | None = None
@@ -158,7 +160,7 @@ class Driver:
             raise InvalidArgument("step has no input: set one of text, tokens or tensors")
         if kind != "tensors":
             raise InvalidArgument(f"model {self.manifest.name!r} does not take text or token ids; send tensors")
-        return decode_tensors(self.manifest, step.tensors, max_chunk)
+        return self.step_decoder.decode(step.tensors, max_chunk)
 
     def answer_bytes_bound(self, options: ResolvedOptions, steps: int) -> int:
         """An upper bound of the encoded answer to a Step returning ``steps`` steps.

@@ -28,7 +28,7 @@ from service.api import statestream_pb2 as pb
 from service.contract import ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
-from service.drivers.steps import Arrays, StepInputs, check_chunk, decode_tensors, named_tensors
+from service.drivers.steps import Arrays, StepInputs, check_chunk, named_tensors
 from service.errors import InvalidArgument
 from service.tasks import register
 from service.tensors import to_proto
@@ -105,7 +105,7 @@ class ClassifierDriver(Driver):
             name = FRAMES if self.whole else self.manifest.inputs[0].name
             raise InvalidArgument(f"model {self.manifest.name!r} takes tensor {name!r}, not {kind or 'nothing'}")
         if not self.whole:
-            decoded = decode_tensors(self.manifest, step.tensors, max_chunk)
+            decoded = self.step_decoder.decode(step.tensors, max_chunk)
             if decoded.steps != 1:
                 raise InvalidArgument(f"model {self.manifest.name!r} takes one frame per Step, got {decoded.steps}")
             return decoded

@@ -21,7 +21,7 @@ from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.sampling import Sampler
-from service.drivers.steps import Arrays, StepInputs, check_chunk, decode_tensors
+from service.drivers.steps import Arrays, StepInputs, check_chunk
 from service.drivers.vocabulary import Vocabulary
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.sessions import ResolvedOptions, Session
@@ -106,7 +106,7 @@ class LanguageDriver(Driver):
             raise InvalidArgument("step has no input: set one of text, tokens or tensors")
         vocab = self.vocabulary
         if kind == "tensors":
-            inputs = decode_tensors(self.manifest, step.tensors, max_chunk)
+            inputs = self.step_decoder.decode(step.tensors, max_chunk)
             # Token ids sent as a tensor obey the vocabulary too: ONNX Runtime would fail the whole
             # batch on an id past the embedding, and silently read a negative id from the end.
             vocab.check_ids(inputs.arrays[self.token_input.name].reshape(-1).astype(np.int64))

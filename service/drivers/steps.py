@@ -8,6 +8,9 @@ failure to the status a client should see. Nothing here knows a model kind.
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
+import warnings
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,13 +20,17 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.errors import InvalidArgument, ResourceExhausted, as_statestream_error
-from service.tensors import from_proto
+from service.tensors import from_proto, proto_dtype
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.scheduler import Orphan
     from service.sessions import Session
 
 Arrays = dict[str, np.ndarray]
+# StepDecoder's finiteness test squares a step's values; for values past ~1.8e19 the sum
+# overflows, which numpy reports as a RuntimeWarning each time. That step is then checked the
+# long way and accepted, so the overflow is expected and says nothing: keep it out of the log.
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
 
 @dataclass
@@ -82,6 +89,71 @@ def decode_tensors(manifest: Manifest, tensors: pb.TensorInput, max_chunk: int) 
     assert steps is not None
     check_chunk(steps, max_chunk)
     return StepInputs(given, steps)
+
+
+class StepDecoder:
+    """A model's step tensors, decoded by one pass of equality tests when they are well formed.
+
+    ``decode_tensors`` checks a step field by field so that it can name what is wrong. On the
+    hot path that costs ~20 µs a step at 256 streams (measured in a running server), most of it
+    sets, dicts and message reads for checks a well-formed step always passes. This decoder
+    first compares each tensor with what the model's input looks like on the wire (its name and
+    DataType, in the manifest's order; the trailing shape; the byte count; finite values) and
+    decodes it with one ``frombuffer``. Anything else (another order, a missing or extra
+    tensor, a wrong shape, NaN, a big-endian host) goes to ``decode_tensors``, which accepts or
+    refuses it exactly as before: the fast pass only ever says "well formed" or "look closer".
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        #: Per input: name, DataType number, dtype, trailing shape (a list, as protobuf returns
+        #: it), bytes per time step, and whether its values must be finite.
+        self._wire = tuple(
+            (
+                spec.name,
+                proto_dtype(spec.dtype),
+                np.dtype(spec.np_dtype).newbyteorder("<"),
+                list(spec.shape),
+                math.prod(spec.shape) * np.dtype(spec.np_dtype).itemsize,
+                np.dtype(spec.np_dtype).kind == "f",
+            )
+            for spec in manifest.inputs
+        )
+        self._fast = sys.byteorder == "little"  # the wire is little-endian: no byte swap to do
+
+    def decode(self, tensors: pb.TensorInput, max_chunk: int) -> StepInputs:
+        """Raw tensors → step inputs, as ``decode_tensors`` decodes them (and refuses the same)."""
+        decoded = self._well_formed(tensors.tensors, max_chunk) if self._fast else None
+        return decoded if decoded is not None else decode_tensors(self.manifest, tensors, max_chunk)
+
+    def _well_formed(self, tensors: Collection[pb.Tensor], max_chunk: int) -> StepInputs | None:
+        """The decoded step if every tensor is exactly what the model takes, else None."""
+        wire = self._wire
+        if len(tensors) != len(wire):
+            return None
+        arrays: Arrays = {}
+        steps = 0
+        for tensor, (name, number, dtype, shape, step_bytes, finite) in zip(tensors, wire, strict=True):
+            if tensor.name != name or tensor.dtype != number:
+                return None
+            dims = tensor.shape
+            if len(dims) != len(shape) + 1 or dims[1:] != shape:
+                return None
+            count = dims[0]
+            if not 0 < count <= max_chunk or (steps and count != steps):
+                return None
+            data = tensor.data  # each read of a bytes field copies it: read it once
+            if len(data) != count * step_bytes:
+                return None
+            flat = np.frombuffer(data, dtype)
+            # A finite sum of squares means every value is finite (NaN and Inf propagate): one
+            # BLAS call, ~0.4 µs against ~2.4 for isfinite().all(). A sum that overflows only
+            # sends a finite step the long way; it never lets a NaN through.
+            if finite and not math.isfinite(flat.dot(flat)):
+                return None
+            arrays[name] = flat.reshape(count, *shape)
+            steps = count
+        return StepInputs(arrays, steps)
 
 
 def start_step(
