@@ -75,9 +75,9 @@ class DurableSessions:
         """The session's record now (the caller holds its lock, or nothing can run on it)."""
         kind, reply = "", b""
         if session.replies:
-            seq, (reply_kind, message) = next(reversed(session.replies.items()))
+            seq, (reply_kind, encoded) = next(reversed(session.replies.items()))
             if seq == session.last_seq:
-                kind, reply = reply_kind.value, message.SerializeToString()
+                kind, reply = reply_kind.value, encoded
         manifest = session.runtime.model.manifest
         return SessionRecord(
             session_id=session.id,
@@ -108,8 +108,8 @@ class DurableSessions:
         session.scratch = dict(record.scratch)
         session.epoch = epoch
         if record.reply_kind in _REPLY_TYPES:
-            reply = _REPLY_TYPES[record.reply_kind].FromString(record.reply)
-            session.replies[record.last_seq] = (ReplyKind(record.reply_kind), reply)
+            _REPLY_TYPES[record.reply_kind].FromString(record.reply)  # a record that does not parse fails here
+            session.replies[record.last_seq] = (ReplyKind(record.reply_kind), record.reply)
         return session
 
     # -- the hooks -------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
-from google.protobuf.message import Message
 
 from service.errors import FailedPrecondition, NotFound, ResourceExhausted
 from service.metrics import Metrics
@@ -71,7 +70,9 @@ class Session:
     owner: str
     options: ResolvedOptions
     last_seq: int = 0
-    replies: OrderedDict[int, tuple[ReplyKind, Message]] = field(default_factory=OrderedDict)
+    #: Recent answers by seq, as their encoded message (a StepResult, GenerateDone or RunDone):
+    #: kept as bytes, they cost one object each, and a step's answer is sent as they are.
+    replies: OrderedDict[int, tuple[ReplyKind, bytes]] = field(default_factory=OrderedDict)
     #: The row a reset returns to, when the init graph made it (None: zeros).
     initial: dict[str, np.ndarray] | None = None
     # Driver data that must survive between requests: a language model's last logits.
@@ -98,8 +99,8 @@ class Session:
             )
         return SeqCheck.APPLY
 
-    def record(self, seq: int, reply: Message | None, keep: int, kind: ReplyKind = ReplyKind.STEP) -> None:
-        """Marks ``seq`` applied and keeps its answer for a resending client."""
+    def record(self, seq: int, reply: bytes | None, keep: int, kind: ReplyKind = ReplyKind.STEP) -> None:
+        """Marks ``seq`` applied and keeps its answer (encoded) for a resending client."""
         self.last_seq = seq
         self.last_used = time.monotonic()
         if keep and reply is not None:
@@ -107,8 +108,8 @@ class Session:
             while len(self.replies) > keep:
                 self.replies.popitem(last=False)
 
-    def cached_reply(self, seq: int, kind: ReplyKind) -> Message | None:
-        """The answer kept for ``seq`` if it answered a request of ``kind`` (a seq may have been another)."""
+    def cached_reply(self, seq: int, kind: ReplyKind) -> bytes | None:
+        """The encoded answer kept for ``seq`` if it answered a request of ``kind`` (a seq may have been another)."""
         cached = self.replies.get(seq)
         return cached[1] if cached is not None and cached[0] is kind else None
 

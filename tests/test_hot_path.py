@@ -4,7 +4,8 @@ Metric tallies must expose what prometheus_client's own ``inc``/``observe`` woul
 also when collected while more is being added; the fast tensor encoding must keep byte order,
 layout and the refusal of types without a wire type; and ``loadtest.hotpath`` (the in-process
 harness the A/B runs in docs/benchmarks.md use) must drive real steps to their answers; and the
-step decoder's fast pass must accept and refuse exactly what the field-by-field checks do.
+step decoder's fast pass must accept and refuse exactly what the field-by-field checks do; and
+the answers written as bytes must be the bytes of the messages they replace.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loadtest.hotpath import drive
 from service.api import statestream_pb2 as pb
+from service.answer_bytes import varint
 from service.contract import Manifest, TensorSpec
+from service.drivers.language import RANKED_IDS, RANKED_PROBS, ranked_logits
+from service.sessions import ResolvedOptions
+from service.tasks import driver_class
 from service.drivers.steps import StepDecoder, StepInputs, decode_tensors
 from service.errors import StatestreamError
 from service.metrics import SMALL_BATCH, Metrics
+from tests.conftest import SHIPPED_MODELS
 from service.tensors import add_proto, from_proto, to_proto
 
 BUCKETS = (1e-4, 1e-3, 1e-2, 0.1)
@@ -176,3 +182,48 @@ def test_the_step_decoder_decodes_and_refuses_like_the_full_checks(case: str) ->
     well_formed = case in ("one step", "a chunk", "the longest chunk", "another order", "huge finite values")
     assert fast[0] == ("decoded" if well_formed else "refused")
 
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**64 - 1])
+def test_varints_are_protobufs(value: int) -> None:
+    assert varint(value) == pb.StepResult(seq=value).SerializeToString()[1:] or value == 0
+
+
+@pytest.mark.parametrize("model", ["lstm256", "char_lm"])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("last_only", [False, True])
+def test_answers_written_as_bytes_are_the_bytes_of_the_built_message(model: str, steps: int, last_only: bool) -> None:
+    manifest = Manifest.load(SHIPPED_MODELS / model)
+    driver = driver_class(manifest.task)(manifest)
+    rng = np.random.default_rng(steps)
+    outputs = {t.name: rng.standard_normal((steps, *t.shape)).astype(t.np_dtype) for t in manifest.outputs}
+    names = tuple(t.name for t in manifest.outputs)
+    option_sets = [ResolvedOptions(top_k=5, return_tensors=names), ResolvedOptions(top_k=1, return_tensors=())]
+    if manifest.task == "language_model":
+        logits = outputs["logits"]
+        logits[0, 0] = logits[0, 1] = 200.0  # two first; the rest round to a zero float32
+        outputs.update(ranked_logits("logits")(outputs))
+        assert (outputs[RANKED_PROBS][0, 2:].astype(np.float32) == 0).all() and 0 in outputs[RANKED_IDS][0, :2]
+        vocabulary = len(manifest.vocabulary)
+        option_sets.append(ResolvedOptions(top_k=vocabulary, return_tensors=("logits",)))
+        token_ids = rng.integers(0, vocabulary, steps)
+        token_ids[0] = 0
+        decoded = StepInputs({"ids": token_ids}, steps, token_ids)
+    else:
+        decoded = StepInputs({}, steps)
+    for options in option_sets:
+        for seq in (0, 1, 300, 2**40):
+            step = pb.Step(seq=seq, last_only=last_only)
+            built = driver.build_result(options, step, decoded, outputs).SerializeToString()
+            assert driver.encode_result(options, step, decoded, outputs) == built
+
+
+def test_an_output_unlike_its_manifest_is_still_answered_through_the_message() -> None:
+    manifest = Manifest.load(SHIPPED_MODELS / "lstm256")
+    driver = driver_class(manifest.task)(manifest)
+    odd = {t.name: np.arange(3, dtype=np.float64) for t in manifest.outputs}  # float64: not the manifest's float32
+    step, options = pb.Step(seq=2), ResolvedOptions(return_tensors=(manifest.outputs[0].name,))
+    with pytest.raises(ValueError, match="float64 has no wire type"):
+        driver.encode_result(options, step, StepInputs({}, 1), odd)
+    float32 = {name: value.astype(np.float32)[np.newaxis] for name, value in odd.items()}  # the wrong shape
+    answer = pb.StepResult.FromString(driver.encode_result(options, step, StepInputs({}, 1), float32))
+    assert list(answer.outputs[0].tensors[0].shape) == [3] and answer.seq == 2

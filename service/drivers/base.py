@@ -201,6 +201,15 @@ class Driver:
             self.build_output(options, decoded, outputs, t, result.outputs.add())
         return result
 
+    def encode_result(
+        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+    ) -> bytes:
+        """The answer's StepResult as wire bytes: what a Session stream sends and the reply cache keeps.
+
+        By default ``build_result``'s message, serialized. A kind on the hot path writes the
+        same bytes directly instead (``service.answer_bytes``), without the message."""
+        return self.build_result(options, step, decoded, outputs).SerializeToString()
+
     def after_step(self, session: Session, outputs: Arrays) -> None:
         """Keeps what a later request of the session needs (a language model's last logits)."""
 

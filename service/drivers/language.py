@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
+from service.answer_bytes import OutputTensors, RankedTokens, step_result
 from service.api import statestream_pb2 as pb
 from service.contract import ContractError, Manifest
 from service.drivers import bounds
@@ -70,6 +71,8 @@ class LanguageDriver(Driver):
         self.logits = logits_output(manifest)
         self.token_input = manifest.inputs[0]
         self.postprocess = ranked_logits(self.logits)
+        self._ranked = RankedTokens(self.vocabulary.tokens)
+        self._tensors = OutputTensors(manifest.outputs)
 
     @classmethod
     def check_manifest(cls, manifest: Manifest) -> None:
@@ -142,6 +145,26 @@ class LanguageDriver(Driver):
             for name in options.return_tensors:
                 add_proto(out.tensors, name, outputs[name][t])
         return result
+
+    def encode_result(
+        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+    ) -> bytes:
+        """``build_result``'s answer, written as bytes directly (``service.answer_bytes``)."""
+        first = decoded.steps - 1 if step.last_only else 0
+        top_k = options.top_k
+        ids = outputs[RANKED_IDS][first:, :top_k].tolist()
+        # The wire holds float32: round once here, as the message's float field would.
+        probs = outputs[RANKED_PROBS][first:, :top_k].astype(np.float32).tolist()
+        token_ids = decoded.token_ids
+        ranked = self._ranked
+        encoded = []
+        for row, t in enumerate(range(first, decoded.steps)):
+            tensors = self._tensors.encode(options.return_tensors, outputs, t) if options.return_tensors else b""
+            if tensors is None:  # not what the manifest says: the message encodes whatever it is
+                return super().encode_result(options, step, decoded, outputs)
+            given = ranked.input(int(token_ids[t])) if token_ids is not None else b""
+            encoded.append(given + ranked.top(ids[row], probs[row]) + tensors)
+        return step_result(step.seq, encoded)
 
     def after_step(self, session: Session, outputs: Arrays) -> None:
         # Kept so a later Generate with no prompt can continue from where the stream is.

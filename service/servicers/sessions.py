@@ -13,10 +13,11 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import grpc
 
+from service import answer_bytes
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers import bounds
@@ -148,7 +149,7 @@ class SessionServicer:
 
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context
-    ) -> AsyncIterator[pb.SessionResponse]:
+    ) -> AsyncIterator[pb.SessionResponse | bytes]:
         stream = object()  # identifies this stream as the session's holder
         session: SessionState | None = None
         counted = False
@@ -217,12 +218,12 @@ class SessionServicer:
             events.resumed(session)
         return session
 
-    async def _answer_step(self, session: SessionState, request: pb.SessionRequest) -> pb.SessionResponse:
-        """One Step of a Session stream, answered by a result or an in-stream error."""
+    async def _answer_step(self, session: SessionState, request: pb.SessionRequest) -> pb.SessionResponse | bytes:
+        """One Step of a Session stream, answered by a result (its bytes) or an in-stream error."""
         name = session.runtime.name
         self.metrics.requests.labels(name, "step").inc()
         try:
-            return pb.SessionResponse(result=await self.step(session, checked(request).step, lane=True))
+            return answer_bytes.session_response(await self.apply_step(session, checked(request).step, lane=True))
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             events.refused(exc, session)
@@ -270,7 +271,12 @@ class SessionServicer:
             yield pb.SessionResponse(error=error_message(_seq_of(request), exc))
 
     async def step(self, session: SessionState, step: pb.Step, *, lane: bool = False) -> pb.StepResult:
-        """Applies one Step exactly once; a duplicate returns the cached answer, marked duplicate.
+        """``apply_step``, its answer as a message."""
+        return pb.StepResult.FromString(await self.apply_step(session, step, lane=lane))
+
+    async def apply_step(self, session: SessionState, step: pb.Step, *, lane: bool = False) -> bytes:
+        """Applies one Step exactly once; its answer is the StepResult's bytes (a duplicate's: the
+        cached answer, marked duplicate).
 
         Safe against the caller's cancellation (a broken stream) without a task of its own: the
         session's lock is taken before anything starts, and once the step is handed to the
@@ -316,12 +322,12 @@ class SessionServicer:
 
     def _commit(
         self, session: SessionState, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]
-    ) -> pb.StepResult:
-        """The answer of a finished step, recorded with its seq; a failed step records nothing."""
+    ) -> bytes:
+        """The answer of a finished step (encoded), recorded with its seq; a failed step records nothing."""
         outputs = finish_step(session, future)
-        result = session.runtime.driver.build_result(session.options, step, decoded, outputs)
-        session.record(step.seq, result, self.settings.reply_cache)
-        return result
+        answer = session.runtime.driver.encode_result(session.options, step, decoded, outputs)
+        session.record(step.seq, answer, self.settings.reply_cache)
+        return answer
 
     def _commit_orphan(
         self, session: SessionState, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]
@@ -381,7 +387,7 @@ class SessionServicer:
                 duplicate.SetInParent()
                 cached = session.cached_reply(message.seq, reply_kind)
                 if cached is not None:
-                    duplicate.CopyFrom(cached)
+                    duplicate.MergeFromString(cached)
                 duplicate.seq, duplicate.duplicate = message.seq, True
                 yield response
                 return
@@ -402,7 +408,8 @@ class SessionServicer:
             finally:
                 context.release()
             done = loop.done()
-            session.record(message.seq, getattr(done, reply_field), self.settings.reply_cache, reply_kind)
+            answer = getattr(done, reply_field).SerializeToString()
+            session.record(message.seq, answer, self.settings.reply_cache, reply_kind)
             if self.durable is not None:
                 await self.durable.acknowledged(session)
             yield done
@@ -411,7 +418,7 @@ class SessionServicer:
 
     async def Multiplex(
         self, requests: AsyncIterator[pb.MultiplexRequest | Malformed], context: Context
-    ) -> AsyncIterator[pb.MultiplexResponse]:
+    ) -> AsyncIterator[pb.MultiplexResponse | bytes]:
         caller: str | None = None
         try:
             async for request in requests:
@@ -438,7 +445,7 @@ class SessionServicer:
                 # If this stream breaks meanwhile, each entry's step either never started or still
                 # runs to the end and records its seq (see step()).
                 outcomes = await self._multiplexed_all(request, caller)
-                yield pb.MultiplexResponse(results=outcomes)
+                yield answer_bytes.multiplex_response(outcomes)
         finally:
             if caller is not None:
                 self.open_streams -= 1
@@ -467,7 +474,7 @@ class SessionServicer:
                 cached = session.cached_reply(step.seq, ReplyKind.STEP)  # a duplicate gets its first answer
                 bound += max(
                     session.runtime.driver.answer_bytes_bound(session.options, steps),
-                    cached.ByteSize() + 32 if cached is not None else 0,
+                    len(cached) + 32 if cached is not None else 0,
                 )
             if bound > limit:
                 return ResourceExhausted(
@@ -478,22 +485,23 @@ class SessionServicer:
                 )
         return None
 
-    async def _multiplexed_all(self, request: pb.MultiplexRequest, caller: str) -> list[pb.SessionStepResult]:
+    async def _multiplexed_all(self, request: pb.MultiplexRequest, caller: str) -> list[bytes]:
         return await asyncio.gather(*(self._multiplexed(entry, caller) for entry in request.steps))
 
-    async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> pb.SessionStepResult:
-        """One entry, answered by its result or its error."""
+    async def _multiplexed(self, entry: pb.SessionStep, caller: str) -> bytes:
+        """One entry, answered by its result or its error (an encoded SessionStepResult)."""
         try:
             session = self.store.get(entry.session_id, caller)
             self.metrics.requests.labels(session.runtime.name, "multiplex").inc()
-            result = await self.step(session, entry.step)
+            answer = await self.apply_step(session, entry.step)
         except SessionMoved as exc:
-            moved = Unavailable(f"{exc}; attach to it with a Session stream")
-            return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, moved))
+            error = error_message(entry.step.seq, Unavailable(f"{exc}; attach to it with a Session stream"))
         except StatestreamError as exc:
             events.refused(exc)
-            return pb.SessionStepResult(session_id=entry.session_id, error=error_message(entry.step.seq, exc))
-        return pb.SessionStepResult(session_id=entry.session_id, result=result)
+            error = error_message(entry.step.seq, exc)
+        else:
+            return answer_bytes.session_step_result(entry.session_id, answer)
+        return pb.SessionStepResult(session_id=entry.session_id, error=error).SerializeToString()
 
 
 def checked(request: T | Malformed) -> T:
@@ -510,12 +518,12 @@ def _closed(session: SessionState) -> Exception:
     return FailedPrecondition("the session is closed")
 
 
-def _duplicate_result(session: SessionState, seq: int) -> pb.StepResult:
-    result = pb.StepResult(seq=seq, duplicate=True)
+def _duplicate_result(session: SessionState, seq: int) -> bytes:
+    """The first answer to ``seq`` (its seq and outputs), marked duplicate; without it, only those marks."""
     cached = session.cached_reply(seq, ReplyKind.STEP)  # the seq may have been a Generate, a Run or a Reset
-    if cached is not None:
-        result.outputs.extend(cast(pb.StepResult, cached).outputs)
-    return result
+    if cached is None:
+        return pb.StepResult(seq=seq, duplicate=True).SerializeToString()
+    return cached + answer_bytes.DUPLICATE  # a field appended to an encoded message is set in it
 
 
 def _seq_of(request: pb.SessionRequest | Malformed) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import unknown_fields
@@ -62,6 +62,11 @@ def request_parser(message_type: type[Message]) -> Callable[[bytes], Message | M
     return parse
 
 
+def serialize(response: Message | bytes) -> bytes:
+    """A handler answers with a message, or with its bytes already encoded (``service.answer_bytes``)."""
+    return response if response.__class__ is bytes else cast(Message, response).SerializeToString()
+
+
 _FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -76,12 +81,11 @@ def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any) -> N
     handlers = {}
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=request_parser(request_type),
-            response_serializer=response_type.SerializeToString,
+            response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
