@@ -4,7 +4,9 @@ It speaks the same proto through the same request decoding as the real server an
 every step with a StepResult of the same size as ``char_lm``'s (one StepOutput per step, each
 with the input character and five TokenProbs), but computes nothing. What it reaches on this
 machine is the most a Python grpc.aio server can move, so the benchmark reports the real
-server as a fraction of it. Run it as ``python -m loadtest.echo --port 0``.
+server as a fraction of it. It runs on the event loop statestream runs on by default (uvloop
+where installed, ``--event-loop``), so that the ceiling is the same stack's. Run it as
+``python -m loadtest.echo --port 0``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from service import process
 from service.api import statestream_pb2 as pb
 from service.servicers.wire import Context, Malformed, add_servicer
+from service.settings import EVENT_LOOPS
 
 #: Five made-up next tokens, the size of char_lm's default top_k answer.
 TOP = [pb.TokenProb(id=i, token=ch, prob=0.2 - i * 0.01) for i, ch in enumerate(string.ascii_lowercase[:5])]
@@ -100,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.echo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     args = parser.parse_args(argv)
-    asyncio.run(serve(EchoServicer(), "echo", args.host, args.port))
+    process.run(serve(EchoServicer(), "echo", args.host, args.port), args.event_loop)
     return 0
 
 

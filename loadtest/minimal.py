@@ -9,7 +9,8 @@ refusals match the real server's), run with ``InferenceSession.run`` at batch 1,
 like the real server: a language model's top_k next tokens (``ranked_logits``, the real server's
 ranking) and the ``return_tensors`` asked for, so the answer sizes match.
 
-Nothing else: no session ids that resolve, no attach or resume, no seq check (the step's seq is
+It runs on asyncio's own event loop, as a bare grpc.aio server does unless its author chose
+another (``--event-loop uvloop`` measures it on statestream's). Nothing else: no session ids that resolve, no attach or resume, no seq check (the step's seq is
 only echoed), no batching, no Multiplex, no init graphs. The model is loaded and its golden trace
 replayed by ``LoadedModel.from_folder`` with the server's ONNX Runtime options. Run it as
 ``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``.
@@ -18,7 +19,6 @@ replayed by ``LoadedModel.from_folder`` with the server's ONNX Runtime options. 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,13 +28,14 @@ import grpc
 import numpy as np
 
 from loadtest.echo import serve
+from service import process
 from service.api import statestream_pb2 as pb
 from service.contract import zero_state
 from service.errors import FailedPrecondition, NotFound, StatestreamError, status_number
 from service.registry import LoadedModel
 from service.servicers.wire import Context, Malformed
 from service.sessions import ResolvedOptions
-from service.settings import Settings
+from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
 
 #: Longest chunk a step may carry: the real server's default limit.
@@ -131,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="char_lm")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the loop that runs it")
     args = parser.parse_args(argv)
     model = LoadedModel.from_folder(args.models_dir / args.model, Settings())
-    asyncio.run(serve(MinimalServicer(model), "minimal", args.host, args.port))
+    process.run(serve(MinimalServicer(model), "minimal", args.host, args.port), args.event_loop)
     return 0
 
 
