@@ -136,7 +136,5 @@ class RankedTokens:
 
     def top(self, ids: Sequence[int], probs: Sequence[float]) -> bytes:
         """The ``top`` entries of ranked ids and their probabilities (float32 values: exact on the wire)."""
-        table = self._top
-        return b"".join(
-            table[i][0] + _FLOAT(p) if p else table[i][1] for i, p in zip(ids, probs, strict=True)
-        )
+        table, pack = self._top, _FLOAT
+        return b"".join([table[i][0] + pack(p) if p else table[i][1] for i, p in zip(ids, probs, strict=True)])

@@ -21,17 +21,17 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loadtest.hotpath import drive
-from service.api import statestream_pb2 as pb
 from service.answer_bytes import varint
+from service.api import statestream_pb2 as pb
 from service.contract import Manifest, TensorSpec
 from service.drivers.language import RANKED_IDS, RANKED_PROBS, ranked_logits
-from service.sessions import ResolvedOptions
-from service.tasks import driver_class
 from service.drivers.steps import StepDecoder, StepInputs, decode_tensors
 from service.errors import StatestreamError
 from service.metrics import SMALL_BATCH, Metrics
-from tests.conftest import SHIPPED_MODELS
+from service.sessions import ResolvedOptions
+from service.tasks import driver_class
 from service.tensors import add_proto, from_proto, to_proto
+from tests.conftest import SHIPPED_MODELS
 
 BUCKETS = (1e-4, 1e-3, 1e-2, 0.1)
 VALUES = [5e-5, 1e-4, 2e-4, 1e-3, 0.5, 0.05, 0.05, 2.0]
@@ -202,7 +202,7 @@ def test_answers_written_as_bytes_are_the_bytes_of_the_built_message(model: str,
         logits = outputs["logits"]
         logits[0, 0] = logits[0, 1] = 200.0  # two first; the rest round to a zero float32
         outputs.update(ranked_logits("logits")(outputs))
-        assert (outputs[RANKED_PROBS][0, 2:].astype(np.float32) == 0).all() and 0 in outputs[RANKED_IDS][0, :2]
+        assert (outputs[RANKED_PROBS][0, 2:] == 0).all() and 0 in outputs[RANKED_IDS][0, :2]
         vocabulary = len(manifest.vocabulary)
         option_sets.append(ResolvedOptions(top_k=vocabulary, return_tensors=("logits",)))
         token_ids = rng.integers(0, vocabulary, steps)

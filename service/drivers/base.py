@@ -201,9 +201,7 @@ class Driver:
             self.build_output(options, decoded, outputs, t, result.outputs.add())
         return result
 
-    def encode_result(
-        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
-    ) -> bytes:
+    def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
         """The answer's StepResult as wire bytes: what a Session stream sends and the reply cache keeps.
 
         By default ``build_result``'s message, serialized. A kind on the hot path writes the

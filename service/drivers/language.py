@@ -30,7 +30,7 @@ from service.tasks import register
 from service.tensors import add_proto
 
 #: Outputs added by ``ranked_logits`` (the scheduler's postprocess): token ids by falling
-#: probability (ties: lower id first) and their softmax probabilities, ``[K, V]`` per step.
+#: probability (ties: lower id first) and their softmax probabilities (float32), ``[K, V]`` per step.
 RANKED_IDS = "statestream.ranked_ids"
 RANKED_PROBS = "statestream.ranked_probs"
 #: Where a session keeps its last step's logits, so a Generate without prompt continues from there.
@@ -55,7 +55,8 @@ def ranked_logits(logits_name: str) -> Callable[[Arrays], Arrays]:
         order = np.argsort(-logits, axis=-1, kind="stable")
         exp = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
         probs = np.take_along_axis(exp, order, axis=-1) / exp.sum(axis=-1, keepdims=True)
-        return {RANKED_IDS: order, RANKED_PROBS: probs}
+        # float32, as TokenProb.prob holds them: rounded once per batch here, not once per answer.
+        return {RANKED_IDS: order, RANKED_PROBS: probs.astype(np.float32)}
 
     return rank
 
@@ -146,15 +147,12 @@ class LanguageDriver(Driver):
                 add_proto(out.tensors, name, outputs[name][t])
         return result
 
-    def encode_result(
-        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
-    ) -> bytes:
+    def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
         """``build_result``'s answer, written as bytes directly (``service.answer_bytes``)."""
         first = decoded.steps - 1 if step.last_only else 0
         top_k = options.top_k
         ids = outputs[RANKED_IDS][first:, :top_k].tolist()
-        # The wire holds float32: round once here, as the message's float field would.
-        probs = outputs[RANKED_PROBS][first:, :top_k].astype(np.float32).tolist()
+        probs = outputs[RANKED_PROBS][first:, :top_k].tolist()
         token_ids = decoded.token_ids
         ranked = self._ranked
         encoded = []

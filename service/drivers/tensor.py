@@ -26,9 +26,7 @@ class TensorDriver(Driver):
         super().__init__(manifest)
         self._tensors = OutputTensors(manifest.outputs)
 
-    def encode_result(
-        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
-    ) -> bytes:
+    def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
         """``build_result``'s answer, written as bytes directly (``service.answer_bytes``)."""
         first = decoded.steps - 1 if step.last_only else 0
         encoded = []
