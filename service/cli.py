@@ -55,6 +55,10 @@ def _serve(argv: Sequence[str]) -> int:
             EXIT_USAGE,
             hint="give a folder of model folders, e.g. --models-dir models (the shipped one)",
         )
+    if settings.event_loop == "uvloop" and not process.uvloop_installed():
+        raise CommandError(
+            "--event-loop uvloop: uvloop is not installed", EXIT_USAGE, hint="pip install uvloop, or --event-loop auto"
+        )
     configure(settings.log_level, settings.log_json)
     if settings.worker_count > 1:
         from service.workers import run_workers

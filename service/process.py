@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -32,17 +31,25 @@ T = TypeVar("T")
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
+def uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def event_loop_of(choice: str) -> str:
     """The loop ``--event-loop`` names: 'auto' is uvloop where it is installed, else asyncio."""
     if choice == "auto":
-        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+        return "uvloop" if uvloop_installed() else "asyncio"
     return choice
 
 
 def run(main: Coroutine[Any, Any, T], choice: str) -> T:
     """Runs ``main`` to the end on the event loop ``choice`` names (``--event-loop``)."""
     if event_loop_of(choice) == "uvloop":
-        import uvloop  # a hard dependency on Linux and macOS; 'auto' only picks it when present
+        import uvloop  # a dependency on Linux and macOS; the CLI refuses 'uvloop' where it is missing
 
         return uvloop.run(main)
     return asyncio.run(main)

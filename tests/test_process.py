@@ -65,3 +65,21 @@ def test_an_unknown_event_loop_is_a_usage_error() -> None:
     done = subprocess.run([*STATESTREAM, "serve", "--event-loop", "tokio"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "event_loop must be one of" in done.stderr
+
+
+def test_asking_for_uvloop_where_it_is_missing_is_a_usage_error_and_auto_falls_back(tmp_path: Path) -> None:
+    hide = "import sys; sys.modules['uvloop'] = None; "  # as if it were not installed
+    auto = subprocess.run(
+        [sys.executable, "-c", hide + "from service import process; print(process.event_loop_of('auto'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert auto.stdout.strip() == "asyncio"
+    serve = (
+        hide + "from service.cli import main; sys.exit(main(['serve', '--event-loop', 'uvloop', '--models-dir', '.']))"
+    )
+    done = subprocess.run([sys.executable, "-c", serve], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("statestream: error: --event-loop uvloop: uvloop is not installed")
+    assert "Traceback" not in done.stderr
