@@ -3,8 +3,9 @@
 The client shares the machine with the server it measures, so every microsecond it spends is
 taken from the server. Building a ``SessionRequest`` through protobuf and parsing every answer
 would cost the client about as much as the server's own work; instead the load generators send
-bytes encoded here (the same wire format, checked against the generated classes in the tests)
-and only look at the first byte of an answer to tell a result from an error.
+bytes encoded here (with the server's own wire helpers, ``service.answer_bytes``; checked
+against the generated classes in the tests) and only look at the first byte of an answer to
+tell a result from an error.
 """
 
 from __future__ import annotations
@@ -13,46 +14,31 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from service.answer_bytes import LEN, SESSION_RESULT, VARINT, key, length_delimited, varint
 from service.api import statestream_pb2 as pb
 from service.tensors import to_proto
 
-# Tags: (field number << 3) | wire type (0 varint, 2 length-delimited).
-_SESSION_REQUEST_STEP = 3 << 3 | 2
-_STEP_SEQ = 1 << 3 | 0
-_STEP_TEXT = 2 << 3 | 2
-_STEP_TENSORS = 4 << 3 | 2
-_STEP_LAST_ONLY = 5 << 3 | 0
-_MULTIPLEX_STEPS = 1 << 3 | 2
-_SESSION_STEP_ID = 1 << 3 | 2
-_SESSION_STEP_STEP = 2 << 3 | 2
+# Fields, by number.
+_SESSION_REQUEST_STEP = 3
+_STEP_SEQ = key(1, VARINT)
+_STEP_TEXT = 2
+_STEP_TENSORS = 4
+_STEP_LAST_ONLY = key(5, VARINT) + varint(1)
+_MULTIPLEX_STEPS = 1
+_SESSION_STEP_ID = 1
+_SESSION_STEP_STEP = 2
 #: First byte of a SessionResponse carrying a StepResult (field 2) or an Error (field 5).
-RESULT_TAG = 2 << 3 | 2
-ERROR_TAG = 5 << 3 | 2
+RESULT_TAG = SESSION_RESULT[0]
+ERROR_TAG = key(5, LEN)[0]
 
 SESSION_METHOD = "/statestream.v1.SessionService/Session"
 MULTIPLEX_METHOD = "/statestream.v1.SessionService/Multiplex"
 CREATE_METHOD = "/statestream.v1.SessionService/CreateSession"
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + varint(len(payload)) + payload
-
-
 def text_input(text: bytes) -> bytes:
     """A Step's ``text`` input field, to pass as ``step_input`` below."""
-    return _field(_STEP_TEXT, text)
+    return length_delimited(_STEP_TEXT, text)
 
 
 def tensors_input(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -61,33 +47,31 @@ def tensors_input(arrays: Mapping[str, np.ndarray]) -> bytes:
     Encoded through protobuf once per distinct step: the load generators reuse the bytes.
     """
     body = pb.TensorInput(tensors=[to_proto(name, array) for name, array in arrays.items()]).SerializeToString()
-    return _field(_STEP_TENSORS, body)
+    return length_delimited(_STEP_TENSORS, body)
 
 
 def step_bytes(seq: int, step_input: bytes, last_only: bool = False) -> bytes:
     """A serialized ``Step``: seq, an input field (``text_input`` or ``tensors_input``), last_only."""
-    body = bytes((_STEP_SEQ,)) + varint(seq) + step_input
-    if last_only:
-        body += bytes((_STEP_LAST_ONLY, 1))
-    return body
+    body = _STEP_SEQ + varint(seq) + step_input
+    return body + _STEP_LAST_ONLY if last_only else body
 
 
 def session_step_request(seq: int, step_input: bytes, last_only: bool = False) -> bytes:
     """A serialized ``SessionRequest`` holding one step."""
-    return _field(_SESSION_REQUEST_STEP, step_bytes(seq, step_input, last_only))
+    return length_delimited(_SESSION_REQUEST_STEP, step_bytes(seq, step_input, last_only))
 
 
 def session_step_prefix(session_id: str) -> bytes:
     """The ``session_id`` field of a ``SessionStep``; reused for every message of that session."""
-    return _field(_SESSION_STEP_ID, session_id.encode())
+    return length_delimited(_SESSION_STEP_ID, session_id.encode())
 
 
 def multiplex_request(prefixes: list[bytes], seq: int, step_inputs: list[bytes]) -> bytes:
     """A serialized ``MultiplexRequest``: one step with ``seq`` for each session."""
     parts = []
     for prefix, step_input in zip(prefixes, step_inputs, strict=True):
-        entry = prefix + _field(_SESSION_STEP_STEP, step_bytes(seq, step_input))
-        parts.append(_field(_MULTIPLEX_STEPS, entry))
+        entry = prefix + length_delimited(_SESSION_STEP_STEP, step_bytes(seq, step_input))
+        parts.append(length_delimited(_MULTIPLEX_STEPS, entry))
     return b"".join(parts)
 
 

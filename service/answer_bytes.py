@@ -1,5 +1,8 @@
 """StepResult answers written straight in protobuf's wire format, for the two hot kinds.
 
+Its wire helpers (``varint``, ``key``, ``length_delimited``) also write the load generators'
+requests (``loadtest.messages``).
+
 Building a StepResult message and then serializing it cost ~10 µs a step at 256 streams for
 the LSTM-256 model and ~15 µs for char_lm (measured in a running server): a message object per
 output, tensor and token, every field set through upb, then the encoder walks them all again.
@@ -22,8 +25,8 @@ from service.contract import TensorSpec
 from service.tensors import proto_dtype
 
 _SMALL = [bytes([value]) for value in range(0x80)]
-#: Wire types of the fields written here.
-_VARINT, _LEN, _I32 = 0, 2, 5
+#: Wire types of the fields written here (a key is ``number << 3 | wire type``).
+VARINT, LEN, I32 = 0, 2, 5
 
 
 def varint(value: int) -> bytes:
@@ -44,15 +47,15 @@ def key(number: int, wire_type: int) -> bytes:
 
 def length_delimited(number: int, payload: bytes) -> bytes:
     """Field ``number`` holding ``payload`` (a string, bytes, or an encoded message)."""
-    return key(number, _LEN) + varint(len(payload)) + payload
+    return key(number, LEN) + varint(len(payload)) + payload
 
 
 #: StepResult.seq, StepResult.outputs, and StepResult.duplicate = true.
-_SEQ = key(1, _VARINT)
-_OUTPUT = key(2, _LEN)
-DUPLICATE = key(3, _VARINT) + varint(1)
+_SEQ = key(1, VARINT)
+_OUTPUT = key(2, LEN)
+DUPLICATE = key(3, VARINT) + varint(1)
 #: SessionResponse.result: a Session stream's answer to a Step is this, its length, the StepResult.
-SESSION_RESULT = key(2, _LEN)
+SESSION_RESULT = key(2, LEN)
 
 
 def step_result(seq: int, outputs: Iterable[bytes]) -> bytes:
@@ -95,11 +98,11 @@ class OutputTensors:
             size = math.prod(spec.shape) * dtype.itemsize
             tensor = (
                 length_delimited(1, spec.name.encode())
-                + (key(2, _VARINT) + varint(number) if number else b"")
+                + (key(2, VARINT) + varint(number) if number else b"")
                 + (length_delimited(3, b"".join(varint(d) for d in spec.shape)) if spec.shape else b"")
-                + (key(4, _LEN) + varint(size) if size else b"")
+                + (key(4, LEN) + varint(size) if size else b"")
             )  # then the data: proto3 leaves out empty bytes, a zero DataType and an empty shape
-            prefix = key(3, _LEN) + varint(len(tensor) + size) + tensor
+            prefix = key(3, LEN) + varint(len(tensor) + size) + tensor
             self._fixed[spec.name] = (prefix, dtype, spec.shape)
 
     def encode(self, names: Iterable[str], outputs: dict[str, np.ndarray], t: int) -> bytes | None:
@@ -125,11 +128,11 @@ class RankedTokens:
         #: Per token: its TokenProb entry up to the prob, for a non-zero prob and for a zero one.
         self._top: list[tuple[bytes, bytes]] = []
         for index, token in enumerate(tokens):
-            fixed = (key(1, _VARINT) + varint(index) if index else b"") + (
+            fixed = (key(1, VARINT) + varint(index) if index else b"") + (
                 length_delimited(2, token.encode()) if token else b""
             )
-            with_prob = key(2, _LEN) + varint(len(fixed) + 5) + fixed + key(3, _I32)
-            self._top.append((with_prob, key(2, _LEN) + varint(len(fixed)) + fixed))
+            with_prob = key(2, LEN) + varint(len(fixed) + 5) + fixed + key(3, I32)
+            self._top.append((with_prob, key(2, LEN) + varint(len(fixed)) + fixed))
 
     def input(self, token_id: int) -> bytes:
         return self._inputs[token_id]
