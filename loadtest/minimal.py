@@ -10,8 +10,9 @@ like the real server: a language model's top_k next tokens (``ranked_logits``, t
 ranking) and the ``return_tensors`` asked for, so the answer sizes match.
 
 It runs on asyncio's own event loop, as a bare grpc.aio server does unless its author chose
-another (``--event-loop uvloop`` measures it on statestream's). Nothing else: no session ids that resolve, no attach or resume, no seq check (the step's seq is
-only echoed), no batching, no Multiplex, no init graphs. The model is loaded and its golden trace
+another (``--event-loop uvloop`` measures it on statestream's). Nothing else: no session ids
+that resolve, no attach or resume, no seq check (the step's seq is only echoed), no batching,
+no Multiplex, no init graphs. The model is loaded and its golden trace
 replayed by ``LoadedModel.from_folder`` with the server's ONNX Runtime options. Run it as
 ``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``.
 """

@@ -88,6 +88,12 @@ class Settings:
     tls_client_ca: Path | None = field(
         default=None, metadata={"help": "CA bundle (PEM) clients must present a cert from: mutual TLS"}
     )
+    tokens_file: Path | None = field(
+        default=None, metadata={"help": "bearer tokens, '<token> <caller>' per line; enables auth"}
+    )
+
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
+    grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
     event_loop: str = field(
         default="auto",
         metadata={
@@ -95,13 +101,6 @@ class Settings:
             "installed, else asyncio's own"
         },
     )
-
-    tokens_file: Path | None = field(
-        default=None, metadata={"help": "bearer tokens, '<token> <caller>' per line; enables auth"}
-    )
-
-    metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
-    grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
 
     workers: str = field(
         default="1",
