@@ -670,12 +670,12 @@ def test_a_step_whose_future_its_awaiter_cancelled_still_runs_and_hands_its_outc
     rows = [recorder.slabs.allocate() for _ in range(2)]
     before = all_state(recorder.slabs, rows)
     if fails:
-        from service import calls as registry
+        from service.calls import BatchCall
 
-        def broken_run(self: registry.BatchCall) -> None:
+        def broken_run(self: BatchCall) -> None:
             raise RuntimeError("ORT failed")
 
-        monkeypatch.setattr(registry.BatchCall, "run", broken_run)
+        monkeypatch.setattr(BatchCall, "run", broken_run)
     handed: list[asyncio.Future[dict[str, np.ndarray]]] = []
 
     async def main() -> list[Any]:
