@@ -16,6 +16,13 @@ Modes:
 * ``stream``: one session per Session stream, one step (K characters, K = ``chunk``) per message;
 * ``multiplex``: sessions made with CreateSession; each Multiplex stream carries the next step of
   ``per_message`` sessions in every message.
+
+Paced load (``interval_s``): each stream sends on a fixed schedule, one message every
+``interval_s`` (a sensor's rate), and still never has two in flight; a stream whose answer came
+late sends at once and keeps its schedule, so a server that cannot keep up sees closed-loop load
+again (its rate then reads below the offered one). The streams' schedules are spread evenly over
+the interval, or all start together (``spread=False``), so that every stream sends at once:
+the same rate with requests arriving in bursts.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ class LoadSpec:
     tensors: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     #: Outputs every session asks for (SessionOptions.return_tensors), so answers carry them.
     return_tensors: tuple[str, ...] = ()
+    #: Paced load: each stream sends one message every this many seconds; 0: closed loop.
+    interval_s: float = 0.0
+    #: Paced load: the streams' schedules spread evenly over the interval, else all in phase.
+    spread: bool = True
 
 
 #: Distinct tensor steps each stream cycles through (made once, sent as pre-encoded bytes).
@@ -161,7 +172,7 @@ async def _stream(
         messages.opened_session_id(await call.read())
     inputs = _inputs(spec, index)
     await _closed_loop(
-        call, await gate.opened(), out, spec.chunk,
+        call, await gate.opened(), out, spec.chunk, _Pace.of(spec, index),
         lambda seq: messages.session_step_request(seq, inputs[seq % len(inputs)], spec.last_only),
         lambda response: int(response[0] != messages.RESULT_TAG),
     )  # fmt: skip
@@ -181,10 +192,23 @@ async def _multiplex(
     all_inputs = [_inputs(spec, index * spec.per_message + j) for j in range(spec.per_message)]
     call = channel.stream_stream(messages.MULTIPLEX_METHOD)()
     await _closed_loop(
-        call, await gate.opened(), out, spec.per_message * spec.chunk,
+        call, await gate.opened(), out, spec.per_message * spec.chunk, _Pace.of(spec, index),
         lambda seq: messages.multiplex_request(prefixes, seq, [i[seq % len(i)] for i in all_inputs]),
         messages.multiplex_errors,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Pace:
+    """A stream's schedule under paced load: every ``interval_s``, from ``phase_s`` after the start."""
+
+    interval_s: float
+    phase_s: float
+
+    @classmethod
+    def of(cls, spec: LoadSpec, index: int) -> _Pace:
+        phase = spec.interval_s * index / spec.streams if spec.spread else 0.0
+        return cls(spec.interval_s, phase)
 
 
 async def _closed_loop(
@@ -192,14 +216,22 @@ async def _closed_loop(
     times: _Window,
     out: WorkerResult,
     steps_per_message: int,
+    pace: _Pace,
     request: Callable[[int], bytes],
     errors: Callable[[bytes], int],
 ) -> None:
-    """Send, wait for the answer, send the next: until the window ends, counting only answers inside it."""
+    """Send, wait for the answer, send the next (when its time comes, if paced): until the window
+    ends, counting only answers inside it."""
     latencies: list[float] = []
     seq = 0
     clock = time.monotonic
+    due = times.go + pace.phase_s
     while True:
+        if pace.interval_s:
+            wait = due - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            due += pace.interval_s  # late: send now, and keep the schedule
         sent = clock()
         if sent >= times.end:
             break

@@ -15,9 +15,11 @@ import numpy as np
 import psutil
 import pytest
 
-from loadtest import lstm256, messages
+from loadtest import load, lstm256, messages
 from loadtest.bench import Plan, Row, main, targets_of
+from service import answer_bytes
 from service.api import statestream_pb2 as pb
+from service.command import EXIT_USAGE, CommandError
 from service.contract import Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -38,7 +40,7 @@ def test_hand_encoded_requests_are_what_protobuf_would_send() -> None:
     tensors = pb.SessionRequest.FromString(messages.session_step_request(2, messages.tensors_input({"x": x})))
     assert tensors.step.seq == 2 and list(tensors.step.tensors.tensors[0].shape) == [2, 3]
     assert np.array_equal(from_proto(tensors.step.tensors.tensors[0]), x)
-    assert messages.varint(2**40 + 5) == pb.Step(seq=2**40 + 5).SerializeToString()[1:]
+    assert answer_bytes.varint(2**40 + 5) == pb.Step(seq=2**40 + 5).SerializeToString()[1:]
 
 
 def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
@@ -172,6 +174,53 @@ def test_the_residual_target_is_statestreams_cpu_less_echos_and_orts_at_256_stre
     # Without ORT's CPU time (an ORT row of wall-clock rate only) there is nothing to subtract.
     rows[2] = Row("ort", 256, 1, 1000, 1000, 1.0, 2.0)
     assert not [t for t in targets_of(rows, None, plan) if "ORT CPU/step" in t.name]
+
+
+@pytest.mark.parametrize("arrivals", ["spread", "together"])
+def test_paced_load_offers_every_row_the_same_rate_and_judges_no_speed_target(
+    tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str], arrivals: str
+) -> None:
+    """``--rate``: each stream keeps its schedule, so no row answers more than the schedule sends."""
+    streams, rate, window_s = 4, 40.0, 0.5
+    code = main(
+        [
+            *("--models-dir", str(tiny_lm_dir), "--json", "--streams", str(streams), "--rate", str(rate)),
+            *("--arrivals", arrivals, "--repeats", "1", "--duration-s", str(window_s), "--warmup-s", "0.2"),
+            *("--memory-sessions", "0", "--variants", "echo,statestream"),
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    load_rows = [r for r in rows if r["kind"] == "load"]
+    assert {r["variant"] for r in load_rows} == {"echo", "statestream"}
+    # Each stream sends every streams / rate = 0.1 s: at most window / 0.1 + 1 answers each land in
+    # the window. Closed-loop load on this tiny model answers hundreds of times more.
+    bound = streams * (window_s * rate / streams + 1) / window_s
+    for row in load_rows:
+        assert row["errors"] == 0 and 0 < row["messages_per_s"] <= bound, row
+    # The targets are defined on closed-loop load: none is judged on paced load (no memory row here).
+    assert not [r for r in rows if r["kind"] == "target"]
+
+
+def test_paced_streams_are_spread_over_the_interval_or_all_in_phase() -> None:
+    spec = load.LoadSpec(target="", model="m", mode="stream", streams=4, interval_s=0.2)
+    assert [load._Pace.of(spec, i).phase_s for i in range(4)] == pytest.approx([0.0, 0.05, 0.1, 0.15])
+    together = load.LoadSpec(target="", model="m", mode="stream", streams=4, interval_s=0.2, spread=False)
+    assert {load._Pace.of(together, i) for i in range(4)} == {load._Pace(0.2, 0.0)}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rate", "0"], "--rate must be a positive number"),
+        (["--rate", "nan"], "--rate must be a positive number"),
+        (["--arrivals", "together"], "give --rate too"),
+    ],
+)
+def test_paced_load_flags_are_checked_before_anything_starts(flags: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message) as refused:
+        main(["--models-dir", str(SHIPPED_MODELS), *flags])
+    assert refused.value.exit_code == EXIT_USAGE
 
 
 def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
