@@ -292,8 +292,8 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
     targets: list[Target] = []
     if plan.rate:
         # The targets are defined on closed-loop load. Under paced load the rates compare nothing,
-        # and CPU per message depends on how requests arrive (echo's ~1.6x more spread than
-        # together, docs/benchmarks.md), so a residual against a paced echo would flatter.
+        # and CPU per message depends on how requests arrive (echo's is 1.6-1.9x higher spread
+        # than together, docs/benchmarks.md), so a residual against a paced echo would flatter.
         return _memory_targets(memory)
     common = [n for n in plan.streams if n <= 256]
     at = max(common) if common else max(plan.streams)
