@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from service.answer_bytes import OutputTensors, step_result
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.drivers import bounds
@@ -56,6 +57,8 @@ class Driver:
         self.manifest = manifest
         #: Decodes a Step's raw tensors into the model's inputs (``decode_step``).
         self.step_decoder = StepDecoder(manifest)
+        #: Writes the outputs' ``StepOutput.tensors`` entries as bytes (``encode_output``).
+        self.output_tensors = OutputTensors(manifest.outputs)
         #: Runs after each batched call, on the worker thread, over the whole batch; its arrays
         #: join each step's outputs (see ``Scheduler.postprocess``). None: nothing to derive.
         self.postprocess: Postprocess | None = None
@@ -204,9 +207,24 @@ class Driver:
     def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
         """The answer's StepResult as wire bytes: what a Session stream sends and the reply cache keeps.
 
-        By default ``build_result``'s message, serialized. A kind on the hot path writes the
-        same bytes directly instead (``service.answer_bytes``), without the message."""
-        return self.build_result(options, step, decoded, outputs).SerializeToString()
+        The same bytes as ``build_result``'s message serialized: each StepOutput written by
+        ``encode_output`` where the kind can, else (a kind that does not, or outputs not as the
+        manifest says) the message, serialized."""
+        first = decoded.steps - 1 if step.last_only else 0
+        encoded = []
+        for t in range(first, decoded.steps):
+            output = self.encode_output(options, decoded, outputs, t)
+            if output is None:
+                return self.build_result(options, step, decoded, outputs).SerializeToString()
+            encoded.append(output)
+        return step_result(step.seq, encoded)
+
+    def encode_output(self, options: ResolvedOptions, decoded: StepInputs, outputs: Arrays, t: int) -> bytes | None:
+        """``build_output``'s StepOutput as bytes (``service.answer_bytes``), or None: build the message.
+
+        A kind on the hot path writes them directly; by default the message is built, since
+        ``build_output`` is what most kinds override."""
+        return None
 
     def after_step(self, session: Session, outputs: Arrays) -> None:
         """Keeps what a later request of the session needs (a language model's last logits)."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from service.answer_bytes import OutputTensors, RankedTokens, step_result
+from service.answer_bytes import RankedTokens
 from service.api import statestream_pb2 as pb
 from service.contract import ContractError, Manifest
 from service.drivers import bounds
@@ -73,7 +73,6 @@ class LanguageDriver(Driver):
         self.token_input = manifest.inputs[0]
         self.postprocess = ranked_logits(self.logits)
         self._ranked = RankedTokens(self.vocabulary.tokens)
-        self._tensors = OutputTensors(manifest.outputs)
 
     @classmethod
     def check_manifest(cls, manifest: Manifest) -> None:
@@ -147,22 +146,18 @@ class LanguageDriver(Driver):
                 add_proto(out.tensors, name, outputs[name][t])
         return result
 
-    def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
-        """``build_result``'s answer, written as bytes directly (``service.answer_bytes``)."""
-        first = decoded.steps - 1 if step.last_only else 0
-        top_k = options.top_k
-        ids = outputs[RANKED_IDS][first:, :top_k].tolist()
-        probs = outputs[RANKED_PROBS][first:, :top_k].tolist()
-        token_ids = decoded.token_ids
-        ranked = self._ranked
-        encoded = []
-        for row, t in enumerate(range(first, decoded.steps)):
-            tensors = self._tensors.encode(options.return_tensors, outputs, t) if options.return_tensors else b""
-            if tensors is None:  # not what the manifest says: the message encodes whatever it is
-                return super().encode_result(options, step, decoded, outputs)
-            given = ranked.input(int(token_ids[t])) if token_ids is not None else b""
-            encoded.append(given + ranked.top(ids[row], probs[row]) + tensors)
-        return step_result(step.seq, encoded)
+    def encode_output(self, options: ResolvedOptions, decoded: StepInputs, outputs: Arrays, t: int) -> bytes | None:
+        """``build_result``'s StepOutput of time step ``t`` as bytes: the input, the top-k, the tensors."""
+        tensors = self.output_tensors.encode(options.return_tensors, outputs, t) if options.return_tensors else b""
+        if tensors is None:  # not what the manifest says: the message encodes whatever it is
+            return None
+        top_k, ranked, token_ids = options.top_k, self._ranked, decoded.token_ids
+        given = ranked.input(int(token_ids[t])) if token_ids is not None else b""
+        return (
+            given
+            + ranked.top(outputs[RANKED_IDS][t][:top_k].tolist(), outputs[RANKED_PROBS][t][:top_k].tolist())
+            + tensors
+        )
 
     def after_step(self, session: Session, outputs: Arrays) -> None:
         # Kept so a later Generate with no prompt can continue from where the stream is.
