@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from service.api import statestream_pb2 as pb
+from service.auth import ANONYMOUS
 from service.client import Client, StepFailed
 from service.sessions import ResolvedOptions
 from service.settings import Settings
@@ -208,6 +210,34 @@ def test_resume_of_an_interrupted_generation_replays_the_same_tokens(lifecycle_s
         assert session.session.resumes == 1
         assert "".join(tokens) == expected.text == done.text
         assert [t for t in done.ids] == list(expected.ids)
+        session.close()
+
+
+def test_a_generation_that_finished_before_its_stream_broke_is_answered_whole_on_resume(
+    lifecycle_server: ServerThread,
+) -> None:
+    """The resend is a duplicate, answered by the GenerateDone alone; the SDK still ends with it."""
+    with Client(lifecycle_server.target) as client:
+        reference = client.open("char_lm", version="1")
+        expected = [e for e in reference.generate("ROMEO:", 12, temperature=1.0, seed=5)][-1]
+        reference.close()
+
+        session = client.open("char_lm", version="1")
+        events = session.generate("ROMEO:", 12, temperature=1.0, seed=5)
+        first = next(events)
+        assert isinstance(first, pb.Token)
+        held = lifecycle_server.server.store.get(session.id, ANONYMOUS)
+        deadline = time.monotonic() + 30
+        while held.last_seq == 0 and time.monotonic() < deadline:  # the server finished the generation
+            time.sleep(0.01)
+        assert held.last_seq == 1
+        session.cancel()  # the stream breaks after the server finished: the resend is a duplicate
+        rest = list(events)
+        assert session.session.resumes == 1
+        assert isinstance(rest[-1], pb.GenerateDone) and rest[-1].duplicate
+        tokens = [first, *rest[:-1]]
+        assert "".join(t.text for t in tokens) == expected.text == rest[-1].text
+        assert [t.index for t in tokens] == list(range(12))
         session.close()
 
 

@@ -144,8 +144,10 @@ class AsyncSession:
     async def _exchange(self, request: pb.SessionRequest) -> AsyncIterator[pb.SessionResponse]:
         """Sends ``request`` and yields its responses; on a broken stream, resumes and resends.
 
-        ``skip`` responses already yielded are not yielded again after a resend (a generation
-        replayed with the same seed produces the same tokens).
+        Streamed responses already yielded are not yielded again after a resend (a generation
+        replayed with the same seed produces the same tokens). The final answer always is: a
+        request the server had finished before the stream broke is answered by it alone (a
+        duplicate), with no streamed responses before it.
         """
         yielded = 0
         while True:
@@ -155,10 +157,11 @@ class AsyncSession:
                 while True:
                     response = await self._receive()
                     seen += 1
-                    if seen > yielded:
+                    final = response.WhichOneof("response") not in STREAMED
+                    if seen > yielded or final:
                         yielded += 1
                         yield response
-                    if response.WhichOneof("response") not in STREAMED:
+                    if final:
                         return
             except (grpc.aio.AioRpcError, StreamBroken, asyncio.InvalidStateError) as exc:
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in RETRYABLE:
