@@ -34,7 +34,7 @@ from service.registry import Registry
 from service.runtime import Runtimes
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import request_parser
-from service.sessions import SessionStore
+from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 
 

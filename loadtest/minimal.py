@@ -35,7 +35,7 @@ from service.contract import zero_state
 from service.errors import FailedPrecondition, NotFound, StatestreamError, status_number
 from service.registry import LoadedModel
 from service.servicers.wire import Context, Malformed
-from service.sessions import ResolvedOptions
+from service.session_options import ResolvedOptions
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
 

@@ -32,7 +32,8 @@ from service.errors import NotFound, StatestreamError, Unavailable
 from service.metrics import Metrics
 from service.redis_store import Checkpoint, RedisStore
 from service.session_records import SessionRecord
-from service.sessions import ReplyKind, ResolvedOptions, Session, SessionStore
+from service.session_options import ResolvedOptions
+from service.session_store import ReplyKind, Session, SessionStore
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from service.servicers.models import ModelServicer
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import add_servicer
 from service.session_log import events
-from service.sessions import SessionStore
+from service.session_store import SessionStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # typing only: service.sessions imports this module
-    from service.sessions import Session
+if TYPE_CHECKING:  # typing only: service.session_store imports this module
+    from service.session_store import Session
 
 log = logging.getLogger("statestream.sessions")
 

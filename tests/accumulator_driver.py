@@ -23,7 +23,7 @@ from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext
 from service.drivers.steps import StepInputs
-from service.sessions import Session
+from service.session_store import Session
 from service.tasks import register
 from service.tensors import to_proto
 

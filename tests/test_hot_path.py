@@ -28,7 +28,7 @@ from service.drivers.language import RANKED_IDS, RANKED_PROBS, ranked_logits
 from service.drivers.steps import StepDecoder, StepInputs, decode_tensors
 from service.errors import StatestreamError
 from service.metrics import SMALL_BATCH, Metrics
-from service.sessions import ResolvedOptions
+from service.session_options import ResolvedOptions
 from service.tasks import driver_class
 from service.tensors import add_proto, from_proto, to_proto
 from tests.conftest import SHIPPED_MODELS

@@ -39,7 +39,7 @@ from service.auth import load_tokens
 from service.client import Client
 from service.client.credentials import connection
 from service.security import SecurityConfigError, transport_security
-from service.sessions import SESSION_ID_BYTES
+from service.session_store import SESSION_ID_BYTES
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM

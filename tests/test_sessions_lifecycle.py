@@ -22,7 +22,7 @@ import pytest
 from service.api import statestream_pb2 as pb
 from service.auth import ANONYMOUS
 from service.client import Client, StepFailed
-from service.sessions import ResolvedOptions
+from service.session_options import ResolvedOptions
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM

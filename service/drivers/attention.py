@@ -51,7 +51,7 @@ from service.drivers.sampling import Sampler
 from service.drivers.steps import StepInputs
 from service.drivers.vocabulary import Vocabulary
 from service.errors import InvalidArgument
-from service.sessions import Session
+from service.session_store import Session
 from service.tensors import to_proto
 
 #: The widest beam a Run may ask for: each hypothesis holds two slab rows while it runs.

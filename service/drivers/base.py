@@ -28,7 +28,8 @@ from service.tensors import add_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.loops import Loop
-    from service.sessions import ResolvedOptions, Session
+    from service.session_options import ResolvedOptions
+    from service.session_store import Session
 
 #: Distinct session options whose answer bound a driver keeps (see ``Driver.answer_bytes_bound``).
 MAX_CACHED_BOUNDS = 256
@@ -89,7 +90,7 @@ class Driver:
 
     def resolve_options(self, options: pb.SessionOptions) -> ResolvedOptions:
         """Fills in defaults and checks the options against the model before a session exists."""
-        from service.sessions import ResolvedOptions
+        from service.session_options import ResolvedOptions
 
         outputs = {t.name for t in self.manifest.outputs}
         unknown = sorted(set(options.return_tensors) - outputs)

@@ -34,7 +34,7 @@ from service.tasks import register
 from service.tensors import to_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from service.sessions import ResolvedOptions
+    from service.session_options import ResolvedOptions
 
 TASK = "sequence_classifier"
 LOGITS = "logits"

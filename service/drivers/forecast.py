@@ -31,7 +31,8 @@ from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext
 from service.drivers.steps import Arrays, StepInputs
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from service.sessions import ResolvedOptions, Session
+from service.session_options import ResolvedOptions
+from service.session_store import Session
 from service.tasks import register
 from service.tensors import to_proto
 

@@ -25,7 +25,8 @@ from service.drivers.sampling import Sampler
 from service.drivers.steps import Arrays, StepInputs, check_chunk
 from service.drivers.vocabulary import Vocabulary
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from service.sessions import ResolvedOptions, Session
+from service.session_options import ResolvedOptions
+from service.session_store import Session
 from service.tasks import register
 from service.tensors import add_proto
 

@@ -27,7 +27,7 @@ from service.api import statestream_pb2 as pb
 from service.drivers.steps import Arrays, StepInputs, run_step
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from service.sessions import Session
+    from service.session_store import Session
 
 
 def resolve_seed(request: pb.Generate | pb.Run) -> int:

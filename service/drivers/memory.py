@@ -50,7 +50,7 @@ from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.steps import Arrays, StepInputs, named_tensors
 from service.errors import InvalidArgument
-from service.sessions import Session
+from service.session_store import Session
 from service.tasks import register
 from service.tensors import to_proto
 

@@ -24,7 +24,7 @@ from service.tensors import from_proto, proto_dtype
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.scheduler import Orphan
-    from service.sessions import Session
+    from service.session_store import Session
 
 Arrays = dict[str, np.ndarray]
 # StepDecoder's finiteness test squares a step's values; for values past ~1.8e19 the sum

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from service.drivers.base import Driver
 from service.drivers.steps import Arrays, StepInputs
-from service.sessions import ResolvedOptions
+from service.session_options import ResolvedOptions
 from service.tasks import register
 
 

@@ -35,8 +35,8 @@ from service.errors import (
 from service.metrics import Metrics
 from service.servicers.wire import Context, Malformed
 from service.session_log import events
-from service.sessions import ReplyKind, SeqCheck, SessionStore
-from service.sessions import Session as SessionState
+from service.session_store import ReplyKind, SeqCheck, SessionStore
+from service.session_store import Session as SessionState
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

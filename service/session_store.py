@@ -24,6 +24,7 @@ from service.errors import FailedPrecondition, NotFound, ResourceExhausted
 from service.metrics import Metrics
 from service.runtime import ModelRuntime, Runtimes
 from service.session_log import events
+from service.session_options import ResolvedOptions
 from service.settings import Settings
 from service.snapshots import Sealer
 
@@ -52,14 +53,6 @@ class Checkpoint:
 
     rows: dict[str, np.ndarray]
     scratch: dict[str, np.ndarray]
-
-
-@dataclass
-class ResolvedOptions:
-    """Session options with their defaults filled in and checked against the model."""
-
-    top_k: int = 5
-    return_tensors: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
