@@ -52,7 +52,14 @@ UTTERANCES = load_vowels("test").utterances
 CAPTION_MODEL = "captioner"
 TRANSLATOR_MODEL = "dates"
 #: The translation user's texts: one date written many ways.
-DATE_TEXTS = ("Nov 27, 2026", "27th of November 2026", "11/27/26", "2026年11月27日", "27. November 2026", "le 27 nov. 2026")
+DATE_TEXTS = (
+    "Nov 27, 2026",
+    "27th of November 2026",
+    "11/27/26",
+    "2026年11月27日",
+    "27. November 2026",
+    "le 27 nov. 2026",
+)
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
 TEXT = (

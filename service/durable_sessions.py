@@ -31,8 +31,8 @@ from service.api import statestream_pb2 as pb
 from service.errors import NotFound, StatestreamError, Unavailable
 from service.metrics import Metrics
 from service.redis_store import Checkpoint, RedisStore
-from service.session_records import SessionRecord
 from service.session_options import ResolvedOptions
+from service.session_records import SessionRecord
 from service.session_store import ReplyKind, Session, SessionStore
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,9 @@ def healthcheck_command() -> list[str]:
     return [*STATESTREAM, *argv[1:]]
 
 
-def run(argv: Sequence[str], target: str, extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], target: str, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The command as the image runs it: the target comes from STATESTREAM_TARGET, as the image sets it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
     env.update({"STATESTREAM_TARGET": target, **(extra_env or {})})

@@ -49,7 +49,9 @@ def _gradients(net: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in net.parameters()])
 
 
-def _full_gradient(net: Stacked, x: torch.Tensor, target: torch.Tensor, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _full_gradient(
+    net: Stacked, x: torch.Tensor, target: torch.Tensor, state: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
     net.zero_grad()
     full_bptt(net, x, target, state, loss_fn=_sum_of_squares)
     return _gradients(net)
@@ -131,7 +133,9 @@ def test_randomized_truncation_is_unbiased_exactly_over_every_cut_pattern() -> N
     expected = torch.zeros_like(full)
     for pattern in itertools.product([False, True], repeat=steps - 1):
         net.zero_grad()
-        randomized_truncated_bptt(net, x, target, state, loss_fn=_sum_of_squares, keep_probability=lambda _: keep, cuts=pattern)
+        randomized_truncated_bptt(
+            net, x, target, state, loss_fn=_sum_of_squares, keep_probability=lambda _: keep, cuts=pattern
+        )
         probability = 1.0
         for cut in pattern:
             probability *= (1 - keep) if cut else keep
@@ -154,7 +158,13 @@ def test_randomized_truncation_average_over_draws_approaches_the_full_gradient()
     for _ in range(600):
         net.zero_grad()
         randomized_truncated_bptt(
-            net, x, target, state, loss_fn=_sum_of_squares, keep_probability=geometric_truncation(3.0), generator=generator
+            net,
+            x,
+            target,
+            state,
+            loss_fn=_sum_of_squares,
+            keep_probability=geometric_truncation(3.0),
+            generator=generator,
         )
         draws.append(_gradients(net))
     samples = torch.stack(draws)
@@ -182,7 +192,9 @@ def test_clip_by_norm_matches_torch_and_leaves_small_gradients_alone() -> None:
     norm = clip_by_norm(ours.parameters(), 1.0)
     torch_norm = nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
     assert abs(norm - float(torch_norm)) <= 1e-12
-    assert float(_gradients(ours).norm()) == pytest.approx(1.0, abs=1e-9)  # clipped to the bound (the 1e-12 guard moves it ~1e-13)
+    assert float(_gradients(ours).norm()) == pytest.approx(
+        1.0, abs=1e-9
+    )  # clipped to the bound (the 1e-12 guard moves it ~1e-13)
     # torch divides by (‖g‖ + 1e-6), we by (‖g‖ + 1e-12): the clipped gradients differ by ~1e-6 relative.
     assert float((_gradients(ours) - _gradients(theirs)).abs().max()) <= 1e-6
     before = _gradients(ours).clone()
@@ -195,8 +207,18 @@ def test_clip_by_norm_matches_torch_and_leaves_small_gradients_alone() -> None:
     [
         (lambda net, x, t, s: truncated_bptt(net, x, t, s, loss_fn=_sum_of_squares, k1=0, k2=3), "k1"),
         (lambda net, x, t, s: truncated_bptt(net, x, t, s, loss_fn=_sum_of_squares, k1=4, k2=3), "k2 must be >= k1"),
-        (lambda net, x, t, s: randomized_truncated_bptt(net, x, t, s, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.0), "keep_probability"),
-        (lambda net, x, t, s: randomized_truncated_bptt(net, x, t, s, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.5, cuts=[True]), "cuts needs"),
+        (
+            lambda net, x, t, s: randomized_truncated_bptt(
+                net, x, t, s, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.0
+            ),
+            "keep_probability",
+        ),
+        (
+            lambda net, x, t, s: randomized_truncated_bptt(
+                net, x, t, s, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.5, cuts=[True]
+            ),
+            "cuts needs",
+        ),
     ],
 )
 def test_invalid_modes_are_refused(call: object, message: str) -> None:
@@ -215,11 +237,20 @@ def test_truncated_modes_carry_the_forward_state_and_call_on_update_per_backward
         _, *expected = net(x, *state)
     calls: list[int] = []
     if mode == "truncated":
-        result = truncated_bptt(net, x, target, state, loss_fn=_sum_of_squares, k1=3, k2=4, on_update=lambda: calls.append(1))
+        result = truncated_bptt(
+            net, x, target, state, loss_fn=_sum_of_squares, k1=3, k2=4, on_update=lambda: calls.append(1)
+        )
         assert result.updates == 4  # blocks of 3, 3, 3, 1
     else:
         result = randomized_truncated_bptt(
-            net, x, target, state, loss_fn=_sum_of_squares, keep_probability=lambda _: 0.5, cuts=[True, False] * 4 + [True], on_update=lambda: calls.append(1)
+            net,
+            x,
+            target,
+            state,
+            loss_fn=_sum_of_squares,
+            keep_probability=lambda _: 0.5,
+            cuts=[True, False] * 4 + [True],
+            on_update=lambda: calls.append(1),
         )
         assert result.updates == 6  # five cuts: six segments
     assert len(calls) == result.updates

@@ -174,7 +174,12 @@ def test_chunked_run_equals_one_call() -> None:
     1e-12 in float64, not bit for bit: a chunk is a different view of x, and BLAS may take another path for it.
     """
     torch.manual_seed(5)
-    stack = Stacked([Recurrent(LSTMCell(input_size=FEATURES, hidden_size=HIDDEN)), Recurrent(GRUCell(input_size=HIDDEN, hidden_size=HIDDEN))]).double()
+    stack = Stacked(
+        [
+            Recurrent(LSTMCell(input_size=FEATURES, hidden_size=HIDDEN)),
+            Recurrent(GRUCell(input_size=HIDDEN, hidden_size=HIDDEN)),
+        ]
+    ).double()
     x = torch.randn(BATCH, STEPS, FEATURES, dtype=torch.float64)
     y_whole, *state_whole = stack(x, *stack.initial_state(BATCH, dtype=torch.float64))
     state = stack.initial_state(BATCH, dtype=torch.float64)
@@ -195,8 +200,16 @@ def test_chunked_run_equals_one_call() -> None:
         (lambda: GRUCell(input_size=3, hidden_size=0), "hidden_size"),
         (lambda: LSTMCell(input_size=3, hidden_size=4, bias=False, forget_bias=1.0), "forget_bias"),
         (lambda: JordanCell(input_size=3, hidden_size=4, output_size=2, output_activation="relu"), "output_activation"),  # type: ignore[arg-type]
-        (lambda: Stacked([Recurrent(GRUCell(input_size=3, hidden_size=4)), Recurrent(GRUCell(input_size=5, hidden_size=4))]), "reads 5"),
-        (lambda: Bidirectional(GRUCell(input_size=3, hidden_size=4), GRUCell(input_size=2, hidden_size=4)), "different inputs"),
+        (
+            lambda: Stacked(
+                [Recurrent(GRUCell(input_size=3, hidden_size=4)), Recurrent(GRUCell(input_size=5, hidden_size=4))]
+            ),
+            "reads 5",
+        ),
+        (
+            lambda: Bidirectional(GRUCell(input_size=3, hidden_size=4), GRUCell(input_size=2, hidden_size=4)),
+            "different inputs",
+        ),
         (lambda: Stacked([]), "at least one"),
     ],
 )

@@ -40,8 +40,14 @@ def test_adding_batch_targets_are_the_sum_of_the_two_marked_values() -> None:
 
 
 def test_command_writes_both_plots_and_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = gradient_flow.main(["--out", str(tmp_path), "--hidden", "4", "--lags", "6", "--adding-steps", "6", "--iterations", "2"])
+    summary = gradient_flow.main(
+        ["--out", str(tmp_path), "--hidden", "4", "--lags", "6", "--adding-steps", "6", "--iterations", "2"]
+    )
     assert (tmp_path / "gradient_flow.png").stat().st_size > 0
     assert (tmp_path / "adding_problem.png").stat().st_size > 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(summary))
-    assert [m["model"] for m in summary["adding_problem"]["models"]] == ["LSTM", "vanilla tanh RNN", "vanilla tanh RNN, 8 units"]
+    assert [m["model"] for m in summary["adding_problem"]["models"]] == [
+        "LSTM",
+        "vanilla tanh RNN",
+        "vanilla tanh RNN, 8 units",
+    ]

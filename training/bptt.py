@@ -61,7 +61,13 @@ def _nothing() -> None:
 
 
 def full_bptt(
-    model: nn.Module, x: torch.Tensor, target: torch.Tensor, state: State, *, loss_fn: LossFn, on_update: OnUpdate = _nothing
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    state: State,
+    *,
+    loss_fn: LossFn,
+    on_update: OnUpdate = _nothing,
 ) -> BPTTResult:
     r"""The exact gradient: :math:`\nabla_\theta L = \sum_t \sum_{s \le t} \frac{\partial \ell_t}{\partial h_t} \frac{\partial h_t}{\partial h_s} \frac{\partial h_s}{\partial \theta}`."""
     y, after = _run(model, x, _detach(state))
@@ -98,7 +104,9 @@ def truncated_bptt(
     if k1 < 1:
         raise ValueError(f"truncated_bptt: k1 must be >= 1, got {k1}")
     if k2 < k1:
-        raise ValueError(f"truncated_bptt: k2 must be >= k1 (else the oldest losses of a block get no gradient), got k1={k1}, k2={k2}")
+        raise ValueError(
+            f"truncated_bptt: k2 must be >= k1 (else the oldest losses of a block get no gradient), got k1={k1}, k2={k2}"
+        )
     steps = x.shape[1]
     stored: dict[int, State] = {0: _detach(state)}  # the state before step t, by t
     total, updates, done = 0.0, 0, 0
@@ -167,7 +175,9 @@ def randomized_truncated_bptt(
     """
     steps = x.shape[1]
     if cuts is not None and len(cuts) != steps - 1:
-        raise ValueError(f"randomized_truncated_bptt: cuts needs {steps - 1} entries (one per boundary), got {len(cuts)}")
+        raise ValueError(
+            f"randomized_truncated_bptt: cuts needs {steps - 1} entries (one per boundary), got {len(cuts)}"
+        )
     state = _detach(state)
     total, updates, since_cut = 0.0, 0, 0
     segment_loss: torch.Tensor | None = None
@@ -211,7 +221,9 @@ def clip_by_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    norm = torch.sqrt(sum((g.detach().pow(2).sum() for g in grads), torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)))  # ‖g‖
+    norm = torch.sqrt(
+        sum((g.detach().pow(2).sum() for g in grads), torch.zeros((), dtype=grads[0].dtype, device=grads[0].device))
+    )  # ‖g‖
     scale = torch.clamp(max_norm / (norm + 1e-12), max=1.0)  # min(1, c/‖g‖)
     for g in grads:
         g.detach().mul_(scale)  # g ← g · min(1, c/‖g‖)

@@ -107,7 +107,9 @@ class AddingResult:
     curve: list[tuple[int, float]]
 
 
-def train_adding(name: str, cell: Cell, *, steps: int, iterations: int, batch: int, lr: float, clip: float, seed: int) -> AddingResult:
+def train_adding(
+    name: str, cell: Cell, *, steps: int, iterations: int, batch: int, lr: float, clip: float, seed: int
+) -> AddingResult:
     """Adam on the last step's MSE with full BPTT and clipping by norm; test MSE on 1,000 fixed sequences."""
     torch.manual_seed(seed)
     model = Regressor(cell)
@@ -167,7 +169,12 @@ def _plot_adding(results: list[AddingResult], steps: int, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for result in results:
-        axes.plot([i for i, _ in result.curve], [m for _, m in result.curve], marker=".", label=f"{result.model} ({result.parameters} params)")
+        axes.plot(
+            [i for i, _ in result.curve],
+            [m for _, m in result.curve],
+            marker=".",
+            label=f"{result.model} ({result.parameters} params)",
+        )
     axes.axhline(1 / 6, color="grey", linestyle="--", label="always 1 (MSE 1/6)")
     axes.set_yscale("log")
     axes.set_xlabel("training step")
@@ -181,13 +188,19 @@ def _plot_adding(results: list[AddingResult], steps: int, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m training.gradient_flow", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.gradient_flow", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for gradient_flow.png and adding_problem.png")
     parser.add_argument("--hidden", type=int, default=32, help="units of every network (default 32)")
-    parser.add_argument("--lags", type=int, default=100, help="sequence length of the gradient measurement (default 100)")
+    parser.add_argument(
+        "--lags", type=int, default=100, help="sequence length of the gradient measurement (default 100)"
+    )
     parser.add_argument("--adding-steps", type=int, default=50, help="T of the adding problem (default 50)")
     parser.add_argument("--iterations", type=int, default=1000, help="training steps per model (default 1000)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate on the adding problem (default 1e-2)")
+    parser.add_argument(
+        "--lr", type=float, default=1e-2, help="Adam's learning rate on the adding problem (default 1e-2)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("hidden", "lags", "adding_steps", "iterations"):
@@ -201,16 +214,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.manual_seed(args.seed)
         elman = ElmanCell(input_size=args.hidden, hidden_size=args.hidden)
         scaled_orthogonal_(elman.weight_hh, sigma, args.seed)
-        norms[f"vanilla tanh RNN, σ_max(W_hh) = {sigma}"] = gradient_norms_by_lag(elman, steps=args.lags, batch=32, input_scale=0.1, seed=args.seed)
+        norms[f"vanilla tanh RNN, σ_max(W_hh) = {sigma}"] = gradient_norms_by_lag(
+            elman, steps=args.lags, batch=32, input_scale=0.1, seed=args.seed
+        )
     for forget_bias in (1.0, 3.0):
         torch.manual_seed(args.seed)
         lstm = LSTMCell(input_size=args.hidden, hidden_size=args.hidden, forget_bias=forget_bias)
-        norms[f"LSTM, forget bias {forget_bias:g}"] = gradient_norms_by_lag(lstm, steps=args.lags, batch=32, input_scale=0.1, seed=args.seed)
+        norms[f"LSTM, forget bias {forget_bias:g}"] = gradient_norms_by_lag(
+            lstm, steps=args.lags, batch=32, input_scale=0.1, seed=args.seed
+        )
     _plot_gradients(norms, args.out / "gradient_flow.png")
 
     results = [
         train_adding(
-            name, cell, steps=args.adding_steps, iterations=args.iterations, batch=64, lr=args.lr, clip=1.0, seed=args.seed
+            name,
+            cell,
+            steps=args.adding_steps,
+            iterations=args.iterations,
+            batch=64,
+            lr=args.lr,
+            clip=1.0,
+            seed=args.seed,
         )
         for name, cell in (
             ("LSTM", LSTMCell(input_size=2, hidden_size=args.hidden, forget_bias=1.0)),

@@ -109,7 +109,9 @@ class ElmanCell(_GatedAffine):
         bias: learn ``b_{ih}, b_{hh}`` (else they are zero).
     """
 
-    def __init__(self, *, input_size: int, hidden_size: int, nonlinearity: Nonlinearity = "tanh", bias: bool = True) -> None:
+    def __init__(
+        self, *, input_size: int, hidden_size: int, nonlinearity: Nonlinearity = "tanh", bias: bool = True
+    ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"ElmanCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size=input_size, hidden_size=hidden_size, gates=1, bias=bias)
@@ -119,7 +121,9 @@ class ElmanCell(_GatedAffine):
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (h,) = state
         pre = self.input_part(x) + self.hidden_part(h)
-        h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)  # h_t = φ(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+        h = (
+            torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
+        )  # h_t = φ(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
         return h, (h,)
 
 
@@ -154,7 +158,9 @@ class JordanCell(Cell):
         super().__init__()
         _check_sizes("JordanCell", input_size=input_size, hidden_size=hidden_size, output_size=output_size)
         if output_activation not in ("identity", "tanh", "sigmoid"):
-            raise ValueError(f"JordanCell: output_activation must be 'identity', 'tanh' or 'sigmoid', got {output_activation!r}")
+            raise ValueError(
+                f"JordanCell: output_activation must be 'identity', 'tanh' or 'sigmoid', got {output_activation!r}"
+            )
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.state_sizes, self.state_names = (output_size,), ("y",)
         self.output_activation = output_activation
@@ -164,9 +170,17 @@ class JordanCell(Cell):
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (y_prev,) = state
-        h = torch.tanh(self.input_to_hidden(x) + self.output_to_hidden(y_prev))  # h_t = tanh(W_ih x_t + b_ih + W_yh y_{t-1} + b_yh)
+        h = torch.tanh(
+            self.input_to_hidden(x) + self.output_to_hidden(y_prev)
+        )  # h_t = tanh(W_ih x_t + b_ih + W_yh y_{t-1} + b_yh)
         a = self.hidden_to_output(h)  # W_hy h_t + b_hy
-        y = a if self.output_activation == "identity" else torch.tanh(a) if self.output_activation == "tanh" else torch.sigmoid(a)  # y_t = ψ(...)
+        y = (
+            a
+            if self.output_activation == "identity"
+            else torch.tanh(a)
+            if self.output_activation == "tanh"
+            else torch.sigmoid(a)
+        )  # y_t = ψ(...)
         return y, (y,)
 
 
@@ -347,7 +361,9 @@ class Stacked(SequenceLayer):
             raise ValueError("Stacked: needs at least one layer")
         for below, above in itertools.pairwise(layers):
             if above.input_size != below.output_size:
-                raise ValueError(f"Stacked: a layer reads {above.input_size} features but the one below writes {below.output_size}")
+                raise ValueError(
+                    f"Stacked: a layer reads {above.input_size} features but the one below writes {below.output_size}"
+                )
         self.layers = nn.ModuleList(layers)
         self.input_size, self.output_size = layers[0].input_size, layers[-1].output_size
         self._counts = [len(layer.initial_state(1)) for layer in layers]
