@@ -156,10 +156,6 @@ class CachedGauge(_CachedLabels, Gauge):
     pass
 
 
-class CachedHistogram(_CachedLabels, Histogram):
-    pass
-
-
 class TalliedCounter(_Tallied, Counter):
     pass
 

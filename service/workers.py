@@ -32,8 +32,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 300.0
-
 
 @contextlib.contextmanager
 def reserved_port(host: str, port: int) -> Iterator[tuple[socket.socket, int]]:

@@ -88,7 +88,3 @@ def generate_done(longest_token_bytes: int, tokens: int) -> int:
 def run_output(per_step: int) -> int:
     """A SessionResponse(run_output=RunOutput) holding one StepOutput of at most ``per_step`` bytes."""
     return 32 + per_step
-
-
-#: A SessionResponse(run_done=RunDone): seq, steps, a stop reason of at most 32 bytes, seed.
-RUN_DONE = 96
