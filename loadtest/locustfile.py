@@ -38,9 +38,9 @@ from locust import User, constant_throughput, task  # noqa: E402
 
 from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
+from service.datasets.patterns import flip_bits, letter_patterns  # noqa: E402 - numpy only
+from service.datasets.vowels import load_vowels  # noqa: E402 - numpy only
 from service.tensors import to_proto  # noqa: E402
-from training.data.patterns import flip_bits, letter_patterns  # noqa: E402 - numpy only
-from training.data.vowels import load_vowels  # noqa: E402 - numpy only
 
 MODEL = "char_lm"
 MEMORY_MODEL = "hopfield_letters"
@@ -290,7 +290,7 @@ class ForecastUser(StatestreamUser):
 
     def on_start(self) -> None:
         super().on_start()
-        from training.data.laser import load_laser  # numpy only
+        from service.datasets.laser import load_laser  # numpy only
 
         self.readings = load_laser().test.astype(np.float32)
 

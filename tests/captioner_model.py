@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from service.contract import Manifest
+from service.datasets.scenes import END, VOCABULARY
 from service.drivers.beams import BeamSearch, log_softmax
-from training.data.scenes import END, VOCABULARY
 from training.evaluate import open_session
 from training.kinds.captioner import CaptionerModel, CaptionerRecipe, build_net, install
 

@@ -21,12 +21,12 @@ from PIL import Image
 
 from service.api import statestream_pb2 as pb
 from service.client.sdk import AsyncClient, Client, StepFailed
+from service.datasets.scenes import CANVAS, MAX_CAPTION_TOKENS, VOCABULARY, Box, Scene, scenes, to_png
 from service.drivers.beams import BeamSearch, log_softmax
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.captioner_model import NAME, build, offline_beam
 from tests.servers import ServerThread
-from training.data.scenes import CANVAS, MAX_CAPTION_TOKENS, VOCABULARY, Box, Scene, scenes, to_png
 from training.evaluate_captions import Decoded, greedy_captions, pointing_hits
 
 TOLERANCE = 1e-5

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from training.data import dates
+from service.datasets import dates
 from training.translation import Codec
 
 NOV_27 = dt.date(2026, 11, 27)

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from service.contract import ContractError, Manifest, check_graph, replay_golden
+from service.datasets import CharCorpus, load_shakespeare
 from training import export as export_module
 from training.cli import eval_command, export_command
-from training.data import CharCorpus, load_shakespeare
 from training.evaluate import open_session, val_loss_from_onnx
 from training.export import GOLDEN_TEXT, ParityError, export_char_lm
 from training.loops import WEIGHTS_FILE, LoopConfig, seed_everything, stream_loss, train

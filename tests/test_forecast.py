@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from service.contract import Manifest
-from training.data.laser import LASER_PATH, load_laser
-from training.data.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
+from service.datasets.laser import LASER_PATH, load_laser
+from service.datasets.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
 from training.drift_ceiling import Ceiling, ceiling
 from training.evaluate import open_session, ort_step_fn
 from training.export import ParityError

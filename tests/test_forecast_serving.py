@@ -20,12 +20,12 @@ from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import Client, StepFailed, SyncSession
+from service.datasets.mackey_glass import drifting_mackey_glass, mackey_glass
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_forecast import TINY, TINY_ADAPTIVE, export_tiny, graph_runner, numpy_rls
 from training.checkpoints import load_weights
-from training.data.mackey_glass import drifting_mackey_glass, mackey_glass
 from training.forecast_eval import free_runs, teacher_forced
 from training.kinds import forecaster as kind
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.contract import Manifest, check_graph, replay_golden
-from training.data.patterns import flip_bits, letter_patterns
+from service.datasets.patterns import flip_bits, letter_patterns
 from training.evaluate import open_session, ort_step_fn
 from training.export import torch_step_fn
 from training.export_memory import (

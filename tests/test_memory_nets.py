@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.data.maxcut import brute_force_max_cut, random_graph
-from training.data.patterns import (
+from service.datasets.maxcut import brute_force_max_cut, random_graph
+from service.datasets.patterns import (
     LETTER_SHAPE,
     flip_bits,
     letter_patterns,

@@ -23,11 +23,11 @@ from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import Manifest, zero_state
+from service.datasets.patterns import LETTER_SHAPE, flip_bits, letter_patterns
 from service.drivers.memory import completion_feeds, geometric_schedule
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
-from training.data.patterns import LETTER_SHAPE, flip_bits, letter_patterns
 from training.evaluate import open_session, ort_step_fn
 from training.export_memory import export_memory
 from training.nets.boltzmann import RBM

@@ -23,11 +23,11 @@ from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import Manifest
+from service.datasets.vowels import load_vowels
 from service.drivers.classify import softmax
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
-from training.data.vowels import load_vowels
 from training.evaluate import open_session, ort_step_fn
 from training.export import self_check
 from training.export_cells import export_one_step

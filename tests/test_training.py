@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.datasets import CharCorpus, as_streams, load_shakespeare
 from training.checkpoints import load_weights
 from training.cli import train_command
-from training.data import CharCorpus, as_streams, load_shakespeare
 from training.loops import (
     BEST_WEIGHTS_FILE,
     CHECKPOINT_FILE,
@@ -84,7 +84,7 @@ def trained(corpus: CharCorpus, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 def test_corpus_has_65_characters_and_a_90_10_split(corpus: CharCorpus) -> None:
-    text = Path("training/data/corpora/tinyshakespeare.txt").read_text()
+    text = Path("service/datasets/corpora/tinyshakespeare.txt").read_text()
     assert len(corpus.vocab) == len(set(text)) == 65
     assert list(corpus.vocab.chars) == sorted(set(text))
     assert len(corpus.train_ids) + len(corpus.val_ids) == len(text)

@@ -27,11 +27,11 @@ from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import Client
 from service.contract import Manifest
+from service.datasets import dates
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_model_kinds import _open_fails
-from training.data import dates
 from training.evaluate_translation import OnnxTranslator, codec_of
 from training.export_translator import load_translator
 from training.translation import END, TARGET_STEPS, translate_with_torch

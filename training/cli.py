@@ -163,7 +163,7 @@ def scenes_command(argv: list[str]) -> int:
     """``scenes --out DIR --count N``: sample captioner scenes as PNGs, with their captions and boxes."""
     parser = Parser(
         prog="statestream scenes",
-        description="Write sample scenes of the captioner's data set (training/data/scenes.py) as greyscale\n"
+        description="Write sample scenes of the captioner's data set (service/datasets/scenes.py) as greyscale\n"
         "PNGs, with scenes.json holding each file's caption and digit boxes: images to caption.",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
@@ -173,7 +173,7 @@ def scenes_command(argv: list[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes")
     args = parser.parse_args(argv)
-    from training.data.scenes import write_scenes
+    from service.datasets.scenes import write_scenes
 
     for line in write_scenes(args.out, args.split, args.count, args.seed):
         print(line)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.data.mackey_glass import DRIFT_CHANGE
+from service.datasets.mackey_glass import DRIFT_CHANGE
 from training.forecast_tasks import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
 from training.nets.esn import EchoStateNetwork, ridge_readout
 

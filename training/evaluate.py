@@ -3,7 +3,7 @@
 A score in a manifest must describe the graph the server runs, not the PyTorch module it came
 from, so the language-model loss here runs the model folder's ``step.onnx`` in ONNX Runtime.
 It cuts the held-out text exactly as the training loop's validation does
-(``training.data.streams``) and carries the state across chunks, so the two agree to float
+(``service.datasets.streams``) and carries the state across chunks, so the two agree to float
 precision; the tests check that they do.
 
 The helpers :func:`iter_chunks` / :func:`run_sequence` drive any step function (ONNX Runtime
@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from service.contract import ContractError, Manifest, zero_state
-from training.data.shakespeare import Vocabulary, load_shakespeare
-from training.data.streams import EVAL_CHUNK, EVAL_STREAMS, as_streams
+from service.datasets.shakespeare import Vocabulary, load_shakespeare
+from service.datasets.streams import EVAL_CHUNK, EVAL_STREAMS, as_streams
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime

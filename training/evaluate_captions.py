@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.contract import Manifest
-from training.data.scenes import CANVAS, Scene, is_digit_word
+from service.datasets.scenes import CANVAS, Scene, is_digit_word
 from training.evaluate import open_session
 
 EVAL_BATCH = 256

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.contract import Manifest
-from training.data import dates
+from service.datasets import dates
 from training.evaluate import open_session
 from training.translation import END, START, TARGET_STEPS, Codec, DecoderStep, exact_match, greedy_decode
 

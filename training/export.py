@@ -37,8 +37,8 @@ from service.contract import (
     check_init_graph,
     replay_golden,
 )
+from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, Vocabulary, load_shakespeare
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
-from training.data.shakespeare import TRAIN_DATA_DESCRIPTION, Vocabulary, load_shakespeare
 from training.evaluate import Arrays, StepFn, open_session, ort_step_fn, run_sequence, val_loss_from_onnx
 from training.nets import CharLSTM, StepNet
 from training.recipes import describe_recipe_path

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from service.contract import ContextSpec, GoldenTrace, InitSpec, Manifest, StateSpec, TensorSpec
+from service.datasets import dates
 from training import export_attention
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
-from training.data import dates
 from training.evaluate_translation import OnnxTranslator, evaluate_translator
 from training.export import ParityError, record_scores, staged_folder
 from training.kinds.translator import TranslatorRecipe

@@ -4,11 +4,11 @@ Every number a forecaster's manifest, ``statestream eval`` and ``statestream ben
 report comes from :func:`score`, so the shipped models, their re-evaluation and the
 reservoirpy comparison measure the same thing on the same splits.
 
-* ``mackey_glass``: ``MG_SAMPLES`` samples of τ = 17 (``training/data/mackey_glass.py``); the
+* ``mackey_glass``: ``MG_SAMPLES`` samples of τ = 17 (``service/datasets/mackey_glass.py``); the
   first ``MG_TRAIN`` train; NRMSE84 over ``MG_TRIALS`` start points evenly spaced in the rest,
   each after ``MG_WARMUP`` teacher-forced steps taken from the held-out part; σ is the whole
   series' standard deviation (Jaeger's "signal's std").
-* ``laser``: the Santa Fe laser's 80/20 split (``training/data/laser.py``); one-step NRMSE on
+* ``laser``: the Santa Fe laser's 80/20 split (``service/datasets/laser.py``); one-step NRMSE on
   the last 20 % (the whole series teacher-forced from its start), and the NRMSE of
   ``LASER_FREE_TRIALS`` free runs of ``LASER_HORIZON`` steps started evenly over the test part,
   each after ``LASER_WARMUP`` observed steps; σ is the test part's standard deviation.
@@ -26,8 +26,8 @@ from functools import cache
 
 import numpy as np
 
-from training.data.laser import LASER_DESCRIPTION, load_laser
-from training.data.mackey_glass import (
+from service.datasets.laser import LASER_DESCRIPTION, load_laser
+from service.datasets.mackey_glass import (
     DRIFT_CHANGE,
     DRIFT_SAMPLES,
     MG_DESCRIPTION,

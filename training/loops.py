@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from service.datasets.streams import EVAL_CHUNK, EVAL_STREAMS, as_streams
 from training.checkpoints import (
     BEST_WEIGHTS_FILE,
     CHECKPOINT_FILE,
@@ -50,7 +51,6 @@ from training.checkpoints import (
     set_rng_state,
     write_weights,
 )
-from training.data.streams import EVAL_CHUNK, EVAL_STREAMS, as_streams
 from training.nets.step import StepNet
 
 __all__ = ["BEST_WEIGHTS_FILE", "CHECKPOINT_FILE", "LOSS_CURVE_FILE", "WEIGHTS_FILE"]

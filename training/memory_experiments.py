@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data.maxcut import brute_force_max_cut, random_graph
-from training.data.patterns import flip_bits, load_digits_binary, nearest_on_known, occlusion_mask, random_bipolar
+from service.datasets.maxcut import brute_force_max_cut, random_graph
+from service.datasets.patterns import flip_bits, load_digits_binary, nearest_on_known, occlusion_mask, random_bipolar
 from training.nets.boltzmann import BoltzmannMachine
 from training.nets.dense_hopfield import DenseHopfield
 from training.nets.hopfield import Hopfield, Rule

@@ -1,7 +1,7 @@
 """Training the date translator: characters in, ISO date characters out, teacher forcing.
 
 Every step draws a fresh seeded batch of ``(surface form, ISO date)`` pairs from the training
-templates (``training.data.dates``: the held-out templates are never drawn), so the data is
+templates (``service.datasets.dates``: the held-out templates are never drawn), so the data is
 unlimited and a step's batch is a pure function of ``(seed, step)``. One update is
 ``training.loops.train_step`` (forward, cross-entropy, clip, AdamW) with the warm-up + cosine
 schedule of ``training.loops``. Every ``eval_every`` steps the net decodes greedily a fixed
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from service.datasets import dates
 from training.checkpoints import LOSS_CURVE_FILE, SUMMARY_FILE, WEIGHTS_FILE, write_weights
-from training.data import dates
 from training.loops import (
     History,
     WarmupCosine,

@@ -4,7 +4,7 @@
     statestream client complete --model rbm_digits --pattern 3 --occlude bottom --png sweeps.png
 
 The probe is built here from the project's own patterns: a letter names its 5x7 bitmap
-(``training/data/patterns.py``, numpy only), a digit names the first held-out image of that
+(``service/datasets/patterns.py``, numpy only), a digit names the first held-out image of that
 digit in scikit-learn's bundled digits (the ``train`` extra). ``--noise`` flips exactly that
 fraction of the pixels (seeded by ``--seed``), ``--occlude`` hides a half, which is then sent
 as unknown (mask 0). The server runs the sweeps (a Run) and streams each one; the command prints
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def target_image(name: str, units: int, binary: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """The clean pattern ``--pattern`` names, in the model's values, and its image shape."""
-    from training.data.patterns import LETTER_SHAPE, LETTERS, to_bipolar
+    from service.datasets.patterns import LETTER_SHAPE, LETTERS, to_bipolar
 
     if len(name) == 1 and name.upper() in LETTERS:
         if units != LETTER_SHAPE[0] * LETTER_SHAPE[1]:
@@ -75,7 +75,7 @@ def target_image(name: str, units: int, binary: bool) -> tuple[np.ndarray, tuple
         if units != DIGIT_SHAPE[0] * DIGIT_SHAPE[1]:
             raise ProbeError(f"a digit has {DIGIT_SHAPE[0] * DIGIT_SHAPE[1]} pixels, the model has {units} units")
         try:
-            from training.data.patterns import load_digits_binary
+            from service.datasets.patterns import load_digits_binary
 
             digits = load_digits_binary()
         except ImportError:
@@ -89,7 +89,7 @@ def build_probe(
     target: np.ndarray, shape: tuple[int, int], *, noise: float, occlude: str, seed: int, binary: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(pattern, mask)``: ``target`` with ``noise`` of its pixels flipped and ``occlude``'s half unknown."""
-    from training.data.patterns import flip_bits, occlusion_mask, to_binary, to_bipolar
+    from service.datasets.patterns import flip_bits, occlusion_mask, to_binary, to_bipolar
 
     if not 0.0 <= noise <= 1.0:
         raise ProbeError(f"--noise is a fraction in [0, 1], got {noise}")

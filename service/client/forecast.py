@@ -3,7 +3,7 @@
     statestream client forecast --model laser --steps 400 --rollout-every 100 --horizon 20 --json
     statestream client forecast --model mackey_glass --plot forecast.png
 
-The series is the project's own (``training/data``, numpy only): the Santa Fe laser's held-out
+The series is the project's own (``service/datasets``, numpy only): the Santa Fe laser's held-out
 20 %, or Mackey-Glass after its training part (``training/forecast_tasks.py``); ``--series``
 picks it when the model's name is not one of them. ``--warmup`` observations before the
 held-out part are streamed first (the reservoir needs them), then ``--steps`` held-out ones; the
@@ -45,11 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def held_out_stream(series: str) -> tuple[np.ndarray, int]:
     """``(values, first_scored)``: the series to stream and where its held-out part starts."""
     if series == "laser":
-        from training.data.laser import load_laser
+        from service.datasets.laser import load_laser
 
         laser = load_laser()
         return np.concatenate([laser.train, laser.test]), len(laser.train)
-    from training.data import mackey_glass as mg
+    from service.datasets import mackey_glass as mg
 
     if series == "mackey_glass":
         return mg.mackey_glass(mg.MG_SAMPLES), mg.MG_TRAIN

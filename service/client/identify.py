@@ -55,7 +55,7 @@ def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
         if frames.ndim != 2 or len(frames) == 0:
             raise CommandError(f"--file {args.file}: no frames", EXIT_USAGE)
         return frames, None
-    from training.data.vowels import load_vowels
+    from service.datasets.vowels import load_vowels
 
     test = load_vowels("test")
     if args.index >= len(test):

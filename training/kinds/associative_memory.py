@@ -43,7 +43,7 @@ EVAL_SEED = 2024
 RBM_SWEEPS = 200
 RBM_BURN_IN = 50
 DIGITS_DATA = "scikit-learn load_digits (bundled), pixel on when > 8 of 16, seeded 80/20 split (seed 0)"
-LETTERS_DATA = "the project's 5x7 letter bitmaps (training/data/patterns.py), bipolar"
+LETTERS_DATA = "the project's 5x7 letter bitmaps (service/datasets/patterns.py), bipolar"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class MemoryRecipe:
 
 def build_net(recipe: MemoryRecipe) -> tuple[Any, dict[str, float]]:
     """The memory of ``recipe``, computed (Hopfield, dense) or trained (RBM); returns ``(net, facts)``."""
-    from training.data.patterns import letter_patterns, load_digits_binary
+    from service.datasets.patterns import letter_patterns, load_digits_binary
     from training.nets.dense_hopfield import DenseHopfield
     from training.nets.hopfield import Hopfield
     from training.rbm_training import RBMConfig, train_rbm
@@ -124,7 +124,7 @@ def build_net(recipe: MemoryRecipe) -> tuple[Any, dict[str, float]]:
 
 def restore_net(recipe: MemoryRecipe, state: dict[str, Any]) -> Any:
     """The net of a weights file: an empty net of the recipe's shape with the saved tensors loaded."""
-    from training.data.patterns import LETTER_SHAPE, letter_patterns
+    from service.datasets.patterns import LETTER_SHAPE, letter_patterns
     from training.nets.boltzmann import RBM
     from training.nets.dense_hopfield import DenseHopfield
     from training.nets.hopfield import Hopfield
@@ -164,8 +164,8 @@ def train(recipe: MemoryRecipe, options: TrainOptions) -> dict[str, Any]:
 
 
 def export(options: ExportOptions) -> str:
+    from service.datasets.patterns import LETTER_SHAPE, Digits, flip_bits, letter_patterns, load_digits_binary
     from training.checkpoints import load_weights
-    from training.data.patterns import LETTER_SHAPE, Digits, flip_bits, letter_patterns, load_digits_binary
     from training.export import record_scores
     from training.export_memory import export_memory
 
@@ -240,7 +240,7 @@ def _feed(
 
 
 def letter_scores(step: Any, manifest: Any) -> dict[str, float]:
-    from training.data.patterns import flip_bits
+    from service.datasets.patterns import flip_bits
     from training.export_memory import chained_sweeps
 
     stored = np.asarray(manifest.decoding["patterns"], np.float32)
@@ -260,7 +260,7 @@ def letter_scores(step: Any, manifest: Any) -> dict[str, float]:
 
 
 def rbm_scores(step: Any, manifest: Any) -> dict[str, float]:
-    from training.data.patterns import load_digits_binary, nearest_on_known, occlusion_mask
+    from service.datasets.patterns import load_digits_binary, nearest_on_known, occlusion_mask
     from training.export_memory import chained_sweeps
 
     digits = load_digits_binary()

@@ -1,6 +1,6 @@
 """The captioner: Show, Attend and Tell on scenes of handwritten digits, served as init + step graphs.
 
-``statestream train captioner`` generates the seeded training scenes (``training.data.scenes``),
+``statestream train captioner`` generates the seeded training scenes (``service.datasets.scenes``),
 trains ``training.nets.captioner.Captioner`` with teacher forcing (cross-entropy per word plus
 the doubly stochastic regulariser; with ``attention = "hard"`` the REINFORCE-style gradient of
 Xu et al. eq. 12, with a moving-average baseline and an entropy bonus), keeps the weights with
@@ -93,7 +93,7 @@ class CaptionerRecipe:
 
 
 def build_net(model: CaptionerModel) -> Any:
-    from training.data.scenes import CANVAS, VOCABULARY
+    from service.datasets.scenes import CANVAS, VOCABULARY
     from training.nets.captioner import Captioner
 
     c = model.channels
@@ -111,7 +111,7 @@ def build_net(model: CaptionerModel) -> Any:
 
 def teacher_forcing(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Decoder inputs ``[<START>, w_1 .. w_{T-1}]`` and targets ``[w_1 .. w_T]`` (<END>, then <PAD>)."""
-    from training.data.scenes import START, VOCABULARY, caption_batch
+    from service.datasets.scenes import START, VOCABULARY, caption_batch
 
     targets = caption_batch(captions)
     inputs = np.concatenate([np.full((len(captions), 1), VOCABULARY.index(START)), targets[:, :-1]], axis=1)
@@ -128,7 +128,7 @@ def location_labels(chosen: list[Any], locations: int) -> np.ndarray:
     encoder's features, never the attention: where the decoder looks is still learned from the
     captions alone, so the pointing metric still measures what the attention learned.
     """
-    from training.data.scenes import SIZES
+    from service.datasets.scenes import SIZES
     from training.evaluate_captions import grid_centre
 
     labels = np.zeros((len(chosen), locations), np.int64)
@@ -146,7 +146,7 @@ def greedy_torch(net: Any, images: np.ndarray, max_tokens: int) -> list[str]:
     """Greedy captions in PyTorch, for validation during training."""
     import torch
 
-    from training.data.scenes import END, START, VOCABULARY
+    from service.datasets.scenes import END, START, VOCABULARY
 
     end = VOCABULARY.index(END)
     with torch.no_grad():
@@ -169,8 +169,8 @@ def train(recipe: CaptionerRecipe, options: TrainOptions) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from service.datasets.scenes import DATA_DESCRIPTION, MAX_CAPTION_TOKENS, PAD, VOCABULARY, scenes
     from training.checkpoints import write_weights
-    from training.data.scenes import DATA_DESCRIPTION, MAX_CAPTION_TOKENS, PAD, VOCABULARY, scenes
     from training.loops import History, save_loss_curve, seed_everything
     from training.nets.captioner import doubly_stochastic_penalty
 
@@ -278,7 +278,7 @@ def restore(checkpoint: Path) -> tuple[CaptionerRecipe, Any, dict[str, Any]]:
 
 def manifest_of(recipe: CaptionerRecipe, net: Any, training: dict[str, Any]) -> Any:
     from service.contract import ContextSpec, GoldenTrace, InitSpec, Manifest, StateSpec, TensorSpec
-    from training.data.scenes import CANVAS, END, START, VOCABULARY
+    from service.datasets.scenes import CANVAS, END, START, VOCABULARY
     from training.export_attention import INIT_FILE, STEP_FILE
 
     hidden = recipe.model.hidden
@@ -328,7 +328,7 @@ def install(
 ) -> tuple[Any, dict[str, float]]:
     """Exports ``net`` to the model folder ``out`` after its parity checks (and scores it from the
     staged graphs when ``score``); returns the parity report and the scores."""
-    from training.data.scenes import START, VOCABULARY, scenes
+    from service.datasets.scenes import START, VOCABULARY, scenes
     from training.export import staged_folder
     from training.export_attention import check_parity, export_graphs, record_golden
 
@@ -383,7 +383,7 @@ def export(options: ExportOptions) -> str:
 def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
     """Greedy captions of the test and composition splits from the ONNX graphs, scored."""
     from service.contract import Manifest
-    from training.data.scenes import MAX_CAPTION_TOKENS, scenes
+    from service.datasets.scenes import MAX_CAPTION_TOKENS, scenes
     from training.evaluate_captions import greedy_captions, score_captions
 
     manifest = Manifest.load(folder)

@@ -13,7 +13,7 @@ from training.recipes import CharLMRecipe, describe_recipe_path
 def train(recipe: CharLMRecipe, options: TrainOptions) -> dict[str, Any]:
     import torch
 
-    from training.data.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
+    from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
     from training.loops import resolve_device, seed_everything
     from training.loops import train as run_loop
     from training.nets import CharLSTM

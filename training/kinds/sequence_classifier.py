@@ -76,7 +76,7 @@ class ClassifierRecipe:
 
 def build_net(recipe: ClassifierRecipe, mean: Any = None, std: Any = None) -> Any:
     """The untrained net of ``recipe``, normalising its input by ``mean``/``std`` (tensors) inside the graph."""
-    from training.data.vowels import FEATURES, SPEAKERS
+    from service.datasets.vowels import FEATURES, SPEAKERS
     from training.nets.cell_step import CellStepNet
     from training.nets.whole_sequence import WholeSequenceClassifier
 
@@ -115,9 +115,9 @@ def train(recipe: ClassifierRecipe, options: TrainOptions) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from service.datasets.vowels import DATA_DESCRIPTION, feature_stats, load_vowels
     from training.bptt import clip_by_norm
     from training.checkpoints import write_weights
-    from training.data.vowels import DATA_DESCRIPTION, feature_stats, load_vowels
     from training.loops import seed_everything
 
     if options.steps is not None:
@@ -178,7 +178,7 @@ def train(recipe: ClassifierRecipe, options: TrainOptions) -> dict[str, Any]:
 def manifest_of(recipe: ClassifierRecipe, net: Any, training: dict[str, Any]) -> Any:
     """The manifest of ``net`` (golden trace and scores come later)."""
     from service.contract import GoldenTrace, Manifest, TensorSpec
-    from training.data.vowels import FEATURES, SPEAKER_NAMES
+    from service.datasets.vowels import FEATURES, SPEAKER_NAMES
     from training.export import GRAPH_FILE
     from training.export_cells import cell_manifest
 
@@ -227,7 +227,7 @@ def manifest_of(recipe: ClassifierRecipe, net: Any, training: dict[str, Any]) ->
 def parity_inputs(recipe: ClassifierRecipe) -> dict[str, np.ndarray]:
     """Held-out utterances in the graph's layout: three streams of back-to-back frames (streaming
     net), or three rows of eight padded utterances (whole-sequence net)."""
-    from training.data.vowels import load_vowels
+    from service.datasets.vowels import load_vowels
 
     test = load_vowels("test")
     if recipe.net == "stream_gru":
@@ -297,7 +297,7 @@ def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
     model: ``test_accuracy``.
     """
     from service.contract import Manifest
-    from training.data.vowels import load_vowels
+    from service.datasets.vowels import load_vowels
     from training.evaluate import open_session, ort_step_fn
 
     manifest = Manifest.load(folder)

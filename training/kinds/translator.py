@@ -35,7 +35,7 @@ class TranslatorRecipe:
 def train(recipe: TranslatorRecipe, options: TrainOptions) -> dict[str, Any]:
     import torch
 
-    from training.data.dates import DATA_DESCRIPTION
+    from service.datasets.dates import DATA_DESCRIPTION
     from training.loops import seed_everything
     from training.translation import Codec, build_model, train_translator
 
