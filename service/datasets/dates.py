@@ -29,7 +29,6 @@ import numpy as np
 
 FIRST_DATE = dt.date(1950, 1, 1)
 LAST_DATE = dt.date(2049, 12, 31)
-YY_PIVOT = 50  # two-digit years >= 50 are 19YY, below are 20YY
 #: The fraction of templates held out of training (never seen), and the seed that picks them.
 HELDOUT_FRACTION = 0.15
 HELDOUT_SEED = 20261127

@@ -29,7 +29,6 @@ class Vocabulary:
             raise ValueError("a vocabulary is a non-empty sequence of single characters")
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("a vocabulary must not repeat a character")
-        self._ids = {ch: i for i, ch in enumerate(self.chars)}
         # Encoding works on code points: sorted code points and the id of each, for searchsorted.
         points = np.array([ord(ch) for ch in self.chars], dtype=np.int64)
         order = np.argsort(points)
@@ -63,9 +62,6 @@ class Vocabulary:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
-    def id_of(self, char: str) -> int:
-        return self._ids[char]
-
 
 @dataclass(frozen=True)
 class CharCorpus:
@@ -74,10 +70,6 @@ class CharCorpus:
     vocab: Vocabulary
     train_ids: np.ndarray
     val_ids: np.ndarray
-
-    @property
-    def train_text(self) -> str:
-        return self.vocab.decode(self.train_ids)
 
     @property
     def val_text(self) -> str:
