@@ -11,13 +11,14 @@ server said no" from "no server there". The codes are documented in docs/api.md.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 
@@ -160,31 +161,84 @@ class Parser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")  # "--port: 70000 is out of range (0-65535)"
         self.exit(EXIT_USAGE, error_line(message, hint=f"see '{self.prog} --help'") + "\n")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of 1 or more."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+class OutOfRange(argparse.ArgumentTypeError, ValueError):
+    """A value a numeric option cannot take; the message names the value and the range.
+
+    argparse prints an ArgumentTypeError's message as it is; code that converts environment
+    variables catches it as the ValueError it also is.
+    """
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer of 0 or more."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def non_negative_float(text: str) -> float:
-    """An argparse type: a number of 0 or more."""
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+@dataclass(frozen=True)
+class InRange(Generic[N]):
+    """An argparse ``type``: a whole number (``int_in``) or a finite number (``float_in``) in ``[low, high]``.
+
+    ``high`` None leaves the top open. The bounds are attributes, so a test (or a help text) can
+    read the range a flag accepts.
+    """
+
+    kind: type[N]
+    low: N
+    high: N | None = None
+
+    def __call__(self, text: str) -> N:
+        what = "a whole number" if self.kind is int else "a number"
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            raise OutOfRange(f"{text!r} is not {what}") from None
+        if self.kind is float and not math.isfinite(value):
+            raise OutOfRange(f"{text!r} is not a finite number")
+        if not self.low <= value or (self.high is not None and value > self.high):
+            raise OutOfRange(f"{text.strip()} is out of range ({self.describe()})")
+        return value
+
+    def describe(self) -> str:
+        """The range as a reader writes it: ``0-65535``, ``1 or more``."""
+        low = _number(self.low)
+        return f"{low} or more" if self.high is None else f"{low}-{_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def int_in(low: int, high: int | None = None) -> InRange[int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (inclusive; None: no top)."""
+    return InRange(int, low, high)
+
+
+def float_in(low: float, high: float | None = None) -> InRange[float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (inclusive; None: no top)."""
+    return InRange(float, float(low), None if high is None else float(high))
+
+
+#: The largest value of a protobuf ``uint32`` field (token, step and sweep counts, top-k).
+UINT32_MAX = 2**32 - 1
+#: The longest duration a flag takes, in seconds: a year. Longer is a typo, and overflows some clocks.
+MAX_DURATION_S = 365 * 24 * 3600.0
+
+#: A TCP port (0: a free one, where the command picks).
+port = int_in(0, 65535)
+#: A count of 1 or more.
+positive_int = int_in(1)
+#: A count of 0 or more.
+non_negative_int = int_in(0)
+#: A number of 0 or more.
+non_negative_float = float_in(0.0)
+#: A fraction, 0 to 1.
+fraction = float_in(0.0, 1.0)
+#: A duration in seconds, 0 to a year.
+seconds = float_in(0.0, MAX_DURATION_S)
+#: A random seed (the protocol's ``uint64``).
+seed = int_in(0, 2**64 - 1)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
