@@ -1,22 +1,18 @@
 """State slabs in the execution provider's memory: on a GPU, a session's state never leaves it.
 
-``StateSlabs`` keeps every row in host memory, so on the CUDA provider each batch's state would
-cross the bus twice per call (host → device before, device → host after). ``DeviceSlabs`` keeps
-the same ``[capacity, *shape]`` slabs as ORT ``OrtValue``s on the device instead, and moves rows
-with ORT itself (``service.slab_graphs``): a batch's rows are gathered into the step call's bound
-state input on the device, and the call's new state is scattered back into the slab in place.
-Only token ids go in and outputs come out over the bus.
+``StateSlabs`` keeps rows in host memory, so on CUDA each batch's state would cross the bus twice
+per call. ``DeviceSlabs`` keeps the same ``[capacity, *shape]`` slabs as ORT ``OrtValue``s on the
+device and moves rows there with ORT itself (``service.slab_graphs``): gathered into the call's
+bound state input, scattered back into the slab in place. Only token ids and outputs cross the bus.
 
-The class keeps ``StateSlabs``' contract (``service.slabs.Slabs``), so the scheduler and the
-sessions do not know where state lives. Rare row operations (a snapshot, a restore, a fork, a
-reset, a new session's zero row) go through the host, one row at a time.
+It keeps the ``Slabs`` contract, so the scheduler and the sessions do not know where state lives.
+Rare row operations (snapshot, restore, fork, reset, a new session's zero row) go through the
+host, one row at a time. On the CPU provider (``--state-memory device --provider cpu``) the same
+code runs on host OrtValues, which is how the tests cover it without a GPU.
 
-Runs on the CPU provider too (``--state-memory device`` with ``--provider cpu``): the same code
-with host OrtValues, which is how the tests exercise it on machines without a GPU.
-
-Every method runs on the event loop thread, like ``StateSlabs``. The batch's gather and scatter
-use their own index buffer (``_rows``); the direct path and the row operations use their own, so
-a row operation between a batch's gather and its scatter cannot change which rows it writes.
+Every method runs on the event loop thread. A batch's gather and scatter use their own index
+buffer (``_rows``), the direct path and the row operations another, so a row operation between
+the two cannot change which rows the scatter writes.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ steps/s), active sessions, evictions and state bytes. Exposed on ``--metrics-por
 
 The hot path never pays for prometheus_client's bookkeeping. ``labels(...)`` returns a child
 cached by its label values; on the hot path's metrics (requests, steps, batches, batch size,
-queue and compute time) that child is a *tally*: plain Python
-numbers that the event loop adds to (a counter's total; a histogram's per-bucket counts and sum).
-prometheus_client's own ``inc`` and ``observe`` take a lock and, for a histogram, walk the buckets
-in Python, ~1-2 µs each, six times for a lone step. A collector registered first in the registry
+queue and compute time) that child is a *tally*: plain Python numbers that the event loop adds
+to (a counter's total; a histogram's per-bucket counts and sum). prometheus_client's own ``inc``
+and ``observe`` take a lock and, for a histogram, walk the buckets in Python, several times a
+step (docs/benchmarks.md, "metric tallies"). A collector registered first in the registry
 folds what is new in every tally into the real children whenever the registry is collected (a
 scrape, ``get_sample_value``), so what is exposed is what the per-value calls would have stored.
 """
@@ -76,9 +76,8 @@ class HistogramTally:
     def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
         """Many observations with one update per bucket (a batch's queue times).
 
-        Up to ``SMALL_BATCH`` values a bisect per value is cheaper than numpy's fixed ~17 µs
-        (measured: 5 values 2.4 µs by bisect against 17 µs; 64 values 18 against 21; 256 values
-        104 against 28), and a small batch is the common case below ~50 streams.
+        Up to ``SMALL_BATCH`` values a bisect per value is cheaper than numpy's fixed cost, and a
+        small batch is the common case below ~50 streams (measured in docs/benchmarks.md).
         """
         if len(values) <= SMALL_BATCH:
             for value in values:

@@ -1,20 +1,17 @@
 """How the server's process runs: its event loop, and a garbage collector tuned for a server.
 
-Both are measured choices (docs/benchmarks.md, issue 14, fourth session):
+* **The event loop.** uvloop schedules callbacks, futures and task wake-ups for less CPU than
+  asyncio's pure-Python loop, and a step of a Session stream is several of those.
+  ``--event-loop auto`` takes uvloop where it is installed (a dependency on Linux and macOS);
+  ``asyncio`` forces the standard loop, e.g. to rule the loop out when chasing a problem.
+* **The garbage collector.** With the default thresholds a step's dicts, futures and frames
+  trigger a young collection every few steps, and the older generations then walk every object
+  the models and modules left on the heap. Once the models are loaded, ``settle_heap`` moves
+  everything alive into the permanent generation (``gc.freeze``), which no collection walks
+  again, and raises the thresholds. A step's own objects are still freed by reference counting;
+  only the rare reference cycles (a failed step's traceback, a closed stream) wait longer.
 
-* **The event loop.** uvloop (libuv, in Cython) schedules callbacks, futures and task wake-ups
-  for less CPU than asyncio's pure-Python loop, and a step of a Session stream is several of
-  those. ``--event-loop auto`` takes uvloop where it is installed (a dependency on Linux and
-  macOS) and asyncio's own loop elsewhere; ``asyncio`` forces the standard loop, e.g. to rule
-  the loop out when chasing a problem.
-* **The garbage collector.** The default thresholds run a young-generation collection every
-  700 net allocations of container objects; a step's dicts, futures and frames reach that
-  every few steps, and the older generations then walk every object the models and modules
-  left on the heap. Measured in-process at 256 streams that cost 8.4 µs a step. Once the
-  server has loaded its models, ``settle_heap`` moves everything alive into the permanent
-  generation (``gc.freeze``), which no collection walks again, and collects ~14× less often.
-  A step's own objects are freed by reference counting as before; only reference cycles wait
-  longer, and those are rare on the hot path (a failed step's traceback, a closed stream).
+Both choices were measured: docs/benchmarks.md, "The hot path, fourth session".
 """
 
 from __future__ import annotations

@@ -2,18 +2,17 @@
 
 Device slabs (``service.device_slabs``) must gather a batch's rows, scatter the new state back
 and grow, all without copying the slab to the host and without torch in the serving image. ONNX
-Runtime can do each with one standard operator on any execution provider, so each is a graph of
+Runtime does each with one standard operator on any execution provider, so each is a graph of
 one node per state tensor, built here from the model's state specs:
 
 * **gather**: ``Gather(slab, rows, axis=0)`` → ``[B, *shape]``, the batch's state in call order;
 * **scatter**: ``ScatterND(slab, rows[:, None], new)`` → the slab with the batch's rows replaced.
   Its output is bound to the slab's own memory: ORT's CPU and CUDA ScatterND kernels skip their
-  input-to-output copy when the two are the same buffer, so only B rows are written, not the
-  whole slab (measured: 32 µs for 256 rows into a 100,000-row slab, the same as into 1,024);
+  input-to-output copy when the two are one buffer, so only B rows are written, not the whole
+  slab (measured in docs/benchmarks.md, "Device slabs in the server");
 * **grow**: ``Pad(slab, pads)`` with zeros → a new, longer slab that ORT allocates on the device.
 
-The slab and batch axes (``capacity``, ``batch``, ``grown``) are dynamic, so one graph serves every
-slab size and batch.
+The slab and batch axes (``capacity``, ``batch``, ``grown``) are dynamic: one graph serves every size.
 """
 
 from __future__ import annotations

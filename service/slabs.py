@@ -1,22 +1,18 @@
 """Per-model state slabs: every session's state is one row of a preallocated array.
 
-For each state tensor of a model there is one array ``[capacity, *shape]``. A session owns a
-row index; a batch gathers the rows of its sessions into the contiguous feed of its ONNX Runtime
-call and scatters the new state back. Capacity doubles when the rows run out, so the hot path
-allocates nothing per step and a session's memory is its raw state bytes plus a few counters.
-New capacity is zero-filled lazily by the OS (``np.zeros`` maps untouched pages), so a slab's
-resident memory follows the rows in use, not its capacity.
-
-All methods run on the event loop thread (the scheduler gathers before and scatters after the
-ONNX Runtime call), so growing a slab can never race a batch in flight.
+For each state tensor of a model there is one array ``[capacity, *shape]``. A session owns a row
+index; a batch gathers its sessions' rows into the contiguous feed of its ONNX Runtime call and
+scatters the new state back. Capacity doubles when the rows run out, so the hot path allocates
+nothing per step and a session's memory is its raw state bytes plus a few counters. New capacity
+is zero-filled lazily by the OS (``np.zeros`` maps untouched pages), so a slab's resident memory
+follows the rows in use. All methods run on the event loop thread (gather before, scatter after
+the call), so growth never races a batch in flight.
 
 A model's context tensors (per-session, read-only step inputs made by its init graph) are rows
-in the same slabs: gathered into every batch like the state, never scattered back, and carried by
-fork, snapshot and restore because those move whole rows.
+in the same slabs: gathered like the state, never scattered back, carried by fork, snapshot, restore.
 
 ``Slabs`` is the contract the scheduler and the sessions use; ``StateSlabs`` keeps rows in host
-memory, ``service.device_slabs.DeviceSlabs`` in an execution provider's (the GPU's) memory. Both
-hand out rows through one ``RowAllocator``.
+memory, ``service.device_slabs.DeviceSlabs`` in a provider's; both share one ``RowAllocator``.
 """
 
 from __future__ import annotations
@@ -160,7 +156,7 @@ class StateSlabs(AllocatedRows):
         """
         for name, array in self.arrays.items():
             # mode="clip": rows are allocated rows, always in range; numpy's default "raise"
-            # with out= copies through a temporary and is ~3x slower (86 vs 27 us, 256 rows).
+            # with out= copies through a temporary (measured in docs/benchmarks.md).
             array.take(rows, axis=0, out=host(out[name]), mode="clip")
 
     def gather_row(self, row: int, out: Mapping[str, StateBuffer]) -> None:
@@ -171,7 +167,8 @@ class StateSlabs(AllocatedRows):
     def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None:
         """Writes the new state of ``rows`` (``state`` keyed by state *input* name, ``[len(rows), *shape]``)."""
         for name, array in self._written:
-            # Row-major 2-D views: numpy's fancy assignment is ~20 % faster than on [N, *shape].
+            # Row-major 2-D views: numpy's fancy assignment is faster there than on [N, *shape]
+            # (docs/benchmarks.md, "Why these design choices").
             flat = array.reshape(len(array), -1)
             flat[rows] = host(state[name]).reshape(len(rows), -1)
 
