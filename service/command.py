@@ -194,10 +194,14 @@ class InRange(Generic[N]):
             value = self.kind(text)
         except (TypeError, ValueError):
             raise OutOfRange(f"{text!r} is not {what}") from None
+        return self.check(value)
+
+    def check(self, value: N) -> N:
+        """``value`` itself, or OutOfRange naming it and the range."""
         if self.kind is float and not math.isfinite(value):
-            raise OutOfRange(f"{text!r} is not a finite number")
+            raise OutOfRange(f"{value} is not a finite number")
         if not self.low <= value or (self.high is not None and value > self.high):
-            raise OutOfRange(f"{text.strip()} is out of range ({self.describe()})")
+            raise OutOfRange(f"{_number(value)} is out of range ({self.describe()})")
         return value
 
     def describe(self) -> str:
@@ -207,7 +211,8 @@ class InRange(Generic[N]):
 
 
 def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    """``65535``, ``0.5``, ``31536000``: a bound as a reader writes it (no ``.0``, no exponent)."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def int_in(low: int, high: int | None = None) -> InRange[int]:

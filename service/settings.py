@@ -12,15 +12,48 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from service.command import (
+    InRange,
+    OutOfRange,
+    float_in,
+    int_in,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    seconds,
+)
+from service.command import (
+    port as tcp_port,
+)
 
 ENV_PREFIX = "STATESTREAM_"
 SCHEDULERS = ("batched", "none")
 PROVIDERS = ("auto", "cpu", "cuda")
 STATE_MEMORIES = ("auto", "host", "device")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: The most server processes ``--workers`` starts ('auto' is one per core).
+MAX_WORKERS = 256
+#: gRPC takes message sizes as a C int.
+INT32_MAX = 2**31 - 1
+#: The longest a scheduler may hold a batch open to let it fill: past a second it is a typo.
+MAX_DELAY_MS = 1000.0
+
+
+def worker_count(text: str) -> str:
+    """The type of ``--workers``: ``auto``, or a count from 1 to MAX_WORKERS."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise OutOfRange(f"{text!r} is neither a whole number nor 'auto'") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise OutOfRange(f"{count} is out of range (1-{MAX_WORKERS}, or 'auto')")
+    return str(count)
 
 
 @dataclass(frozen=True)
@@ -28,7 +61,7 @@ class Settings:
     """Everything the server is configured with. Defaults are the documented defaults."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
-    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)", "type": tcp_port})
     models_dir: Path = field(default=Path("models"), metadata={"help": "folder of model folders"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
@@ -36,18 +69,25 @@ class Settings:
         default=20.0,
         metadata={
             "help": "most session event lines (opened, closed, evicted, resumed, refused) logged per second; "
-            "the rest are counted (0: count only)"
+            "the rest are counted (0: count only)",
+            "type": non_negative_float,
         },
     )
 
     scheduler: str = field(
         default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"}
     )
-    max_batch: int = field(default=256, metadata={"help": "most session-steps in one ORT call"})
+    max_batch: int = field(default=256, metadata={"help": "most session-steps in one ORT call", "type": positive_int})
     max_delay_ms: float = field(
-        default=0.0, metadata={"help": "wait up to this long for a batch to fill (0: run at once)"}
+        default=0.0,
+        metadata={
+            "help": "wait up to this long for a batch to fill (0: run at once)",
+            "type": float_in(0, MAX_DELAY_MS),
+        },
     )
-    ort_intra_threads: int = field(default=1, metadata={"help": "ONNX Runtime intra-op threads per model"})
+    ort_intra_threads: int = field(
+        default=1, metadata={"help": "ONNX Runtime intra-op threads per model", "type": positive_int}
+    )
     ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
     provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
     io_binding: bool = field(default=True, metadata={"help": "bind ORT inputs/outputs to preallocated buffers"})
@@ -59,19 +99,42 @@ class Settings:
         },
     )
 
-    initial_capacity: int = field(default=64, metadata={"help": "state slab rows preallocated per model"})
-    max_sessions: int = field(default=100_000, metadata={"help": "open sessions in the whole server"})
-    max_sessions_per_caller: int = field(default=10_000, metadata={"help": "open sessions one caller may hold"})
-    detach_ttl_s: float = field(default=300.0, metadata={"help": "how long a session outlives its stream, for resume"})
-    idle_timeout_s: float = field(default=3600.0, metadata={"help": "a session unused this long is closed"})
-    max_chunk: int = field(default=4096, metadata={"help": "most time steps in one Step message"})
-    max_generate_tokens: int = field(default=4096, metadata={"help": "most tokens one Generate may ask for"})
-    max_run_steps: int = field(default=1024, metadata={"help": "most model steps one server-side Run may take"})
-    max_init_bytes: int = field(
-        default=1024 * 1024, metadata={"help": "largest init payload (tensors or encoded bytes) an open may carry"}
+    initial_capacity: int = field(
+        default=64, metadata={"help": "state slab rows preallocated per model", "type": positive_int}
     )
-    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
-    max_streams: int = field(default=10_000, metadata={"help": "concurrent streams the server accepts"})
+    max_sessions: int = field(
+        default=100_000, metadata={"help": "open sessions in the whole server", "type": positive_int}
+    )
+    max_sessions_per_caller: int = field(
+        default=10_000, metadata={"help": "open sessions one caller may hold", "type": positive_int}
+    )
+    detach_ttl_s: float = field(
+        default=300.0, metadata={"help": "how long a session outlives its stream, for resume", "type": seconds}
+    )
+    idle_timeout_s: float = field(
+        default=3600.0, metadata={"help": "a session unused this long is closed", "type": seconds}
+    )
+    max_chunk: int = field(default=4096, metadata={"help": "most time steps in one Step message", "type": positive_int})
+    max_generate_tokens: int = field(
+        default=4096, metadata={"help": "most tokens one Generate may ask for", "type": positive_int}
+    )
+    max_run_steps: int = field(
+        default=1024, metadata={"help": "most model steps one server-side Run may take", "type": positive_int}
+    )
+    max_init_bytes: int = field(
+        default=1024 * 1024,
+        metadata={
+            "help": "largest init payload (tensors or encoded bytes) an open may carry",
+            "type": int_in(1, INT32_MAX),
+        },
+    )
+    max_message_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "largest gRPC message accepted", "type": int_in(1024, INT32_MAX)},
+    )
+    max_streams: int = field(
+        default=10_000, metadata={"help": "concurrent streams the server accepts", "type": positive_int}
+    )
     evict_detached: bool = field(
         default=False, metadata={"help": "when full, close the least recently used detached session to make room"}
     )
@@ -81,7 +144,10 @@ class Settings:
             "help": "HMAC key for snapshot blobs (default: random per process; set it to restore across restarts)"
         },
     )
-    reply_cache: int = field(default=8, metadata={"help": "answers kept per session to re-send to a resuming client"})
+    reply_cache: int = field(
+        default=8,
+        metadata={"help": "answers kept per session to re-send to a resuming client", "type": non_negative_int},
+    )
 
     tls_cert: Path | None = field(default=None, metadata={"help": "server certificate chain (PEM); enables TLS"})
     tls_key: Path | None = field(default=None, metadata={"help": "server private key (PEM), with --tls-cert"})
@@ -92,8 +158,8 @@ class Settings:
         default=None, metadata={"help": "bearer tokens, '<token> <caller>' per line; enables auth"}
     )
 
-    metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)"})
-    grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus /metrics port (0: off)", "type": tcp_port})
+    grace_s: float = field(default=10.0, metadata={"help": "SIGTERM drain: time for in-flight steps", "type": seconds})
     event_loop: str = field(
         default="auto",
         metadata={
@@ -107,7 +173,8 @@ class Settings:
         metadata={
             "help": "server processes sharing the address (SO_REUSEPORT), or 'auto' for one per core; more than one "
             "hands sessions between them through the session store (a private redis-server when "
-            "--session-store is not given)"
+            "--session-store is not given)",
+            "type": worker_count,
         },
     )
     session_store: str = field(
@@ -122,12 +189,13 @@ class Settings:
         metadata={
             "help": "write a session to the session store every K acknowledged requests, before answering the "
             "K-th (default 1 with --session-store: every answered step is durable; 0: only on detach, "
-            "hand-over and drain, the default for the private store of --workers)"
+            "hand-over and drain, the default for the private store of --workers)",
+            "type": non_negative_int,
         },
     )
     handover_timeout_s: float = field(
         default=1.0,
-        metadata={"help": "how long a resume waits for the live owner of a session to hand it over"},
+        metadata={"help": "how long a resume waits for the live owner of a session to hand it over", "type": seconds},
     )
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, sharing the port with other processes"}
@@ -158,32 +226,12 @@ class Settings:
             raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
         if self.state_memory not in STATE_MEMORIES:
             raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
-        for name in (
-            "max_batch",
-            "ort_intra_threads",
-            "initial_capacity",
-            "max_sessions",
-            "max_sessions_per_caller",
-            "max_chunk",
-            "max_generate_tokens",
-            "max_run_steps",
-            "max_init_bytes",
-            "max_streams",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers != "auto" and (not self.workers.isdigit() or int(self.workers) < 1):
-            raise ValueError(f"workers must be a number >= 1 or 'auto', got {self.workers!r}")
+        for f in fields(self):
+            _check_range(f, getattr(self, f.name))
         if self.session_store and not self.session_store.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
                 f"session_store must be a redis://HOST:PORT (or unix://PATH) URL, got {self.session_store!r}"
             )
-        if self.checkpoint_every is not None and self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.handover_timeout_s < 0:
-            raise ValueError(f"handover_timeout_s must be >= 0, got {self.handover_timeout_s}")
-        if self.max_message_bytes < 1024:
-            raise ValueError("max_message_bytes must be at least 1024")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -191,6 +239,17 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _check_range(f: Field[Any], value: Any) -> None:
+    """Raises ValueError naming the field when ``value`` is outside the range its option takes."""
+    kind = f.metadata.get("type")
+    if kind is None or value is None:
+        return
+    try:
+        kind.check(value) if isinstance(kind, InRange) else kind(value)
+    except OutOfRange as exc:
+        raise ValueError(f"{f.name}: {exc}") from None
 
 
 def _flag(name: str) -> str:
@@ -206,9 +265,12 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _converter(kind: Any) -> Any:
-    name = kind if isinstance(kind, str) else kind.__name__
-    return {"int": int, "float": float, "str": str, "Path": Path, "bool": _parse_bool}[name.removesuffix(" | None")]
+def _converter(f: Field[Any]) -> Any:
+    """What turns the text of a flag or variable into the field's value: its range-checked type, or its annotation's."""
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    name = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"str": str, "Path": Path, "bool": _parse_bool}[name.removesuffix(" | None")]
 
 
 def _default_text(default: Any) -> str:
@@ -219,7 +281,7 @@ def _default_text(default: Any) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per settings field, defaulting to "not given" so env vars can fill in."""
     for f in fields(Settings):
-        kind = _converter(f.type)
+        kind = _converter(f)
         if kind is _parse_bool:
             parser.add_argument(
                 _flag(f.name),
@@ -251,7 +313,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None =
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None:
             try:
-                values[f.name] = _converter(f.type)(raw)
+                values[f.name] = _converter(f)(raw)
             except ValueError as exc:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
     return Settings(**values)
