@@ -1,30 +1,11 @@
 """``statestream bench``: the serving benchmark, every variant measured side by side in one run.
 
-It starts each server variant itself on 127.0.0.1 as a child process (stopped by its PID at the
-end, whatever happens), drives it with closed-loop load from separate client processes, and
-prints one table and the targets as ratios measured in this run:
-
-* ``echo``: the same proto and message sizes with no model (``loadtest.echo``): the ceiling of
-  a Python grpc.aio server on this machine;
-* ``naive``: ``--scheduler none``, one batch-1 ORT call per step, the baseline;
-* ``minimal``: a bare grpc.aio server on the same proto (``loadtest.minimal``): state in the
-  handler, one batch-1 ORT call per step, no sessions or scheduler: what our features cost;
-* ``statestream``: the batching scheduler, at N = 1, 64, 256, 1024 streams;
-* ``chunked``: K = 16 characters per message; ``multiplexed``: 256 sessions per message;
-* ``ort``: the model alone, at the batch shapes of those two (and at batch 256 when echo and
-  statestream run at 256 streams), with the server's ORT options; its CPU column is ORT's own
-  CPU time per step in this process, which the residual target subtracts;
-* ``memory``: RSS growth per idle session against its raw state bytes.
-
-The machine is shared and noisy, so the variants are measured interleaved (echo, naive, ours,
-... for each N, then again) and every cell is the median of ``--repeats`` runs. Load is bounded
-(fixed stream counts, fixed durations) and goes to 127.0.0.1 only.
-
-``--rate R`` offers every row the same paced load instead: R messages a second over its
-streams, each stream on a fixed schedule (``loadtest.load``), spread evenly or all together
-(``--arrivals``). Every server then answers the same messages, so its CPU per step and its
-latency compare at equal load; rates no longer do. The targets are defined on closed-loop load,
-so only the memory target is judged then.
+It starts each server variant on 127.0.0.1 as a child process (stopped by its PID at the end,
+whatever happens), drives it from separate client processes (``loadtest.load``), and prints one
+table and the targets as ratios measured in this run. The variants are listed in ``DESCRIPTION``
+(the ``--help`` text) and explained in docs/benchmarks.md; ``--scale`` measures the scale-out
+rows instead (``loadtest.scale``). The machine is shared and noisy, so the cells are measured
+interleaved and each is the median of ``--repeats`` runs.
 
     python -m loadtest.bench [--quick] [--json] [--models-dir models] [--model char_lm] [--repeats 3]
 """
@@ -35,22 +16,23 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest.load import LoadResult, LoadSpec, create_sessions, model_fields, run_load
+from loadtest.cells import STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
+from loadtest.load import LoadResult, create_sessions
 from loadtest.ortrate import OrtBench
+from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser
 from service.contract import Manifest
 
-#: ``statestream bench --help``: the module docstring's content as plain text.
+#: ``statestream bench --help``: what it runs and what each variant stands for.
 DESCRIPTION = """The serving benchmark: every variant measured side by side in one run.
 
 It starts each server variant on 127.0.0.1 as a child process (stopped at the end, whatever
@@ -70,129 +52,6 @@ Each cell is the median of --repeats runs, measured interleaved (the machine is 
 --rate R offers every row the same paced load instead (R messages a second over its streams,
 --arrivals spread or together), so CPU per step and latency compare at equal load; the
 targets are defined on closed-loop load, so only the memory one is judged then."""
-
-STREAMS_FULL = (1, 64, 256, 1024)
-STREAMS_QUICK = (1, 256)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how much: the full run, ``--quick``, or what the flags say."""
-
-    streams: tuple[int, ...] = STREAMS_FULL
-    warmup_s: float = 1.0
-    duration_s: float = 4.0
-    repeats: int = 3
-    chunk: int = 16
-    chunk_streams: int = 64
-    per_message: int = 256
-    multiplex_streams: int = 4
-    memory_sessions: int = 100_000
-    ort_duration_s: float = 2.0
-    variants: tuple[str, ...] = ("echo", "naive", "minimal", "statestream", "chunked", "multiplexed")
-    #: Messages a second offered to every row (paced load, see ``--rate``); 0: closed loop.
-    rate: float = 0.0
-    #: Paced load: the streams' schedules spread over the interval (else all send together).
-    spread: bool = True
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One measured configuration."""
-
-    variant: str  # echo, naive, minimal, statestream, chunked, multiplexed
-    server: str  # which server process runs it
-    mode: str  # stream or multiplex
-    streams: int  # sessions driven at once
-    chunk: int = 1
-    per_message: int = 1
-
-    @property
-    def load_streams(self) -> int:
-        """Streams the client opens: one per session, or one per multiplexed message in flight."""
-        return self.streams // self.per_message if self.mode == "multiplex" else self.streams
-
-    @property
-    def steps_per_message(self) -> int:
-        return self.chunk * self.per_message
-
-
-@dataclass
-class Row:
-    """A table row: the median over repeats of one cell (or an ORT / memory measurement)."""
-
-    variant: str
-    streams: int
-    steps_per_message: int
-    messages_per_s: float
-    steps_per_s: float
-    p50_ms: float
-    p99_ms: float
-    server_cpu_us_per_step: float = math.nan
-    errors: int = 0
-    response_bytes: float = math.nan
-    repeats: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        data = {
-            "kind": "load" if self.variant != "ort" else "ort",
-            "variant": self.variant,
-            "streams": self.streams,
-            "steps_per_message": self.steps_per_message,
-            "messages_per_s": _round(self.messages_per_s),
-            "steps_per_s": _round(self.steps_per_s),
-            "p50_ms": _round(self.p50_ms, 3),
-            "p99_ms": _round(self.p99_ms, 3),
-            "server_cpu_us_per_step": _round(self.server_cpu_us_per_step, 1),
-            "errors": self.errors,
-            "response_bytes": _round(self.response_bytes),
-            "repeats": self.repeats,
-        }
-        data.update(self.extra)
-        return data
-
-
-@dataclass
-class Target:
-    name: str
-    value: float
-    threshold: float
-    higher_is_better: bool
-    detail: str
-
-    @property
-    def met(self) -> bool:
-        if math.isnan(self.value):
-            return False
-        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "target",
-            "target": self.name,
-            "value": _round(self.value, 3),
-            "threshold": self.threshold,
-            "met": self.met,
-            "detail": self.detail,
-        }
-
-
-def _round(value: float, digits: int = 0) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return round(value, digits) if digits else round(value)
-
-
-def client_layout(streams: int) -> tuple[int, int]:
-    """(worker processes, channels per worker) for N streams: as few processes as keep up.
-
-    The client shares the 2 cores with the server, so every extra process takes CPU from it;
-    one process with a few connections drives up to a few hundred streams, two beyond that.
-    """
-    workers = 1 if streams <= 256 else 2
-    channels = max(1, min(4, streams // 64))
-    return workers, channels
 
 
 def cells_of(plan: Plan) -> list[Cell]:
@@ -217,46 +76,6 @@ def cells_of(plan: Plan) -> list[Cell]:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def measure(cell: Cell, server: ServerProcess, plan: Plan, model: Manifest) -> LoadResult:
-    workers, channels = client_layout(cell.load_streams)
-    spec = LoadSpec(
-        target=server.target,
-        model=model.name,
-        mode=cell.mode,
-        streams=cell.load_streams,
-        channels=channels,
-        chunk=cell.chunk,
-        per_message=cell.per_message,
-        interval_s=cell.load_streams / plan.rate if plan.rate else 0.0,
-        spread=plan.spread,
-        **model_fields(model),
-    )
-    return run_load(
-        spec, workers=workers, warmup_s=plan.warmup_s, duration_s=plan.duration_s, cpu_seconds=server.cpu_seconds
-    )
-
-
-def _median(values: Sequence[float]) -> float:
-    clean = [v for v in values if not math.isnan(v)]
-    return statistics.median(clean) if clean else math.nan
-
-
-def summarize(cell: Cell, results: list[LoadResult]) -> Row:
-    return Row(
-        variant=cell.variant,
-        streams=cell.streams,
-        steps_per_message=cell.steps_per_message,
-        messages_per_s=_median([r.messages_per_s for r in results]),
-        steps_per_s=_median([r.steps_per_s for r in results]),
-        p50_ms=_median([r.percentile_ms(50) for r in results]),
-        p99_ms=_median([r.percentile_ms(99) for r in results]),
-        server_cpu_us_per_step=_median([r.cpu_us_per_step for r in results]),
-        errors=sum(r.errors for r in results),
-        response_bytes=_median([r.bytes_per_message for r in results]),
-        repeats=len(results),
-    )
 
 
 def measure_memory(models_dir: Path, model: str, sessions: int) -> dict[str, Any]:
@@ -384,11 +203,11 @@ def _minimal_targets(find: Callable[[str, int | None], Row | None]) -> list[Targ
     ratio to the bare server is the most any target on steps/s can read in this run.
     """
     targets = []
-    for streams, measure, threshold in MINIMAL_TARGETS:
+    for streams, quantity, threshold in MINIMAL_TARGETS:
         ours, minimal, echo = find("statestream", streams), find("minimal", streams), find("echo", streams)
         if not (ours and minimal):
             continue
-        if measure == "p50":
+        if quantity == "p50":
             value, detail = ours.p50_ms / minimal.p50_ms, f"{ours.p50_ms:.3f} ms / {minimal.p50_ms:.3f} ms"
             targets.append(
                 Target(f"statestream p50 / minimal p50 at {streams} stream", value, threshold, False, detail)
@@ -591,11 +410,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    if changes:
-        from dataclasses import replace
-
-        plan = replace(plan, **changes)
-    return plan
+    return replace(plan, **changes) if changes else plan
 
 
 def run(
@@ -665,11 +480,11 @@ def run(
                 variant="ort",
                 streams=batch,
                 steps_per_message=steps,
-                messages_per_s=_median([r.calls / r.duration_s for r in rates]),
-                steps_per_s=_median([r.steps_per_s for r in rates]),
-                p50_ms=_median([r.percentile_ms(50) for r in rates]),
-                p99_ms=_median([r.percentile_ms(99) for r in rates]),
-                server_cpu_us_per_step=_median([r.cpu_us_per_step for r in rates]),  # ORT's own, in this process
+                messages_per_s=median([r.calls / r.duration_s for r in rates]),
+                steps_per_s=median([r.steps_per_s for r in rates]),
+                p50_ms=median([r.percentile_ms(50) for r in rates]),
+                p99_ms=median([r.percentile_ms(99) for r in rates]),
+                server_cpu_us_per_step=median([r.cpu_us_per_step for r in rates]),  # ORT's own, in this process
                 repeats=len(rates),
             )
         )
@@ -688,8 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CommandError(f"no model {args.model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
     started = time.monotonic()
     if args.scale:
-        from loadtest.scale import run_scale, scale_targets
-
         cores = len(os.sched_getaffinity(0))
         rows, memory = run_scale(plan, args.models_dir, args.model, _log, cores), None
         targets = scale_targets(rows, cores)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench import Cell, Plan, Row, Target, client_layout, measure, summarize
+from loadtest.cells import Cell, Plan, Row, Target, client_layout, measure, summarize
 from loadtest.front import free_port, run_envoy
 from loadtest.load import LoadResult
 from loadtest.servers import ServerProcess, serve_command
@@ -141,7 +141,7 @@ def run_scale(
 
 
 def load_processes(streams: int) -> int:
-    """The client processes the load generator runs at ``streams`` (bench.client_layout decides)."""
+    """The client processes the load generator runs at ``streams`` (cells.client_layout decides)."""
     return client_layout(streams)[0]
 
 

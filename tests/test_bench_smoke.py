@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from loadtest import load, lstm256, messages
-from loadtest.bench import Plan, Row, main, targets_of
+from loadtest.bench import main, targets_of
+from loadtest.cells import Plan, Row
 from service import answer_bytes
 from service.api import statestream_pb2 as pb
 from service.command import EXIT_USAGE, CommandError

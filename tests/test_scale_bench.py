@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from loadtest.bench import Row
+from loadtest.cells import Row
 from loadtest.front import envoy_config
 from loadtest.scale import SCALE_STREAMS, scale_targets, setups
 from service.client.sdk import ROUTE_HEADER
