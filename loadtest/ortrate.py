@@ -16,6 +16,7 @@ import numpy as np
 from service.calls import StepCalls
 from service.registry import LoadedModel
 from service.settings import Settings
+from service.tasks import check_model
 
 
 @dataclass
@@ -43,7 +44,7 @@ class OrtRate:
 class OrtBench:
     def __init__(self, model_folder: Path, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.model = LoadedModel.from_folder(model_folder, self.settings)
+        self.model = LoadedModel.from_folder(model_folder, self.settings, check_model)
 
     def rate(self, batch: int, steps: int, duration_s: float) -> OrtRate:
         calls = StepCalls(self.model, io_binding=True, max_batch=batch, max_steps=batch * steps)

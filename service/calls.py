@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.buffers import HOST, Device, DeviceArray, StateBuffer, bind_input, bind_output, head, host
-from service.contract import RowSpec
+from service.contract import Arrays, RowSpec
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.registry import LoadedModel
@@ -35,7 +35,6 @@ def run_bound(session: ort.InferenceSession, binding: ort.IOBinding) -> None:
     session._sess.run_with_iobinding(binding._iobinding, None)
 
 
-Arrays = dict[str, np.ndarray]
 StateBuffers = dict[str, StateBuffer]
 
 

@@ -2,23 +2,17 @@
 
 Every model the server runs is ``step(inputs_t, state_{t-1}, context) -> (outputs_t, state_t)``,
 optionally with an ``init(payload) -> (state_0, context)`` graph run once when a session opens.
-The manifest (``manifest.json`` beside the graphs) names each tensor, its dtype and its
-per-session shape, and the task whose driver serves the model; the server knows nothing else
-about the network. This module is the one piece of ``service/`` that ``training/`` imports, so
-it holds the schema and its checks and nothing of the server (ONNX Runtime is imported only
-where a graph is checked).
+The manifest (``manifest.json`` beside the graphs) names each tensor, its dtype and per-session
+shape, and the task whose driver serves the model; the server knows nothing else of the network.
+``training/`` imports this module, so it holds the schema and its checks and nothing of the
+server (ONNX Runtime is imported only where a graph is checked).
 
-Graph conventions (all tensors have the batch as their leading, dynamic axis):
-
-* a per-step input or output has shape ``[batch, time, *shape]``; the time axis is dynamic,
-  so one call can run a chunk of K consecutive steps of every session in the batch;
-* a state tensor has shape ``[batch, *shape]``: the graph reads ``state.input`` and writes
-  the state after the last time step to ``state.output``;
-* a context tensor has shape ``[batch, *shape]``: a step graph input that is per-session and
-  read-only (a captioner's image annotations). It is never a step output;
-* the init graph takes the manifest's ``init.inputs`` (``[batch, *shape]``, one session's
-  payload per row) and returns one output named after each state *input* whose ``init`` is
-  ``"init"`` and one named after each context tensor.
+Graph conventions (every tensor's leading axis is the batch, dynamic):
+* a per-step input or output is ``[batch, time, *shape]``, time dynamic: one call runs K steps;
+* a state is ``[batch, *shape]``, read at ``state.input``, written after the last step at ``state.output``;
+* a context is ``[batch, *shape]``: a per-session, read-only step input (a captioner's image), never an output;
+* the init graph takes ``init.inputs`` (``[batch, *shape]``, one payload per row) and returns one
+  output named after each state *input* whose ``init`` is ``"init"`` and one per context tensor.
 """
 
 from __future__ import annotations
@@ -37,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+
+#: Tensors by name: a step's inputs or outputs, a session's state row, a graph's feed.
+Arrays = dict[str, np.ndarray]
 
 #: Manifest dtype names and the numpy type each maps to.
 DTYPES: dict[str, type[np.generic]] = {

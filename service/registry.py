@@ -10,7 +10,7 @@ the hot path are ``service.calls``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,11 @@ from service.contract import MANIFEST_FILE, ContractError, Manifest, check_graph
 from service.errors import NotFound
 from service.providers import CPU, CUDA, CUDA_OPTIONS, Providers, choose_providers, session_options
 from service.settings import Settings
-from service.tasks import driver_class
 
 log = logging.getLogger(__name__)
+
+#: Refuses (ContractError) a manifest no driver can serve: ``service.tasks.check_model``.
+KindCheck = Callable[[Manifest], None]
 
 
 def _open_graph(folder: Path, name: str, what: str, settings: Settings) -> ort.InferenceSession:
@@ -51,13 +53,16 @@ class LoadedModel:
     init_session: ort.InferenceSession | None = None
 
     @classmethod
-    def from_folder(cls, folder: Path, settings: Settings) -> LoadedModel:
-        """Loads and proves a model folder; raises ContractError naming what is wrong."""
+    def from_folder(cls, folder: Path, settings: Settings, check_kind: KindCheck) -> LoadedModel:
+        """Loads and proves a model folder; raises ContractError naming what is wrong.
+
+        ``check_kind`` refuses a manifest whose task has no driver, or that its driver cannot
+        serve (``service.tasks.check_model``): passed in, so the registry names no driver.
+        """
         manifest = Manifest.load(folder)
-        driver = driver_class(manifest.task)  # an unknown task is refused here, naming the known ones
+        check_kind(manifest)  # an unknown task, or a manifest its kind cannot serve, before any graph opens
         session = _open_graph(folder, manifest.step_graph, "step", settings)
         check_graph(manifest, session)
-        driver.check_manifest(manifest)  # a graph that fits its manifest but not its kind
         init_session = None
         if manifest.init is not None:
             init_session = _open_graph(folder, manifest.init.graph, "init", settings)
@@ -131,13 +136,13 @@ class Registry:
             self._models[model.key] = model
 
     @classmethod
-    def from_folder(cls, root: Path, settings: Settings) -> Registry:
+    def from_folder(cls, root: Path, settings: Settings, check_kind: KindCheck) -> Registry:
         if not root.is_dir():
             raise FileNotFoundError(f"models folder {root} does not exist")
         models = []
         for folder in _model_folders(root):
             try:
-                model = LoadedModel.from_folder(folder, settings)
+                model = LoadedModel.from_folder(folder, settings, check_kind)
             except ContractError as exc:
                 log.error("refusing model %s: %s", folder, exc, extra={"model_folder": str(folder)})
                 continue

@@ -40,6 +40,7 @@ from service.servicers.wire import add_servicer
 from service.session_log import events
 from service.session_store import SessionStore
 from service.settings import Settings
+from service.tasks import check_model
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Server:
         auth = auth if auth is not None else authenticator(settings)
         metrics = Metrics()
         events.configure(settings.log_session_events_per_s)
-        registry = Registry.from_folder(settings.models_dir, settings)
+        registry = Registry.from_folder(settings.models_dir, settings, check_model)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
         durable = await connect_session_store(settings, store, metrics)

@@ -11,8 +11,8 @@ are rate limited (``--log-session-events-per-s``, a token bucket): events over t
 counted, not logged, and the count is reported on the next line that is logged and in the final
 line on stop. The Prometheus counters count every event regardless.
 
-The call sites are one line each (service/sessions.py, service/servicers/sessions.py,
-service/server.py); everything else lives here.
+The call sites are one line each (service/session_store.py, service/engine.py,
+service/servicers/sessions.py, service/server.py); everything else lives here.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:  # typing only: service.session_store imports this module
-    from service.session_store import Session
+from typing import Any, Protocol
 
 log = logging.getLogger("statestream.sessions")
 
@@ -38,6 +35,24 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 class _Error(Protocol):
     code: Any  # grpc.StatusCode
     message: str
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Session(Protocol):
+    """What a line says of a session (``service.session_store.Session`` has it; this module sits below it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def runtime(self) -> _Named: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def last_seq(self) -> int: ...
 
 
 def short_id(session_id: str) -> str:

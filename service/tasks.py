@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from service.contract import ContractError
+from service.contract import ContractError, Manifest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.base import Driver
@@ -56,3 +56,11 @@ def driver_class(task: str) -> type[Driver]:
     if cls is None:
         raise ContractError(f"unknown task {task!r}: no driver serves it; known tasks: {known_tasks()}")
     return cls
+
+
+def check_model(manifest: Manifest) -> None:
+    """Refuses (ContractError) a model whose task has no driver, or whose manifest its driver cannot serve.
+
+    The registry calls it for every folder it loads (``Registry.from_folder``'s ``check_kind``).
+    """
+    driver_class(manifest.task).check_manifest(manifest)

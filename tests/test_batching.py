@@ -35,6 +35,7 @@ from service.runtime import build_calls, build_slabs
 from service.scheduler import Scheduler, StepJob
 from service.settings import Settings
 from service.slabs import Slabs, StateSlabs
+from service.tasks import check_model
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread
@@ -195,7 +196,7 @@ def test_multiplexed_outputs_equal_their_lone_runs(batching_server: ServerThread
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_lm_dir: Path) -> LoadedModel:
-    return LoadedModel.from_folder(tiny_lm_dir / "char_lm", Settings())
+    return LoadedModel.from_folder(tiny_lm_dir / "char_lm", Settings(), check_model)
 
 
 def make_slabs(model: LoadedModel, memory: str, capacity: int) -> Slabs:

@@ -122,6 +122,7 @@ def test_a_model_without_a_vocabulary_cannot_generate(rnn_server: ServerThread) 
 
 def test_the_float_model_builder_passes_the_contract(tmp_path: Path) -> None:
     from service.registry import LoadedModel
+    from service.tasks import check_model
 
-    model = LoadedModel.from_folder(float_rnn.build(tmp_path / "m"), Settings())
+    model = LoadedModel.from_folder(float_rnn.build(tmp_path / "m"), Settings(), check_model)
     assert model.manifest.state_bytes == float_rnn.HIDDEN * 4

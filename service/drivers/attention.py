@@ -48,10 +48,10 @@ from service.drivers.base import Driver
 from service.drivers.beams import BeamSearch, Hypothesis, log_softmax
 from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.sampling import Sampler
+from service.drivers.session_view import SessionView
 from service.drivers.steps import StepInputs
 from service.drivers.vocabulary import Vocabulary
 from service.errors import InvalidArgument
-from service.session_store import Session
 from service.tensors import to_proto
 
 #: The widest beam a Run may ask for: each hypothesis holds two slab rows while it runs.
@@ -143,7 +143,7 @@ class AttentionDecoderDriver(Driver):
             longest, 1
         )
 
-    def plan_run(self, session: Session, request: pb.Run, limits: bounds.Limits) -> Loop:
+    def plan_run(self, session: SessionView, request: pb.Run, limits: bounds.Limits) -> Loop:
         """Checks the options and limits; nothing has run when this raises."""
         self.check_run_steps(request, limits)
         if request.tensors.tensors:

@@ -19,17 +19,17 @@ import numpy as np
 
 from service.answer_bytes import OutputTensors, step_result
 from service.api import statestream_pb2 as pb
-from service.contract import Manifest
+from service.contract import Arrays, Manifest
 from service.drivers import bounds
-from service.drivers.steps import Arrays, StepDecoder, StepInputs, named_tensors
+from service.drivers.steps import StepDecoder, StepInputs, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
+from service.session_options import ResolvedOptions
 from service.tensors import add_proto
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.loops import Loop
-    from service.session_options import ResolvedOptions
-    from service.session_store import Session
+    from service.drivers.session_view import SessionView
 
 #: Distinct session options whose answer bound a driver keeps (see ``Driver.answer_bytes_bound``).
 MAX_CACHED_BOUNDS = 256
@@ -90,8 +90,6 @@ class Driver:
 
     def resolve_options(self, options: pb.SessionOptions) -> ResolvedOptions:
         """Fills in defaults and checks the options against the model before a session exists."""
-        from service.session_options import ResolvedOptions
-
         outputs = {t.name for t in self.manifest.outputs}
         unknown = sorted(set(options.return_tensors) - outputs)
         if unknown:
@@ -227,15 +225,15 @@ class Driver:
         ``build_output`` is what most kinds override."""
         return None
 
-    def after_step(self, session: Session, outputs: Arrays) -> None:
+    def after_step(self, session: SessionView, outputs: Arrays) -> None:
         """Keeps what a later request of the session needs (a language model's last logits)."""
 
     # -- server-side loops ---------------------------------------------------------------
 
-    def plan_generate(self, session: Session, request: pb.Generate, limits: bounds.Limits) -> Loop:
+    def plan_generate(self, session: SessionView, request: pb.Generate, limits: bounds.Limits) -> Loop:
         raise InvalidArgument(f"model {self.manifest.name!r} ({self.manifest.task}) does not generate tokens")
 
-    def plan_run(self, session: Session, request: pb.Run, limits: bounds.Limits) -> Loop:
+    def plan_run(self, session: SessionView, request: pb.Run, limits: bounds.Limits) -> Loop:
         """Validates a Run before anything runs; the returned Loop runs it."""
         raise InvalidArgument(f"model {self.manifest.name!r} ({self.manifest.task}) has no server-side run")
 

@@ -22,9 +22,8 @@ import io
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers.attention import AttentionDecoderDriver
-from service.drivers.steps import Arrays
 from service.errors import InvalidArgument, ResourceExhausted
 from service.tasks import register
 

@@ -20,21 +20,17 @@ queued, so the session's state is unchanged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
-from service.drivers.steps import Arrays, StepInputs, check_chunk, named_tensors
+from service.drivers.steps import StepInputs, check_chunk, named_tensors
 from service.errors import InvalidArgument
+from service.session_options import ResolvedOptions
 from service.tasks import register
 from service.tensors import to_proto
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from service.session_options import ResolvedOptions
 
 TASK = "sequence_classifier"
 LOGITS = "logits"

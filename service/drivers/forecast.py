@@ -25,14 +25,14 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext
-from service.drivers.steps import Arrays, StepInputs
+from service.drivers.session_view import SessionView
+from service.drivers.steps import StepInputs
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.session_options import ResolvedOptions
-from service.session_store import Session
 from service.tasks import register
 from service.tensors import to_proto
 
@@ -88,10 +88,10 @@ class ForecastDriver(Driver):
             )
         return decoded
 
-    def after_step(self, session: Session, outputs: Arrays) -> None:
+    def after_step(self, session: SessionView, outputs: Arrays) -> None:
         session.scratch[LAST_PREDICTION] = outputs[PREDICTION][-1].copy()
 
-    def plan_run(self, session: Session, request: pb.Run, limits: bounds.Limits) -> Loop:
+    def plan_run(self, session: SessionView, request: pb.Run, limits: bounds.Limits) -> Loop:
         """Checks the horizon and that there is something to roll out from; nothing has run when this raises."""
         self.check_run_steps(request, limits)
         if request.max_steps > self.max_horizon:

@@ -17,16 +17,16 @@ import numpy as np
 
 from service.answer_bytes import RankedTokens
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.sampling import Sampler
-from service.drivers.steps import Arrays, StepInputs, check_chunk
+from service.drivers.session_view import SessionView
+from service.drivers.steps import StepInputs, check_chunk
 from service.drivers.vocabulary import Vocabulary
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.session_options import ResolvedOptions
-from service.session_store import Session
 from service.tasks import register
 from service.tensors import add_proto
 
@@ -160,13 +160,13 @@ class LanguageDriver(Driver):
             + tensors
         )
 
-    def after_step(self, session: Session, outputs: Arrays) -> None:
+    def after_step(self, session: SessionView, outputs: Arrays) -> None:
         # Kept so a later Generate with no prompt can continue from where the stream is.
         session.scratch[LAST_LOGITS] = outputs[self.logits][-1].copy()
 
     # -- Generate ------------------------------------------------------------------------
 
-    def plan_generate(self, session: Session, request: pb.Generate, limits: bounds.Limits) -> Loop:
+    def plan_generate(self, session: SessionView, request: pb.Generate, limits: bounds.Limits) -> Loop:
         """Validates a Generate before anything runs; raises naming the problem (or the limit)."""
         if request.max_tokens == 0:
             raise InvalidArgument("max_tokens is required (1 or more)")

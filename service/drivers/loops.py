@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.drivers.steps import Arrays, StepInputs, run_step
+from service.contract import Arrays
+from service.drivers.steps import StepInputs, run_step
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from service.session_store import Session
+    from service.drivers.session_view import SessionView
 
 
 def resolve_seed(request: pb.Generate | pb.Run) -> int:
@@ -38,7 +39,7 @@ def resolve_seed(request: pb.Generate | pb.Run) -> int:
 class LoopContext:
     """What a running loop may do with its session: step rows, borrow and copy rows."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self.session = session
         self._borrowed: list[int] = []
 

@@ -44,13 +44,13 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext, resolve_seed
-from service.drivers.steps import Arrays, StepInputs, named_tensors
+from service.drivers.session_view import SessionView
+from service.drivers.steps import StepInputs, named_tensors
 from service.errors import InvalidArgument
-from service.session_store import Session
 from service.tasks import register
 from service.tensors import to_proto
 
@@ -163,7 +163,7 @@ class MemoryDriver(Driver):
 
     # -- Run -----------------------------------------------------------------------------
 
-    def plan_run(self, session: Session, request: pb.Run, limits: bounds.Limits) -> Loop:
+    def plan_run(self, session: SessionView, request: pb.Run, limits: bounds.Limits) -> Loop:
         """Checks the probe, the options and the limits; nothing has run when this raises."""
         self.check_run_steps(request, limits)
         options = self.run_options_of(request)

@@ -18,15 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import Manifest
+from service.contract import Arrays, Manifest
 from service.errors import InvalidArgument, ResourceExhausted, as_statestream_error
 from service.tensors import from_proto, proto_dtype
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from service.drivers.session_view import SessionView
     from service.scheduler import Orphan
-    from service.session_store import Session
 
-Arrays = dict[str, np.ndarray]
 # StepDecoder's finiteness test squares a step's values; for values past ~1.8e19 the sum
 # overflows, which numpy reports as a RuntimeWarning each time. That step is then checked the
 # long way and accepted, so the overflow is expected and says nothing: keep it out of the log.
@@ -157,7 +156,12 @@ class StepDecoder:
 
 
 def start_step(
-    session: Session, decoded: StepInputs, row: int | None = None, *, lane: bool = False, orphan: Orphan | None = None
+    session: SessionView,
+    decoded: StepInputs,
+    row: int | None = None,
+    *,
+    lane: bool = False,
+    orphan: Orphan | None = None,
 ) -> asyncio.Future[Arrays]:
     """Hands the step to the model's scheduler; the caller holds the session's lock.
 
@@ -175,7 +179,7 @@ def start_step(
         raise as_statestream_error(exc) from exc
 
 
-def finish_step(session: Session, future: asyncio.Future[Arrays], *, own_row: bool = True) -> Arrays:
+def finish_step(session: SessionView, future: asyncio.Future[Arrays], *, own_row: bool = True) -> Arrays:
     """The outputs of a finished step; its failure as the StatestreamError a client should see.
 
     A step of the session's own row lets the driver keep what a later request needs.
@@ -191,7 +195,7 @@ def finish_step(session: Session, future: asyncio.Future[Arrays], *, own_row: bo
     return outputs
 
 
-async def run_step(session: Session, decoded: StepInputs, row: int | None = None) -> Arrays:
+async def run_step(session: SessionView, decoded: StepInputs, row: int | None = None) -> Arrays:
     """Runs the step and waits for it; if the caller is cancelled, still waits for it to land.
 
     A loop that is cut off rolls the session's state back. A step it had submitted runs and

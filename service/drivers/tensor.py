@@ -8,8 +8,9 @@ answer is written as bytes directly, the same bytes the default message would se
 
 from __future__ import annotations
 
+from service.contract import Arrays
 from service.drivers.base import Driver
-from service.drivers.steps import Arrays, StepInputs
+from service.drivers.steps import StepInputs
 from service.session_options import ResolvedOptions
 from service.tasks import register
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.contract import ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest
 from service.drivers.attention import AttentionDecoderDriver
-from service.drivers.steps import Arrays
 from service.errors import InvalidArgument
 from service.tasks import register
 

@@ -20,9 +20,10 @@ import grpc
 from service import answer_bytes
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.contract import Arrays
 from service.drivers import bounds
 from service.drivers.loops import Loop, LoopContext
-from service.drivers.steps import Arrays, StepInputs, finish_step, start_step
+from service.drivers.steps import StepInputs, finish_step, start_step
 from service.durable_sessions import DurableSessions, SessionMoved
 from service.errors import (
     FailedPrecondition,
