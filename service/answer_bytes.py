@@ -3,9 +3,9 @@
 Its wire helpers (``varint``, ``key``, ``length_delimited``) also write the load generators'
 requests (``loadtest.messages``).
 
-Building a StepResult message and then serializing it cost ~10 µs a step at 256 streams for
-the LSTM-256 model and ~15 µs for char_lm (measured in a running server): a message object per
-output, tensor and token, every field set through upb, then the encoder walks them all again.
+Building a StepResult message and then serializing it was a large part of a step's cost
+(docs/benchmarks.md, "The hot path, fourth session"): a message object per output, tensor and
+token, every field set through upb, then the encoder walks them all again.
 A tensor model's answer and a language model's have the same few fields every step; only the
 values change. So their bytes are assembled from pieces made once per model (each output's
 name, type and shape; each token's id and text) and the step's values. The bytes are exactly

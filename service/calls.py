@@ -2,8 +2,8 @@
 
 ``StepCalls`` holds feed and result arrays for a batch of B sessions × K steps, bound to the
 graph once per (B, K) with ONNX Runtime's IOBinding, so a call is one bound run with no
-conversion of Python dicts and no output allocation (about 6 µs less per call, ~25% of a tiny
-model's batch-1 call). Context tensors are bound as inputs beside the state and never as outputs.
+conversion of Python dicts and no output allocation (what it saves: docs/benchmarks.md, "IOBinding
+with preallocated buffers"). Context tensors are bound as inputs beside the state, never as outputs.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def run_bound(session: ort.InferenceSession, binding: ort.IOBinding) -> None:
     """One bound run through ORT's C++ method directly.
 
     ``InferenceSession.run_with_iobinding`` is a thin Python wrapper over the same call, but
-    ``run_with_ort_values``' wrapper costs tens of µs per call; this private path is the one
-    place the server relies on ORT internals (pinned by ``ORT_CHECKED_VERSIONS``).
+    ``run_with_ort_values``' wrapper costs more per call (docs/benchmarks.md); this private path
+    is the one place the server relies on ORT internals (pinned by ``ORT_CHECKED_VERSIONS``).
     """
     session._sess.run_with_iobinding(binding._iobinding, None)
 
@@ -135,10 +135,11 @@ class StepCalls:
         self._calls.clear()
 
     def prepare(self, steps: int = 1) -> None:
-        """Binds every batch size up to max_batch for chunks of ``steps`` now (~50 µs each).
+        """Binds every batch size up to max_batch for chunks of ``steps`` now.
 
         Under load the batch size takes every value up to max_batch; binding each on first use
-        would cost the event loop during the first seconds of traffic instead of at start.
+        would cost the event loop during the first seconds of traffic instead of at start
+        (docs/benchmarks.md, "Bindings made at start").
         """
         if not self.io_binding:
             return

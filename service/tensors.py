@@ -44,14 +44,14 @@ def to_proto(name: str, array: np.ndarray | np.generic) -> pb.Tensor:
 
 def add_proto(tensors: Any, name: str, array: np.ndarray | np.generic) -> None:
     """Appends ``array`` to a repeated Tensor field in place: no message is built and then copied
-    in, as ``tensors.append(to_proto(...))`` does (~2 µs less per answer tensor)."""
+    in, as ``tensors.append(to_proto(...))`` does (docs/benchmarks.md, "answers built in place")."""
     tensors.add(**_tensor_fields(name, array))
 
 
 def _tensor_fields(name: str, array: np.ndarray | np.generic) -> dict[str, Any]:
     """A Tensor's fields. On every answer's hot path: one dict lookup by the dtype object and
-    ``tobytes`` (which writes C order from any layout), ~2 µs for 64 floats against ~10 µs
-    through dtype names and ``ascontiguousarray``."""
+    ``tobytes`` (which writes C order from any layout), several times cheaper than going through
+    dtype names and ``ascontiguousarray`` (docs/benchmarks.md, "tensors by dtype object")."""
     wire = _WIRE.get(array.dtype)
     if wire is None:
         raise ValueError(f"tensor {name!r}: dtype {array.dtype.name} has no wire type")
