@@ -4,10 +4,10 @@
     statestream client complete --model rbm_digits --pattern 3 --occlude bottom --png sweeps.png
 
 The probe is built here from the project's own patterns: a letter names its 5x7 bitmap
-(``service/datasets/patterns.py``, numpy only), a digit names the first held-out image of that
-digit in scikit-learn's bundled digits (the ``train`` extra). ``--noise`` flips exactly that
-fraction of the pixels (seeded by ``--seed``), ``--occlude`` hides a half, which is then sent
-as unknown (mask 0). The server runs the sweeps (a Run) and streams each one; the command prints
+(``service/datasets/patterns.py``), a digit the first held-out image of that digit in the
+bundled handwritten digits (``service/datasets/digits.py``); both numpy only. ``--noise`` flips
+exactly that fraction of the pixels (seeded by ``--seed``), ``--occlude`` hides a half, which is
+then sent as unknown (mask 0). The server runs the sweeps (a Run) and streams each one; the command prints
 them, and with ``--png`` draws the probe and every sweep as a strip of images with their
 energies (matplotlib, from the ``train`` extra; without it the command says so and exits 2).
 
@@ -74,12 +74,9 @@ def target_image(name: str, units: int, binary: bool) -> tuple[np.ndarray, tuple
     if name.isdigit() and len(name) == 1:
         if units != DIGIT_SHAPE[0] * DIGIT_SHAPE[1]:
             raise ProbeError(f"a digit has {DIGIT_SHAPE[0] * DIGIT_SHAPE[1]} pixels, the model has {units} units")
-        try:
-            from service.datasets.patterns import load_digits_binary
+        from service.datasets.patterns import load_digits_binary
 
-            digits = load_digits_binary()
-        except ImportError:
-            raise ProbeError("digits need scikit-learn: pip install 'statestream[train]'") from None
+        digits = load_digits_binary()
         image = digits.test[np.flatnonzero(digits.test_labels == int(name))[0]]
         return (image if binary else to_bipolar(image)), DIGIT_SHAPE
     raise ProbeError(f"--pattern takes a letter A-Z or a digit 0-9, got {name!r}")

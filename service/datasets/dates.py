@@ -2,20 +2,11 @@
 
 A *template* is one surface form: a locale, a sequence of literal text and fields (``D`` day,
 ``Do`` ordinal day, ``MM`` padded month, ``MMMM`` month name, ``YY`` two-digit year, ``W``
-weekday...), and a letter case. The templates are the cross product of a few choices per
-locale (field order, separators, which fields, weekday prefix, case), so there are hundreds.
-
-**The held-out split is a set of whole templates** (:data:`HELDOUT_FRACTION` of them, chosen
-with a fixed seed): no example of those surface forms is ever trained on, so the held-out
-score measures how well the model generalises to a new *way of writing* a date, made of parts
-(month names, separators, orders) it has seen in other combinations. The tests check that
-every literal and field of a held-out template also occurs in some training template.
-
-Conventions that make every surface form mean one date: years are 1950-2049 and ``YY`` reads
-as 19YY from 50 up, else 20YY; an all-numeric day-month order is fixed by its separator
-(``/`` month first, as in the US; ``.`` and ``-`` day first, as in most of Europe; a
-four-digit year first is always year-month-day). Everything is seeded: the same seed gives the
-same examples on every machine.
+weekday...), and a letter case; the templates are the cross product of each locale's choices.
+The held-out split is a set of whole templates (:data:`HELDOUT_FRACTION`, chosen with a fixed
+seed), so the held-out score measures a new *way of writing* a date. Years are 1950-2049 (``YY``
+from 50 up is 19YY); an all-numeric order is fixed by its separator. Everything is seeded.
+Why these choices: docs/attention.md, "The data".
 """
 
 from __future__ import annotations

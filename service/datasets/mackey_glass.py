@@ -4,13 +4,9 @@ The delay differential equation (Mackey & Glass 1977), with the usual constants:
 
     dx/dt = β x(t − τ) / (1 + x(t − τ)^n) − γ x(t),    β = 0.2, γ = 0.1, n = 10
 
-is chaotic for τ = 17. **Integrator**: classical fourth-order Runge-Kutta with step
-``dt = 0.1`` (10 steps per time unit, so τ = 17 is 170 steps back on the grid). The delayed
-term at the half step, ``x(t − τ + dt/2)``, is the mean of its two grid neighbours (linear
-interpolation, second order, well inside the plotting and benchmark precision). The history is
-constant, ``x(t) = 1.2`` for ``t ≤ 0``; the first ``TRANSIENT`` time units are dropped, then the
-solution is sampled once per time unit (every 10th grid point), as in Jaeger & Haas (2004).
-
+is chaotic for τ = 17. It is integrated by fourth-order Runge-Kutta with ``dt = 0.1`` (the
+delayed half-step value linearly interpolated), from a constant history ``x = 1.2``; the first
+``TRANSIENT`` time units are dropped, then one sample per time unit (Jaeger & Haas 2004).
 ``drifting_mackey_glass`` continues one integration while τ changes at a given sample: the
 signal an adaptive forecaster has to follow (docs/zoo.md).
 """

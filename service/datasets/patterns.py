@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.datasets.digits import load_digits
+
 #: Rows and columns of a letter bitmap.
 LETTER_SHAPE = (7, 5)
 
@@ -141,7 +143,7 @@ def nearest_on_known(train: np.ndarray, test: np.ndarray, known: np.ndarray) -> 
 
 @dataclass(frozen=True)
 class Digits:
-    """scikit-learn's bundled 8x8 handwritten digits, binarised, split into train and test.
+    """The bundled 8x8 handwritten digits (scikit-learn's ``load_digits``), binarised, split into train and test.
 
     ``train`` / ``test`` are ``[count, 64]`` float32 in ``{0, 1}``; ``train_labels`` /
     ``test_labels`` the digit each image shows.
@@ -157,18 +159,15 @@ class Digits:
 
 
 def load_digits_binary(*, test_fraction: float = 0.2, threshold: float = 8.0, seed: int = 0) -> Digits:
-    """The 1,797 digits of ``sklearn.datasets.load_digits`` (intensities 0..16), binarised.
+    """The 1,797 bundled handwritten digits (intensities 0..16, :mod:`service.datasets.digits`), binarised.
 
-    A pixel is on when its intensity is above ``threshold``. The data file ships inside the
-    scikit-learn wheel, so nothing is downloaded. The split is a seeded permutation.
+    A pixel is on when its intensity is above ``threshold``. The split is a seeded permutation.
     """
-    from sklearn.datasets import load_digits
-
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     data = load_digits()
-    images = (np.asarray(data.data) > threshold).astype(np.float32)
-    labels = np.asarray(data.target, dtype=np.int64)
+    images = (data.flat > threshold).astype(np.float32)
+    labels = data.labels.copy()
     order = np.random.default_rng(seed).permutation(len(images))
     cut = len(images) - round(test_fraction * len(images))
     train, test = order[:cut], order[cut:]

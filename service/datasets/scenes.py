@@ -1,27 +1,12 @@
 """Scenes of real handwriting for the captioner: 1-3 handwritten digits on a canvas, and a caption.
 
-The digits are scikit-learn's bundled ``load_digits`` (1,797 real 8×8 handwritten digits, read
-from a file inside the wheel: nothing is downloaded), scaled to two sizes and placed at random
-positions. Every scene records each digit's box, so the attention of a captioner can be checked
-against where the digit really is (the pointing metric).
-
-**The grammar** (so that a caption follows from the image alone, and exact match is fair):
-
-* one digit: ``a small 3`` / ``a large 3``;
-* two or three digits in a row, named in reading order (left to right, or top to bottom):
-  ``a 3 to the left of a 7``, ``a 5 above a 1 above a 9``. Sizes are named only when the
-  digits of the scene differ in size: ``a large 3 to the left of a small 7``;
-* digits in a row never overlap along the row and always overlap across it, so "to the left
-  of" never also reads as "above".
-
-**The splits** (all seeded, so every machine makes the same scenes):
-
-* the 1,797 handwriting samples are split 60/20/20 into train/validation/test pools: the test
-  split's digits are handwriting never seen in training;
-* a few (first digit, second digit, relation) combinations are held out of training: no
-  train scene has those two digits next to each other in that relation. ``composition``
-  scenes (test handwriting) consist of them, to test whether the captioner composes what it
-  learned; ``test`` scenes avoid them.
+The digits are the bundled ``load_digits`` (:mod:`service.datasets.digits`), scaled to two
+sizes and placed at random. Every scene records each digit's box, so a captioner's attention
+can be checked against where the digit really is (the pointing metric). A small grammar makes
+the caption follow from the image alone (``a large 3 to the left of a small 7``); the samples
+are split 60/20/20 into train/validation/test pools, and a few (digit, digit, relation)
+combinations are held out of training to make the ``composition`` split. All seeded. The
+grammar and the splits in full: docs/attention.md, "The data".
 """
 
 from __future__ import annotations
@@ -33,6 +18,8 @@ from itertools import pairwise, product
 from pathlib import Path
 
 import numpy as np
+
+from service.datasets.digits import MAX_INTENSITY, load_digits
 
 CANVAS = 64
 #: Side in pixels of each size of digit (the 8×8 samples scaled up).
@@ -78,15 +65,13 @@ class Scene:
 @lru_cache(maxsize=1)
 def digit_pools(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The handwriting samples of each pool: ``(images [N, 8, 8] in [0, 1], labels [N])``."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)
+    images = (digits.images / MAX_INTENSITY).astype(np.float32)
     order = np.random.default_rng(seed).permutation(len(images))
     cut1 = int(POOL_FRACTIONS[0] * len(order))
     cut2 = cut1 + int(POOL_FRACTIONS[1] * len(order))
     parts = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
-    return {name: (images[index], digits.target[index]) for name, index in parts.items()}
+    return {name: (images[index], digits.labels[index]) for name, index in parts.items()}
 
 
 def held_out_combinations(seed: int = 0) -> frozenset[tuple[int, int, str]]:
