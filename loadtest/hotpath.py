@@ -29,6 +29,7 @@ from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.contract import Manifest
+from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
@@ -79,7 +80,7 @@ async def drive(
     metrics = Metrics()
     runtimes = Runtimes(Registry.from_folder(models_dir, settings, check_model), settings, metrics)
     store = SessionStore(runtimes, settings, metrics)
-    servicer = SessionServicer(store, settings, metrics, Authenticator(None))
+    servicer = SessionServicer(SessionEngine(store, settings), metrics, Authenticator(None))
     runtimes.start()
     if settle:
         process.settle_heap()

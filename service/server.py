@@ -23,6 +23,7 @@ from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.durable_sessions import DurableSessions
+from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.redis_store import RedisStore
 from service.registry import Registry
@@ -83,7 +84,7 @@ class Server:
     port: int
     transport: TransportSecurity
     auth: Authenticator
-    sessions: SessionServicer
+    engine: SessionEngine
     durable: DurableSessions | None = None
     _sweeper: asyncio.Task[None] | None = None
 
@@ -101,8 +102,8 @@ class Server:
 
         server = grpc.aio.server(options=grpc_options(settings))
         add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
-        sessions = SessionServicer(store, settings, metrics, auth, durable)
-        add_servicer(server, "SessionService", sessions)
+        engine = SessionEngine(store, settings, durable)
+        add_servicer(server, "SessionService", SessionServicer(engine, metrics, auth))
         health_servicer = add_health(server)
         reflection.enable_server_reflection(
             (
@@ -120,7 +121,7 @@ class Server:
         if settings.metrics_port:
             metrics.serve_http(settings.metrics_port, settings.host)
         running = cls(
-            settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, sessions, durable
+            settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, engine, durable
         )
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
@@ -149,11 +150,11 @@ class Server:
         if self.durable is not None:  # hand every session to the store: its clients resume on another replica
             await self.durable.drain()
         loop = asyncio.get_running_loop()
-        started, streams = loop.time(), self.sessions.open_streams
+        started, streams = loop.time(), self.engine.open_streams
         deadline = started + self.settings.grace_s
-        while self.sessions.open_streams and loop.time() < deadline:
+        while self.engine.open_streams and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        cut, sessions_left = self.sessions.open_streams, len(self.store)
+        cut, sessions_left = self.engine.open_streams, len(self.store)
         await self.stop(max(0.0, min(0.5, deadline - loop.time())))
         events.stopped(
             streams_drained=streams - cut, streams_cut=cut, sessions_left=sessions_left, seconds=loop.time() - started

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -11,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +19,11 @@ import pytest
 from service.api import statestream_pb2 as pb
 from service.auth import ANONYMOUS
 from service.client import Client, StepFailed
-from service.session_options import ResolvedOptions
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread
+from tests.waiting import wait_until
 
 TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
 TEXT = "If music be the food of love, play on;\nGive me excess of it"
@@ -77,79 +74,6 @@ def test_resume_after_a_broken_stream_is_invisible_to_the_sdk_user(
     np.testing.assert_allclose(np.concatenate(rows), offline_lm.logits(TEXT), atol=TOLERANCE, rtol=0)
 
 
-def test_a_step_whose_caller_is_cancelled_while_it_runs_is_applied_and_recorded_exactly_once(
-    lifecycle_server: ServerThread, offline_lm: OfflineLM
-) -> None:
-    """The stream breaks while its step runs on the model's thread: the step still commits, once."""
-    server = lifecycle_server.server
-    chunk = "To be or"  # longer than the direct path takes: the step runs on the worker thread
-
-    async def scenario() -> tuple[bool, bool, pb.StepResult, pb.StepResult]:
-        options = ResolvedOptions(return_tensors=("logits",))
-        session = server.store.open("char_lm", "1", "anonymous", options, b"")
-        caller = asyncio.ensure_future(server.sessions.step(session, pb.Step(seq=1, text=chunk)))
-        await asyncio.sleep(0)  # the caller takes the lock and submits the step
-        caller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await caller
-        # The caller is gone but its step is still running: it keeps the session until it commits.
-        held_while_running = session.lock.locked() and session.last_seq == 0
-        for _ in range(5000):
-            if not session.lock.locked():
-                break
-            await asyncio.sleep(0.001)
-        resent = await server.sessions.step(session, pb.Step(seq=1, text=chunk))  # the client's resend
-        after = await server.sessions.step(session, pb.Step(seq=2, text="b"))
-        await server.store.close(session)
-        return held_while_running, caller.cancelled(), resent, after
-
-    held_while_running, cancelled, resent, after = lifecycle_server.call(scenario())
-    assert held_while_running and cancelled
-    assert resent.duplicate  # recorded by the step's completion: the resend is not applied again
-    np.testing.assert_allclose(logits(resent), offline_lm.logits(chunk), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(logits(after), offline_lm.logits(chunk + "b")[-1:], atol=TOLERANCE, rtol=0)
-
-
-def test_a_generation_cancelled_while_its_step_waits_leaves_the_state_as_it_was(
-    lifecycle_server: ServerThread,
-) -> None:
-    """The rollback of a broken generation comes after its in-flight step has landed, never before."""
-    server = lifecycle_server.server
-
-    async def scenario() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-        session = server.store.open("char_lm", "1", "anonymous", ResolvedOptions(), b"")
-        await server.sessions.step(session, pb.Step(seq=1, text="To be"))
-        before = session.runtime.slabs.read_row(session.row)
-
-        async def consume() -> None:
-            async for _ in server.sessions._loop(
-                session, pb.SessionRequest(generate=pb.Generate(seq=2, max_tokens=5, seed=1)), "generate"
-            ):
-                pass
-
-        other = server.store.open("char_lm", "1", "anonymous", ResolvedOptions(), b"")
-        # Another session's step in the same turn: the batch of two runs on the worker thread.
-        bystander = asyncio.ensure_future(server.sessions.step(other, pb.Step(seq=1, text="x")))
-        task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0)  # it yields its first token and submits the step that feeds it back
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        for _ in range(50):  # whatever was submitted has run by now
-            await asyncio.sleep(0.002)
-        after = session.runtime.slabs.read_row(session.row)
-        last_seq = session.last_seq
-        assert (await bystander).seq == 1
-        await server.store.close(session)
-        await server.store.close(other)
-        return before, after, last_seq
-
-    before, after, last_seq = lifecycle_server.call(scenario())
-    assert last_seq == 1  # the generation was not applied...
-    for name, value in before.items():
-        np.testing.assert_array_equal(after[name], value)  # ...and left no trace in the state
-
-
 def test_resume_replaying_the_last_five_steps_applies_none_of_them_again(
     lifecycle_server: ServerThread, offline_lm: OfflineLM
 ) -> None:
@@ -185,7 +109,7 @@ def test_resume_of_another_stream_takes_the_session_over(lifecycle_server: Serve
         first.step(text="a")
         second = client.attach(first.id)  # e.g. the client reconnected before the server saw the old stream die
         second.step(text="b")
-        reply = client._call(first.session.send_raw(pb.SessionRequest(step=pb.Step(seq=3, text="c"))))
+        reply = first.send_raw(pb.SessionRequest(step=pb.Step(seq=3, text="c")))
         assert reply.error.code_name == "FAILED_PRECONDITION"
         assert "another stream" in reply.error.message
         assert second.step(text="c").seq == 3
@@ -227,10 +151,7 @@ def test_a_generation_that_finished_before_its_stream_broke_is_answered_whole_on
         first = next(events)
         assert isinstance(first, pb.Token)
         held = lifecycle_server.server.store.get(session.id, ANONYMOUS)
-        deadline = time.monotonic() + 30
-        while held.last_seq == 0 and time.monotonic() < deadline:  # the server finished the generation
-            time.sleep(0.01)
-        assert held.last_seq == 1
+        wait_until(lambda: held.last_seq == 1, 30, "the server finished the generation")
         session.cancel()  # the stream breaks after the server finished: the resend is a duplicate
         rest = list(events)
         assert session.session.resumes == 1

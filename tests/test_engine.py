@@ -1,0 +1,254 @@
+"""The session engine's exactly-once protocol, driven directly: no gRPC, no servicer.
+
+Every protocol's servicer calls the engine, so its guarantees are proved here once: the seq
+rule, duplicates answered from the cache, a step that commits although its caller went away,
+a loop rolled back whole, reset as one seq, fork, the snapshot bound, stream admission and the
+drain. The reference is ONNX Runtime run directly on the same graph (``OfflineLM``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from service.api import statestream_pb2 as pb
+from service.engine import SessionEngine
+from service.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from service.metrics import Metrics
+from service.registry import Registry
+from service.runtime import Runtimes
+from service.session_store import SessionStore
+from service.settings import Settings
+from service.tasks import check_model
+from tests.conftest import SHIPPED_MODELS, OfflineLM
+from tests.waiting import until
+
+TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
+CALLER = "anonymous"
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def running_engine(models_dir: Path, **overrides: Any) -> AsyncIterator[SessionEngine]:
+    """A session engine over the models in ``models_dir``, its schedulers running, and nothing else."""
+    settings = Settings(models_dir=models_dir, snapshot_secret="test-secret-of-16+chars", **overrides)
+    metrics = Metrics()
+    runtimes = Runtimes(Registry.from_folder(models_dir, settings, check_model), settings, metrics)
+    runtimes.start()
+    try:
+        yield SessionEngine(SessionStore(runtimes, settings, metrics), settings)
+    finally:
+        await runtimes.stop()
+
+
+def run(models_dir: Path, scenario: Callable[[SessionEngine], Awaitable[T]], **overrides: Any) -> T:
+    async def main() -> T:
+        async with running_engine(models_dir, **overrides) as engine:
+            return await scenario(engine)
+
+    return asyncio.run(main())
+
+
+def open_request(*, logits: bool = True) -> pb.OpenSession:
+    return pb.OpenSession(model="char_lm", options=pb.SessionOptions(return_tensors=["logits"] if logits else []))
+
+
+def logits_of(answer: bytes) -> np.ndarray:
+    result = pb.StepResult.FromString(answer)
+    return np.stack([np.frombuffer(out.tensors[0].data, np.float32) for out in result.outputs])
+
+
+def test_steps_are_applied_in_order_and_a_resent_seq_is_answered_from_the_cache(
+    tiny_lm_dir: Path, offline_lm: OfflineLM
+) -> None:
+    async def scenario(engine: SessionEngine) -> tuple[list[bytes], bytes, int]:
+        session = await engine.open(open_request(), CALLER)
+        answers = [await engine.apply_step(session, pb.Step(seq=i + 1, text=ch)) for i, ch in enumerate("To be")]
+        resent = await engine.apply_step(session, pb.Step(seq=3, text="b"))  # the resend need not match
+        return answers, resent, session.last_seq
+
+    answers, resent, last_seq = run(tiny_lm_dir, scenario)
+    np.testing.assert_allclose(
+        np.concatenate([logits_of(a) for a in answers]), offline_lm.logits("To be"), atol=TOLERANCE, rtol=0
+    )
+    assert last_seq == 5
+    duplicate = pb.StepResult.FromString(resent)
+    assert duplicate.duplicate and duplicate.seq == 3
+    np.testing.assert_array_equal(logits_of(resent), logits_of(answers[2]))  # the first answer, not a new one
+
+
+def test_a_gap_or_a_missing_seq_is_refused_and_changes_nothing(tiny_lm_dir: Path) -> None:
+    async def scenario(engine: SessionEngine) -> list[str]:
+        session = await engine.open(open_request(), CALLER)
+        await engine.apply_step(session, pb.Step(seq=1, text="T"))
+        before = session.runtime.slabs.read_row(session.row)
+        messages = []
+        for seq in (3, 0):
+            with pytest.raises(FailedPrecondition) as refused:
+                await engine.apply_step(session, pb.Step(seq=seq, text="o"))
+            messages.append(refused.value.message)
+        after = session.runtime.slabs.read_row(session.row)
+        assert all(np.array_equal(before[name], after[name]) for name in before)
+        assert session.last_seq == 1 and not session.lock.locked()
+        return messages
+
+    skipped, missing = run(tiny_lm_dir, scenario)
+    assert "seq 3 skips ahead" in skipped and "next expected is 2" in skipped
+    assert "seq must be >= 1" in missing
+
+
+@pytest.mark.parametrize("state_memory", ["host", "device"])
+def test_a_step_whose_caller_is_cancelled_while_it_runs_is_applied_and_recorded_exactly_once(
+    tiny_lm_dir: Path, offline_lm: OfflineLM, state_memory: str
+) -> None:
+    """The stream breaks while its step runs on the model's thread: the step still commits, once."""
+    chunk = "To be or"  # longer than the direct path takes: the step runs on the worker thread
+
+    async def scenario(engine: SessionEngine) -> tuple[bool, bool, bytes, bytes]:
+        session = await engine.open(open_request(), CALLER)
+        caller = asyncio.ensure_future(engine.apply_step(session, pb.Step(seq=1, text=chunk)))
+        await asyncio.sleep(0)  # one turn of the loop: the caller takes the lock and submits the step
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        # The caller is gone but its step is still running: it keeps the session until it commits.
+        held_while_running = session.lock.locked() and session.last_seq == 0
+        await until(lambda: not session.lock.locked(), 10, "the orphaned step committed")
+        resent = await engine.apply_step(session, pb.Step(seq=1, text=chunk))  # the client's resend
+        after = await engine.apply_step(session, pb.Step(seq=2, text="b"))
+        return held_while_running, caller.cancelled(), resent, after
+
+    held_while_running, cancelled, resent, after = run(tiny_lm_dir, scenario, state_memory=state_memory)
+    assert held_while_running and cancelled
+    assert pb.StepResult.FromString(resent).duplicate  # recorded by the step's completion: not applied again
+    np.testing.assert_allclose(logits_of(resent), offline_lm.logits(chunk), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logits_of(after), offline_lm.logits(chunk + "b")[-1:], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("state_memory", ["host", "device"])
+def test_a_generation_cancelled_while_its_step_waits_leaves_the_state_as_it_was(
+    tiny_lm_dir: Path, state_memory: str
+) -> None:
+    """The rollback of a broken generation comes after its in-flight step has landed, never before."""
+
+    async def scenario(engine: SessionEngine) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int]:
+        session = await engine.open(open_request(logits=False), CALLER)
+        await engine.apply_step(session, pb.Step(seq=1, text="To be"))
+        before = session.runtime.slabs.read_row(session.row)
+
+        async def consume() -> None:
+            async for _ in engine.run_loop(session, "generate", pb.Generate(seq=2, max_tokens=5, seed=1)):
+                pass
+
+        other = await engine.open(open_request(logits=False), CALLER)
+        # Another session's step in the same turn: the batch of two runs on the worker thread.
+        bystander = asyncio.ensure_future(engine.apply_step(other, pb.Step(seq=1, text="x")))
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0)  # it yields its first token and submits the step that feeds it back
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bystander
+        await until(lambda: not session.lock.locked(), 10, "the cancelled generation let its session go")
+        after = session.runtime.slabs.read_row(session.row)
+        return before, after, session.last_seq, other.last_seq
+
+    before, after, last_seq, other_seq = run(tiny_lm_dir, scenario, state_memory=state_memory)
+    assert last_seq == 1 and other_seq == 1  # the generation's seq stays unapplied; the bystander's step counts
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_a_finished_generation_is_recorded_and_its_resend_is_answered_from_the_cache(tiny_lm_dir: Path) -> None:
+    async def scenario(engine: SessionEngine) -> tuple[list[pb.SessionResponse], list[pb.SessionResponse], int]:
+        session = await engine.open(open_request(logits=False), CALLER)
+        request = pb.Generate(seq=1, prompt="To", max_tokens=4, temperature=0.5, seed=3)
+        first = [r async for r in engine.run_loop(session, "generate", request)]
+        resent = [r async for r in engine.run_loop(session, "generate", request)]
+        return first, resent, session.last_seq
+
+    first, resent, last_seq = run(tiny_lm_dir, scenario)
+    assert last_seq == 1
+    assert [r.WhichOneof("response") for r in first] == ["token"] * 4 + ["generated"]
+    assert len(resent) == 1 and resent[0].generated.duplicate
+    assert resent[0].generated.text == first[-1].generated.text and resent[0].generated.seed == 3
+
+
+def test_reset_is_one_seq_and_returns_to_the_initial_state(tiny_lm_dir: Path, offline_lm: OfflineLM) -> None:
+    async def scenario(engine: SessionEngine) -> tuple[pb.ResetDone, pb.ResetDone, bytes]:
+        session = await engine.open(open_request(), CALLER)
+        await engine.apply_step(session, pb.Step(seq=1, text="To be"))
+        done = await engine.reset(session, 2)
+        again = await engine.reset(session, 2)
+        return done, again, await engine.apply_step(session, pb.Step(seq=3, text="K"))
+
+    done, again, after = run(tiny_lm_dir, scenario)
+    assert not done.duplicate and again.duplicate
+    np.testing.assert_allclose(logits_of(after), offline_lm.logits("K"), atol=TOLERANCE, rtol=0)
+
+
+def test_a_fork_goes_on_from_the_parents_state_and_leaves_the_parent_alone(
+    tiny_lm_dir: Path, offline_lm: OfflineLM
+) -> None:
+    async def scenario(engine: SessionEngine) -> tuple[pb.Forked, bytes, bytes]:
+        parent = await engine.open(open_request(), CALLER)
+        await engine.apply_step(parent, pb.Step(seq=1, text="To b"))
+        forked = await engine.fork(parent)
+        child = engine.get(forked.session_id, CALLER)
+        child_answer = await engine.apply_step(child, pb.Step(seq=2, text="e"))
+        parent_answer = await engine.apply_step(parent, pb.Step(seq=2, text="y"))
+        return forked, child_answer, parent_answer
+
+    forked, child_answer, parent_answer = run(tiny_lm_dir, scenario)
+    assert forked.last_applied_seq == 1
+    np.testing.assert_allclose(logits_of(child_answer), offline_lm.logits("To be")[-1:], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logits_of(parent_answer), offline_lm.logits("To by")[-1:], atol=TOLERANCE, rtol=0)
+
+
+def test_a_snapshot_that_could_not_be_sent_is_refused(tmp_path: Path) -> None:
+    """The shipped ``lstm256`` keeps 2 KB of state a session: more than the smallest message limit."""
+    shutil.copytree(SHIPPED_MODELS / "lstm256", tmp_path / "lstm256")
+
+    async def scenario(engine: SessionEngine) -> str:
+        session = await engine.open(pb.OpenSession(model="lstm256"), CALLER)
+        with pytest.raises(ResourceExhausted) as refused:
+            await engine.snapshot(session)
+        return refused.value.message
+
+    message = run(tmp_path, scenario, max_message_bytes=1024)
+    assert "max_message_bytes" in message and "the snapshot is" in message
+
+
+def test_streams_past_the_limit_are_refused_and_leaving_frees_a_place(tiny_lm_dir: Path) -> None:
+    async def scenario(engine: SessionEngine) -> int:
+        engine.enter_stream()
+        engine.enter_stream()
+        with pytest.raises(ResourceExhausted):
+            engine.enter_stream()
+        engine.leave_stream()
+        engine.enter_stream()  # a place again
+        return engine.open_streams
+
+    assert run(tiny_lm_dir, scenario, max_streams=2) == 2
+
+
+def test_a_draining_engine_opens_nothing_and_a_closed_session_takes_no_step(tiny_lm_dir: Path) -> None:
+    async def scenario(engine: SessionEngine) -> None:
+        session = await engine.open(open_request(), CALLER)
+        await engine.close(session)
+        with pytest.raises(FailedPrecondition):
+            await engine.apply_step(session, pb.Step(seq=1, text="T"))
+        with pytest.raises(NotFound):
+            engine.get(session.id, CALLER)
+        engine.store.accepting = False
+        with pytest.raises(Unavailable):
+            await engine.open(open_request(), CALLER)
+
+    run(tiny_lm_dir, scenario)
