@@ -39,9 +39,9 @@ MAX_BOUND_STEPS_PER_SESSION = 64
 
 #: How often a thread that holds the GIL is asked to hand it over (Python's default is 5 ms).
 #: A batch is handed to the ORT worker thread and back, and each hand-off needs the GIL while
-#: the event loop thread is busy decoding and answering: with 5 ms, a 10-20 ms batch waited up
-#: to 10 ms for the GIL around its call. 200 µs measured +10-15% steps/s multiplexed and +5-10%
-#: at 256 streams on the 2-core box (docs/benchmarks.md).
+#: the event loop thread is busy decoding and answering: with 5 ms, a batch could wait up to two
+#: intervals for the GIL around its call. What 200 µs bought: docs/benchmarks.md, "GIL switch
+#: interval".
 GIL_SWITCH_INTERVAL_S = 200e-6
 
 

@@ -5,33 +5,14 @@ made": the captioner (image → words) and the translator (text → characters).
 ``AttentionDecoderDriver``, registers its task, and differs only in how the open's init payload
 is decoded (``decode_init_bytes``: an image, a string) and how a token renders (``render``).
 
-**The contract** (checked by ``check_manifest`` when the model loads):
-
-* the **init graph** maps the decoded payload to the context and the initial decoder state:
-  context ``annotations [L, D]`` (what the decoder attends over) and ``mask [L]`` (1 for a real
-  location, 0 for padding, so variable-length inputs pad to a fixed ``L``), and every state
-  tensor (``h0, c0`` ...) has ``init = "init"``. The context lives in the session's slab rows
-  (``ContextSpec``): gathered into every batch, never written back;
-* the **step graph** maps ``(previous token id, state..., context...) -> (logits [V], attention
-  weights [L], state'...)``: one input, an integer scalar per step (``decoding.token_input``
-  names nothing; it is the manifest's only input); outputs named by ``decoding.logits``
-  (default ``logits``) and ``decoding.attention`` (default ``attention``). The graph runs one
-  token per call (its time axis is 1), so a Step carries one token;
-* ``decoding``: ``vocabulary`` (token strings by id), ``start_token`` (fed first) and
-  ``end_token`` (ends a decode; never streamed).
-
-**A Run decodes** on the server, from the session's encoded input, and never moves the session
-(it runs on borrowed rows, so the same session can be decoded again, e.g. greedy and then with
-a beam). Options: ``beam`` (width; 1 = no beam) and ``temperature`` (0 = greedy; > 0 samples
-from ``softmax(logits / T)`` with the Run's seed; only without a beam). Every output token is
-streamed as soon as it is final, as a ``RunOutput`` whose ``StepOutput`` holds ``label`` (the
-rendered token), ``top[0]`` (its id and the model's probability of it) and the tensor
-``attention [L]`` (the weights the decoder used when it chose that token). Greedy and sampled
-tokens are final at once; a beam's token is final when every hypothesis still in the running
-agrees on it (``service.drivers.beams``). ``RunDone.stop_reason`` is ``end`` (the end token was
-chosen) or ``max_steps``; ``RunDone.steps`` counts decoder positions. Every step goes through
-the scheduler (``LoopContext.step_rows``: a beam's hypotheses go together), so concurrent
-decodes share batches, beams included.
+``check_manifest`` holds the model to the contract when it loads: the init graph makes the
+context (``annotations [L, D]``, ``mask [L]``, kept in the session's slab rows) and every state
+tensor; the step graph maps ``(previous token id, state..., context...) -> (logits [V], attention
+[L], state'...)``, one token per call. A Run decodes (greedy, sampled, or by beam) on borrowed
+rows, so the session never moves, and streams each token as soon as it is final
+(``service.drivers.beams`` for a beam); a beam's hypotheses step together through the scheduler,
+so concurrent decodes share batches. The contract, the options and the answers in full:
+docs/architecture.md, "Attention decoders", and docs/api.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,18 @@
 """Beam search bookkeeping: which hypotheses survive a step, and which tokens are already final.
 
 Pure numpy, no model and no rows: the attention decoder's loop (``service.drivers.attention``)
-steps one slab row per live hypothesis and hands this class the next-token log-probabilities;
-it answers which parent each new hypothesis continues (so the loop copies rows) and which
-leading tokens no later step can change (so the loop streams them at once).
-
-The rules, so that an offline decoder can reproduce them exactly:
+steps one slab row per live hypothesis and hands this class the next-token log-probabilities; it
+answers which parent each new hypothesis continues (so the loop copies rows) and which leading
+tokens no later step can change (so the loop streams them at once). The rules, exactly, so that
+an offline decoder can reproduce them:
 
 * a hypothesis's score is the sum of its tokens' log-probabilities (no length normalisation);
-* at each step every live hypothesis proposes every token; candidates are ranked by score
-  (ties: the lower hypothesis index, then the lower token id); walking down that ranking, a
-  candidate ending in ``end_id`` joins the finished set, any other becomes a live hypothesis,
-  until ``width`` live hypotheses are found;
-* the search stops when ``width`` hypotheses have finished, or when the best finished score is
-  at least the best live score (scores only fall, so no live hypothesis can overtake it);
-* the answer is the finished hypothesis with the best score (ties: the first to finish), or,
-  when none finished, the best live one.
+* each step, every live hypothesis proposes every token; candidates are ranked by score (ties:
+  the lower hypothesis index, then the lower token id) and, walking down that ranking, one ending
+  in ``end_id`` joins the finished set and any other becomes live, until ``width`` live ones are found;
+* the search stops when ``width`` hypotheses have finished, or when the best finished score is at
+  least the best live score (scores only fall, so no live hypothesis can overtake it);
+* the answer is the best finished hypothesis (ties: the first to finish), else the best live one.
 """
 
 from __future__ import annotations

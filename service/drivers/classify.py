@@ -1,21 +1,18 @@
 """The sequence-classifier driver: class probabilities per frame (a stream) or per whole sequence.
 
-The manifest's ``decoding.mode`` says which (``training/kinds/sequence_classifier.py`` makes both):
+The manifest's ``decoding.mode`` says which (``training/kinds/sequence_classifier/`` makes both):
 
-* ``stream``: a one-step graph, ``frame [F] -> logits [C]`` with the recurrent state kept by the
-  server. A Step carries one frame, tensor ``frame`` ``[1, F]``, and is answered at once with the
-  running answer after that frame: label = the likeliest class's name, tensor ``probabilities
-  [C]``. A client gets an answer before the utterance ends; ``Reset`` starts the next one.
-* ``whole``: the graph takes ``frames [max_frames, F]`` zero-padded and ``length []``, and keeps
-  no state. A Step carries one whole sequence, tensor ``frames`` ``[T, F]`` with ``1 <= T <=
-  max_frames``; the driver pads it and sets its length. Every call is then one step of the same
-  shape, so sequences of any length from any session share the scheduler's batches, and the
-  graph's masks keep the padding out of the answer (``training/nets/whole_sequence.py``): a
-  sequence's answer does not depend on its batch-mates.
+* ``stream``: a one-step graph, ``frame [F] -> logits [C]``, its recurrent state kept by the
+  server. A Step carries one frame (tensor ``frame [1, F]``) and is answered at once with the
+  running answer: label = the likeliest class's name, tensor ``probabilities [C]``. A client has
+  an answer before the sequence ends; ``Reset`` starts the next one.
+* ``whole``: a stateless graph of ``frames [max_frames, F]`` (zero-padded) and ``length []``. A
+  Step carries one whole sequence, ``frames [T, F]`` with ``1 <= T <= max_frames``; the driver
+  pads it, so every call has one shape and sequences of any length share batches, and the graph's
+  masks keep the padding out of a sequence's answer (docs/zoo.md, "Whole utterances").
 
-A wrong feature count, a wrong dtype, NaN or Inf, more than one frame in a streaming Step or a
-sequence over ``max_frames`` is an InvalidArgument for that Step, found before anything is
-queued, so the session's state is unchanged.
+Bad input (a wrong feature count or dtype, NaN or Inf, two frames in a streaming Step, a sequence
+over ``max_frames``) is InvalidArgument for that Step, found before anything is queued.
 """
 
 from __future__ import annotations

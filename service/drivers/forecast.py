@@ -1,21 +1,18 @@
 """The forecaster driver: the next value as each observation arrives, and H-step rollouts that leave the session be.
 
-The model is a one-step graph (``training/export_forecast.py``): input ``observation [F]``,
-output ``prediction [F]`` (its estimate of the next observation), and whatever state the net
-keeps (an echo state network's reservoir; an adaptive one's readout and inverse correlation
-matrix too). Everything is in the series' own units: the graph normalises.
+The model is a one-step graph (``training/kinds/forecaster/export.py``): ``observation [F]`` in,
+``prediction [F]`` (its estimate of the next observation) out, and whatever state the net keeps
+(an echo state network's reservoir; an adaptive one's readout and inverse correlation matrix
+too). Everything is in the series' own units: the graph normalises.
 
-**Steps** carry one observation each (``observation [1, F]``): the graph runs one step per call
-(``decoding.steps_per_call`` is 1), so a chunk of K > 1 is refused with a message saying so.
-The answer holds ``prediction`` (the default ``return_tensors``).
+**Steps** carry one observation (``observation [1, F]``; one step per call, so a chunk of K > 1 is
+refused, saying so); the answer holds ``prediction`` (the default ``return_tensors``).
 
-**Run** is the rollout: ``max_steps`` is the horizon H. The answers are the predictions of the
-next H observations: the first is the prediction the last step made; each later one feeds the
-previous prediction back as if it were observed. It runs on a *borrowed row* (a copy of the
-session's row, ``LoopContext.borrow_row``), so the session's own state does not move: the next
-observation continues the session exactly as if no rollout had happened. A horizon over the
-model's ``decoding.max_horizon`` (or the server's ``--max-run-steps``) is refused before
-anything runs; so is a rollout of a session that has seen no observation yet.
+**Run** is the rollout, ``max_steps`` its horizon H: the first answer is the last step's
+prediction, each later one feeds the previous prediction back as if observed. It runs on a
+borrowed row (``LoopContext.borrow_row``), so the session's own state does not move. A horizon
+over ``decoding.max_horizon`` (or ``--max-run-steps``), or a rollout before any observation, is
+refused before anything runs (docs/zoo.md, "Served: task: forecaster").
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class LanguageDriver(Driver):
             if decoded.token_ids is not None:
                 out.input = tokens[int(decoded.token_ids[t])]
             row = t - first
-            add = out.top.add  # in place: no TokenProb built and then copied in (~40 % of the answer)
+            add = out.top.add  # in place: no TokenProb built and then copied in (docs/benchmarks.md)
             for i, p in zip(ids[row], probs[row], strict=True):
                 add(id=i, token=tokens[i], prob=p)
             for name in options.return_tensors:

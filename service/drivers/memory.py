@@ -1,40 +1,18 @@
 """The associative-memory driver: complete a pattern on the server, one update sweep per model step.
 
-The model is a sweep graph (``training/export_memory.py``, docs/memory.md): its state is the
-current pattern (``pattern_in -> pattern_out [N]``), one call runs one sweep, and it takes the
-per-step inputs ``clamp_mask``, ``clamp_values`` (``[N]``), ``noise`` (``[noise_units]``, only
-for nets that draw something) and ``temperature`` (``[]``, stochastic nets only), and writes
-``energy`` and ``changed`` (units the sweep changed).
+The model is a sweep graph (docs/memory.md, "The sweep graph"): its state is the current pattern,
+one call is one sweep with the inputs ``clamp_mask``, ``clamp_values``, ``noise`` (nets that draw
+something) and ``temperature`` (stochastic nets), and it writes ``energy`` and ``changed``.
+**Steps** are those raw tensors: a client drives the sweeps itself (e.g. to complete a pattern as
+its pixels arrive), noise and temperature included.
 
-**Steps** are the default raw tensors: a client may drive the sweeps itself, e.g. to complete a
-pattern *as its pixels arrive* (each Step clamps the pixels known so far and runs one sweep from
-where the session is). It then sends the noise and temperature itself.
-
-**Run** is the completion loop, and the server draws all its randomness:
-
-* ``Run.tensors`` carries the probe (no time axis beyond the leading 1): ``pattern [1, N]``, the
-  noisy or partial pattern, and ``mask [1, N]``, 1 where a unit is known and held (default: no
-  unit held; required for binary nets, which can only take known units from the pattern).
-  Bipolar nets take ``pattern`` values in {-1, 0, +1} (0: unknown, filled in by the sweeps) and
-  held units must be ±1; binary nets take {0, 1}; the mask takes {0, 1}.
-* The run starts from the probe, not from where the session was: the session's pattern is set
-  to "unset" (zeros) and the first sweep loads the probe (``docs/memory.md``: a zero unit of a
-  bipolar net takes ``clamp_values``; a binary net takes its known units). So a Run's answer
-  depends only on the probe, the options and the seed.
-* Each sweep is one ``LoopContext.step`` (through the scheduler, so the sweeps of many sessions
-  batch together); its noise is drawn from a ``numpy`` Generator seeded by the Run's seed
-  (``resolve_seed``), one draw of ``noise_units`` float32 numbers per sweep, and fed as an input:
-  a seeded run is reproducible alone and among other sessions (the graph holds no generator).
-* Stochastic nets anneal: ``T`` falls geometrically from ``t_start`` to ``t_end`` over ``sweeps``
-  sweeps (``completion_feeds``). Deterministic nets refuse those options.
-* One ``RunOutput`` per sweep: tensors ``pattern [N]``, ``energy []``, ``changed []``; the label
-  is the name of the nearest stored pattern (sign agreement) when the manifest's
-  ``decoding.patterns`` names them, else "".
-* ``RunDone.stop_reason``: ``fixed_point`` (a deterministic net's sweep changed no unit),
-  ``schedule_end`` (a stochastic net finished its schedule), or ``max_steps``.
-
-Everything is checked before a sweep runs; a bad Run is answered in the stream and the session
-is unchanged (the servicer rolls back a loop that does not finish).
+**Run** is the completion loop, and the server draws all its randomness. It sets the session's
+pattern to "unset", so the first sweep loads the probe (``Run.tensors``: ``pattern``, ``mask``)
+and the answer depends only on the probe, the options and the seed; each sweep goes through the
+scheduler, its noise drawn from a numpy Generator seeded by the Run's seed (the graph holds none,
+so a run repeats alone or batched); stochastic nets anneal ``T`` from ``t_start`` to ``t_end``.
+One ``RunOutput`` per sweep until a fixed point, the schedule's end or ``max_steps``. Everything
+is checked before a sweep runs. The Run's protocol, exactly: docs/api.md, "Associative memories".
 """
 
 from __future__ import annotations

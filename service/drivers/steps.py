@@ -94,13 +94,14 @@ class StepDecoder:
     """A model's step tensors, decoded by one pass of equality tests when they are well formed.
 
     ``decode_tensors`` checks a step field by field so that it can name what is wrong. On the
-    hot path that costs ~20 µs a step at 256 streams (measured in a running server), most of it
-    sets, dicts and message reads for checks a well-formed step always passes. This decoder
-    first compares each tensor with what the model's input looks like on the wire (its name and
-    DataType, in the manifest's order; the trailing shape; the byte count; finite values) and
-    decodes it with one ``frombuffer``. Anything else (another order, a missing or extra
-    tensor, a wrong shape, NaN, a big-endian host) goes to ``decode_tensors``, which accepts or
-    refuses it exactly as before: the fast pass only ever says "well formed" or "look closer".
+    hot path that was a large share of a step (docs/benchmarks.md, "The hot path, fourth
+    session"), most of it sets, dicts and message reads for checks a well-formed step always
+    passes. This decoder first compares each tensor with what the model's input looks like on
+    the wire (its name and DataType, in the manifest's order; the trailing shape; the byte
+    count; finite values) and decodes it with one ``frombuffer``. Anything else (another order,
+    a missing or extra tensor, a wrong shape, NaN, a big-endian host) goes to ``decode_tensors``,
+    which accepts or refuses it exactly as before: the fast pass only ever says "well formed" or
+    "look closer".
     """
 
     def __init__(self, manifest: Manifest) -> None:
@@ -146,7 +147,7 @@ class StepDecoder:
                 return None
             flat = np.frombuffer(data, dtype)
             # A finite sum of squares means every value is finite (NaN and Inf propagate): one
-            # BLAS call, ~0.4 µs against ~2.4 for isfinite().all(). A sum that overflows only
+            # BLAS call, several times cheaper than isfinite().all(). A sum that overflows only
             # sends a finite step the long way; it never lets a NaN through.
             if finite and not math.isfinite(flat.dot(flat)):
                 return None

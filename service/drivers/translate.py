@@ -12,8 +12,7 @@ this file only turns the open's payload into the init graph's inputs:
   the characters). Raw init tensors are refused: ids and a mask that disagree would decode
   garbage without any error.
 
-The attention of every streamed character has ``L`` weights, one per input position; those past
-the text's length are 0.
+Every streamed character's attention has ``L`` weights, one per input position, 0 past the text.
 """
 
 from __future__ import annotations
