@@ -1,25 +1,16 @@
-"""Locust users for every workload of the server: streamed predict, chunked predict, server-side
-generation, a multiplexing gateway, and pattern completion by an associative memory.
+"""Locust users for every kind the server serves, each paced like the client it stands for.
 
-Run headless with an SLO check through ``python -m loadtest.slo`` (it starts the server too), or
-by hand against a running server::
+Run headless with an SLO check through ``statestream loadtest`` (it starts the server too), or by
+hand against a running server::
 
     locust -f loadtest/locustfile.py --headless -u 32 -r 32 -t 30s -H 127.0.0.1:50051
 
-Each user paces itself like the client it stands for (a typist, a sensor, a gateway: see each
-class's ``wait_time``), so ``-u`` sets the offered load and the SLOs are checked at that load,
-not at saturation. Each user holds one session (the gateway, many) for its whole life, and
-reports every answer to Locust as a request: ``step`` (one character), ``chunk16`` (16 characters
-in one message), ``generate_first_token`` and ``generate_32`` (time to the first and to the last
-of 32 generated tokens), ``multiplex64`` (one message carrying the next step of 64 sessions), ``complete`` (a noisy letter
-swept by ``hopfield_letters`` until a fixed point, every sweep streamed), ``forecast_step`` (one
-laser observation to ``laser``, its next-step prediction back), ``rollout20`` (a 20-step
-rollout of that session, on a copy of its row), ``identify_frame`` (one
-frame of an utterance to the streaming speaker model ``speakers``, answered with the running
-speaker probabilities), ``identify_utterance`` (a whole utterance to ``speakers_bi``),
-``caption`` (a scene captioned greedily by ``captioner``, every word streamed with its attention map) and ``translate`` (a date
-opened as a ``dates`` session and translated to ISO 8601, every character streamed).
-An in-stream error counts as a failure.
+Each user declares itself with ``@workload`` (``loadtest.workloads``): the model it drives and
+the p99 objective of every request name it reports; ``python -m loadtest.locustfile`` prints the
+declarations. A user's ``wait_time`` is its client's pace (a typist, a sensor, a gateway), so
+``-u`` sets the offered load and the objectives are checked at that load, not at saturation.
+Each user holds one session (the gateway, many) for its whole life, and reports every answer to
+Locust as a request; an in-stream error counts as a failure.
 """
 
 from __future__ import annotations
@@ -36,21 +27,15 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, constant_throughput, task  # noqa: E402
 
+from loadtest.workloads import print_registered, workload  # noqa: E402
 from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
 from service.datasets.patterns import flip_bits, letter_patterns  # noqa: E402 - numpy only
 from service.datasets.vowels import load_vowels  # noqa: E402 - numpy only
 from service.tensors import to_proto  # noqa: E402
 
-MODEL = "char_lm"
-MEMORY_MODEL = "hopfield_letters"
-FORECAST_MODEL = "laser"
-SPEAKER_STREAM_MODEL = "speakers"
-SPEAKER_WHOLE_MODEL = "speakers_bi"
 #: The speaker users' utterances: the bundled Japanese Vowels test set (7-29 frames of 12 coefficients).
 UTTERANCES = load_vowels("test").utterances
-CAPTION_MODEL = "captioner"
-TRANSLATOR_MODEL = "dates"
 #: The translation user's texts: one date written many ways.
 DATE_TEXTS = (
     "Nov 27, 2026",
@@ -62,6 +47,8 @@ DATE_TEXTS = (
 )
 #: The completion user's probes: each of the memory's letters with a quarter of its pixels flipped.
 PROBES = flip_bits(np.repeat(letter_patterns("EQVYZ"), 8, axis=0), 0.25, seed=0)
+#: The tensor user's inputs: seeded random vectors of ``lstm256``'s 64 features.
+VECTORS = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
     "First Citizen:\nYou are all resolved rather to die than to famish?\n"
@@ -105,8 +92,8 @@ class SessionStream:
         response: pb.SessionResponse = self._responses.next()
         return response
 
-    def open(self, model: str, init: pb.InitPayload | None = None) -> str:
-        self.send(pb.SessionRequest(open=pb.OpenSession(model=model, init=init)))
+    def open(self, model: str, init: pb.InitPayload | None = None, options: pb.SessionOptions | None = None) -> str:
+        self.send(pb.SessionRequest(open=pb.OpenSession(model=model, init=init, options=options)))
         return self.receive().opened.session_id
 
     def close(self) -> None:
@@ -120,17 +107,26 @@ class SessionStream:
 
 
 class StatestreamUser(User):
-    """Base: a channel to the server, and reporting of one timed exchange to Locust."""
+    """Base: a channel to the server, one session on the user's model, and reporting of one timed
+    exchange to Locust."""
 
     abstract = True
-    model = MODEL
+    model = ""  # set by @workload
 
     def on_start(self) -> None:
         self.channel = grpc.insecure_channel(self.host)
         self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.stream = SessionStream(self.sessions)
-        self.stream.open(self.model)
+        self.stream.open(self.model, self.init_payload(), self.options())
         self.position = 0
+
+    def init_payload(self) -> pb.InitPayload | None:
+        """What the user's session opens with (none by default)."""
+        return None
+
+    def options(self) -> pb.SessionOptions | None:
+        """The user's session options (the server's defaults by default)."""
+        return None
 
     def on_stop(self) -> None:
         self.stream.close()
@@ -180,6 +176,7 @@ class StatestreamUser(User):
                 return
 
 
+@workload("char_lm", slo_ms={"step": 100.0})
 class PredictUser(StatestreamUser):
     """A client streaming text one character per message (real-time next-character prediction)."""
 
@@ -191,6 +188,7 @@ class PredictUser(StatestreamUser):
         self.step("step", self.next_text(1))
 
 
+@workload("char_lm", slo_ms={"chunk16": 150.0})
 class ChunkUser(StatestreamUser):
     """A client sending bursts: 16 characters per message, one model call."""
 
@@ -202,6 +200,7 @@ class ChunkUser(StatestreamUser):
         self.step("chunk16", self.next_text(16))
 
 
+@workload("char_lm", slo_ms={"generate_first_token": 200.0, "generate_32": 1000.0})
 class GenerateUser(StatestreamUser):
     """A client asking the server to write 32 characters after a prompt."""
 
@@ -227,6 +226,7 @@ class GenerateUser(StatestreamUser):
                 return
 
 
+@workload("char_lm", slo_ms={"multiplex64": 250.0})
 class GatewayUser(StatestreamUser):
     """A gateway fronting 64 users: the next step of each in one Multiplex message."""
 
@@ -236,7 +236,9 @@ class GatewayUser(StatestreamUser):
 
     def on_start(self) -> None:
         super().on_start()
-        self.ids = [self.sessions.CreateSession(pb.OpenSession(model=MODEL)).session_id for _ in range(self.fan_out)]
+        self.ids = [
+            self.sessions.CreateSession(pb.OpenSession(model=self.model)).session_id for _ in range(self.fan_out)
+        ]
         self.seq = 0
         self.requests: gevent.queue.Queue[pb.MultiplexRequest | None] = gevent.queue.Queue()
         self.answers = Reader(self.sessions.Multiplex(iter(self.requests.get, None)))
@@ -263,11 +265,11 @@ class GatewayUser(StatestreamUser):
         self.report("multiplex64", started, errors[0] if errors else None, answer.ByteSize())
 
 
+@workload("hopfield_letters", slo_ms={"complete": 300.0})  # a few one-sweep model calls to a fixed point
 class CompleteUser(StatestreamUser):
     """A client completing a noisy letter: the server sweeps it until no pixel changes, streaming each sweep."""
 
     weight = 1
-    model = MEMORY_MODEL
     wait_time = constant_throughput(2)  # a new probe every half second
 
     @task
@@ -280,11 +282,11 @@ class CompleteUser(StatestreamUser):
         self.server_run("complete", request)
 
 
+@workload("laser", slo_ms={"forecast_step": 100.0, "rollout20": 300.0})  # a rollout: 19 model calls on a copy
 class ForecastUser(StatestreamUser):
     """A sensor streaming laser intensities one per message, asking for a 20-step rollout every 20th."""
 
     weight = 1
-    model = FORECAST_MODEL
     wait_time = constant_throughput(20)  # 20 readings a second
     rollout_every = 20
 
@@ -312,12 +314,12 @@ class ForecastUser(StatestreamUser):
         self.server_run("rollout20", pb.Run(seq=self.stream.seq, max_steps=20))
 
 
+@workload("speakers", slo_ms={"identify_frame": 100.0})
 class IdentifyFrameUser(StatestreamUser):
     """A microphone streaming utterances frame by frame; each frame is answered with the running speaker
     probabilities, and the session is reset between utterances."""
 
     weight = 1
-    model = SPEAKER_STREAM_MODEL
     wait_time = constant_throughput(20)  # 20 frames a second
 
     def on_start(self) -> None:
@@ -340,11 +342,11 @@ class IdentifyFrameUser(StatestreamUser):
         self.send_step("identify_frame", step)
 
 
+@workload("speakers_bi", slo_ms={"identify_utterance": 150.0})  # batched with the others' utterances
 class IdentifyUtteranceUser(StatestreamUser):
     """A client sending whole utterances to the bidirectional model, one call each."""
 
     weight = 1
-    model = SPEAKER_WHOLE_MODEL
     wait_time = constant_throughput(5)  # five utterances a second
 
     @task
@@ -366,20 +368,16 @@ def caption_image(seed: int) -> np.ndarray:
     return image
 
 
+@workload("captioner", slo_ms={"caption": 500.0})  # 5-17 words, each one decoder step, streamed
 class CaptionUser(StatestreamUser):
     """A client captioning an image: its session holds the encoded image, and each task decodes it
     greedily on the server (a decode leaves the session as it was), every word streamed."""
 
     weight = 1
-    model = CAPTION_MODEL
     wait_time = constant_throughput(2)  # a caption every half second
 
-    def on_start(self) -> None:
-        self.channel = grpc.insecure_channel(self.host)
-        self.sessions = rpc.SessionServiceStub(self.channel)  # type: ignore[no-untyped-call]
-        self.stream = SessionStream(self.sessions)
-        self.stream.open(self.model, pb.InitPayload(tensors=[to_proto("image", caption_image(id(self)))]))
-        self.position = 0
+    def init_payload(self) -> pb.InitPayload:
+        return pb.InitPayload(tensors=[to_proto("image", caption_image(id(self)))])
 
     @task
     def caption(self) -> None:
@@ -387,11 +385,11 @@ class CaptionUser(StatestreamUser):
         self.server_run("caption", pb.Run(seq=self.stream.seq, max_steps=20))
 
 
+@workload("dates", slo_ms={"translate": 400.0})  # the encoder at open, then ~11 decoded characters
 class TranslateUser(StatestreamUser):
     """A client normalising dates: each text opens a session (the encoder runs), a Run streams the ISO date."""
 
     weight = 1
-    model = TRANSLATOR_MODEL
     wait_time = constant_throughput(2)  # a date every half second
 
     def on_start(self) -> None:  # no long-lived session: every translation opens its own
@@ -415,3 +413,27 @@ class TranslateUser(StatestreamUser):
         self.server_run("translate", pb.Run(seq=1, max_steps=16), stream=stream, started=started)
         stream.close()
         self.translation = None
+
+
+@workload("lstm256", slo_ms={"tensor_step": 100.0})
+class TensorStepUser(StatestreamUser):
+    """A client streaming feature vectors to a plain recurrent model, one step per message, reading
+    the model's output tensor back."""
+
+    weight = 1
+    wait_time = constant_throughput(20)  # 20 vectors a second
+
+    def options(self) -> pb.SessionOptions:
+        return pb.SessionOptions(return_tensors=["y"])
+
+    @task
+    def step_a_vector(self) -> None:
+        self.stream.seq += 1
+        step = pb.Step(seq=self.stream.seq)
+        step.tensors.tensors.append(to_proto("x", VECTORS[self.position % len(VECTORS)][None]))
+        self.position += 1
+        self.send_step("tensor_step", step)
+
+
+if __name__ == "__main__":
+    print_registered()
