@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.cells import STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
+from loadtest.flags import CountList
 from loadtest.load import LoadResult, create_sessions
 from loadtest.ortrate import OrtBench
 from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
 from service import command
-from service.command import EXIT_USAGE, CommandError, Parser
+from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in
 from service.contract import Manifest
 
 #: ``statestream bench --help``: what it runs and what each variant stands for.
@@ -338,20 +339,29 @@ def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] 
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+#: The most streams (or sessions) a row may drive: the server's default ``--max-streams``.
+MAX_STREAMS = 10_000
+
+
+def parser() -> Parser:
     parser = Parser(prog="statestream bench", description=DESCRIPTION)
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="folder holding the model folder")
     parser.add_argument("--model", default="char_lm", help="model to serve")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 256, one repeat, short windows (< 2 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
-    parser.add_argument("--streams", help="comma-separated stream counts (default 1,64,256,1024)")
-    parser.add_argument("--repeats", type=int, help="runs of each cell; the table shows medians (default 3)")
-    parser.add_argument("--duration-s", type=float, help="measuring window per run (default 4)")
-    parser.add_argument("--warmup-s", type=float, help="warm-up before each window (default 1)")
-    parser.add_argument("--memory-sessions", type=int, help="idle sessions for the memory row (0: skip)")
-    parser.add_argument("--chunk-streams", type=int, help="streams of the chunked row (default 64)")
-    parser.add_argument("--multiplex-streams", type=int, help="multiplexed messages in flight (default 4)")
-    parser.add_argument("--per-message", type=int, help="sessions per multiplexed message (default 256)")
+    streams = int_in(1, MAX_STREAMS)
+    parser.add_argument(
+        "--streams", type=CountList(streams), help="comma-separated stream counts (default 1,64,256,1024)"
+    )
+    parser.add_argument("--repeats", type=int_in(1, 100), help="runs of each cell; the table shows medians (default 3)")
+    parser.add_argument("--duration-s", type=float_in(0.01, 3600), help="measuring window per run (default 4)")
+    parser.add_argument("--warmup-s", type=float_in(0, 600), help="warm-up before each window (default 1)")
+    parser.add_argument(
+        "--memory-sessions", type=int_in(0, 100_000), help="idle sessions for the memory row (0: skip; default 100000)"
+    )
+    parser.add_argument("--chunk-streams", type=streams, help="streams of the chunked row (default 64)")
+    parser.add_argument("--multiplex-streams", type=int_in(1, 64), help="multiplexed messages in flight (default 4)")
+    parser.add_argument("--per-message", type=int_in(1, 4096), help="sessions per multiplexed message (default 256)")
     parser.add_argument(
         "--scale",
         action="store_true",
@@ -363,7 +373,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rate",
-        type=float,
+        type=float_in(0.1, 1_000_000),
         help="paced load: messages per second offered to every row, over its streams (default: closed loop)",
     )
     parser.add_argument(
@@ -371,7 +381,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=("spread", "together"),
         help="paced load: the streams' schedules spread over the interval (default), or all streams send together",
     )
-    return parser.parse_args(list(argv))
+    return parser
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
@@ -382,17 +392,13 @@ def plan_of(args: argparse.Namespace) -> Plan:
     )
     changes: dict[str, Any] = {}
     if args.streams:
-        changes["streams"] = tuple(int(s) for s in args.streams.split(","))
+        changes["streams"] = args.streams
     if args.variants:
         changes["variants"] = tuple(v.strip() for v in args.variants.split(","))
         unknown = set(changes["variants"]) - set(Plan.variants)
         if unknown:
             raise CommandError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(Plan.variants)}", EXIT_USAGE)
     if args.rate is not None:
-        if not (args.rate > 0 and math.isfinite(args.rate)):
-            raise CommandError(
-                f"--rate must be a positive number of messages per second, got {args.rate:g}", EXIT_USAGE
-            )
         changes["rate"] = args.rate
     if args.arrivals is not None:
         if args.rate is None:
@@ -496,7 +502,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     plan = plan_of(args)
     folder = args.models_dir / args.model
     if not (folder / "manifest.json").is_file():

@@ -7,20 +7,24 @@ works end to end and that its JSON rows have the documented fields.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
-from loadtest import load, lstm256, messages
+from loadtest import bench, load, lstm256, messages, slo
 from loadtest.bench import main, targets_of
 from loadtest.cells import Plan, Row
+from loadtest.flags import CountList, Objective, RunTime
 from service import answer_bytes
 from service.api import statestream_pb2 as pb
-from service.command import EXIT_USAGE, CommandError
+from service.command import EXIT_USAGE, CommandError, InRange
 from service.contract import Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -211,18 +215,51 @@ def test_paced_streams_are_spread_over_the_interval_or_all_in_phase() -> None:
     assert {load._Pace.of(together, i) for i in range(4)} == {load._Pace(0.2, 0.0)}
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--rate", "0"], "--rate must be a positive number"),
-        (["--rate", "nan"], "--rate must be a positive number"),
-        (["--arrivals", "together"], "give --rate too"),
-    ],
-)
-def test_paced_load_flags_are_checked_before_anything_starts(flags: list[str], message: str) -> None:
-    with pytest.raises(CommandError, match=message) as refused:
-        main(["--models-dir", str(SHIPPED_MODELS), *flags])
+def test_arrivals_without_a_rate_is_refused_before_anything_starts() -> None:
+    with pytest.raises(CommandError, match="give --rate too") as refused:
+        main(["--models-dir", str(SHIPPED_MODELS), "--arrivals", "together"])
     assert refused.value.exit_code == EXIT_USAGE
+
+
+#: How a number is written inside each flag type that holds numbers in text.
+SPELLINGS: dict[type, Callable[[float], str]] = {
+    CountList: lambda n: f"1,{n}",
+    RunTime: lambda n: f"{n}s",
+    Objective: lambda n: f"step={n}",
+}
+
+
+def range_of(flag_type: object) -> InRange[Any] | None:
+    """The range a flag's type checks its numbers against, or None for a flag that takes no number."""
+    if isinstance(flag_type, InRange):
+        return flag_type
+    inner = getattr(flag_type, "range", None)
+    return inner if isinstance(inner, InRange) else None
+
+
+@pytest.mark.parametrize("command_line", [bench.parser, slo.parser], ids=["bench", "loadtest"])
+def test_every_numeric_flag_refuses_a_value_out_of_its_range_in_one_line(
+    command_line: Callable[[], argparse.ArgumentParser], capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = command_line()
+    flags = [action for action in parser._actions if action.option_strings]
+    unchecked = [a.option_strings[0] for a in flags if range_of(a.type) is None and a.type not in (None, Path)]
+    assert not unchecked  # a flag that takes a number takes it range-checked
+    numeric = [action for action in flags if range_of(action.type) is not None]
+    assert len(numeric) >= 3
+    for action in numeric:
+        flag, bounds = action.option_strings[0], range_of(action.type)
+        assert bounds is not None
+        spell = SPELLINGS.get(type(action.type), str)
+        for value in (bounds.low - 1, None if bounds.high is None else bounds.high + 1):
+            if value is None:
+                continue
+            with pytest.raises(SystemExit) as exited:
+                parser.parse_args([f"{flag}={spell(value)}"])
+            error = capsys.readouterr().err
+            assert exited.value.code == EXIT_USAGE, (flag, value)
+            assert error.count("\n") == 1 and error.startswith(f"statestream: error: {flag}: "), error
+            assert f"({bounds.describe()}" in error, error
 
 
 def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
