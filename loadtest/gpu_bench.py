@@ -2,24 +2,13 @@
 
 ``python -m loadtest.gpu_bench --out DIR`` measures, for each batch size, steps/s of one batch
 the way the scheduler runs it (gather the batch's rows from the slabs into the bound call, one
-ORT call, scatter the new state back), with no gRPC and no Python scheduling around it:
-
-* ``cpu``: the CPU provider with host slabs (what ``--state-memory auto`` picks on the CPU);
-* ``cpu-device``: the CPU provider with device slabs on ORT's CPU memory (``--state-memory
-  device`` without a GPU): the same code as ``cuda-slab``, to show what ORT's gather and
-  scatter cost against numpy's;
-* ``cuda-host``: the CUDA provider with host slabs (``--state-memory host``): the state goes
-  host → device → host on every call;
-* ``cuda-slab``: the CUDA provider with device slabs (``--state-memory auto`` on a GPU): the
-  state stays on the GPU; only token ids go in and logits come out;
-* ``cuda-resident``: the ceiling for ``cuda-slab``: two sets of state OrtValues bound in
-  ping-pong (one call's new state is the next call's state), no gather or scatter at all.
-
-CUDA rows need onnxruntime-gpu and a GPU; without them (or with ``--cpu-only``) only the CPU
-rows are measured. It writes ``gpu_bench.md`` (a table) and ``gpu_bench.jsonl`` into ``--out``,
-and first proves each path: the max |diff| of logits and state, over 20 carried steps of 8
-sessions, of device slabs (on ORT's CPU memory, and on CUDA) against the CPU with host slabs
-(TF32 is off, as the server runs it).
+ORT call, scatter the new state back), with no gRPC and no Python scheduling around it. Rows:
+``cpu`` and ``cpu-device`` (host slabs, or device slabs on ORT's CPU memory), ``cuda-host`` and
+``cuda-slab`` (what ``--state-memory host`` and ``auto`` run on a GPU) and ``cuda-resident``
+(state bound in ping-pong: the ceiling); CUDA rows need onnxruntime-gpu and a GPU. Each path is
+first proved against the CPU with host slabs (max |diff| over 20 carried steps of 8 sessions,
+TF32 off). It writes ``gpu_bench.md`` and ``gpu_bench.jsonl`` into ``--out``;
+docs/benchmarks.md explains the rows and holds the results.
 """
 
 from __future__ import annotations

@@ -1,28 +1,17 @@
-"""Closed-loop load generators: N streams, each sends a step and waits for its answer.
+"""Load generators: N streams, each sends a step and waits for its answer, closed loop or paced.
 
 A 2-core machine cannot drive a thousand streams from one Python process through one HTTP/2
 connection, and the client shares the cores with the server it measures, so the load is spread
-over a few worker processes (``spawn``ed, each with its own event loop) and each worker over a
-few channels with their own connections. Workers send pre-encoded request bytes and never parse
-a step's answer beyond its first byte (see ``loadtest.messages``).
+over a few ``spawn``ed worker processes, each over a few channels; workers send pre-encoded
+request bytes and look only at an answer's first byte (``loadtest.messages``). Every worker
+opens its sessions and reports ready; the parent then hands all of them one start time, warm-up
+and measuring window (``time.monotonic`` is one clock for every process), samples the server's
+CPU time at the window's edges, and counts only the answers inside the window.
 
-Every worker first opens its sessions and reports ready; the parent then hands all of them the
-same start time, warm-up and measuring window (``time.monotonic`` is one clock for every process
-of the machine), samples the server's CPU time at the window's edges, and gathers each worker's
-counts and latencies. Only answers that arrive inside the window count.
-
-Modes:
-
-* ``stream``: one session per Session stream, one step (K characters, K = ``chunk``) per message;
-* ``multiplex``: sessions made with CreateSession; each Multiplex stream carries the next step of
-  ``per_message`` sessions in every message.
-
-Paced load (``interval_s``): each stream sends on a fixed schedule, one message every
-``interval_s`` (a sensor's rate), and still never has two in flight; a stream whose answer came
-late sends at once and keeps its schedule, so a server that cannot keep up sees closed-loop load
-again (its rate then reads below the offered one). The streams' schedules are spread evenly over
-the interval, or all start together (``spread=False``), so that every stream sends at once:
-the same rate with requests arriving in bursts.
+Modes: ``stream`` (one session per Session stream, ``chunk`` steps per message) and
+``multiplex`` (the next step of ``per_message`` sessions in each Multiplex message). Paced
+(``interval_s``): a stream sends every ``interval_s``, never two in flight, so a server that
+falls behind sees closed-loop load again; the schedules are spread or all in phase (``spread``).
 """
 
 from __future__ import annotations
@@ -200,7 +189,11 @@ async def _multiplex(
 
 @dataclass(frozen=True)
 class _Pace:
-    """A stream's schedule under paced load: every ``interval_s``, from ``phase_s`` after the start."""
+    """A stream's schedule under paced load: every ``interval_s``, from ``phase_s`` after the start.
+
+    A stream whose answer came late sends at once and keeps its schedule, so a server that cannot
+    keep up sees closed-loop load (its rate then reads below the offered one).
+    """
 
     interval_s: float
     phase_s: float

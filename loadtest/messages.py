@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.answer_bytes import LEN, SESSION_RESULT, VARINT, key, length_delimited, varint
+from service.answer_bytes import SESSION_RESULT, VARINT, key, length_delimited, varint
 from service.api import statestream_pb2 as pb
 from service.tensors import to_proto
 
@@ -27,9 +27,8 @@ _STEP_LAST_ONLY = key(5, VARINT) + varint(1)
 _MULTIPLEX_STEPS = 1
 _SESSION_STEP_ID = 1
 _SESSION_STEP_STEP = 2
-#: First byte of a SessionResponse carrying a StepResult (field 2) or an Error (field 5).
+#: First byte of a SessionResponse carrying a StepResult (field 2); anything else is an error.
 RESULT_TAG = SESSION_RESULT[0]
-ERROR_TAG = key(5, LEN)[0]
 
 SESSION_METHOD = "/statestream.v1.SessionService/Session"
 MULTIPLEX_METHOD = "/statestream.v1.SessionService/Multiplex"
