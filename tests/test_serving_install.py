@@ -147,6 +147,20 @@ def test_a_drawing_on_the_serving_install_names_the_extra_it_needs(
     assert not (tmp_path / "sweeps.png").exists()
 
 
+def test_the_data_sets_import_nothing_but_numpy_and_the_standard_library() -> None:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "started = {name.partition('.')[0] for name in sys.modules}\n"
+        "import service.datasets as package\n"
+        "for module in pkgutil.iter_modules(package.__path__):\n"
+        "    importlib.import_module(f'service.datasets.{module.name}')\n"
+        "loaded = {name.partition('.')[0] for name in sys.modules} - started - set(sys.stdlib_module_names)\n"
+        "print(sorted(loaded))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip() == "['numpy', 'service']"
+
+
 def test_the_bundled_digits_are_scikit_learns() -> None:
     from sklearn.datasets import load_digits as sklearn_digits  # the dev extra holds the reference
 
