@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     from service.providers import CUDA
     from service.registry import LoadedModel
     from service.settings import Settings
-    from service.tasks import check_model
+    from service.tasks import driver_class
 
-    cpu = LoadedModel.from_folder(args.model, Settings(provider="cpu"), check_model)
+    cpu = LoadedModel.from_folder(args.model, Settings(provider="cpu"), driver_class)
     gpu = not args.cpu_only and CUDA in ort.get_available_providers()
-    cuda = LoadedModel.from_folder(args.model, Settings(provider="cuda"), check_model) if gpu else None
+    cuda = LoadedModel.from_folder(args.model, Settings(provider="cuda"), driver_class) if gpu else None
     rows: list[dict[str, Any]] = []
 
     def record(variant: str, batch: int, runner: Callable[[], None]) -> None:

@@ -37,7 +37,7 @@ from service.servicers.sessions import SessionServicer
 from service.servicers.wire import request_parser
 from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
-from service.tasks import check_model
+from service.tasks import driver_class
 
 
 def step_inputs(manifest: Manifest, count: int, seed: int = 0) -> list[bytes]:
@@ -78,7 +78,7 @@ async def drive(
     """
     settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
     metrics = Metrics()
-    runtimes = Runtimes(Registry.from_folder(models_dir, settings, check_model), settings, metrics)
+    runtimes = Runtimes(Registry.from_folder(models_dir, settings, driver_class), settings, metrics)
     store = SessionStore(runtimes, settings, metrics)
     servicer = SessionServicer(SessionEngine(store, settings), metrics, Authenticator(None))
     runtimes.start()

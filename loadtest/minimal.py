@@ -37,7 +37,7 @@ from service.registry import LoadedModel
 from service.servicers.wire import Context, Malformed
 from service.session_options import ResolvedOptions
 from service.settings import EVENT_LOOPS, Settings
-from service.tasks import check_model, driver_class
+from service.tasks import driver_class
 
 #: Longest chunk a step may carry: the real server's default limit.
 MAX_CHUNK = Settings().max_chunk
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the loop that runs it")
     args = parser.parse_args(argv)
-    model = LoadedModel.from_folder(args.models_dir / args.model, Settings(), check_model)
+    model = LoadedModel.from_folder(args.models_dir / args.model, Settings(), driver_class)
     process.run(serve(MinimalServicer(model), "minimal", args.host, args.port), args.event_loop)
     return 0
 

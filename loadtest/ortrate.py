@@ -16,7 +16,7 @@ import numpy as np
 from service.calls import StepCalls
 from service.registry import LoadedModel
 from service.settings import Settings
-from service.tasks import check_model
+from service.tasks import driver_class
 
 
 @dataclass
@@ -44,7 +44,7 @@ class OrtRate:
 class OrtBench:
     def __init__(self, model_folder: Path, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.model = LoadedModel.from_folder(model_folder, self.settings, check_model)
+        self.model = LoadedModel.from_folder(model_folder, self.settings, driver_class)
 
     def rate(self, batch: int, steps: int, duration_s: float) -> OrtRate:
         calls = StepCalls(self.model, io_binding=True, max_batch=batch, max_steps=batch * steps)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -25,8 +26,16 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Refuses (ContractError) a manifest no driver can serve: ``service.tasks.check_model``.
-KindCheck = Callable[[Manifest], None]
+
+class Kind(Protocol):
+    """What the registry asks of a model's kind: does this manifest fit it (a driver class does)."""
+
+    def check_manifest(self, manifest: Manifest) -> None: ...
+
+
+#: The kind of a task, ContractError if none serves it: ``service.tasks.driver_class``, passed in
+#: so that the registry names no driver.
+KindOf = Callable[[str], Kind]
 
 
 def _open_graph(folder: Path, name: str, what: str, settings: Settings) -> ort.InferenceSession:
@@ -53,16 +62,13 @@ class LoadedModel:
     init_session: ort.InferenceSession | None = None
 
     @classmethod
-    def from_folder(cls, folder: Path, settings: Settings, check_kind: KindCheck) -> LoadedModel:
-        """Loads and proves a model folder; raises ContractError naming what is wrong.
-
-        ``check_kind`` refuses a manifest whose task has no driver, or that its driver cannot
-        serve (``service.tasks.check_model``): passed in, so the registry names no driver.
-        """
+    def from_folder(cls, folder: Path, settings: Settings, kind_of: KindOf) -> LoadedModel:
+        """Loads and proves a model folder; raises ContractError naming what is wrong."""
         manifest = Manifest.load(folder)
-        check_kind(manifest)  # an unknown task, or a manifest its kind cannot serve, before any graph opens
+        kind = kind_of(manifest.task)  # an unknown task is refused here, naming the known ones
         session = _open_graph(folder, manifest.step_graph, "step", settings)
         check_graph(manifest, session)
+        kind.check_manifest(manifest)  # a graph that fits its manifest but not its kind
         init_session = None
         if manifest.init is not None:
             init_session = _open_graph(folder, manifest.init.graph, "init", settings)
@@ -136,13 +142,13 @@ class Registry:
             self._models[model.key] = model
 
     @classmethod
-    def from_folder(cls, root: Path, settings: Settings, check_kind: KindCheck) -> Registry:
+    def from_folder(cls, root: Path, settings: Settings, kind_of: KindOf) -> Registry:
         if not root.is_dir():
             raise FileNotFoundError(f"models folder {root} does not exist")
         models = []
         for folder in _model_folders(root):
             try:
-                model = LoadedModel.from_folder(folder, settings, check_kind)
+                model = LoadedModel.from_folder(folder, settings, kind_of)
             except ContractError as exc:
                 log.error("refusing model %s: %s", folder, exc, extra={"model_folder": str(folder)})
                 continue

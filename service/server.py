@@ -41,7 +41,7 @@ from service.servicers.wire import add_servicer
 from service.session_log import events
 from service.session_store import SessionStore
 from service.settings import Settings
-from service.tasks import check_model
+from service.tasks import driver_class
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Server:
         auth = auth if auth is not None else authenticator(settings)
         metrics = Metrics()
         events.configure(settings.log_session_events_per_s)
-        registry = Registry.from_folder(settings.models_dir, settings, check_model)
+        registry = Registry.from_folder(settings.models_dir, settings, driver_class)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
         durable = await connect_session_store(settings, store, metrics)

@@ -1,34 +1,29 @@
 """Which driver serves which task: the manifest's ``task`` names a registered driver class.
 
-A model kind plugs in by registering its driver (``@register``) in its own module; the built-in
-kinds are imported on first use, so a model is checked against its driver at load without the
-core importing any driver. An unknown task is refused at load, naming the known ones.
+A model kind plugs in by registering its driver (``@register``) in a module of its own under
+``service/drivers/``: the first lookup imports every module of that package, so a new kind is
+one new file and no list to edit, and nothing in the core imports a driver by name. An unknown
+task is refused at load, naming the known ones.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from service.contract import ContractError, Manifest
+from service.contract import ContractError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.base import Driver
 
 D = TypeVar("D", bound="type[Driver]")
 
-#: The kinds that ship, by task, and the module that registers each.
-BUILTIN = {
-    "associative_memory": "service.drivers.memory",
-    "forecaster": "service.drivers.forecast",
-    "captioner": "service.drivers.caption",
-    "language_model": "service.drivers.language",
-    "sequence_classifier": "service.drivers.classify",
-    "sequence_model": "service.drivers.tensor",
-    "translator": "service.drivers.translate",
-}
+#: The package whose modules hold the drivers that ship.
+DRIVERS_PACKAGE = "service.drivers"
 _DRIVERS: dict[str, type[Driver]] = {}
+_shipped_loaded = False
 
 
 def register(task: str) -> Callable[[D], D]:
@@ -44,23 +39,24 @@ def register(task: str) -> Callable[[D], D]:
     return decorate
 
 
+def drivers() -> dict[str, type[Driver]]:
+    """Every registered driver by task: the shipped ones (imported here, once) and any a caller registered."""
+    global _shipped_loaded
+    if not _shipped_loaded:
+        package = importlib.import_module(DRIVERS_PACKAGE)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{DRIVERS_PACKAGE}.{module.name}")
+        _shipped_loaded = True
+    return dict(_DRIVERS)
+
+
 def known_tasks() -> list[str]:
-    return sorted({*BUILTIN, *_DRIVERS})
+    return sorted(drivers())
 
 
 def driver_class(task: str) -> type[Driver]:
     """The driver class of ``task``; ContractError (refused at load) naming the known tasks."""
-    if task not in _DRIVERS and task in BUILTIN:
-        importlib.import_module(BUILTIN[task])
-    cls = _DRIVERS.get(task)
+    cls = _DRIVERS.get(task) or drivers().get(task)
     if cls is None:
         raise ContractError(f"unknown task {task!r}: no driver serves it; known tasks: {known_tasks()}")
     return cls
-
-
-def check_model(manifest: Manifest) -> None:
-    """Refuses (ContractError) a model whose task has no driver, or whose manifest its driver cannot serve.
-
-    The registry calls it for every folder it loads (``Registry.from_folder``'s ``check_kind``).
-    """
-    driver_class(manifest.task).check_manifest(manifest)

@@ -17,6 +17,7 @@ float tolerance, not bitwise; the tiny model's logits are O(1), so 1e-5 is ~1e-5
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,19 @@ from prometheus_client import CollectorRegistry, Histogram
 from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
 from service.buffers import HOST, Device
+from service.calls import BatchCall
 from service.device_slabs import DeviceSlabs
 from service.metrics import CachedCounter, Metrics, observe_many
 from service.registry import LoadedModel
 from service.runtime import build_calls, build_slabs
-from service.scheduler import Scheduler, StepJob
+from service.scheduler import Postprocess, Scheduler, StepJob
 from service.settings import Settings
 from service.slabs import Slabs, StateSlabs
-from service.tasks import check_model
+from service.tasks import driver_class
 from service.tensors import from_proto
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread
+from tests.waiting import Gate
 
 TOLERANCE = 1e-5
 STREAM_SESSIONS = 300
@@ -196,7 +199,7 @@ def test_multiplexed_outputs_equal_their_lone_runs(batching_server: ServerThread
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_lm_dir: Path) -> LoadedModel:
-    return LoadedModel.from_folder(tiny_lm_dir / "char_lm", Settings(), check_model)
+    return LoadedModel.from_folder(tiny_lm_dir / "char_lm", Settings(), driver_class)
 
 
 def make_slabs(model: LoadedModel, memory: str, capacity: int) -> Slabs:
@@ -223,7 +226,11 @@ def memory(request: pytest.FixtureRequest) -> str:
 
 
 class Recorder:
-    """Runs jobs through a fresh scheduler per event loop, over shared slabs; records every batch as (row, K)."""
+    """Runs jobs through a fresh scheduler per event loop, over shared slabs; records every batch as (row, K).
+
+    ``on_call`` and ``postprocess``, when set, are given to each scheduler it makes (a model call
+    made to fail, or held; a driver's postprocess).
+    """
 
     def __init__(
         self, model: LoadedModel, *, max_batch: int = 256, io_binding: bool = True, memory: str = "host"
@@ -234,6 +241,8 @@ class Recorder:
         settings = Settings(state_memory=memory, io_binding=io_binding, max_batch=max_batch)
         self.calls = build_calls(model, settings)
         self.batches: list[list[tuple[int, int]]] = []
+        self.on_call: Callable[[BatchCall], None] | None = None
+        self.postprocess: Postprocess | None = None
 
     def scheduler(self) -> Scheduler:
         scheduler = Scheduler(
@@ -245,15 +254,28 @@ class Recorder:
             metrics=Metrics(),
             calls=self.calls,
         )
-        take = scheduler._take_batch
-
-        def recording_take() -> list[StepJob]:
-            batch = take()
-            self.batches.append([(job.row, job.steps) for job in batch])
-            return batch
-
-        scheduler._take_batch = recording_take  # type: ignore[method-assign]
+        scheduler.on_batch = self.record
+        scheduler.on_call = self.on_call
+        scheduler.postprocess = self.postprocess
         return scheduler
+
+    def record(self, batch: list[StepJob]) -> None:
+        self.batches.append([(job.row, job.steps) for job in batch])
+
+
+def model_fails(call: BatchCall) -> None:
+    """An ``on_call`` under which every model call fails, as a failing ONNX Runtime call would."""
+    raise RuntimeError("ORT failed")
+
+
+def fails_on(poison: int) -> Callable[[BatchCall], None]:
+    """An ``on_call`` under which a call fails if any of its steps feeds ``poison`` (an input the graph cannot take)."""
+
+    def check(call: BatchCall) -> None:
+        if (call.inputs["char_id"] == poison).any():
+            raise RuntimeError("ORT failed on one row")
+
+    return check
 
 
 def _ids(offline_lm: OfflineLM, text: str) -> np.ndarray:
@@ -312,47 +334,32 @@ def test_batches_are_capped_and_hold_one_chunk_length(
 
 
 def test_a_failing_call_fails_every_step_of_its_batch_and_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(5)]
     for row in rows:  # give every session some state first
         recorder.slabs.write_row(row, {s.input: np.full(s.shape, 0.25, s.np_dtype) for s in tiny_model.manifest.state})
     before = all_state(recorder.slabs, rows)
-    from service import calls as registry
-
-    def broken_run(self: registry.BatchCall) -> None:
-        raise RuntimeError("ORT failed")
-
-    monkeypatch.setattr(registry.BatchCall, "run", broken_run)
+    recorder.on_call = model_fails
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
     assert all(isinstance(out, RuntimeError) for out in outputs)
     assert len(recorder.batches) == 1 and len(recorder.batches[0]) == len(rows)
     assert_same_state(all_state(recorder.slabs, rows), before)
-    monkeypatch.undo()
+    recorder.on_call = None
     # The scheduler survived: the same sessions step normally afterwards.
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
     assert all(isinstance(out, dict) for out in outputs)
 
 
 def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(6)]
     poisoned = rows[2]
     before = recorder.slabs.read_row(poisoned)
-    from service import calls as registry
-
-    poison = int(_ids(offline_lm, "z")[0])
-    real_run = registry.BatchCall.run
-
-    def run_unless_poisoned(self: registry.BatchCall) -> None:
-        if (self.inputs["char_id"] == poison).any():  # e.g. an input the graph cannot take
-            raise RuntimeError("ORT failed on one row")
-        real_run(self)
-
-    monkeypatch.setattr(registry.BatchCall, "run", run_unless_poisoned)
+    recorder.on_call = fails_on(int(_ids(offline_lm, "z")[0]))
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "z" if row == poisoned else "a")) for row in rows])
     assert len(recorder.batches) == 1 and len(recorder.batches[0]) == len(rows)  # they did share one batch
     for row, out in zip(rows, outputs, strict=True):
@@ -365,14 +372,12 @@ def test_a_step_that_makes_the_model_fail_fails_alone_and_its_batch_mates_go_on(
 
 
 def test_a_failing_lone_step_on_the_direct_path_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     recorder = Recorder(tiny_model, memory=memory)
     row = recorder.slabs.allocate()
     before = recorder.slabs.read_row(row)
-    from service import calls as registry
-
-    monkeypatch.setattr(registry.BatchCall, "run", lambda self: (_ for _ in ()).throw(RuntimeError("ORT failed")))
+    recorder.on_call = model_fails
     (out,) = _run_jobs(recorder, [(row, _ids(offline_lm, "q"))])
     assert isinstance(out, RuntimeError)
     for name, value in recorder.slabs.read_row(row).items():
@@ -415,11 +420,10 @@ def test_a_lone_streams_step_runs_inside_submit_and_a_second_session_brings_batc
 
 
 def test_a_failing_step_on_the_fast_lane_fails_alone_and_writes_no_state(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, memory: str
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
     recorder = Recorder(tiny_model, memory=memory)
     row = recorder.slabs.allocate()
-    from service import calls as registry
 
     async def main() -> tuple[dict[str, np.ndarray], BaseException | None]:
         scheduler = recorder.scheduler()
@@ -427,9 +431,9 @@ def test_a_failing_step_on_the_fast_lane_fails_alone_and_writes_no_state(
         try:
             await scheduler.run(row, {"char_id": _ids(offline_lm, "h")}, 1)
             before = recorder.slabs.read_row(row)
-            with monkeypatch.context() as patch:
-                patch.setattr(registry.BatchCall, "run", lambda self: (_ for _ in ()).throw(RuntimeError("ORT failed")))
-                failed = scheduler.submit(row, {"char_id": _ids(offline_lm, "e")}, 1, lane=True)
+            scheduler.on_call = model_fails
+            failed = scheduler.submit(row, {"char_id": _ids(offline_lm, "e")}, 1, lane=True)
+            scheduler.on_call = None
             assert failed.done()
             return before, failed.exception()
         finally:
@@ -592,14 +596,7 @@ def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(4)]
     texts = ["ab", "cd", "ef", "gh"]
-    scheduler = recorder.scheduler
-
-    def with_ranking() -> Scheduler:
-        made = scheduler()
-        made.postprocess = ranked_logits("logits")
-        return made
-
-    recorder.scheduler = with_ranking  # type: ignore[method-assign]
+    recorder.postprocess = ranked_logits("logits")
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, t)) for row, t in zip(rows, texts, strict=True)])
     tokens = list(offline_lm.manifest.vocabulary)
     for text, out in zip(texts, outputs, strict=True):
@@ -619,17 +616,11 @@ def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(3)]
     before = all_state(recorder.slabs, rows)
-    scheduler = recorder.scheduler
 
     def broken(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise ValueError("postprocess failed")
 
-    def with_broken() -> Scheduler:
-        made = scheduler()
-        made.postprocess = broken
-        return made
-
-    recorder.scheduler = with_broken  # type: ignore[method-assign]
+    recorder.postprocess = broken
     outputs = _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])
     assert all(isinstance(out, ValueError) for out in outputs)
     assert_same_state(all_state(recorder.slabs, rows), before)
@@ -638,23 +629,22 @@ def test_a_failing_postprocess_fails_the_batch_and_writes_no_state(
 def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting(
     tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str
 ) -> None:
-    import time
-
     from service.scheduler import SchedulerStopped
 
     recorder = Recorder(tiny_model, memory=memory)
     rows = [recorder.slabs.allocate() for _ in range(2)]
-
-    def slow(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(0.3)  # the batch is still on the worker thread when stop() comes
-        return {}
+    gate = Gate()  # holds the batch's model call on the worker thread
+    recorder.on_call = gate.hold
 
     async def main() -> list[Any]:
         scheduler = recorder.scheduler()
-        scheduler.postprocess = slow
         scheduler.start()
         tasks = [asyncio.ensure_future(scheduler.run(row, {"char_id": _ids(offline_lm, "a")}, 1)) for row in rows]
-        await asyncio.sleep(0.05)
+        await gate.arrival()
+        # The batch is still on the worker thread when stop() comes: stop() cancels the loop at
+        # once, before the event loop can take the call's result; opening the gate first only
+        # lets stop() join the worker thread.
+        gate.open()
         await scheduler.stop()
         return list(await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5))
 
@@ -664,19 +654,13 @@ def test_stopping_during_a_batch_fails_its_steps_instead_of_leaving_them_waiting
 
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_step_whose_future_its_awaiter_cancelled_still_runs_and_hands_its_outcome_to_the_orphan(
-    tiny_model: LoadedModel, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch, fails: bool
+    tiny_model: LoadedModel, offline_lm: OfflineLM, fails: bool
 ) -> None:
     """Cancelling an ``await`` cancels the future; the step runs all the same and ``orphan`` gets its outcome."""
     recorder = Recorder(tiny_model)
     rows = [recorder.slabs.allocate() for _ in range(2)]
     before = all_state(recorder.slabs, rows)
-    if fails:
-        from service.calls import BatchCall
-
-        def broken_run(self: BatchCall) -> None:
-            raise RuntimeError("ORT failed")
-
-        monkeypatch.setattr(BatchCall, "run", broken_run)
+    recorder.on_call = model_fails if fails else None
     handed: list[asyncio.Future[dict[str, np.ndarray]]] = []
 
     async def main() -> list[Any]:
@@ -724,7 +708,8 @@ async def _broken_multiplex_then_check(target: str, sessions: int) -> list[tuple
             pb.MultiplexRequest(steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=1, text="a")) for i in ids])
         )
         call.cancel()
-        await asyncio.sleep(0.5)  # let whatever started finish on the server
+        # At once, no wait: a resent step whose first copy still runs waits on its session's
+        # lock, then is answered as a duplicate.
         call = stub.Multiplex()
         await call.write(
             pb.MultiplexRequest(steps=[pb.SessionStep(session_id=i, step=pb.Step(seq=1, text="a")) for i in ids])

@@ -28,7 +28,7 @@ from service.command import EXIT_USAGE, CommandError, InRange
 from service.contract import Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
-from service.tasks import check_model
+from service.tasks import driver_class
 from service.tensors import from_proto
 
 VARIANTS = {"echo", "naive", "minimal", "statestream", "chunked", "multiplexed", "ort"}
@@ -268,7 +268,7 @@ def test_the_lstm256_command_rebuilds_the_shipped_model(tmp_path: Path) -> None:
     built, shipped = tmp_path / "lstm256", SHIPPED_MODELS / "lstm256"
     assert (built / "step.onnx").read_bytes() == (shipped / "step.onnx").read_bytes()
     assert Manifest.load(built) == Manifest.load(shipped)
-    model = LoadedModel.from_folder(built, Settings(), check_model)  # loads only if ORT's LSTM replays the numpy golden
+    model = LoadedModel.from_folder(built, Settings(), driver_class)  # loads only if ORT's LSTM replays the numpy golden
     assert model.manifest.task == "sequence_model" and model.golden_error < 1e-5
     assert model.manifest.state_bytes == 2 * 256 * 4
 

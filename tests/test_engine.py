@@ -26,7 +26,7 @@ from service.registry import Registry
 from service.runtime import Runtimes
 from service.session_store import SessionStore
 from service.settings import Settings
-from service.tasks import check_model
+from service.tasks import driver_class
 from tests.conftest import SHIPPED_MODELS, OfflineLM
 from tests.waiting import until
 
@@ -40,7 +40,7 @@ async def running_engine(models_dir: Path, **overrides: Any) -> AsyncIterator[Se
     """A session engine over the models in ``models_dir``, its schedulers running, and nothing else."""
     settings = Settings(models_dir=models_dir, snapshot_secret="test-secret-of-16+chars", **overrides)
     metrics = Metrics()
-    runtimes = Runtimes(Registry.from_folder(models_dir, settings, check_model), settings, metrics)
+    runtimes = Runtimes(Registry.from_folder(models_dir, settings, driver_class), settings, metrics)
     runtimes.start()
     try:
         yield SessionEngine(SessionStore(runtimes, settings, metrics), settings)

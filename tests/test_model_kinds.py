@@ -19,13 +19,16 @@ import pytest
 
 import tests.accumulator_driver  # noqa: F401 - registers the test-only task
 from service.api import statestream_pb2 as pb
+from service.auth import ANONYMOUS
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import MANIFEST_FILE, Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
+from service.tasks import driver_class
 from service.tensors import from_proto
 from tests.accumulator_model import UNITS, build, init_graph, offline_run
 from tests.servers import ServerThread
+from tests.waiting import until
 
 TOLERANCE = 1e-5
 OFFSET = np.array([0.25, -2.0, 1.5], np.float32)
@@ -80,11 +83,19 @@ def test_init_graph_and_context_make_steps_equal_an_offline_run(kind_server: Ser
     np.testing.assert_allclose(np.concatenate([chunked, single]), offline_run(OFFSET, xs), atol=TOLERANCE)
 
 
+def test_a_float64_init_payload_and_float64_steps_are_sent_as_float32(kind_server: ServerThread) -> None:
+    xs = np.random.default_rng(1).normal(size=(4, UNITS))  # float64, numpy's default
+    with Client(kind_server.target) as client:
+        session = client.open("accumulator", init={"offset": OFFSET.astype(np.float64)}, return_tensors=["y"])
+        got = _steps(session, xs)
+    np.testing.assert_allclose(got, offline_run(OFFSET, xs.astype(np.float32)), atol=TOLERANCE)
+
+
 def test_context_is_read_at_every_step_and_never_written(kind_server: ServerThread) -> None:
     with Client(kind_server.target) as client:
         session = client.open("accumulator", init={"offset": OFFSET}, return_tensors=["y"])
         _steps(session, np.ones((6, UNITS), np.float32))
-        stored = kind_server.server.store._sessions[session.id]
+        stored = kind_server.server.store.get(session.id, ANONYMOUS)
         row = stored.runtime.slabs.read_row(stored.row)
     np.testing.assert_array_equal(row["scale"], np.abs(OFFSET) + 1)
     np.testing.assert_allclose(row["acc_in"], OFFSET + 6 * (np.abs(OFFSET) + 1), atol=TOLERANCE)
@@ -130,7 +141,7 @@ def test_a_run_on_a_borrowed_row_leaves_the_session_where_it_was(kind_server: Se
     """The rollout pattern (a forecaster's H steps ahead): a loop steps a fork-like copy of the row."""
     with Client(kind_server.target) as client:
         session = client.open("accumulator", init={"offset": OFFSET}, return_tensors=["y"])
-        slabs = kind_server.server.store._sessions[session.id].runtime.slabs
+        slabs = kind_server.server.store.get(session.id, ANONYMOUS).runtime.slabs
         rows_before = slabs.rows_in_use
         answers = list(session.run(4, options={"threshold": 1e9, "on_copy": 1.0}))
         got = np.stack([from_proto(a.output.tensors[0]) for a in answers if isinstance(a, pb.RunOutput)])
@@ -145,13 +156,16 @@ def test_a_resent_run_is_a_duplicate_and_runs_nothing(kind_server: ServerThread)
     with Client(kind_server.target) as client:
         session = client.open("accumulator", init={"offset": OFFSET})
         first = list(session.run(3, options={"threshold": 1e9}))[-1]
-        again = session.session.send_raw(pb.SessionRequest(run=pb.Run(seq=1, max_steps=3)))
-        answer = client._call(again)
+        answer = session.send_raw(pb.SessionRequest(run=pb.Run(seq=1, max_steps=3)))
     assert answer.run_done.duplicate and answer.run_done.steps == first.steps == 3  # type: ignore[union-attr]
     assert answer.run_done.stop_reason == "max_steps"
 
 
 def test_a_run_cut_off_mid_loop_leaves_state_and_seq_agreeing(kind_server: ServerThread) -> None:
+    def detached(session_id: str) -> bool:  # the stream's handler has ended, its rollback done
+        held = kind_server.server.store.get(session_id, ANONYMOUS)
+        return held.stream is None and not held.lock.locked()
+
     async def scenario() -> tuple[int, np.ndarray, np.ndarray]:
         async with AsyncClient(kind_server.target) as client:
             session = await client.open("accumulator", init={"offset": OFFSET}, return_tensors=["y"])
@@ -161,7 +175,7 @@ def test_a_run_cut_off_mid_loop_leaves_state_and_seq_agreeing(kind_server: Serve
                 if seen == 5:
                     session.cancel()  # the stream breaks mid-run, as a network failure would
                     break
-            await asyncio.sleep(0.3)  # the server notices the broken stream and rolls back
+            await until(lambda: detached(session.id), 30, "the server noticed the broken stream and rolled back")
             resumed = await client.attach(session.id)
             applied = resumed.last_seq
             after = await resumed.step(tensors={"x": np.zeros((1, UNITS), np.float32)})
@@ -206,7 +220,7 @@ def test_runs_of_many_sessions_share_batches(kind_server: ServerThread) -> None:
 def _open_fails(target: str, request: pb.OpenSession) -> grpc.aio.AioRpcError:
     async def attempt() -> None:
         async with AsyncClient(target) as client:
-            await client._start(pb.SessionRequest(open=request), 1.0)
+            await client.start_raw(pb.SessionRequest(open=request), resume_timeout_s=1.0)
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         asyncio.run(attempt())
@@ -261,9 +275,9 @@ def test_a_bad_run_is_refused_in_the_stream_and_changes_nothing(
 ) -> None:
     with Client(kind_server.target) as client:
         session = client.open("accumulator", init={"offset": OFFSET}, return_tensors=["y"])
-        with pytest.raises(StepFailed) as raised:
-            client._call(session.session._one(pb.SessionRequest(run=run)))
-        assert raised.value.error.code_name == code and message in raised.value.error.message
+        reply = session.send_raw(pb.SessionRequest(run=run))
+        assert reply.WhichOneof("response") == "error"
+        assert reply.error.code_name == code and message in reply.error.message
         # nothing ran: seq 1 is still free and the state is the init graph's
         np.testing.assert_allclose(_steps(session, np.zeros((1, UNITS), np.float32)), OFFSET[None], atol=TOLERANCE)
         assert session.last_seq == 1
@@ -283,14 +297,14 @@ def test_a_language_model_has_no_run(kind_server: ServerThread) -> None:
 def test_an_unknown_task_is_refused_at_load_naming_the_known_ones(tmp_path: Path) -> None:
     folder = build(tmp_path / "mystery", name="mystery", task="telepathy")
     with pytest.raises(Exception, match=r"unknown task 'telepathy'.*language_model.*sequence_model"):
-        LoadedModel.from_folder(folder, Settings())
+        LoadedModel.from_folder(folder, Settings(), driver_class)
 
 
 def test_an_init_graph_that_fails_its_golden_trace_is_refused(tmp_path: Path) -> None:
     folder = build(tmp_path / "accumulator")
     init_graph(folder / "init.onnx", scale_bias=2.0)  # a different graph under the same manifest
     with pytest.raises(Exception, match="init golden trace mismatch"):
-        LoadedModel.from_folder(folder, Settings())
+        LoadedModel.from_folder(folder, Settings(), driver_class)
 
 
 def test_a_manifest_whose_state_starts_from_a_missing_init_graph_is_refused(tmp_path: Path) -> None:

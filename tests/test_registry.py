@@ -14,6 +14,7 @@ from service.contract import ContractError, Manifest, check_model_name
 from service.errors import NotFound
 from service.registry import LoadedModel, Registry
 from service.settings import Settings
+from service.tasks import driver_class
 
 
 def copy_model(models: Path, name: str) -> Path:
@@ -32,7 +33,7 @@ def edit_manifest(folder: Path, edit: dict[str, object]) -> None:
 
 
 def test_a_good_model_loads_and_replays_its_golden_trace(models_dir: Path) -> None:
-    model = LoadedModel.from_folder(models_dir / "char_lm", Settings())
+    model = LoadedModel.from_folder(models_dir / "char_lm", Settings(), driver_class)
     assert model.manifest.name == "char_lm"
     assert model.golden_error <= model.manifest.golden.tolerance
     assert model.provider == "CPUExecutionProvider"
@@ -46,7 +47,7 @@ def test_a_model_with_a_wrong_golden_trace_is_refused_and_the_others_load(
     manifest["golden"]["outputs"]["logits"][3][0] += 0.5
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.ERROR):
-        registry = Registry.from_folder(models_dir, Settings())
+        registry = Registry.from_folder(models_dir, Settings(), driver_class)
     assert [m.manifest.name for m in registry] == ["char_lm"]
     refused = [r.getMessage() for r in caplog.records if "broken_golden" in r.getMessage()]
     assert refused and "golden trace mismatch" in refused[0]
@@ -63,7 +64,7 @@ def test_a_graph_with_perturbed_weights_fails_its_golden_replay(models_dir: Path
     head_bias.CopyFrom(onnx.numpy_helper.from_array(array, head_bias.name))
     onnx.save(graph, str(broken / "step.onnx"))
     with pytest.raises(ContractError, match="golden trace mismatch"):
-        LoadedModel.from_folder(broken, Settings())
+        LoadedModel.from_folder(broken, Settings(), driver_class)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_a_manifest_that_does_not_match_its_graph_is_refused(
     broken = copy_model(models_dir, "mismatch")
     edit_manifest(broken, edit)
     with pytest.raises(ContractError, match=message):
-        LoadedModel.from_folder(broken, Settings())
+        LoadedModel.from_folder(broken, Settings(), driver_class)
 
 
 def test_a_folder_without_a_manifest_or_with_bad_json_is_refused(models_dir: Path) -> None:
@@ -107,7 +108,7 @@ def test_model_names_cannot_escape_the_models_folder(name: str) -> None:
 def test_versions_are_chosen_newest_first_unless_named(models_dir: Path) -> None:
     second = copy_model(models_dir, "char_lm_v2")
     edit_manifest(second, {"name": "char_lm", "version": "2"})
-    registry = Registry.from_folder(models_dir, Settings())
+    registry = Registry.from_folder(models_dir, Settings(), driver_class)
     assert registry.get("char_lm").manifest.version == "2"
     assert registry.get("char_lm", "1").manifest.version == "1"
     with pytest.raises(NotFound, match="version '3'"):

@@ -91,13 +91,50 @@ def test_a_bad_tensor_is_refused_in_stream_and_the_state_is_unchanged(
         before = outputs(session.step(tensors={"x": xs[:2]}))
         request = pb.Step(seq=2)
         request.tensors.tensors.append(bad_tensor(kind))
-        reply = client._call(session.session.send_raw(pb.SessionRequest(step=request)))
+        reply = session.send_raw(pb.SessionRequest(step=request))
         assert reply.error.code_name == "INVALID_ARGUMENT"
         assert reply.error.seq == 2
         assert re.search(message, reply.error.message), reply.error.message
         after = outputs(session.step(tensors={"x": xs[2:]}))
         session.close()
     np.testing.assert_allclose(np.concatenate([before, after]), float_rnn.reference(xs), atol=TOLERANCE, rtol=0)
+
+
+def test_float64_and_python_floats_are_sent_as_float32_and_answered_as_float32_input_is(
+    rnn_server: ServerThread,
+) -> None:
+    """numpy's default float64 and plain Python floats reach the model as the float32 it takes."""
+    xs = np.random.default_rng(2).normal(0, 1, (6, float_rnn.FEATURES))  # float64
+    narrow = xs.astype(np.float32)
+    with Client(rnn_server.target) as client:
+        wide_session = client.open("float_rnn", return_tensors=["y"])
+        narrow_session = client.open("float_rnn", return_tensors=["y"])
+        from_wide = [
+            outputs(wide_session.step(tensors={"x": xs[:3]})),
+            outputs(wide_session.step(tensors={"x": xs[3:].tolist()})),
+        ]
+        from_narrow = [
+            outputs(narrow_session.step(tensors={"x": narrow[:3]})),
+            outputs(narrow_session.step(tensors={"x": narrow[3:]})),
+        ]
+    np.testing.assert_array_equal(np.concatenate(from_wide), np.concatenate(from_narrow))  # the same values arrived
+    np.testing.assert_allclose(np.concatenate(from_wide), float_rnn.reference(narrow), atol=TOLERANCE, rtol=0)
+
+
+def test_what_the_wire_cannot_carry_is_refused_before_sending_and_the_session_goes_on(rnn_server: ServerThread) -> None:
+    xs = inputs(2)
+    too_wide = xs.astype(np.float64)
+    too_wide[1, 0] = -1e39  # finite in float64, infinite in float32
+    with Client(rnn_server.target) as client:
+        session = client.open("float_rnn", return_tensors=["y"])
+        with pytest.raises(ValueError, match=r"tensor 'x': -1e\+39 is beyond float32's range \(±3\.403e\+38\)"):
+            session.step(tensors={"x": too_wide})
+        with pytest.raises(ValueError, match="tensor 'x': dtype bool cannot be sent; give floats, int64 or int32"):
+            session.step(tensors={"x": xs > 0})
+        result = session.step(tensors={"x": xs})
+        session.close()
+    assert result.seq == 1  # neither refusal was sent: seq 1 was still free
+    np.testing.assert_allclose(outputs(result), float_rnn.reference(xs), atol=TOLERANCE, rtol=0)
 
 
 def test_text_sent_to_a_tensor_model_is_refused_and_tensors_to_a_text_model_are_checked(
@@ -122,7 +159,7 @@ def test_a_model_without_a_vocabulary_cannot_generate(rnn_server: ServerThread) 
 
 def test_the_float_model_builder_passes_the_contract(tmp_path: Path) -> None:
     from service.registry import LoadedModel
-    from service.tasks import check_model
+    from service.tasks import driver_class
 
-    model = LoadedModel.from_folder(float_rnn.build(tmp_path / "m"), Settings(), check_model)
+    model = LoadedModel.from_folder(float_rnn.build(tmp_path / "m"), Settings(), driver_class)
     assert model.manifest.state_bytes == float_rnn.HIDDEN * 4
