@@ -1,20 +1,15 @@
 """The bare server: statestream's Session proto and model call with none of its session machinery.
 
-Issue 14 compares statestream with a grpc.aio server that keeps each stream's state in the
-handler (numpy arrays) and runs one batch-1 ONNX Runtime call per step. This is that server, so
-``statestream bench`` measures what sessions, the sequence rule and the scheduler cost instead of
-guessing it. Per stream it holds the state and the options of its ``open``; a ``step`` is decoded
-by the model's own driver (text through the vocabulary, or raw tensors, so the work and the
-refusals match the real server's), run with ``InferenceSession.run`` at batch 1, and answered
-like the real server: a language model's top_k next tokens (``ranked_logits``, the real server's
-ranking) and the ``return_tensors`` asked for, so the answer sizes match.
-
-It runs on asyncio's own event loop, as a bare grpc.aio server does unless its author chose
-another (``--event-loop uvloop`` measures it on statestream's). Nothing else: no session ids
-that resolve, no attach or resume, no seq check (the step's seq is only echoed), no batching,
-no Multiplex, no init graphs. The model is loaded and its golden trace
-replayed by ``LoadedModel.from_folder`` with the server's ONNX Runtime options. Run it as
-``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``.
+``statestream bench`` compares statestream with this grpc.aio server, so it measures what the
+sessions, the seq rule and the scheduler cost instead of guessing it. Per stream it keeps the
+state (numpy arrays) and options of its ``open``; a ``step`` is decoded by the model's own
+driver (so the work and the refusals match the real server's), run at batch 1 with
+``InferenceSession.run``, and answered as the real server answers (the same top-k ranking and
+``return_tensors``, so the answer sizes match). Nothing else: no session ids that resolve, no
+resume, no seq check (the seq is only echoed), no batching, no Multiplex, no init graphs. It runs
+on asyncio's own event loop unless ``--event-loop uvloop`` asks for statestream's.
+Run it as ``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``;
+docs/benchmarks.md has what it measured.
 """
 
 from __future__ import annotations
