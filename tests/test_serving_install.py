@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +112,10 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
-def run_client(argv: list[str], server: ShippedServer, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``argv`` as a user runs it against ``server``, from ``cwd``, with no ``PYTHONPATH`` to leak through."""
-    env = {name: value for name, value in server.env.items() if name != "PYTHONPATH"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+def run_command(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``argv`` as a user runs it, from ``cwd``, with no ``PYTHONPATH`` to leak the checkout through."""
+    clean = {name: value for name, value in env.items() if name != "PYTHONPATH"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=clean, cwd=cwd)
 
 
 def test_the_serving_venv_lacks_training_and_its_extras_but_holds_the_data_sets(serving_venv: Path) -> None:
@@ -130,17 +132,28 @@ def test_the_serving_venv_lacks_training_and_its_extras_but_holds_the_data_sets(
 def test_a_client_command_on_the_serving_install_prints_what_the_full_install_prints(
     command: list[str], serving_venv: Path, shipped_server: ShippedServer, tmp_path: Path
 ) -> None:
-    serving = run_client([str(serving_venv / "statestream"), "client", *command], shipped_server, tmp_path)
-    full = run_client([*STATESTREAM, "client", *command], shipped_server, ROOT)
+    serving = run_command([str(serving_venv / "statestream"), "client", *command], shipped_server.env, tmp_path)
+    full = run_command([*STATESTREAM, "client", *command], shipped_server.env, ROOT)
     assert serving.returncode == full.returncode == 0, serving.stderr + full.stderr
     assert json.loads(serving.stdout) == json.loads(full.stdout)
+
+
+def test_scenes_on_the_serving_install_writes_what_the_full_install_writes(serving_venv: Path, tmp_path: Path) -> None:
+    written: dict[str, dict[str, bytes]] = {}
+    for install, statestream in {"serving": [str(serving_venv / "statestream")], "full": STATESTREAM}.items():
+        out = tmp_path / install
+        done = run_command([*statestream, "scenes", "--out", str(out), "--count", "3"], os.environ, ROOT)
+        assert done.returncode == 0, done.stderr
+        written[install] = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert len(written["serving"]) == 4  # three PNGs and scenes.json
+    assert written["serving"] == written["full"]
 
 
 def test_a_drawing_on_the_serving_install_names_the_extra_it_needs(
     serving_venv: Path, shipped_server: ShippedServer, tmp_path: Path
 ) -> None:
     argv = [str(serving_venv / "statestream"), "client", *CLIENT_COMMANDS["complete a digit"], "--png", "sweeps.png"]
-    done = run_client(argv, shipped_server, tmp_path)
+    done = run_command(argv, shipped_server.env, tmp_path)
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "matplotlib" in done.stderr and "statestream[train]" in done.stderr  # as the README says
