@@ -20,8 +20,10 @@ import torch
 from service.contract import Manifest
 from service.datasets.scenes import END, VOCABULARY
 from service.drivers.beams import BeamSearch, log_softmax
-from training.evaluate import open_session
-from training.kinds.captioner import CaptionerModel, CaptionerRecipe, build_net, install
+from training.kinds.captioner.export import install
+from training.kinds.captioner.recipe import CaptionerModel, CaptionerRecipe
+from training.kinds.captioner.train import build_net
+from training.onnx_replay import open_session
 
 NAME = "captioner_tiny"
 END_BIAS = 1.0

@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.captioner_model import NAME, build, offline_beam
 from tests.servers import ServerThread
-from training.evaluate_captions import Decoded, greedy_captions, pointing_hits
+from training.kinds.captioner.evaluate import Decoded, greedy_captions, pointing_hits
 
 TOLERANCE = 1e-5
 MAX_INIT_BYTES = 64 * 1024
@@ -81,7 +81,7 @@ def _solo(target: str, image: np.ndarray, beam: int) -> tuple[list[int], np.ndar
 
 def test_the_exported_graphs_pass_their_parity_checks_and_load(captioner_dir: Path) -> None:
     from service.contract import Manifest
-    from training.export import self_check
+    from training.onnx_export import self_check
 
     manifest = Manifest.load(captioner_dir / NAME)
     assert manifest.training["parity_max_abs_diff"] <= 1e-4  # init and decoder, ONNX vs PyTorch
@@ -94,9 +94,10 @@ def test_parity_refuses_a_graph_that_is_not_the_net(captioner_dir: Path, tmp_pat
     import torch
 
     from service.contract import Manifest
-    from training.export import ParityError
-    from training.export_attention import check_parity
-    from training.kinds.captioner import CaptionerModel, build_net, teacher_forcing
+    from training.decoder_export import check_parity
+    from training.kinds.captioner.recipe import CaptionerModel
+    from training.kinds.captioner.train import build_net, teacher_forcing
+    from training.onnx_export import ParityError
 
     torch.manual_seed(1)  # other weights than the exported ones
     other = build_net(CaptionerModel(channels=4, embed=8, hidden=16, attention=8))
@@ -374,7 +375,7 @@ def test_scenes_command_writes_pngs_with_their_captions(tmp_path: Path) -> None:
 
 
 def test_annotations_with_coordinates_carry_where_each_location_is() -> None:
-    from training.nets.captioner import ConvEncoder
+    from training.kinds.captioner.net import ConvEncoder
 
     torch = pytest.importorskip("torch")
     encoder = ConvEncoder((4, 4, 4), coordinates=True, canvas=CANVAS)
@@ -393,7 +394,7 @@ def test_annotations_with_coordinates_carry_where_each_location_is() -> None:
 
 
 def test_location_labels_name_the_digit_and_size_whose_box_holds_each_location() -> None:
-    from training.kinds.captioner import location_labels
+    from training.kinds.captioner.train import location_labels
 
     scene = Scene(
         np.zeros((CANVAS, CANVAS), np.float32),
@@ -413,7 +414,8 @@ def test_location_labels_name_the_digit_and_size_whose_box_holds_each_location()
 def test_training_with_the_location_loss_trains_a_head_it_does_not_keep(tmp_path: Path) -> None:
     from training.checkpoints import load_weights
     from training.kinds import TrainOptions
-    from training.kinds.captioner import CaptionerModel, CaptionerRecipe, CaptionerTrain, build_net, train
+    from training.kinds.captioner.recipe import CaptionerModel, CaptionerRecipe, CaptionerTrain
+    from training.kinds.captioner.train import build_net, train
 
     model = CaptionerModel(channels=4, embed=8, hidden=16, attention=8, coordinates=True)
     recipe = CaptionerRecipe(

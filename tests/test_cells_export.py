@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from service.contract import Manifest
-from training.evaluate import open_session
-from training.export_cells import cell_manifest, export_cell_model
+from training.cell_export import cell_manifest, export_cell_model
 from training.nets.cell_step import CELL_KINDS, CellStepNet
 from training.nets.cells import GRUCell, Recurrent
+from training.onnx_replay import open_session
 
 TOLERANCE = 1e-5
 STEPS, FEATURES, HIDDEN, READOUT = 40, 4, 6, 3

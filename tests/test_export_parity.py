@@ -1,7 +1,7 @@
 """Export of the character LM: ONNX/PyTorch parity, the written folder, refusals, ONNX scoring.
 
 A tiny LSTM (hidden 32) is trained for a few dozen steps on a slice of the corpus and
-exported once per module; each test then checks one promise of ``training.export``.
+exported once per module; each test then checks one promise of ``training.onnx_export``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ import torch
 
 from service.contract import ContractError, Manifest, check_graph, replay_golden
 from service.datasets import CharCorpus, load_shakespeare
-from training import export as export_module
+from training.checkpoints import WEIGHTS_FILE
 from training.cli import eval_command, export_command
-from training.evaluate import open_session, val_loss_from_onnx
-from training.export import GOLDEN_TEXT, ParityError, export_char_lm
-from training.loops import WEIGHTS_FILE, LoopConfig, seed_everything, stream_loss, train
-from training.nets import CharLSTM, StepNet
+from training.kinds.language_model import export as export_module
+from training.kinds.language_model.evaluate import val_loss_from_onnx
+from training.kinds.language_model.export import GOLDEN_TEXT, export_char_lm
+from training.kinds.language_model.net import CharLSTM
+from training.loop_config import LoopConfig
+from training.loops import seed_everything, stream_loss, train
+from training.nets import StepNet
+from training.onnx_export import ParityError
+from training.onnx_replay import open_session
 
 #: ONNX Runtime and PyTorch both compute in float32 but with different kernels; over 1,000
 #: carried steps their logits differ by ~1e-6, so 1e-4 (the golden tolerance) has wide margin

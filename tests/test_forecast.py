@@ -17,18 +17,20 @@ import torch
 from service.contract import Manifest
 from service.datasets.laser import LASER_PATH, load_laser
 from service.datasets.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
-from training.drift_ceiling import Ceiling, ceiling
-from training.evaluate import open_session, ort_step_fn
-from training.export import ParityError
-from training.export_forecast import check_forecast_parity
-from training.forecast_eval import GraphRunner, free_runs, teacher_forced
-from training.forecast_training import FreeRunTraining, window_loss
+from training.checkpoints import WEIGHTS_FILE
+from training.experiments.drift_ceiling import Ceiling, ceiling
 from training.kinds import ExportOptions, TrainOptions
-from training.kinds import forecaster as kind
-from training.kinds.forecaster import ForecastRecipe
+from training.kinds.forecaster.esn import AdaptiveESN, EchoStateNetwork, state_bytes
+from training.kinds.forecaster.evaluate import evaluate
+from training.kinds.forecaster.export import check_forecast_parity, export
+from training.kinds.forecaster.free_run_training import window_loss
+from training.kinds.forecaster.gated_net import GatedForecaster
+from training.kinds.forecaster.recipe import ForecastRecipe, FreeRunTraining
+from training.kinds.forecaster.scoring import GraphRunner, free_runs, teacher_forced
+from training.kinds.forecaster.train import build_esn, train, wrap
 from training.nets.cell_step import CellStepNet
-from training.nets.esn import AdaptiveESN, EchoStateNetwork, state_bytes
-from training.nets.gated_forecaster import GatedForecaster
+from training.onnx_export import ParityError
+from training.onnx_replay import open_session, ort_step_fn
 from training.recipes import RecipeError, from_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ForecastRecipe(
     name="tiny_mg",
     kind="forecaster",
-    task="mackey_glass",
+    series="mackey_glass",
     net="esn",
     description="a tiny test ESN",
     out="unused",
@@ -51,7 +53,7 @@ TINY = ForecastRecipe(
 TINY_ADAPTIVE = replace(
     TINY,
     name="tiny_adaptive",
-    task="mackey_glass_drift",
+    series="mackey_glass_drift",
     net="adaptive_esn",
     units=12,
     forgetting=0.998,
@@ -63,7 +65,7 @@ TINY_ADAPTIVE = replace(
 TINY_GRU = ForecastRecipe(
     name="tiny_gru",
     kind="forecaster",
-    task="mackey_glass",
+    series="mackey_glass",
     net="gru",
     description="a tiny test GRU",
     out="unused",
@@ -76,8 +78,8 @@ TINY_GRU = ForecastRecipe(
 def export_tiny(recipe: ForecastRecipe, root: Path) -> Path:
     """Train and export ``recipe`` through the kind's own commands; returns the model folder."""
     run = root / f"run_{recipe.name}"
-    kind.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=str(run), progress=False))
-    kind.export(ExportOptions(checkpoint=run / kind.WEIGHTS_NAME, out=root / recipe.name))
+    train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=str(run), progress=False))
+    export(ExportOptions(checkpoint=run / WEIGHTS_FILE, out=root / recipe.name))
     return root / recipe.name
 
 
@@ -160,9 +162,9 @@ def numpy_rls(esn: EchoStateNetwork, recipe: ForecastRecipe, series: np.ndarray)
 
 
 def tiny_adaptive_net() -> tuple[EchoStateNetwork, AdaptiveESN]:
-    esn = kind.build_esn(TINY_ADAPTIVE)
+    esn = build_esn(TINY_ADAPTIVE)
     esn.fit(mackey_glass(1500).reshape(-1, 1), washout=100, ridge=1e-8)
-    return esn, kind.wrap(TINY_ADAPTIVE, esn)
+    return esn, wrap(TINY_ADAPTIVE, esn)
 
 
 def test_the_adaptive_step_is_recursive_least_squares_step_for_step() -> None:
@@ -254,7 +256,7 @@ def test_the_export_records_parity_over_free_runs_and_eval_recomputes_the_scores
         assert facts["parity_free_run_horizon"] == horizon
         scale = 1e-3 * float(np.std(mackey_glass(10_000)[6000:]))
         assert 0 < facts["parity_free_run_max_abs_diff"] <= scale  # the bound export enforced
-        assert manifest.scores and kind.evaluate(folder) == {"model": name, **manifest.scores}
+        assert manifest.scores and evaluate(folder) == {"model": name, **manifest.scores}
     assert np.isfinite(Manifest.load(tiny_models / "tiny_mg").scores["nrmse84"])  # scored from the graph
 
 
@@ -262,7 +264,7 @@ def test_a_graph_that_computes_something_else_is_refused(tiny_models: Path) -> N
     folder = tiny_models / "tiny_mg"
     manifest = Manifest.load(folder)
     other = replace(TINY, seed=1)
-    esn = kind.build_esn(other)
+    esn = build_esn(other)
     esn.fit(mackey_glass(2000).reshape(-1, 1), washout=100, ridge=1e-8)
     with pytest.raises(ParityError, match="differ from PyTorch"):
         check_forecast_parity(esn, open_session(folder / manifest.step_graph), manifest, mackey_glass(1500), horizon=84)
@@ -286,7 +288,7 @@ def test_eval_recomputes_the_shipped_scores(name: str) -> None:
     folder = ROOT / "models" / name
     recorded = Manifest.load(folder).scores
     assert recorded
-    assert {k: v for k, v in kind.evaluate(folder).items() if k != "model"} == pytest.approx(dict(recorded), rel=1e-3)
+    assert {k: v for k, v in evaluate(folder).items() if k != "model"} == pytest.approx(dict(recorded), rel=1e-3)
 
 
 @pytest.mark.parametrize(("name", "floor"), [("mackey_glass", 1e-3), ("mackey_glass_gru", 1e-2)])
@@ -313,7 +315,7 @@ def _shipped_adaptive_ceiling(tau_after: float) -> Ceiling:
 
 def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed_forecaster_does_not() -> None:
     """τ 17 → 19: a drift whose two regimes the shipped reservoir forecasts equally well (docs/zoo.md)."""
-    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
+    from training.kinds.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
 
     even = _shipped_adaptive_ceiling(DRIFTS["tau19_"])
     assert even.ratio < 1.5  # the best readouts of both regimes are alike: the criterion measures tracking
@@ -330,7 +332,7 @@ def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed
 
 def test_no_readout_over_the_shipped_adaptive_reservoir_can_meet_the_2x_drift_criterion() -> None:
     """The offline optima bound the adaptive session on both sides of the change (docs/zoo.md)."""
-    from training.forecast_tasks import DRIFT_RECOVERY_FACTOR, DRIFTS
+    from training.kinds.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFTS
 
     found = _shipped_adaptive_ceiling(DRIFTS[""])
     scores = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores

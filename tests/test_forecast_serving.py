@@ -2,7 +2,7 @@
 
 The tiny models of ``tests/test_forecast.py`` are exported in a fixture and served by a real
 server on a loopback port. The reference of every served number is the same ONNX graph run
-offline (``training.forecast_eval``) from the zero state, one step per call: the server runs
+offline (``training.kinds.forecaster.scoring``) from the zero state, one step per call: the server runs
 the same float32 graph on the same inputs, so they agree to float32 rounding (1e-6; batching
 cannot change a row).
 """
@@ -25,9 +25,9 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_forecast import TINY, TINY_ADAPTIVE, export_tiny, graph_runner, numpy_rls
-from training.checkpoints import load_weights
-from training.forecast_eval import free_runs, teacher_forced
-from training.kinds import forecaster as kind
+from training.checkpoints import WEIGHTS_FILE, load_weights
+from training.kinds.forecaster.scoring import free_runs, teacher_forced
+from training.kinds.forecaster.train import build_esn
 
 TOLERANCE = 1e-6
 MAX_RUN_STEPS = 100
@@ -99,8 +99,8 @@ def test_the_adaptive_session_equals_an_offline_rls_run_step_for_step(
     forecast_server: ServerThread, forecast_dir: Path
 ) -> None:
     series = drifting_mackey_glass(600, 300)
-    weights = load_weights(forecast_dir.parent / f"{forecast_dir.name}_run_tiny_adaptive" / kind.WEIGHTS_NAME)
-    esn = kind.build_esn(TINY_ADAPTIVE)
+    weights = load_weights(forecast_dir.parent / f"{forecast_dir.name}_run_tiny_adaptive" / WEIGHTS_FILE)
+    esn = build_esn(TINY_ADAPTIVE)
     esn.load_state_dict(weights.model)
     want = numpy_rls(esn, TINY_ADAPTIVE, series)
     with Client(forecast_server.target) as client:

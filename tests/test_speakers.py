@@ -28,19 +28,15 @@ from service.drivers.classify import softmax
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
-from training.evaluate import open_session, ort_step_fn
-from training.export import self_check
-from training.export_cells import export_one_step
-from training.kinds.sequence_classifier import (
-    ClassifierRecipe,
-    build_net,
-    evaluate,
-    manifest_of,
-    parity_inputs,
-    stream_logits,
-)
+from training.cell_export import export_one_step
+from training.kinds.sequence_classifier.evaluate import evaluate, stream_logits
+from training.kinds.sequence_classifier.export import manifest_of, parity_inputs
+from training.kinds.sequence_classifier.recipe import ClassifierRecipe
+from training.kinds.sequence_classifier.train import build_net
+from training.kinds.sequence_classifier.whole_sequence import WholeSequenceClassifier
 from training.nets.cells import Bidirectional
-from training.nets.whole_sequence import WholeSequenceClassifier
+from training.onnx_export import self_check
+from training.onnx_replay import open_session, ort_step_fn
 
 TOLERANCE = 1e-6
 ROOT = Path(__file__).resolve().parent.parent

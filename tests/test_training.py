@@ -16,22 +16,19 @@ import pytest
 import torch
 
 from service.datasets import CharCorpus, as_streams, load_shakespeare
-from training.checkpoints import load_weights
+from training.checkpoints import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOSS_CURVE_FILE, WEIGHTS_FILE, load_weights
 from training.cli import train_command
+from training.kinds.language_model.net import CharLSTM
+from training.kinds.language_model.recipe import CharLMRecipe
+from training.loop_config import LoopConfig
 from training.loops import (
-    BEST_WEIGHTS_FILE,
-    CHECKPOINT_FILE,
-    LOSS_CURVE_FILE,
-    WEIGHTS_FILE,
-    LoopConfig,
     StreamChunks,
     TrainResult,
     seed_everything,
     stream_loss,
     train,
 )
-from training.nets import CharLSTM
-from training.recipes import CharLMRecipe, RecipeError, load_recipe, recipe_path
+from training.recipes import RecipeError, load_recipe, recipe_path
 
 TRAIN_CHARS = 40_000
 VAL_CHARS = 8_000

@@ -32,9 +32,10 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_model_kinds import _open_fails
-from training.evaluate_translation import OnnxTranslator, codec_of
-from training.export_translator import load_translator
-from training.translation import END, TARGET_STEPS, translate_with_torch
+from training.kinds.translator.codec import END, TARGET_STEPS
+from training.kinds.translator.evaluate import OnnxTranslator, codec_of
+from training.kinds.translator.export import load_translator
+from training.kinds.translator.train import translate_with_torch
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "recipes" / "tiny_dates.toml"

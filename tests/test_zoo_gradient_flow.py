@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import gradient_flow
+from training.experiments import gradient_flow
 from training.nets.cells import ElmanCell
 
 

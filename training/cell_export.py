@@ -15,7 +15,7 @@ sends one step per call anyway. The batch axis is dynamic.
 
 Nothing is installed unless ONNX Runtime computes what PyTorch computes, in float32, one step
 per call with the state carried: one stream alone and a batch of streams
-(``training.export.check_parity``), then the folder is loaded back as the server loads it
+(``training.onnx_export.check_parity``), then the folder is loaded back as the server loads it
 (signature check, golden replay).
 
 The API the other kinds build on is :func:`cell_manifest` and :func:`export_cell_model`
@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec, check_graph
-from training.evaluate import open_session
-from training.export import (
+from training.nets.cell_step import CellStepNet
+from training.nets.step import StepNet
+from training.onnx_export import (
     GRAPH_FILE,
     OPSET,
     ParityReport,
@@ -42,8 +43,7 @@ from training.export import (
     record_golden,
     staged_folder,
 )
-from training.nets.cell_step import CellStepNet
-from training.nets.step import StepNet
+from training.onnx_replay import open_session
 
 #: Steps of the golden trace recorded into the manifest (replayed by the server at load).
 GOLDEN_STEPS = 16
@@ -118,7 +118,7 @@ def export_one_step(
 
     ``parity_inputs``: each manifest input as ``[streams >= 2, steps, *shape]``, run one step per
     call from the initial state; the first ``golden_steps`` steps of stream 0 become the golden
-    trace. Raises ``training.export.ParityError`` when ONNX Runtime and PyTorch differ by more
+    trace. Raises ``training.onnx_export.ParityError`` when ONNX Runtime and PyTorch differ by more
     than ``tolerance``; nothing is written then.
     """
     net.eval()
@@ -150,7 +150,7 @@ def export_cell_model(
 
     ``parity_inputs`` (``[streams >= 2, steps, input_size]`` float32) are run one step per call
     from the zero state, one stream alone and all together; the first :data:`GOLDEN_STEPS` steps
-    of stream 0 become the golden trace. Raises ``training.export.ParityError`` when ONNX
+    of stream 0 become the golden trace. Raises ``training.onnx_export.ParityError`` when ONNX
     Runtime and PyTorch differ by more than ``tolerance``.
     """
     inputs = np.asarray(parity_inputs, dtype=np.float32)

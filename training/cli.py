@@ -106,7 +106,7 @@ def export_command(argv: list[str]) -> int:
         raise CommandError(f"--checkpoint {args.checkpoint}: no such file", EXIT_USAGE)
 
     from training.checkpoints import load_weights
-    from training.export import ParityError
+    from training.onnx_export import ParityError
 
     kind_name = load_weights(args.checkpoint).metadata.get("recipe", {}).get("kind")
     if not kind_name:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.contract import GoldenTrace, Manifest
-from training.evaluate import Arrays, open_session
-from training.export import OPSET, PARITY_TOLERANCE, ParityError, _require_dynamic_axes
+from service.contract import Arrays, GoldenTrace, Manifest
+from training.onnx_export import OPSET, PARITY_TOLERANCE, ParityError, require_dynamic_axes
+from training.onnx_replay import open_session
 
 INIT_FILE = "init.onnx"
 STEP_FILE = "step.onnx"
@@ -66,7 +66,7 @@ def _export(
             opset_version=OPSET,
             dynamo=False,
         )
-    _require_dynamic_axes(path, axes)
+    require_dynamic_axes(path, axes)
 
 
 def step_input_names(manifest: Manifest) -> list[str]:

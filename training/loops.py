@@ -1,24 +1,15 @@
-"""Training loop for step-contract nets: truncated BPTT over contiguous streams.
+"""The training loop for step-contract nets: truncated BPTT over contiguous streams.
 
-Three pieces: ``train_step`` is one update (the step function), ``train`` is the loop around it
-(data, schedule, validation, progress), and ``training.checkpoints`` writes and resumes runs.
+:func:`train_step` is one update; :func:`train` is the loop around it (data, schedule,
+validation, progress, checkpoints through ``training.checkpoints``). The corpus is cut into
+``batch`` parallel rows (:class:`StreamChunks`); step ``k`` trains on the next ``bptt`` items of
+every row, starting from the state the previous chunk ended in, detached (the truncation):
 
-The corpus (any ``[N, ...]`` sequence: character ids, samples of a series) is cut into
-``batch`` parallel rows (:class:`StreamChunks`). Step ``k`` of the run trains on the next
-``bptt`` items of every row, starting from the state the previous chunk ended in:
-
-    state_0 = zeros
     for each chunk k:   y, state_k = net(x_k, state_{k-1}.detach())
                         loss_k = loss(y, x shifted by one);  backward;  clip;  AdamW step
 
-Carrying the state lets the net use context longer than ``bptt``; detaching it stops the
-gradient at the chunk boundary, so memory and time per step stay O(bptt). That is truncated
-back-propagation through time (TBPTT). Each epoch starts the rows at a new offset in
-``[0, bptt)`` so chunk boundaries fall in different places, and from a zero state.
-
-The loop is seeded and resumable: a checkpoint holds the model, optimiser, schedule, step,
-every random generator, the carried state and the loss history, so ``resume=True`` continues
-to the bit-identical result of an uninterrupted run (on the same device and library versions).
+The loop is seeded and resumable to the bit-identical result of an uninterrupted run;
+docs/training.md says why and what a checkpoint holds.
 """
 
 from __future__ import annotations
@@ -28,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +42,13 @@ from training.checkpoints import (
     set_rng_state,
     write_weights,
 )
+from training.history import History
+from training.loop_config import RESUMABLE_CHANGES, LoopConfig
 from training.nets.step import StepNet
-
-__all__ = ["BEST_WEIGHTS_FILE", "CHECKPOINT_FILE", "LOSS_CURVE_FILE", "WEIGHTS_FILE"]
+from training.plots import save_loss_curve
 
 #: Train losses are copied off the device every this many steps (a copy waits for the GPU).
 LOG_EVERY = 20
-#: The reported train loss is the mean of this many last steps (one step's loss is noisy).
-FINAL_LOSS_WINDOW = 50
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,54 +56,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (nats per token) of ``logits [B, T, V]`` against ids ``[B, T]``."""
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """The training loop's settings (the ``[train]`` table of a recipe).
-
-    Attributes:
-        batch: parallel contiguous streams per step.
-        bptt: truncation length: steps per chunk that gradients flow through.
-        steps: optimiser steps in the run.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW's decoupled weight decay, applied to matrices only (not biases).
-        warmup_steps: steps of linear warm-up from 0 to ``lr`` (Adam's early moments are noisy).
-        min_lr_ratio: the cosine schedule decays to ``lr * min_lr_ratio`` at the last step.
-        clip_norm: the global gradient norm is clipped to this (guards against exploding gradients).
-        seed: seeds torch, numpy and random, and the per-epoch stream offsets.
-        eval_every: steps between validation passes (and loss-curve updates).
-        checkpoint_every: steps between resumable checkpoints.
-        out: folder for checkpoints, weights, the loss curve and the summary.
-    """
-
-    batch: int
-    bptt: int
-    steps: int
-    lr: float
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    clip_norm: float = 1.0
-    seed: int = 0
-    eval_every: int = 100
-    checkpoint_every: int = 500
-    out: str = "runs/out"
-
-    def __post_init__(self) -> None:
-        for name in ("batch", "bptt", "steps", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.clip_norm <= 0:
-            raise ValueError(f"train.lr and train.clip_norm must be > 0, got {self.lr} and {self.clip_norm}")
-        if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("train.weight_decay and train.warmup_steps must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-
-
-#: Settings that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "out")
 
 
 class WarmupCosine:
@@ -162,37 +104,6 @@ class StreamChunks:
         epoch, k = divmod(step, self.chunks_per_epoch)
         start = self.offset(epoch) + k * self.bptt
         return self.rows[:, start : start + self.bptt], self.rows[:, start + 1 : start + self.bptt + 1], k == 0
-
-
-@dataclass
-class History:
-    """Loss per step and validation loss per evaluation; saved in checkpoints and plotted."""
-
-    train: list[float] = field(default_factory=list)
-    val: list[tuple[int, float]] = field(default_factory=list)
-    best_val: float = math.inf
-    best_step: int = -1
-
-    def final_train_loss(self) -> float:
-        tail = self.train[-FINAL_LOSS_WINDOW:]
-        return float(np.mean(tail)) if tail else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "train": self.train,
-            "val": [list(v) for v in self.val],
-            "best_val": self.best_val,
-            "best_step": self.best_step,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> History:
-        return cls(
-            train=list(data["train"]),
-            val=[(int(s), float(v)) for s, v in data["val"]],
-            best_val=float(data["best_val"]),
-            best_step=int(data["best_step"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -244,7 +155,7 @@ def stream_loss(
 ) -> tuple[float, int]:
     """Mean loss per predicted item over ``sequence``, read as ``streams`` rows with the state carried.
 
-    Returns ``(loss, items)``. This is the validation metric; ``training.evaluate`` computes
+    Returns ``(loss, items)``. This is the validation metric; ``training.onnx_replay`` computes
     the same number from the ONNX graph.
     """
     was_training = model.training
@@ -270,38 +181,6 @@ def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def save_loss_curve(
-    history: History, path: Path, title: str, *, ylabel: str = "loss (nats per item)", log: bool = False
-) -> None:
-    """Plot train loss per step (raw and smoothed) and validation loss per evaluation (``log``: a
-    log y axis, for losses that fall by decades)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if history.train:
-        steps = np.arange(1, len(history.train) + 1)
-        ax.plot(steps, history.train, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
-        window = min(50, len(history.train))
-        smooth = np.convolve(history.train, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train ({window}-step mean)")
-    if history.val:
-        val_steps, val_losses = zip(*history.val, strict=True)
-        ax.plot(val_steps, val_losses, "o-", color="tab:orange", markersize=3, label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def train_step(
     model: StepNet,
     x: torch.Tensor,
@@ -325,6 +204,182 @@ def train_step(
     nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     return loss.detach(), tuple(s.detach() for s in new_state)
+
+
+class _Run:
+    """One :func:`train` call: the model, its optimiser and schedule, the data, the carried state and
+    the history (everything a checkpoint saves), and the steps that use them."""
+
+    def __init__(
+        self,
+        model: StepNet,
+        config: LoopConfig,
+        train_sequence: np.ndarray,
+        val_sequence: np.ndarray,
+        *,
+        device: torch.device,
+        loss_fn: LossFn,
+        metadata: dict[str, Any],
+        resume: bool,
+        title: str,
+    ) -> None:
+        self.model, self.config, self.device, self.loss_fn = model, config, device, loss_fn
+        self.val_sequence, self.metadata, self.title = val_sequence, metadata, title
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.history = History()
+        self.step, self.elapsed_before = 0, 0.0
+        checkpoint = self._load_checkpoint() if resume else None
+        if checkpoint is None:
+            seed_everything(config.seed)
+        model.to(device)
+        model.train()
+        self.optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+        )
+        carried = self._resume_optimiser(checkpoint) if checkpoint is not None else None
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the head; the LSTM is cuDNN's
+        self.data = StreamChunks(
+            torch.as_tensor(train_sequence).to(device), batch=config.batch, bptt=config.bptt, seed=config.seed
+        )
+        self.state = carried if carried is not None else model.initial_state(config.batch, device)
+        self.device_name = describe_device(device)
+        self.pending: list[torch.Tensor] = []  # losses still on the device
+        self.started = time.monotonic()
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        checkpoint = load_checkpoint(self.out / CHECKPOINT_FILE, asdict(self.config), self.metadata, RESUMABLE_CHANGES)
+        self.model.load_state_dict(checkpoint["model"])
+        self.history = History.from_dict(checkpoint["history"])
+        self.step, self.elapsed_before = int(checkpoint["step"]), float(checkpoint["elapsed_s"])
+        return checkpoint
+
+    def _resume_optimiser(self, checkpoint: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Restores the optimiser, the schedule and every generator; returns the carried state."""
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["scheduler"])
+        self.schedule.lr_lambdas[0].total_steps = self.config.steps  # type: ignore[attr-defined]  # a longer run decays later
+        set_rng_state(checkpoint["rng"])
+        return tuple(t.to(self.device) for t in checkpoint["carried_state"])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def flush(self) -> None:
+        if self.pending:
+            self.history.train.extend(torch.stack(self.pending).tolist())
+            self.pending.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        self.flush()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "elapsed_s": self.elapsed(),
+            "config": asdict(self.config),
+            "metadata": self.metadata,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "history": self.history.to_dict(),
+            "rng": rng_state(),
+            "carried_state": [t.detach().cpu() for t in self.state],
+        }
+
+    def training_facts(self) -> dict[str, Any]:
+        return {
+            "steps": self.step,
+            "time_s": round(self.elapsed(), 1),
+            "device": self.device_name,
+            "torch": str(torch.__version__),
+            "final_train_loss": self.history.final_train_loss(),
+            "val_loss": self.history.val[-1][1] if self.history.val else math.nan,
+            "config": asdict(self.config),
+        }
+
+    def validate(self) -> float:
+        loss, _ = stream_loss(self.model, self.val_sequence, device=self.device, loss_fn=self.loss_fn)
+        self.history.val.append((self.step, loss))
+        if loss < self.history.best_val:
+            self.history.best_val, self.history.best_step = loss, self.step
+            write_weights(self.out / BEST_WEIGHTS_FILE, self.model, self.metadata, self.training_facts())
+        return loss
+
+    def train_one_step(self) -> None:
+        x, y, starts_epoch = self.data.chunk(self.step)
+        if starts_epoch:
+            self.state = self.model.initial_state(self.config.batch, self.device)
+        loss, self.state = train_step(
+            self.model,
+            x,
+            y,
+            self.state,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            clip_norm=self.config.clip_norm,
+        )
+        self.schedule.step()
+        self.pending.append(loss)
+        self.step += 1
+
+    def run(self, *, max_minutes: float | None, stop_at_step: int | None, progress: bool) -> bool:
+        """Trains to the last step, or to a stop; True when it stopped before ``config.steps``."""
+        config = self.config
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=not progress,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
+        stopped_early = False
+        while self.step < config.steps:
+            self.train_one_step()
+            step = self.step
+            bar.update(1)
+            if step % LOG_EVERY == 0:
+                self.flush()
+                lr = self.schedule.get_last_lr()[0]
+                bar.set_postfix(loss=f"{self.history.train[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if step % config.eval_every == 0 or step == config.steps:
+                self.flush()
+                val = self.validate()
+                bar.write(
+                    f"step {step}: train {self.history.final_train_loss():.4f}  val {val:.4f}  ({self.elapsed():.0f}s)"
+                )
+                save_loss_curve(self.history, self.out / LOSS_CURVE_FILE, self.title)
+            out_of_time = max_minutes is not None and self.elapsed() - self.elapsed_before > 60.0 * max_minutes
+            if out_of_time or step == stop_at_step:
+                stopped_early = step < config.steps
+                break
+            if step % config.checkpoint_every == 0:
+                save_atomic(self.snapshot(), self.out / CHECKPOINT_FILE)
+        bar.close()
+        return stopped_early
+
+    def finish(self, stopped_early: bool) -> TrainResult:
+        """The last checkpoint, validation, weights, loss curve and summary."""
+        save_atomic(self.snapshot(), self.out / CHECKPOINT_FILE)
+        if not self.history.val or self.history.val[-1][0] != self.step:
+            self.validate()
+        write_weights(self.out / WEIGHTS_FILE, self.model, self.metadata, self.training_facts())
+        save_loss_curve(self.history, self.out / LOSS_CURVE_FILE, self.title)
+        result = TrainResult(
+            steps=self.step,
+            time_s=round(self.elapsed(), 1),
+            device=self.device_name,
+            final_train_loss=self.history.final_train_loss(),
+            val_loss=self.history.val[-1][1],
+            best_val_loss=self.history.best_val,
+            best_step=self.history.best_step,
+            stopped_early=stopped_early,
+            out=str(self.out),
+        )
+        (self.out / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=1) + "\n")
+        return result
 
 
 def train(
@@ -359,135 +414,16 @@ def train(
         progress: show a tqdm bar.
         title: the loss-curve title.
     """
-    device = torch.device(device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = dict(metadata or {})
-    history = History()
-    start_step, elapsed_before = 0, 0.0
-    carried: tuple[torch.Tensor, ...] | None = None
-    checkpoint: dict[str, Any] | None = None
-
-    if resume:
-        checkpoint = load_checkpoint(out / CHECKPOINT_FILE, asdict(config), metadata, RESUMABLE_CHANGES)
-        model.load_state_dict(checkpoint["model"])
-        history = History.from_dict(checkpoint["history"])
-        start_step, elapsed_before = int(checkpoint["step"]), float(checkpoint["elapsed_s"])
-        carried = tuple(t.to(device) for t in checkpoint["carried_state"])
-    else:
-        seed_everything(config.seed)
-
-    model.to(device)
-    model.train()
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+    run = _Run(
+        model,
+        config,
+        train_sequence,
+        val_sequence,
+        device=torch.device(device),
+        loss_fn=loss_fn,
+        metadata=dict(metadata or {}),
+        resume=resume,
+        title=title,
     )
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["scheduler"])
-        schedule.lr_lambdas[0].total_steps = config.steps  # type: ignore[attr-defined]  # a longer run decays later
-        set_rng_state(checkpoint["rng"])
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the head; the LSTM is cuDNN's
-
-    data = StreamChunks(
-        torch.as_tensor(train_sequence).to(device), batch=config.batch, bptt=config.bptt, seed=config.seed
-    )
-    state = carried if carried is not None else model.initial_state(config.batch, device)
-    device_name = describe_device(device)
-    pending: list[torch.Tensor] = []  # losses still on the device
-    started = time.monotonic()
-    stopped_early = False
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - started
-
-    def flush() -> None:
-        if pending:
-            history.train.extend(torch.stack(pending).tolist())
-            pending.clear()
-
-    def snapshot(step: int) -> dict[str, Any]:
-        flush()
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "elapsed_s": elapsed(),
-            "config": asdict(config),
-            "metadata": metadata,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "history": history.to_dict(),
-            "rng": rng_state(),
-            "carried_state": [t.detach().cpu() for t in state],
-        }
-
-    def training_facts(step: int) -> dict[str, Any]:
-        return {
-            "steps": step,
-            "time_s": round(elapsed(), 1),
-            "device": device_name,
-            "torch": str(torch.__version__),
-            "final_train_loss": history.final_train_loss(),
-            "val_loss": history.val[-1][1] if history.val else math.nan,
-            "config": asdict(config),
-        }
-
-    def validate(step: int) -> float:
-        loss, _ = stream_loss(model, val_sequence, device=device, loss_fn=loss_fn)
-        history.val.append((step, loss))
-        if loss < history.best_val:
-            history.best_val, history.best_step = loss, step
-            write_weights(out / BEST_WEIGHTS_FILE, model, metadata, training_facts(step))
-        return loss
-
-    bar = tqdm(
-        total=config.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=2.0
-    )
-    step = start_step
-    while step < config.steps:
-        x, y, starts_epoch = data.chunk(step)
-        if starts_epoch:
-            state = model.initial_state(config.batch, device)
-        loss, state = train_step(model, x, y, state, loss_fn=loss_fn, optimizer=optimizer, clip_norm=config.clip_norm)
-        schedule.step()
-        pending.append(loss)
-        step += 1
-        bar.update(1)
-
-        if step % LOG_EVERY == 0:
-            flush()
-            bar.set_postfix(loss=f"{history.train[-1]:.3f}", lr=f"{schedule.get_last_lr()[0]:.2e}", refresh=False)
-        if step % config.eval_every == 0 or step == config.steps:
-            flush()
-            val = validate(step)
-            bar.write(f"step {step}: train {history.final_train_loss():.4f}  val {val:.4f}  ({elapsed():.0f}s)")
-            save_loss_curve(history, out / LOSS_CURVE_FILE, title)
-        out_of_time = max_minutes is not None and elapsed() - elapsed_before > 60.0 * max_minutes
-        if out_of_time or step == stop_at_step:
-            stopped_early = step < config.steps
-            break
-        if step % config.checkpoint_every == 0:
-            save_atomic(snapshot(step), out / CHECKPOINT_FILE)
-    bar.close()
-
-    save_atomic(snapshot(step), out / CHECKPOINT_FILE)
-    if not history.val or history.val[-1][0] != step:
-        validate(step)
-    write_weights(out / WEIGHTS_FILE, model, metadata, training_facts(step))
-    save_loss_curve(history, out / LOSS_CURVE_FILE, title)
-    result = TrainResult(
-        steps=step,
-        time_s=round(elapsed(), 1),
-        device=device_name,
-        final_train_loss=history.final_train_loss(),
-        val_loss=history.val[-1][1],
-        best_val_loss=history.best_val,
-        best_step=history.best_step,
-        stopped_early=stopped_early,
-        out=str(out),
-    )
-    (out / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=1) + "\n")
-    return result
+    stopped_early = run.run(max_minutes=max_minutes, stop_at_step=stop_at_step, progress=progress)
+    return run.finish(stopped_early)

@@ -1,16 +1,16 @@
-"""Export a trained step net to a servable model folder: ``step.onnx`` + ``manifest.json``.
+"""Export a trained step net to a servable model folder, shared by every kind: graphs, parity, install.
 
 Nothing is written unless the graph provably computes what the PyTorch net computes:
 
-1. the net (eval mode) is exported to ONNX with dynamic ``batch`` and ``time`` axes, into a
-   staging folder beside the destination;
-2. parity: ONNX Runtime against PyTorch, one step per call over >= 1,000 held-out steps with
-   the state carried, and again in chunks of several steps for a batch of streams; any
-   |difference| above the tolerance refuses the export (:class:`ParityError`);
-3. the score is computed from the graph (``training.evaluate``), not from PyTorch;
+1. the net (eval mode) is exported to ONNX with dynamic axes, into a staging folder beside the
+   destination (:func:`export_step_graph`, :func:`staged_folder`);
+2. parity: ONNX Runtime against PyTorch, one step per call with the state carried, and again in
+   chunks for a batch of streams; any |difference| above the tolerance refuses the export
+   (:func:`check_parity`, :class:`ParityError`);
+3. the score is computed from the graph (``training.onnx_replay``), not from PyTorch;
 4. the staged folder is loaded back through ``service.contract`` (signature check and golden
    replay, as the server does at load) and only then moved into place; the installed folder
-   is checked once more.
+   is checked once more (:func:`self_check`).
 """
 
 from __future__ import annotations
@@ -28,31 +28,24 @@ import torch
 
 from service.contract import (
     MANIFEST_FILE,
+    Arrays,
     ContractError,
     GoldenTrace,
     Manifest,
-    StateSpec,
-    TensorSpec,
     check_graph,
     check_init_graph,
     replay_golden,
 )
-from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, Vocabulary, load_shakespeare
-from training.checkpoints import LOSS_CURVE_FILE, load_weights
-from training.evaluate import Arrays, StepFn, open_session, ort_step_fn, run_sequence, val_loss_from_onnx
-from training.nets import CharLSTM, StepNet
-from training.recipes import describe_recipe_path
+from training.nets.step import StepNet
+from training.onnx_replay import StepFn, open_session, ort_step_fn, run_sequence
 
 OPSET = 17
 GRAPH_FILE = "step.onnx"
 #: Max |ONNX - PyTorch| over every output of every step; fp32 kernels differ by ~1e-6.
 PARITY_TOLERANCE = 1e-4
-PARITY_STEPS = 1000
-#: Steps per call in the chunked parity run; it does not divide PARITY_STEPS, so the last
-#: chunk is shorter and a second time length is exercised.
+#: Steps per call in the chunked parity run; it does not divide a language model's 1,000 parity
+#: steps, so the last chunk is shorter and a second time length is exercised.
 PARITY_CHUNK = 64
-PARITY_BATCH = 3
-GOLDEN_TEXT = "ROMEO:\nBut soft,"  # 16 characters fed one per call from the zero state
 GOLDEN_TOLERANCE = 1e-4
 EXPORTERS = ("auto", "torchscript", "dynamo")
 
@@ -72,15 +65,6 @@ class ParityReport:
     @property
     def max_diff(self) -> float:
         return max(self.step_by_step_max_diff, self.chunked_max_diff)
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    folder: Path
-    manifest: Manifest
-    parity: ParityReport
-    exporter: str
-    val_loss_nats_per_char: float
 
 
 def torch_step_fn(net: StepNet, manifest: Manifest) -> StepFn:
@@ -174,11 +158,11 @@ def export_step_graph(
             dynamo=True,
             external_data=False,
         )
-    _require_dynamic_axes(path, axes)
+    require_dynamic_axes(path, axes)
     return used
 
 
-def _require_dynamic_axes(path: Path, axes: Mapping[str, Mapping[int, str]]) -> None:
+def require_dynamic_axes(path: Path, axes: Mapping[str, Mapping[int, str]]) -> None:
     """Refuse a graph whose batch or time axis came out as a fixed number."""
     import onnx
 
@@ -313,108 +297,3 @@ def staged_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     self_check(out)
-
-
-def char_lm_manifest(net: CharLSTM, vocab: Vocabulary, *, training: Mapping[str, Any], golden: GoldenTrace) -> Manifest:
-    """The manifest of a character language model (without scores)."""
-    state_shape = (net.layers, net.hidden)
-    return Manifest(
-        name="char_lm",
-        version="1",
-        task="language_model",
-        description=(
-            f"Character-level LSTM language model ({net.layers} x {net.hidden}) trained on Tiny Shakespeare; "
-            "one character in, the next character's logits out."
-        ),
-        step_graph=GRAPH_FILE,
-        inputs=(TensorSpec("char_id", "int64", (), "id of the current character: its index in decoding.vocabulary"),),
-        outputs=(
-            TensorSpec("logits", "float32", (len(vocab),), "unnormalised log-probabilities of the next character"),
-        ),
-        state=(
-            StateSpec(
-                "h", "h_out", "float32", state_shape, "zeros", "LSTM hidden state h of each layer, [layers, hidden]"
-            ),
-            StateSpec(
-                "c", "c_out", "float32", state_shape, "zeros", "LSTM cell state c of each layer, [layers, hidden]"
-            ),
-        ),
-        golden=golden,
-        decoding={"vocabulary": list(vocab.chars), "tokenizer": "char"},
-        training=dict(training),
-    )
-
-
-def export_char_lm(
-    checkpoint: Path,
-    out: Path,
-    *,
-    parity_steps: int = PARITY_STEPS,
-    loss_curve: Path | None = None,
-    exporter: str = "auto",
-) -> ExportReport:
-    """Export a char-LM checkpoint (weights or resumable) to the model folder ``out``.
-
-    ``loss_curve`` defaults to the ``loss_curve.png`` beside the checkpoint and is copied into
-    the folder when it exists. Raises :class:`ParityError` (nothing written) if ONNX Runtime
-    and PyTorch disagree.
-    """
-    checkpoint, out = Path(checkpoint), Path(out)
-    weights = load_weights(checkpoint)
-    corpus = load_shakespeare()
-    vocab = Vocabulary(weights.metadata["vocabulary"])
-    if vocab != corpus.vocab:
-        raise ValueError(f"{checkpoint}: its vocabulary is not the Tiny Shakespeare vocabulary")
-    net = CharLSTM(**weights.metadata["model"])
-    net.load_state_dict(weights.model)
-    net.eval()
-
-    facts = weights.training
-    recipe_file = str(weights.metadata.get("recipe_file", ""))
-    training = {
-        "recipe": weights.metadata.get("recipe", {}),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
-        "data": TRAIN_DATA_DESCRIPTION,
-        "steps": facts.get("steps"),
-        "time_s": facts.get("time_s"),
-        "device": facts.get("device"),
-        "torch": facts.get("torch"),
-        "final_train_loss": facts.get("final_train_loss"),
-        "checkpoint": checkpoint.name,
-    }
-    manifest = char_lm_manifest(net, vocab, training=training, golden=GoldenTrace({}, {}))
-    manifest = replace(manifest, golden=record_golden(net, manifest, {"char_id": vocab.encode(GOLDEN_TEXT).tolist()}))
-
-    if parity_steps < PARITY_STEPS:
-        raise ValueError(f"parity needs >= {PARITY_STEPS} steps, got {parity_steps}")
-    val = corpus.val_ids
-    starts = [0, len(val) // 3, 2 * len(val) // 3]  # three different passages of held-out text
-    streams = {"char_id": np.stack([val[s : s + parity_steps] for s in starts[:PARITY_BATCH]])}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        used = export_step_graph(net, manifest, staging / GRAPH_FILE, exporter=exporter)
-        session = open_session(staging / GRAPH_FILE)
-        check_graph(manifest, session)
-        parity = check_parity(net, session, manifest, streams)
-        manifest = replace(
-            manifest,
-            training=manifest.training | {"exporter": used, "opset": OPSET, "parity_max_abs_diff": parity.max_diff},
-        )
-        manifest.save(staging)
-        loss = val_loss_from_onnx(staging)
-        manifest = replace(manifest, scores={"val_loss_nats_per_char": loss})
-        manifest.save(staging)
-        curve = loss_curve if loss_curve is not None else checkpoint.parent / LOSS_CURVE_FILE
-        if curve.exists():
-            shutil.copyfile(curve, staging / LOSS_CURVE_FILE)
-        self_check(staging)
-        _install(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    self_check(out)
-    return ExportReport(folder=out, manifest=manifest, parity=parity, exporter=used, val_loss_nats_per_char=loss)

@@ -1,10 +1,10 @@
 """The best any readout over a reservoir can do on each side of the drift: the adaptive criterion's floor.
 
-    python -m training.drift_ceiling                 # the grid below, 100 units (minutes)
-    python -m training.drift_ceiling --units 200 --json
+    python -m training.experiments.drift_ceiling                 # the grid below, 100 units (minutes)
+    python -m training.experiments.drift_ceiling --units 200 --json
 
 An adaptive session (``models/mackey_glass_adaptive``) changes only its linear readout; its
-reservoir is fixed. So after τ moves from 17 to 23 (or ``--tau-after``; ``training.forecast_tasks``, the
+reservoir is fixed. So after τ moves from 17 to 23 (or ``--tau-after``; ``training.kinds.forecaster.series``, the
 ``mackey_glass_drift`` task) its one-step error cannot fall below what the *best* fixed readout
 over the same reservoir reaches on τ = 23 data, and before the change it cannot beat the best
 readout on τ = 17 data. This command fits both optima offline (ridge regression in float64,
@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from service.datasets.mackey_glass import DRIFT_CHANGE
-from training.forecast_tasks import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
-from training.nets.esn import EchoStateNetwork, ridge_readout
+from training.kinds.forecaster.esn import EchoStateNetwork, ridge_readout
+from training.kinds.forecaster.series import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
 
 GRID = {
     "spectral_radius": (0.9, 0.99, 1.1),
@@ -108,7 +108,9 @@ def ceiling(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.drift_ceiling", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments.drift_ceiling", description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
         "--units", type=int, default=100, help="reservoir size (default: 100, the shipped adaptive one's)"
     )

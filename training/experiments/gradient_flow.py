@@ -1,6 +1,6 @@
 r"""The course's lesson, measured: gradients vanish or explode through a vanilla RNN, and an LSTM keeps them.
 
-``python -m training.gradient_flow --out docs/img`` does two things and prints a JSON summary:
+``python -m training.experiments.gradient_flow --out docs/img`` does two things and prints a JSON summary:
 
 1. **Gradient norm against lag.** For a loss on the last state only, :math:`L = w^\top h_T`, it
    measures :math:`\lVert \partial L / \partial h_{T-k} \rVert` for every lag ``k``:
@@ -189,7 +189,7 @@ def _plot_adding(results: list[AddingResult], steps: int, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m training.gradient_flow", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="python -m training.experiments.gradient_flow", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for gradient_flow.png and adding_problem.png")
     parser.add_argument("--hidden", type=int, default=32, help="units of every network (default 32)")

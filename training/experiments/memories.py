@@ -1,9 +1,9 @@
 """Measurements of the associative memories, each a PNG under ``--out`` and a JSON summary on stdout.
 
-    python -m training.memory_experiments capacity --out docs/img
-    python -m training.memory_experiments dense --out docs/img
-    python -m training.memory_experiments rbm --out docs/img
-    python -m training.memory_experiments anneal --out docs/img
+    python -m training.experiments.memories capacity --out docs/img
+    python -m training.experiments.memories dense --out docs/img
+    python -m training.experiments.memories rbm --out docs/img
+    python -m training.experiments.memories anneal --out docs/img
 
 Every run is seeded; the numbers in docs/memory.md come from these commands.
 """
@@ -23,10 +23,10 @@ import torch
 
 from service.datasets.maxcut import brute_force_max_cut, random_graph
 from service.datasets.patterns import flip_bits, load_digits_binary, nearest_on_known, occlusion_mask, random_bipolar
-from training.nets.boltzmann import BoltzmannMachine
-from training.nets.dense_hopfield import DenseHopfield
-from training.nets.hopfield import Hopfield, Rule
-from training.rbm_training import RBMConfig, complete_images, train_rbm
+from training.kinds.associative_memory.boltzmann import BoltzmannMachine
+from training.kinds.associative_memory.dense_hopfield import DenseHopfield
+from training.kinds.associative_memory.hopfield import Hopfield, Rule
+from training.kinds.associative_memory.rbm_training import RBMConfig, complete_images, train_rbm
 
 #: A stored pattern counts as recalled when the state the asynchronous dynamics settle in, started
 #: from the pattern itself, differs from it in at most this fraction of units.
@@ -312,7 +312,9 @@ EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.memory_experiments", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments.memories", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--out", type=Path, default=Path("docs/img"), help="folder for the PNG")
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests), not the reported one")

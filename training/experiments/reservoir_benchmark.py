@@ -1,19 +1,19 @@
 """Side by side with reservoirpy: the same reservoir size, splits and scores, two implementations.
 
-    python -m training.reservoir_benchmark                 # both tasks, the tuned settings
-    python -m training.reservoir_benchmark --task laser --json
+    python -m training.experiments.reservoir_benchmark                 # both tasks, the tuned settings
+    python -m training.experiments.reservoir_benchmark --series laser --json
 
-For each task (``training/forecast_tasks.py``) it trains
+For each series (``training/kinds/forecaster/series.py``) it trains
 
-* **statestream**: the shipped recipe's ESN (``training/recipes/<task>.toml``), exported to its
+* **statestream**: the shipped recipe's ESN (``training/recipes/<series>.toml``), exported to its
   one-step ONNX graph, scored by ONNX Runtime in float32 (what the server runs);
 * **reservoirpy**: ``reservoirpy.ESN`` with the same number of units, input-to-readout
   connections (our readout sees ``[1; u_t; r_t]`` too), the same washout and the same training
   part, scored by reservoirpy's own ``run`` (one step) and ``step`` (free runs), in float64;
 
 and prints one row per implementation with the training time (reservoir drawn, states
-collected, readout solved; for statestream without the export) and the task's scores, computed
-by the same functions (``training.forecast_eval``) on the same start points.
+collected, readout solved; for statestream without the export) and the series' scores, computed
+by the same functions (``training.kinds.forecaster.scoring``) on the same start points.
 
 **Tuning, the same way for both** (``--tune``): a grid over the spectral radius, the leak rate,
 the input scaling and the ridge, scored on a validation part (the last ``VALIDATION_FRACTION``
@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from training.forecast_eval import NRMSE84_HORIZON, nrmse, spaced_starts
-from training.forecast_tasks import score, training_data
+from training.kinds.forecaster.scoring import NRMSE84_HORIZON, nrmse, spaced_starts
+from training.kinds.forecaster.series import score, training_data
 
-TASKS = ("mackey_glass", "laser")
+#: The series compared, each with the shipped recipe of the same name.
+BENCHMARKED = ("mackey_glass", "laser")
 VALIDATION_FRACTION = 0.2
 GRID = {
     "spectral_radius": (0.5, 0.9, 1.1),
@@ -63,7 +64,7 @@ class Settings:
     washout: int
 
 
-#: reservoirpy's winners of the validation grid (``--tune``, run 2026-12-02; docs/benchmarks.md), per task.
+#: reservoirpy's winners of the validation grid (``--tune``, run 2026-12-02; docs/benchmarks.md), per series.
 RESERVOIRPY_SETTINGS = {
     "mackey_glass": Settings(500, 1.1, 0.5, 1.0, 1e-8, 300),
     "laser": Settings(500, 0.9, 1.0, 0.5, 1e-4, 100),
@@ -71,7 +72,7 @@ RESERVOIRPY_SETTINGS = {
 
 
 class ReservoirpyRunner:
-    """reservoirpy's ESN behind :class:`training.forecast_eval.Runner` (float64, one trial at a time)."""
+    """reservoirpy's ESN behind :class:`training.kinds.forecaster.scoring.Runner` (float64, one trial at a time)."""
 
     def __init__(self, settings: Settings, seed: int = 0) -> None:
         from reservoirpy import ESN
@@ -112,14 +113,15 @@ class ReservoirpyRunner:
         return self.mean + self.std * out
 
 
-def statestream_row(task: str, recipe: Any, *, units: int | None = None) -> dict[str, Any]:
+def statestream_row(name: str, recipe: Any, *, units: int | None = None) -> dict[str, Any]:
     """Train the recipe's ESN, export it to a temporary folder, score the ONNX graph."""
     from service.contract import Manifest
-    from training.evaluate import open_session, ort_step_fn
-    from training.forecast_eval import GraphRunner
-    from training.kinds import ExportOptions, TrainOptions
-    from training.kinds import forecaster as kind
+    from training.checkpoints import WEIGHTS_FILE
+    from training.kinds import ExportOptions, TrainOptions, kind_of
+    from training.kinds.forecaster.scoring import GraphRunner
+    from training.onnx_replay import open_session, ort_step_fn
 
+    kind = kind_of("forecaster")
     if units is not None:
         recipe = replace(recipe, units=units)
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,35 +129,35 @@ def statestream_row(task: str, recipe: Any, *, units: int | None = None) -> dict
         kind.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=tmp, progress=False))
         train_s = time.perf_counter() - started
         folder = Path(tmp) / "model"
-        kind.export(ExportOptions(checkpoint=Path(tmp) / kind.WEIGHTS_NAME, out=folder))
+        kind.export(ExportOptions(checkpoint=Path(tmp) / WEIGHTS_FILE, out=folder))
         manifest = Manifest.load(folder)
-        scores = score(task, GraphRunner(ort_step_fn(open_session(folder / manifest.step_graph)), manifest))
+        scores = score(name, GraphRunner(ort_step_fn(open_session(folder / manifest.step_graph)), manifest))
     return {
         "implementation": "statestream (ONNX, float32)",
-        "task": task,
+        "series": name,
         "units": recipe.units,
         "train_s": train_s,
     } | scores
 
 
-def reservoirpy_row(task: str, settings: Settings) -> dict[str, Any]:
+def reservoirpy_row(name: str, settings: Settings) -> dict[str, Any]:
     runner = ReservoirpyRunner(settings)
     started = time.perf_counter()
-    runner.fit(training_data(task).train)
+    runner.fit(training_data(name).train)
     train_s = time.perf_counter() - started
-    scores = score(task, runner)
+    scores = score(name, runner)
     return {
         "implementation": "reservoirpy (float64)",
-        "task": task,
+        "series": name,
         "units": settings.units,
         "train_s": train_s,
     } | scores
 
 
-def validation_score(task: str, runner: Any, validation: np.ndarray, context: np.ndarray) -> float:
+def validation_score(name: str, runner: Any, validation: np.ndarray, context: np.ndarray) -> float:
     """The tuning criterion on the validation part (``context``: the training part before it)."""
     series = np.concatenate([context, validation])
-    if task == "laser":
+    if name == "laser":
         predictions = runner.teacher_forced(series[:-1])[len(context) - 1 :]
         return nrmse(predictions, validation, float(validation.std()))
     starts = spaced_starts(len(context) + 100, len(series) - NRMSE84_HORIZON, 20)
@@ -164,16 +166,16 @@ def validation_score(task: str, runner: Any, validation: np.ndarray, context: np
     return nrmse(forecasts, targets, float(series.std()))
 
 
-def tune(task: str, library: str, units: int, washout: int) -> tuple[Settings, float]:
+def tune(name: str, library: str, units: int, washout: int) -> tuple[Settings, float]:
     """The grid's best settings for ``library`` on the validation part, and their score."""
-    train = training_data(task).train
+    train = training_data(name).train
     cut = int(len(train) * (1 - VALIDATION_FRACTION))
     best: tuple[Settings, float] | None = None
     for rho, leak, scale, ridge in itertools.product(*GRID.values()):
         settings = Settings(units, rho, leak, scale, ridge, washout)
         runner = _runner(library, settings, train[:cut])
-        value = validation_score(task, runner, train[cut:], train[:cut])
-        print(json.dumps({"tune": library, "task": task, **settings.__dict__, "validation_nrmse": value}), flush=True)
+        value = validation_score(name, runner, train[cut:], train[:cut])
+        print(json.dumps({"tune": library, "series": name, **settings.__dict__, "validation_nrmse": value}), flush=True)
         if best is None or value < best[1]:
             best = (settings, value)
     assert best is not None
@@ -186,11 +188,10 @@ def _runner(library: str, settings: Settings, train: np.ndarray) -> Any:
         runner.fit(train)
         return runner
     from service.contract import StateSpec
-    from training.evaluate import ort_step_fn  # noqa: F401 - torch path below
-    from training.export import torch_step_fn
-    from training.export_forecast import forecast_manifest
-    from training.forecast_eval import GraphRunner
-    from training.nets.esn import EchoStateNetwork
+    from training.kinds.forecaster.esn import EchoStateNetwork
+    from training.kinds.forecaster.export import forecast_manifest
+    from training.kinds.forecaster.scoring import GraphRunner
+    from training.onnx_export import torch_step_fn
 
     esn = EchoStateNetwork(
         units=settings.units,
@@ -205,23 +206,25 @@ def _runner(library: str, settings: Settings, train: np.ndarray) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.kinds.forecaster import ForecastRecipe
+    from training.kinds.forecaster.recipe import ForecastRecipe
     from training.recipes import load_recipe, recipe_path
 
-    parser = argparse.ArgumentParser(prog="python -m training.reservoir_benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=TASKS, action="append", help="a task (default: both)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments.reservoir_benchmark", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--series", choices=BENCHMARKED, action="append", help="a series (default: both)")
     parser.add_argument("--units", type=int, help="reservoir size for both (default: the recipe's)")
     parser.add_argument("--tune", action="store_true", help="run the validation grid for both libraries first")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     args = parser.parse_args(argv)
-    for task in args.task or TASKS:
-        recipe: ForecastRecipe = load_recipe(recipe_path(task))
-        settings = RESERVOIRPY_SETTINGS[task]
+    for name in args.series or BENCHMARKED:
+        recipe: ForecastRecipe = load_recipe(recipe_path(name))
+        settings = RESERVOIRPY_SETTINGS[name]
         if args.units is not None:
             settings = replace(settings, units=args.units)
         if args.tune:
-            settings, _ = tune(task, "reservoirpy", settings.units, settings.washout)
-            ours, _ = tune(task, "statestream", settings.units, recipe.washout)
+            settings, _ = tune(name, "reservoirpy", settings.units, settings.washout)
+            ours, _ = tune(name, "statestream", settings.units, recipe.washout)
             recipe = replace(
                 recipe,
                 spectral_radius=ours.spectral_radius,
@@ -229,14 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 input_scaling=ours.input_scaling,
                 ridge=ours.ridge,
             )
-        rows = [statestream_row(task, recipe, units=args.units), reservoirpy_row(task, settings)]
+        rows = [statestream_row(name, recipe, units=args.units), reservoirpy_row(name, settings)]
         for row in rows:
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "train_s")
                 print(
-                    f"{task:<13} {row['implementation']:<28} N={row['units']:<4} train {row['train_s']:6.2f} s  {shown}"
+                    f"{name:<13} {row['implementation']:<28} N={row['units']:<4} train {row['train_s']:6.2f} s  {shown}"
                 )
     return 0
 

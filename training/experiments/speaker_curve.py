@@ -1,9 +1,9 @@
 """Accuracy against the fraction of the utterance heard: the streaming speaker model's running answer.
 
-    python -m training.speaker_curve --stream models/speakers --whole models/speakers_bi --out docs/img
+    python -m training.experiments.speaker_curve --stream models/speakers --whole models/speakers_bi --out docs/img
 
 Both models are scored from their ONNX graphs on the 370 test utterances
-(``training.kinds.sequence_classifier.evaluate``): the streaming model's answer after the first
+(``training.kinds.sequence_classifier.train.evaluate``): the streaming model's answer after the first
 ``ceil(f * T)`` frames of each utterance for f = 10 %, 20 %, ... 100 %, and the bidirectional
 model's single answer, which needs the whole utterance (a point at 100 %). Writes
 ``speaker_accuracy_by_fraction.png`` and prints the numbers as JSON.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.kinds.sequence_classifier import FRACTIONS, evaluate
+from training.kinds.sequence_classifier.evaluate import FRACTIONS, evaluate
 
 PNG_NAME = "speaker_accuracy_by_fraction.png"
 
@@ -51,7 +51,9 @@ def draw(path: Path, curve: list[float], whole: float | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.speaker_curve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments.speaker_curve", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--stream", type=Path, default=Path("models/speakers"), help="the streaming model's folder")
     parser.add_argument(
         "--whole", type=Path, default=Path("models/speakers_bi"), help="the bidirectional model's folder"

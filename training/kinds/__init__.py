@@ -1,29 +1,21 @@
-"""Model kinds on the training side: a recipe's ``kind`` picks its network, data, exporter and scorer.
+"""Model kinds on the training side: one package per kind, found by its folder.
 
-The kind's name is the task its exported models declare (``manifest.task``), the same name that
-picks the serving driver (``service.tasks``). ``statestream train``, ``export`` and ``eval`` look
-the kind up here and know nothing else of it; adding a kind is a module that builds a
-``TrainingKind`` and an entry in ``BUILTIN``.
+A kind's name is the task its exported models declare (``manifest.task``), the same name that
+picks the serving driver. ``training/kinds/<kind>/`` holds its ``recipe.py`` (the recipe's
+dataclass as ``RECIPE``, torch-free), ``train.py`` (``train(recipe, options)``), ``export.py``
+(``export(options)``) and ``evaluate.py`` (``evaluate(folder, progress)``). ``statestream train``,
+``export`` and ``eval`` look a kind up here and know nothing else of it; a new kind is a new
+package, and looking one up imports only the part asked for (reading a recipe imports no torch).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-#: The kinds that ship, by name, and the module that defines each (imported on first use, so
-#: looking a kind up never imports torch for another).
-BUILTIN = {
-    "associative_memory": "training.kinds.associative_memory",
-    "forecaster": "training.kinds.forecaster",
-    "captioner": "training.kinds.captioner",
-    "language_model": "training.kinds.language_model",
-    "sequence_classifier": "training.kinds.sequence_classifier",
-    "translator": "training.kinds.translator",
-}
 
 
 @dataclass(frozen=True)
@@ -47,36 +39,49 @@ class ExportOptions:
     exporter: str = "auto"
 
 
-@dataclass(frozen=True)
-class TrainingKind:
-    """Everything the training commands need of one kind.
-
-    ``recipe`` is the recipe's dataclass (strictly read from TOML); ``train`` runs it and
-    returns a JSON-able summary; ``export`` writes a model folder (after its parity checks) and
-    returns a one-line report; ``evaluate(folder, progress)`` recomputes a model folder's scores from
-    its ONNX graphs (with a progress bar when ``progress``).
-    """
-
-    name: str
-    recipe: type[Any]
-    train: Callable[[Any, TrainOptions], dict[str, Any]]
-    export: Callable[[ExportOptions], str]
-    evaluate: Callable[[Path, bool], dict[str, Any]]
-
-
 class UnknownKind(ValueError):
     """A recipe or model of a kind the training side does not know."""
 
 
+@dataclass(frozen=True)
+class TrainingKind:
+    """Everything the training commands need of one kind, each part imported when it is used.
+
+    ``recipe`` is the recipe's dataclass (strictly read from TOML); ``train`` runs it and returns
+    a JSON-able summary; ``export`` writes a model folder (after its parity checks) and returns a
+    one-line report; ``evaluate`` recomputes a model folder's scores from its ONNX graphs (with a
+    progress bar when ``progress``).
+    """
+
+    name: str
+
+    def part(self, module: str) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.name}.{module}")
+
+    @property
+    def recipe(self) -> type[Any]:
+        recipe: type[Any] = self.part("recipe").RECIPE
+        return recipe
+
+    def train(self, recipe: Any, options: TrainOptions) -> dict[str, Any]:
+        summary: dict[str, Any] = self.part("train").train(recipe, options)
+        return summary
+
+    def export(self, options: ExportOptions) -> str:
+        return str(self.part("export").export(options))
+
+    def evaluate(self, folder: Path, progress: bool = False) -> dict[str, Any]:
+        scores: dict[str, Any] = self.part("evaluate").evaluate(folder, progress)
+        return scores
+
+
 def known_kinds() -> list[str]:
-    return sorted(BUILTIN)
+    """The kinds that ship: every package under ``training/kinds/``."""
+    return sorted(module.name for module in pkgutil.iter_modules(__path__) if module.ispkg)
 
 
 def kind_of(name: str) -> TrainingKind:
     """The kind called ``name``; UnknownKind naming the known ones."""
-    module = BUILTIN.get(name)
-    if module is None:
+    if name not in known_kinds():
         raise UnknownKind(f"unknown kind {name!r}; known kinds: {known_kinds()}")
-    kind = importlib.import_module(module).KIND
-    assert isinstance(kind, TrainingKind) and kind.name == name
-    return kind
+    return TrainingKind(name)

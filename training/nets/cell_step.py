@@ -4,7 +4,7 @@ A served streaming model is a step function ``(x_t, state_{t-1}) -> (y_t, state_
 (DESIGN.md, "The one contract"). :class:`CellStepNet` is that function for any stack of the
 cells in :mod:`training.nets.cells` (Elman tanh/ReLU, Jordan, LSTM, GRU): the cells run bottom
 first, and an optional linear readout maps the top layer's output to the model's output
-(class logits, a forecast). ``training.export_cells`` exports it as a one-step graph.
+(class logits, a forecast). ``training.cell_export`` exports it as a one-step graph.
 
 Only forward-in-time layers stream: a bidirectional layer needs the future, so it is refused
 here (``training.nets.sequence_classifier`` serves one as a whole-sequence call instead).

@@ -2,7 +2,7 @@
 
 A recipe is the whole answer to "how was this model made": its ``kind`` (which picks the
 network, the data, the exporter and the scorer: ``training.kinds``), the network's size, the
-loop's settings and where the run writes. Loading is strict: an unknown key (a typo such as
+loop's settings and where the run writes. Reading one imports no torch. Loading is strict: an unknown key (a typo such as
 ``hiden``) is an error that names it, never a silently ignored setting, and every value must
 have its field's type.
 """
@@ -13,11 +13,10 @@ import dataclasses
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.loops import LoopConfig
+from training.kinds import UnknownKind, kind_of
 
 RECIPES_DIR = Path(__file__).resolve().parent
 REPO_ROOT = RECIPES_DIR.parents[1]
@@ -26,29 +25,6 @@ T = TypeVar("T")
 
 class RecipeError(ValueError):
     """A recipe file that cannot be read into its dataclass; the message names the key."""
-
-
-@dataclass(frozen=True)
-class CharLSTMConfig:
-    """The ``[model]`` table of a character-LSTM recipe (see ``training.nets.CharLSTM``)."""
-
-    embed: int
-    hidden: int
-    layers: int
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class CharLMRecipe:
-    """A character language model: which net, and how to train it."""
-
-    name: str
-    kind: str
-    model: CharLSTMConfig
-    train: LoopConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def recipe_path(model_name: str) -> Path:
@@ -74,8 +50,6 @@ def describe_recipe_path(path: Path) -> str:
 def load_recipe(path: Path) -> Any:
     """Read a recipe file into its kind's dataclass; an unknown kind, unknown or missing keys and
     wrongly typed values are RecipeErrors."""
-    from training.kinds import UnknownKind, kind_of
-
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -145,8 +119,6 @@ def _typed(hint: Any, value: Any, *, where: str) -> Any:
 
 
 __all__ = [
-    "CharLMRecipe",
-    "CharLSTMConfig",
     "RecipeError",
     "describe_recipe_path",
     "from_table",

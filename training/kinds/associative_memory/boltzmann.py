@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.nets.sweep import SweepNet
+from training.kinds.associative_memory.sweep import SweepNet
 
 #: Temperatures below this are raised to it inside a sweep, so ``z / T`` stays finite (T = 0 is a
 #: greedy descent in the limit; 1e-4 is already one for any |z| > 1e-2).

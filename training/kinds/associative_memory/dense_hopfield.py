@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from training.nets.sweep import SweepNet
+from training.kinds.associative_memory.sweep import SweepNet
 
 
 class DenseHopfield(SweepNet):

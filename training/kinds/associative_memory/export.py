@@ -1,29 +1,16 @@
 """Export an associative memory's sweep as a servable step graph: ``step.onnx`` + ``manifest.json``.
 
-The graph is one update sweep (``training.nets.sweep.SweepNet``) written to the step contract
-of ``service/contract.py``:
-
-* state ``pattern_in -> pattern_out``, ``[batch, units]``;
-* per-step inputs ``clamp_mask``, ``clamp_values`` ``[batch, time, units]``, for nets that
-  draw anything ``noise`` ``[batch, time, noise_units]`` and, for stochastic nets,
-  ``temperature`` ``[batch, time]``;
-* per-step outputs ``energy`` and ``changed`` ``[batch, time]``.
-
-**The time axis is fixed at 1**: one call runs one sweep. An asynchronous sweep visits the units
-one at a time, which the TorchScript exporter unrolls into the graph (``N`` small blocks of
-Gather/ScatterElements); unrolling a loop over a dynamic number of sweeps as well is not
-possible that way, and the server streams every sweep's state anyway, so it calls once per
-sweep. The batch axis is dynamic, as the contract requires (``check_graph`` accepts a fixed
-time axis).
-
-As for the language model (``training.export``), nothing is installed unless the graph
-computes what PyTorch computes: sweeps chained from a fresh state are compared output by
-output and state by state, and the folder is loaded back through ``service.contract``
-(signature check and golden replay) before it is moved into place.
+The graph is one update sweep (``sweep.SweepNet``): state ``pattern_in -> pattern_out``; per-step
+inputs ``clamp_mask``, ``clamp_values`` (and ``noise``, ``temperature`` for the nets that draw);
+per-step outputs ``energy`` and ``changed``. The time axis is fixed at 1, one sweep per call
+(docs/memory.md says why). Nothing is installed unless sweeps chained from a fresh state agree
+with PyTorch, output by output and state by state, and the folder loads back through
+``service.contract``; the scores then come from the installed graph (``evaluate.py``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,19 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec, check_graph, zero_state
-from training.evaluate import Arrays, StepFn, open_session, ort_step_fn
-from training.export import (
+from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec, check_graph
+from service.datasets.patterns import LETTER_SHAPE, Digits, flip_bits, letter_patterns, load_digits_binary
+from training.checkpoints import load_weights
+from training.kinds import ExportOptions
+from training.kinds.associative_memory.boltzmann import RBM
+from training.kinds.associative_memory.dense_hopfield import DenseHopfield
+from training.kinds.associative_memory.evaluate import EVAL_NOISE, chained_sweeps, evaluate
+from training.kinds.associative_memory.hopfield import Hopfield
+from training.kinds.associative_memory.recipe import MemoryRecipe
+from training.kinds.associative_memory.sweep import SweepNet
+from training.onnx_export import (
     GRAPH_FILE,
     OPSET,
     ParityError,
     export_step_graph,
     record_golden,
+    record_scores,
     staged_folder,
     torch_step_fn,
 )
-from training.nets.sweep import SweepNet
+from training.onnx_replay import open_session, ort_step_fn
+from training.recipes import describe_recipe_path
 
+DIGITS_DATA = "scikit-learn load_digits (bundled), pixel on when > 8 of 16, seeded 80/20 split (seed 0)"
+LETTERS_DATA = "the project's 5x7 letter bitmaps (service/datasets/patterns.py), bipolar"
 TASK = "associative_memory"
 #: Max |ONNX - PyTorch| over every output and state of every chained sweep: patterns (exact
 #: +-1 or 0/1, or a softmax mix) and ``changed`` absolutely; ``energy``, a float32 sum of N^2
@@ -161,20 +160,6 @@ def random_sweep_inputs(
     return feed
 
 
-def chained_sweeps(step_fn: StepFn, manifest: Manifest, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run one sweep per call from a fresh state; every output and the state after each sweep, ``[B, T, ...]``."""
-    batch, sweeps = next(iter(inputs.values())).shape[:2]
-    state: Arrays = zero_state(manifest, batch)
-    state_outputs = {s.output for s in manifest.state}
-    trace: dict[str, list[np.ndarray]] = {}
-    for t in range(sweeps):
-        results = step_fn({name: np.ascontiguousarray(arr[:, t : t + 1]) for name, arr in inputs.items()} | state)
-        state = {s.input: results[s.output] for s in manifest.state}
-        for name, value in results.items():  # per-step outputs are [B, 1, ...]; a state is [B, ...]
-            trace.setdefault(name, []).append(value[:, None] if name in state_outputs else value)
-    return {name: np.concatenate(parts, axis=1) for name, parts in trace.items()}
-
-
 def check_sweep_parity(
     net: SweepNet,
     session: Any,
@@ -245,3 +230,60 @@ def export_memory(
         )
         manifest.save(staging)
     return MemoryExportReport(folder=out, manifest=manifest, parity_max_abs_diff=diff)
+
+
+def restore_net(recipe: MemoryRecipe, state: dict[str, Any]) -> Any:
+    """The net of a weights file: an empty net of the recipe's shape with the saved tensors loaded."""
+    net: Any
+    if recipe.net == "hopfield":
+        net = Hopfield(units=LETTER_SHAPE[0] * LETTER_SHAPE[1], update=recipe.update)  # type: ignore[arg-type]
+    elif recipe.net == "dense_hopfield":
+        net = DenseHopfield(patterns=letter_patterns(recipe.letters), beta=recipe.beta)
+    else:
+        net = RBM(visible=64, hidden=recipe.hidden)
+    net.load_state_dict(state)
+    net.eval()
+    return net
+
+
+def export(options: ExportOptions) -> str:
+    weights = load_weights(options.checkpoint)
+    recipe = MemoryRecipe(**weights.metadata["recipe"])
+    net = restore_net(recipe, weights.model)
+    decoding: dict[str, Any]
+    if recipe.net == "rbm":
+        shape, data = Digits.SHAPE, DIGITS_DATA
+        decoding = {}
+        golden_start = load_digits_binary().test[0]
+    else:
+        shape, data = LETTER_SHAPE, LETTERS_DATA
+        stored = letter_patterns(recipe.letters)
+        decoding = {"pattern_names": list(recipe.letters), "patterns": stored.tolist()}
+        golden_start = flip_bits(stored[:1], EVAL_NOISE, seed=recipe.seed)[0]
+    recipe_file = str(weights.metadata.get("recipe_file", ""))
+    training = {
+        "recipe": recipe.to_dict(),
+        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "data": data,
+        **weights.training,
+    }
+    started = time.perf_counter()
+    report = export_memory(
+        net,
+        options.out,
+        name=recipe.name,
+        description=recipe.description,
+        shape=shape,
+        golden_start=golden_start,
+        decoding=decoding,
+        training=training,
+        seed=recipe.seed,
+    )
+    # The scores describe the installed graph: computed from it, then written into its manifest.
+    scores = record_scores(options.out, evaluate(options.out))
+    elapsed = time.perf_counter() - started
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    return (
+        f"wrote {report.folder}: parity max |diff| {report.parity_max_abs_diff:.2e}; {shown} "
+        f"(ONNX, export and scoring {elapsed:.1f} s)"
+    )

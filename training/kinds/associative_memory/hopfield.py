@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from training.nets.sweep import SweepNet
+from training.kinds.associative_memory.sweep import SweepNet
 
 Rule = Literal["hebbian", "storkey"]
 Update = Literal["async", "sync"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from training.nets.boltzmann import RBM
+from training.kinds.associative_memory.boltzmann import RBM
 
 
 @dataclass(frozen=True)

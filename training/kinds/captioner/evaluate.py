@@ -19,15 +19,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from service.contract import Manifest
-from service.datasets.scenes import CANVAS, Scene, is_digit_word
-from training.evaluate import open_session
+from service.datasets.scenes import CANVAS, MAX_CAPTION_TOKENS, Scene, is_digit_word, scenes
+from training.onnx_replay import open_session
 
 EVAL_BATCH = 256
+EVAL_SCENES = 1000
+EVAL_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,20 @@ def score_captions(scenes: Sequence[Scene], decoded: Sequence[Decoded]) -> Capti
         hits += h
         total += t
     return CaptionScores(len(scenes), exact, bleu, hits / total if total else 0.0, total)
+
+
+def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
+    """Greedy captions of the test and composition splits from the ONNX graphs, scored."""
+    manifest = Manifest.load(folder)
+    result: dict[str, Any] = {"model": manifest.name}
+    for split in ("test", "composition"):
+        chosen = scenes(split, EVAL_SCENES, seed=EVAL_SEED)
+        decoded = greedy_captions(Path(folder), np.stack([s.image for s in chosen]), MAX_CAPTION_TOKENS, progress)
+        score = score_captions(chosen, decoded)
+        prefix = "" if split == "test" else "composition_"
+        result |= {
+            f"{prefix}exact_match": score.exact_match,
+            f"{prefix}bleu4": score.bleu4,
+            f"{prefix}pointing": score.pointing,
+        }
+    return result

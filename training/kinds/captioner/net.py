@@ -21,7 +21,7 @@ Training adds the doubly stochastic regulariser ``lambda * sum_i (1 - sum_t alph
 which asks every location to be attended to about once over the caption. With ``hard=True``
 the training pass instead *samples* one location per word, ``s_t ~ Categorical(alpha_t)``,
 ``z_t = a_{s_t}``, and ``attention_logprob`` returns ``sum_t log alpha_{t,s_t}`` for the
-REINFORCE-style gradient (``training.kinds.captioner``); the served graph uses the expectation.
+REINFORCE-style gradient (``training.kinds.captioner.train``); the served graph uses the expectation.
 """
 
 from __future__ import annotations

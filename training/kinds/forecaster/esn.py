@@ -29,6 +29,7 @@ import math
 import numpy as np
 import torch
 
+from training.kinds.forecaster.recipe import check_rls
 from training.nets.step import StepNet
 
 
@@ -158,16 +159,6 @@ def _float64_copy(net: EchoStateNetwork) -> EchoStateNetwork:
     for name, buffer in net.named_buffers():
         copy.register_buffer(name, buffer.double())
     return copy
-
-
-def check_rls(*, forgetting: float, p_start: float, renewal: float, p_renewed: float) -> None:
-    """Refuses RLS settings whose P is unbounded (a recipe hears it at ``train``, not at export)."""
-    if not 0.0 < forgetting <= 1.0 or not p_start > 0.0 or not p_renewed > 0.0:
-        raise ValueError("forgetting must be in (0, 1], p_start and p_renewed > 0")
-    if not 1.0 / forgetting - 1.0 < renewal < 1.0 and not (forgetting == 1.0 and renewal == 0.0):
-        raise ValueError(
-            f"renewal must be in (1/forgetting - 1, 1) = ({1.0 / forgetting - 1.0:.4g}, 1) to bound P, got {renewal}"
-        )
 
 
 class AdaptiveESN(StepNet):

@@ -1,25 +1,17 @@
-"""Export a one-step forecaster (an ESN, adaptive or not) as a servable model folder.
+"""Export a one-step forecaster (an ESN, adaptive or not, or a gated RNN) as a servable model folder.
 
-The graph is one step (``observation [B, 1, F]``, state → ``prediction [B, 1, F]``, state'),
-exported with the shared TorchScript path (``training.export.export_step_graph`` with the time
-axis fixed at 1, as the associative memories' sweeps are). Nothing is installed unless:
-
-1. **teacher-forced parity**: ONNX Runtime against the PyTorch net (float32 both), one step per
-   call over ``PARITY_STEPS`` steps of the task's held-out data, outputs and state;
-   (every bound is in units of the held-out series' standard deviation);
-2. **free-run parity**: the same two, now each feeding its own predictions back, over the
-   task's scored horizon (84 steps for Mackey-Glass's NRMSE84, 20 for the laser) from several
-   start points. A free run amplifies every
-   rounding difference, so this is the check that matters for a forecaster served in float32;
-   both runs' largest difference is written into the manifest, together with how far the float32
-   graph drifts from the float64 PyTorch net over the same free runs (information, no bound);
-3. the folder loads back through ``service.contract`` (signature, golden replay).
-
-The scores are then computed from the installed graph (``training.forecast_tasks.score``).
+The graph is one step (``observation [B, 1, 1]``, state → ``prediction [B, 1, 1]``, state'),
+exported with the shared TorchScript path, time axis fixed at 1. Nothing is installed unless
+ONNX Runtime agrees with the PyTorch net teacher-forced (one step per call over held-out data)
+and over free runs of the series' scored horizon (:func:`check_forecast_parity`; a free run
+amplifies every rounding difference, so that is the check that matters in float32), and the
+folder loads back through ``service.contract``. The scores then come from the installed graph.
+docs/zoo.md has the bounds and what they measured.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,18 +21,28 @@ import numpy as np
 import torch
 
 from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec, check_graph
-from training.evaluate import StepFn, open_session, ort_step_fn
-from training.export import (
+from training.cell_export import cell_state_specs
+from training.checkpoints import load_weights
+from training.kinds import ExportOptions
+from training.kinds.forecaster.evaluate import evaluate
+from training.kinds.forecaster.gated_net import GatedForecaster
+from training.kinds.forecaster.recipe import GATED_NETS, ForecastRecipe
+from training.kinds.forecaster.scoring import free_runs, spaced_starts, teacher_forced
+from training.kinds.forecaster.series import free_run_horizon, held_out
+from training.kinds.forecaster.train import build_esn, wrap
+from training.nets.step import StepNet
+from training.onnx_export import (
     GRAPH_FILE,
     OPSET,
     ParityError,
     export_step_graph,
     record_golden,
+    record_scores,
     staged_folder,
     torch_step_fn,
 )
-from training.forecast_eval import free_runs, spaced_starts, teacher_forced
-from training.nets.step import StepNet
+from training.onnx_replay import StepFn, open_session, ort_step_fn
+from training.recipes import describe_recipe_path, from_table
 
 TASK = "forecaster"
 PARITY_STEPS = 1000
@@ -156,3 +158,66 @@ def export_forecaster(
         manifest = replace(manifest, training=manifest.training | facts)
         manifest.save(staging)
     return parity
+
+
+def restore(recipe: ForecastRecipe, weights: Mapping[str, Any]) -> StepNet:
+    """The served net of ``recipe`` with the trained ``weights`` (a state dict), in eval mode."""
+    if recipe.net in GATED_NETS:
+        net = GatedForecaster(recipe.net, hidden=recipe.units, layers=recipe.bptt.layers)
+        net.load_state_dict(weights)
+        return net.eval()
+    esn = build_esn(recipe)  # an adaptive net's weights are its reservoir's: its RLS starts at export
+    esn.load_state_dict(weights)
+    return wrap(recipe, esn).eval()
+
+
+def served_state(recipe: ForecastRecipe, net: Any) -> tuple[StateSpec, ...]:
+    """The manifest's state: a reservoir (and an adaptive session's RLS), or the cells' tensors."""
+    if recipe.net in GATED_NETS:
+        return cell_state_specs(net)
+    esn = net.esn if recipe.net == "adaptive_esn" else net
+    n, d = esn.units, esn.features
+    state: tuple[StateSpec, ...] = (
+        StateSpec("reservoir", "reservoir_out", "float32", (n,), "zeros", "the reservoir state r_t"),
+    )
+    if recipe.net == "adaptive_esn":
+        state += (
+            StateSpec(
+                "features", "features_out", "float32", (d,), "zeros", "z_t = [1; u_t; r_t], the last readout input"
+            ),
+            StateSpec("readout", "readout_out", "float32", (d,), "zeros", "w − w₀: this session's readout change"),
+            StateSpec("inverse_correlation", "inverse_correlation_out", "float32", (d, d), "zeros", "P − p₀ I"),
+        )
+    return state
+
+
+def export(options: ExportOptions) -> str:
+    weights = load_weights(options.checkpoint)
+    recipe = from_table(ForecastRecipe, weights.metadata["recipe"], where=str(options.checkpoint))
+    net = restore(recipe, weights.model)
+    normaliser: Any = net.esn if recipe.net == "adaptive_esn" else net  # whose mean and std the graph applies
+    recipe_file = str(weights.metadata.get("recipe_file", ""))
+    training = {
+        "recipe": recipe.to_dict(),
+        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        **weights.training,
+    }
+    manifest = forecast_manifest(
+        name=recipe.name,
+        description=recipe.description,
+        state=served_state(recipe, net),
+        max_horizon=recipe.max_horizon,
+        decoding={"series": recipe.series, "mean": float(normaliser.mean[0]), "std": float(normaliser.std[0])},
+        training=training,
+    )
+    started = time.perf_counter()
+    horizon = free_run_horizon(recipe.series)
+    parity = export_forecaster(net, manifest, options.out, held_out(recipe.series), horizon=horizon)
+    scores = record_scores(options.out, evaluate(options.out))
+    elapsed = time.perf_counter() - started
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    return (
+        f"wrote {options.out}: parity max |diff| {parity.teacher_forced_max_abs_diff:.2e} teacher-forced, "
+        f"{parity.free_run_max_abs_diff:.2e} over {parity.free_runs} free runs of {horizon} steps "
+        f"(float32 vs float64 {parity.free_run_float32_vs_float64:.2e}); {shown} (ONNX, {elapsed:.1f} s)"
+    )

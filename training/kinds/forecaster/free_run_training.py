@@ -1,4 +1,4 @@
-r"""How a gated forecaster (``training.nets.gated_forecaster``) learns a series: free runs, not one step.
+r"""How a gated forecaster (``training.kinds.forecaster.gated_net``) learns a series: free runs, not one step.
 
 A forecaster is scored on its free runs (NRMSE84 feeds each prediction back for 84 steps), so
 that is what it trains on. Every Adam step draws ``batch`` windows of the training part; each
@@ -28,38 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.forecast_eval import NRMSE84_HORIZON, nrmse, spaced_starts
-from training.loops import History
-from training.nets.gated_forecaster import GatedForecaster
+from training.history import History
+from training.kinds.forecaster.gated_net import GatedForecaster
+from training.kinds.forecaster.recipe import FreeRunTraining
+from training.kinds.forecaster.scoring import NRMSE84_HORIZON, nrmse, spaced_starts
 
 VALIDATION_FRACTION = 0.2
 VALIDATION_TRIALS = 20
-
-
-@dataclass(frozen=True)
-class FreeRunTraining:
-    """The schedule of the module docstring; ``layers`` is the depth of the cell stack."""
-
-    layers: int = 1
-    steps: int = 5000
-    batch: int = 128
-    lr: float = 5e-3
-    warmup: int = 100
-    burn: int = 30
-    horizon: int = NRMSE84_HORIZON
-    clip_norm: float = 1.0
-    eval_every: int = 500
-    curriculum: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.burn < self.warmup:
-            raise ValueError(f"burn must be in [0, warmup), got burn {self.burn} and warmup {self.warmup}")
-        if min(self.layers, self.steps, self.batch, self.horizon, self.eval_every) < 1:
-            raise ValueError("layers, steps, batch, horizon and eval_every must be >= 1")
-        if not 0 < self.curriculum <= 1:
-            raise ValueError(
-                f"curriculum must be in (0, 1] (the fraction of steps the free run grows over), got {self.curriculum}"
-            )
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from training.kinds.forecaster.recipe import GATED_NETS
 from training.nets.cell_step import CellStepNet
 from training.nets.step import StepNet
-
-GATED_KINDS = ("gru", "lstm")
 
 
 class GatedForecaster(StepNet):
@@ -31,8 +30,8 @@ class GatedForecaster(StepNet):
 
     def __init__(self, kind: str, *, hidden: int, layers: int = 1, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        if kind not in GATED_KINDS:
-            raise ValueError(f"a gated forecaster's cell must be one of {GATED_KINDS}, got {kind!r}")
+        if kind not in GATED_NETS:
+            raise ValueError(f"a gated forecaster's cell must be one of {GATED_NETS}, got {kind!r}")
         self.stack = CellStepNet.build(kind, input_size=1, hidden_size=hidden, layers=layers, readout_size=1)
         self.register_buffer("mean", torch.tensor([mean], dtype=torch.float32))
         self.register_buffer("std", torch.tensor([std], dtype=torch.float32))

@@ -1,7 +1,7 @@
 """Forecasting scores, computed by running a one-step forecaster graph (or any step function like it).
 
 A forecaster's step is ``observation u_t, state → prediction of u_{t+1}, state'``, one step per
-call (``training/nets/esn.py``). Three ways to run it, shared by the exporter's parity checks,
+call (``training/kinds/forecaster/esn.py``). Three ways to run it, shared by the exporter's parity checks,
 ``statestream eval`` and the benchmark:
 
 * :func:`teacher_forced`: every observation fed in turn; the predictions one step ahead;
@@ -11,7 +11,7 @@ call (``training/nets/esn.py``). Three ways to run it, shared by the exporter's 
 * the scores on top of them: NRMSE (RMSE over the target's standard deviation), one step and
   free runs, and Jaeger's NRMSE84. They take a :class:`Runner`, anything that runs a series
   both ways: :class:`GraphRunner` (a step function: the exported graph, or the PyTorch net) or
-  the benchmark's reservoirpy model (``training/reservoir_benchmark.py``), so both are scored
+  the benchmark's reservoirpy model (``training/experiments/reservoir_benchmark.py``), so both are scored
   by the same code.
 
 **NRMSE84** (Jaeger & Haas 2004): teacher-force, run free for 84 steps, take the error at step
@@ -27,8 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.contract import Manifest, zero_state
-from training.evaluate import Arrays, StepFn
+from service.contract import Arrays, Manifest, zero_state
+from training.onnx_replay import StepFn
 
 OBSERVATION, PREDICTION = "observation", "prediction"
 NRMSE84_HORIZON = 84

@@ -1,22 +1,11 @@
-"""The forecasting benchmarks' protocols, in one place: data, splits, start points and scores.
+"""The series a forecaster is trained and scored on, and their protocols: data, splits, start points, scores.
 
-Every number a forecaster's manifest, ``statestream eval`` and ``statestream bench-forecast``
-report comes from :func:`score`, so the shipped models, their re-evaluation and the
-reservoirpy comparison measure the same thing on the same splits.
-
-* ``mackey_glass``: ``MG_SAMPLES`` samples of τ = 17 (``service/datasets/mackey_glass.py``); the
-  first ``MG_TRAIN`` train; NRMSE84 over ``MG_TRIALS`` start points evenly spaced in the rest,
-  each after ``MG_WARMUP`` teacher-forced steps taken from the held-out part; σ is the whole
-  series' standard deviation (Jaeger's "signal's std").
-* ``laser``: the Santa Fe laser's 80/20 split (``service/datasets/laser.py``); one-step NRMSE on
-  the last 20 % (the whole series teacher-forced from its start), and the NRMSE of
-  ``LASER_FREE_TRIALS`` free runs of ``LASER_HORIZON`` steps started evenly over the test part,
-  each after ``LASER_WARMUP`` observed steps; σ is the test part's standard deviation.
-* ``mackey_glass_drift``: τ moves from 17 to 23 at sample ``DRIFT_CHANGE`` of one integration
-  (``drifting_mackey_glass``); trained on the τ = 17 part before ``MG_TRAIN`` like
-  ``mackey_glass``; scored by the one-step error before and after the change
-  (:func:`drift_errors`), and the same on a second integration where τ moves from 17 to 19
-  (scores prefixed ``tau19_``, see ``DRIFTS``).
+Every number a forecaster's manifest, ``statestream eval`` and the reservoirpy comparison report
+comes from :func:`score`, so they measure the same thing on the same splits. The series, by
+name: ``mackey_glass`` (τ = 17, NRMSE84), ``laser`` (the Santa Fe laser: one-step NRMSE and
+20-step free runs) and ``mackey_glass_drift`` (τ moves from 17 to 23, or to 19 for the scores
+prefixed ``tau19_``: the one-step error before and after the change, and the recovery).
+docs/zoo.md gives each protocol's splits, start points and σ.
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ from service.datasets.mackey_glass import (
     drifting_mackey_glass,
     mackey_glass,
 )
-from training.forecast_eval import (
+from training.kinds.forecaster.scoring import (
     NRMSE84_HORIZON,
     Runner,
     one_step_nrmse,
@@ -44,7 +33,7 @@ from training.forecast_eval import (
     spaced_starts,
 )
 
-TASKS = ("mackey_glass", "laser", "mackey_glass_drift")
+SERIES = ("mackey_glass", "laser", "mackey_glass_drift")
 MG_WARMUP = 500
 MG_TRIALS = 50
 LASER_HORIZON = 20
@@ -59,9 +48,9 @@ DRIFT_RECOVERY_STEPS = 500
 
 @dataclass(frozen=True)
 class ForecastData:
-    """A task's training part (the readout is fitted on it) and what it is scored on."""
+    """A series' training part (the readout is fitted on it) and what it is scored on."""
 
-    task: str
+    name: str
     train: np.ndarray
     description: str
 
@@ -75,7 +64,7 @@ def mackey_glass_series() -> np.ndarray:
 #: prefix of its scores. τ = 23, the issue's example, is the harder regime: the best readout over
 #: the shipped reservoir forecasts it ~4× worse than τ = 17, so no session that forecasts well
 #: before the change can come back within ``DRIFT_RECOVERY_FACTOR`` of that level after it.
-#: τ = 19 is as predictable as τ = 17 (`python -m training.drift_ceiling --tau-after 19`), so
+#: τ = 19 is as predictable as τ = 17 (`python -m training.experiments.drift_ceiling --tau-after 19`), so
 #: there the criterion measures the tracking alone (docs/zoo.md).
 DRIFTS = {"": 23.0, "tau19_": 19.0}
 
@@ -85,23 +74,23 @@ def drift_series(tau_after: float = DRIFTS[""]) -> np.ndarray:
     return drifting_mackey_glass(DRIFT_SAMPLES, DRIFT_CHANGE, tau_after=tau_after)
 
 
-def training_data(task: str) -> ForecastData:
-    if task == "laser":
-        return ForecastData(task, load_laser().train, LASER_DESCRIPTION)
-    if task in ("mackey_glass", "mackey_glass_drift"):
-        return ForecastData(task, mackey_glass_series()[:MG_TRAIN], f"{MG_DESCRIPTION}; first {MG_TRAIN} samples")
-    raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
+def training_data(name: str) -> ForecastData:
+    if name == "laser":
+        return ForecastData(name, load_laser().train, LASER_DESCRIPTION)
+    if name in ("mackey_glass", "mackey_glass_drift"):
+        return ForecastData(name, mackey_glass_series()[:MG_TRAIN], f"{MG_DESCRIPTION}; first {MG_TRAIN} samples")
+    raise ValueError(f"unknown series {name!r}; known: {SERIES}")
 
 
-def held_out(task: str) -> np.ndarray:
-    """The part of the task's series the readout never saw: for parity checks and golden traces."""
-    if task == "laser":
+def held_out(name: str) -> np.ndarray:
+    """The part of the series the readout never saw: for parity checks and golden traces."""
+    if name == "laser":
         return load_laser().test
-    if task == "mackey_glass":
+    if name == "mackey_glass":
         return mackey_glass_series()[MG_TRAIN:]
-    if task == "mackey_glass_drift":
+    if name == "mackey_glass_drift":
         return drift_series()[DRIFT_CHANGE:]
-    raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
+    raise ValueError(f"unknown series {name!r}; known: {SERIES}")
 
 
 #: The adaptive forecaster is a one-step tracker: its small reservoir's readout (the offline
@@ -111,9 +100,9 @@ def held_out(task: str) -> np.ndarray:
 DRIFT_FREE_RUN_HORIZON = 5
 
 
-def free_run_horizon(task: str) -> int:
-    """The free-run length the task scores (and the exporter checks parity over)."""
-    return {"laser": LASER_HORIZON, "mackey_glass_drift": DRIFT_FREE_RUN_HORIZON}.get(task, NRMSE84_HORIZON)
+def free_run_horizon(name: str) -> int:
+    """The free-run length the series scores (and the exporter checks parity over)."""
+    return {"laser": LASER_HORIZON, "mackey_glass_drift": DRIFT_FREE_RUN_HORIZON}.get(name, NRMSE84_HORIZON)
 
 
 def mackey_glass_starts() -> list[int]:
@@ -126,10 +115,10 @@ def laser_starts() -> list[int]:
     return spaced_starts(first, first + len(laser.test) - LASER_HORIZON, LASER_FREE_TRIALS)
 
 
-def score(task: str, runner: Runner) -> dict[str, float]:
-    """The task's scores of a forecaster (rounded to 4 significant digits)."""
+def score(name: str, runner: Runner) -> dict[str, float]:
+    """The series' scores of a forecaster (rounded to 4 significant digits)."""
     scores: dict[str, float]
-    if task == "mackey_glass":
+    if name == "mackey_glass":
         series = mackey_glass_series()
         runs = score_free_runs(
             runner,
@@ -142,8 +131,8 @@ def score(task: str, runner: Runner) -> dict[str, float]:
         scores = {"nrmse84": runs.nrmse_at_horizon, "log10_nrmse84": float(np.log10(runs.nrmse_at_horizon))}
         scores["trials"] = runs.trials
         # The same fixed forecaster on the drifting series: what an adaptive session is compared with.
-        scores |= {f"drift_{name}": value for name, value in drift_scores(runner).items()}
-    elif task == "laser":
+        scores |= {f"drift_{key}": value for key, value in drift_scores(runner).items()}
+    elif name == "laser":
         laser = load_laser()
         series = np.concatenate([laser.train, laser.test])
         runs = score_free_runs(
@@ -159,11 +148,11 @@ def score(task: str, runner: Runner) -> dict[str, float]:
             f"free_run_{LASER_HORIZON}_nrmse": runs.nrmse_over_horizon,
             "trials": runs.trials,
         }
-    elif task == "mackey_glass_drift":
+    elif name == "mackey_glass_drift":
         scores = drift_scores(runner)
     else:
-        raise ValueError(f"unknown forecasting task {task!r}; known: {TASKS}")
-    return {name: float(f"{value:.4g}") for name, value in scores.items()}
+        raise ValueError(f"unknown series {name!r}; known: {SERIES}")
+    return {key: float(f"{value:.4g}") for key, value in scores.items()}
 
 
 def drift_scores(runner: Runner) -> dict[str, float]:

@@ -1,22 +1,22 @@
-"""The character language model: CharLSTM on Tiny Shakespeare, truncated BPTT, next-character loss."""
+"""Training a character language model: the shared truncated-BPTT loop over Tiny Shakespeare."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
-from training.kinds import ExportOptions, TrainingKind, TrainOptions
-from training.recipes import CharLMRecipe, describe_recipe_path
+from training.kinds import TrainOptions
+from training.kinds.language_model.recipe import CharLMRecipe
+from training.recipes import describe_recipe_path
 
 
 def train(recipe: CharLMRecipe, options: TrainOptions) -> dict[str, Any]:
     import torch
 
     from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
+    from training.kinds.language_model.net import CharLSTM
     from training.loops import resolve_device, seed_everything
     from training.loops import train as run_loop
-    from training.nets import CharLSTM
 
     loop = recipe.train
     if options.steps is not None:
@@ -53,23 +53,3 @@ def train(recipe: CharLMRecipe, options: TrainOptions) -> dict[str, Any]:
         title=f"{recipe.name}: {options.recipe_file.name}",
     )
     return asdict(result)
-
-
-def export(options: ExportOptions) -> str:
-    from training.export import export_char_lm
-
-    report = export_char_lm(options.checkpoint, options.out, loss_curve=options.loss_curve, exporter=options.exporter)
-    return (
-        f"wrote {report.folder} ({report.exporter} exporter): parity max |diff| "
-        f"{report.parity.max_diff:.2e} over {report.parity.steps} steps; "
-        f"val loss {report.val_loss_nats_per_char:.4f} nats/char (ONNX)"
-    )
-
-
-def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
-    from training.evaluate import evaluate_language_model
-
-    return asdict(evaluate_language_model(folder, progress=progress))
-
-
-KIND = TrainingKind("language_model", CharLMRecipe, train, export, evaluate)

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from service.contract import Manifest
 from service.datasets import dates
-from training.evaluate import open_session
-from training.translation import END, START, TARGET_STEPS, Codec, DecoderStep, exact_match, greedy_decode
+from training.kinds.translator.codec import START, TARGET_STEPS, Codec, DecoderStep, exact_match, greedy_decode
+from training.onnx_replay import open_session
 
 EVAL_SEED = 4242
 HELDOUT_EXAMPLES = 5000
@@ -116,4 +116,5 @@ def evaluate_translator(folder: Path, progress: bool = False) -> dict[str, Any]:
     }
 
 
-__all__ = ["END", "OnnxTranslator", "codec_of", "evaluate_translator"]
+def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
+    return evaluate_translator(folder, progress=progress)

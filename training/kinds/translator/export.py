@@ -8,10 +8,10 @@ The graphs follow the attention-decoder contract (``service/drivers/attention.py
 * ``step.onnx``: ``(token, h, annotations, keys, mask) -> (logits [V], attention [L], h_out)``,
   one token per call; ``attention`` is the heads' mean (it sums to 1 like each head's).
 
-Parity is ``training.export_attention``'s (both graphs, teacher-forced decoding of a batch of
+Parity is ``training.decoder_export``'s (both graphs, teacher-forced decoding of a batch of
 held-out examples) plus a full greedy decode: the graphs must choose exactly the tokens PyTorch
 chooses. The scores are then computed from the installed graphs
-(``training.evaluate_translation``) and written into the manifest.
+(``training.kinds.translator.evaluate``) and written into the manifest.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ from torch import nn
 
 from service.contract import ContextSpec, GoldenTrace, InitSpec, Manifest, StateSpec, TensorSpec
 from service.datasets import dates
-from training import export_attention
+from training import decoder_export
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
-from training.evaluate_translation import OnnxTranslator, evaluate_translator
-from training.export import ParityError, record_scores, staged_folder
-from training.kinds.translator import TranslatorRecipe
-from training.nets.seq2seq import Seq2Seq
+from training.kinds import ExportOptions
+from training.kinds.translator.codec import END, START, TARGET_STEPS, Codec
+from training.kinds.translator.evaluate import OnnxTranslator, evaluate_translator
+from training.kinds.translator.net import Seq2Seq
+from training.kinds.translator.recipe import TranslatorRecipe
+from training.kinds.translator.train import build_model, translate_with_torch
+from training.onnx_export import ParityError, record_scores, staged_folder
 from training.recipes import from_table
-from training.translation import END, START, TARGET_STEPS, Codec, build_model, translate_with_torch
 
 GOLDEN_TEXT = "Nov 27, 2026"
 GOLDEN_TOLERANCE = 1e-4
@@ -78,7 +80,7 @@ def translator_manifest(net: Seq2Seq, codec: Codec, recipe: TranslatorRecipe, tr
         version="1",
         task="translator",
         description=recipe.description,
-        step_graph=export_attention.STEP_FILE,
+        step_graph=decoder_export.STEP_FILE,
         inputs=(
             TensorSpec("token", "int64", (), "the previous output token's id (decoding.vocabulary); <start> first"),
         ),
@@ -96,7 +98,7 @@ def translator_manifest(net: Seq2Seq, codec: Codec, recipe: TranslatorRecipe, tr
             ContextSpec("mask", "float32", (length,), "1 at the input's characters, 0 at padding"),
         ),
         init=InitSpec(
-            export_attention.INIT_FILE,
+            decoder_export.INIT_FILE,
             (
                 TensorSpec("chars", "int64", (length,), "source character ids (decoding.source_vocabulary), 0-padded"),
                 TensorSpec("chars_mask", "float32", (length,), "1 at the characters, 0 at padding"),
@@ -158,15 +160,15 @@ def export_translator(checkpoint: Path, out: Path) -> str:
     golden_payload = {"chars": golden_chars, "chars_mask": golden_mask}
     decoded = translate_with_torch(net, codec, [GOLDEN_TEXT])[0]
     golden_tokens = [codec.target.index(START), *[codec.target.index(ch) for ch in decoded][: TARGET_STEPS - 1]]
-    init_trace, step_trace = export_attention.record_golden(
+    init_trace, step_trace = decoder_export.record_golden(
         init, step, manifest, golden_payload, golden_tokens, GOLDEN_TOLERANCE
     )
     assert manifest.init is not None
     manifest = replace(manifest, golden=step_trace, init=replace(manifest.init, golden=init_trace))
 
     with staged_folder(out) as staging:
-        export_attention.export_graphs(init, step, manifest, staging, payload)
-        parity = export_attention.check_parity(init, step, manifest, staging, payload, previous)
+        decoder_export.export_graphs(init, step, manifest, staging, payload)
+        parity = decoder_export.check_parity(init, step, manifest, staging, payload, previous)
         manifest = replace(manifest, training=manifest.training | {"parity_max_abs_diff": parity.max_diff})
         manifest.save(staging)
         _greedy_parity(net, codec, staging, [text for text, _ in pairs[:GREEDY_PARITY_EXAMPLES]])
@@ -182,4 +184,5 @@ def export_translator(checkpoint: Path, out: Path) -> str:
     )
 
 
-__all__ = ["GOLDEN_TEXT", "export_translator", "load_translator"]
+def export(options: ExportOptions) -> str:
+    return export_translator(options.checkpoint, options.out)
