@@ -1,36 +1,18 @@
 """The per-model batching loop: the ready steps of all sessions become one ONNX Runtime call.
 
-Each client step is tiny (one character through an LSTM); run one by one, fixed per-call costs
-dominate. The scheduler instead collects the steps of every session that is ready and runs them
-as one batch, as soon as the previous batch finishes (no fixed wait unless ``max_delay_ms`` asks
-for one). Rules it keeps:
+Client steps are tiny, and one by one their fixed per-call costs dominate: the ready steps of
+every session run as one batch as soon as the last batch finishes (no fixed wait unless
+``max_delay_ms`` asks). Its rules, whose reasons and measurements are in docs/benchmarks.md:
 
-* a batch holds at most ``max_batch`` session-steps, all with the same chunk length K, and
-  never two steps of one session: a later step of a session already in the batch (and a step
-  of another K) stays at the head of the queue for the next batch, so each session's order
-  holds and the oldest step always goes next;
-* state is gathered from the slabs into the call's bound buffers before the call and scattered
-  back after it, on the event loop; only the ONNX Runtime call runs on the model's worker
-  thread, so the loop keeps receiving and decoding messages while the model computes;
-* a step submitted never runs at once: it waits until the submitting tasks of this turn of the
-  event loop have all enqueued theirs, so steps that arrive together batch together. When the
-  batch is a single short step it takes the direct path: it runs inline, with no thread
-  hand-off, which is what a lone stream needs for low latency;
-* the fast lane goes one step further for a stream stepping alone: when the last batch was a
-  single step of the same session and nothing is queued or running, its next short step (a
-  client's Step on a Session stream, never a server-side loop's) runs inside ``submit`` and the
-  future is done on return (no turn of the scheduler's task, no wait for the answer). A step of
-  any other session queues as usual and turns the lane off until a batch is a lone step again,
-  so two or more streams always batch;
-* ``batching=False`` (``--scheduler none``) is the naive baseline: every step is its own batch-1
-  ``InferenceSession.run`` on the loop thread, with no scheduler and no IOBinding. It is kept as
-  an option so the benchmark can always measure it. Its call runs in a callback just after the
-  submitting task yields, not inside it: with 256 streams, running it inside the handler
-  (between gRPC's reads and writes) measured ~20 % fewer steps/s, which would flatter the
-  batching scheduler's ratio against it.
-
-A failed call writes no state, so a session is never half-updated; a failed batch is run again
-one step at a time, so a step that makes the model fail fails alone and its batch-mates go on.
+* a batch holds at most ``max_batch`` steps of one chunk length K, never two of one session;
+  steps passed over stay at the head of the queue, so each session's order holds;
+* gather and scatter run on the event loop, only the ORT call on the model's worker thread;
+* a step waits until this turn of the loop has enqueued its peers, so steps that arrive together
+  batch together. A lone short step runs inline (the direct path); a Session stream stepping alone
+  runs inside ``submit`` (the fast lane) until another session's step turns the lane off;
+* ``--scheduler none`` is the naive baseline: a batch-1 ``InferenceSession.run`` per step, in a
+  loop callback after the handler yields (inside the handler it ran slower, flattering our ratio);
+* a failed call writes no state; a failed batch reruns one step at a time, so a bad step fails alone.
 """
 
 from __future__ import annotations
@@ -47,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.calls import BatchCall, StepCalls
+from service.contract import Arrays
 from service.errors import SchedulerStopped
 from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.slabs import Slabs
 
-Arrays = dict[str, np.ndarray]
 #: Derives more per-step arrays from a batch's outputs (``[B, K, ...]`` each) on the worker
 #: thread, e.g. a language model's ranked next tokens; see ``Scheduler.postprocess``.
 Postprocess = Callable[[Arrays], Arrays]
@@ -119,6 +101,16 @@ class Scheduler:
         #: outputs. Model-aware work stays in the driver; the scheduler only calls it. A failure
         #: fails the batch like a failed ORT call (no state is written).
         self.postprocess: Postprocess | None = None
+        #: Seams for tests and tools, each one attribute test per batch while unset. ``on_batch``
+        #: sees each batch the loop takes, on the event loop, before it runs (read each job's
+        #: ``row`` and ``steps``; change nothing); a fast-lane step, run inside ``submit``, is no
+        #: batch of the loop's. What it raises fails the batch.
+        self.on_batch: Callable[[list[StepJob]], None] | None = None
+        #: ``on_call`` is called just before each model call of the batching scheduler (a batch,
+        #: a lone step, a step of a failed batch run alone), on the thread that makes it, with
+        #: the call's inputs filled. What it raises is that call's failure, as if ONNX Runtime
+        #: had raised it (no state is written); while it blocks, the call waits.
+        self.on_call: Callable[[BatchCall], None] | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -153,10 +145,6 @@ class Scheduler:
     def executor(self) -> ThreadPoolExecutor:
         """The model's one ORT worker thread: other graph calls of the model (init) run there too."""
         return self._executor
-
-    @property
-    def idle(self) -> bool:
-        return not self._busy and not self._pending
 
     def submit(
         self, row: int, inputs: Arrays, steps: int, *, lane: bool = False, orphan: Orphan | None = None
@@ -216,6 +204,8 @@ class Scheduler:
             self._lone_row = batch[0].row if len(batch) == 1 else -1
             self._busy = True
             try:
+                if self.on_batch is not None:
+                    self.on_batch(batch)
                 if len(batch) == 1 and batch[0].steps <= INLINE_MAX_STEPS:
                     self._run_inline(batch[0])
                 else:
@@ -307,6 +297,8 @@ class Scheduler:
 
     def _call(self, call: BatchCall) -> Arrays:
         """The ORT call and the driver's postprocess (on the worker thread when batched)."""
+        if self.on_call is not None:
+            self.on_call(call)
         call.run()
         postprocess = self.postprocess
         return postprocess(call.outputs) if postprocess is not None else {}

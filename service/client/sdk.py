@@ -3,6 +3,8 @@
 ``AsyncSession`` numbers the requests it sends (seq 1, 2, …) and reads the answer of each; an
 in-stream error becomes a ``StepFailed`` exception that leaves the session usable. ``Client``
 runs an ``AsyncClient`` on a private event loop thread, so both share one implementation.
+Tensors go out as the wire's types: any float array as float32 (numpy's default float64
+included), refused before sending if a value does not fit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Responses that a request's answer streams before its last one (Generate's tokens, Run's steps).
 STREAMED = ("token", "run_output")
+#: The dtypes a tensor travels as; every float input of a model is float32.
+WIRE_DTYPES = ("float32", "int64", "int32")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class StepFailed(Exception):
@@ -35,6 +40,30 @@ class StepFailed(Exception):
         super().__init__(f"{error.code_name}: {error.message}")
         self.error = error
         self.code = grpc.StatusCode[error.code_name] if error.code_name in grpc.StatusCode.__members__ else None
+
+
+def wire_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as an array of a wire dtype, or a ValueError that says why it cannot be one.
+
+    A float array of another width (numpy's default float64, Python floats) becomes float32, the
+    type of every float input, rounded to the nearest float32 (a relative change of at most
+    6e-8); a finite value beyond float32's range is refused rather than sent as infinity. An
+    integer array for a float input (or the reverse) is the server's to refuse, by name.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and array.dtype.name != "float32":
+        with np.errstate(over="ignore"):
+            converted = array.astype(np.float32)
+        overflowed = np.isinf(converted) & np.isfinite(array)
+        if overflowed.any():
+            raise ValueError(
+                f"tensor {name!r}: {array[overflowed].flat[0]:g} is beyond float32's range "
+                f"(±{FLOAT32_MAX:.4g}), the type of the model's float inputs"
+            )
+        return converted
+    if array.dtype.name not in WIRE_DTYPES:
+        raise ValueError(f"tensor {name!r}: dtype {array.dtype.name} cannot be sent; give floats, int64 or int32")
+    return array
 
 
 def make_step(
@@ -56,7 +85,7 @@ def make_step(
         step.tokens.ids.extend(int(t) for t in tokens)
     else:
         assert tensors is not None
-        step.tensors.tensors.extend(to_proto(name, np.asarray(value)) for name, value in tensors.items())
+        step.tensors.tensors.extend(to_proto(name, wire_array(name, value)) for name, value in tensors.items())
     return step
 
 
@@ -359,7 +388,11 @@ class AsyncClient:
         )
         return info
 
-    async def _start(self, first: pb.SessionRequest, resume_timeout_s: float, route: str = "") -> AsyncSession:
+    async def start_raw(
+        self, first: pb.SessionRequest, *, resume_timeout_s: float = 30.0, route: str = ""
+    ) -> AsyncSession:
+        """Starts a session stream with ``first`` sent as given (an open or an attach), for tests and
+        tools that send what ``open`` and ``attach`` would not; a refusal raises as theirs does."""
         call = self.sessions.Session(metadata=(*self.metadata, (ROUTE_HEADER, route)) if route else self.metadata)
         try:
             await call.write(first)
@@ -398,8 +431,9 @@ class AsyncClient:
         if isinstance(init, bytes):
             request.init.data = init
         elif init is not None:
-            request.init.tensors.extend(to_proto(name, np.asarray(value)) for name, value in init.items())
-        return await self._start(pb.SessionRequest(open=request), resume_timeout_s, secrets.token_urlsafe(12))
+            request.init.tensors.extend(to_proto(name, wire_array(name, value)) for name, value in init.items())
+        first = pb.SessionRequest(open=request)
+        return await self.start_raw(first, resume_timeout_s=resume_timeout_s, route=secrets.token_urlsafe(12))
 
     async def attach(self, session_id: str, *, resume_timeout_s: float = 30.0, route: str = "") -> AsyncSession:
         """Binds a new stream to an existing session (resume); its ``last_seq`` says where to go on.
@@ -407,7 +441,7 @@ class AsyncClient:
         ``route`` is the routing key the session's streams carried (default: the session id).
         """
         request = pb.SessionRequest(attach=pb.AttachSession(session_id=session_id))
-        return await self._start(request, resume_timeout_s, route or session_id)
+        return await self.start_raw(request, resume_timeout_s=resume_timeout_s, route=route or session_id)
 
 
 async def _raise_status(call: Any) -> None:
@@ -504,6 +538,11 @@ class SyncSession:
 
     def step(self, **kwargs: Any) -> pb.StepResult:
         return self._client._call(self.session.step(**kwargs))
+
+    def send_raw(self, request: pb.SessionRequest) -> pb.SessionResponse:
+        """Sends any request as given and returns the next response, an error included (for tests and
+        tools: no seq is numbered or recorded, nothing is raised for an in-stream error, no resume)."""
+        return self._client._call(self.session.send_raw(request))
 
     def generate(
         self, prompt: str, max_tokens: int, **kwargs: Any
