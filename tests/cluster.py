@@ -11,15 +11,17 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.front import free_port
 from service.client import Client
 from tests.servers import serve_process
+from tests.waiting import wait_until
 
 
 class RedisServer:
@@ -40,16 +42,8 @@ class RedisServer:
              "--appendonly", "yes", "--appendfsync", "everysec"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
+        with self.client() as client:
+            wait_until(lambda: _answers_ping(client), 10, "redis-server started")
 
     def kill(self) -> None:
         assert self.process is not None
@@ -78,6 +72,26 @@ def replica(models_dir: Path, store: str, *extra: str) -> Iterator[tuple[subproc
     args = ["--models-dir", str(models_dir), "--session-store", store, "--grace-s", "5", *extra]
     with serve_process(args, env, stderr=subprocess.DEVNULL) as (process, _, target):
         yield process, target
+
+
+def _answers_ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def checkpoint_failures(metrics_port: int) -> float:
+    """How many checkpoints the replica whose /metrics is on ``metrics_port`` could not write, so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+        exposition = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "statestream_checkpoint_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def holds_session(target: str) -> bool:

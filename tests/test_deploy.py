@@ -15,9 +15,7 @@ import json
 import re
 import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from service.api import statestream_pb2_grpc as rpc
 from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS
 from tests.servers import ServerThread
+from tests.waiting import wait_until
 
 DEPLOY = ROOT / "deploy"
 #: The header the SDK sets on a session's streams (service/client/sdk.py ROUTE_HEADER, from the
@@ -188,13 +187,6 @@ def healthy_ports(admin: int) -> set[int]:
     }
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def sessions_by_replica(replicas: list[ServerThread], route: str, target: str, count: int) -> list[int]:
     """Opens ``count`` sessions through Envoy with one routing key; how many more each replica then holds.
 
@@ -227,7 +219,7 @@ def test_the_deployed_envoy_config_keeps_a_routing_key_on_one_replica_and_skips_
     )  # fmt: skip
     ports = {r.server.port for r in replicas}
     try:
-        wait_for(lambda: _answers(admin) and healthy_ports(admin) == ports)
+        wait_until(lambda: _answers(admin) and healthy_ports(admin) == ports, 30, "Envoy found every replica healthy")
         target = f"127.0.0.1:{listen}"
         spread = [sessions_by_replica(replicas, f"key-{i}", target, 1) for i in range(16)]
         assert all(sum(row) == 1 for row in spread)
@@ -236,7 +228,11 @@ def test_the_deployed_envoy_config_keeps_a_routing_key_on_one_replica_and_skips_
         assert sorted(placed) == [0, 6]  # one key, one replica
         holder = placed.index(6)
         replicas[holder].stop()  # the replica holding "alpha" dies; no client talks to it meanwhile
-        wait_for(lambda: healthy_ports(admin) == ports - {replicas[holder].server.port})
+        wait_until(
+            lambda: healthy_ports(admin) == ports - {replicas[holder].server.port},
+            30,
+            "Envoy marked the stopped replica down",
+        )
         moved = sessions_by_replica(replicas, "alpha", target, 3)
         assert moved[1 - holder] == 3  # the ring's next replica takes the key
     finally:

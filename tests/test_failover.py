@@ -14,7 +14,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,15 +21,16 @@ import grpc
 import numpy as np
 import pytest
 
-from loadtest.front import run_envoy
+from loadtest.front import free_port, run_envoy
 from service.api import statestream_pb2 as pb
 from service.client import Client
 from service.client.sdk import make_step
 from service.redis_store import session_key
 from service.session_records import SessionRecord
 from service.tensors import from_proto
-from tests.cluster import RedisServer, holds_session, redis_server, replica
+from tests.cluster import RedisServer, checkpoint_failures, holds_session, redis_server, replica
 from tests.conftest import OfflineLM
+from tests.waiting import wait_until
 
 TOLERANCE = 1e-5  # as in test_service_sessions: batch composition moves float32 results by ~1e-7
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind"
@@ -121,7 +121,7 @@ def test_failover_a_partitioned_old_owner_cannot_apply_a_step(cluster, shipped_l
             processes[0].send_signal(signal.SIGCONT)
         stale = make_step(11, text="Z")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            old_client._call(old.session.send_raw(pb.SessionRequest(step=stale)))
+            old.send_raw(pb.SessionRequest(step=stale))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         with store.client() as redis_client:  # the stale step reached neither the new owner nor the store
             assert SessionRecord.from_bytes(redis_client.hget(session_key(old.id), "record")).last_seq == 20
@@ -150,18 +150,23 @@ def test_failover_live_handover_to_a_plain_attach(cluster, shipped_lm: OfflineLM
 
 def test_failover_redis_restart_loses_no_acknowledged_step(lm_dir: Path, tmp_path: Path, shipped_lm: OfflineLM) -> None:
     """Redis is SIGKILLed and started again (same port, same append-only file) mid-stream, K = 1."""
-    with redis_server(tmp_path) as store, replica(lm_dir, store.url, "--checkpoint-every", "1") as (_, target):
+    metrics_port = free_port()
+    with (
+        redis_server(tmp_path) as store,
+        replica(lm_dir, store.url, "--checkpoint-every", "1", "--metrics-port", str(metrics_port)) as (_, target),
+    ):
+
+        def start_after_a_failed_checkpoint() -> None:
+            wait_until(lambda: checkpoint_failures(metrics_port) > 0, 30, "a checkpoint failed while Redis was down")
+            store.start()
+
+        restarter = threading.Thread(target=start_after_a_failed_checkpoint)
 
         def restart(index: int) -> None:
             if index == CUT_AT:  # steps go on while Redis is down: they fail, and the SDK resumes
+                store.kill()
                 restarter.start()
 
-        def kill_and_start() -> None:
-            store.kill()
-            time.sleep(0.5)
-            store.start()
-
-        restarter = threading.Thread(target=kill_and_start)
         got, seqs, resumes = stream(target, TEXT, restart)
         restarter.join()
     assert resumes >= 1, "steps failed while Redis was down, and the SDK resumed"

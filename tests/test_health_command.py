@@ -21,7 +21,7 @@ from service.command import EXIT_REFUSED, EXIT_UNREACHABLE
 from service.settings import Settings
 from tests.conftest import ROOT
 from tests.servers import STATESTREAM, ServerThread
-from tests.test_limits_and_drain import wait_until
+from tests.waiting import wait_until
 
 
 def healthcheck_command() -> list[str]:
@@ -76,7 +76,7 @@ def test_the_dockerfile_healthcheck_passes_while_serving_and_fails_while_drainin
         with Client(running.target) as client:
             session = client.open("char_lm")  # an open stream keeps the drain in its grace time
             draining = asyncio.run_coroutine_threadsafe(running.server.drain(), running.loop)
-            wait_until(lambda: not running.server.store.accepting)
+            wait_until(lambda: not running.server.store.accepting, 10, "the drain began")
             done = run(check, running.target)
             assert done.returncode == EXIT_UNREACHABLE
             assert done.stdout == "NOT_SERVING\n"

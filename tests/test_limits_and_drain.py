@@ -26,6 +26,7 @@ from service.tensors import from_proto
 from tests import float_rnn
 from tests.conftest import OfflineLM
 from tests.servers import ServerThread, serve_process
+from tests.waiting import wait_until
 
 TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
 
@@ -44,14 +45,6 @@ def store_size(server: ServerThread) -> int:
         return len(server.server.store)
 
     return server.call(size())
-
-
-def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def resource_exhausted(call: object) -> str:
@@ -96,7 +89,7 @@ def test_limit_full_server_evicts_the_least_recently_used_detached_session_when_
         old = client.open("char_lm")
         old.step(text="a")
         old.cancel()  # detached: resumable, but first in line for eviction
-        wait_until(lambda: limited.server.store.get(old.id, "anonymous").stream is None)
+        wait_until(lambda: limited.server.store.get(old.id, "anonymous").stream is None, 10, "the server detached it")
         live = client.open("char_lm")
         newcomer = client.open("char_lm")  # the server is full: the detached one makes room
         assert newcomer.step(text="n").seq == 1 and live.step(text="l").seq == 1
@@ -115,7 +108,7 @@ def test_limit_detach_ttl_closes_abandoned_sessions_and_the_count_returns_to_zer
             session = client.open("char_lm")
             session.step(text="hi")
             session.cancel()  # abandoned without close
-        wait_until(lambda: store_size(limited) == 0)
+        wait_until(lambda: store_size(limited) == 0, 10, "the detach TTL closed every session")
     runtime = next(iter(limited.server.runtimes))
     assert runtime.slabs.rows_in_use == 0
 
@@ -125,7 +118,7 @@ def test_limit_idle_timeout_closes_a_session_without_a_stream(limited: ServerThr
     channel = grpc.insecure_channel(limited.target)
     stub = rpc.SessionServiceStub(channel)
     opened = stub.CreateSession(pb.OpenSession(model="char_lm"))
-    wait_until(lambda: store_size(limited) == 0)
+    wait_until(lambda: store_size(limited) == 0, 10, "the idle timeout closed the session")
     with pytest.raises(grpc.RpcError) as gone:
         stub.CloseSession(pb.CloseSessionRequest(session_id=opened.session_id))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
@@ -146,7 +139,7 @@ def test_limit_max_streams_refuses_a_third_stream(limited: ServerThread) -> None
                 return False
             return True
 
-        wait_until(opens)
+        wait_until(opens, 10, "the closed stream's slot was freed")
         second.close()
 
 
@@ -218,7 +211,7 @@ def test_limit_soak_of_short_sessions_ends_with_an_empty_store_and_flat_memory(l
                 session.close()
             else:
                 session.cancel()
-        wait_until(lambda: store_size(limited) == 0)
+        wait_until(lambda: store_size(limited) == 0, 10, "the round's sessions were closed or expired")
 
     with Client(limited.target) as client:
         round_of_sessions(client, 150)
@@ -257,11 +250,10 @@ def test_drain_on_sigterm_answers_in_flight_steps_refuses_new_sessions_and_exits
         for thread in threads:
             thread.start()
         started.wait()
-        while min(len(a) for a in acked) < 20:
-            time.sleep(0.01)
+        wait_until(lambda: min(len(a) for a in acked) >= 20, 30, "every stream had 20 steps acknowledged")
         server.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        wait_until(lambda: _health(target) == "NOT_SERVING")  # the signal has been handled: draining
+        wait_until(lambda: _health(target) == "NOT_SERVING", 10, "the signal was handled: draining")
         with Client(target) as late:  # new sessions are refused while draining
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 late.open("char_lm")
@@ -293,7 +285,7 @@ def test_drain_in_process_refuses_new_sessions_and_reports_not_serving(tiny_lm_d
     with Client(running.target) as client:
         session = client.open("char_lm")
         draining = asyncio.run_coroutine_threadsafe(running.server.drain(), running.loop)
-        wait_until(lambda: not running.server.store.accepting)
+        wait_until(lambda: not running.server.store.accepting, 10, "the drain began")
         assert session.step(text="still answered").seq == 1  # in-flight streams go on during the grace
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             client.open("char_lm")

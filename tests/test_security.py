@@ -538,7 +538,7 @@ def test_token_ownership_a_fork_belongs_to_its_parents_owner(tls_server: ServerT
     with tls_client(tls_server.target, pki, ALICE_TOKEN) as alice, tls_client(tls_server.target, pki, BOB_TOKEN) as bob:
         session = alice.open("char_lm")
         session.step(text="a")
-        reply = alice._call(session.session.send_raw(pb.SessionRequest(fork=pb.Fork())))
+        reply = session.send_raw(pb.SessionRequest(fork=pb.Fork()))
         assert reply.WhichOneof("response") == "forked"
         child = reply.forked.session_id
         assert rpc_code(lambda: bob.attach(child)) == grpc.StatusCode.NOT_FOUND

@@ -67,18 +67,13 @@ def test_a_wrong_sequence_number_is_refused_and_changes_nothing(
     with Client(server.target) as client:
         session = client.open("char_lm", return_tensors=["logits"])
         first = logits_of(session.step(text="a"))
-        response = session.session  # the async session underneath, to send a hand-made request
-        reply = server_reply(client, response, pb.SessionRequest(step=pb.Step(seq=bad_seq, text="z")))
+        reply = session.send_raw(pb.SessionRequest(step=pb.Step(seq=bad_seq, text="z")))  # a hand-made request
         assert reply.WhichOneof("response") == "error"
         assert reply.error.code_name == "FAILED_PRECONDITION"
         assert reply.error.seq == bad_seq
         after = logits_of(session.step(text="b"))
         session.close()
     np.testing.assert_allclose(np.concatenate([first, after]), offline_lm.logits("ab"), atol=TOLERANCE, rtol=0)
-
-
-def server_reply(client: Client, session: object, request: pb.SessionRequest) -> pb.SessionResponse:
-    return client._call(session.send_raw(request))  # type: ignore[attr-defined]
 
 
 def test_an_empty_message_in_a_session_is_invalid_argument_and_the_session_goes_on(server: ServerThread) -> None:
@@ -228,27 +223,28 @@ def test_known_fields_encoded_longer_than_protobuf_would_are_accepted(server: Se
 
 
 def test_a_model_failure_is_an_in_stream_internal_error_and_the_session_goes_on(
-    server: ServerThread, offline_lm: OfflineLM, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, offline_lm: OfflineLM
 ) -> None:
-    from service import calls as registry
+    from service.calls import BatchCall
 
     poison = offline_lm.vocab["z"]
-    real_run = registry.BatchCall.run
 
-    def run_unless_poisoned(self: registry.BatchCall) -> None:
-        if (self.inputs["char_id"] == poison).any():
+    def fail_when_poisoned(call: BatchCall) -> None:
+        if (call.inputs["char_id"] == poison).any():
             raise RuntimeError("simulated ONNX Runtime failure")
-        real_run(self)
 
+    scheduler = server.server.runtimes.get("char_lm").scheduler
     with Client(server.target) as client:
         session = client.open("char_lm", return_tensors=["logits"])
         first = logits_of(session.step(text="a"))
-        monkeypatch.setattr(registry.BatchCall, "run", run_unless_poisoned)
-        with pytest.raises(StepFailed) as failed:
-            session.step(text="z")
-        assert failed.value.error.code_name == "INTERNAL"
-        assert "the model failed on this step" in failed.value.error.message
-        after = logits_of(session.step(text="b"))
-        monkeypatch.undo()
+        scheduler.on_call = fail_when_poisoned
+        try:
+            with pytest.raises(StepFailed) as failed:
+                session.step(text="z")
+            assert failed.value.error.code_name == "INTERNAL"
+            assert "the model failed on this step" in failed.value.error.message
+            after = logits_of(session.step(text="b"))
+        finally:
+            scheduler.on_call = None
         session.close()
     np.testing.assert_allclose(np.concatenate([first, after]), offline_lm.logits("ab"), atol=TOLERANCE, rtol=0)
