@@ -28,7 +28,7 @@ from service.session_store import SessionStore
 from service.settings import Settings
 from service.tasks import driver_class
 from tests.conftest import SHIPPED_MODELS, OfflineLM
-from tests.waiting import until
+from tests.waiting import Gate, until
 
 TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
 CALLER = "anonymous"
@@ -113,13 +113,19 @@ def test_a_step_whose_caller_is_cancelled_while_it_runs_is_applied_and_recorded_
 
     async def scenario(engine: SessionEngine) -> tuple[bool, bool, bytes, bytes]:
         session = await engine.open(open_request(), CALLER)
-        caller = asyncio.ensure_future(engine.apply_step(session, pb.Step(seq=1, text=chunk)))
-        await asyncio.sleep(0)  # one turn of the loop: the caller takes the lock and submits the step
-        caller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await caller
-        # The caller is gone but its step is still running: it keeps the session until it commits.
-        held_while_running = session.lock.locked() and session.last_seq == 0
+        gate = Gate()  # holds the step's model call on the worker thread until its caller is gone
+        session.runtime.scheduler.on_call = gate.hold
+        try:
+            caller = asyncio.ensure_future(engine.apply_step(session, pb.Step(seq=1, text=chunk)))
+            await gate.arrival()  # the caller took the lock, and its step runs on the model's thread
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+            # The caller is gone but its step is still running: it keeps the session until it commits.
+            held_while_running = session.lock.locked() and session.last_seq == 0
+        finally:
+            session.runtime.scheduler.on_call = None
+            gate.open()
         await until(lambda: not session.lock.locked(), 10, "the orphaned step committed")
         resent = await engine.apply_step(session, pb.Step(seq=1, text=chunk))  # the client's resend
         after = await engine.apply_step(session, pb.Step(seq=2, text="b"))
@@ -148,11 +154,22 @@ def test_a_generation_cancelled_while_its_step_waits_leaves_the_state_as_it_was(
                 pass
 
         other = await engine.open(open_request(logits=False), CALLER)
-        # Another session's step in the same turn: the batch of two runs on the worker thread.
-        bystander = asyncio.ensure_future(engine.apply_step(other, pb.Step(seq=1, text="x")))
-        task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0)  # it yields its first token and submits the step that feeds it back
-        task.cancel()
+        scheduler = session.runtime.scheduler
+        gate = Gate()  # holds the batch's model call on the worker thread while the generation is cancelled
+        batches: list[list[int]] = []
+        scheduler.on_call = gate.hold
+        scheduler.on_batch = lambda batch: batches.append(sorted(job.row for job in batch))
+        try:
+            # Another session's step in the same turn: the batch of two runs on the worker thread.
+            bystander = asyncio.ensure_future(engine.apply_step(other, pb.Step(seq=1, text="x")))
+            task = asyncio.ensure_future(consume())
+            await gate.arrival()  # it yielded its first token, and the step that feeds it back waits
+            assert batches == [sorted([session.row, other.row])]
+            task.cancel()
+        finally:
+            scheduler.on_call = None
+            scheduler.on_batch = None
+            gate.open()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await bystander
