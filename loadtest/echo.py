@@ -11,7 +11,6 @@ where installed, ``--event-loop``), so that the ceiling is the same stack's. Run
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import secrets
 import signal
@@ -22,6 +21,7 @@ import grpc
 
 from service import process
 from service.api import statestream_pb2 as pb
+from service.command import Parser, port
 from service.servicers.wire import Context, Malformed, add_servicer
 from service.settings import EVENT_LOOPS
 
@@ -100,12 +100,16 @@ async def serve(servicer: object, label: str, host: str, port: int) -> None:
     await server.stop(0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.echo", description=__doc__)
+def parser() -> Parser:
+    parser = Parser(prog="python -m loadtest.echo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=port, default=0)
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     process.run(serve(EchoServicer(), "echo", args.host, args.port), args.event_loop)
     return 0
 

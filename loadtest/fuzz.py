@@ -15,7 +15,6 @@ docs/security.md lists the cases and the checks in full.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -37,10 +36,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from loadtest.servers import ServerProcess, serve_command
+from service import command
 from service.api import statestream_pb2 as pb
+from service.command import Parser, int_in, positive_int
 from service.contract import MANIFEST_FILE, Manifest
 from service.drivers import bounds
 from service.drivers.language import LanguageDriver
+from service.settings import INT32_MAX
 from service.tasks import driver_class
 
 T = TypeVar("T")
@@ -1168,16 +1170,26 @@ def solo_outputs(target: str, model: str, text: str, logits_name: str) -> np.nda
     return asyncio.run(run())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.fuzz", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=10_000, help="cases to run (default 10000)")
+def parser() -> Parser:
+    parser = Parser(prog="python -m loadtest.fuzz", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int_in(1, 10_000_000), default=10_000, help="cases to run (default 10000)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="models folder to serve")
     parser.add_argument("--model", default="char_lm", help="the token model the fuzz sessions run (default char_lm)")
-    parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: derandomized, repeatable)")
-    parser.add_argument("--max-chunk", type=int, default=Limits.max_chunk, help="server --max-chunk")
-    parser.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes, help="server limit")
-    parser.add_argument("--max-generate-tokens", type=int, default=Limits.max_generate_tokens, help="server limit")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser.add_argument(
+        "--seed", type=command.seed, default=None, help="hypothesis seed (default: derandomized, repeatable)"
+    )
+    parser.add_argument("--max-chunk", type=positive_int, default=Limits.max_chunk, help="server --max-chunk")
+    parser.add_argument(
+        "--max-message-bytes", type=int_in(1024, INT32_MAX), default=Limits.max_message_bytes, help="server limit"
+    )
+    parser.add_argument(
+        "--max-generate-tokens", type=positive_int, default=Limits.max_generate_tokens, help="server limit"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
 
     limits = Limits(args.max_chunk, args.max_message_bytes, args.max_generate_tokens)
     folder = find_model_folder(args.models_dir, args.model)

@@ -13,7 +13,6 @@ docs/benchmarks.md explains the rows and holds the results.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loadtest.flags import CountList
+from service.command import Parser, float_in, int_in
 
 BATCHES = (1, 16, 256, 1024, 4096, 16384)
 VARIANTS = ("cpu", "cpu-device", "cuda-host", "cuda-slab", "cuda-resident")
@@ -123,15 +125,29 @@ def _served_parity(reference: tuple[Any, str], candidate: tuple[Any, str], steps
     return float(max(np.max(np.abs(logits_a - logits_b)), np.max(np.abs(state_a - state_b))))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_bench", description=__doc__.split("\n\n")[0])
+#: The largest batch a row may time.
+MAX_BATCH = 65_536
+
+
+def parser() -> Parser:
+    parser = Parser(prog="python -m loadtest.gpu_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/char_lm"))
     parser.add_argument("--out", type=Path, default=Path("."))
-    parser.add_argument("--duration-s", type=float, default=1.0)
-    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
-    parser.add_argument("--cpu-max-batch", type=int, default=1024, help="skip CPU rows above this batch")
+    parser.add_argument("--duration-s", type=float_in(0.001, 3600), default=1.0, help="timing window per row")
+    batches = int_in(1, MAX_BATCH)
+    parser.add_argument(
+        "--batches",
+        type=CountList(batches),
+        default=BATCHES,
+        help=f"comma-separated batch sizes (default {','.join(map(str, BATCHES))})",
+    )
+    parser.add_argument("--cpu-max-batch", type=batches, default=1024, help="skip CPU rows above this batch")
     parser.add_argument("--cpu-only", action="store_true", help="measure the CPU rows only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     with contextlib.suppress(ImportError):  # torch first: onnxruntime-gpu then finds its CUDA libraries
         import torch  # noqa: F401
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     token = cpu.manifest.inputs[0]
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in args.batches:
         ids = rng.integers(0, len(cpu.manifest.vocabulary), size=(batch, 1)).astype(token.np_dtype)
         if batch <= args.cpu_max_batch:
             record("cpu", batch, _server_batch(cpu, "host", batch, ids))
