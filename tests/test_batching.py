@@ -566,26 +566,33 @@ def test_state_memory_auto_keeps_state_where_the_model_runs(tiny_model: LoadedMo
 def test_observe_many_records_what_observe_would() -> None:
     buckets = (1e-4, 1e-3, 1e-2, 0.1)
     values = [5e-5, 1e-4, 2e-4, 1e-3, 0.5, 0.05, 0.05, 2.0]
-    one, many = (
-        Histogram(name, "x", ["m"], buckets=buckets, registry=CollectorRegistry()).labels("a") for name in ("a", "b")
-    )
+    registries = CollectorRegistry(), CollectorRegistry()
+    one, many = (Histogram("h", "x", ["m"], buckets=buckets, registry=r).labels("a") for r in registries)
     for value in values:
         one.observe(value)
     observe_many(many, values)
 
-    def samples(child: Any) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        return [(s.name, tuple(sorted(s.labels.items())), s.value) for s in child._child_samples()]
+    def samples(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return [
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
 
-    got, want = samples(many), samples(one)
+    want, got = (samples(r) for r in registries)
+    assert len(got) == len(buckets) + 3  # the buckets, +Inf, the count and the sum
     assert [s[:2] for s in got] == [s[:2] for s in want]
     assert [s[2] for s in got] == pytest.approx([s[2] for s in want])
 
 
 def test_cached_labels_return_the_same_child() -> None:
-    counter = CachedCounter("c", "x", ["model", "kind"], registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    counter = CachedCounter("c", "x", ["model", "kind"], registry=registry)
     assert counter.labels("m", "step") is counter.labels("m", "step")
     counter.labels("m", "step").inc(2)
-    assert counter.labels(model="m", kind="step")._value.get() == 2
+    counter.labels(model="m", kind="step").inc(1)
+    assert registry.get_sample_value("c_total", {"model": "m", "kind": "step"}) == 3
 
 
 def test_a_postprocess_runs_over_the_batch_and_each_step_gets_its_rows(
