@@ -1,21 +1,15 @@
 r"""Ways to get the gradient of a recurrent network over a long sequence.
 
 Every function here runs a net written to the step contract (``model(x, *state) -> (y,
-*state_after)``, ``x: [B, T, F]``) over one sequence, calls ``backward`` on its loss one or
-more times, and calls ``on_update()`` after each backward (that is where the caller clips,
-steps the optimizer and zeroes the gradients). The loss of a sequence is a sum over its steps,
-:math:`L = \sum_t \ell_t`, and ``loss_fn(y, target)`` must be additive over the time axis
-(a sum, not a mean), so that per-step and whole-sequence evaluations agree. The truncated modes run
-the net a step (or a window) at a time, so it must be causal: a ``Bidirectional`` layer is not.
+*state_after)``, ``x: [B, T, F]``) over one sequence, calls ``backward`` one or more times and
+``on_update()`` after each (where the caller clips, steps the optimiser and zeroes the
+gradients). ``loss_fn(y, target)`` must be a sum over the time axis, not a mean, so per-step and
+whole-sequence evaluations agree; the truncated modes run the net a step or a window at a time,
+so it must be causal (a ``Bidirectional`` layer is not).
 
-* :func:`full_bptt`: one backward through the whole sequence, the exact :math:`\nabla L`.
-* :func:`truncated_bptt`: Williams & Peng's BPTT(k1, k2): every ``k1`` steps, the losses of those
-  ``k1`` steps are back-propagated through at most ``k2`` steps. Biased when ``k2 <`` the
-  sequence length; equal to :func:`full_bptt` when ``k2 >=`` it.
-* :func:`randomized_truncated_bptt`: Tallec & Ollivier (2017), "Unbiasing truncated
-  backpropagation through time" (ARTBP): truncation points are drawn at random, and the gradient
-  that crosses a step where the sequence *could* have been cut is divided by the probability
-  that it was not. The estimate is unbiased: :math:`E[\hat g] = \nabla L`.
+* :func:`full_bptt`: one backward through the whole sequence, the exact :math:`\nabla L`;
+* :func:`truncated_bptt`: Williams & Peng's BPTT(k1, k2), biased when ``k2`` is short;
+* :func:`randomized_truncated_bptt`: Tallec & Ollivier's random truncation, reweighted to be unbiased;
 * :func:`clip_by_norm`: :math:`g \leftarrow g \cdot \min(1, c / \lVert g \rVert)`.
 """
 

@@ -1,25 +1,15 @@
 """Export a stack of the zoo's cells (``training.nets.cell_step.CellStepNet``) as a one-step graph.
 
-The graph is one time step, ``(x, state...) -> (y, state_out...)`` in the contract of
-``service/contract.py``:
+The graph is one time step, ``(x, state...) -> (y, state_out...)``: input ``x`` and output ``y``
+``[batch, 1, size]`` (named by the caller: ``frame`` and ``logits`` for a classifier) and one
+zero-initialised state tensor per cell state (``h0 -> h0_out``, ...). The time axis is fixed at
+1 (``decoding.steps_per_call = 1``): the zoo's layers loop over time in Python, which the exporter
+would unroll over the example's steps (docs/zoo.md). Nothing is installed unless ONNX Runtime
+computes what PyTorch computes, one step per call with the state carried, for one stream and for
+a batch (``training.onnx_export.check_parity``), and the folder loads back as the server loads it.
 
-* per-step input ``x`` ``[batch, 1, input_size]`` and output ``y`` ``[batch, 1, output_size]``
-  (names and descriptions are the caller's: ``frame`` and ``logits`` for a classifier);
-* one state tensor per cell state, ``[batch, size]``, named after the net's ``state_names``
-  (``h0 -> h0_out``, ``c0 -> c0_out``, ...), all starting at zeros.
-
-**The time axis is fixed at 1** (``decoding.steps_per_call = 1``): the zoo's layers loop over
-time in Python, which the TorchScript exporter unrolls over the example's steps, so a graph
-with a symbolic time axis would silently run the example's length (docs/zoo.md). A stream
-sends one step per call anyway. The batch axis is dynamic.
-
-Nothing is installed unless ONNX Runtime computes what PyTorch computes, in float32, one step
-per call with the state carried: one stream alone and a batch of streams
-(``training.onnx_export.check_parity``), then the folder is loaded back as the server loads it
-(signature check, golden replay).
-
-The API the other kinds build on is :func:`cell_manifest` and :func:`export_cell_model`
-(:func:`export_one_step` for any other one-step net, such as a whole-sequence classifier).
+The kinds build on :func:`cell_manifest` and :func:`export_cell_model` (:func:`export_one_step`
+for any other one-step net, such as a whole-sequence classifier).
 """
 
 from __future__ import annotations

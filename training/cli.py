@@ -20,7 +20,16 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from service.command import EXIT_INTERNAL, EXIT_USAGE, CommandError, Parser, positive_int
+from service.command import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    MAX_DURATION_S,
+    CommandError,
+    Parser,
+    float_in,
+    positive_int,
+    seed,
+)
 from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of, known_kinds
 from training.recipes import RecipeError, load_recipe, recipe_path
 
@@ -61,7 +70,11 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("--steps", type=positive_int, help="override the recipe's step count")
     parser.add_argument("--out", help="override the recipe's output folder")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available")
-    parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    parser.add_argument(
+        "--max-minutes",
+        type=float_in(0, MAX_DURATION_S / 60),
+        help="stop (with a checkpoint) after this much wall time",
+    )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
     )
@@ -171,7 +184,7 @@ def scenes_command(argv: list[str]) -> int:
     parser.add_argument(
         "--split", default="test", choices=("train", "validation", "test", "composition"), help="which split"
     )
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes")
+    parser.add_argument("--seed", type=seed, default=0, help="the same seed writes the same scenes")
     args = parser.parse_args(argv)
     from service.datasets.scenes import write_scenes
 

@@ -2,23 +2,15 @@ r"""The course's lesson, measured: gradients vanish or explode through a vanilla
 
 ``python -m training.experiments.gradient_flow --out docs/img`` does two things and prints a JSON summary:
 
-1. **Gradient norm against lag.** For a loss on the last state only, :math:`L = w^\top h_T`, it
-   measures :math:`\lVert \partial L / \partial h_{T-k} \rVert` for every lag ``k``:
+1. **Gradient norm against lag** (:func:`gradient_norms_by_lag`): for a loss on the last state,
+   :math:`\lVert \partial L / \partial h_{T-k} \rVert` for every lag ``k``, for an Elman tanh RNN
+   whose :math:`W_{hh}` has every singular value :math:`\sigma` below or above 1, and for an LSTM
+   at its usual initialisation. Plot: ``gradient_flow.png``.
+2. **The adding problem** (Hochreiter & Schmidhuber 1997, as Le, Jaitly & Hinton 2015 pose it):
+   a small LSTM and vanilla RNNs of the same width and of twice its units train with the same
+   optimiser, steps and clipping. Plot: ``adding_problem.png``.
 
-   .. math:: \frac{\partial L}{\partial h_{T-k}} = \frac{\partial L}{\partial h_T} \prod_{j=0}^{k-1} \operatorname{diag}(\phi'(a_{T-j}))\, W_{hh}
-
-   so in a vanilla RNN the norm is bounded by :math:`(\sigma_{\max}(W_{hh}) \max|\phi'|)^k`:
-   with :math:`\sigma_{\max} < 1` it must vanish geometrically; with :math:`\sigma_{\max} > 1` it
-   can explode (Pascanu, Mikolov & Bengio 2013). It does this for an Elman tanh RNN whose
-   :math:`W_{hh}` is a random orthogonal matrix times :math:`\sigma` (every singular value is
-   :math:`\sigma`) below and above 1, and for an LSTM at its usual initialisation with the forget
-   bias at 1. Plot: ``gradient_flow.png``.
-2. **The adding problem** (Hochreiter & Schmidhuber 1997; the version of Le, Jaitly & Hinton 2015):
-   ``T`` steps of two channels, a value :math:`u_t \sim U[0, 1]` and a marker that is 1 at exactly two
-   steps (one in each half); the target is the sum of the two marked values. Always answering 1
-   scores the variance of that sum, MSE = 1/6 ≈ 0.167. A small LSTM and a vanilla RNN of the same
-   width (and one with twice the units, about the LSTM's parameter count) train with the same
-   optimiser, steps and clipping, PyTorch's default initialisation; plot: ``adding_problem.png``.
+docs/zoo.md has the set-up and the numbers.
 """
 
 from __future__ import annotations
@@ -39,7 +31,13 @@ from training.nets.step import StepNet
 
 
 def gradient_norms_by_lag(cell: Cell, *, steps: int, batch: int, input_scale: float, seed: int) -> list[float]:
-    r"""``[‖∂L/∂h_{T−k}‖ for k = 0..steps−1]``, averaged over the batch, for :math:`L = w^\top h_T`."""
+    r"""``[‖∂L/∂h_{T−k}‖ for k = 0..steps−1]``, averaged over the batch, for :math:`L = w^\top h_T`.
+
+    .. math:: \frac{\partial L}{\partial h_{T-k}} = \frac{\partial L}{\partial h_T} \prod_{j=0}^{k-1} \operatorname{diag}(\phi'(a_{T-j}))\, W_{hh}
+
+    so in a vanilla RNN the norm is bounded by :math:`(\sigma_{\max}(W_{hh}) \max|\phi'|)^k`: below 1
+    it must vanish geometrically, above 1 it can explode (Pascanu, Mikolov & Bengio 2013).
+    """
     generator = torch.Generator().manual_seed(seed)
     x = input_scale * torch.randn(batch, steps, cell.input_size, generator=generator)
     readout = torch.randn(cell.output_size, generator=generator)
@@ -83,7 +81,11 @@ class Regressor(StepNet):
 
 
 def adding_batch(batch: int, steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs ``[B, T, 2]`` (value, marker) and targets ``[B]``: the sum of the two marked values."""
+    r"""Inputs ``[B, T, 2]`` (value, marker) and targets ``[B]``: the sum of the two marked values.
+
+    A value :math:`u_t \sim U[0, 1]` and a marker that is 1 at exactly two steps, one in each half;
+    always answering 1 scores the variance of the sum, MSE = 1/6.
+    """
     values = torch.rand(batch, steps, generator=generator)
     half = steps // 2
     first = torch.randint(0, half, (batch,), generator=generator)

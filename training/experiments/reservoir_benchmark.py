@@ -1,27 +1,16 @@
 """Side by side with reservoirpy: the same reservoir size, splits and scores, two implementations.
 
-    python -m training.experiments.reservoir_benchmark                 # both tasks, the tuned settings
+    python -m training.experiments.reservoir_benchmark                 # both series, the tuned settings
     python -m training.experiments.reservoir_benchmark --series laser --json
 
-For each series (``training/kinds/forecaster/series.py``) it trains
-
-* **statestream**: the shipped recipe's ESN (``training/recipes/<series>.toml``), exported to its
-  one-step ONNX graph, scored by ONNX Runtime in float32 (what the server runs);
-* **reservoirpy**: ``reservoirpy.ESN`` with the same number of units, input-to-readout
-  connections (our readout sees ``[1; u_t; r_t]`` too), the same washout and the same training
-  part, scored by reservoirpy's own ``run`` (one step) and ``step`` (free runs), in float64;
-
-and prints one row per implementation with the training time (reservoir drawn, states
-collected, readout solved; for statestream without the export) and the series' scores, computed
-by the same functions (``training.kinds.forecaster.scoring``) on the same start points.
-
-**Tuning, the same way for both** (``--tune``): a grid over the spectral radius, the leak rate,
-the input scaling and the ridge, scored on a validation part (the last ``VALIDATION_FRACTION``
-of the training part, never the test part): the one-step NRMSE for the laser, the NRMSE of
-84-step free runs for Mackey-Glass. Each library keeps its own defaults for what the grid does
-not cover (reservoirpy: sparse ``W`` and ``W_in`` at 10 % connectivity, Bernoulli ±1 input
-weights; ours: dense Gaussian ``W``, uniform ``W_in``). The winners are the constants below
-(``RESERVOIRPY_SETTINGS``) and the shipped recipes; docs/benchmarks.md records the run.
+For each series it trains the shipped recipe's ESN, exported and scored by ONNX Runtime in
+float32 (what the server runs), and ``reservoirpy.ESN`` with the same units, input-to-readout
+connections, washout and training part, scored by reservoirpy's own ``run`` and ``step`` in
+float64; both are scored by the same functions (``training.kinds.forecaster.scoring``) on the same
+start points. ``--tune`` first runs, for both, the same grid over spectral radius, leak, input
+scaling and ridge on a validation part of the training part; the winners are
+``RESERVOIRPY_SETTINGS`` and the shipped recipes. docs/benchmarks.md records the runs and what
+each library keeps of its own defaults.
 """
 
 from __future__ import annotations

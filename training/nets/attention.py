@@ -2,23 +2,10 @@ r"""Additive (Bahdanau) attention, with several heads.
 
 A decoder at step ``t`` holds a query ``s`` (its state before the step, ``[B, Q]``); the encoder
 left ``L`` annotations ``h_1 .. h_L`` (``[B, L, D]``), some of them padding. Attention turns the
-query into a weighted average of the annotations (Bahdanau, Cho and Bengio 2015, eq. 5-6):
-
-.. math::
-
-    e_i = v^\top \tanh(W s + U h_i)          \qquad \text{score of position } i \\
-    \alpha_i = \frac{\exp e_i}{\sum_{j \in \text{real}} \exp e_j}
-                                             \qquad \text{weights; padded positions get } 0 \\
-    c = \sum_i \alpha_i h_i                  \qquad \text{context}
-
-With ``heads = K`` every head ``k`` has its own ``W_k``, ``U_k``, ``v_k`` (its own idea of
-what to look for), computes its own weights ``alpha^{(k)}`` and context ``c^{(k)}``, and the
-contexts are concatenated: ``c = [c^{(1)}; ...; c^{(K)}]``, ``[B, K * D]``. ``K = 1`` is
-Bahdanau's attention exactly.
-
-``U_k h_i`` does not depend on the query, so a decoder computes it once per input
-(:meth:`AdditiveAttention.project_keys`) and hands it to every step; the exporter uses that to
-put the projected keys in the init graph's context instead of recomputing them each step.
+query into a weighted average of the annotations (Bahdanau, Cho and Bengio 2015, eq. 5-6; the
+equations are :class:`AdditiveAttention`'s). ``U_k h_i`` does not depend on the query, so a
+decoder computes it once per input (:meth:`AdditiveAttention.project_keys`) and hands it to every
+step; the exporter uses that to put the projected keys in the init graph's context.
 """
 
 from __future__ import annotations
@@ -35,7 +22,19 @@ into NaN, and ONNX Runtime and PyTorch agree on finite values)."""
 
 
 class AdditiveAttention(nn.Module):
-    """Bahdanau attention of a query over a padded sequence of annotations, with ``heads`` heads.
+    r"""Bahdanau attention of a query over a padded sequence of annotations, with ``heads`` heads.
+
+    .. math::
+
+        e_i = v^\top \tanh(W s + U h_i)          \qquad \text{score of position } i \\
+        \alpha_i = \frac{\exp e_i}{\sum_{j \in \text{real}} \exp e_j}
+                                                 \qquad \text{weights; padded positions get } 0 \\
+        c = \sum_i \alpha_i h_i                  \qquad \text{context}
+
+    With ``heads = K`` every head ``k`` has its own ``W_k``, ``U_k``, ``v_k`` (its own idea of
+    what to look for), computes its own weights ``alpha^{(k)}`` and context ``c^{(k)}``, and the
+    contexts are concatenated: ``c = [c^{(1)}; ...; c^{(K)}]``, ``[B, K * D]``. ``K = 1`` is
+    Bahdanau's attention exactly.
 
     Args:
         query_size: width of the decoder's query ``s`` (``Q``).

@@ -1,22 +1,15 @@
 r"""The recurrent zoo, one cell per class, each written from its equations.
 
-A *cell* computes one time step: ``y_t, state_t = cell(x_t, state_{t-1})`` with ``x_t: [B, F]``
-and a state that is a tuple of ``[B, ...]`` tensors. The layers below run any cell over a
-sequence ``[B, T, F]``:
+A *cell* computes one time step, ``y_t, state_t = cell(x_t, state_{t-1})``, with ``x_t: [B, F]``
+and a tuple of ``[B, ...]`` state tensors. :class:`Recurrent` runs one cell forward (or backward)
+in time, :class:`Bidirectional` two cells, one each way (it needs the whole sequence, so it
+cannot stream), :class:`Stacked` feeds each layer's outputs to the next. The layers follow the
+step contract (``forward(x, *state) -> (y, *state_after)``, state batch-leading; a layer's state
+is its cells' states in order: forward before backward, bottom layer first).
 
-* :class:`Recurrent` runs one cell forward (or backward) in time;
-* :class:`Bidirectional` runs two cells, one each way, and concatenates their outputs (it needs
-  the whole sequence, so it cannot stream);
-* :class:`Stacked` feeds each layer's outputs to the next (a deep RNN).
-
-The layers follow the step contract of :class:`training.nets.step.StepNet`:
-``forward(x, *state) -> (y, *state_after)``, state batch-leading. A layer's state is the flat
-tuple of its cells' states, in order (forward before backward, bottom layer first).
-
-The parameters carry ``torch.nn.RNN/LSTM/GRU``'s names, shapes and gate order
-(``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``; LSTM gates ``i, f, g, o``; GRU gates
-``r, z, n``) and the same initialisation, ``U(-1/\sqrt{H}, 1/\sqrt{H})``, so weights copy across
-one to one and the tests can check each cell against PyTorch's kernels.
+The parameters carry ``torch.nn.RNN/LSTM/GRU``'s names, shapes, gate order (LSTM ``i, f, g, o``;
+GRU ``r, z, n``) and initialisation, ``U(-1/\sqrt{H}, 1/\sqrt{H})``, so weights copy across one
+to one and the tests check each cell against PyTorch's kernels.
 """
 
 from __future__ import annotations

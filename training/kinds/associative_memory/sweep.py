@@ -1,23 +1,12 @@
 """The base class of associative memories served as step functions: one step is one update sweep.
 
-The state is the current pattern, ``pattern: [batch, units]``. Each step reads per-step inputs
-of shape ``[batch, time, ...]`` (the step contract of ``service/contract.py``):
-
-* ``clamp_mask [N]``: 1 where the unit is known and held at ``clamp_values``, 0 where it is free;
-* ``clamp_values [N]``: the values of the known units (ignored where the mask is 0, except to
-  start a fresh session, see below);
-* ``noise [noise_units]`` (nets with ``noise_units > 0``): uniform ``[0, 1)`` numbers the server draws from the session's seeded
-  generator: the asynchronous update order of a Hopfield net, the Gibbs draws of a Boltzmann
-  machine. The graph itself holds no random generator, so its outputs are a function of its
-  inputs: a seeded session is reproducible and does not depend on its batch-mates;
-* ``temperature []`` (stochastic nets only): ``T`` in ``P(s_i = 1) = sigma(z_i / T)``.
-
-and writes per-step ``energy []`` and ``changed []`` (units whose value the sweep changed).
-
-A new session's state is all zeros (``init: zeros``). For nets whose units are bipolar, 0 is not
-a unit value, so a zero unit means "not set yet": before the sweep it takes ``clamp_values``.
-That is how the first call loads a noisy probe (mask 0, values = the probe) or a partial one
-(mask 1 on known units, 0 elsewhere, which the sweep then fills in).
+The state is the current pattern, ``pattern: [batch, units]``. Each step reads ``clamp_mask``
+(1 where a unit is known and held at ``clamp_values``), ``clamp_values``, and for the nets that
+draw, ``noise`` (uniform numbers the server draws from the session's seeded generator: the graph
+holds no random generator, so a seeded session is reproducible whatever its batch-mates) and
+``temperature``; it writes ``energy`` and ``changed``. A new session's state is all zeros; for
+bipolar units a zero means "not set yet" and takes ``clamp_values`` before the sweep, which is how
+the first call loads a noisy or partial probe. :class:`SweepNet` says each input's shape.
 """
 
 from __future__ import annotations
@@ -29,6 +18,17 @@ from training.nets.step import StepNet
 
 class SweepNet(StepNet):
     """An associative memory whose ``forward`` runs one update sweep per time step.
+
+    Per-step inputs, ``[batch, time, ...]`` (the step contract of ``service/contract.py``):
+
+    * ``clamp_mask [N]``: 1 where the unit is known and held at ``clamp_values``, 0 where it is free;
+    * ``clamp_values [N]``: the values of the known units (ignored where the mask is 0, except to
+      start a fresh session);
+    * ``noise [noise_units]`` (nets with ``noise_units > 0``): uniform ``[0, 1)`` numbers: the
+      asynchronous update order of a Hopfield net, the Gibbs draws of a Boltzmann machine;
+    * ``temperature []`` (stochastic nets only): ``T`` in ``P(s_i = 1) = sigma(z_i / T)``;
+
+    and per-step outputs ``energy []`` and ``changed []`` (units whose value the sweep changed).
 
     Subclasses set ``units``, ``noise_units`` (0 for a deterministic sweep, which then takes no
     noise input: an exporter drops unused graph inputs), ``stochastic`` and ``bipolar`` and

@@ -1,27 +1,13 @@
 """Show, Attend and Tell (Xu et al. 2015) at the scale of digit scenes: a CNN encoder, an LSTM decoder.
 
 Served as two graphs (the attention-decoder contract, ``service/drivers/attention.py``):
-
-* ``CaptionerInit`` (the init graph): ``image [B, H, W] -> h0, c0 [B, hidden], annotations
-  [B, L, D], mask [B, L]``. The CNN's last feature map is the annotation grid, ``a_i`` for each
-  of its ``L`` locations; ``h0 = tanh(W_h mean_i a_i)``, ``c0 = tanh(W_c mean_i a_i)`` (the
-  paper's MLP on the mean annotation). An image has no padding, so the mask is all ones;
-* ``CaptionerStep`` (the step graph): ``(word [B, 1], h, c, annotations, mask) -> logits
-  [B, 1, V], attention [B, 1, L], h', c'``: one word per call.
-
-One decoder step, with the paper's equations::
-
-    alpha_t = softmax_i(v^T tanh(W_a a_i + W_h h_{t-1}))       soft additive attention
-    beta_t  = sigmoid(w_b h_{t-1})                             the gating scalar
-    z_t     = beta_t * sum_i alpha_ti a_i                      the context vector
-    h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_t-1))
-    logits  = L_o(E y_{t-1} + L_h h_t + L_z z_t)               the deep output layer
-
-Training adds the doubly stochastic regulariser ``lambda * sum_i (1 - sum_t alpha_ti)^2``,
-which asks every location to be attended to about once over the caption. With ``hard=True``
-the training pass instead *samples* one location per word, ``s_t ~ Categorical(alpha_t)``,
-``z_t = a_{s_t}``, and ``attention_logprob`` returns ``sum_t log alpha_{t,s_t}`` for the
-REINFORCE-style gradient (``training.kinds.captioner.train``); the served graph uses the expectation.
+:class:`CaptionerInit`, ``image -> h0, c0, annotations, mask`` (the CNN's last feature map is the
+annotation grid; ``h0, c0 = tanh(W mean_i a_i)``, the paper's MLP on the mean annotation; an
+image has no padding, so the mask is all ones), and :class:`CaptionerStep`, one word per call
+(``word, h, c, annotations, mask -> logits, attention, h', c'``). :class:`CaptionerDecoder` has a
+step's equations. Training adds the doubly stochastic regulariser
+(:func:`doubly_stochastic_penalty`); with ``hard=True`` it samples one location per word for the
+REINFORCE-style gradient (``train.py``), and the served graph uses the expectation.
 """
 
 from __future__ import annotations
@@ -85,7 +71,17 @@ class CaptionerInit(nn.Module):
 
 
 class CaptionerDecoder(nn.Module):
-    """One word at a time: attention, gate, LSTM cell, deep output."""
+    """One word at a time: attention, gate, LSTM cell, deep output, with the paper's equations::
+
+        alpha_t = softmax_i(v^T tanh(W_a a_i + W_h h_{t-1}))       soft additive attention
+        beta_t  = sigmoid(w_b h_{t-1})                             the gating scalar
+        z_t     = beta_t * sum_i alpha_ti a_i                      the context vector
+        h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_t-1))
+        logits  = L_o(E y_{t-1} + L_h h_t + L_z z_t)               the deep output layer
+
+    With ``hard=True`` the training pass instead *samples* one location per word,
+    ``s_t ~ Categorical(alpha_t)``, ``z_t = a_{s_t}``, and returns ``sum_t log alpha_{t,s_t}``.
+    """
 
     def __init__(self, vocab_size: int, features: int, embed: int, hidden: int, attention: int, heads: int) -> None:
         super().__init__()

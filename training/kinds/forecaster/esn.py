@@ -1,25 +1,11 @@
-r"""Echo state networks (Jaeger 2001): a fixed random reservoir and a linear readout.
+"""Echo state networks (Jaeger 2001): a fixed random reservoir and a linear readout.
 
-Only the readout learns. With ``u_t`` the observation, normalised as ``ũ_t = (u_t − μ) / σ``
-(μ, σ: the training part's), the leaky-integrator reservoir (Jaeger et al. 2007) and the readout
-are::
-
-    r_t = (1 − a) r_{t−1} + a tanh(W r_{t−1} + W_in [1; ũ_t])        (fixed, random)
-    ỹ_t = W_out [1; ũ_t; r_t]        y_t = μ + σ ỹ_t                   (ridge regression)
-
-``y_t`` predicts ``u_{t+1}``. ``W`` is a dense Gaussian matrix rescaled to the spectral radius
-``ρ`` (below 1 for the echo state property: the state forgets its start); ``W_in`` is uniform in
-``[−1, 1]``, its bias column scaled by ``bias_scaling`` and its input columns by
-``input_scaling``; ``a`` is the leak rate (1: no leak). The readout minimises
-``‖Z W_outᵀ − Ỹ‖² + λ‖W_out‖²`` over the teacher-forced features ``Z`` (rows ``[1; ũ_t; r_t]``
-after a washout), solved once in float64 (:func:`ridge_readout`).
-
-:class:`AdaptiveESN` keeps the same reservoir and updates its readout *per stream* by recursive
-least squares inside the step, so the server's per-session state carries the readout and the
-inverse correlation matrix (docs/zoo.md, "Sessions that adapt online").
-
-Both nets run one step per call (``forward`` takes ``[B, 1, F]``): the step graph the server
-runs is exactly one of the lines above, and a free run feeds ``y_t`` back as ``u_{t+1}``.
+Only the readout learns: :class:`EchoStateNetwork` solves it once by ridge regression
+(:func:`ridge_readout`); :class:`AdaptiveESN` keeps the same reservoir and updates its readout
+*per stream* by recursive least squares inside the step, so the server's per-session state
+carries the readout and the inverse correlation matrix (docs/zoo.md, "Sessions that adapt
+online"). Both nets run one step per call (``forward`` takes ``[B, 1, F]``), and a free run feeds
+the prediction ``y_t`` back as ``u_{t+1}``.
 """
 
 from __future__ import annotations
@@ -58,7 +44,20 @@ def ridge_readout(features: np.ndarray, targets: np.ndarray, ridge: float) -> np
 
 
 class EchoStateNetwork(StepNet):
-    """The ESN of the module docstring; a fresh net has a zero readout until :meth:`fit`."""
+    """A leaky-integrator reservoir (Jaeger et al. 2007) and a linear readout; zero until :meth:`fit`.
+
+    With ``u_t`` the observation, normalised as ``ũ_t = (u_t − μ) / σ`` (μ, σ: the training part's)::
+
+        r_t = (1 − a) r_{t−1} + a tanh(W r_{t−1} + W_in [1; ũ_t])        (fixed, random)
+        ỹ_t = W_out [1; ũ_t; r_t]        y_t = μ + σ ỹ_t                   (ridge regression)
+
+    ``y_t`` predicts ``u_{t+1}``. ``W`` is a dense Gaussian matrix rescaled to the spectral radius
+    ``ρ`` (below 1 for the echo state property: the state forgets its start); ``W_in`` is uniform
+    in ``[−1, 1]``, its bias column scaled by ``bias_scaling`` and its input columns by
+    ``input_scaling``; ``a`` is the leak rate (1: no leak). The readout minimises
+    ``‖Z W_outᵀ − Ỹ‖² + λ‖W_out‖²`` over the teacher-forced features ``Z`` (rows ``[1; ũ_t; r_t]``
+    after a washout), solved once in float64.
+    """
 
     w: torch.Tensor
     w_in: torch.Tensor

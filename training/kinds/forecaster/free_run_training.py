@@ -1,22 +1,13 @@
-r"""How a gated forecaster (``training.kinds.forecaster.gated_net``) learns a series: free runs, not one step.
+"""How a gated forecaster (``gated_net``) learns a series: free runs, not one step.
 
 A forecaster is scored on its free runs (NRMSE84 feeds each prediction back for 84 steps), so
-that is what it trains on. Every Adam step draws ``batch`` windows of the training part; each
-window is
-
-* ``warmup`` teacher-forced steps, whose one-step errors are scored after the first ``burn``
-  (before that the state has not yet seen a delay's worth of the series: an error there is
-  not the net's to fix), then
-* a free run of ``horizon_t`` steps, the net fed its own predictions, every step scored,
-
-and the loss, in units of the series' variance, is the mean squared error of both parts,
-back-propagated through the whole window (full BPTT: the window is the sequence). The free run
-grows from 1 step to ``horizon`` over the first ``curriculum`` fraction of the steps (long free
-runs of an untrained net only add noise to the gradient; the steps after it are spent at the
-full horizon, where the score is). The learning rate follows one cycle
-(warm-up over 5 %, then cosine decay); the gradient is clipped by norm. Every ``eval_every``
-steps the NRMSE84 protocol runs on a validation part (the training part's last
-``VALIDATION_FRACTION``, which the windows never touch), and the best weights are kept.
+that is what it trains on. Every Adam step draws ``batch`` windows of the training part: each is
+``warmup`` teacher-forced steps, scored after the first ``burn`` (before that the state has not
+seen a delay's worth of the series), then a free run of ``horizon_t`` steps fed its own
+predictions, every step scored; the loss (in units of the series' variance) is back-propagated
+through the whole window. The free run grows from 1 step to ``horizon`` over the first
+``curriculum`` fraction of the steps; the learning rate follows one cycle; every ``eval_every``
+steps NRMSE84 runs on a validation part the windows never touch, and the best weights are kept.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """Forecasting scores, computed by running a one-step forecaster graph (or any step function like it).
 
 A forecaster's step is ``observation u_t, state → prediction of u_{t+1}, state'``, one step per
-call (``training/kinds/forecaster/esn.py``). Three ways to run it, shared by the exporter's parity checks,
-``statestream eval`` and the benchmark:
-
-* :func:`teacher_forced`: every observation fed in turn; the predictions one step ahead;
-* :func:`free_runs`: for each start ``s`` (one batch row each), ``warmup`` observations before
-  ``s`` are fed, then each prediction is fed back as the next observation, ``horizon`` steps;
-  ``out[:, h]`` estimates ``series[s + h]``;
-* the scores on top of them: NRMSE (RMSE over the target's standard deviation), one step and
-  free runs, and Jaeger's NRMSE84. They take a :class:`Runner`, anything that runs a series
-  both ways: :class:`GraphRunner` (a step function: the exported graph, or the PyTorch net) or
-  the benchmark's reservoirpy model (``training/experiments/reservoir_benchmark.py``), so both are scored
-  by the same code.
-
-**NRMSE84** (Jaeger & Haas 2004): teacher-force, run free for 84 steps, take the error at step
-84 only, and over ``trials`` different start points ``NRMSE84 = sqrt(mean_trials e_84²) / σ``,
-σ the signal's standard deviation. The literature's best is ≈ 10^-4.2.
+call. :func:`teacher_forced` feeds every observation in turn; :func:`free_runs` feeds ``warmup``
+observations before each start, then each prediction back as the next observation. The scores
+on top of them (NRMSE, one step and over free runs, and Jaeger & Haas's NRMSE84: the error at the
+84th free-running step over the signal's standard deviation, the literature's best ≈ 10^-4.2)
+take a :class:`Runner`, anything that runs a series both ways: :class:`GraphRunner` (the exported
+graph or the PyTorch net) or the benchmark's reservoirpy model, so both are scored by the same code.
 """
 
 from __future__ import annotations

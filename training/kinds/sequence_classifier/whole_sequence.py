@@ -1,19 +1,10 @@
-r"""A bidirectional GRU classifier over a whole, padded sequence: one call answers one sequence.
+"""A bidirectional GRU classifier over a whole, padded sequence: one call answers one sequence.
 
 A bidirectional layer needs ``x_T`` before it can say anything about ``x_1``, so it cannot
 stream. It is served as a whole-sequence call instead, and to let calls from different sessions
 share a batch whatever their lengths, one "step" of the graph is one whole sequence padded to
-``max_frames``, with its true length beside it:
-
-* per-step inputs ``frames [max_frames, F]`` (zero-padded) and ``length []`` (int64);
-* per-step output ``logits [classes]``; no state (each call is independent).
-
-The padding never reaches the answer: with ``m_t = [t < length]``, each direction updates
-``h \leftarrow m_t \cdot \mathrm{GRU}(x_t, h) + (1 - m_t) \cdot h``, so the forward pass stops at
-the last real frame and the backward pass starts there (its state stays at zero through the
-padding), which is exactly :class:`training.nets.cells.Bidirectional` run on the unpadded
-sequence; the tests check that. The readout sees both final states and both directions' outputs
-averaged over the real frames: ``[\overrightarrow{h}_T ; \overleftarrow{h}_1 ; \overline{\overrightarrow{h}} ; \overline{\overleftarrow{h}}]``.
+``max_frames``, with its true length beside it: per-step inputs ``frames [max_frames, F]``
+(zero-padded) and ``length []`` (int64), per-step output ``logits [classes]``, and no state.
 """
 
 from __future__ import annotations
@@ -26,7 +17,15 @@ from training.nets.step import StepNet
 
 
 class WholeSequenceClassifier(StepNet):
-    """Bidirectional GRU + linear readout over padded sequences (see the module docstring).
+    r"""Bidirectional GRU + linear readout over padded sequences.
+
+    The padding never reaches the answer: with ``m_t = [t < length]``, each direction updates
+    ``h \leftarrow m_t \cdot \mathrm{GRU}(x_t, h) + (1 - m_t) \cdot h``, so the forward pass stops at
+    the last real frame and the backward pass starts there (its state stays at zero through the
+    padding), which is exactly :class:`training.nets.cells.Bidirectional` run on the unpadded
+    sequence; the tests check that. The readout sees both final states and both directions'
+    outputs averaged over the real frames:
+    ``[\overrightarrow{h}_T ; \overleftarrow{h}_1 ; \overline{\overrightarrow{h}} ; \overline{\overleftarrow{h}}]``.
 
     Args:
         input_size: features per frame.

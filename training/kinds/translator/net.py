@@ -1,25 +1,11 @@
-r"""A character encoder-decoder with additive attention (Cho et al. 2014; Bahdanau et al. 2015).
+"""A character encoder-decoder with additive attention (Cho et al. 2014; Bahdanau et al. 2015).
 
-**Encoder.** The source characters ``x_1 .. x_L`` (padded to a fixed ``L``, with a mask) are
-embedded and read by two GRUs, one forward and one backward in time; the annotation of
-position ``i`` is both readings side by side, ``h_i = [→h_i ; ←h_i]`` (``D = 2 H_enc``), so it
-describes the character in the context of the whole input. The backward GRU reads each
-sequence reversed *within its length*, so padding never runs through the real characters.
-
-**Initial decoder state** (Bahdanau, appendix A.2.2): ``s_0 = tanh(W_s ←h_1)``, the backward
-reading of the whole input.
-
-**Decoder step** ``t`` (one output token), from the previous token ``y_{t-1}`` and ``s_{t-1}``:
-
-.. math::
-
-    c_t, \alpha_t = \mathrm{attention}(s_{t-1}, h, \text{mask})   \qquad \text{(training.nets.attention)} \\
-    s_t = \mathrm{GRU}([E y_{t-1} ; c_t], s_{t-1}) \\
-    \text{logits}_t = W_o [s_t ; c_t ; E y_{t-1}] + b_o
-
+The encoder reads the source characters with two GRUs, one each way, so each annotation
+describes its character in the context of the whole input; the decoder emits one output token
+per step from the previous token, its state and the attention's context (``training.nets.attention``).
 Training feeds the true previous token (teacher forcing); serving feeds the chosen one. The
-exported graphs are the two halves: :meth:`Seq2Seq.encode` (the init graph: characters and
-mask to annotations, projected keys and ``s_0``) and :meth:`Seq2Seq.step` (the step graph).
+exported graphs are the two halves: :meth:`Seq2Seq.encode` (the init graph: characters and mask
+to annotations, projected keys and ``s_0``) and :meth:`Seq2Seq.step` (the step graph).
 """
 
 from __future__ import annotations
@@ -43,7 +29,23 @@ def reverse_within_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Seq2Seq(nn.Module):
-    """Bidirectional GRU encoder, GRU decoder with ``heads``-head additive attention.
+    r"""Bidirectional GRU encoder, GRU decoder with ``heads``-head additive attention.
+
+    **Encoder.** The source characters ``x_1 .. x_L`` (padded to a fixed ``L``, with a mask) are
+    embedded and read by two GRUs; the annotation of position ``i`` is both readings side by
+    side, ``h_i = [→h_i ; ←h_i]`` (``D = 2 H_enc``). The backward GRU reads each sequence reversed
+    *within its length*, so padding never runs through the real characters.
+
+    **Initial decoder state** (Bahdanau, appendix A.2.2): ``s_0 = tanh(W_s ←h_1)``, the backward
+    reading of the whole input.
+
+    **Decoder step** ``t`` (one output token), from the previous token ``y_{t-1}`` and ``s_{t-1}``:
+
+    .. math::
+
+        c_t, \alpha_t = \mathrm{attention}(s_{t-1}, h, \text{mask}) \\
+        s_t = \mathrm{GRU}([E y_{t-1} ; c_t], s_{t-1}) \\
+        \text{logits}_t = W_o [s_t ; c_t ; E y_{t-1}] + b_o
 
     Args:
         source_vocab: input characters (id 0 is padding).
