@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import tasks
+from tests.test_import_graph import import_graph
 from training.kinds import kind_of, known_kinds
 from training.recipes import RECIPES_DIR, load_recipe
 
@@ -51,3 +52,20 @@ def test_every_kind_is_a_task_the_server_serves() -> None:
 def test_every_shipped_recipe_reads_into_its_kinds_recipe(path: Path) -> None:
     recipe = load_recipe(path)
     assert isinstance(recipe, kind_of(recipe.kind).recipe) and recipe.name == path.stem
+
+
+def kind_package(module: str) -> str | None:
+    """``training.kinds.<kind>`` for a module inside a kind's package, else None."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["training", "kinds"] and len(parts) > 2 else None
+
+
+def test_a_kind_imports_the_shared_modules_never_another_kind() -> None:
+    crossings = sorted(
+        (module, target)
+        for module, targets in import_graph().items()
+        if module.startswith("training.") and not module.startswith("training.experiments")
+        for target in targets
+        if kind_package(target) is not None and kind_package(target) != kind_package(module)
+    )
+    assert crossings == []

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from _typeshed import DataclassInstance
+
+L = TypeVar("L", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class TrainOptions:
     resume: bool = False
     max_minutes: float | None = None
     progress: bool = True
+
+    def applied_to(self, loop: L) -> L:
+        """``loop`` (a recipe's ``[train]`` table with ``steps`` and ``out``) with ``--steps`` and ``--out``."""
+        changes = {name: value for name, value in (("steps", self.steps), ("out", self.out)) if value is not None}
+        return replace(loop, **changes)
 
 
 @dataclass(frozen=True)

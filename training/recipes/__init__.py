@@ -47,6 +47,12 @@ def describe_recipe_path(path: Path) -> str:
     return str(path)
 
 
+def recorded_recipe_file(metadata: Mapping[str, Any]) -> str:
+    """The recipe a weights file's metadata names, as a manifest records it ('' when it names none)."""
+    recorded = str(metadata.get("recipe_file", ""))
+    return describe_recipe_path(Path(recorded)) if recorded else ""
+
+
 def load_recipe(path: Path) -> Any:
     """Read a recipe file into its kind's dataclass; an unknown kind, unknown or missing keys and
     wrongly typed values are RecipeErrors."""
@@ -124,4 +130,5 @@ __all__ = [
     "from_table",
     "load_recipe",
     "recipe_path",
+    "recorded_recipe_file",
 ]

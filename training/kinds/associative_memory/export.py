@@ -39,7 +39,7 @@ from training.onnx_export import (
     torch_step_fn,
 )
 from training.onnx_replay import open_session, ort_step_fn
-from training.recipes import describe_recipe_path
+from training.recipes import recorded_recipe_file
 
 DIGITS_DATA = "scikit-learn load_digits (bundled), pixel on when > 8 of 16, seeded 80/20 split (seed 0)"
 LETTERS_DATA = "the project's 5x7 letter bitmaps (service/datasets/patterns.py), bipolar"
@@ -260,10 +260,9 @@ def export(options: ExportOptions) -> str:
         stored = letter_patterns(recipe.letters)
         decoding = {"pattern_names": list(recipe.letters), "patterns": stored.tolist()}
         golden_start = flip_bits(stored[:1], EVAL_NOISE, seed=recipe.seed)[0]
-    recipe_file = str(weights.metadata.get("recipe_file", ""))
     training = {
         "recipe": recipe.to_dict(),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "recipe_file": recorded_recipe_file(weights.metadata),
         "data": data,
         **weights.training,
     }

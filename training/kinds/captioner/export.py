@@ -25,7 +25,7 @@ from training.kinds.captioner.net import Captioner
 from training.kinds.captioner.recipe import CaptionerRecipe
 from training.kinds.captioner.train import build_net, teacher_forcing
 from training.onnx_export import staged_folder
-from training.recipes import describe_recipe_path, from_table
+from training.recipes import from_table, recorded_recipe_file
 
 PARITY_SESSIONS = 8
 
@@ -117,10 +117,9 @@ def install(
 def export(options: ExportOptions) -> str:
     started = time.perf_counter()
     recipe, net, meta = restore(options.checkpoint)
-    recipe_file = str(meta.get("recipe_file", ""))
     training = {
         "recipe": recipe.to_dict(),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "recipe_file": recorded_recipe_file(meta),
         "data": meta.get("data", ""),
         **meta["training"],
     }

@@ -42,7 +42,7 @@ from training.onnx_export import (
     torch_step_fn,
 )
 from training.onnx_replay import StepFn, open_session, ort_step_fn
-from training.recipes import describe_recipe_path, from_table
+from training.recipes import from_table, recorded_recipe_file
 
 TASK = "forecaster"
 PARITY_STEPS = 1000
@@ -196,10 +196,9 @@ def export(options: ExportOptions) -> str:
     recipe = from_table(ForecastRecipe, weights.metadata["recipe"], where=str(options.checkpoint))
     net = restore(recipe, weights.model)
     normaliser: Any = net.esn if recipe.net == "adaptive_esn" else net  # whose mean and std the graph applies
-    recipe_file = str(weights.metadata.get("recipe_file", ""))
     training = {
         "recipe": recipe.to_dict(),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "recipe_file": recorded_recipe_file(weights.metadata),
         **weights.training,
     }
     manifest = forecast_manifest(

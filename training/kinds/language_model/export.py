@@ -31,7 +31,7 @@ from training.onnx_export import (
     staged_folder,
 )
 from training.onnx_replay import open_session
-from training.recipes import describe_recipe_path
+from training.recipes import recorded_recipe_file
 
 PARITY_STEPS = 1000
 PARITY_BATCH = 3
@@ -102,10 +102,9 @@ def export_char_lm(
     net.eval()
 
     facts = weights.training
-    recipe_file = str(weights.metadata.get("recipe_file", ""))
     training = {
         "recipe": weights.metadata.get("recipe", {}),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "recipe_file": recorded_recipe_file(weights.metadata),
         "data": TRAIN_DATA_DESCRIPTION,
         "steps": facts.get("steps"),
         "time_s": facts.get("time_s"),

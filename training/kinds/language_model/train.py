@@ -5,24 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
+import torch
+
+from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
 from training.kinds import TrainOptions
+from training.kinds.language_model.net import CharLSTM
 from training.kinds.language_model.recipe import CharLMRecipe
+from training.loops import resolve_device, seed_everything
+from training.loops import train as run_loop
 from training.recipes import describe_recipe_path
 
 
 def train(recipe: CharLMRecipe, options: TrainOptions) -> dict[str, Any]:
-    import torch
-
-    from service.datasets.shakespeare import TRAIN_DATA_DESCRIPTION, load_shakespeare
-    from training.kinds.language_model.net import CharLSTM
-    from training.loops import resolve_device, seed_everything
-    from training.loops import train as run_loop
-
-    loop = recipe.train
-    if options.steps is not None:
-        loop = replace(loop, steps=options.steps)
-    if options.out is not None:
-        loop = replace(loop, out=options.out)
+    loop = options.applied_to(recipe.train)
     recipe = replace(recipe, train=loop)
     device = resolve_device(options.device)
     corpus = load_shakespeare()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from training.kinds.sequence_classifier.evaluate import evaluate
 from training.kinds.sequence_classifier.recipe import ClassifierRecipe
 from training.kinds.sequence_classifier.train import build_net
 from training.onnx_export import GRAPH_FILE, record_scores
-from training.recipes import describe_recipe_path
+from training.recipes import recorded_recipe_file
 
 TASK = "sequence_classifier"
 
@@ -84,10 +83,9 @@ def export(options: ExportOptions) -> str:
     net = build_net(recipe)
     net.load_state_dict(weights.model)
     net.eval()
-    recipe_file = str(weights.metadata.get("recipe_file", ""))
     training = {
         "recipe": recipe.to_dict(),
-        "recipe_file": describe_recipe_path(Path(recipe_file)) if recipe_file else "",
+        "recipe_file": recorded_recipe_file(weights.metadata),
         "data": weights.metadata.get("data", ""),
         **weights.training,
     }

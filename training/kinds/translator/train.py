@@ -210,11 +210,7 @@ def train(recipe: TranslatorRecipe, options: TrainOptions) -> dict[str, Any]:
         raise ValueError(f"{recipe.name}: a translator run is short and is not resumable; run it again")
     if options.device not in ("auto", "cpu"):
         raise ValueError(f"{recipe.name}: the translator trains on the CPU (--device {options.device} asked)")
-    loop = recipe.train
-    if options.steps is not None:
-        loop = replace(loop, steps=options.steps)
-    if options.out is not None:
-        loop = replace(loop, out=options.out)
+    loop = options.applied_to(recipe.train)
     recipe = replace(recipe, train=loop)
     torch.set_num_threads(1)  # the recorded time is one core's; results do not depend on it
     codec = Codec.for_dates()
