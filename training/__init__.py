@@ -1,6 +1,8 @@
-"""statestream's training side: networks, data sets, loops, recipes and ONNX export.
+"""statestream's training side: one package per model kind, the shared loop, recipes and ONNX export.
 
-Everything here is PyTorch and runs offline. The only thing it shares with the server is
-``service.contract`` (the manifest schema and its graph checks), so a model that leaves
-``training/onnx_export.py`` is checked against exactly the rules the server applies at load.
+Everything here is PyTorch (reading a recipe excepted) and runs offline. It takes from the server
+only ``service.contract`` (the manifest schema and its graph checks, so a model that leaves
+``training/onnx_export.py`` is checked against exactly the rules the server applies at load),
+the numpy data sets of ``service.datasets`` and the command-line helpers of ``service.command``.
+docs/training.md says where each part lives.
 """
