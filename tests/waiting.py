@@ -10,33 +10,37 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 #: The first pause between two looks at a condition; it doubles up to ``LONGEST_PAUSE_S``.
 FIRST_PAUSE_S = 0.001
 LONGEST_PAUSE_S = 0.05
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Returns once ``predicate()`` is true; raises AssertionError naming ``what`` after ``timeout_s``."""
+def _pauses(timeout_s: float, what: str) -> Iterator[float]:
+    """The pauses between looks at a condition until ``timeout_s``, then an AssertionError naming ``what``."""
     deadline = time.monotonic() + timeout_s
     pause = FIRST_PAUSE_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout_s} s")
-        time.sleep(pause)
+    while time.monotonic() <= deadline:
+        yield pause
         pause = min(2 * pause, LONGEST_PAUSE_S)
+    raise AssertionError(f"{what}: not reached within {timeout_s} s")
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Returns once ``predicate()`` is true; raises AssertionError naming ``what`` after ``timeout_s``."""
+    for pause in _pauses(timeout_s, what):
+        if predicate():
+            return
+        time.sleep(pause)
 
 
 async def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
     """``wait_until`` for a coroutine: the event loop runs other tasks between two looks."""
-    deadline = time.monotonic() + timeout_s
-    pause = FIRST_PAUSE_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout_s} s")
+    for pause in _pauses(timeout_s, what):
+        if predicate():
+            return
         await asyncio.sleep(pause)
-        pause = min(2 * pause, LONGEST_PAUSE_S)
 
 
 def wait_for_event(event: threading.Event, timeout_s: float, what: str) -> None:
