@@ -283,6 +283,17 @@ def test_the_graphs_free_run_is_the_nets_free_run_in_float32(tiny_models: Path) 
 # -- the shipped models ------------------------------------------------------------------------------
 
 
+def test_a_weights_file_whose_recipe_says_task_for_the_series_still_exports(tiny_models: Path, tmp_path: Path) -> None:
+    """Weights written before the recipe's ``task`` was named ``series`` export as they did."""
+    import torch
+
+    data = torch.load(tiny_models / "run_tiny_mg" / WEIGHTS_FILE, weights_only=True)
+    data["metadata"]["recipe"]["task"] = data["metadata"]["recipe"].pop("series")
+    torch.save(data, tmp_path / WEIGHTS_FILE)
+    export(ExportOptions(checkpoint=tmp_path / WEIGHTS_FILE, out=tmp_path / "model"))
+    assert Manifest.load(tmp_path / "model").decoding["series"] == "mackey_glass"
+
+
 @pytest.mark.parametrize("name", ["mackey_glass", "laser", "mackey_glass_adaptive", "mackey_glass_gru"])
 def test_eval_recomputes_the_shipped_scores(name: str) -> None:
     folder = ROOT / "models" / name

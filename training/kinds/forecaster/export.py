@@ -193,7 +193,10 @@ def served_state(recipe: ForecastRecipe, net: Any) -> tuple[StateSpec, ...]:
 
 def export(options: ExportOptions) -> str:
     weights = load_weights(options.checkpoint)
-    recipe = from_table(ForecastRecipe, weights.metadata["recipe"], where=str(options.checkpoint))
+    table = dict(weights.metadata["recipe"])
+    if "task" in table:  # a weights file written before the recipe's ``task`` was named ``series``
+        table["series"] = table.pop("task")
+    recipe = from_table(ForecastRecipe, table, where=str(options.checkpoint))
     net = restore(recipe, weights.model)
     normaliser: Any = net.esn if recipe.net == "adaptive_esn" else net  # whose mean and std the graph applies
     training = {
