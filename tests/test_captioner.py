@@ -258,7 +258,7 @@ def _bomb() -> bytes:
 def _open_fails(target: str, init: pb.InitPayload) -> grpc.aio.AioRpcError:
     async def attempt() -> None:
         async with AsyncClient(target) as client:
-            await client._start(pb.SessionRequest(open=pb.OpenSession(model=NAME, init=init)), 1.0)
+            await client.start_raw(pb.SessionRequest(open=pb.OpenSession(model=NAME, init=init)), resume_timeout_s=1.0)
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         asyncio.run(attempt())

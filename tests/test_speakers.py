@@ -20,6 +20,7 @@ import torch
 
 from service import command
 from service.api import statestream_pb2 as pb
+from service.auth import ANONYMOUS
 from service.client import commands
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import Manifest
@@ -173,7 +174,7 @@ def test_a_bad_frame_is_refused_in_the_stream_and_the_session_goes_on_unchanged(
         session = client.open("stream")
         for frame in utterance[:2]:
             session.step(tensors={"frame": frame[None]})
-        stored = classifier_server.server.store._sessions[session.id]
+        stored = classifier_server.server.store.get(session.id, ANONYMOUS)
         before = stored.runtime.slabs.read_row(stored.row)
         with pytest.raises(StepFailed) as raised:
             session.step(tensors=tensors)
