@@ -1,4 +1,4 @@
-"""The ``statestream`` command: serve, client, train, export, eval, bench, loadtest.
+"""The ``statestream`` command: serve, client, scenes, train, export, eval, bench, loadtest (COMMANDS).
 
 Serving needs only onnxruntime, numpy, grpcio and protobuf; the training commands import
 ``training`` (and so torch) only when they run. Every command runs under ``service.command.run``:
@@ -11,37 +11,21 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import service.grpc_verbosity  # noqa: F401  (first: it must run before grpc is imported)
 from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError
-
-USAGE = """usage: statestream [--debug] COMMAND [ARGS]
-
-commands:
-  serve      run the server on a models folder            (statestream serve --help)
-  client     talk to a server: models, predict, generate  (statestream client --help)
-  train      train a model from its recipe                (needs the 'train' extra)
-  export     export a trained checkpoint to a model folder (needs the 'train' extra)
-  eval       score a model folder from its ONNX graph      (needs the 'train' extra)
-  scenes     write sample captioner scenes as PNGs         (needs the 'train' extra)
-  bench      the side-by-side serving benchmark           (needs the 'dev' extra)
-  loadtest   Locust users against a server it starts, checked against latency SLOs (needs 'dev')
-
-options:
-  --debug    on an error, print its traceback as well as the one-line message
-
-exit codes: 0 success, 1 internal error, 2 usage, 3 refused by the server, 4 server unreachable
-(docs/api.md#exit-codes)
-"""
 
 
 def _serve(argv: Sequence[str]) -> int:
     from service.errors import Unavailable
     from service.logs import configure
     from service.security import BindError, SecurityConfigError
-    from service.server import serve
+    from service.server import NoModelsServed, serve
 
     parser = command.Parser(prog="statestream serve", description="Serve the models of a folder over gRPC.")
     settings_module.add_arguments(parser)
@@ -59,7 +43,7 @@ def _serve(argv: Sequence[str]) -> int:
         raise CommandError(
             "--event-loop uvloop: uvloop is not installed", EXIT_USAGE, hint="pip install uvloop, or --event-loop auto"
         )
-    configure(settings.log_level, settings.log_json)
+    configure(settings.log_level, settings.log_json, worker=settings.worker_index)
     if settings.worker_count > 1:
         from service.workers import run_workers
 
@@ -68,7 +52,7 @@ def _serve(argv: Sequence[str]) -> int:
         _check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
     try:
         process.run(serve(settings), settings.event_loop)
-    except SecurityConfigError as exc:
+    except (SecurityConfigError, NoModelsServed) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except Unavailable as exc:  # the session store
         raise CommandError(exc.message, EXIT_USAGE, hint="is Redis running at --session-store?") from exc
@@ -110,40 +94,94 @@ def _client(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-def _training(name: str, argv: Sequence[str]) -> int:
-    try:
-        from training import cli as training_cli
-    except ImportError as exc:
-        raise CommandError(
-            f"statestream {name} needs the training extra ({exc})", EXIT_USAGE, hint="pip install -e '.[cpu,train]'"
-        ) from exc
-    return int(training_cli.COMMANDS[name](list(argv)))
+def _scenes(argv: Sequence[str]) -> int:
+    from service.scenes_command import main
+
+    return main(argv)
+
+
+def _training(name: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        try:
+            from training import cli as training_cli
+        except ImportError as exc:
+            raise CommandError(
+                f"statestream {name} needs the training extra ({exc})", EXIT_USAGE, hint="pip install -e '.[cpu,train]'"
+            ) from exc
+        return int(training_cli.COMMANDS[name](list(argv)))
+
+    return run
 
 
 def _bench(argv: Sequence[str]) -> int:
-    from loadtest.bench import main
+    from loadtest.bench import main  # without the package, service.command says which extra to install
 
     return int(main(list(argv)))
 
 
 def _loadtest(argv: Sequence[str]) -> int:
-    from loadtest.slo import main
+    from loadtest.slo import main  # without the package, service.command says which extra to install
 
     return int(main(list(argv)))
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``statestream NAME``: its line in the help, what runs it, and the extra it needs beyond serving."""
+
+    name: str
+    summary: str
+    run: Callable[[Sequence[str]], int]
+    extra: str = ""
+
+
+def _client_commands() -> str:
+    from service.client.registry import commands
+
+    return ", ".join(c.name for c in commands())
+
+
+COMMANDS = (
+    Command("serve", "run the server on a folder of model folders", _serve),
+    Command("client", "talk to a server:", _client),
+    Command("scenes", "write sample captioner scenes as PNGs, images to caption", _scenes),
+    Command("train", "train a model from its recipe", _training("train"), extra="train"),
+    Command("export", "export a trained checkpoint to a model folder", _training("export"), extra="train"),
+    Command("eval", "score a model folder from its ONNX graph", _training("eval"), extra="train"),
+    Command("bench", "the side-by-side serving benchmark", _bench, extra="dev"),
+    Command(
+        "loadtest", "Locust users against a server it starts, checked against latency SLOs", _loadtest, extra="dev"
+    ),
+)
+
+
+def usage() -> str:
+    """``statestream --help``: every command of COMMANDS, and the client's own."""
+    lines = ["usage: statestream [--debug] COMMAND [ARGS]", "", "commands:"]
+    for entry in COMMANDS:
+        summary = f"{entry.summary} {_client_commands()}" if entry.name == "client" else entry.summary
+        text = summary + (f" (needs the '{entry.extra}' extra)" if entry.extra else "")
+        lines += textwrap.wrap(text, width=100, initial_indent=f"  {entry.name:<10}", subsequent_indent=" " * 12)
+    return "\n".join(
+        [
+            *lines,
+            "",
+            "Run 'statestream COMMAND --help' for a command's own options.",
+            "",
+            "options:",
+            "  --debug   on an error, print its traceback as well as the one-line message",
+            "",
+            "exit codes: 0 success, 1 internal error, 2 usage, 3 refused by the server, 4 server unreachable",
+            "(docs/api.md#exit-codes)",
+        ]
+    )
+
+
 def _dispatch(name: str, rest: list[str]) -> int:
-    if name == "serve":
-        return _serve(rest)
-    if name == "client":
-        return _client(rest)
-    if name in ("train", "export", "eval", "scenes"):
-        return _training(name, rest)
-    if name == "bench":
-        return _bench(rest)
-    if name == "loadtest":
-        return _loadtest(rest)
-    raise CommandError(f"unknown command {name!r}", EXIT_USAGE, hint="see 'statestream --help'")
+    entry = next((c for c in COMMANDS if c.name == name), None)
+    if entry is None:
+        raise CommandError(f"unknown command {name!r}", EXIT_USAGE, hint="see 'statestream --help'")
+    return entry.run(rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     while args and args[0] == command.DEBUG_FLAG:  # a global flag before the command name
         args.pop(0)
     if not args or args[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stdout if args else sys.stderr)
+        print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_USAGE
     return command.run(lambda: _dispatch(args[0], args[1:]), debug=debug)
 

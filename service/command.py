@@ -75,24 +75,67 @@ def _connect_reason(details: str) -> str:
     return match.group(1).lower() if match else ""
 
 
-def rpc_error(code: grpc.StatusCode, details: str, *, target: str = "") -> CommandError:
-    """The CommandError for a call that ended with a gRPC status: refused, unreachable, or a server fault."""
+#: (a clue in the details, whether the client used TLS, what went wrong, what to do about it).
+#: The connection was made, so a server is there; the TLS handshake is where the two disagree.
+TLS_MISMATCHES = (
+    (
+        "socket closed",
+        False,
+        "the server{where} closed the connection: it expects TLS, and this client connected without",
+        "connect with --tls-ca CA.pem (or --tls, for a certificate from a public CA)",
+    ),
+    (
+        "socket closed",
+        True,
+        "the server{where} closed the connection in the TLS handshake: it requires a client certificate it trusts",
+        "give --tls-cert and --tls-key, signed by the CA of the server's --tls-client-ca",
+    ),
+    (
+        "wrong_version_number",
+        True,
+        "the TLS handshake with the server{where} failed: it does not speak TLS",
+        "drop --tls and --tls-ca, or start the server with --tls-cert and --tls-key",
+    ),
+    (
+        "certificate_verify_failed",
+        True,
+        "the TLS handshake with the server{where} failed: its certificate is not signed by a CA this client trusts",
+        "give the CA that signed it with --tls-ca",
+    ),
+)
+
+
+def _unreachable(code: grpc.StatusCode, details: str, target: str, tls: bool | None) -> CommandError:
+    """No answer: a TLS mismatch where the details show one (``tls`` None: not known), else "cannot reach"."""
+    where = f" at {target}" if target else ""
+    lowered = details.lower()
+    for clue, with_tls, what, hint in TLS_MISMATCHES:
+        if clue in lowered and with_tls is tls:
+            return CommandError(what.format(where=where), EXIT_UNREACHABLE, code=code.name, hint=hint)
+    reason = _connect_reason(details)
+    hint = (
+        "check --tls-ca, --tls-cert/--tls-key and --tls-server-name against the server's TLS set-up"
+        if "handshake" in reason
+        else "is 'statestream serve' running there? Set the address with --target HOST:PORT"
+    )
+    return CommandError(
+        f"cannot reach a statestream server{where}" + (f": {reason}" if reason else ""),
+        EXIT_UNREACHABLE,
+        code=code.name,
+        hint=hint,
+    )
+
+
+def rpc_error(code: grpc.StatusCode, details: str, *, target: str = "", tls: bool | None = None) -> CommandError:
+    """The CommandError for a call that ended with a gRPC status: refused, unreachable, or a server fault.
+
+    ``tls`` says whether the client connected with TLS (None: not known), so that a failed
+    handshake can be told from a server that is not there.
+    """
     details = details or ""
     if code in UNREACHABLE_CODES:
-        reason = _connect_reason(details)
-        if "failed to connect" in details or reason or not details:
-            where = f" at {target}" if target else ""
-            hint = (
-                "check --tls-ca, --tls-cert/--tls-key and --tls-server-name against the server's TLS set-up"
-                if "handshake" in reason
-                else "is 'statestream serve' running there? Set the address with --target HOST:PORT"
-            )
-            return CommandError(
-                f"cannot reach a statestream server{where}" + (f": {reason}" if reason else ""),
-                EXIT_UNREACHABLE,
-                code=code.name,
-                hint=hint,
-            )
+        if "failed to connect" in details or _connect_reason(details) or not details:
+            return _unreachable(code, details, target, tls)
         return CommandError(details, EXIT_UNREACHABLE, code=code.name)
     if code in SERVER_FAULT_CODES:
         return CommandError(details or "the server failed", EXIT_INTERNAL, code=code.name)
@@ -100,11 +143,11 @@ def rpc_error(code: grpc.StatusCode, details: str, *, target: str = "") -> Comma
     return CommandError(details or code.name.lower(), EXIT_REFUSED, code=code.name, hint=hint)
 
 
-def call_error(exc: grpc.RpcError, *, target: str = "") -> CommandError:
+def call_error(exc: grpc.RpcError, *, target: str = "", tls: bool | None = None) -> CommandError:
     """The CommandError for a failed gRPC call (grpc.aio's AioRpcError or the sync API's error)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    return rpc_error(code, details or "", target=target)
+    return rpc_error(code, details or "", target=target, tls=tls)
 
 
 #: The project's packages that a serving-only install (the container image, the wheel of
@@ -194,6 +237,8 @@ class InRange(Generic[N]):
             value = self.kind(text)
         except (TypeError, ValueError):
             raise OutOfRange(f"{text!r} is not {what}") from None
+        if self.kind is float and not math.isfinite(value):
+            raise OutOfRange(f"{text!r} is not a finite number")
         return self.check(value)
 
     def check(self, value: N) -> N:
@@ -230,8 +275,10 @@ UINT32_MAX = 2**32 - 1
 #: The longest duration a flag takes, in seconds: a year. Longer is a typo, and overflows some clocks.
 MAX_DURATION_S = 365 * 24 * 3600.0
 
+#: The highest TCP port.
+MAX_PORT = 65535
 #: A TCP port (0: a free one, where the command picks).
-port = int_in(0, 65535)
+port = int_in(0, MAX_PORT)
 #: A count of 1 or more.
 positive_int = int_in(1)
 #: A count of 0 or more.

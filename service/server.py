@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.contract import MANIFEST_FILE
 from service.durable_sessions import DurableSessions
 from service.engine import SessionEngine
 from service.metrics import Metrics
@@ -96,6 +98,7 @@ class Server:
         metrics = Metrics()
         events.configure(settings.log_session_events_per_s)
         registry = Registry.from_folder(settings.models_dir, settings, driver_class)
+        require_models(registry, settings.models_dir)
         runtimes = Runtimes(registry, settings, metrics)
         store = SessionStore(runtimes, settings, metrics)
         durable = await connect_session_store(settings, store, metrics)
@@ -182,6 +185,25 @@ async def connect_session_store(settings: Settings, store: SessionStore, metrics
     store.on_removed = lambda session, reason: durable.closed(session)
     durable.start()
     return durable
+
+
+class NoModelsServed(Exception):
+    """The models folder gave nothing to serve; the message names the likely mistake."""
+
+
+def require_models(registry: Registry, models_dir: Path) -> None:
+    """Refuses to start a server with no model: it would answer SERVING and then refuse every request."""
+    if len(registry):
+        return
+    if (models_dir / MANIFEST_FILE).is_file():
+        raise NoModelsServed(
+            f"--models-dir {models_dir} holds a manifest.json itself: point it at the folder that contains "
+            f"model folders (--models-dir {models_dir.parent})"
+        )
+    raise NoModelsServed(
+        f"--models-dir {models_dir}: no model to serve (no folder holds a manifest.json, or every one was "
+        "refused: the log above says why)"
+    )
 
 
 async def serve(settings: Settings) -> None:

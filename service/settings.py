@@ -197,6 +197,13 @@ class Settings:
         default=1.0,
         metadata={"help": "how long a resume waits for the live owner of a session to hand it over", "type": seconds},
     )
+    worker_index: int | None = field(
+        default=None,
+        metadata={
+            "help": "set by 'serve --workers N' on each worker process: its index, which its log lines carry",
+            "type": int_in(0, MAX_WORKERS - 1),
+        },
+    )
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, sharing the port with other processes"}
     )

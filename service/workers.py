@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError
+from service.command import EXIT_USAGE, MAX_PORT, CommandError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def worker_command(
     argv: Sequence[str], port: int, store: str, checkpoint_every: int, index: int, settings: Settings
 ) -> list[str]:
     """The worker's own command line: the user's flags, then the ones the supervisor decides (the last wins)."""
-    extra = ["--workers", "1", "--port", str(port), "--reuse-port", "--session-store", store,
-             "--checkpoint-every", str(checkpoint_every)]  # fmt: skip
+    extra = ["--workers", "1", "--worker-index", str(index), "--port", str(port), "--reuse-port",
+             "--session-store", store, "--checkpoint-every", str(checkpoint_every)]  # fmt: skip
     if settings.metrics_port:
         extra += ["--metrics-port", str(settings.metrics_port + index)]
     return [sys.executable, "-m", "service.cli", "serve", *argv, *extra]
@@ -130,6 +130,13 @@ class Workers:
 def run_workers(settings: Settings, argv: Sequence[str]) -> int:
     """Serves from ``settings.worker_count`` processes until SIGTERM or SIGINT."""
     count = settings.worker_count
+    if settings.metrics_port and settings.metrics_port + count - 1 > MAX_PORT:
+        raise CommandError(
+            f"--metrics-port {settings.metrics_port}: {count} workers need ports up to "
+            f"{settings.metrics_port + count - 1}, past {MAX_PORT}",
+            EXIT_USAGE,
+            hint="give a lower --metrics-port (each worker serves its metrics on the next port)",
+        )
     with contextlib.ExitStack() as stack:
         _, port = stack.enter_context(reserved_port(settings.host, settings.port))
         if settings.session_store:

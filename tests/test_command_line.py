@@ -11,22 +11,12 @@ import grpc
 import pytest
 
 from service import cli, command
+from service.client import registry
+from service.tasks import known_tasks
 from tests.conftest import ROOT
 
-#: Every command's --help, as a user types it.
-HELP_COMMANDS = [
-    ("serve",),
-    ("client",),
-    ("client", "models"),
-    ("client", "predict"),
-    ("client", "generate"),
-    ("client", "health"),
-    ("train",),
-    ("export",),
-    ("eval",),
-    ("bench",),
-    ("loadtest",),
-]
+#: Every command's --help, as a user types it: each of ``statestream``'s and each of ``client``'s.
+HELP_COMMANDS = [(c.name,) for c in cli.COMMANDS] + [("client", c.name) for c in registry.commands()]
 #: An option line of argparse's help: "  --flag VALUE   its help", or the help on the next lines.
 OPTION = re.compile(r"^  (-{1,2}[\w-]+(?:[ ,][^ ].*?)?)(?:\s{2,}(\S.*))?$")
 
@@ -85,11 +75,34 @@ def test_serve_help_shows_defaults_and_environment_variables(capsys: pytest.Capt
     assert "(env STATESTREAM_TLS_CERT)" in text
 
 
-def test_the_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_top_level_help_lists_every_command_and_every_client_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
-    text = capsys.readouterr().out
-    for name in ("serve", "client", "train", "export", "eval", "bench", "loadtest", "--debug"):
-        assert name in text
+    words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+    assert {c.name for c in cli.COMMANDS} <= words
+    assert {c.name for c in registry.commands()} <= words
+    assert "--debug" in words
+
+
+def test_the_client_help_lists_every_client_command(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = re.findall(r"^    ([\w-]+) ", help_of(("client",), capsys), re.M)
+    assert listed == [c.name for c in registry.commands()]
+
+
+def test_every_training_command_is_a_statestream_command() -> None:
+    training_cli = pytest.importorskip("training.cli")
+    assert set(training_cli.COMMANDS) <= {c.name for c in cli.COMMANDS}
+
+
+def test_every_task_a_driver_serves_has_a_client_command() -> None:
+    assert {
+        task: registry.commands_serving(task) for task in known_tasks() if not registry.commands_serving(task)
+    } == {}
+
+
+def test_a_client_command_name_is_taken_once() -> None:
+    taken = registry.commands()[0]
+    with pytest.raises(ValueError, match=f"client command {taken.name!r} is already registered"):
+        registry.command(taken.name, "another", taken.add_arguments)(lambda client, args: 0)
 
 
 def test_every_exit_code_is_documented_in_the_api_guide() -> None:
@@ -124,6 +137,38 @@ def test_a_connection_failure_is_one_line_naming_the_target() -> None:
     line = command.rpc_error(grpc.StatusCode.UNAVAILABLE, details, target="127.0.0.1:1").line()
     assert line.startswith("statestream: error: cannot reach a statestream server at 127.0.0.1:1: connection refused")
     assert "(UNAVAILABLE)" in line and "\n" not in line and "ipv4" not in line
+
+
+#: What gRPC says when the TLS set-ups disagree (recorded from grpcio against this server).
+SOCKET_CLOSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed"
+NOT_TLS = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Tls handshake failed "
+    "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: "
+    "Invalid certificate verification context: OK"
+)
+UNTRUSTED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Tls handshake failed "
+    "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: "
+    "unable to get local issuer certificate: OK"
+)
+
+
+@pytest.mark.parametrize(
+    ("details", "tls", "what", "hint"),
+    [
+        (SOCKET_CLOSED, False, "closed the connection: it expects TLS", "--tls-ca"),
+        (SOCKET_CLOSED, True, "it requires a client certificate it trusts", "--tls-cert and --tls-key"),
+        (NOT_TLS, True, "failed: it does not speak TLS", "drop --tls"),
+        (UNTRUSTED, True, "its certificate is not signed by a CA this client trusts", "--tls-ca"),
+    ],
+    ids=["plaintext-to-tls", "no-client-certificate", "tls-to-plaintext", "untrusted-ca"],
+)
+def test_a_tls_mismatch_is_named_as_one(details: str, tls: bool, what: str, hint: str) -> None:
+    line = command.rpc_error(grpc.StatusCode.UNAVAILABLE, details, target="127.0.0.1:5", tls=tls).line()
+    message, advice = line.split("; ", 1)
+    assert message.startswith("statestream: error: the ") and "at 127.0.0.1:5" in message and what in message
+    assert "cannot reach" not in line and "is 'statestream serve' running" not in line
+    assert hint in advice
 
 
 def test_run_prints_one_line_for_a_user_error_and_a_traceback_for_a_bug(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,9 +293,7 @@ def test_client_complete_refuses_what_it_cannot_build(
 
     assert exit_code("--pattern", "7") == command.EXIT_USAGE  # a digit for a letter memory
     assert "a digit has 64 pixels" in capsys.readouterr().err
-    from service.client import complete
-
-    monkeypatch.setattr(complete, "_has_matplotlib", lambda: False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on the serving install: the import fails
     assert exit_code("--pattern", "E", "--png", "x.png") == command.EXIT_USAGE
     assert capsys.readouterr().err.strip().splitlines() == [
         "statestream: error: --png needs matplotlib; pip install 'statestream[train]'"

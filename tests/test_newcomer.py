@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service import command
@@ -109,8 +110,8 @@ def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "0"), "--length: must be 1 or more"),
-        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "-5"), "--length: must be 1 or more"),
+        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "0"), "--length: 0 is out of range (1-"),
+        (("generate", "--model", "char_lm", "--prompt", "a", "--length", "-5"), "--length: -5 is out of range (1-"),
         (("generate", "--model", "char_lm", "--prompt", "a", "--temperature", "-1"), "--temperature"),
         (("predict", "--model", "char_lm", "--text", ""), "--text is empty"),
         (("predict", "--model", "char_lm"), "--text"),
@@ -138,6 +139,86 @@ def test_serve_with_a_missing_models_folder_says_so(shipped_server: ShippedServe
 
 def test_an_unknown_command_is_a_usage_error(shipped_server: ShippedServer) -> None:
     assert_one_error_line(statestream(shipped_server, "srve"), command.EXIT_USAGE, "unknown command 'srve'")
+
+
+def test_serve_pointed_at_one_model_folder_refuses_to_start_naming_the_mistake(shipped_server: ShippedServer) -> None:
+    one_model = SHIPPED_MODELS / "char_lm"
+    done = statestream(shipped_server, "serve", "--models-dir", str(one_model), "--port", "0")
+    assert_one_error_line(
+        done, command.EXIT_USAGE, "holds a manifest.json itself", "the folder that contains model folders",
+        f"--models-dir {SHIPPED_MODELS}",
+    )  # fmt: skip
+
+
+def test_serve_whose_every_model_is_refused_does_not_start(shipped_server: ShippedServer, tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    done = statestream(shipped_server, "serve", "--models-dir", str(tmp_path), "--port", "0")
+    assert done.returncode == command.EXIT_USAGE
+    last = done.stderr.splitlines()[-1]  # after the log line that says why the model was refused
+    assert last.startswith("statestream: error: ") and "no model to serve" in last and str(tmp_path) in last
+    assert "refusing model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_scenes_runs_without_torch_or_the_training_package(tmp_path: Path) -> None:
+    hide = "import sys; sys.modules['torch'] = sys.modules['training'] = None; from service.cli import main; "
+    for args in (["--help"], ["--out", str(tmp_path), "--count", "2"]):
+        done = subprocess.run(
+            [sys.executable, "-c", hide + "sys.exit(main(sys.argv[1:]))", "scenes", *args],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_000.png", "scene_001.png", "scenes.json"]
+
+
+# -- a command given a model of another kind -----------------------------------------------------
+
+
+def test_predict_to_a_model_that_takes_no_text_is_one_line_naming_the_command_for_it(
+    shipped_server: ShippedServer,
+) -> None:
+    done = statestream(shipped_server, "client", "predict", "--model", "laser", "--text", "abcdef")
+    assert_one_error_line(done, command.EXIT_USAGE, "'laser' is a forecaster model", "statestream client forecast")
+    assert done.stdout == ""
+
+
+def test_forecast_defaults_run_on_every_shipped_forecaster(shipped_server: ShippedServer) -> None:
+    forecasters = [m.parent.name for m in sorted(SHIPPED_MODELS.glob("*/manifest.json")) if task_of(m) == "forecaster"]
+    assert len(forecasters) >= 2
+    for name in forecasters:
+        done = statestream(shipped_server, "client", "forecast", "--model", name, "--steps", "200", "--json")
+        assert done.returncode == 0, (name, done.stderr)
+        summary = json.loads(done.stdout)
+        assert name.startswith(summary["series"])  # the default series: the one the model's name names
+        max_horizon = json.loads((SHIPPED_MODELS / name / "manifest.json").read_text())["decoding"]["max_horizon"]
+        assert [r["horizon"] for r in summary["rollouts"]] == [min(20, max_horizon)] * 2
+
+
+def task_of(manifest: Path) -> str:
+    return str(json.loads(manifest.read_text())["task"])
+
+
+def test_identify_json_names_the_true_speaker_as_the_text_does(shipped_server: ShippedServer) -> None:
+    argv = ("client", "identify", "--model", "speakers", "--index", "0")
+    summary = json.loads(statestream(shipped_server, *argv, "--json").stdout)
+    text = statestream(shipped_server, *argv).stdout.splitlines()[-1]
+    classes = json.loads((SHIPPED_MODELS / "speakers" / "manifest.json").read_text())["decoding"]["classes"]
+    assert summary["truth"] in classes and summary["label"] in classes
+    assert f"truth {summary['truth']}," in text
+    assert summary["correct"] == (summary["label"] == summary["truth"])
+
+
+def test_step_streams_tensors_to_a_raw_sequence_model(shipped_server: ShippedServer, tmp_path: Path) -> None:
+    spec = json.loads((SHIPPED_MODELS / "lstm256" / "manifest.json").read_text())
+    (inputs,), (outputs,) = spec["inputs"], spec["outputs"]
+    done = statestream(shipped_server, "client", "step", "--model", "lstm256", "--steps", "3", "--json")
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert all(len(r["outputs"][outputs["name"]]) == outputs["shape"][0] for r in rows)
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, inputs["shape"][0] + 1), np.float32))
+    done = statestream(shipped_server, "client", "step", "--model", "lstm256", "--input", str(wrong))
+    assert_one_error_line(done, command.EXIT_USAGE, f"--input {wrong}", f"not [T, {inputs['shape'][0]}]")
 
 
 # -- unreachable: exit 4 -------------------------------------------------------------------------

@@ -7,6 +7,8 @@ client without the SDK (raw statestream.v1 stubs, no routing header) must resume
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
 from service.client import Client
 from service.client.sdk import make_step
+from service.logs import configure
 from service.session_records import SessionRecord
 from service.settings import Settings
 from service.tensors import from_proto
@@ -131,3 +134,26 @@ def test_a_session_record_round_trips() -> None:
     for name, value in rows.items():
         np.testing.assert_array_equal(back.rows[name], value)
     np.testing.assert_array_equal(back.scratch["logits"], [0.5, -1.0])
+
+
+def test_each_workers_log_lines_name_the_worker(lm_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+    args = ["--models-dir", str(lm_dir), "--workers", "2", "--log-json", "--grace-s", "1"]
+    with log.open("w") as sink, serve_process(args, env, stderr=sink) as (process, _, _):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    loaded = [entry for entry in entries if entry["msg"].startswith("loaded model char_lm")]
+    assert sorted(entry["worker"] for entry in loaded) == [0, 1]  # both workers loaded it, and said which they are
+
+
+def test_a_workers_plain_log_lines_name_the_worker(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # configure replaces them; put them back after
+    monkeypatch.setattr(root, "level", root.level)
+    configure("INFO", False, worker=1)
+    logging.getLogger("service.test").info("ready")
+    assert capsys.readouterr().err.rstrip().endswith(" INFO worker 1 service.test: ready")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.api import statestream_pb2 as pb
+from service.client.registry import served_model
 from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_float, positive_int
+from service.command import UINT32_MAX, int_in, non_negative_float, seed
 from service.tensors import from_proto
 
 
@@ -41,28 +42,25 @@ class Decode:
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, *, limit_flag: str, limit: int, limit_help: str) -> None:
     """The decoding settings (beam, temperature, seed) and the command's own cap on tokens."""
-    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy or sampled)")
+    parser.add_argument("--beam", type=int_in(1, UINT32_MAX), default=1, help="beam width (1: greedy or sampled)")
     parser.add_argument(
         "--temperature", type=non_negative_float, default=0.0, help="0: greedy; > 0: sample (with --beam 1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling (--temperature > 0)")
-    parser.add_argument(limit_flag, type=positive_int, default=limit, help=limit_help)
+    parser.add_argument("--seed", type=seed, default=0, help="seeds sampling (--temperature > 0)")
+    parser.add_argument(limit_flag, type=int_in(1, UINT32_MAX), default=limit, help=limit_help)
 
 
 def decode(
     client: Client,
     args: argparse.Namespace,
     *,
-    task: str,
     payload: bytes,
     max_tokens: int,
     on_token: Callable[[DecodedToken], None],
 ) -> Decode:
-    """Opens a session of ``args.model`` (which must be a ``task`` model) on ``payload`` and decodes it
+    """Opens a session of ``args.model`` (of a task the command serves) on ``payload`` and decodes it
     with the command's settings, calling ``on_token`` as each token arrives; the session is closed."""
-    info = client.get_model(args.model)
-    if info.task != task:
-        raise CommandError(f"{args.model!r} is not a {task} (its task is {info.task!r})", EXIT_USAGE)
+    served_model(client, args)
     session = client.open(args.model, init=payload)
     tokens: list[DecodedToken] = []
     done = pb.RunDone()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
+from service.client.registry import command
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError
 
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-png", type=Path, help="write the image with one attention overlay per word")
 
 
+@command("caption", DESCRIPTION, add_arguments, tasks=("captioner",))
 def caption(client: Client, args: argparse.Namespace) -> int:
     try:
         data = args.image.read_bytes()
@@ -48,7 +50,7 @@ def caption(client: Client, args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{token.index:>3}  {token.label:<8} p={token.prob:.3f}  attention peak at {token.peak}")
 
-    decoded = decode(client, args, task="captioner", payload=data, max_tokens=args.max_words, on_token=show)
+    decoded = decode(client, args, payload=data, max_tokens=args.max_words, on_token=show)
     words: list[dict[str, Any]] = [
         {"index": t.index, "word": t.label, "prob": t.prob, "peak": t.peak} for t in decoded.tokens
     ]

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
+from service.client.plots import require_matplotlib
+from service.client.registry import command, served_model
 from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_float, positive_int
+from service.command import EXIT_USAGE, UINT32_MAX, CommandError, fraction, int_in, non_negative_float, seed
 from service.tensors import from_proto
 
 DEFAULT_MAX_STEPS = 50
@@ -44,12 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``complete`` subcommand's own options (``service.client.commands`` adds the connection ones)."""
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     parser.add_argument("--pattern", required=True, help="a letter A-Z (letter memories) or a digit 0-9 (digit RBM)")
-    parser.add_argument("--noise", type=non_negative_float, default=0.0, help="fraction of pixels flipped")
+    parser.add_argument("--noise", type=fraction, default=0.0, help="fraction of pixels flipped")
     parser.add_argument(
         "--occlude", default="none", choices=("none", "bottom", "top", "left", "right"), help="hide a half (unknown)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the flipped pixels and the server's run")
-    parser.add_argument("--max-steps", type=positive_int, default=DEFAULT_MAX_STEPS, help="most sweeps")
+    parser.add_argument("--seed", type=seed, default=0, help="seeds the flipped pixels and the server's run")
+    parser.add_argument("--max-steps", type=int_in(1, UINT32_MAX), default=DEFAULT_MAX_STEPS, help="most sweeps")
     parser.add_argument(
         "--t-start", type=non_negative_float, help="stochastic nets: first temperature (default: the model's, 1)"
     )
@@ -57,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--t-end", type=non_negative_float, help="stochastic nets: last temperature (default: the model's, 1)"
     )
     parser.add_argument(
-        "--sweeps", type=positive_int, help="stochastic nets: length of the annealing schedule (default: --max-steps)"
+        "--sweeps",
+        type=int_in(1, UINT32_MAX),
+        help="stochastic nets: length of the annealing schedule (default: --max-steps)",
     )
     parser.add_argument("--png", type=Path, help="draw the probe and each sweep with its energy (needs matplotlib)")
 
@@ -88,8 +92,6 @@ def build_probe(
     """``(pattern, mask)``: ``target`` with ``noise`` of its pixels flipped and ``occlude``'s half unknown."""
     from service.datasets.patterns import flip_bits, occlusion_mask, to_binary, to_bipolar
 
-    if not 0.0 <= noise <= 1.0:
-        raise ProbeError(f"--noise is a fraction in [0, 1], got {noise}")
     flipped = flip_bits((target if not binary else to_bipolar(target))[None], noise, seed=seed)[0]
     pattern = to_binary(flipped) if binary else flipped
     known = occlusion_mask(shape, occlude)
@@ -105,13 +107,14 @@ def _options(args: argparse.Namespace) -> dict[str, float]:
     return {name: float(value) for name, value in given.items() if value is not None}
 
 
+@command("complete", DESCRIPTION, add_arguments, tasks=("associative_memory",))
 def complete(client: Client, args: argparse.Namespace) -> int:
-    if args.png is not None and not _has_matplotlib():
-        raise CommandError("--png needs matplotlib", EXIT_USAGE, hint="pip install 'statestream[train]'")
-    info = client.get_model(args.model)
+    if args.png is not None:
+        require_matplotlib("--png")
+    info = served_model(client, args)
     clamp = next((t for t in info.inputs if t.name == "clamp_values"), None)
-    if info.task != "associative_memory" or clamp is None:
-        raise CommandError(f"{args.model!r} is not an associative memory (its task is {info.task!r})", EXIT_USAGE)
+    if clamp is None:
+        raise CommandError(f"{args.model!r} takes no clamp_values: not a memory this command can probe", EXIT_USAGE)
     units = int(np.prod(list(clamp.shape)))
     binary = any(t.name == "temperature" for t in info.inputs)
     try:
@@ -187,14 +190,6 @@ def _ascii(values: np.ndarray, shape: tuple[int, int], binary: bool, mask: np.nd
     unset = (mask == 0) & (values == 0) & (not binary)
     cells = np.where(unset, "?", np.where(on, "#", "."))
     return "\n".join("".join(row) for row in cells.reshape(shape))
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def draw_strip(

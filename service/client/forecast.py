@@ -1,44 +1,54 @@
 """``statestream client forecast``: stream a held-out series to a forecaster, with rollouts along the way.
 
     statestream client forecast --model laser --steps 400 --rollout-every 100 --horizon 20 --json
-    statestream client forecast --model mackey_glass --plot forecast.png
+    statestream client forecast --model mackey_glass_gru --plot forecast.png
 
 The series is the project's own (``service/datasets``, numpy only): the Santa Fe laser's held-out
-20 %, or Mackey-Glass after its training part (``training/forecast_tasks.py``); ``--series``
-picks it when the model's name is not one of them. ``--warmup`` observations before the
-held-out part are streamed first (the reservoir needs them), then ``--steps`` held-out ones; the
-command prints the one-step NRMSE of the predictions it got back. Every ``--rollout-every``
-steps it asks for a rollout of ``--horizon`` steps (a Run, computed on a copy of the session's
-row) and scores it against what the series really does next; the session goes on with the next
-observation as if no rollout had happened. ``--plot`` draws truth, one-step predictions and the
-rollouts (matplotlib, from the ``train`` extra).
+20 %, or Mackey-Glass after its training part; by default the one the model's name starts with.
+``--warmup`` observations before the held-out part are streamed first (a reservoir needs them),
+then ``--steps`` held-out ones, and the command prints the one-step NRMSE. Every
+``--rollout-every`` steps it asks for a rollout (a Run on a copy of the session's row) and
+scores it against what the series does next; the session goes on as if none had happened. A
+rollout is ``--horizon`` steps, or by default 20 or the model's ``max_horizon`` if that is less
+(read off the server's refusal). ``--plot`` draws it all (matplotlib, the ``train`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_int, positive_int
+from service.client.plots import require_matplotlib
+from service.client.registry import command, served_model
+from service.client.sdk import Client, StepFailed, SyncSession
+from service.command import EXIT_USAGE, UINT32_MAX, CommandError, int_in, non_negative_int, positive_int
 from service.tensors import from_proto
 
 DESCRIPTION = "stream a held-out series to a forecaster; print its one-step error and H-step rollouts"
 SERIES = ("laser", "mackey_glass", "mackey_glass_drift")
+#: Steps of a rollout when --horizon is not given (fewer for a model that rolls out fewer).
+DEFAULT_HORIZON = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
-    parser.add_argument("--series", choices=SERIES, help="the data to stream (default: the model's name)")
+    parser.add_argument(
+        "--series", choices=SERIES, help="the data to stream (default: the series the model's name starts with)"
+    )
     parser.add_argument("--warmup", type=non_negative_int, default=200, help="observations streamed before scoring")
     parser.add_argument("--steps", type=positive_int, default=500, help="held-out observations streamed and scored")
     parser.add_argument("--rollout-every", type=non_negative_int, default=100, help="steps between rollouts (0: none)")
-    parser.add_argument("--horizon", type=positive_int, default=20, help="steps of each rollout")
+    parser.add_argument(
+        "--horizon",
+        type=int_in(1, UINT32_MAX),
+        help=f"steps of each rollout (default: {DEFAULT_HORIZON}, or the model's max_horizon where it is smaller)",
+    )
     parser.add_argument("--plot", type=Path, help="draw truth against the forecasts (needs matplotlib)")
 
 
@@ -56,15 +66,12 @@ def held_out_stream(series: str) -> tuple[np.ndarray, int]:
     return mg.drifting_mackey_glass(mg.DRIFT_SAMPLES, mg.DRIFT_CHANGE), mg.DRIFT_CHANGE - 200
 
 
+@command("forecast", DESCRIPTION, add_arguments, tasks=("forecaster",))
 def forecast(client: Client, args: argparse.Namespace) -> int:
-    if args.plot is not None and not _has_matplotlib():
-        raise CommandError("--plot needs matplotlib", EXIT_USAGE, hint="pip install 'statestream[train]'")
-    info = client.get_model(args.model)
-    if info.task != "forecaster":
-        raise CommandError(f"{args.model!r} is not a forecaster (its task is {info.task!r})", EXIT_USAGE)
-    series = args.series or args.model
-    if series not in SERIES:
-        raise CommandError(f"say which data to stream: --series {{{','.join(SERIES)}}}", EXIT_USAGE)
+    if args.plot is not None:
+        require_matplotlib("--plot")
+    served_model(client, args)
+    series = series_of(args)
     values, first = held_out_stream(series)
     start = first - args.warmup
     if start < 0 or first + args.steps > len(values):
@@ -73,25 +80,7 @@ def forecast(client: Client, args: argparse.Namespace) -> int:
             f"{len(values) - first} in it",
             EXIT_USAGE,
         )
-    predictions: dict[int, float] = {}  # index t -> prediction of values[t + 1]
-    rollouts: list[dict[str, Any]] = []
-    session = client.open(args.model)
-    try:
-        for t in range(start, first + args.steps):
-            result = session.step(tensors={"observation": np.asarray([[values[t]]], np.float32)})
-            predictions[t] = float(from_proto(result.outputs[0].tensors[0])[0])
-            scored = t - first + 1
-            due = args.rollout_every and scored > 0 and scored % args.rollout_every == 0
-            if due and t + args.horizon < len(values):
-                path = [
-                    float(from_proto(event.output.tensors[0])[0])
-                    for event in session.run(args.horizon)
-                    if isinstance(event, pb.RunOutput)
-                ]
-                truth = values[t + 1 : t + 1 + args.horizon]
-                rollouts.append({"after": t, "forecast": path, "nrmse": _nrmse(np.asarray(path), truth, values)})
-    finally:  # a refused step or run (StepFailed) is reported by the client's one error path
-        session.close()
+    predictions, rollouts = _stream(client, args, values, range(start, first + args.steps), first)
     scored_at = np.arange(first - 1, first + args.steps - 1)
     one_step = _nrmse(np.asarray([predictions[t] for t in scored_at]), values[scored_at + 1], values)
     summary: dict[str, Any] = {
@@ -100,7 +89,9 @@ def forecast(client: Client, args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "steps": args.steps,
         "one_step_nrmse": one_step,
-        "rollouts": [{"after": r["after"] - first + 1, "horizon": args.horizon, "nrmse": r["nrmse"]} for r in rollouts],
+        "rollouts": [
+            {"after": r["after"] - first + 1, "horizon": len(r["forecast"]), "nrmse": r["nrmse"]} for r in rollouts
+        ],
     }
     if args.plot is not None:
         draw(args.plot, values, first, args.steps, predictions, rollouts, args.model)
@@ -114,17 +105,63 @@ def forecast(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def series_of(args: argparse.Namespace) -> str:
+    """``--series``, or else the longest series name the model's name starts with."""
+    if args.series is not None:
+        return str(args.series)
+    named = [s for s in SERIES if args.model == s or args.model.startswith(s + "_")]
+    if not named:
+        raise CommandError(f"say which data to stream: --series {{{','.join(SERIES)}}}", EXIT_USAGE)
+    return max(named, key=len)
+
+
+def _stream(
+    client: Client, args: argparse.Namespace, values: np.ndarray, times: range, first: int
+) -> tuple[dict[int, float], list[dict[str, Any]]]:
+    """Streams ``values[times]`` over one session; returns the one-step predictions and the rollouts."""
+    predictions: dict[int, float] = {}  # index t -> prediction of values[t + 1]
+    rollouts: list[dict[str, Any]] = []
+    horizon = DEFAULT_HORIZON if args.horizon is None else args.horizon
+    session = client.open(args.model)
+    try:
+        for t in times:
+            result = session.step(tensors={"observation": np.asarray([[values[t]]], np.float32)})
+            predictions[t] = float(from_proto(result.outputs[0].tensors[0])[0])
+            scored = t - first + 1
+            due = args.rollout_every and scored > 0 and scored % args.rollout_every == 0
+            if due and t + horizon < len(values):
+                path = _roll_out(session, horizon, may_shorten=args.horizon is None)
+                horizon = len(path)
+                truth = values[t + 1 : t + 1 + horizon]
+                rollouts.append({"after": t, "forecast": path, "nrmse": _nrmse(np.asarray(path), truth, values)})
+    finally:  # a refused step or run (StepFailed) is reported by the client's one error path
+        session.close()
+    return predictions, rollouts
+
+
+def _roll_out(session: SyncSession, horizon: int, *, may_shorten: bool) -> list[float]:
+    """A rollout of ``horizon`` steps; or, where the horizon is the default and the model rolls out
+    fewer (its ``max_horizon``, named by the refusal), of as many as the model takes."""
+    try:
+        return _rollout_path(session, horizon)
+    except StepFailed as exc:
+        bound = re.search(r"limit max_horizon=(\d+)", exc.error.message)
+        if not may_shorten or bound is None or int(bound.group(1)) >= horizon:
+            raise
+        return _rollout_path(session, int(bound.group(1)))
+
+
+def _rollout_path(session: SyncSession, horizon: int) -> list[float]:
+    return [
+        float(from_proto(event.output.tensors[0])[0])
+        for event in session.run(horizon)
+        if isinstance(event, pb.RunOutput)
+    ]
+
+
 def _nrmse(predicted: np.ndarray, truth: np.ndarray, values: np.ndarray) -> float:
     """RMSE over the standard deviation of the streamed series, 4 significant digits."""
     return float(f"{np.sqrt(np.mean(np.square(predicted - truth))) / values.std():.4g}")
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def draw(

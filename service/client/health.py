@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from service.client.registry import command
 from service.client.sdk import DEFAULT_TARGET, Client
-from service.command import EXIT_UNREACHABLE, CommandError, non_negative_float
+from service.command import EXIT_UNREACHABLE, CommandError, seconds
 
 DESCRIPTION = "ask the server's gRPC health service: exit 0 when it is SERVING, 4 when it is not or does not answer"
 SERVING = "SERVING"
@@ -25,11 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="the service to ask about (default: the whole server; or e.g. statestream.v1.SessionService)",
     )
-    parser.add_argument(
-        "--timeout-s", type=non_negative_float, default=5.0, help="how long to wait for the answer, in seconds"
-    )
+    parser.add_argument("--timeout-s", type=seconds, default=5.0, help="how long to wait for the answer, in seconds")
 
 
+@command("health", DESCRIPTION, add_arguments)
 def health(client: Client, args: argparse.Namespace) -> int:
     """Prints the status; any status but SERVING is an error (exit 4), so a probe can act on it."""
     status = client.health(args.service, timeout_s=args.timeout_s)

@@ -22,20 +22,24 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.complete import _has_matplotlib
+from service.client.plots import require_matplotlib
+from service.client.registry import command, served_model
 from service.client.sdk import Client
-from service.command import EXIT_USAGE, CommandError, non_negative_int
+from service.command import EXIT_USAGE, CommandError, int_in
 from service.tensors import from_proto
 
 DESCRIPTION = "identify the speaker of an utterance (Japanese Vowels), frame by frame or whole"
-TASK = "sequence_classifier"
+#: Utterances in the bundled Japanese Vowels test set (``--index`` picks one).
+TEST_CASES = 370
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``identify`` subcommand's own options (``service.client.commands`` adds the connection ones)."""
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--index", type=non_negative_int, help="a case of the bundled test set (0-369)")
+    source.add_argument(
+        "--index", type=int_in(0, TEST_CASES - 1), help=f"a case of the bundled test set (0-{TEST_CASES - 1})"
+    )
     source.add_argument("--file", type=Path, help="a text file of frames: one per line, coefficients by space or comma")
     parser.add_argument("--png", type=Path, help="draw the running probabilities of each speaker (needs matplotlib)")
 
@@ -58,17 +62,14 @@ def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
     from service.datasets.vowels import load_vowels
 
     test = load_vowels("test")
-    if args.index >= len(test):
-        raise CommandError(f"--index takes 0 to {len(test) - 1}, got {args.index}", EXIT_USAGE)
     return test.utterances[args.index], int(test.labels[args.index])
 
 
+@command("identify", DESCRIPTION, add_arguments, tasks=("sequence_classifier",))
 def identify(client: Client, args: argparse.Namespace) -> int:
-    if args.png is not None and not _has_matplotlib():
-        raise CommandError("--png needs matplotlib", EXIT_USAGE, hint="pip install 'statestream[train]'")
-    info = client.get_model(args.model)
-    if info.task != TASK:
-        raise CommandError(f"{args.model!r} is not a sequence classifier (its task is {info.task!r})", EXIT_USAGE)
+    if args.png is not None:
+        require_matplotlib("--png")
+    info = served_model(client, args)
     frames, truth = read_utterance(args)
     whole = any(t.name == "frames" for t in info.inputs)
     session = client.open(args.model)
@@ -91,7 +92,8 @@ def identify(client: Client, args: argparse.Namespace) -> int:
         "probabilities": [round(float(p), 4) for p in probabilities[-1]],
     }
     if truth is not None:
-        summary |= {"index": args.index, "truth": truth, "correct": int(np.argmax(probabilities[-1])) == truth}
+        correct = int(np.argmax(probabilities[-1])) == truth
+        summary |= {"index": args.index, "truth": speaker(truth), "correct": correct}
     if not whole:
         summary["running"] = [
             {"frame": i + 1, "label": label, "probability": round(float(p.max()), 4)}
@@ -107,9 +109,14 @@ def identify(client: Client, args: argparse.Namespace) -> int:
         return 0
     for entry in summary.get("running", []):
         print(f"frame {entry['frame']:>2}/{len(frames)}: {entry['label']} ({entry['probability']:.2f})")
-    verdict = "" if truth is None else f"; truth speaker {truth + 1}, {'right' if summary['correct'] else 'wrong'}"
+    verdict = "" if truth is None else f"; truth {speaker(truth)}, {'right' if summary['correct'] else 'wrong'}"
     print(f"{summary['label']} ({summary['probability']:.2f}) after {len(frames)} frames{verdict}")
     return 0
+
+
+def speaker(index: int) -> str:
+    """The name of the speaker of class ``index``, as the model labels its answers ("speaker 1" for 0)."""
+    return f"speaker {index + 1}"
 
 
 def _probabilities(output: pb.StepOutput) -> np.ndarray:
@@ -140,12 +147,12 @@ def draw_running(path: Path, probabilities: np.ndarray, truth: int | None, *, ti
     else:
         frames = np.arange(1, len(probabilities) + 1)
         for c in range(classes):
-            ax.plot(frames, probabilities[:, c], lw=2.5 if c == truth else 1.0, label=f"speaker {c + 1}")
+            ax.plot(frames, probabilities[:, c], lw=2.5 if c == truth else 1.0, label=speaker(c))
         ax.set_xlabel("frames seen")
         ax.legend(fontsize=7, ncol=3)
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
-    ax.set_title(title + ("" if truth is None else f" (truth: speaker {truth + 1}, thick)"), fontsize=9)
+    ax.set_title(title + ("" if truth is None else f" (truth: {speaker(truth)}, thick)"), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

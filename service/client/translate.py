@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
+from service.client.registry import command
 from service.client.sdk import Client
 
 DESCRIPTION = "translate a text on the server (e.g. a date to ISO 8601), streaming each character with its attention"
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-png", type=Path, help="write the attention matrix (output x input characters)")
 
 
+@command("translate", DESCRIPTION, add_arguments, tasks=("translator",))
 def translate(client: Client, args: argparse.Namespace) -> int:
     text = args.text
 
@@ -44,7 +46,7 @@ def translate(client: Client, args: argparse.Namespace) -> int:
             print(f"{token.index:>3}  {token.label!r:<5} p={token.prob:.3f}  looked at {peak} {text[peak]!r}")
 
     payload = text.encode("utf-8")
-    decoded = decode(client, args, task="translator", payload=payload, max_tokens=args.max_chars, on_token=show)
+    decoded = decode(client, args, payload=payload, max_tokens=args.max_chars, on_token=show)
     rows = [t.attention[: len(text)] for t in decoded.tokens]
     characters: list[dict[str, Any]] = []
     for token, weights in zip(decoded.tokens, rows, strict=True):

@@ -1,0 +1,109 @@
+"""``statestream client step``: stream tensors to a raw sequence model, one time step per message.
+
+    statestream client step --model lstm256 --steps 5 --seed 1
+    statestream client step --model lstm256 --input inputs.npz --json
+
+A ``sequence_model`` takes tensors and answers tensors, nothing decoded. The inputs are a file
+(``.npy`` of ``[T, *shape]`` for a model with one input, or ``.npz`` with one such array per
+input name) or, without ``--input``, ``--steps`` draws of a standard normal (seeded). Each step's
+outputs are printed as they come: all their values with ``--json``, the first few otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from service.api import statestream_pb2 as pb
+from service.client.registry import command, served_model
+from service.client.sdk import Client
+from service.command import EXIT_USAGE, CommandError, positive_int, seed
+from service.tensors import from_proto
+
+DESCRIPTION = "stream tensors to a raw sequence model (a file's rows, or seeded random ones); print each step's outputs"
+SHOWN_VALUES = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
+    parser.add_argument("--input", type=Path, help="a .npy [T, *shape] (one input) or .npz (an array per input name)")
+    parser.add_argument(
+        "--steps", type=positive_int, default=10, help="random steps to stream when no --input is given"
+    )
+    parser.add_argument("--seed", type=seed, default=0, help="seeds the random steps")
+
+
+@command("step", DESCRIPTION, add_arguments, tasks=("sequence_model",))
+def step(client: Client, args: argparse.Namespace) -> int:
+    info = served_model(client, args)
+    inputs = _read_inputs(args.input, info) if args.input is not None else _random_inputs(info, args.steps, args.seed)
+    steps = len(next(iter(inputs.values())))
+    session = client.open(args.model, return_tensors=[t.name for t in info.outputs])
+    try:
+        for t in range(steps):
+            result = session.step(tensors={name: values[t][None] for name, values in inputs.items()})
+            outputs = {tensor.name: from_proto(tensor) for tensor in result.outputs[0].tensors}
+            _show(result.seq, outputs, as_json=args.json)
+    finally:  # a refused step (StepFailed) is reported by the client's one error path
+        session.close()
+    return 0
+
+
+def _dtype(spec: pb.TensorInfo) -> np.dtype[np.generic]:
+    return np.dtype(pb.DataType.Name(spec.dtype).removeprefix("DATA_TYPE_").lower())
+
+
+def _random_inputs(info: pb.ModelInfo, steps: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {s.name: rng.standard_normal((steps, *s.shape)).astype(_dtype(s)) for s in info.inputs}
+
+
+def _read_inputs(path: Path, info: pb.ModelInfo) -> dict[str, np.ndarray]:
+    """The file's arrays by input name, each ``[T, *shape]`` in the input's dtype; one line naming what is wrong."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--input {path}: {exc}", EXIT_USAGE) from None
+    if isinstance(loaded, np.ndarray):
+        if len(info.inputs) != 1:
+            raise CommandError(f"--input {path}: {_needed(info)}", EXIT_USAGE)
+        arrays = {info.inputs[0].name: loaded}
+    else:
+        arrays = {name: loaded[name] for name in loaded.files}
+    if sorted(arrays) != sorted(s.name for s in info.inputs):
+        raise CommandError(f"--input {path} holds {sorted(arrays)}: {_needed(info)}", EXIT_USAGE)
+    for spec in info.inputs:
+        shape = arrays[spec.name].shape
+        if shape[1:] != tuple(spec.shape) or not shape[0]:
+            raise CommandError(f"--input {path}: {spec.name!r} is {list(shape)}, not {_steps_of(spec)}", EXIT_USAGE)
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise CommandError(f"--input {path}: the inputs have different numbers of steps", EXIT_USAGE)
+    return {s.name: arrays[s.name].astype(_dtype(s)) for s in info.inputs}
+
+
+def _steps_of(spec: pb.TensorInfo) -> str:
+    """``[T, 64]``: the shape of T steps of an input."""
+    return "[" + ", ".join(["T", *map(str, spec.shape)]) + "]"
+
+
+def _needed(info: pb.ModelInfo) -> str:
+    """What the model's inputs need from a file."""
+    shapes = ", ".join(f"{s.name} {_steps_of(s)}" for s in info.inputs)
+    return f"the model takes {shapes}: a .npy for one input, a .npz of arrays named by input for several"
+
+
+def _show(seq: int, outputs: dict[str, np.ndarray], *, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps({"seq": seq, "outputs": {name: value.tolist() for name, value in outputs.items()}}), flush=True
+        )
+        return
+    parts = []
+    for name, value in outputs.items():
+        flat = value.reshape(-1)
+        shown = " ".join(f"{v:.4g}" for v in flat[:SHOWN_VALUES]) + (" ..." if flat.size > SHOWN_VALUES else "")
+        parts.append(f"{name}{list(value.shape)}: {shown}")
+    print(f"{seq:>4} " + "  ".join(parts), flush=True)
