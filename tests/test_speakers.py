@@ -21,7 +21,7 @@ import torch
 from service import command
 from service.api import statestream_pb2 as pb
 from service.auth import ANONYMOUS
-from service.client import commands
+from service.client import commands, identify
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import Manifest
 from service.datasets.vowels import load_vowels
@@ -227,7 +227,8 @@ def test_client_identify_streams_the_frames_and_prints_the_running_answer(
     want = _offline_stream(classifier_dir / "stream", TEST.utterances[9])
     assert summary["frames"] == len(TEST.utterances[9]) == len(summary["running"])
     assert [r["label"] for r in summary["running"]] == [f"speaker {k + 1}" for k in want.argmax(axis=1)]
-    assert summary["truth"] == int(TEST.labels[9]) and summary["correct"] == (int(want[-1].argmax()) == TEST.labels[9])
+    assert summary["truth"] == f"speaker {int(TEST.labels[9]) + 1}"  # the model's name for the class, as "label" is
+    assert summary["correct"] == (int(want[-1].argmax()) == TEST.labels[9])
     np.testing.assert_allclose(summary["probabilities"], want[-1], atol=1e-4)  # rounded to 4 decimals
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -254,8 +255,11 @@ def test_client_identify_refuses_what_it_cannot_send(
     def exit_code(*extra: str) -> int:  # through the one error path every command runs under
         return command.run(lambda: commands.main([*argv, *extra], environ={}))
 
-    assert exit_code("--index", "370") == command.EXIT_USAGE
-    assert "--index takes 0 to 369" in capsys.readouterr().err
+    assert len(TEST) == identify.TEST_CASES  # the range --index takes is the bundled test set's
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error, before anything is sent
+        exit_code("--index", str(len(TEST)))
+    assert exited.value.code == command.EXIT_USAGE
+    assert f"--index: {len(TEST)} is out of range (0-{len(TEST) - 1})" in capsys.readouterr().err
     long = tmp_path / "long.txt"
     long.write_text("\n".join(" ".join(["0.5"] * 12) for _ in range(40)))
     assert exit_code("--file", str(long)) == command.EXIT_REFUSED
