@@ -360,9 +360,9 @@ def test_client_caption_prints_json_and_draws_one_overlay_per_word(
 def test_scenes_command_writes_pngs_with_their_captions(tmp_path: Path) -> None:
     import json
 
-    from training.cli import scenes_command
+    from service.scenes_command import main
 
-    assert scenes_command(["--out", str(tmp_path), "--count", "3", "--seed", "2"]) == 0
+    assert main(["--out", str(tmp_path), "--count", "3", "--seed", "2"]) == 0
     index = json.loads((tmp_path / "scenes.json").read_text())
     expected = scenes("test", 3, seed=2)
     assert [entry["caption"] for entry in index] == [s.caption for s in expected]

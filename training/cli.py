@@ -28,7 +28,6 @@ from service.command import (
     Parser,
     float_in,
     positive_int,
-    seed,
 )
 from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of, known_kinds
 from training.recipes import RecipeError, load_recipe, recipe_path
@@ -172,28 +171,7 @@ def eval_command(argv: list[str]) -> int:
     return 0
 
 
-def scenes_command(argv: list[str]) -> int:
-    """``scenes --out DIR --count N``: sample captioner scenes as PNGs, with their captions and boxes."""
-    parser = Parser(
-        prog="statestream scenes",
-        description="Write sample scenes of the captioner's data set (service/datasets/scenes.py) as greyscale\n"
-        "PNGs, with scenes.json holding each file's caption and digit boxes: images to caption.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
-    parser.add_argument("--count", type=positive_int, default=8, help="how many scenes")
-    parser.add_argument(
-        "--split", default="test", choices=("train", "validation", "test", "composition"), help="which split"
-    )
-    parser.add_argument("--seed", type=seed, default=0, help="the same seed writes the same scenes")
-    args = parser.parse_args(argv)
-    from service.datasets.scenes import write_scenes
-
-    for line in write_scenes(args.out, args.split, args.count, args.seed):
-        print(line)
-    return 0
-
-
-COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command, "scenes": scenes_command}
+COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command}
 
 
 def main(argv: list[str] | None = None) -> int:
