@@ -99,6 +99,20 @@ def test_every_task_a_driver_serves_has_a_client_command() -> None:
     } == {}
 
 
+@pytest.mark.parametrize("page", ["api.md", "operations.md"])
+def test_the_docs_name_every_kind_served(page: str) -> None:
+    text = (ROOT / "docs" / page).read_text()
+    assert [task for task in known_tasks() if f"`{task}`" not in text] == []
+
+
+def test_the_api_guide_names_the_client_commands_of_each_kind() -> None:
+    guide = (ROOT / "docs" / "api.md").read_text()
+    for task in known_tasks():
+        row = re.search(rf"^\| `{task}` \|.*\| ([^|]*) \|$", guide, re.M)
+        assert row is not None, f"docs/api.md#kinds has no row for {task}"
+        assert set(re.findall(r"`([\w-]+)`", row.group(1))) == set(registry.commands_serving(task)), task
+
+
 def test_a_client_command_name_is_taken_once() -> None:
     taken = registry.commands()[0]
     with pytest.raises(ValueError, match=f"client command {taken.name!r} is already registered"):
