@@ -8,12 +8,11 @@ task is refused at load, naming the known ones.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from service.contract import ContractError
+from service.package_modules import import_every_module
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from service.drivers.base import Driver
@@ -23,7 +22,6 @@ D = TypeVar("D", bound="type[Driver]")
 #: The package whose modules hold the drivers that ship.
 DRIVERS_PACKAGE = "service.drivers"
 _DRIVERS: dict[str, type[Driver]] = {}
-_shipped_loaded = False
 
 
 def register(task: str) -> Callable[[D], D]:
@@ -41,12 +39,7 @@ def register(task: str) -> Callable[[D], D]:
 
 def drivers() -> dict[str, type[Driver]]:
     """Every registered driver by task: the shipped ones (imported here, once) and any a caller registered."""
-    global _shipped_loaded
-    if not _shipped_loaded:
-        package = importlib.import_module(DRIVERS_PACKAGE)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{DRIVERS_PACKAGE}.{module.name}")
-        _shipped_loaded = True
+    import_every_module(DRIVERS_PACKAGE)
     return dict(_DRIVERS)
 
 

@@ -10,14 +10,13 @@ that do serve it, and the tests check that every task a driver serves has a comm
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.api import statestream_pb2 as pb
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError
+from service.package_modules import import_every_module
 
 #: Runs a command against a connected client; returns its exit code.
 Run = Callable[[Client, argparse.Namespace], int]
@@ -38,7 +37,6 @@ class ClientCommand:
 
 
 _COMMANDS: dict[str, ClientCommand] = {}
-_shipped_loaded = False
 
 
 def command(
@@ -62,12 +60,7 @@ def command(
 
 def commands() -> list[ClientCommand]:
     """Every registered command by name: the shipped ones (every module of PACKAGE, imported once) and any other."""
-    global _shipped_loaded
-    if not _shipped_loaded:
-        package = importlib.import_module(PACKAGE)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{PACKAGE}.{module.name}")
-        _shipped_loaded = True
+    import_every_module(PACKAGE)
     return sorted(_COMMANDS.values(), key=lambda c: c.name)
 
 
