@@ -65,14 +65,17 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> dict[str, np.ndarray]:
     """The file's arrays by input name, each ``[T, *shape]`` in the input's dtype; one line naming what is wrong."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"--input {path}: {exc}", EXIT_USAGE) from None
+    except OSError as exc:
+        raise CommandError(f"--input {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except ValueError:
+        raise CommandError(f"--input {path}: not a .npy or .npz file of numbers", EXIT_USAGE) from None
     if isinstance(loaded, np.ndarray):
         if len(info.inputs) != 1:
             raise CommandError(f"--input {path}: {_needed(info)}", EXIT_USAGE)
         arrays = {info.inputs[0].name: loaded}
     else:
-        arrays = {name: loaded[name] for name in loaded.files}
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
     if sorted(arrays) != sorted(s.name for s in info.inputs):
         raise CommandError(f"--input {path} holds {sorted(arrays)}: {_needed(info)}", EXIT_USAGE)
     for spec in info.inputs:
