@@ -16,10 +16,22 @@ PORT=${PORT:-50999}
 export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
 mkdir -p "$WORK"
 
+# The Debian mirror to bootstrap from: $DEBIAN_MIRROR, else the first one this machine's apt uses
+# (deb822 .sources files or the classic sources.list), so no host is named here.
+debian_mirror() {
+    if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+    local found
+    found=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$found" ] || found=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+    [ -n "$found" ] || { echo "prove-build: no Debian mirror in apt's sources; set DEBIAN_MIRROR" >&2; exit 2; }
+    echo "$found"
+}
+
 if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
     echo "== stand-in base: debootstrap bookworm with python3, python3-venv, ca-certificates"
     [ -x "$WORK/rootfs/usr/bin/python3" ] || debootstrap --variant=minbase \
-        --include=python3,python3-venv,ca-certificates bookworm "$WORK/rootfs" http://deb.debian.org/debian
+        --include=python3,python3-venv,ca-certificates bookworm "$WORK/rootfs" "$(debian_mirror)"
     base=$(buildah from scratch)
     cp -a "$WORK/rootfs/." "$(buildah mount "$base")/"
     buildah umount "$base"
