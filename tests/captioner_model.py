@@ -20,10 +20,10 @@ import torch
 from service.contract import Manifest
 from service.datasets.scenes import END, VOCABULARY
 from service.drivers.beams import BeamSearch, log_softmax
-from training.kinds.captioner.export import install
-from training.kinds.captioner.recipe import CaptionerModel, CaptionerRecipe
-from training.kinds.captioner.train import build_net
 from training.onnx_replay import open_session
+from training.tasks.captioner.export import install
+from training.tasks.captioner.recipe import CaptionerModel, CaptionerRecipe
+from training.tasks.captioner.train import build_net
 
 NAME = "captioner_tiny"
 END_BIAS = 1.0
@@ -37,7 +37,7 @@ def build(folder: Path) -> Path:
     with torch.no_grad():
         net.decoder.out.bias[VOCABULARY.index(END)] += END_BIAS
     recipe = CaptionerRecipe(
-        name=NAME, kind="captioner", out="", description="a tiny untrained captioner for tests", model=model
+        name=NAME, task="captioner", out="", description="a tiny untrained captioner for tests", model=model
     )
     install(net, recipe, folder, {}, score=False)
     return folder

@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.captioner_model import NAME, build, offline_beam
 from tests.servers import ServerThread
-from training.kinds.captioner.evaluate import Decoded, greedy_captions, pointing_hits
+from training.tasks.captioner.evaluate import Decoded, greedy_captions, pointing_hits
 
 TOLERANCE = 1e-5
 MAX_INIT_BYTES = 64 * 1024
@@ -95,9 +95,9 @@ def test_parity_refuses_a_graph_that_is_not_the_net(captioner_dir: Path, tmp_pat
 
     from service.contract import Manifest
     from training.decoder_export import check_parity
-    from training.kinds.captioner.recipe import CaptionerModel
-    from training.kinds.captioner.train import build_net, teacher_forcing
     from training.onnx_export import ParityError
+    from training.tasks.captioner.recipe import CaptionerModel
+    from training.tasks.captioner.train import build_net, teacher_forcing
 
     torch.manual_seed(1)  # other weights than the exported ones
     other = build_net(CaptionerModel(channels=4, embed=8, hidden=16, attention=8))
@@ -375,7 +375,7 @@ def test_scenes_command_writes_pngs_with_their_captions(tmp_path: Path) -> None:
 
 
 def test_annotations_with_coordinates_carry_where_each_location_is() -> None:
-    from training.kinds.captioner.net import ConvEncoder
+    from training.tasks.captioner.net import ConvEncoder
 
     torch = pytest.importorskip("torch")
     encoder = ConvEncoder((4, 4, 4), coordinates=True, canvas=CANVAS)
@@ -394,7 +394,7 @@ def test_annotations_with_coordinates_carry_where_each_location_is() -> None:
 
 
 def test_location_labels_name_the_digit_and_size_whose_box_holds_each_location() -> None:
-    from training.kinds.captioner.train import location_labels
+    from training.tasks.captioner.train import location_labels
 
     scene = Scene(
         np.zeros((CANVAS, CANVAS), np.float32),
@@ -413,14 +413,14 @@ def test_location_labels_name_the_digit_and_size_whose_box_holds_each_location()
 
 def test_training_with_the_location_loss_trains_a_head_it_does_not_keep(tmp_path: Path) -> None:
     from training.checkpoints import load_weights
-    from training.kinds import TrainOptions
-    from training.kinds.captioner.recipe import CaptionerModel, CaptionerRecipe, CaptionerTrain
-    from training.kinds.captioner.train import build_net, train
+    from training.tasks import TrainOptions
+    from training.tasks.captioner.recipe import CaptionerModel, CaptionerRecipe, CaptionerTrain
+    from training.tasks.captioner.train import build_net, train
 
     model = CaptionerModel(channels=4, embed=8, hidden=16, attention=8, coordinates=True)
     recipe = CaptionerRecipe(
         name="tiny",
-        kind="captioner",
+        task="captioner",
         out=str(tmp_path),
         description="",
         model=model,

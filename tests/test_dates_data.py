@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from service.datasets import dates
-from training.kinds.translator.codec import Codec
+from training.tasks.translator.codec import Codec
 
 NOV_27 = dt.date(2026, 11, 27)
 

@@ -21,15 +21,15 @@ from service.contract import ContractError, Manifest, check_graph, replay_golden
 from service.datasets import CharCorpus, load_shakespeare
 from training.checkpoints import WEIGHTS_FILE
 from training.cli import eval_command, export_command
-from training.kinds.language_model import export as export_module
-from training.kinds.language_model.evaluate import val_loss_from_onnx
-from training.kinds.language_model.export import GOLDEN_TEXT, export_char_lm
-from training.kinds.language_model.net import CharLSTM
 from training.loop_config import LoopConfig
 from training.loops import seed_everything, stream_loss, train
 from training.nets import StepNet
 from training.onnx_export import ParityError
 from training.onnx_replay import open_session
+from training.tasks.language_model import export as export_module
+from training.tasks.language_model.evaluate import val_loss_from_onnx
+from training.tasks.language_model.export import GOLDEN_TEXT, export_char_lm
+from training.tasks.language_model.net import CharLSTM
 
 #: ONNX Runtime and PyTorch both compute in float32 but with different kernels; over 1,000
 #: carried steps their logits differ by ~1e-6, so 1e-4 (the golden tolerance) has wide margin

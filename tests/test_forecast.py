@@ -19,25 +19,25 @@ from service.datasets.laser import LASER_PATH, load_laser
 from service.datasets.mackey_glass import DRIFT_CHANGE, drifting_mackey_glass, mackey_glass
 from training.checkpoints import WEIGHTS_FILE
 from training.experiments.drift_ceiling import Ceiling, ceiling
-from training.kinds import ExportOptions, TrainOptions
-from training.kinds.forecaster.esn import AdaptiveESN, EchoStateNetwork, state_bytes
-from training.kinds.forecaster.evaluate import evaluate
-from training.kinds.forecaster.export import check_forecast_parity, export
-from training.kinds.forecaster.free_run_training import window_loss
-from training.kinds.forecaster.gated_net import GatedForecaster
-from training.kinds.forecaster.recipe import ForecastRecipe, FreeRunTraining
-from training.kinds.forecaster.scoring import GraphRunner, free_runs, teacher_forced
-from training.kinds.forecaster.train import build_esn, train, wrap
 from training.nets.cell_step import CellStepNet
 from training.onnx_export import ParityError
 from training.onnx_replay import open_session, ort_step_fn
 from training.recipes import RecipeError, from_table
+from training.tasks import ExportOptions, TrainOptions
+from training.tasks.forecaster.esn import AdaptiveESN, EchoStateNetwork, state_bytes
+from training.tasks.forecaster.evaluate import evaluate
+from training.tasks.forecaster.export import check_forecast_parity, export
+from training.tasks.forecaster.free_run_training import window_loss
+from training.tasks.forecaster.gated_net import GatedForecaster
+from training.tasks.forecaster.recipe import ForecastRecipe, FreeRunTraining
+from training.tasks.forecaster.scoring import GraphRunner, free_runs, teacher_forced
+from training.tasks.forecaster.train import build_esn, train, wrap
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ForecastRecipe(
     name="tiny_mg",
-    kind="forecaster",
+    task="forecaster",
     series="mackey_glass",
     net="esn",
     description="a tiny test ESN",
@@ -64,7 +64,7 @@ TINY_ADAPTIVE = replace(
 
 TINY_GRU = ForecastRecipe(
     name="tiny_gru",
-    kind="forecaster",
+    task="forecaster",
     series="mackey_glass",
     net="gru",
     description="a tiny test GRU",
@@ -76,7 +76,7 @@ TINY_GRU = ForecastRecipe(
 
 
 def export_tiny(recipe: ForecastRecipe, root: Path) -> Path:
-    """Train and export ``recipe`` through the kind's own commands; returns the model folder."""
+    """Train and export ``recipe`` through the task's own commands; returns the model folder."""
     run = root / f"run_{recipe.name}"
     train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=str(run), progress=False))
     export(ExportOptions(checkpoint=run / WEIGHTS_FILE, out=root / recipe.name))
@@ -283,15 +283,25 @@ def test_the_graphs_free_run_is_the_nets_free_run_in_float32(tiny_models: Path) 
 # -- the shipped models ------------------------------------------------------------------------------
 
 
-def test_a_weights_file_whose_recipe_says_task_for_the_series_still_exports(tiny_models: Path, tmp_path: Path) -> None:
-    """Weights written before the recipe's ``task`` was named ``series`` export as they did."""
+@pytest.mark.parametrize(
+    "renamed",
+    [{"task": "kind"}, {"task": "kind", "series": "task"}],
+    ids=["task-was-kind", "series-was-task-and-task-was-kind"],
+)
+def test_a_weights_file_whose_recipe_uses_the_old_key_names_still_exports(
+    tiny_models: Path, tmp_path: Path, renamed: dict[str, str]
+) -> None:
+    """Weights written before the recipe's ``kind`` was named ``task`` (and, before that, its ``task``
+    was named ``series``) export as they did."""
     import torch
 
     data = torch.load(tiny_models / "run_tiny_mg" / WEIGHTS_FILE, weights_only=True)
-    data["metadata"]["recipe"]["task"] = data["metadata"]["recipe"].pop("series")
+    recipe = data["metadata"]["recipe"]
+    data["metadata"]["recipe"] = {renamed.get(key, key): value for key, value in recipe.items()}
     torch.save(data, tmp_path / WEIGHTS_FILE)
     export(ExportOptions(checkpoint=tmp_path / WEIGHTS_FILE, out=tmp_path / "model"))
-    assert Manifest.load(tmp_path / "model").decoding["series"] == "mackey_glass"
+    manifest = Manifest.load(tmp_path / "model")
+    assert manifest.decoding["series"] == "mackey_glass" and manifest.training["recipe"]["task"] == "forecaster"
 
 
 @pytest.mark.parametrize("name", ["mackey_glass", "laser", "mackey_glass_adaptive", "mackey_glass_gru"])
@@ -326,7 +336,7 @@ def _shipped_adaptive_ceiling(tau_after: float) -> Ceiling:
 
 def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed_forecaster_does_not() -> None:
     """τ 17 → 19: a drift whose two regimes the shipped reservoir forecasts equally well (docs/zoo.md)."""
-    from training.kinds.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
+    from training.tasks.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFT_RECOVERY_STEPS, DRIFTS
 
     even = _shipped_adaptive_ceiling(DRIFTS["tau19_"])
     assert even.ratio < 1.5  # the best readouts of both regimes are alike: the criterion measures tracking
@@ -343,7 +353,7 @@ def test_the_shipped_adaptive_session_recovers_from_the_even_drift_and_the_fixed
 
 def test_no_readout_over_the_shipped_adaptive_reservoir_can_meet_the_2x_drift_criterion() -> None:
     """The offline optima bound the adaptive session on both sides of the change (docs/zoo.md)."""
-    from training.kinds.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFTS
+    from training.tasks.forecaster.series import DRIFT_RECOVERY_FACTOR, DRIFTS
 
     found = _shipped_adaptive_ceiling(DRIFTS[""])
     scores = Manifest.load(ROOT / "models" / "mackey_glass_adaptive").scores

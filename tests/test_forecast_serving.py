@@ -2,7 +2,7 @@
 
 The tiny models of ``tests/test_forecast.py`` are exported in a fixture and served by a real
 server on a loopback port. The reference of every served number is the same ONNX graph run
-offline (``training.kinds.forecaster.scoring``) from the zero state, one step per call: the server runs
+offline (``training.tasks.forecaster.scoring``) from the zero state, one step per call: the server runs
 the same float32 graph on the same inputs, so they agree to float32 rounding (1e-6; batching
 cannot change a row).
 """
@@ -26,8 +26,8 @@ from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_forecast import TINY, TINY_ADAPTIVE, export_tiny, graph_runner, numpy_rls
 from training.checkpoints import WEIGHTS_FILE, load_weights
-from training.kinds.forecaster.scoring import free_runs, teacher_forced
-from training.kinds.forecaster.train import build_esn
+from training.tasks.forecaster.scoring import free_runs, teacher_forced
+from training.tasks.forecaster.train import build_esn
 
 TOLERANCE = 1e-6
 MAX_RUN_STEPS = 100

@@ -10,19 +10,19 @@ import torch
 
 from service.contract import Manifest, check_graph, replay_golden
 from service.datasets.patterns import flip_bits, letter_patterns
-from training.kinds.associative_memory.boltzmann import RBM, BoltzmannMachine
-from training.kinds.associative_memory.dense_hopfield import DenseHopfield
-from training.kinds.associative_memory.export import (
+from training.onnx_export import torch_step_fn
+from training.onnx_replay import open_session, ort_step_fn
+from training.tasks.associative_memory.boltzmann import RBM, BoltzmannMachine
+from training.tasks.associative_memory.dense_hopfield import DenseHopfield
+from training.tasks.associative_memory.export import (
     PARITY_TOLERANCE,
     TASK,
     chained_sweeps,
     export_memory,
     random_sweep_inputs,
 )
-from training.kinds.associative_memory.hopfield import Hopfield
-from training.kinds.associative_memory.sweep import SweepNet
-from training.onnx_export import torch_step_fn
-from training.onnx_replay import open_session, ort_step_fn
+from training.tasks.associative_memory.hopfield import Hopfield
+from training.tasks.associative_memory.sweep import SweepNet
 
 
 def _rbm() -> RBM:
@@ -80,7 +80,7 @@ def test_exported_sweep_equals_pytorch_over_twenty_chained_sweeps(name: str, tmp
 
 
 def test_served_graph_takes_noise_only_where_the_net_draws_it() -> None:
-    from training.kinds.associative_memory.export import memory_manifest
+    from training.tasks.associative_memory.export import memory_manifest
 
     names = {
         name: [t.name for t in memory_manifest(net, name=name, description="", shape=shape).inputs]

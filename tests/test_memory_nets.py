@@ -17,11 +17,11 @@ from service.datasets.patterns import (
     occlusion_mask,
     random_bipolar,
 )
-from training.kinds.associative_memory.boltzmann import RBM, BoltzmannMachine
-from training.kinds.associative_memory.dense_hopfield import DenseHopfield
-from training.kinds.associative_memory.hopfield import Hopfield, hebbian_weights, storkey_weights
-from training.kinds.associative_memory.rbm_training import RBMConfig, reconstruction_error, train_rbm
-from training.kinds.associative_memory.sweep import SweepNet
+from training.tasks.associative_memory.boltzmann import RBM, BoltzmannMachine
+from training.tasks.associative_memory.dense_hopfield import DenseHopfield
+from training.tasks.associative_memory.hopfield import Hopfield, hebbian_weights, storkey_weights
+from training.tasks.associative_memory.rbm_training import RBMConfig, reconstruction_error, train_rbm
+from training.tasks.associative_memory.sweep import SweepNet
 
 #: Energies are float32 sums of N^2 products of size ~1; 1e-4 absolute is far above their rounding
 #: (~1e-6 here) and far below any real energy step (a flip changes E by 2|h_i| >= 2/N in Hebb's units, or 0).

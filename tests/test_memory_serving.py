@@ -29,10 +29,10 @@ from service.drivers.memory import completion_feeds, geometric_schedule
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
-from training.kinds.associative_memory.boltzmann import RBM
-from training.kinds.associative_memory.export import export_memory
-from training.kinds.associative_memory.hopfield import Hopfield
 from training.onnx_replay import open_session, ort_step_fn
+from training.tasks.associative_memory.boltzmann import RBM
+from training.tasks.associative_memory.export import export_memory
+from training.tasks.associative_memory.hopfield import Hopfield
 
 LETTERS = "EQVYZ"
 TOLERANCE = 1e-6
@@ -307,7 +307,7 @@ def test_client_complete_refuses_what_it_cannot_build(
 
 @pytest.mark.parametrize("name", ["hopfield_letters", "dense_letters", "rbm_digits"])
 def test_eval_recomputes_the_shipped_scores(name: str) -> None:
-    from training.kinds.associative_memory.evaluate import evaluate
+    from training.tasks.associative_memory.evaluate import evaluate
 
     folder = ROOT / "models" / name
     recorded = Manifest.load(folder).scores

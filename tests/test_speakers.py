@@ -1,7 +1,7 @@
 """Speaker identification served: a GRU streamed frame by frame, a bidirectional GRU per whole utterance.
 
 Small untrained classifiers (random weights, 8 units) are exported in a fixture through the
-kind's own exporter and served by a real server on a loopback port; the utterances are real
+task's own exporter and served by a real server on a loopback port; the utterances are real
 (the bundled Japanese Vowels test set). References are the same ONNX graphs run offline, so a
 served answer must equal them to 1e-6 (the same float32 graph on the same inputs; a row of a
 batch does not depend on the others). The shipped models are checked against their manifests.
@@ -30,14 +30,14 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from training.cell_export import export_one_step
-from training.kinds.sequence_classifier.evaluate import evaluate, stream_logits
-from training.kinds.sequence_classifier.export import manifest_of, parity_inputs
-from training.kinds.sequence_classifier.recipe import ClassifierRecipe
-from training.kinds.sequence_classifier.train import build_net
-from training.kinds.sequence_classifier.whole_sequence import WholeSequenceClassifier
 from training.nets.cells import Bidirectional
 from training.onnx_export import self_check
 from training.onnx_replay import open_session, ort_step_fn
+from training.tasks.sequence_classifier.evaluate import evaluate, stream_logits
+from training.tasks.sequence_classifier.export import manifest_of, parity_inputs
+from training.tasks.sequence_classifier.recipe import ClassifierRecipe
+from training.tasks.sequence_classifier.train import build_net
+from training.tasks.sequence_classifier.whole_sequence import WholeSequenceClassifier
 
 TOLERANCE = 1e-6
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ TEST = load_vowels("test")
 
 
 def _recipe(name: str, net: str) -> ClassifierRecipe:
-    return ClassifierRecipe(name=name, kind="sequence_classifier", net=net, out="", description=name, hidden=8)
+    return ClassifierRecipe(name=name, task="sequence_classifier", net=net, out="", description=name, hidden=8)
 
 
 @pytest.fixture(scope="module")
@@ -284,19 +284,19 @@ def test_the_shipped_bidirectional_model_is_above_the_floor() -> None:
 
 
 def test_a_recipe_trains_exports_and_is_scored_from_its_graph(tmp_path: Path) -> None:
-    """The kind end to end on a tiny run (1 epoch, 4 units): weights, a parity-checked export, scores."""
-    from training.kinds import ExportOptions, TrainOptions, kind_of
+    """The task end to end on a tiny run (1 epoch, 4 units): weights, a parity-checked export, scores."""
     from training.recipes import load_recipe
+    from training.tasks import ExportOptions, TrainOptions, task_of
 
     recipe_file = tmp_path / "tiny.toml"
     recipe_file.write_text(
-        'name = "tiny_speakers"\nkind = "sequence_classifier"\nnet = "stream_gru"\ndescription = "tiny"\n'
+        'name = "tiny_speakers"\ntask = "sequence_classifier"\nnet = "stream_gru"\ndescription = "tiny"\n'
         f'hidden = 4\nepochs = 1\nout = "{tmp_path / "run"}"\n'
     )
-    kind = kind_of("sequence_classifier")
-    summary = kind.train(load_recipe(recipe_file), TrainOptions(recipe_file=recipe_file, progress=False))
+    task = task_of("sequence_classifier")
+    summary = task.train(load_recipe(recipe_file), TrainOptions(recipe_file=recipe_file, progress=False))
     assert summary["epochs"] == 1 and np.isfinite(summary["final_train_loss"])
-    report = kind.export(ExportOptions(checkpoint=Path(summary["weights"]), out=tmp_path / "model"))
+    report = task.export(ExportOptions(checkpoint=Path(summary["weights"]), out=tmp_path / "model"))
     manifest = Manifest.load(tmp_path / "model")
     assert "parity max |diff|" in report and manifest.training["parity_max_abs_diff"] <= 1e-4
     assert set(manifest.scores) == {"test_accuracy_final_frame"} | {

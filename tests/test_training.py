@@ -18,8 +18,6 @@ import torch
 from service.datasets import CharCorpus, as_streams, load_shakespeare
 from training.checkpoints import BEST_WEIGHTS_FILE, CHECKPOINT_FILE, LOSS_CURVE_FILE, WEIGHTS_FILE, load_weights
 from training.cli import train_command
-from training.kinds.language_model.net import CharLSTM
-from training.kinds.language_model.recipe import CharLMRecipe
 from training.loop_config import LoopConfig
 from training.loops import (
     StreamChunks,
@@ -29,6 +27,8 @@ from training.loops import (
     train,
 )
 from training.recipes import RecipeError, load_recipe, recipe_path
+from training.tasks.language_model.net import CharLSTM
+from training.tasks.language_model.recipe import CharLMRecipe
 
 TRAIN_CHARS = 40_000
 VAL_CHARS = 8_000

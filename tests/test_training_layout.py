@@ -1,4 +1,4 @@
-"""The training side's shape: one package per kind, named as the server names the task, recipes read without torch."""
+"""The training side's shape: one package per task, named as the server names it, recipes read without torch."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from service import tasks
+from service import tasks as served
 from tests.test_import_graph import import_graph
-from training.kinds import kind_of, known_kinds
 from training.recipes import RECIPES_DIR, load_recipe
+from training.tasks import known_tasks, task_of
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS_DIR = ROOT / "training" / "kinds"
+TASKS_DIR = ROOT / "training" / "tasks"
 PARTS = ("recipe", "train", "export", "evaluate")
 
 READ_EVERY_RECIPE = """
 import json, sys
 from training.recipes import RECIPES_DIR, load_recipe
-kinds = sorted({load_recipe(path).kind for path in RECIPES_DIR.glob("*.toml")})
+tasks = sorted({load_recipe(path).task for path in RECIPES_DIR.glob("*.toml")})
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "onnx", "onnxruntime"))
-print(json.dumps({"kinds": kinds, "heavy": heavy}))
+print(json.dumps({"tasks": tasks, "heavy": heavy}))
 """
 
 
@@ -34,38 +34,38 @@ def test_reading_every_shipped_recipe_imports_no_torch() -> None:
     )
     read = json.loads(done.stdout)
     assert read["heavy"] == []
-    assert read["kinds"] == known_kinds()  # every kind was read, so every kind's recipe code ran
+    assert read["tasks"] == known_tasks()  # every task was read, so every task's recipe code ran
 
 
-def test_a_kind_is_a_package_with_its_recipe_training_export_and_evaluation() -> None:
-    packages = sorted(path.parent.name for path in KINDS_DIR.glob("*/__init__.py"))
-    assert packages == known_kinds()
+def test_a_task_is_a_package_with_its_recipe_training_export_and_evaluation() -> None:
+    packages = sorted(path.parent.name for path in TASKS_DIR.glob("*/__init__.py"))
+    assert packages == known_tasks()
     for name in packages:
-        assert all((KINDS_DIR / name / f"{part}.py").is_file() for part in PARTS), name
+        assert all((TASKS_DIR / name / f"{part}.py").is_file() for part in PARTS), name
 
 
-def test_every_kind_is_a_task_the_server_serves() -> None:
-    assert set(known_kinds()) <= set(tasks.known_tasks())
+def test_every_task_is_one_the_server_serves() -> None:
+    assert set(known_tasks()) <= set(served.known_tasks())
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.toml")), ids=lambda path: path.stem)
-def test_every_shipped_recipe_reads_into_its_kinds_recipe(path: Path) -> None:
+def test_every_shipped_recipe_reads_into_its_tasks_recipe(path: Path) -> None:
     recipe = load_recipe(path)
-    assert isinstance(recipe, kind_of(recipe.kind).recipe) and recipe.name == path.stem
+    assert isinstance(recipe, task_of(recipe.task).recipe) and recipe.name == path.stem
 
 
-def kind_package(module: str) -> str | None:
-    """``training.kinds.<kind>`` for a module inside a kind's package, else None."""
+def task_package(module: str) -> str | None:
+    """``training.tasks.<task>`` for a module inside a task's package, else None."""
     parts = module.split(".")
-    return ".".join(parts[:3]) if parts[:2] == ["training", "kinds"] and len(parts) > 2 else None
+    return ".".join(parts[:3]) if parts[:2] == ["training", "tasks"] and len(parts) > 2 else None
 
 
-def test_a_kind_imports_the_shared_modules_never_another_kind() -> None:
+def test_a_task_imports_the_shared_modules_never_another_task() -> None:
     crossings = sorted(
         (module, target)
         for module, targets in import_graph().items()
         if module.startswith("training.") and not module.startswith("training.experiments")
         for target in targets
-        if kind_package(target) is not None and kind_package(target) != kind_package(module)
+        if task_package(target) is not None and task_package(target) != task_package(module)
     )
     assert crossings == []

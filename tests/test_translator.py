@@ -32,10 +32,10 @@ from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_model_kinds import _open_fails
-from training.kinds.translator.codec import END, TARGET_STEPS
-from training.kinds.translator.evaluate import OnnxTranslator, codec_of
-from training.kinds.translator.export import load_translator
-from training.kinds.translator.train import translate_with_torch
+from training.tasks.translator.codec import END, TARGET_STEPS
+from training.tasks.translator.evaluate import OnnxTranslator, codec_of
+from training.tasks.translator.export import load_translator
+from training.tasks.translator.train import translate_with_torch
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "recipes" / "tiny_dates.toml"

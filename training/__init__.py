@@ -1,4 +1,4 @@
-"""statestream's training side: one package per model kind, the shared loop, recipes and ONNX export.
+"""statestream's training side: one package per task, the shared loop, recipes and ONNX export.
 
 Everything here is PyTorch (reading a recipe excepted) and runs offline. It takes from the server
 only ``service.contract`` (the manifest schema and its graph checks, so a model that leaves

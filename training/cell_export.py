@@ -8,7 +8,7 @@ would unroll over the example's steps (docs/zoo.md). Nothing is installed unless
 computes what PyTorch computes, one step per call with the state carried, for one stream and for
 a batch (``training.onnx_export.check_parity``), and the folder loads back as the server loads it.
 
-The kinds build on :func:`cell_manifest` and :func:`export_cell_model` (:func:`export_one_step`
+The tasks build on :func:`cell_manifest` and :func:`export_cell_model` (:func:`export_one_step`
 for any other one-step net, such as a whole-sequence classifier).
 """
 

@@ -1,4 +1,4 @@
-"""Command-line entry points of the training side: train, export, eval, for every kind of model.
+"""Command-line entry points of the training side: train, export, eval, for every task.
 
 The server's ``statestream`` CLI dispatches its ``train``, ``export`` and ``eval`` verbs to
 :func:`train_command`, :func:`export_command` and :func:`eval_command` with the arguments after
@@ -9,7 +9,7 @@ the verb; ``python -m training.cli VERB ...`` does the same without the server i
     python -m training.cli export --checkpoint runs/char_lm/weights.pt --out models/char_lm
     python -m training.cli eval --model models/char_lm --json
 
-A recipe's ``kind`` (``training.kinds``) picks the network, the data, the exporter and the scorer;
+A recipe's ``task`` (``training.tasks``) picks the network, the data, the exporter and the scorer;
 these commands know nothing else of it.
 """
 
@@ -29,8 +29,8 @@ from service.command import (
     float_in,
     positive_int,
 )
-from training.kinds import ExportOptions, TrainOptions, UnknownKind, kind_of, known_kinds
-from training.recipes import RecipeError, load_recipe, recipe_path
+from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
+from training.tasks import ExportOptions, TrainOptions, UnknownTask, known_tasks, task_of
 
 
 def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -> bool:
@@ -54,12 +54,12 @@ def _load_recipe(path: Path) -> object:
 
 
 def train_command(argv: list[str]) -> int:
-    """``train RECIPE``: run a recipe of any kind (or resume it), writing to the recipe's ``out``."""
+    """``train RECIPE``: run a recipe of any task (or resume it), writing to the recipe's ``out``."""
     parser = Parser(
         prog="statestream train",
         description="Train a model from its recipe (or resume the run), writing checkpoints, weights, the\n"
-        "loss curve and a summary to the recipe's output folder. The recipe's kind picks the network,\n"
-        f"the data and the loop (kinds: {', '.join(known_kinds())}).",
+        "loss curve and a summary to the recipe's output folder. The recipe's task picks the network,\n"
+        f"the data and the loop (tasks: {', '.join(known_tasks())}).",
     )
     parser.add_argument(
         "recipe", help="a shipped recipe's name (training/recipes/NAME.toml, e.g. char_lm) or a recipe TOML's path"
@@ -90,19 +90,19 @@ def train_command(argv: list[str]) -> int:
         max_minutes=args.max_minutes,
         progress=show_progress(quiet=args.quiet, as_json=False),
     )
-    print(json.dumps(kind_of(recipe.kind).train(recipe, options)))  # type: ignore[attr-defined]
+    print(json.dumps(task_of(recipe.task).train(recipe, options)))  # type: ignore[attr-defined]
     return 0
 
 
 def export_command(argv: list[str]) -> int:
-    """``export [RECIPE] --checkpoint W --out DIR``: a checkpoint of any kind -> a model folder, after its checks."""
+    """``export [RECIPE] --checkpoint W --out DIR``: a checkpoint of any task -> a model folder, after its checks."""
     parser = Parser(
         prog="statestream export",
         description="Export a trained checkpoint to a model folder (manifest.json + ONNX graphs), after\n"
-        "checking that ONNX Runtime gives the PyTorch model's outputs. The checkpoint's recipe says its kind.",
+        "checking that ONNX Runtime gives the PyTorch model's outputs. The checkpoint's recipe says its task.",
     )
     parser.add_argument(
-        "recipe", nargs="?", help="the recipe it was trained with, for a checkpoint that does not name its kind"
+        "recipe", nargs="?", help="the recipe it was trained with, for a checkpoint that does not name its task"
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="weights.pt, best.pt or checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/char_lm")
@@ -120,17 +120,17 @@ def export_command(argv: list[str]) -> int:
     from training.checkpoints import load_weights
     from training.onnx_export import ParityError
 
-    kind_name = load_weights(args.checkpoint).metadata.get("recipe", {}).get("kind")
-    if not kind_name:
+    task_name = recorded_recipe(load_weights(args.checkpoint).metadata.get("recipe", {})).get("task")
+    if not task_name:
         if args.recipe is None:
             raise CommandError(
-                f"{args.checkpoint} does not say its kind: name the recipe it was trained with", EXIT_USAGE
+                f"{args.checkpoint} does not say its task: name the recipe it was trained with", EXIT_USAGE
             )
-        kind_name = _load_recipe(_recipe_file(args.recipe)).kind  # type: ignore[attr-defined]
+        task_name = _load_recipe(_recipe_file(args.recipe)).task  # type: ignore[attr-defined]
     try:
-        kind = kind_of(kind_name)
-        print(kind.export(ExportOptions(args.checkpoint, args.out, args.loss_curve, args.exporter)))
-    except UnknownKind as exc:
+        task = task_of(task_name)
+        print(task.export(ExportOptions(args.checkpoint, args.out, args.loss_curve, args.exporter)))
+    except UnknownTask as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except ParityError as exc:
         raise CommandError(str(exc), EXIT_INTERNAL) from exc
@@ -138,11 +138,11 @@ def export_command(argv: list[str]) -> int:
 
 
 def eval_command(argv: list[str]) -> int:
-    """``eval --model FOLDER``: a model folder's scores, recomputed from its ONNX graphs by its kind's scorer."""
+    """``eval --model FOLDER``: a model folder's scores, recomputed from its ONNX graphs by its task's scorer."""
     parser = Parser(
         prog="statestream eval",
         description="A model folder's scores, recomputed from its ONNX graphs (the artefact that is served)\n"
-        "by the scorer of its kind (a language model: validation loss on the held-out 10% of Tiny Shakespeare).",
+        "by the scorer of its task (a language model: validation loss on the held-out 10% of Tiny Shakespeare).",
     )
     parser.add_argument("--model", type=Path, required=True, help="model folder, e.g. models/char_lm")
     parser.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
@@ -157,8 +157,8 @@ def eval_command(argv: list[str]) -> int:
 
     try:
         manifest = Manifest.load(args.model)
-        score = kind_of(manifest.task).evaluate(args.model, show_progress(quiet=args.quiet, as_json=args.json))
-    except (ContractError, UnknownKind) as exc:
+        score = task_of(manifest.task).evaluate(args.model, show_progress(quiet=args.quiet, as_json=args.json))
+    except (ContractError, UnknownTask) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     if args.json:
         print(json.dumps(score))

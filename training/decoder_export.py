@@ -3,8 +3,8 @@
 The serving contract is ``service/drivers/attention.py``'s: the init graph maps the encoded
 input to the context (``annotations``, ``mask``) and the decoder's initial state; the step graph
 maps ``(previous token, state..., context...)`` to ``(logits, attention, state'...)``, one
-token per call. What differs between kinds (the payload, the vocabulary, the manifest's words)
-stays with the kind; this module only needs the two PyTorch modules and a manifest naming them.
+token per call. What differs between tasks (the payload, the vocabulary, the manifest's words)
+stays with the task; this module only needs the two PyTorch modules and a manifest naming them.
 
 Nothing is installed unless ONNX Runtime agrees with PyTorch (:func:`check_parity`):
 

@@ -1,4 +1,4 @@
-"""Export a trained step net to a servable model folder, shared by every kind: graphs, parity, install.
+"""Export a trained step net to a servable model folder, shared by every task: graphs, parity, install.
 
 Nothing is written unless the graph provably computes what the PyTorch net computes:
 

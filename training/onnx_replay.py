@@ -1,7 +1,7 @@
 """Running an exported step graph the way the server does, with the contract's state threading.
 
 A score in a manifest must describe the graph the server runs, not the PyTorch module it came
-from, so every kind's scorer runs its model folder's graphs here, in ONNX Runtime.
+from, so every task's scorer runs its model folder's graphs here, in ONNX Runtime.
 :func:`iter_chunks` / :func:`run_sequence` drive any step function (ONNX Runtime, or PyTorch
 through ``training.onnx_export.torch_step_fn``) over a batch of sequences, carrying the state
 from call to call; the exporters' parity checks use them too. No torch here.

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from service.datasets.mackey_glass import DRIFT_CHANGE
-from training.kinds.forecaster.esn import EchoStateNetwork, ridge_readout
-from training.kinds.forecaster.series import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
+from training.tasks.forecaster.esn import EchoStateNetwork, ridge_readout
+from training.tasks.forecaster.series import DRIFT_RECOVERY_STEPS, DRIFTS, drift_series, training_data
 
 GRID = {
     "spectral_radius": (0.9, 0.99, 1.1),

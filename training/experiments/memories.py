@@ -23,10 +23,10 @@ import torch
 
 from service.datasets.maxcut import brute_force_max_cut, random_graph
 from service.datasets.patterns import flip_bits, load_digits_binary, nearest_on_known, occlusion_mask, random_bipolar
-from training.kinds.associative_memory.boltzmann import BoltzmannMachine
-from training.kinds.associative_memory.dense_hopfield import DenseHopfield
-from training.kinds.associative_memory.hopfield import Hopfield, Rule
-from training.kinds.associative_memory.rbm_training import RBMConfig, complete_images, train_rbm
+from training.tasks.associative_memory.boltzmann import BoltzmannMachine
+from training.tasks.associative_memory.dense_hopfield import DenseHopfield
+from training.tasks.associative_memory.hopfield import Hopfield, Rule
+from training.tasks.associative_memory.rbm_training import RBMConfig, complete_images, train_rbm
 
 #: A stored pattern counts as recalled when the state the asynchronous dynamics settle in, started
 #: from the pattern itself, differs from it in at most this fraction of units.

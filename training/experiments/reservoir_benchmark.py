@@ -6,7 +6,7 @@
 For each series it trains the shipped recipe's ESN, exported and scored by ONNX Runtime in
 float32 (what the server runs), and ``reservoirpy.ESN`` with the same units, input-to-readout
 connections, washout and training part, scored by reservoirpy's own ``run`` and ``step`` in
-float64; both are scored by the same functions (``training.kinds.forecaster.scoring``) on the same
+float64; both are scored by the same functions (``training.tasks.forecaster.scoring``) on the same
 start points. ``--tune`` first runs, for both, the same grid over spectral radius, leak, input
 scaling and ridge on a validation part of the training part; the winners are
 ``RESERVOIRPY_SETTINGS`` and the shipped recipes. docs/benchmarks.md records the runs and what
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from training.kinds.forecaster.scoring import NRMSE84_HORIZON, nrmse, spaced_starts
-from training.kinds.forecaster.series import score, training_data
+from training.tasks.forecaster.scoring import NRMSE84_HORIZON, nrmse, spaced_starts
+from training.tasks.forecaster.series import score, training_data
 
 #: The series compared, each with the shipped recipe of the same name.
 BENCHMARKED = ("mackey_glass", "laser")
@@ -61,7 +61,7 @@ RESERVOIRPY_SETTINGS = {
 
 
 class ReservoirpyRunner:
-    """reservoirpy's ESN behind :class:`training.kinds.forecaster.scoring.Runner` (float64, one trial at a time)."""
+    """reservoirpy's ESN behind :class:`training.tasks.forecaster.scoring.Runner` (float64, one trial at a time)."""
 
     def __init__(self, settings: Settings, seed: int = 0) -> None:
         from reservoirpy import ESN
@@ -106,19 +106,19 @@ def statestream_row(name: str, recipe: Any, *, units: int | None = None) -> dict
     """Train the recipe's ESN, export it to a temporary folder, score the ONNX graph."""
     from service.contract import Manifest
     from training.checkpoints import WEIGHTS_FILE
-    from training.kinds import ExportOptions, TrainOptions, kind_of
-    from training.kinds.forecaster.scoring import GraphRunner
     from training.onnx_replay import open_session, ort_step_fn
+    from training.tasks import ExportOptions, TrainOptions, task_of
+    from training.tasks.forecaster.scoring import GraphRunner
 
-    kind = kind_of("forecaster")
+    task = task_of("forecaster")
     if units is not None:
         recipe = replace(recipe, units=units)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        kind.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=tmp, progress=False))
+        task.train(recipe, TrainOptions(recipe_file=Path(f"{recipe.name}.toml"), out=tmp, progress=False))
         train_s = time.perf_counter() - started
         folder = Path(tmp) / "model"
-        kind.export(ExportOptions(checkpoint=Path(tmp) / WEIGHTS_FILE, out=folder))
+        task.export(ExportOptions(checkpoint=Path(tmp) / WEIGHTS_FILE, out=folder))
         manifest = Manifest.load(folder)
         scores = score(name, GraphRunner(ort_step_fn(open_session(folder / manifest.step_graph)), manifest))
     return {
@@ -177,10 +177,10 @@ def _runner(library: str, settings: Settings, train: np.ndarray) -> Any:
         runner.fit(train)
         return runner
     from service.contract import StateSpec
-    from training.kinds.forecaster.esn import EchoStateNetwork
-    from training.kinds.forecaster.export import forecast_manifest
-    from training.kinds.forecaster.scoring import GraphRunner
     from training.onnx_export import torch_step_fn
+    from training.tasks.forecaster.esn import EchoStateNetwork
+    from training.tasks.forecaster.export import forecast_manifest
+    from training.tasks.forecaster.scoring import GraphRunner
 
     esn = EchoStateNetwork(
         units=settings.units,
@@ -195,8 +195,8 @@ def _runner(library: str, settings: Settings, train: np.ndarray) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.kinds.forecaster.recipe import ForecastRecipe
     from training.recipes import load_recipe, recipe_path
+    from training.tasks.forecaster.recipe import ForecastRecipe
 
     parser = argparse.ArgumentParser(
         prog="python -m training.experiments.reservoir_benchmark", description=__doc__.split("\n")[0]

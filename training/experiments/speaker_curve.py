@@ -3,7 +3,7 @@
     python -m training.experiments.speaker_curve --stream models/speakers --whole models/speakers_bi --out docs/img
 
 Both models are scored from their ONNX graphs on the 370 test utterances
-(``training.kinds.sequence_classifier.train.evaluate``): the streaming model's answer after the first
+(``training.tasks.sequence_classifier.train.evaluate``): the streaming model's answer after the first
 ``ceil(f * T)`` frames of each utterance for f = 10 %, 20 %, ... 100 %, and the bidirectional
 model's single answer, which needs the whole utterance (a point at 100 %). Writes
 ``speaker_accuracy_by_fraction.png`` and prints the numbers as JSON.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.kinds.sequence_classifier.evaluate import FRACTIONS, evaluate
+from training.tasks.sequence_classifier.evaluate import FRACTIONS, evaluate
 
 PNG_NAME = "speaker_accuracy_by_fraction.png"
 

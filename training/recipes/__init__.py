@@ -1,7 +1,7 @@
 """Recipes: one TOML file per shipped model, read into small frozen dataclasses.
 
-A recipe is the whole answer to "how was this model made": its ``kind`` (which picks the
-network, the data, the exporter and the scorer: ``training.kinds``), the network's size, the
+A recipe is the whole answer to "how was this model made": its ``task`` (which picks the
+network, the data, the exporter and the scorer: ``training.tasks``), the network's size, the
 loop's settings and where the run writes. Reading one imports no torch. Loading is strict: an unknown key (a typo such as
 ``hiden``) is an error that names it, never a silently ignored setting, and every value must
 have its field's type.
@@ -10,13 +10,14 @@ have its field's type.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.kinds import UnknownKind, kind_of
+from training.tasks import UnknownTask, task_of
 
 RECIPES_DIR = Path(__file__).resolve().parent
 REPO_ROOT = RECIPES_DIR.parents[1]
@@ -53,8 +54,21 @@ def recorded_recipe_file(metadata: Mapping[str, Any]) -> str:
     return describe_recipe_path(Path(recorded)) if recorded else ""
 
 
+def recorded_recipe(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe as a weights file records it, with its keys as a recipe names them today.
+
+    Weights written before the recipe's ``kind`` was named ``task`` say ``kind``, meaning the
+    same; a recipe file is edited instead (:func:`load_recipe` refuses ``kind``), a weights file
+    cannot be.
+    """
+    recipe = dict(table)
+    if "kind" in recipe:
+        recipe["task"] = recipe.pop("kind")
+    return recipe
+
+
 def load_recipe(path: Path) -> Any:
-    """Read a recipe file into its kind's dataclass; an unknown kind, unknown or missing keys and
+    """Read a recipe file into its task's dataclass; an unknown task, unknown or missing keys and
     wrongly typed values are RecipeErrors."""
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -62,13 +76,15 @@ def load_recipe(path: Path) -> Any:
         raise RecipeError(f"{path}: no such recipe") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from None
-    if not isinstance(data.get("kind"), str):
-        raise RecipeError(f"{path}: missing key 'kind' (what the recipe makes, e.g. kind = \"language_model\")")
+    if "kind" in data:
+        raise RecipeError(f"{path}: the key 'kind' is now named 'task': rename it (task = {json.dumps(data['kind'])})")
+    if not isinstance(data.get("task"), str):
+        raise RecipeError(f"{path}: missing key 'task' (what the model does, e.g. task = \"language_model\")")
     try:
-        kind = kind_of(data["kind"])
-    except UnknownKind as exc:
+        task = task_of(data["task"])
+    except UnknownTask as exc:
         raise RecipeError(f"{path}: {exc}") from None
-    return from_table(kind.recipe, data, where=str(path))
+    return from_table(task.recipe, data, where=str(path))
 
 
 def from_table(cls: type[T], table: Mapping[str, Any], *, where: str) -> T:
@@ -130,5 +146,6 @@ __all__ = [
     "from_table",
     "load_recipe",
     "recipe_path",
+    "recorded_recipe",
     "recorded_recipe_file",
 ]

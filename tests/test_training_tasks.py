@@ -1,0 +1,66 @@
+"""The training commands pick a recipe's task (network, data, exporter, scorer) and know nothing else of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import command
+from tests.accumulator_model import build
+from training.cli import eval_command
+from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
+from training.tasks import UnknownTask, known_tasks, task_of
+
+
+def test_the_shipped_recipe_declares_its_task_and_the_task_reads_it() -> None:
+    recipe = load_recipe(recipe_path("char_lm"))
+    assert recipe.task == "language_model"
+    assert isinstance(recipe, task_of("language_model").recipe)
+
+
+def test_a_recipe_of_an_unknown_task_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    text = recipe_path("char_lm").read_text().replace('task = "language_model"', 'task = "oracle"')
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(
+        RecipeError,
+        match=r"unknown task 'oracle'; known tasks: \['associative_memory', 'captioner', 'forecaster', 'language_model', 'sequence_classifier', 'translator'\]",
+    ):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_a_recipe_without_a_task_is_refused(tmp_path: Path) -> None:
+    lines = [line for line in recipe_path("char_lm").read_text().splitlines() if not line.startswith("task")]
+    (tmp_path / "r.toml").write_text("\n".join(lines))
+    with pytest.raises(RecipeError, match="missing key 'task'"):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_a_recipe_still_saying_kind_is_refused_in_one_line_naming_the_new_key(tmp_path: Path) -> None:
+    text = recipe_path("char_lm").read_text().replace('task = "language_model"', 'kind = "language_model"')
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(tmp_path / "r.toml")
+    message = str(refused.value)
+    assert "the key 'kind' is now named 'task'" in message and 'task = "language_model"' in message
+    assert "\n" not in message
+
+
+def test_a_weights_file_written_when_the_task_was_called_kind_reads_as_a_recipe_of_today() -> None:
+    assert recorded_recipe({"name": "m", "kind": "forecaster"}) == {"name": "m", "task": "forecaster"}
+    assert recorded_recipe({"name": "m", "task": "forecaster"}) == {"name": "m", "task": "forecaster"}
+
+
+def test_unknown_task_lookup_names_the_known_ones() -> None:
+    with pytest.raises(UnknownTask, match="known tasks"):
+        task_of("telepathy")
+    assert "language_model" in known_tasks()
+
+
+def test_eval_of_a_model_whose_task_has_no_scorer_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = build(tmp_path / "accumulator")  # a test-only task: the training side has no package for it
+    assert command.run(lambda: eval_command(["--model", str(folder)])) == command.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("statestream: error: unknown task 'accumulator'") and "\n" not in err
