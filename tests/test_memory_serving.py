@@ -21,6 +21,7 @@ import torch
 
 from service import command
 from service.api import statestream_pb2 as pb
+from service.auth import ANONYMOUS
 from service.client import commands
 from service.client.sdk import AsyncClient, Client, StepFailed
 from service.contract import Manifest, zero_state
@@ -206,7 +207,7 @@ def test_pixels_arriving_over_plain_steps_equal_the_offline_sweeps(
     with Client(memory_server.target) as client:
         session = client.open("letters", return_tensors=["energy", "changed"])
         got = [float(from_proto(session.step(tensors=feed).outputs[0].tensors[0])) for feed in feeds]
-        row = memory_server.server.store._sessions[session.id]
+        row = memory_server.server.store.get(session.id, ANONYMOUS)
         final = row.runtime.slabs.read_row(row.row)["pattern_in"]
     np.testing.assert_allclose(got, want, atol=TOLERANCE)
     np.testing.assert_array_equal(final, state["pattern_in"][0])
@@ -255,7 +256,7 @@ def test_a_bad_completion_is_refused_in_the_stream_and_leaves_the_session_unchan
         session = client.open(model)
         good = _probe(LETTER) if model == "letters" else _probe(np.ones(units), np.ones(units))
         list(session.run(5, tensors=good, seed=1))  # the session holds a completed pattern
-        stored = memory_server.server.store._sessions[session.id]
+        stored = memory_server.server.store.get(session.id, ANONYMOUS)
         before = stored.runtime.slabs.read_row(stored.row)["pattern_in"]
         with pytest.raises(StepFailed) as raised:
             list(session.run(max_steps, tensors=tensors, options=options, seed=1))

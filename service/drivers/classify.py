@@ -1,6 +1,6 @@
 """The sequence-classifier driver: class probabilities per frame (a stream) or per whole sequence.
 
-The manifest's ``decoding.mode`` says which (``training/kinds/sequence_classifier/`` makes both):
+The manifest's ``decoding.mode`` says which (``training/tasks/sequence_classifier/`` makes both):
 
 * ``stream``: a one-step graph, ``frame [F] -> logits [C]``, its recurrent state kept by the
   server. A Step carries one frame (tensor ``frame [1, F]``) and is answered at once with the

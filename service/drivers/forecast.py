@@ -1,6 +1,6 @@
 """The forecaster driver: the next value as each observation arrives, and H-step rollouts that leave the session be.
 
-The model is a one-step graph (``training/kinds/forecaster/export.py``): ``observation [F]`` in,
+The model is a one-step graph (``training/tasks/forecaster/export.py``): ``observation [F]`` in,
 ``prediction [F]`` (its estimate of the next observation) out, and whatever state the net keeps
 (an echo state network's reservoir; an adaptive one's readout and inverse correlation matrix
 too). Everything is in the series' own units: the graph normalises.
