@@ -47,6 +47,11 @@ def known_tasks() -> list[str]:
     return sorted(drivers())
 
 
+def shipped_tasks() -> list[str]:
+    """The tasks whose driver ships in ``service/drivers/`` (not one a test or a plug-in registered)."""
+    return sorted(task for task, cls in drivers().items() if cls.__module__.startswith(DRIVERS_PACKAGE + "."))
+
+
 def driver_class(task: str) -> type[Driver]:
     """The driver class of ``task``; ContractError (refused at load) naming the known tasks."""
     cls = _DRIVERS.get(task) or drivers().get(task)

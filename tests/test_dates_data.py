@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from service.datasets import dates
+from training.tasks.translator import dates
 from training.tasks.translator.codec import Codec
 
 NOV_27 = dt.date(2026, 11, 27)

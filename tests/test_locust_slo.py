@@ -48,7 +48,7 @@ def workloads() -> list[Workload]:
 def test_every_kind_that_ships_has_a_locust_user(workloads: list[Workload]) -> None:
     driven = {Manifest.load(ROOT / "models" / each.model).task for each in workloads}
     # The shipped drivers only: a test's own kind (tests/accumulator_driver.py) registers here too.
-    served = {task for task, driver in tasks.drivers().items() if driver.__module__.startswith("service.drivers.")}
+    served = set(tasks.shipped_tasks())
     assert served <= driven, f"no Locust user drives {sorted(served - driven)}"
 
 

@@ -27,11 +27,11 @@ from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import Client
 from service.contract import Manifest
-from service.datasets import dates
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
 from tests.test_model_kinds import _open_fails
+from training.tasks.translator import dates
 from training.tasks.translator.codec import END, TARGET_STEPS
 from training.tasks.translator.evaluate import OnnxTranslator, codec_of
 from training.tasks.translator.export import load_translator

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.datasets import dates
+from training.tasks.translator import dates
 
 PAD, START, END = "<pad>", "<start>", "<end>"
 TARGET_TOKENS = (START, END, "-", *"0123456789")

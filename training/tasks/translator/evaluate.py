@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from service.contract import Manifest
-from service.datasets import dates
 from training.onnx_replay import open_session
+from training.tasks.translator import dates
 from training.tasks.translator.codec import START, TARGET_STEPS, Codec, DecoderStep, exact_match, greedy_decode
 
 EVAL_SEED = 4242

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from service.contract import ContextSpec, GoldenTrace, InitSpec, Manifest, StateSpec, TensorSpec
-from service.datasets import dates
 from training import decoder_export
 from training.checkpoints import LOSS_CURVE_FILE, load_weights
 from training.onnx_export import ParityError, record_scores, staged_folder
 from training.recipes import from_table, recorded_recipe
 from training.tasks import ExportOptions
+from training.tasks.translator import dates
 from training.tasks.translator.codec import END, START, TARGET_STEPS, Codec
 from training.tasks.translator.evaluate import OnnxTranslator, evaluate_translator
 from training.tasks.translator.net import Seq2Seq

@@ -1,7 +1,7 @@
 """Training the date translator: characters in, ISO date characters out, teacher forcing.
 
 Every step draws a fresh seeded batch of ``(surface form, ISO date)`` pairs from the training
-templates (``service.datasets.dates``: the held-out templates are never drawn), so the data is
+templates (``training.tasks.translator.dates``: the held-out templates are never drawn), so the data is
 unlimited and a step's batch is a pure function of ``(seed, step)``. One update is
 ``training.loops.train_step`` with the warm-up + cosine schedule of ``training.loops``. Every
 ``eval_every`` steps the net decodes a fixed validation set greedily and the exact-match rate is
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.datasets import dates
 from training.checkpoints import LOSS_CURVE_FILE, SUMMARY_FILE, WEIGHTS_FILE, write_weights
 from training.history import History
 from training.loops import (
@@ -35,6 +34,7 @@ from training.loops import (
 from training.plots import save_loss_curve
 from training.recipes import describe_recipe_path
 from training.tasks import TrainOptions
+from training.tasks.translator import dates
 from training.tasks.translator.codec import START, TARGET_STEPS, Codec, DecoderStep, exact_match, greedy_decode
 from training.tasks.translator.net import Seq2Seq
 from training.tasks.translator.recipe import ModelConfig, TrainConfig, TranslatorRecipe

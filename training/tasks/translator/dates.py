@@ -26,7 +26,7 @@ HELDOUT_SEED = 20261127
 #: Longest surface form the translator reads (characters); the longest template renders shorter.
 MAX_INPUT_CHARS = 48
 DATA_DESCRIPTION = (
-    "generated date surface forms (service/datasets/dates.py): 9 locales, "
+    "generated date surface forms (training/tasks/translator/dates.py): 9 locales, "
     f"{int(HELDOUT_FRACTION * 100)} % of templates held out, dates {FIRST_DATE}..{LAST_DATE}"
 )
 
