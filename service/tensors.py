@@ -10,11 +10,17 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.errors import InvalidArgument
 
-_TO_PROTO: dict[str, Any] = {"float32": pb.DATA_TYPE_FLOAT32, "int64": pb.DATA_TYPE_INT64, "int32": pb.DATA_TYPE_INT32}
+_TO_PROTO: dict[str, Any] = {
+    "float32": pb.DATA_TYPE_FLOAT32,
+    "int64": pb.DATA_TYPE_INT64,
+    "int32": pb.DATA_TYPE_INT32,
+    "int16": pb.DATA_TYPE_INT16,
+}
 _TO_NUMPY: dict[int, np.dtype[Any]] = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     pb.DATA_TYPE_INT64: np.dtype("<i8"),
     pb.DATA_TYPE_INT32: np.dtype("<i4"),
+    pb.DATA_TYPE_INT16: np.dtype("<i2"),
 }
 #: dtype → (its DataType, the little-endian dtype to send it as, or None when it already is one).
 #: Looked up by the array's dtype object: no dtype name or byte-order conversion per answer.

@@ -13,10 +13,12 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_FLOAT32: _ClassVar[DataType]
     DATA_TYPE_INT64: _ClassVar[DataType]
     DATA_TYPE_INT32: _ClassVar[DataType]
+    DATA_TYPE_INT16: _ClassVar[DataType]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_INT64: DataType
 DATA_TYPE_INT32: DataType
+DATA_TYPE_INT16: DataType
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")

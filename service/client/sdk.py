@@ -29,7 +29,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Responses that a request's answer streams before its last one (Generate's tokens, Run's steps).
 STREAMED = ("token", "run_output")
 #: The dtypes a tensor travels as; every float input of a model is float32.
-WIRE_DTYPES = ("float32", "int64", "int32")
+WIRE_DTYPES = ("float32", "int64", "int32", "int16")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -62,7 +62,9 @@ def wire_array(name: str, value: Any) -> np.ndarray:
             )
         return converted
     if array.dtype.name not in WIRE_DTYPES:
-        raise ValueError(f"tensor {name!r}: dtype {array.dtype.name} cannot be sent; give floats, int64 or int32")
+        raise ValueError(
+            f"tensor {name!r}: dtype {array.dtype.name} cannot be sent; give floats, int64, int32 or int16"
+        )
     return array
 
 
