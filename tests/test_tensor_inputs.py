@@ -129,7 +129,9 @@ def test_what_the_wire_cannot_carry_is_refused_before_sending_and_the_session_go
         session = client.open("float_rnn", return_tensors=["y"])
         with pytest.raises(ValueError, match=r"tensor 'x': -1e\+39 is beyond float32's range \(±3\.403e\+38\)"):
             session.step(tensors={"x": too_wide})
-        with pytest.raises(ValueError, match="tensor 'x': dtype bool cannot be sent; give floats, int64, int32 or int16"):
+        with pytest.raises(
+            ValueError, match="tensor 'x': dtype bool cannot be sent; give floats, int64, int32 or int16"
+        ):
             session.step(tensors={"x": xs > 0})
         result = session.step(tensors={"x": xs})
         session.close()
