@@ -100,6 +100,18 @@ def _scenes(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _import(argv: Sequence[str]) -> int:
+    from service.importer.command import main
+
+    return main(argv)
+
+
+def _check(argv: Sequence[str]) -> int:
+    from service.check_command import main
+
+    return main(argv)
+
+
 def _training(name: str) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
         try:
@@ -145,6 +157,8 @@ COMMANDS = (
     Command("serve", "run the server on a folder of model folders", _serve),
     Command("client", "talk to a server:", _client),
     Command("scenes", "write sample captioner scenes as PNGs, images to caption", _scenes),
+    Command("import", "wrap a stateful ONNX graph from elsewhere into a model folder (docs/your-model.md)", _import),
+    Command("check", "run the loader's checks on a model folder without serving it", _check),
     Command("train", "train a model from its recipe", _training("train"), extra="train"),
     Command("export", "export a trained checkpoint to a model folder", _training("export"), extra="train"),
     Command("eval", "score a model folder from its ONNX graph", _training("eval"), extra="train"),

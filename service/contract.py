@@ -50,7 +50,13 @@ STATE_INITS = ("zeros", "init")
 
 
 class ContractError(ValueError):
-    """A manifest or graph that breaks the contract; the message says what and where."""
+    """A manifest or graph that breaks the contract; the message says what and where.
+
+    ``rule`` names the loader's check that refused it (``service.registry.LOAD_RULES``), for
+    ``statestream check`` to say how to fix it.
+    """
+
+    rule: str = "manifest"
 
 
 def check_model_name(name: str) -> str:

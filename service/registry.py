@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,20 @@ class Kind(Protocol):
 KindOf = Callable[[str], Kind]
 
 
+#: The loader's checks, in order: what ``ContractError.rule`` names.
+LOAD_RULES = ("manifest", "task", "graph", "signature", "task_fit", "golden")
+
+
+@contextmanager
+def _rule(name: str) -> Iterator[None]:
+    """Tags a ContractError raised inside with the loader check it failed."""
+    try:
+        yield
+    except ContractError as exc:
+        exc.rule = name
+        raise
+
+
 def _open_graph(folder: Path, name: str, what: str, settings: Settings) -> ort.InferenceSession:
     graph = folder / name
     if graph.suffix != ".onnx" or not graph.is_file():
@@ -63,17 +78,25 @@ class LoadedModel:
 
     @classmethod
     def from_folder(cls, folder: Path, settings: Settings, kind_of: KindOf) -> LoadedModel:
-        """Loads and proves a model folder; raises ContractError naming what is wrong."""
-        manifest = Manifest.load(folder)
-        kind = kind_of(manifest.task)  # an unknown task is refused here, naming the known ones
-        session = _open_graph(folder, manifest.step_graph, "step", settings)
-        check_graph(manifest, session)
-        kind.check_manifest(manifest)  # a graph that fits its manifest but not its kind
+        """Loads and proves a model folder; raises ContractError naming what is wrong (its ``rule``, which check)."""
+        with _rule("manifest"):
+            manifest = Manifest.load(folder)
+        with _rule("task"):
+            kind = kind_of(manifest.task)  # an unknown task is refused here, naming the known ones
+        with _rule("graph"):
+            session = _open_graph(folder, manifest.step_graph, "step", settings)
+        with _rule("signature"):
+            check_graph(manifest, session)
+        with _rule("task_fit"):
+            kind.check_manifest(manifest)  # a graph that fits its manifest but not its kind
         init_session = None
         if manifest.init is not None:
-            init_session = _open_graph(folder, manifest.init.graph, "init", settings)
-            check_init_graph(manifest, init_session)
-        error = replay_golden(manifest, session, init_session)
+            with _rule("graph"):
+                init_session = _open_graph(folder, manifest.init.graph, "init", settings)
+            with _rule("signature"):
+                check_init_graph(manifest, init_session)
+        with _rule("golden"):
+            error = replay_golden(manifest, session, init_session)
         outputs = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
         return cls(manifest, folder, session, outputs, error, init_session)
 

@@ -1,0 +1,52 @@
+"""``statestream import MODEL.onnx --spec SPEC.toml --out FOLDER``: the importer on the command line.
+
+The importer needs ``onnx`` (a serving dependency) and ONNX Runtime (the ``cpu`` or ``gpu``
+extra, as serving does); without them the command says which extra to install. A refused
+import is one line naming the check that failed, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.command import EXIT_USAGE, CommandError, Parser
+from service.contract import ContractError
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = Parser(
+        prog="statestream import",
+        description="Wrap a stateful ONNX graph from elsewhere into a model folder that 'statestream serve' loads.\n"
+        "The spec (TOML) names its state tensors and their batch axis, its constants and its carried input\n"
+        "(docs/your-model.md). The golden trace comes from the original graph; nothing is written unless\n"
+        "the wrapped graph reproduces it and several sessions batched equal each run alone.",
+    )
+    parser.add_argument("graph", type=Path, metavar="MODEL.onnx", help="the ONNX graph to import")
+    parser.add_argument("--spec", type=Path, required=True, help="the import spec (TOML)")
+    parser.add_argument("--out", type=Path, required=True, help="the model folder to write (replaced if it is one)")
+    parser.add_argument("--name", default=None, help="the model's name (default: the --out folder's name)")
+    parser.add_argument("--task", default="sequence_model", help="the task whose driver serves it")
+    args = parser.parse_args(list(argv))
+    try:
+        from service.importer.folder import import_onnx
+        from service.importer.spec import ImportSpec
+    except ModuleNotFoundError as exc:
+        raise CommandError(
+            f"statestream import needs {exc.name!r}, which is not installed",
+            EXIT_USAGE,
+            hint="pip install 'statestream[cpu]' (or [gpu]): the importer runs the graph with ONNX Runtime",
+        ) from exc
+    if not args.graph.is_file():
+        raise CommandError(f"{args.graph}: no such file", EXIT_USAGE, hint="give the path of an .onnx graph")
+    try:
+        report = import_onnx(args.graph, ImportSpec.load(args.spec), args.out, name=args.name, task=args.task)
+    except ContractError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    manifest = report.manifest
+    print(
+        f"imported {args.graph.name} as model {manifest.name!r} (task {manifest.task}) into {report.folder}: "
+        f"golden trace of {len(next(iter(manifest.golden.inputs.values())))} steps reproduced "
+        f"(max |diff| {report.golden_error:.2g}), batch of sessions = each alone (max |diff| {report.batch_error:.2g})"
+    )
+    return 0
