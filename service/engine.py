@@ -110,9 +110,14 @@ class SessionEngine:
 
     # -- requests that change state ------------------------------------------------------
 
-    async def apply_step(self, session: Session, step: pb.Step, *, lane: bool = False) -> bytes:
+    async def apply_step(self, session: Session, step: pb.Step, *, lane: bool = False, key: str | None = None) -> bytes:
         """Applies one Step exactly once; its answer is the StepResult's bytes (a duplicate's: the
         cached answer, marked duplicate).
+
+        ``key``: for a protocol whose clients name a request by an id instead of numbering it
+        (the Open Inference Protocol), the step's seq is chosen here, under the session's lock,
+        and ``step.seq`` set: the seq that key was applied as (a duplicate), else the next one
+        (always the next one for the key "", a request without id).
 
         Safe against the caller's cancellation (a broken stream) without a task of its own: the
         lock is taken before anything starts, and once the step is handed to the scheduler it
@@ -127,11 +132,13 @@ class SessionEngine:
         try:
             if session.closed:
                 raise closed_error(session)
+            if key is not None:
+                step.seq = session.seq_for_key(key) if key else session.last_seq + 1
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return duplicate_result(session, step.seq)
             decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
-            orphan = functools.partial(self._commit_orphan, session, step, decoded)
+            orphan = functools.partial(self._commit_orphan, session, step, decoded, key)
             future = start_step(session, decoded, lane=lane, orphan=orphan)
             started = True
         finally:
@@ -141,30 +148,39 @@ class SessionEngine:
             await future  # cancelled meanwhile: the future is cancelled, the step is not (see submit)
         except asyncio.CancelledError:
             if not future.cancelled():  # it finished, then the caller was cancelled before it resumed
-                self._commit_orphan(session, step, decoded, future)
+                self._commit_orphan(session, step, decoded, key, future)
             raise
         except Exception:
             pass  # _commit reports the step's failure
         try:
-            result = self._commit(session, step, decoded, future)
+            result = self._commit(session, step, decoded, future, key)
             await self._acknowledge(session)
             return result
         finally:
             lock.release()
 
-    def _commit(self, session: Session, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]) -> bytes:
-        """The answer of a finished step (encoded), recorded with its seq; a failed step records nothing."""
+    def _commit(
+        self,
+        session: Session,
+        step: pb.Step,
+        decoded: StepInputs,
+        future: asyncio.Future[Arrays],
+        key: str | None = None,
+    ) -> bytes:
+        """The answer of a finished step (encoded), recorded with its seq (and key); a failed step records nothing."""
         outputs = finish_step(session, future)
         answer = session.runtime.driver.encode_result(session.options, step, decoded, outputs)
         session.record(step.seq, answer, self.settings.reply_cache)
+        if key:
+            session.remember_key(key, step.seq)
         return answer
 
     def _commit_orphan(
-        self, session: Session, step: pb.Step, decoded: StepInputs, future: asyncio.Future[Arrays]
+        self, session: Session, step: pb.Step, decoded: StepInputs, key: str | None, future: asyncio.Future[Arrays]
     ) -> None:
         """Commits a step whose caller has gone (its stream broke) and frees the session."""
         try:
-            self._commit(session, step, decoded, future)
+            self._commit(session, step, decoded, future, key)
         except StatestreamError:
             pass  # it failed: nothing was applied, nothing is recorded
         except Exception:

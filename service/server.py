@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import process
+from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.contract import MANIFEST_FILE
@@ -37,6 +40,7 @@ from service.security import (
     transport_security,
     warn_if_exposed,
 )
+from service.servicers.inference import InferenceServicer
 from service.servicers.models import ModelServicer
 from service.servicers.sessions import SessionServicer
 from service.servicers.wire import add_servicer
@@ -60,9 +64,35 @@ def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
     return servicer
 
 
-async def set_health(servicer: health.aio.HealthServicer, status: int) -> None:
-    for name in ("", *(_full_name(s) for s in SERVICES)):
+#: The Open Inference Protocol's service (--oip), beside statestream.v1's.
+OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def served_services(settings: Settings) -> tuple[str, ...]:
+    """The full names of the API services this server serves (health and reflection list them)."""
+    return (*(_full_name(s) for s in SERVICES), *((OIP_SERVICE,) if settings.oip else ()))
+
+
+async def set_health(servicer: health.aio.HealthServicer, status: int, services: tuple[str, ...]) -> None:
+    for name in ("", *services):
         await servicer.set(name, status)
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every served proto in one pool for reflection: the OIP's messages live in a pool of their
+    own, not the default one (service/api/generate.py says why)."""
+    pool = descriptor_pool.DescriptorPool()
+    files: tuple[FileDescriptor, ...] = (
+        pb.DESCRIPTOR,
+        oip.DESCRIPTOR,
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+    )
+    for file in files:
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+    return pool
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -107,20 +137,23 @@ class Server:
         add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
         engine = SessionEngine(store, settings, durable)
         add_servicer(server, "SessionService", SessionServicer(engine, metrics, auth))
+        if settings.oip:
+            add_servicer(server, "GRPCInferenceService", InferenceServicer(engine, metrics, auth), oip)
         health_servicer = add_health(server)
         reflection.enable_server_reflection(
             (
-                *(_full_name(s) for s in SERVICES),
+                *served_services(settings),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             server,
+            reflection_pool(),
         )
         port = bind(server, settings.target, transport)
         warn_if_exposed(settings, transport, auth)
         runtimes.start()
         await server.start()
-        await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING, served_services(settings))
         if settings.metrics_port:
             metrics.serve_http(settings.metrics_port, settings.host)
         running = cls(
@@ -149,7 +182,7 @@ class Server:
         """
         log.info("draining: no new sessions, %.1fs for in-flight steps", self.settings.grace_s)
         self.store.accepting = False
-        await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING, served_services(self.settings))
         if self.durable is not None:  # hand every session to the store: its clients resume on another replica
             await self.durable.drain()
         loop = asyncio.get_running_loop()

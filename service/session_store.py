@@ -31,6 +31,9 @@ from service.snapshots import Sealer
 log = logging.getLogger(__name__)
 
 SESSION_ID_BYTES = 24  # 192 random bits
+#: Request keys a session remembers (``Session.remember_key``): more than the answers it caches,
+#: so that a key resent after its answer left the cache is still known as applied.
+KEYS_KEPT = 256
 
 
 class SeqCheck(Enum):
@@ -79,6 +82,9 @@ class Session:
     epoch: int = 0
     #: Requests applied since the last checkpoint to the session store.
     unsaved: int = 0
+    #: The seq each recent request key was applied as, for protocols whose clients send a request
+    #: id instead of a seq (the Open Inference Protocol); see ``SessionEngine.apply_step``.
+    keys: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def check_seq(self, seq: int) -> SeqCheck:
         """Decides whether a request with ``seq`` is applied; raises on a gap or a missing seq."""
@@ -100,6 +106,15 @@ class Session:
             self.replies[seq] = (kind, reply)
             while len(self.replies) > keep:
                 self.replies.popitem(last=False)
+
+    def seq_for_key(self, key: str) -> int:
+        """The seq a request ``key`` was applied as, or the next seq if it is new."""
+        return self.keys.get(key, self.last_seq + 1)
+
+    def remember_key(self, key: str, seq: int) -> None:
+        self.keys[key] = seq
+        while len(self.keys) > KEYS_KEPT:
+            self.keys.popitem(last=False)
 
     def cached_reply(self, seq: int, kind: ReplyKind) -> bytes | None:
         """The encoded answer kept for ``seq`` if it answered a request of ``kind`` (a seq may have been another)."""

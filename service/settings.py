@@ -207,6 +207,10 @@ class Settings:
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, sharing the port with other processes"}
     )
+    oip: bool = field(
+        default=True,
+        metadata={"help": "also serve the Open Inference Protocol (inference.GRPCInferenceService) on the same port"},
+    )
 
     @property
     def worker_count(self) -> int:

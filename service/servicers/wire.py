@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, cast
 
 import grpc
@@ -75,12 +76,13 @@ _FACTORIES = {
 }
 
 
-def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any) -> None:
-    """Registers every method of ``statestream.v1.<service_name>`` from the proto's descriptor."""
-    service = pb.DESCRIPTOR.services_by_name[service_name]
+def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any, module: ModuleType = pb) -> None:
+    """Registers every method of ``<service_name>`` from the descriptor of its generated ``module``
+    (statestream.v1's by default)."""
+    service = module.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
     for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
+        request_type = getattr(module, method.input_type.name)
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),

@@ -1,0 +1,355 @@
+"""inference.GRPCInferenceService: the Open Inference Protocol, a second translator over the engine.
+
+Triton's and KServe's clients speak it; here a sequence is a session. The servicer keeps, per
+caller, which session each ``sequence_id`` opened, and hands every request to the same
+``SessionEngine`` the native protocol uses, so OIP sequences batch with native sessions and
+keep the exactly-once rule: the request ``id`` is the step's key (``apply_step(key=...)``), so
+a resend is answered from the reply cache. It translates only: tensors per kind are
+``oip_tensors``'s, locks, seqs and commits are the engine's, statuses are the errors' own.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
+from service.api import grpc_service_pb2 as oip
+from service.api import statestream_pb2 as pb
+from service.auth import Authenticator
+from service.engine import SessionEngine
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, StatestreamError
+from service.metrics import Metrics
+from service.runtime import ModelRuntime
+from service.servicers import oip_tensors
+from service.servicers.oip_tensors import OipModel
+from service.servicers.sessions import checked
+from service.servicers.wire import Context, Malformed
+from service.session_log import events
+from service.session_store import Session
+
+#: The protocol's extensions this server implements (ServerMetadata).
+EXTENSIONS = ("sequence", "model_configuration", "model_repository")
+#: The request parameters read; any other is refused (an option this server does not support).
+SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
+#: Answer parameters: the step's seq in its session, and whether the answer came from the cache.
+SEQ, DUPLICATE = "statestream_seq", "statestream_duplicate"
+
+SequenceId = int | str
+
+
+@dataclass(frozen=True)
+class SequenceFlags:
+    """What a request's parameters say about its sequence (``id`` None: no sequence)."""
+
+    id: SequenceId | None
+    start: bool
+    end: bool
+
+
+@dataclass
+class Sequence:
+    """A caller's sequence: its session, and once it ended, the answer of the request that ended it."""
+
+    session_id: str
+    model: str
+    ended: bool = False
+    ended_by: str = ""  # the id of the request that ended it
+    ended_answer: bytes = b""  # that request's StepResult, for a resend of it
+
+
+def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlags:
+    """The sequence parameters, checked: types, a flag without an id, unknown parameters."""
+    sequence_id: SequenceId | None = None
+    start = end = False
+    for name, value in parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        if name == SEQUENCE_ID:
+            if kind == "string_param":
+                sequence_id = value.string_param or None
+            elif kind in ("int64_param", "uint64_param"):
+                number = getattr(value, kind)
+                if number < 0:
+                    raise InvalidArgument(f"sequence_id {number} is negative; it is a uint64 or a string")
+                sequence_id = number or None
+            else:
+                raise InvalidArgument(f"sequence_id must be an integer or a string, not {kind}")
+        elif name in (SEQUENCE_START, SEQUENCE_END):
+            if kind != "bool_param":
+                raise InvalidArgument(f"{name} must be a bool, not {kind}")
+            start, end = (value.bool_param, end) if name == SEQUENCE_START else (start, value.bool_param)
+        else:
+            raise InvalidArgument(
+                f"unknown parameter {name!r}: this server reads only {SEQUENCE_ID}, {SEQUENCE_START}, {SEQUENCE_END}"
+            )
+    if sequence_id is None and (start or end):
+        raise InvalidArgument(f"{SEQUENCE_START if start else SEQUENCE_END} needs a sequence_id (non-zero)")
+    return SequenceFlags(sequence_id, start, end)
+
+
+def error_text(exc: StatestreamError) -> str:
+    """An in-stream error_message: the status's name, then what was wrong."""
+    return f"{exc.code.name}: {exc.message}"
+
+
+class InferenceServicer:
+    """The Open Inference Protocol over the session engine."""
+
+    def __init__(self, engine: SessionEngine, metrics: Metrics, auth: Authenticator) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.runtimes = engine.store.runtimes
+        self.metrics = metrics
+        self.auth = auth
+        #: Each model's protocol view, built once.
+        self.models = {runtime.name: oip_tensors.oip_model(runtime.model.manifest) for runtime in self.runtimes}
+        #: (caller, sequence_id) → its sequence.
+        self.sequences: dict[tuple[str, SequenceId], Sequence] = {}
+        try:
+            self.version = importlib.metadata.version("statestream")
+        except importlib.metadata.PackageNotFoundError:
+            self.version = "unknown"
+
+    # -- health and metadata -------------------------------------------------------------
+
+    async def ServerLive(self, request: oip.ServerLiveRequest | Malformed, context: Context) -> oip.ServerLiveResponse:
+        await self._caller(context)
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest | Malformed, context: Context
+    ) -> oip.ServerReadyResponse:
+        await self._caller(context)
+        return oip.ServerReadyResponse(ready=self.engine.store.accepting)
+
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest | Malformed, context: Context
+    ) -> oip.ServerMetadataResponse:
+        await self._caller(context)
+        return oip.ServerMetadataResponse(name="statestream", version=self.version, extensions=EXTENSIONS)
+
+    async def ModelReady(self, request: oip.ModelReadyRequest | Malformed, context: Context) -> oip.ModelReadyResponse:
+        await self._caller(context)
+        try:
+            asked = checked(request)
+            _, model = self._model(asked.name, asked.version)
+        except StatestreamError:
+            return oip.ModelReadyResponse(ready=False)
+        return oip.ModelReadyResponse(ready=not model.unreachable and self.engine.store.accepting)
+
+    async def ModelMetadata(
+        self, request: oip.ModelMetadataRequest | Malformed, context: Context
+    ) -> oip.ModelMetadataResponse:
+        try:
+            await self._caller(context)
+            asked = checked(request)
+            runtime, model = self._reachable(asked.name, asked.version)
+            return oip.ModelMetadataResponse(
+                name=model.name,
+                versions=[runtime.model.manifest.version],
+                platform="onnxruntime_onnx",
+                inputs=[t.metadata() for t in model.inputs],
+                outputs=[t.metadata() for t in model.outputs],
+            )
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest | Malformed, context: Context
+    ) -> oip.ModelConfigResponse:
+        try:
+            await self._caller(context)
+            asked = checked(request)
+            _, model = self._reachable(asked.name, asked.version)
+            config = oip_tensors.model_config(model, self.settings.max_batch, self.settings.idle_timeout_s)
+            return oip.ModelConfigResponse(config=config)
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest | Malformed, context: Context
+    ) -> oip.RepositoryIndexResponse:
+        await self._caller(context)
+        ready_only = not isinstance(request, Malformed) and request.ready
+        index = oip.RepositoryIndexResponse()
+        for runtime in sorted(self.runtimes, key=lambda r: r.name):
+            model = self.models[runtime.name]
+            if model.unreachable and ready_only:
+                continue
+            index.models.add(
+                name=runtime.name,
+                version=runtime.model.manifest.version,
+                state="UNAVAILABLE" if model.unreachable else "READY",
+                reason=model.unreachable,
+            )
+        return index
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def ModelInfer(self, request: oip.ModelInferRequest | Malformed, context: Context) -> oip.ModelInferResponse:
+        try:
+            caller = self.auth.caller(context)
+            return await self._infer(checked(request), caller)
+        except StatestreamError as exc:
+            events.refused(exc)
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[oip.ModelInferRequest | Malformed], context: Context
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        """Answers each request in order before reading the next; a failed one is an error_message."""
+        caller: str | None = None
+        try:
+            async for request in requests:
+                if caller is None:  # refusals only after the first message is read, as in Session
+                    try:
+                        caller = self.auth.caller(context)
+                        self.engine.enter_stream()
+                    except StatestreamError as exc:
+                        caller = None
+                        events.refused(exc)
+                        await context.abort(exc.code, exc.message)
+                        raise  # unreachable: abort raises
+                try:
+                    answer = await self._infer(checked(request), caller)
+                except StatestreamError as exc:
+                    events.refused(exc)
+                    failed = oip.ModelInferResponse()
+                    if not isinstance(request, Malformed):
+                        failed.model_name, failed.id = request.model_name, request.id
+                    yield oip.ModelStreamInferResponse(error_message=error_text(exc), infer_response=failed)
+                    continue
+                yield oip.ModelStreamInferResponse(infer_response=answer)
+        finally:
+            if caller is not None:
+                self.engine.leave_stream()
+
+    async def _infer(self, request: oip.ModelInferRequest, caller: str) -> oip.ModelInferResponse:
+        """One request: checked whole before anything runs, then one step through the engine."""
+        runtime, model = self._reachable(request.model_name, request.model_version)
+        self.metrics.requests.labels(runtime.name, "oip_infer").inc()
+        flags = sequence_flags(request.parameters)
+        arrays, raw = oip_tensors.read_inputs(request, model)
+        outputs = oip_tensors.requested_outputs(request, model)
+        step = model.step(arrays)
+        if flags.id is None:
+            answer = await self._one_shot(runtime, model, step, caller)
+        else:
+            answer = await self._sequence_step(runtime, model, flags, step, request.id, caller)
+        result = pb.StepResult.FromString(answer)
+        if not result.outputs:  # a resend whose answer has left the reply cache
+            raise FailedPrecondition(
+                f"request {request.id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
+                f"its answer is no longer cached (the server keeps the last --reply-cache answers)"
+            )
+        response = oip.ModelInferResponse(
+            model_name=runtime.name, model_version=runtime.model.manifest.version, id=request.id
+        )
+        if flags.id is not None:
+            response.parameters[SEQUENCE_ID].CopyFrom(request.parameters[SEQUENCE_ID])
+        response.parameters[SEQ].int64_param = result.seq
+        if result.duplicate:
+            response.parameters[DUPLICATE].bool_param = True
+        oip_tensors.fill_outputs(response, model.answer(result.outputs[0]), outputs, raw)
+        return response
+
+    async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
+        """A request without a sequence: one step of a fresh session, closed at once."""
+        session = await self.engine.open(self._open_request(runtime, model), caller)
+        try:
+            return await self.engine.apply_step(session, step)
+        finally:
+            await self.engine.close(session)
+
+    async def _sequence_step(
+        self, runtime: ModelRuntime, model: OipModel, flags: SequenceFlags, step: pb.Step, request_id: str, caller: str
+    ) -> bytes:
+        """A step of a sequence, exactly once by request id; sequence_end closes it after the step."""
+        assert flags.id is not None
+        key = (caller, flags.id)
+        known = self.sequences.get(key)
+        if known is not None and known.ended and request_id and request_id == known.ended_by:
+            return known.ended_answer + DUPLICATE_MARK  # the ending request, resent
+        session = await self._session_of(runtime, model, flags, request_id, caller)
+        answer = await self.engine.apply_step(session, step, key=request_id)
+        if flags.end:
+            await self.engine.close(session)
+            self.sequences[key] = Sequence(session.id, runtime.name, True, request_id, answer)
+        return answer
+
+    async def _session_of(
+        self, runtime: ModelRuntime, model: OipModel, flags: SequenceFlags, request_id: str, caller: str
+    ) -> Session:
+        """The sequence's session: opened by sequence_start, found (and alive) otherwise."""
+        assert flags.id is not None
+        key = (caller, flags.id)
+        known = self.sequences.get(key)
+        live = self._live(known, caller)
+        if flags.start:
+            if live is not None and request_id and request_id in live.keys:
+                return live  # the starting request, resent: the engine answers it from the cache
+            if live is not None:  # a new start of an open id ends the old sequence (as in Triton)
+                await self.engine.close(live)
+            self._forget_dead()
+            session = await self.engine.open(self._open_request(runtime, model), caller)
+            self.sequences[key] = Sequence(session.id, runtime.name)
+            return session
+        if known is None:
+            raise FailedPrecondition(f"sequence {flags.id!r} is not open: its first request must set sequence_start")
+        if known.ended:
+            raise FailedPrecondition(
+                f"sequence {flags.id!r} has ended (sequence_end); start it again with sequence_start"
+            )
+        if live is None:
+            raise FailedPrecondition(
+                f"sequence {flags.id!r} has expired: its session idled past --idle-timeout-s "
+                f"({self.settings.idle_timeout_s:g}s) or was evicted; start it again with sequence_start"
+            )
+        if known.model != runtime.name:
+            raise InvalidArgument(f"sequence {flags.id!r} belongs to model {known.model!r}, not {runtime.name!r}")
+        return live
+
+    def _live(self, known: Sequence | None, caller: str) -> Session | None:
+        if known is None or known.ended:
+            return None
+        try:
+            return self.engine.get(known.session_id, caller)
+        except NotFound:
+            return None
+
+    def _forget_dead(self) -> None:
+        """Bounds the map: past twice --max-sessions entries, forgets those whose session is gone."""
+        if len(self.sequences) <= 2 * self.settings.max_sessions:
+            return
+        for key, known in list(self.sequences.items()):
+            if self._live(known, key[0]) is None:
+                del self.sequences[key]
+
+    def _open_request(self, runtime: ModelRuntime, model: OipModel) -> pb.OpenSession:
+        return pb.OpenSession(model=runtime.name, version=runtime.model.manifest.version, options=model.options())
+
+    # -- models --------------------------------------------------------------------------
+
+    def _model(self, name: str, version: str) -> tuple[ModelRuntime, OipModel]:
+        if not name:
+            raise InvalidArgument("model name is required")
+        runtime = self.runtimes.get(name, version)
+        return runtime, self.models[runtime.name]
+
+    def _reachable(self, name: str, version: str) -> tuple[ModelRuntime, OipModel]:
+        """The model, if this protocol can run it (FAILED_PRECONDITION saying why not, otherwise)."""
+        runtime, model = self._model(name, version)
+        if model.unreachable:
+            raise FailedPrecondition(model.unreachable)
+        return runtime, model
+
+    async def _caller(self, context: Context) -> str:
+        try:
+            return self.auth.caller(context)
+        except StatestreamError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
