@@ -49,6 +49,9 @@ and the targets as ratios measured in this run. Variants:
   ort          the model alone, at the batch shapes of those two (and batch 256 for the
                residual target); its CPU column is ORT's own CPU per step
   memory       RSS growth per idle session against its raw state bytes
+  oip          (only when named in --variants) the statestream server driven over the Open
+               Inference Protocol instead: one ModelStreamInfer sequence per stream, requests
+               built with tritonclient's generated classes; same N as the statestream rows
 Each cell is the median of --repeats runs, measured interleaved (the machine is noisy).
 --rate R offers every row the same paced load instead (R messages a second over its streams,
 --arrivals spread or together), so CPU per step and latency compare at equal load; the
@@ -62,6 +65,7 @@ def cells_of(plan: Plan) -> list[Cell]:
         cells.append(Cell("naive", "naive", "stream", streams))
         cells.append(Cell("minimal", "minimal", "stream", streams))
         cells.append(Cell("statestream", "statestream", "stream", streams))
+        cells.append(Cell("oip", "statestream", "oip", streams))
     cells.append(Cell("chunked", "statestream", "stream", plan.chunk_streams, chunk=plan.chunk))
     cells.append(
         Cell(
@@ -158,6 +162,7 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
             )
         )
     targets += _minimal_targets(find)
+    targets += _oip_targets(find, plan)
     residual = _residual_target(find, _find_ort(rows, RESIDUAL_STREAMS, 1))
     if residual is not None:
         targets.append(residual)
@@ -177,6 +182,24 @@ def targets_of(rows: list[Row], memory: dict[str, Any] | None, plan: Plan) -> li
                 )
             )
     return targets + _memory_targets(memory)
+
+
+def _oip_targets(find: Callable[[str, int | None], Row | None], plan: Plan) -> list[Target]:
+    """The Open Inference Protocol against the native stream, same server, same load (issue 24: >= 0.9x)."""
+    targets = []
+    for streams in plan.streams:
+        oip, native = find("oip", streams), find("statestream", streams)
+        if oip and native:
+            targets.append(
+                Target(
+                    f"oip steps/s / statestream steps/s at {streams} streams",
+                    oip.steps_per_s / native.steps_per_s,
+                    0.9,
+                    True,
+                    f"{oip.steps_per_s:.0f} / {native.steps_per_s:.0f}",
+                )
+            )
+    return targets
 
 
 def _memory_targets(memory: dict[str, Any] | None) -> list[Target]:
@@ -369,7 +392,8 @@ def parser() -> Parser:
         "and the session store's checkpoint cost, at 256 and 1,024 streams",
     )
     parser.add_argument(
-        "--variants", help="comma-separated subset of echo,naive,minimal,statestream,chunked,multiplexed (default: all)"
+        "--variants",
+        help="comma-separated subset of echo,naive,minimal,statestream,chunked,multiplexed,oip (default: all but oip)",
     )
     parser.add_argument(
         "--rate",
@@ -395,9 +419,10 @@ def plan_of(args: argparse.Namespace) -> Plan:
         changes["streams"] = args.streams
     if args.variants:
         changes["variants"] = tuple(v.strip() for v in args.variants.split(","))
-        unknown = set(changes["variants"]) - set(Plan.variants)
+        known = (*Plan.variants, "oip")
+        unknown = set(changes["variants"]) - set(known)
         if unknown:
-            raise CommandError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(Plan.variants)}", EXIT_USAGE)
+            raise CommandError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(known)}", EXIT_USAGE)
     if args.rate is not None:
         changes["rate"] = args.rate
     if args.arrivals is not None:

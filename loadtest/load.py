@@ -41,7 +41,7 @@ class LoadSpec:
 
     target: str
     model: str
-    mode: str  # "stream" or "multiplex"
+    mode: str  # "stream", "multiplex" or "oip" (an Open Inference Protocol sequence per stream)
     streams: int  # Session streams, or Multiplex streams
     channels: int = 2
     chunk: int = 1  # characters (time steps) per step message
@@ -53,6 +53,9 @@ class LoadSpec:
     tensors: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     #: Outputs every session asks for (SessionOptions.return_tensors), so answers carry them.
     return_tensors: tuple[str, ...] = ()
+    #: Every model input as (name, dtype, per-step shape), language models' too: what an
+    #: ``oip`` stream sends (a token id is 0, valid in any vocabulary).
+    model_inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     #: Paced load: each stream sends one message every this many seconds; 0: closed loop.
     interval_s: float = 0.0
     #: Paced load: the streams' schedules spread evenly over the interval, else all in phase.
@@ -69,12 +72,10 @@ def model_fields(manifest: Manifest) -> dict[str, Any]:
     Asking for every output makes a tensor model's answer carry what a client of it reads; a
     language model answers its top_k next tokens without asking.
     """
+    inputs = tuple((t.name, t.dtype, t.shape) for t in manifest.inputs)
     if manifest.task == "language_model":
-        return {}
-    return {
-        "tensors": tuple((t.name, t.dtype, t.shape) for t in manifest.inputs),
-        "return_tensors": tuple(t.name for t in manifest.outputs),
-    }
+        return {"model_inputs": inputs}
+    return {"tensors": inputs, "return_tensors": tuple(t.name for t in manifest.outputs), "model_inputs": inputs}
 
 
 @dataclass
@@ -125,6 +126,18 @@ class _Window:
         self.go, self.measure, self.end = go, measure, end
 
 
+def _random_steps(
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...], rng: np.random.Generator, chunk: int
+) -> list[dict[str, np.ndarray]]:
+    """``TENSOR_STEPS`` steps of ``[chunk, *shape]`` per input: floats standard normal, integers 0."""
+
+    def value(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        full = (chunk, *shape)
+        return rng.standard_normal(full).astype(dtype) if dtype.startswith("float") else np.zeros(full, dtype)
+
+    return [{name: value(dtype, shape) for name, dtype, shape in inputs} for _ in range(TENSOR_STEPS)]
+
+
 def _inputs(spec: LoadSpec, index: int) -> list[bytes]:
     """The step input fields one stream sends in turn (see ``messages.step_bytes``).
 
@@ -134,15 +147,7 @@ def _inputs(spec: LoadSpec, index: int) -> list[bytes]:
     """
     if spec.tensors:
         rng = np.random.default_rng(spec.offset + index)
-
-        def value(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-            full = (spec.chunk, *shape)
-            return rng.standard_normal(full).astype(dtype) if dtype.startswith("float") else np.zeros(full, dtype)
-
-        return [
-            messages.tensors_input({name: value(dtype, shape) for name, dtype, shape in spec.tensors})
-            for _ in range(TENSOR_STEPS)
-        ]
+        return [messages.tensors_input(arrays) for arrays in _random_steps(spec.tensors, rng, spec.chunk)]
     text = spec.text
     start = (spec.offset + index * 7) % len(text)
     rolled = text[start:] + text[:start]
@@ -184,6 +189,27 @@ async def _multiplex(
         call, await gate.opened(), out, spec.per_message * spec.chunk, _Pace.of(spec, index),
         lambda seq: messages.multiplex_request(prefixes, seq, [i[seq % len(i)] for i in all_inputs]),
         messages.multiplex_errors,
+    )  # fmt: skip
+
+
+async def _oip(
+    channel: grpc.aio.Channel, spec: LoadSpec, index: int, gate: _Gate, opening: asyncio.Semaphore, out: WorkerResult
+) -> None:
+    """One Open Inference Protocol sequence on ModelStreamInfer (``loadtest.oip_load``), one step a request."""
+    from loadtest import oip_load  # tritonclient: only this variant needs it
+
+    sequence_id = spec.offset + index + 1  # workers' offsets are far apart: unique in the run
+    steps = _random_steps(spec.model_inputs, np.random.default_rng(spec.offset + index), 1)
+    requests = [oip_load.infer_request(spec.model, sequence_id, arrays) for arrays in steps]
+    call = channel.stream_stream(oip_load.STREAM_METHOD)()
+    async with opening:
+        await call.write(oip_load.infer_request(spec.model, sequence_id, steps[0], start=True))
+        if oip_load.is_error(await call.read()):
+            raise RuntimeError(f"the server refused to start OIP sequence {sequence_id} of {spec.model!r}")
+    await _closed_loop(
+        call, await gate.opened(), out, 1, _Pace.of(spec, index),
+        lambda seq: requests[seq % len(requests)],
+        oip_load.is_error,
     )  # fmt: skip
 
 
@@ -266,7 +292,7 @@ async def _worker(spec: LoadSpec, conn: Connection) -> WorkerResult:
     ]
     gate = _Gate(spec.streams)
     out = WorkerResult()
-    run = _stream if spec.mode == "stream" else _multiplex
+    run = {"stream": _stream, "multiplex": _multiplex, "oip": _oip}[spec.mode]
     opening = asyncio.Semaphore(_OPEN_CONCURRENCY)
     tasks = [
         loop.create_task(run(channels[i % len(channels)], spec, i, gate, opening, out)) for i in range(spec.streams)
