@@ -10,7 +10,7 @@ PORT ?= 50051
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck pytest bench protos redis-server
+.PHONY: serve test lint typecheck pytest bench protos redis-server speech-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,13 @@ redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
 
-pytest: $(VENV)/.dev redis-server
+# The voice-activity tests speak their test audio with espeak-ng and resample it with sox
+# (tests/vad_audio.py): Debian packages too, installed the same way.
+speech-tools:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends espeak-ng sox; }
+
+pytest: $(VENV)/.dev redis-server speech-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

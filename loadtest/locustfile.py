@@ -435,5 +435,38 @@ class TensorStepUser(StatestreamUser):
         self.send_step("tensor_step", step)
 
 
+def call_audio(seconds: float = 8.0, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A call's PCM16 audio, numpy only: one second of voiced bursts (a 140 Hz buzz with harmonics,
+    syllable-modulated) and one of low noise, alternating, so the VAD's events fire too."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    buzz = np.sin(2 * np.pi * 140 * np.arange(1, 12)[:, None] * t).T @ (1.0 / np.arange(1, 12))
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.floor(t) % 2 == 0)
+    signal = 0.2 * buzz * syllables + rng.normal(0, 0.005, len(t))
+    pcm: np.ndarray = (np.clip(signal, -1, 1) * 32767).astype(np.int16)
+    return pcm
+
+
+#: The VAD users' audio, cut into 20 ms telephony frames of 320 samples.
+CALL_FRAMES = call_audio().reshape(-1, 320)
+
+
+@workload("silero_vad", slo_ms={"vad_frame": 100.0})  # a live call's frame, answered before the next is due
+class VadUser(StatestreamUser):
+    """A live call's voice-activity detection: 20 ms PCM16 frames on a real-time schedule; the server
+    buffers them into Silero's 512-sample frames and answers each completed one (and any event)."""
+
+    weight = 1
+    wait_time = constant_throughput(50)  # one 20 ms frame every 20 ms: real time
+
+    @task
+    def vad_frame(self) -> None:
+        self.stream.seq += 1
+        request = pb.Run(seq=self.stream.seq, max_steps=2)
+        request.tensors.tensors.append(to_proto("audio", CALL_FRAMES[self.position % len(CALL_FRAMES)]))
+        self.position += 1
+        self.server_run("vad_frame", request)
+
+
 if __name__ == "__main__":
     print_registered()

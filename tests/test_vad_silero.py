@@ -1,0 +1,153 @@
+"""The shipped ``models/silero_vad`` against silero-vad's own code, on real (synthetic) speech.
+
+The reference is the silero-vad package itself: ``OnnxWrapper`` (one ONNX Runtime session per
+call, run per 512-sample frame, as voice frameworks run it) for the probabilities, and
+``VADIterator`` over that wrapper for the speech events. The speech is espeak-ng's, with noise
+between utterances (tests/vad_audio.py). Tolerance 1e-5 on probabilities: the served graph is the
+same ONNX graph wrapped (carry and state moved into rows), and batching many calls into one ORT
+call changes float summation order only; the events must be equal exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import silero_vad
+import torch
+from silero_vad.utils_vad import OnnxWrapper, VADIterator
+
+from service.api import statestream_pb2 as pb
+from service.cli import main as statestream_main
+from service.client.sdk import AsyncClient, AsyncSession, Client
+from service.settings import Settings
+from tests.conftest import ROOT
+from tests.servers import ServerThread
+from tests.test_vad_driver import Events, feed, segments_of
+from tests.vad_audio import speech_with_noise, write_wav
+
+SHIPPED = ROOT / "models" / "silero_vad"
+WHEEL_GRAPH = Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+RATE, FRAME = 16000, 512
+CALLS = 64
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def silero_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    folder = tmp_path_factory.mktemp("silero_models")
+    (folder / "silero_vad").symlink_to(SHIPPED)
+    running = ServerThread(Settings(models_dir=folder, max_sessions_per_caller=1000))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    return speech_with_noise(tmp_path_factory.mktemp("speech"), RATE)
+
+
+def wrapper_probabilities(audio: np.ndarray) -> list[float]:
+    """silero-vad's OnnxWrapper, one call per 512-sample frame of ``audio`` (int16), from a fresh state."""
+    model = OnnxWrapper(str(WHEEL_GRAPH), force_onnx_cpu=True)
+    floats = torch.from_numpy(audio.astype(np.float32) / 32768.0)
+    return [float(model(floats[i : i + FRAME], RATE).item()) for i in range(0, len(audio) - FRAME + 1, FRAME)]
+
+
+def iterator_events(audio: np.ndarray, **options: float) -> Events:
+    """silero-vad's VADIterator over OnnxWrapper, fed the 512-sample frames of ``audio``."""
+    iterator = VADIterator(OnnxWrapper(str(WHEEL_GRAPH), force_onnx_cpu=True), sampling_rate=RATE, **options)
+    floats = torch.from_numpy(audio.astype(np.float32) / 32768.0)
+    events: Events = []
+    for i in range(0, len(audio) - FRAME + 1, FRAME):
+        event = iterator(floats[i : i + FRAME])
+        if event:
+            ((name, sample),) = event.items()
+            events.append(("speech_" + name, int(sample)))
+    return events
+
+
+def test_the_shipped_folder_is_the_wheels_graph_imported_with_its_spec(tmp_path: Path) -> None:
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert manifest["training"]["sha256"] == hashlib.sha256(WHEEL_GRAPH.read_bytes()).hexdigest()
+    assert silero_vad.__version__ in (SHIPPED / "README.md").read_text()
+    out = tmp_path / "silero_vad"
+    argv = ["import", str(WHEEL_GRAPH), "--spec", str(SHIPPED / "import.toml"), "--out", str(out)]
+    assert statestream_main([*argv, "--name", "silero_vad", "--task", "voice_activity"]) == 0
+    for name in ("manifest.json", "step.onnx"):
+        assert (out / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+    assert "MIT License" in (SHIPPED / "LICENSE").read_text()
+
+
+async def stream_call(session: AsyncSession, audio: np.ndarray, chunk: int) -> list[float]:
+    """One live call: ``audio`` in chunks of ``chunk`` samples, every frame's probability."""
+    probabilities: list[float] = []
+    for first in range(0, len(audio), chunk):
+        part = audio[first : first + chunk]
+        async for answer in session.run(len(part) // FRAME + 1, tensors={"audio": part}):
+            if isinstance(answer, pb.RunOutput):
+                probabilities.append(float(np.frombuffer(answer.output.tensors[0].data, "<f4")[0]))
+    return probabilities
+
+
+def test_64_concurrent_calls_batched_equal_onnx_wrapper_per_call(
+    silero_server: ServerThread, speech: np.ndarray
+) -> None:
+    """Each call hears its own 3 s of the speech (offsets spread over it); its frames share
+    batches with the other calls', and each must equal OnnxWrapper run alone on that audio."""
+    calls = [np.roll(speech, -k * len(speech) // CALLS)[: 3 * RATE] for k in range(CALLS)]
+    (runtime,) = list(silero_server.server.runtimes)
+    batch_sizes: list[int] = []
+    runtime.scheduler.on_batch = lambda batch: batch_sizes.append(len(batch))
+
+    async def all_calls() -> list[list[float]]:
+        async with AsyncClient(silero_server.target) as client:
+            sessions = [await client.open("silero_vad") for _ in calls]
+            return list(await asyncio.gather(*(stream_call(s, a, 320) for s, a in zip(sessions, calls, strict=True))))
+
+    try:
+        served = asyncio.run(all_calls())
+    finally:
+        runtime.scheduler.on_batch = None
+    assert max(batch_sizes) > 1  # the calls' frames were batched together
+    for audio, probabilities in zip(calls, served, strict=True):
+        want = wrapper_probabilities(audio)
+        assert len(probabilities) == len(want) == len(audio) // FRAME
+        np.testing.assert_allclose(probabilities, want, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("options", [{}, {"threshold": 0.6, "min_silence_duration_ms": 250.0, "speech_pad_ms": 60.0}])
+def test_streamed_segments_equal_vad_iterators(
+    silero_server: ServerThread, speech: np.ndarray, options: dict[str, float]
+) -> None:
+    with Client(silero_server.target) as client:
+        probabilities, events = feed(client.open("silero_vad"), speech, 320, options)
+    np.testing.assert_allclose(probabilities, wrapper_probabilities(speech), rtol=0, atol=TOLERANCE)
+    want = iterator_events(speech, **options)
+    assert len(want) >= 4  # several utterances: starts and ends both compared
+    assert events == want
+
+
+def test_320_sample_chunks_give_exactly_what_512_sample_chunks_give(
+    silero_server: ServerThread, speech: np.ndarray
+) -> None:
+    with Client(silero_server.target) as client:
+        assert feed(client.open("silero_vad"), speech, 320) == feed(client.open("silero_vad"), speech, 512)
+
+
+def test_client_vad_json_is_onnx_wrappers_probabilities_and_vad_iterators_segments(
+    silero_server: ServerThread, speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = write_wav(tmp_path / "call.wav", speech, RATE)
+    argv = ["client", "vad", "--target", silero_server.target, "--model", "silero_vad", "--wav", str(wav), "--json"]
+    assert statestream_main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(document["probabilities"], wrapper_probabilities(speech), rtol=0, atol=TOLERANCE)
+    want = segments_of(iterator_events(speech), len(speech))
+    got = [(segment["start"], segment["end"]) for segment in document["segments"]]
+    np.testing.assert_allclose(got, [(w["start"], w["end"]) for w in want], atol=1e-4)  # rounded to 0.1 ms
