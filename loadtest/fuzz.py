@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from loadtest.servers import ServerProcess, serve_command
 from service import command
+from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.command import Parser, int_in, positive_int
 from service.contract import MANIFEST_FILE, Manifest
@@ -52,6 +53,7 @@ TOLERANCE = 1e-5  # float32 LSTM kernels move results by ~1e-7 with batch compos
 CASE_TIMEOUT_S = 30.0
 BYSTANDER_TEXT = "O Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father and refuse thy name;"
 SERVICE = "/statestream.v1."
+OIP_SERVICE = "/inference.GRPCInferenceService/"
 U64 = 2**64 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
@@ -384,10 +386,66 @@ class Strategies:
         ).map(lambda d: Case("models", d[0], (), d[2], method="GetModel"))
         return st.one_of(create, create, close, listing, describe)
 
+    def oip_request(self) -> st.SearchStrategy[oip.ModelInferRequest]:
+        """A ModelInferRequest with random fields: names, datatypes, shapes (huge ones too), contents
+        raw or typed of any size, sequence parameters of any type; its sequence ids are
+        ``OIP_SEQUENCES`` only, so the fuzzer can end every sequence a case started."""
+        dims = st.lists(st.sampled_from([1, 1, 1, 0, -1, 2, 65, 2**31, 2**62]), max_size=4)
+        datatype = st.sampled_from(["INT64", "INT64", "FP32", "INT32", "BYTES", "FP16", "", "int64"])
+        name = st.one_of(st.just(self.input_name), st.just(self.input_name), st.text(max_size=8))
+        raw = st.one_of(st.binary(max_size=24), st.integers(0, self.size + 2).map(lambda i: i.to_bytes(8, "little")))
+        huge = st.sampled_from([self.limits.max_message_bytes - 64, self.limits.max_message_bytes + 64])
+        parameter = st.one_of(
+            st.builds(oip.InferParameter, bool_param=st.booleans()),
+            st.builds(oip.InferParameter, int64_param=st.sampled_from([*range(1, len(OIP_SEQUENCES)), 0, -1])),
+            st.builds(oip.InferParameter, string_param=st.sampled_from(["", "s"])),
+            st.builds(oip.InferParameter, double_param=st.floats(allow_nan=True)),
+        )
+        keys = st.sampled_from(["sequence_id", "sequence_start", "sequence_end", "priority"])
+
+        def make(
+            model: str, inputs: list[tuple[str, str, list[int], int]], blobs: list[bytes], big: int | None,
+            parameters: dict[str, oip.InferParameter], typed: bool, request_id: str, outputs: list[str],
+        ) -> oip.ModelInferRequest:  # fmt: skip
+            request = oip.ModelInferRequest(model_name=model, id=request_id)
+            for (tensor_name, tensor_type, shape, value), blob in zip(
+                inputs, blobs or [b""] * len(inputs), strict=False
+            ):
+                tensor = request.inputs.add(name=tensor_name, datatype=tensor_type, shape=shape)
+                if typed:
+                    tensor.contents.int64_contents.append(value)
+                else:
+                    request.raw_input_contents.append(b"\0" * big if big is not None else blob)
+            for key, parameter_value in parameters.items():
+                request.parameters[key].CopyFrom(parameter_value)
+            for output in outputs:
+                request.outputs.add(name=output)
+            return request
+
+        return st.builds(
+            make,
+            self.model_name(),
+            st.lists(st.tuples(name, datatype, dims, st.integers(I64_MIN, I64_MAX)), max_size=2),
+            st.lists(raw, max_size=3),
+            st.one_of(st.none(), st.none(), st.none(), huge),
+            st.dictionaries(keys, parameter, max_size=3),
+            st.booleans(),
+            st.sampled_from(["", "", "r1", "r2"]),
+            st.lists(st.sampled_from(["logits", "probabilities", "nope"]), max_size=2),
+        )
+
+    def oip_case(self) -> st.SearchStrategy[Case]:
+        """A request to ModelInfer or (one message) to ModelStreamInfer: as drawn, or random bytes."""
+        template = st.one_of(self.oip_request(), self.oip_request(), self.oip_request(), st.binary(max_size=80))
+        method = st.sampled_from(["ModelInfer", "ModelStreamInfer"])
+        return st.builds(lambda t, m: Case("oip", t, method=m), template, method)
+
     def case(self, target: str) -> st.SearchStrategy[Case]:
         """The strategy of one target, built once (building hypothesis strategies is not free)."""
         if target not in self._cases:
-            if target == "multiplex":
+            if target == "oip":
+                self._cases[target] = self.oip_case()
+            elif target == "multiplex":
                 self._cases[target] = self.multiplex_case()
             elif target == "unary":
                 self._cases[target] = self.unary_case()
@@ -397,7 +455,9 @@ class Strategies:
 
 
 #: The mix of targets: percent of cases each.
-TARGET_MIX = (("stream", 50), ("multiplex", 20), ("unary", 20), ("first", 10))
+TARGET_MIX = (("stream", 45), ("multiplex", 20), ("unary", 20), ("first", 10), ("oip", 5))
+#: The sequence ids an ``oip`` case may name (int64 1..3): the fuzzer ends each at the end.
+OIP_SEQUENCES = range(1, 4)
 
 
 def target_strategy(mix: Sequence[tuple[str, int]] = TARGET_MIX) -> st.SearchStrategy[str]:
@@ -595,6 +655,8 @@ class Fuzzer:
             ),
             "GetModel": self.channel.unary_unary(SERVICE + "ModelService/GetModel", _identity, pb.ModelInfo.FromString),
         }
+        self.oip_infer = self.channel.unary_unary(OIP_SERVICE + "ModelInfer", _identity, _identity)
+        self.oip_stream = self.channel.stream_stream(OIP_SERVICE + "ModelStreamInfer", _identity, _identity)
         self.main: Tracked | None = None
         self.main_call: Any = None
         self.main_cases = 0
@@ -626,6 +688,7 @@ class Fuzzer:
             await self.mux_call.done_writing()
         while self.forks:
             await self._unary("close", pb.CloseSessionRequest(session_id=self.forks.popleft()).SerializeToString())
+        await self._end_oip_sequences()
         self.summary.healthy_after = await self._healthy()
         self.summary.sessions_left = await self._sessions_open()
         await self.channel.close()
@@ -694,6 +757,8 @@ class Fuzzer:
                 await self._first_case(case)
             elif case.target == "multiplex":
                 await self._multiplex_case(case)
+            elif case.target == "oip":
+                await self._oip_case(case)
             else:
                 await self._unary_case(case)
         except TimeoutError:
@@ -1096,6 +1161,44 @@ class Fuzzer:
             elif closed in (self.main.id if self.main else None, self.mux.id if self.mux else None):
                 self.summary.violate("a fuzz case closed a session it never named")
             self.closed_ids.append(closed)
+
+    # the Open Inference Protocol
+
+    async def _oip_case(self, case: Case) -> None:
+        """One request to inference.GRPCInferenceService: a documented status or error_message, never a hang."""
+        payload = case.template if isinstance(case.template, bytes) else case.template.SerializeToString()
+        if case.method == "ModelInfer":
+            try:
+                await self.oip_infer(payload, timeout=CASE_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                self._count(exc.code().name, case, exc.details() or "")
+            else:
+                self._count("OK", case)
+            return
+        call = self.oip_stream()
+        try:
+            await call.write(payload)
+            response = await asyncio.wait_for(call.read(), CASE_TIMEOUT_S)
+            await call.done_writing()
+            await asyncio.wait_for(call.code(), CASE_TIMEOUT_S)  # the stream ends cleanly after it
+        except grpc.aio.AioRpcError as exc:
+            self._count(exc.code().name, case, exc.details() or "")
+            return
+        if response is grpc.aio.EOF:
+            self.summary.violate(f"ModelStreamInfer ended without answering: {case.describe()}")
+            return
+        answer = oip.ModelStreamInferResponse.FromString(response)
+        self._count(answer.error_message.split(":", 1)[0] if answer.error_message else "OK", case, answer.error_message)
+
+    async def _end_oip_sequences(self) -> None:
+        """Ends every sequence an oip case may have started (those not open just refuse)."""
+        for sequence_id in OIP_SEQUENCES:
+            request = oip.ModelInferRequest(model_name=self.model, raw_input_contents=[bytes(8)])
+            request.inputs.add(name=self.reference.input.name, datatype="INT64", shape=[1])
+            request.parameters["sequence_id"].int64_param = sequence_id
+            request.parameters["sequence_end"].bool_param = True
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.oip_infer(request.SerializeToString(), timeout=CASE_TIMEOUT_S)
 
 
 def _parse(message_type: type[Message], payload: bytes) -> Any:

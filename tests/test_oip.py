@@ -30,6 +30,7 @@ TOLERANCE = 1e-6
 #: The shipped models served beside the tiny char LM: a forecaster, a raw tensor model, a
 #: whole-sequence classifier, and the captioner (which OIP cannot reach).
 SHIPPED = ("laser", "lstm256", "speakers_bi", "captioner")
+OIP_SERVICE = "inference.GRPCInferenceService"
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +293,33 @@ def test_unary_errors_are_statuses(oip_server: ServerThread, client: triton.Infe
     request.parameters["priority"].uint64_param = 1
     with pytest.raises(grpc.RpcError, match="unknown parameter 'priority'"):
         stub.ModelInfer(request)
+
+
+def test_health_and_reflection_list_the_service_and_no_oip_turns_it_off(
+    oip_server: ServerThread, tiny_lm_dir: Path
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = grpc.insecure_channel(oip_server.target)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=OIP_SERVICE))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+    asks = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.ModelInferRequest"),
+    ]
+    listed, found = list(reflect(iter(asks)))
+    assert OIP_SERVICE in {s.name for s in listed.list_services_response.service}
+    assert "statestream.v1.SessionService" in {s.name for s in listed.list_services_response.service}
+    assert found.file_descriptor_response.file_descriptor_proto  # the descriptor a reflecting client reads
+    channel.close()
+    running = ServerThread(Settings(models_dir=tiny_lm_dir, oip=False))
+    try:
+        off = triton.InferenceServerClient(running.target)
+        with pytest.raises(InferenceServerException) as missing:
+            off.is_server_live()
+        assert missing.value.status() == "StatusCode.UNIMPLEMENTED"
+        off.close()
+    finally:
+        running.stop()
