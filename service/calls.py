@@ -153,6 +153,8 @@ class StepCalls:
             return call
         if not self.io_binding or batch > self.max_batch or batch * steps > self.max_steps:
             return self._unbound(batch, steps)
+        if steps > 1 and self.model.one_step_per_call:
+            return self._unbound(batch, steps)  # the graph binds one step: LoadedModel.run makes K calls
         if batch * steps > self._capacity:
             self._grow(batch * steps)
         if len(self._calls) >= self.max_bindings:

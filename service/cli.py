@@ -184,6 +184,7 @@ def usage() -> str:
             "",
             "options:",
             "  --debug   on an error, print its traceback as well as the one-line message",
+            "  --version print the installed version and exit",
             "",
             "exit codes: 0 success, 1 internal error, 2 usage, 3 refused by the server, 4 server unreachable",
             "(docs/api.md#exit-codes)",
@@ -206,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_USAGE
+    if args[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"statestream {version('statestream')}")
+        return 0
     return command.run(lambda: _dispatch(args[0], args[1:]), debug=debug)
 
 

@@ -416,6 +416,31 @@ def check_graph(manifest: Manifest, session: onnxruntime.InferenceSession) -> No
     for c in manifest.context:
         expected_in[c.name] = (c.dtype, c.shape, 1)
     _check_signature("graph", session, expected_in, expected_out)
+    takes_one_step(manifest, session)  # a time axis fixed at another size is refused here
+
+
+def takes_one_step(manifest: Manifest, session: onnxruntime.InferenceSession) -> bool:
+    """Whether the step graph takes one step per call (its time axis fixed at 1) rather than any K.
+
+    A chunk of K steps is then K calls in order (``LoadedModel.run``). A time axis fixed at
+    another size, or fixed on some per-step tensors and not others, is refused (ContractError).
+    """
+    per_step = {t.name for t in (*manifest.inputs, *manifest.outputs)}
+    fixed: dict[str, int | None] = {}
+    for arg in (*session.get_inputs(), *session.get_outputs()):
+        if arg.name in per_step:
+            dim = list(arg.shape)[1]
+            fixed[arg.name] = dim if isinstance(dim, int) else None
+    sizes = set(fixed.values())
+    if sizes - {1, None}:
+        name, dim = next((n, d) for n, d in fixed.items() if d not in (1, None))
+        raise ContractError(
+            f"graph tensor {name!r}: its time axis (axis 1) is fixed at {dim}; make it dynamic (any chunk in one "
+            "call), or fixed at 1 (one step per call)"
+        )
+    if len(sizes) > 1:
+        raise ContractError(f"graph: the time axis is fixed at 1 on some per-step tensors and not others: {fixed}")
+    return sizes == {1}
 
 
 def _check_signature(

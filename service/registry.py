@@ -20,7 +20,15 @@ import numpy as np
 import onnxruntime as ort
 
 from service.buffers import HOST, Device
-from service.contract import MANIFEST_FILE, ContractError, Manifest, check_graph, check_init_graph, replay_golden
+from service.contract import (
+    MANIFEST_FILE,
+    ContractError,
+    Manifest,
+    check_graph,
+    check_init_graph,
+    replay_golden,
+    takes_one_step,
+)
 from service.errors import NotFound
 from service.providers import CPU, CUDA, CUDA_OPTIONS, Providers, choose_providers, session_options
 from service.settings import Settings
@@ -75,6 +83,8 @@ class LoadedModel:
     output_names: list[str] = field(default_factory=list)
     golden_error: float = 0.0
     init_session: ort.InferenceSession | None = None
+    #: The step graph's time axis is fixed at 1: a chunk of K steps runs as K calls (``run``).
+    one_step_per_call: bool = False
 
     @classmethod
     def from_folder(cls, folder: Path, settings: Settings, kind_of: KindOf) -> LoadedModel:
@@ -98,7 +108,7 @@ class LoadedModel:
         with _rule("golden"):
             error = replay_golden(manifest, session, init_session)
         outputs = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
-        return cls(manifest, folder, session, outputs, error, init_session)
+        return cls(manifest, folder, session, outputs, error, init_session, takes_one_step(manifest, session))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -135,8 +145,27 @@ class LoadedModel:
         return Device("cpu")  # device-resident code path on host OrtValues (tests, CPU-only machines)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One ONNX Runtime call; the result maps every output (and new state) by name."""
+        """One ONNX Runtime call (K in order for a K-step chunk of a one-step graph); every output and new state by name."""
+        if self.one_step_per_call:
+            steps = feed[self.manifest.inputs[0].name].shape[1]
+            if steps > 1:
+                return self._run_steps(feed, steps)
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def _run_steps(self, feed: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+        """A chunk through a graph that takes one step per call: K calls, each step's state fed to the next.
+
+        Nothing is returned (so no state is written) unless every call succeeds."""
+        per_step = [t.name for t in self.manifest.inputs]
+        current = dict(feed)
+        made: list[dict[str, np.ndarray]] = []
+        for t in range(steps):
+            current.update((name, feed[name][:, t : t + 1]) for name in per_step)
+            results = dict(zip(self.output_names, self.session.run(self.output_names, current), strict=True))
+            current.update((s.input, results[s.output]) for s in self.manifest.state)
+            made.append(results)
+        joined = {t.name: np.concatenate([r[t.name] for r in made], axis=1) for t in self.manifest.outputs}
+        return {**joined, **{s.output: made[-1][s.output] for s in self.manifest.state}}
 
     def run_init(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The init graph over ``[B, *shape]`` payloads: each session's starting state and context."""

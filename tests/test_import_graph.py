@@ -37,9 +37,13 @@ CLI_DISPATCH = {
     ("service.cli", "training.cli"),
     ("service.cli", "loadtest.bench"),
     ("service.cli", "loadtest.slo"),
+    # `import statestream`'s export_module/export_rnn: torch's side, imported on first use.
+    ("service.public.statestream", "training"),
+    ("service.public.statestream", "training.module_export"),
 }
-#: What training/ may use of service/: the manifest schema, the data sets, and the command framework.
-TRAINING_USES = ("service.contract", "service.datasets", "service.command")
+#: What training/ may use of service/: the manifest schema, the data sets, the command framework, and the
+#: importer (no server code: the contract, onnx and ONNX Runtime), which wraps an exported module's layout.
+TRAINING_USES = ("service.contract", "service.datasets", "service.command", "service.importer")
 
 
 def module_files() -> dict[str, Path]:

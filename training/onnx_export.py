@@ -111,13 +111,29 @@ def export_step_graph(
     ``nn.LSTM`` over the example's time steps and fixes the time axis, so that export is
     refused with a ContractError rather than shipped.
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     net.eval()
     example = _example_inputs(manifest, time=3 if time_axis else 1)
     in_names = [t.name for t in manifest.inputs] + [s.input for s in manifest.state]
     out_names = [t.name for t in manifest.outputs] + [s.output for s in manifest.state]
     axes = _dynamic_axes(manifest, time_axis=time_axis)
+    used = export_named(net, example, path, in_names, out_names, axes, exporter=exporter)
+    require_dynamic_axes(path, axes)
+    return used
+
+
+def export_named(
+    net: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    in_names: list[str],
+    out_names: list[str],
+    axes: Mapping[str, Mapping[int, str]],
+    *,
+    exporter: str = "auto",
+) -> str:
+    """``torch.onnx.export`` with these names and dynamic axes (see ``export_step_graph``); the exporter used."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     used = exporter
     if exporter in ("auto", "torchscript"):
         try:
@@ -158,7 +174,6 @@ def export_step_graph(
             dynamo=True,
             external_data=False,
         )
-    require_dynamic_axes(path, axes)
     return used
 
 

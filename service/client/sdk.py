@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -342,6 +343,21 @@ class AsyncSession:
         self._call.cancel()
 
 
+@dataclass(frozen=True)
+class SessionOptions:
+    """A session's options, typed: what ``open(model, options=...)`` sends (defaults as the server's).
+
+    ``return_tensors`` narrows a tensor model's answers to those outputs (empty: every output;
+    other kinds return only those named); ``top_k`` is a language model's ranked next tokens;
+    ``resume_timeout_s`` is how long the SDK keeps trying to resume a broken stream.
+    """
+
+    return_tensors: tuple[str, ...] = ()
+    top_k: int = 0
+    version: str = ""
+    resume_timeout_s: float = 30.0
+
+
 class AsyncClient:
     def __init__(
         self,
@@ -421,15 +437,20 @@ class AsyncClient:
         restore: bytes = b"",
         init: Mapping[str, np.ndarray] | bytes | None = None,
         resume_timeout_s: float = 30.0,
+        options: SessionOptions | None = None,
     ) -> AsyncSession:
         """Opens a session (from a snapshot blob if ``restore`` is given).
 
         ``init`` is the payload of a model with an init graph: its init tensors by name, or
-        encoded bytes (an image) for a task that decodes them. Raises grpc.aio.AioRpcError
-        (e.g. NOT_FOUND) if the server refuses.
+        encoded bytes (an image) for a task that decodes them. ``options``, when given, sets
+        version, top_k, return_tensors and resume_timeout_s at once (the keywords are then
+        ignored). Raises grpc.aio.AioRpcError (e.g. NOT_FOUND) if the server refuses.
         """
-        options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
-        request = pb.OpenSession(model=model, version=version, options=options, restore=restore)
+        if options is not None:
+            version, top_k, return_tensors = options.version, options.top_k, options.return_tensors
+            resume_timeout_s = options.resume_timeout_s
+        wire_options = pb.SessionOptions(top_k=top_k, return_tensors=list(return_tensors))
+        request = pb.OpenSession(model=model, version=version, options=wire_options, restore=restore)
         if isinstance(init, bytes):
             request.init.data = init
         elif init is not None:

@@ -2,10 +2,11 @@
 
     statestream client step --model lstm256 --steps 5 --seed 1
     statestream client step --model lstm256 --input inputs.npz --json
+    statestream client step --model gru --tensor x=@steps.npy
 
 A ``sequence_model`` takes tensors and answers tensors, nothing decoded. The inputs are a file
 (``.npy`` of ``[T, *shape]`` for a model with one input, or ``.npz`` with one such array per
-input name) or, without ``--input``, ``--steps`` draws of a standard normal (seeded). Each step's
+input name, or ``--tensor NAME=@FILE.npy`` once per input) or, without either, ``--steps`` draws of a standard normal (seeded). Each step's
 outputs are printed as they come: all their values with ``--json``, the first few otherwise.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name, as 'statestream client models' lists it")
     parser.add_argument("--input", type=Path, help="a .npy [T, *shape] (one input) or .npz (an array per input name)")
     parser.add_argument(
+        "--tensor",
+        action="append",
+        default=[],
+        metavar="NAME=@FILE.npy",
+        help="an input's [T, *shape] steps from a .npy file; once per input (instead of --input)",
+    )
+    parser.add_argument(
         "--steps", type=positive_int, default=10, help="random steps to stream when no --input is given"
     )
     parser.add_argument("--seed", type=seed, default=0, help="seeds the random steps")
@@ -39,7 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @command("step", DESCRIPTION, add_arguments, tasks=("sequence_model",))
 def step(client: Client, args: argparse.Namespace) -> int:
     info = served_model(client, args)
-    inputs = _read_inputs(args.input, info) if args.input is not None else _random_inputs(info, args.steps, args.seed)
+    if args.input is not None and args.tensor:
+        raise CommandError("give --input or --tensor, not both", EXIT_USAGE)
+    if args.tensor:
+        inputs = _checked(dict(_read_tensor(text) for text in args.tensor), "--tensor", info)
+    elif args.input is not None:
+        inputs = _read_inputs(args.input, info)
+    else:
+        inputs = _random_inputs(info, args.steps, args.seed)
     steps = len(next(iter(inputs.values())))
     session = client.open(args.model, return_tensors=[t.name for t in info.outputs])
     try:
@@ -61,14 +77,30 @@ def _random_inputs(info: pb.ModelInfo, steps: int, seed: int) -> dict[str, np.nd
     return {s.name: rng.standard_normal((steps, *s.shape)).astype(_dtype(s)) for s in info.inputs}
 
 
+def _load(path: Path, flag: str) -> np.ndarray | Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise CommandError(f"{flag} {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except ValueError:
+        raise CommandError(f"{flag} {path}: not a .npy or .npz file of numbers", EXIT_USAGE) from None
+
+
+def _read_tensor(text: str) -> tuple[str, np.ndarray]:
+    """``NAME=@FILE.npy`` → the input's name and its steps."""
+    name, sep, path = text.partition("=@")
+    if not sep or not name or not path:
+        raise CommandError(f"--tensor {text!r}: write NAME=@FILE.npy, e.g. x=@steps.npy", EXIT_USAGE)
+    loaded = _load(Path(path), "--tensor")
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise CommandError(f"--tensor {text}: give a .npy file (one array); an .npz goes to --input", EXIT_USAGE)
+    return name, loaded
+
+
 def _read_inputs(path: Path, info: pb.ModelInfo) -> dict[str, np.ndarray]:
     """The file's arrays by input name, each ``[T, *shape]`` in the input's dtype; one line naming what is wrong."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except OSError as exc:
-        raise CommandError(f"--input {path}: {exc.strerror or exc}", EXIT_USAGE) from None
-    except ValueError:
-        raise CommandError(f"--input {path}: not a .npy or .npz file of numbers", EXIT_USAGE) from None
+    loaded = _load(path, "--input")
     if isinstance(loaded, np.ndarray):
         if len(info.inputs) != 1:
             raise CommandError(f"--input {path}: {_needed(info)}", EXIT_USAGE)
@@ -76,14 +108,19 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> dict[str, np.ndarray]:
     else:
         with loaded:
             arrays = {name: loaded[name] for name in loaded.files}
+    return _checked(arrays, f"--input {path}", info)
+
+
+def _checked(arrays: dict[str, np.ndarray], given: str, info: pb.ModelInfo) -> dict[str, np.ndarray]:
+    """One array per model input, each ``[T, *shape]`` with one T, in the input's dtype; else one line."""
     if sorted(arrays) != sorted(s.name for s in info.inputs):
-        raise CommandError(f"--input {path} holds {sorted(arrays)}: {_needed(info)}", EXIT_USAGE)
+        raise CommandError(f"{given} holds {sorted(arrays)}: {_needed(info)}", EXIT_USAGE)
     for spec in info.inputs:
         shape = arrays[spec.name].shape
         if shape[1:] != tuple(spec.shape) or not shape[0]:
-            raise CommandError(f"--input {path}: {spec.name!r} is {list(shape)}, not {_steps_of(spec)}", EXIT_USAGE)
+            raise CommandError(f"{given}: {spec.name!r} is {list(shape)}, not {_steps_of(spec)}", EXIT_USAGE)
     if len({len(a) for a in arrays.values()}) != 1:
-        raise CommandError(f"--input {path}: the inputs have different numbers of steps", EXIT_USAGE)
+        raise CommandError(f"{given}: the inputs have different numbers of steps", EXIT_USAGE)
     return {s.name: arrays[s.name].astype(_dtype(s)) for s in info.inputs}
 
 

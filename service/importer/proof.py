@@ -32,8 +32,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def open_graph(model_bytes: bytes, what: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a refused run is reported in one line of ours, not in ORT's log
     try:
-        return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT's own exception types
         raise ImportRefused(f"ONNX Runtime cannot load the {what} ({_one_line(exc)})") from None
 
