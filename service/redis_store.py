@@ -18,7 +18,6 @@ and fenced by the epoch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -96,6 +95,10 @@ class Stored:
     epoch: int
     owner: str
     caller: str
+
+
+#: How long a stop waits for the hand-over listener to finish after it is cancelled.
+LISTENER_STOP_S = 1.0
 
 
 class RedisStore:
@@ -196,9 +199,13 @@ class RedisStore:
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        """Stops the hand-over listener and closes both connections, within LISTENER_STOP_S.
+
+        A listener cancelled while its subscription is still being set up (a SIGTERM right after
+        start) can fail to finish in redis-py's pub/sub clean-up; a stop must not wait on it.
+        """
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await asyncio.wait({self._listener}, timeout=LISTENER_STOP_S)
         await self.client.aclose()
         await self._subscriber.aclose()
