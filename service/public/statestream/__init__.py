@@ -50,10 +50,8 @@ def to_numpy(tensor: pb.Tensor) -> np.ndarray:
     return from_proto(tensor)
 
 
-def outputs_of(result: pb.StepResult | pb.StepOutput) -> list[dict[str, np.ndarray]] | dict[str, np.ndarray]:
-    """A step's answer as numpy: a StepResult gives one dict per time step, a StepOutput one dict."""
-    if isinstance(result, pb.StepOutput):
-        return {tensor.name: from_proto(tensor) for tensor in result.tensors}
+def outputs_of(result: pb.StepResult) -> list[dict[str, np.ndarray]]:
+    """A step's answer as numpy: one dict of output name → array per time step it answered."""
     return [{tensor.name: from_proto(tensor) for tensor in out.tensors} for out in result.outputs]
 
 
