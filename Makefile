@@ -21,10 +21,12 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	touch $@
 
 # torch==2.13.0 is installed first and on its own: on this project's machines that pin takes a
-# CPU wheel from the local disk instead of a multi-GB CUDA build.
+# CPU wheel from the local disk instead of a multi-GB CUDA build. tritonclient (the OIP tests'
+# client) goes in without its dependencies: it pins protobuf<7 (pyproject.toml's dev extra says why).
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'tritonclient==2.73.0'
 	touch $@
 
 serve: $(VENV)/.serve

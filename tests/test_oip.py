@@ -323,3 +323,18 @@ def test_health_and_reflection_list_the_service_and_no_oip_turns_it_off(
         off.close()
     finally:
         running.stop()
+
+
+def test_every_shipped_model_is_reachable_over_oip_but_those_docs_api_md_names_as_native_only() -> None:
+    from service.contract import Manifest
+    from service.servicers.oip_tensors import oip_model
+
+    unreachable = {
+        folder.name
+        for folder in SHIPPED_MODELS.iterdir()
+        if (folder / "manifest.json").is_file() and oip_model(Manifest.load(folder)).unreachable
+    }
+    assert unreachable == {"captioner", "dates", "silero_vad"}
+    api = (SHIPPED_MODELS.parent / "docs" / "api.md").read_text()
+    assert "| `captioner`, `dates` (captioner, translator) | — (`UNAVAILABLE`)" in api
+    assert "| `silero_vad` (voice_activity) | — (`UNAVAILABLE`)" in api

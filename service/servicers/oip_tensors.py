@@ -7,7 +7,8 @@ outputs directly; two differ: a language model answers with its next character's
 with its ``probabilities`` beside its logits (a whole-sequence one takes ``frames`` [1, T, F]).
 A model whose sessions open with an init payload (captioner, translator) is not reachable:
 this protocol has no place for the payload, and their decoders are server-side loops that
-stream, which the native API serves.
+stream, which the native API serves; nor is the voice-activity detector, whose audio travels
+in Runs (a frame buffer and speech events kept by a server-side loop).
 """
 
 from __future__ import annotations
@@ -101,6 +102,14 @@ def oip_model(manifest: Manifest) -> OipModel:
             outputs,
             unreachable=f"model {manifest.name!r} ({manifest.task}) opens each session with an init payload and "
             "decodes in a server-side loop; use the statestream.v1 API",
+        )
+    if manifest.task == "voice_activity":
+        return OipModel(
+            manifest.name,
+            inputs,
+            outputs,
+            unreachable=f"model {manifest.name!r} (voice_activity) takes audio of any length in Run requests, framed "
+            "and turned into speech events in a server-side loop; use the statestream.v1 API",
         )
     if manifest.task == "language_model":
         logits = str(manifest.decoding.get("logits", "logits"))
