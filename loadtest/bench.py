@@ -29,6 +29,7 @@ from loadtest.load import LoadResult, create_sessions
 from loadtest.ortrate import OrtBench
 from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
+from loadtest.vad_calls import bench_vad_calls
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in
 from service.contract import Manifest
@@ -401,6 +402,14 @@ def parser() -> Parser:
         help="paced load: messages per second offered to every row, over its streams (default: closed loop)",
     )
     parser.add_argument(
+        "--vad-calls",
+        action="store_true",
+        help="live calls held in real time instead (loadtest/vad_calls.py): the largest N of --ladder that "
+        "statestream and a one-ORT-session-per-call baseline hold with Silero VAD (--model default silero_vad)",
+    )
+    parser.add_argument("--ladder", type=CountList(int_in(1, 4096)), help="--vad-calls: N (default 32,...,1024)")
+    parser.add_argument("--load-processes", type=int_in(1, 64), help="--vad-calls: load processes (default cores/2)")
+    parser.add_argument(
         "--arrivals",
         choices=("spread", "together"),
         help="paced load: the streams' schedules spread over the interval (default), or all streams send together",
@@ -528,6 +537,8 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.vad_calls:
+        return bench_vad_calls(args, _log)
     plan = plan_of(args)
     folder = args.models_dir / args.model
     if not (folder / "manifest.json").is_file():

@@ -27,6 +27,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, constant_throughput, task  # noqa: E402
 
+from loadtest.call_audio import call_audio  # noqa: E402 - numpy only
 from loadtest.workloads import print_registered, workload  # noqa: E402
 from service.api import statestream_pb2 as pb  # noqa: E402
 from service.api import statestream_pb2_grpc as rpc  # noqa: E402
@@ -433,18 +434,6 @@ class TensorStepUser(StatestreamUser):
         step.tensors.tensors.append(to_proto("x", VECTORS[self.position % len(VECTORS)][None]))
         self.position += 1
         self.send_step("tensor_step", step)
-
-
-def call_audio(seconds: float = 8.0, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """A call's PCM16 audio, numpy only: one second of voiced bursts (a 140 Hz buzz with harmonics,
-    syllable-modulated) and one of low noise, alternating, so the VAD's events fire too."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    buzz = np.sin(2 * np.pi * 140 * np.arange(1, 12)[:, None] * t).T @ (1.0 / np.arange(1, 12))
-    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.floor(t) % 2 == 0)
-    signal = 0.2 * buzz * syllables + rng.normal(0, 0.005, len(t))
-    pcm: np.ndarray = (np.clip(signal, -1, 1) * 32767).astype(np.int16)
-    return pcm
 
 
 #: The VAD users' audio, cut into 20 ms telephony frames of 320 samples.
