@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.load import LoadResult, LoadSpec, model_fields, run_load
+from loadtest.load import LoadResult, LoadSpec, model_fields, model_inputs, run_load
 from loadtest.servers import ServerProcess
 from service.contract import Manifest
 
@@ -153,6 +153,7 @@ def measure(cell: Cell, server: ServerProcess, plan: Plan, model: Manifest) -> L
         per_message=cell.per_message,
         interval_s=cell.load_streams / plan.rate if plan.rate else 0.0,
         spread=plan.spread,
+        model_inputs=model_inputs(model),
         **model_fields(model),
     )
     return run_load(

@@ -72,10 +72,17 @@ def model_fields(manifest: Manifest) -> dict[str, Any]:
     Asking for every output makes a tensor model's answer carry what a client of it reads; a
     language model answers its top_k next tokens without asking.
     """
-    inputs = tuple((t.name, t.dtype, t.shape) for t in manifest.inputs)
     if manifest.task == "language_model":
-        return {"model_inputs": inputs}
-    return {"tensors": inputs, "return_tensors": tuple(t.name for t in manifest.outputs), "model_inputs": inputs}
+        return {}
+    return {
+        "tensors": tuple((t.name, t.dtype, t.shape) for t in manifest.inputs),
+        "return_tensors": tuple(t.name for t in manifest.outputs),
+    }
+
+
+def model_inputs(manifest: Manifest) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """Every model input as (name, dtype, per-step shape): what an ``oip`` stream sends."""
+    return tuple((t.name, t.dtype, t.shape) for t in manifest.inputs)
 
 
 @dataclass
