@@ -182,3 +182,25 @@ def test_the_bundled_digits_are_scikit_learns() -> None:
     np.testing.assert_array_equal(bundled.images, reference.images)  # a copy of its file: exactly equal
     np.testing.assert_array_equal(bundled.flat, reference.data)
     np.testing.assert_array_equal(bundled.labels, reference.target)
+
+
+def test_the_serving_install_imports_statestream_and_imports_a_graph_without_torch(
+    serving_venv: Path, tmp_path: Path
+) -> None:
+    from tests.foreign_graphs import ONE_STEP_SPEC, write_one_step
+
+    write_one_step(tmp_path / "one_step.onnx")  # made here, with torch; the serving install has none
+    (tmp_path / "spec.toml").write_text(ONE_STEP_SPEC)
+    python = serving_venv / "python"
+    shown = run_in(python, "import statestream; print(statestream.__version__, statestream.Client.__module__)")
+    assert shown == f"{importlib.metadata.version('statestream')} service.client.sdk"
+    statestream = str(serving_venv / "statestream")
+    done = run_command([statestream, "import", "one_step.onnx", "--spec", "spec.toml", "--out", "m"], {}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    checked = run_command([statestream, "check", "m"], {}, tmp_path)
+    assert checked.returncode == 0 and checked.stdout.startswith("m: ok: model 'm'"), checked.stderr
+    refused = run_in(
+        python,
+        "import statestream\ntry:\n    statestream.export_rnn(None, None, 'x')\nexcept ImportError as e:\n    print(e)",
+    )
+    assert "pip install 'statestream[cpu,train]'" in refused
