@@ -26,6 +26,7 @@ from typing import Any
 from loadtest.cells import STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
 from loadtest.flags import CountList
 from loadtest.load import LoadResult, create_sessions
+from loadtest.machine import NoiseGuard
 from loadtest.ortrate import OrtBench
 from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
@@ -56,7 +57,12 @@ and the targets as ratios measured in this run. Variants:
 Each cell is the median of --repeats runs, measured interleaved (the machine is noisy).
 --rate R offers every row the same paced load instead (R messages a second over its streams,
 --arrivals spread or together), so CPU per step and latency compare at equal load; the
-targets are defined on closed-loop load, so only the memory one is judged then."""
+targets are defined on closed-loop load, so only the memory one is judged then.
+Noise guard (every mode): the machine's load average (/proc/loadavg) is printed before and
+after the run with the CPU time stolen by the hypervisor in between (/proc/stat's steal). When
+the 1-min load before the run is above half the machine's cores, every target reads "not
+judged: machine busy" instead of met or missed (--json: "verdict", "judged", "met": null, and
+a "machine" row): targets are judged only on a quiet machine."""
 
 
 def cells_of(plan: Plan) -> list[Cell]:
@@ -356,7 +362,7 @@ def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] 
     lines += ["", "targets (ratios from this run):"]
     for target in targets:
         sign = ">=" if target.higher_is_better else "<="
-        status = "met " if target.met else "MISS"
+        status = target.verdict if not target.judged else "met " if target.met else "MISS"
         lines.append(
             f"  [{status}] {target.name}: {target.value:.2f} (target {sign} {target.threshold}) {target.detail}"
         )
@@ -538,12 +544,17 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.vad_calls:
-        return bench_vad_calls(args, _log)
+        guard = NoiseGuard(_log)
+        code = bench_vad_calls(args, _log)  # it judges no target: the readings are printed after its table
+        window = guard.finish()
+        print(json.dumps(window.to_json()) if args.json else f"\n{window.describe()}")
+        return code
     plan = plan_of(args)
     folder = args.models_dir / args.model
     if not (folder / "manifest.json").is_file():
         raise CommandError(f"no model {args.model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
     started = time.monotonic()
+    guard = NoiseGuard(_log)
     if args.scale:
         cores = len(os.sched_getaffinity(0))
         rows, memory = run_scale(plan, args.models_dir, args.model, _log, cores), None
@@ -551,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows, memory = run(plan, args.models_dir, args.model)
         targets = targets_of(rows, memory, plan)
+    window = guard.finish()
+    targets = window.judge(targets)
     if args.json:
+        print(json.dumps(window.to_json()))
         for row in rows:
             print(json.dumps(row.to_json()))
         if memory is not None:
@@ -569,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\npaced load: {plan.rate:g} msg/s offered to every row (each of its N streams sends "
                 f"every N / {plan.rate:g} s), arrivals {'spread' if plan.spread else 'together'}"
             )
-        print(format_table(rows, targets, memory, header))
+        print(format_table(rows, targets, memory, f"{header}\n{window.describe()}"))
     return 0
 
 

@@ -106,12 +106,26 @@ class Target:
     threshold: float
     higher_is_better: bool
     detail: str
+    #: Why this run may not judge the target ("machine busy", loadtest.machine); empty: judged.
+    not_judged: str = ""
 
     @property
     def met(self) -> bool:
+        """The value against the threshold; say it only where ``judged``."""
         if math.isnan(self.value):
             return False
         return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+
+    @property
+    def judged(self) -> bool:
+        return not self.not_judged
+
+    @property
+    def verdict(self) -> str:
+        """``met``, ``missed`` or ``not judged: <why>``."""
+        if self.not_judged:
+            return f"not judged: {self.not_judged}"
+        return "met" if self.met else "missed"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,7 +133,9 @@ class Target:
             "target": self.name,
             "value": rounded(self.value, 3),
             "threshold": self.threshold,
-            "met": self.met,
+            "met": self.met if self.judged else None,
+            "judged": self.judged,
+            "verdict": self.verdict,
             "detail": self.detail,
         }
 

@@ -15,7 +15,6 @@ leaves free (on a 2-core machine shared with the load generator, none: the table
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import subprocess
@@ -156,14 +155,20 @@ def scale_targets(rows: list[Row], cores: int) -> list[Target]:
             row = by_name.get((f"workers {workers}", streams))
             if one is None or row is None:
                 continue
-            ratio = row.steps_per_s / (workers * one.steps_per_s)
-            judged = workers <= free
-            detail = (
-                f"workers {workers} / ({workers} x workers 1) steps/s at N={streams}"
-                if judged
-                else f"NOT JUDGED: {cores} cores, {load_processes(streams)} taken by the load generator, "
-                f"{max(free, 0)} free for {workers} workers (measured {ratio:.2f})"
+            unjudged = (
+                ""
+                if workers <= free
+                else f"{cores} cores, {load_processes(streams)} taken by the load generator, "
+                f"{max(free, 0)} free for {workers} workers"
             )
-            targets.append(Target(f"workers_{workers}_scaling_n{streams}", ratio if judged else math.nan, 0.7,
-                                  True, detail))  # fmt: skip
+            targets.append(
+                Target(
+                    name=f"workers_{workers}_scaling_n{streams}",
+                    value=row.steps_per_s / (workers * one.steps_per_s),
+                    threshold=0.7,
+                    higher_is_better=True,
+                    detail=f"workers {workers} / ({workers} x workers 1) steps/s at N={streams}",
+                    not_judged=unjudged,
+                )
+            )
     return targets

@@ -30,6 +30,7 @@ from service.registry import LoadedModel
 from service.settings import Settings
 from service.tasks import driver_class
 from service.tensors import from_proto
+from tests.fake_proc import pretend_machine
 
 VARIANTS = {"echo", "naive", "minimal", "statestream", "chunked", "multiplexed", "ort"}
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -50,8 +51,9 @@ def test_hand_encoded_requests_are_what_protobuf_would_send() -> None:
 
 
 def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
-    tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pretend_machine(monkeypatch, tmp_path / "proc", busy=False)  # so that the targets are judged
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
     code = main(
         [
@@ -101,7 +103,10 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     memory = next(r for r in rows if r["kind"] == "memory")
     assert memory["sessions"] == 200 and memory["state_bytes_per_session"] > 0
     targets = [r for r in rows if r["kind"] == "target"]
-    assert len(targets) == 8 and all(isinstance(t["met"], bool) for t in targets)
+    assert len(targets) == 8 and all(isinstance(t["met"], bool) and t["judged"] for t in targets)
+    assert {t["verdict"] for t in targets} <= {"met", "missed"}
+    (reading,) = [r for r in rows if r["kind"] == "machine"]
+    assert reading["busy"] is False and reading["targets_judged"] is True
     # Issue 14's against the bare server: only its 1-stream p50 here (no minimal row at 16 or 256).
     assert [t["target"] for t in targets if "minimal" in t["target"]] == ["statestream p50 / minimal p50 at 1 stream"]
     # Every server and load worker the run started is gone (multiprocessing's own resource tracker stays).

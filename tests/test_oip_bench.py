@@ -13,11 +13,13 @@ import pytest
 
 from loadtest import oip_load
 from loadtest.bench import main
+from tests.fake_proc import pretend_machine
 
 
 def test_the_oip_variant_runs_beside_the_native_stream_and_reports_its_ratio(
-    tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pretend_machine(monkeypatch, tmp_path / "proc", busy=False)  # so that its target is judged
     arguments = ["--models-dir", str(tiny_lm_dir), "--json", "--variants", "statestream,oip", "--streams", "3"]
     timing = ["--repeats", "1", "--duration-s", "0.4", "--warmup-s", "0.1", "--memory-sessions", "0"]
     assert main([*arguments, *timing]) == 0

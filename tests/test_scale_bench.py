@@ -26,8 +26,9 @@ def test_scaling_is_judged_only_where_the_load_generator_leaves_the_cores_free()
     judged = targets["workers_2_scaling_n256"]  # 4 cores, 1 load process at N=256: 3 free
     assert math.isclose(judged.value, 0.8) and judged.met
     unjudged = targets["workers_3_scaling_n1024"]  # 2 load processes at N=1024: 2 free for 3 workers
-    assert math.isnan(unjudged.value) and not unjudged.met
-    assert "NOT JUDGED" in unjudged.detail and "measured 0.80" in unjudged.detail
+    assert math.isclose(unjudged.value, 0.8) and not unjudged.judged  # measured, shown, not judged
+    assert unjudged.verdict == "not judged: 4 cores, 2 taken by the load generator, 2 free for 3 workers"
+    assert unjudged.to_json()["met"] is None
 
 
 def test_envoy_hashes_the_sdk_routing_header_and_checks_idle_replicas() -> None:
