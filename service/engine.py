@@ -1,7 +1,8 @@
 """The exactly-once session protocol, free of any transport: every protocol's servicer calls it.
 
 A step takes its session's lock, passes the seq rule, runs through the scheduler and is
-committed (seq, cached answer) before the lock is released; a server-side loop is applied whole
+committed (seq, cached answer) before the lock is released (a step that decodes to no model
+step, audio short of a frame, is committed at once); a server-side loop is applied whole
 or rolled back; with a session store, a state-changing request is acknowledged there before it
 is answered. The servicers only translate their wire format to these calls and their
 ``StatestreamError``s to statuses, so a second protocol reuses the same guarantees.
@@ -136,8 +137,10 @@ class SessionEngine:
                 step.seq = session.seq_for_key(key) if key else session.last_seq + 1
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return duplicate_result(session, step.seq)
-            decoded = session.runtime.driver.decode_step(step, self.settings.max_chunk)
+            decoded = session.runtime.driver.decode_session_step(session, step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
+            if decoded.steps == 0:  # nothing for the model (audio short of a frame): applied now
+                return await self._apply_without_model(session, step, decoded, key)
             orphan = functools.partial(self._commit_orphan, session, step, decoded, key)
             future = start_step(session, decoded, lane=lane, orphan=orphan)
             started = True
@@ -168,11 +171,24 @@ class SessionEngine:
         key: str | None = None,
     ) -> bytes:
         """The answer of a finished step (encoded), recorded with its seq (and key); a failed step records nothing."""
-        outputs = finish_step(session, future)
-        answer = session.runtime.driver.encode_result(session.options, step, decoded, outputs)
+        return self._record(session, step, decoded, finish_step(session, future), key)
+
+    def _record(self, session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays, key: str | None) -> bytes:
+        """Records an applied step: the driver's answer (and scratch), the seq, the key, the reply cache."""
+        answer = session.runtime.driver.encode_session_result(session, step, decoded, outputs)
         session.record(step.seq, answer, self.settings.reply_cache)
         if key:
             session.remember_key(key, step.seq)
+        return answer
+
+    async def _apply_without_model(
+        self, session: Session, step: pb.Step, decoded: StepInputs, key: str | None
+    ) -> bytes:
+        """A step of 0 model steps, under the caller's lock: nothing can fail, so it is recorded at
+        once, then acknowledged like any step. Cancelled while acknowledging, it stays applied (as
+        a step whose caller goes away after its commit does)."""
+        answer = self._record(session, step, decoded, {}, key)
+        await self._acknowledge(session)
         return answer
 
     def _commit_orphan(

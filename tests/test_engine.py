@@ -3,7 +3,7 @@
 Every protocol's servicer calls the engine, so its guarantees are proved here once: the seq
 rule, duplicates answered from the cache, a step that commits although its caller went away,
 a loop rolled back whole, reset as one seq, fork, the snapshot bound, stream admission and the
-drain. The reference is ONNX Runtime run directly on the same graph (``OfflineLM``).
+drain; and a step of no model step (a voice-activity chunk short of a frame), applied at once. The reference is ONNX Runtime run directly on the same graph (``OfflineLM``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ import pytest
 
 from service.api import statestream_pb2 as pb
 from service.engine import SessionEngine
-from service.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from service.errors import FailedPrecondition, NotFound, ResourceExhausted, StatestreamError, Unavailable
 from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
+from service.scheduler import Scheduler
 from service.session_store import SessionStore
 from service.settings import Settings
 from service.tasks import driver_class
+from service.tensors import to_proto
 from tests.conftest import SHIPPED_MODELS, OfflineLM
+from tests.test_batching import model_fails
+from tests.vad_model import write_energy_vad
 from tests.waiting import Gate, until
 
 TOLERANCE = 1e-5  # the float32 contract, as in test_service_sessions
@@ -269,3 +273,125 @@ def test_a_draining_engine_opens_nothing_and_a_closed_session_takes_no_step(tiny
             await engine.open(open_request(), CALLER)
 
     run(tiny_lm_dir, scenario)
+
+
+# -- steps of no model step: a voice-activity chunk short of a frame ------------------------------
+
+#: 16 frames of audio for the stand-in VAD (tests/vad_model.py): quiet, loud from frame 4 to 9,
+#: quiet again; its probabilities and events depend on every sample fed before.
+VAD_AUDIO = np.random.default_rng(7).uniform(-0.02, 0.02, 16 * 512).astype(np.float32)
+VAD_AUDIO[4 * 512 : 10 * 512] *= 20
+
+
+@pytest.fixture(scope="module")
+def vad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("vad_models")
+    write_energy_vad(folder, "energy_vad", 512)
+    return folder
+
+
+def audio_step(seq: int, first: int, end: int) -> pb.Step:
+    """A Step carrying ``VAD_AUDIO[first:end]``."""
+    return pb.Step(seq=seq, tensors=pb.TensorInput(tensors=[to_proto("audio", VAD_AUDIO[first:end])]))
+
+
+def frames_of(answer: bytes) -> list[pb.StepOutput]:
+    return list(pb.StepResult.FromString(answer).outputs)
+
+
+def count_calls(scheduler: Scheduler) -> list[int]:
+    """Counts the scheduler's model calls from now on (one entry per call)."""
+    calls: list[int] = []
+    scheduler.on_call = lambda call: calls.append(1)
+    return calls
+
+
+def test_a_step_that_completes_no_frame_is_applied_at_once_without_a_model_call(vad_dir: Path) -> None:
+    """300 samples only fill the buffer: seq 1 is applied (answered with no frame, cached, the
+    lock free) with no model call; its resend is a duplicate that does not add the samples
+    again, so the next 300 complete exactly the frame a session fed 512 at once answers."""
+
+    async def scenario(engine: SessionEngine) -> None:
+        session = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        reference = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        calls = count_calls(session.runtime.scheduler)
+        first = await engine.apply_step(session, audio_step(1, 0, 300))
+        assert pb.StepResult.FromString(first) == pb.StepResult(seq=1)
+        assert not calls and session.last_seq == 1 and not session.lock.locked()
+        resent = pb.StepResult.FromString(await engine.apply_step(session, audio_step(1, 0, 300)))
+        assert resent.duplicate and resent.seq == 1 and not resent.outputs and not calls
+        second = await engine.apply_step(session, audio_step(2, 300, 600))
+        assert len(calls) == 1 and session.last_seq == 2
+        whole = await engine.apply_step(reference, audio_step(1, 0, 512))
+        assert frames_of(second) == frames_of(whole) and len(frames_of(whole)) == 1
+
+    run(vad_dir, scenario)
+
+
+def test_a_keyed_step_of_no_model_step_takes_the_next_seq_once(vad_dir: Path) -> None:
+    """The Open Inference Protocol's path: a request id names the step; resent, it is not applied again."""
+
+    async def scenario(engine: SessionEngine) -> None:
+        session = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        reference = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        first = pb.StepResult.FromString(await engine.apply_step(session, audio_step(0, 0, 300), key="a"))
+        resent = pb.StepResult.FromString(await engine.apply_step(session, audio_step(0, 0, 300), key="a"))
+        second = await engine.apply_step(session, audio_step(0, 300, 1100), key="b")
+        assert (first.seq, first.duplicate, resent.seq, resent.duplicate) == (1, False, 1, True)
+        assert session.last_seq == 2 and pb.StepResult.FromString(second).seq == 2
+        assert frames_of(second) == frames_of(await engine.apply_step(reference, audio_step(1, 0, 1100)))
+
+    run(vad_dir, scenario)
+
+
+def test_a_failed_model_call_leaves_the_buffer_and_the_events_as_they_were(vad_dir: Path) -> None:
+    """The buffer and the speech tracker are state: a chunk whose model call fails changes neither,
+    and its seq stays unapplied; resent, the session answers every later frame (probabilities and
+    events) as one that never saw the failure."""
+
+    async def scenario(engine: SessionEngine) -> None:
+        session = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        reference = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        await engine.apply_step(session, audio_step(1, 0, 2500))
+        session.runtime.scheduler.on_call = model_fails
+        try:
+            with pytest.raises(StatestreamError):
+                await engine.apply_step(session, audio_step(2, 2500, 3000))
+        finally:
+            session.runtime.scheduler.on_call = None
+        assert session.last_seq == 1 and not session.lock.locked()
+        answers = [await engine.apply_step(session, audio_step(2, 2500, 3000))]
+        answers.append(await engine.apply_step(session, audio_step(3, 3000, len(VAD_AUDIO))))
+        whole = await engine.apply_step(reference, audio_step(1, 0, len(VAD_AUDIO)))
+        assert [f for a in answers for f in frames_of(a)] == frames_of(whole)[4:]
+        assert {f.label for f in frames_of(whole)} >= {"speech_start"}  # the tracker's events are compared
+
+    run(vad_dir, scenario)
+
+
+def test_a_chunk_whose_caller_is_cancelled_while_its_frames_run_is_committed_with_its_buffer(vad_dir: Path) -> None:
+    """The orphan path commits the driver's part too: the buffer left by the chunk is the one the
+    next chunk joins, exactly once."""
+
+    async def scenario(engine: SessionEngine) -> None:
+        session = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        reference = await engine.open(pb.OpenSession(model="energy_vad"), CALLER)
+        gate = Gate()  # 6 frames: more than the direct path takes, so they run on the worker thread
+        session.runtime.scheduler.on_call = gate.hold
+        try:
+            caller = asyncio.ensure_future(engine.apply_step(session, audio_step(1, 0, 6 * 512 + 100)))
+            await gate.arrival()
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+        finally:
+            session.runtime.scheduler.on_call = None
+            gate.open()
+        await until(lambda: not session.lock.locked(), 10, "the orphaned chunk committed")
+        resent = pb.StepResult.FromString(await engine.apply_step(session, audio_step(1, 0, 6 * 512 + 100)))
+        assert resent.duplicate and len(resent.outputs) == 6
+        after = await engine.apply_step(session, audio_step(2, 6 * 512 + 100, 8 * 512))
+        whole = await engine.apply_step(reference, audio_step(1, 0, 8 * 512))
+        assert list(resent.outputs) + frames_of(after) == frames_of(whole)
+
+    run(vad_dir, scenario)

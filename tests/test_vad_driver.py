@@ -1,9 +1,9 @@
 """The voice_activity driver's mechanics on a real server, with a stand-in model (tests/vad_model.py).
 
-What does not need Silero's weights: partial frames buffered across chunks of any length, speech
-events equal to silero-vad's own ``VADIterator`` fed the same probabilities, options kept per
-session, bad audio refused with the session unchanged, 8 kHz models, and ``client vad``'s WAV
-checks. tests/test_vad_silero.py proves the shipped model against silero-vad's own code.
+What does not need Silero's weights: partial frames buffered across chunks of any length, sent
+as Steps (a live call's path) or Runs or both, speech events equal to silero-vad's own
+``VADIterator`` fed the same probabilities, options kept per session, bad audio refused with the
+session unchanged, 8 kHz models, and ``client vad``'s WAV checks. tests/test_vad_silero.py proves the shipped model against silero-vad's own code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -23,7 +22,7 @@ from silero_vad.utils_vad import VADIterator
 from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
-from service.client.sdk import Client, StepFailed, SyncSession
+from service.client.sdk import Client, SyncSession
 from service.settings import Settings
 from service.tensors import from_proto, to_proto
 from tests.servers import ServerThread
@@ -34,6 +33,8 @@ MAX_CHUNK = 64  # frames: a chunk of more than 64 * 512 samples is RESOURCE_EXHA
 RATE = 16000
 
 Events = list[tuple[str, int]]
+#: How a test sends its chunks: Runs, Steps (a Run first where options are set), or both in turn.
+VIA = ("run", "step", "both")
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +58,33 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 
 def feed(
-    session: SyncSession, audio: np.ndarray, chunk: int, options: dict[str, float] | None = None
+    session: SyncSession, audio: np.ndarray, chunk: int, options: dict[str, float] | None = None, via: str = "run"
 ) -> tuple[list[float], Events]:
-    """Streams ``audio`` in chunks of ``chunk`` samples; every frame's probability and every event."""
+    """Streams ``audio`` in chunks of ``chunk`` samples; every frame's probability and every event.
+
+    ``via`` (one of ``VIA``): each chunk in a Run, in a Step, or Steps and Runs in turn. Options
+    go in the first chunk, a Run (a Step has none); they stay set for the session."""
     probabilities: list[float] = []
     events: Events = []
-    for first in range(0, len(audio), chunk):
+    for index, first in enumerate(range(0, len(audio), chunk)):
         part = audio[first : first + chunk]
-        for answer in session.run(len(part) // 256 + 1, tensors={"audio": part}, options=options or {}):
-            if isinstance(answer, pb.RunOutput):
-                probabilities.append(answer_probability(answer.output))
-                if answer.output.label:
-                    sample = next(from_proto(t) for t in answer.output.tensors if t.name == "sample")
-                    events.append((answer.output.label, int(sample)))
+        for output in chunk_outputs(session, part, options, via == "step" or (via == "both" and index % 2 == 1)):
+            probabilities.append(answer_probability(output))
+            if output.label:
+                sample = next(from_proto(t) for t in output.tensors if t.name == "sample")
+                events.append((output.label, int(sample)))
         options = None  # set once: they stay set for the session
     return probabilities, events
+
+
+def chunk_outputs(
+    session: SyncSession, part: np.ndarray, options: dict[str, float] | None, as_step: bool
+) -> list[pb.StepOutput]:
+    """One chunk's frames: a Step's outputs, or a Run's (a chunk with options is always a Run)."""
+    if as_step and not options:
+        return list(session.step(tensors={"audio": part}).outputs)
+    answers = session.run(len(part) // 256 + 1, tensors={"audio": part}, options=options or {})
+    return [answer.output for answer in answers if isinstance(answer, pb.RunOutput)]
 
 
 def answer_probability(output: pb.StepOutput) -> float:
@@ -103,27 +116,29 @@ def iterator_events(probabilities: list[float], frame: int, rate: int, **options
     return events
 
 
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("chunk", [320, 160, 1000, 4096])
 def test_chunks_of_any_length_answer_exactly_as_512_sample_frames(
-    vad_server: ServerThread, speech: np.ndarray, chunk: int
+    vad_server: ServerThread, speech: np.ndarray, chunk: int, via: str
 ) -> None:
     with Client(vad_server.target) as client:
         frames = feed(client.open("energy_vad"), speech, 512)
-        other = feed(client.open("energy_vad"), speech, chunk)
+        other = feed(client.open("energy_vad"), speech, chunk, via=via)
     assert len(frames[0]) == len(speech) // 512
     assert other == frames  # exactly: the same frames, the same state, whatever the chunking
     assert [name for name, _ in frames[1]][:2] == ["speech_start", "speech_end"]
 
 
+@pytest.mark.parametrize("via", ["run", "step"])
 @pytest.mark.parametrize(
     "options",
     [{}, {"threshold": 0.6, "min_silence_duration_ms": 300.0, "speech_pad_ms": 64.0}, {"threshold": 0.3}],
 )
 def test_speech_events_equal_vad_iterators_on_the_same_probabilities(
-    vad_server: ServerThread, speech: np.ndarray, options: dict[str, float]
+    vad_server: ServerThread, speech: np.ndarray, options: dict[str, float], via: str
 ) -> None:
     with Client(vad_server.target) as client:
-        probabilities, events = feed(client.open("energy_vad"), speech, 320, options)
+        probabilities, events = feed(client.open("energy_vad"), speech, 320, options, via)
     want = iterator_events(probabilities, 512, RATE, **options)
     assert len(want) >= 4  # the speech has several segments: starts and ends both compared
     assert events == want
@@ -217,12 +232,63 @@ def test_an_oversized_chunk_is_resource_exhausted_and_changes_nothing(
         assert feed(session, speech[:20000], 512) == feed(reference, speech[:20000], 512)
 
 
-def test_a_step_is_refused_it_would_bypass_the_buffer(vad_server: ServerThread) -> None:
+#: The bad-audio cases a Step can carry (a Step has no options and no max_steps).
+BAD_STEP_AUDIO = [case for case, (run, _) in BAD_AUDIO.items() if not run.options and case != "too few max_steps"]
+
+
+@pytest.mark.parametrize("case", BAD_STEP_AUDIO)
+def test_bad_audio_in_a_step_is_refused_by_name_and_the_session_goes_on_unchanged(
+    vad_server: ServerThread, speech: np.ndarray, case: str
+) -> None:
+    run, message = BAD_AUDIO[case]
+    first, rest = speech[16000:16700], speech[16700:24000]
     with Client(vad_server.target) as client:
-        session = client.open("energy_vad")
-        with pytest.raises(StepFailed, match="takes audio in Run requests") as failed:
-            session.step(tensors={"input": np.zeros((1, 512), np.float32)})
-        assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        reference, session = client.open("energy_vad"), client.open("energy_vad")
+        feed(reference, first, 700, via="step")
+        feed(session, first, 700, via="step")
+        step = pb.Step(seq=session.last_seq + 1, tensors=run.tensors)
+        response = session.send_raw(pb.SessionRequest(step=step))
+        assert response.WhichOneof("response") == "error", response
+        assert response.error.code_name == "INVALID_ARGUMENT"
+        assert re.search(message, response.error.message), response.error.message
+        assert feed(session, rest, 320, via="step") == feed(reference, rest, 320, via="step")
+
+
+@pytest.mark.parametrize(
+    ("step", "code", "message"),
+    [
+        (pb.Step(text="hello"), "INVALID_ARGUMENT", "takes audio: send tensors with one tensor 'audio'"),
+        (
+            pb.Step(tensors=pb.TensorInput(tensors=[pcm(np.zeros(600))]), last_only=True),
+            "INVALID_ARGUMENT",
+            "last_only",
+        ),
+        (
+            pb.Step(tensors=pb.TensorInput(tensors=[to_proto("input", np.zeros((1, 512), np.float32))])),
+            "INVALID_ARGUMENT",
+            "one tensor, 'audio'",
+        ),
+        (
+            pb.Step(tensors=pb.TensorInput(tensors=[pcm(np.zeros(MAX_CHUNK * 512 + 1))])),
+            "RESOURCE_EXHAUSTED",
+            "max_chunk",
+        ),
+    ],
+)
+def test_a_step_that_is_not_one_chunk_of_audio_is_refused_and_changes_nothing(
+    vad_server: ServerThread, speech: np.ndarray, step: pb.Step, code: str, message: str
+) -> None:
+    with Client(vad_server.target) as client:
+        reference, session = client.open("energy_vad"), client.open("energy_vad")
+        feed(reference, speech[:700], 700, via="step")
+        feed(session, speech[:700], 700, via="step")
+        request = pb.Step()
+        request.CopyFrom(step)
+        request.seq = session.last_seq + 1
+        response = session.send_raw(pb.SessionRequest(step=request))
+        assert response.WhichOneof("response") == "error", response
+        assert response.error.code_name == code and message in response.error.message, response.error
+        assert feed(session, speech[700:20000], 320, via="step") == feed(reference, speech[700:20000], 320, via="step")
 
 
 def test_an_8khz_model_takes_256_sample_frames_and_refuses_16khz(vad_server: ServerThread, speech: np.ndarray) -> None:

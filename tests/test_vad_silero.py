@@ -84,14 +84,17 @@ def test_the_shipped_folder_is_the_wheels_graph_imported_with_its_spec(tmp_path:
     assert "MIT License" in (SHIPPED / "LICENSE").read_text()
 
 
-async def stream_call(session: AsyncSession, audio: np.ndarray, chunk: int) -> list[float]:
-    """One live call: ``audio`` in chunks of ``chunk`` samples, every frame's probability."""
+async def stream_call(session: AsyncSession, audio: np.ndarray, chunk: int, as_steps: bool) -> list[float]:
+    """One live call: ``audio`` in chunks of ``chunk`` samples (in Steps or Runs), every frame's probability."""
     probabilities: list[float] = []
     for first in range(0, len(audio), chunk):
         part = audio[first : first + chunk]
-        async for answer in session.run(len(part) // FRAME + 1, tensors={"audio": part}):
-            if isinstance(answer, pb.RunOutput):
-                probabilities.append(float(np.frombuffer(answer.output.tensors[0].data, "<f4")[0]))
+        if as_steps:
+            outputs = list((await session.step(tensors={"audio": part})).outputs)
+        else:
+            answers = session.run(len(part) // FRAME + 1, tensors={"audio": part})
+            outputs = [answer.output async for answer in answers if isinstance(answer, pb.RunOutput)]
+        probabilities.extend(float(np.frombuffer(output.tensors[0].data, "<f4")[0]) for output in outputs)
     return probabilities
 
 
@@ -99,7 +102,8 @@ def test_64_concurrent_calls_batched_equal_onnx_wrapper_per_call(
     silero_server: ServerThread, speech: np.ndarray
 ) -> None:
     """Each call hears its own 3 s of the speech (offsets spread over it); its frames share
-    batches with the other calls', and each must equal OnnxWrapper run alone on that audio."""
+    batches with the other calls', and each must equal OnnxWrapper run alone on that audio.
+    Half the calls send their chunks as Steps (a live call's path), half as Runs."""
     calls = [np.roll(speech, -k * len(speech) // CALLS)[: 3 * RATE] for k in range(CALLS)]
     (runtime,) = list(silero_server.server.runtimes)
     batch_sizes: list[int] = []
@@ -108,7 +112,10 @@ def test_64_concurrent_calls_batched_equal_onnx_wrapper_per_call(
     async def all_calls() -> list[list[float]]:
         async with AsyncClient(silero_server.target) as client:
             sessions = [await client.open("silero_vad") for _ in calls]
-            return list(await asyncio.gather(*(stream_call(s, a, 320) for s, a in zip(sessions, calls, strict=True))))
+            streamed = (
+                stream_call(s, a, 320, k % 2 == 0) for k, (s, a) in enumerate(zip(sessions, calls, strict=True))
+            )
+            return list(await asyncio.gather(*streamed))
 
     try:
         served = asyncio.run(all_calls())
@@ -121,23 +128,26 @@ def test_64_concurrent_calls_batched_equal_onnx_wrapper_per_call(
         np.testing.assert_allclose(probabilities, want, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("via", ["run", "step"])
 @pytest.mark.parametrize("options", [{}, {"threshold": 0.6, "min_silence_duration_ms": 250.0, "speech_pad_ms": 60.0}])
 def test_streamed_segments_equal_vad_iterators(
-    silero_server: ServerThread, speech: np.ndarray, options: dict[str, float]
+    silero_server: ServerThread, speech: np.ndarray, options: dict[str, float], via: str
 ) -> None:
     with Client(silero_server.target) as client:
-        probabilities, events = feed(client.open("silero_vad"), speech, 320, options)
+        probabilities, events = feed(client.open("silero_vad"), speech, 320, options, via)
     np.testing.assert_allclose(probabilities, wrapper_probabilities(speech), rtol=0, atol=TOLERANCE)
     want = iterator_events(speech, **options)
     assert len(want) >= 4  # several utterances: starts and ends both compared
     assert events == want
 
 
+@pytest.mark.parametrize("via", ["run", "step"])
 def test_320_sample_chunks_give_exactly_what_512_sample_chunks_give(
-    silero_server: ServerThread, speech: np.ndarray
+    silero_server: ServerThread, speech: np.ndarray, via: str
 ) -> None:
     with Client(silero_server.target) as client:
-        assert feed(client.open("silero_vad"), speech, 320) == feed(client.open("silero_vad"), speech, 512)
+        in_frames = feed(client.open("silero_vad"), speech, 512)
+        assert feed(client.open("silero_vad"), speech, 320, via=via) == in_frames
 
 
 def test_client_vad_json_is_onnx_wrappers_probabilities_and_vad_iterators_segments(

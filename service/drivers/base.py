@@ -164,6 +164,22 @@ class Driver:
             raise InvalidArgument(f"model {self.manifest.name!r} does not take text or token ids; send tensors")
         return self.step_decoder.decode(step.tensors, max_chunk)
 
+    def decode_session_step(self, session: SessionView, step: pb.Step, max_chunk: int) -> StepInputs:
+        """``decode_step`` for a kind whose step also reads the session (a partial audio frame).
+
+        Called by the engine under the session's lock. It must change nothing: what the step
+        leaves in the session is written by ``encode_session_result``, once the step is applied.
+        A step may decode to 0 model steps (it only fills a buffer): the engine applies it at
+        once, without a model call."""
+        return self.decode_step(step, max_chunk)
+
+    def encode_session_result(self, session: SessionView, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
+        """The answer of an applied step (``encode_result``), where a kind also writes its scratch.
+
+        Called once per step, only when it is applied: after its model call succeeded and its
+        state was written, or at once for a step of 0 model steps (``outputs`` then empty)."""
+        return self.encode_result(session.options, step, decoded, outputs)
+
     def answer_bytes_bound(self, options: ResolvedOptions, steps: int) -> int:
         """An upper bound of the encoded answer to a Step returning ``steps`` steps.
 

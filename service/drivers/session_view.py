@@ -12,6 +12,7 @@ import numpy as np
 
 from service.contract import Arrays
 from service.scheduler import Scheduler
+from service.session_options import ResolvedOptions
 from service.slabs import Slabs
 
 
@@ -42,3 +43,5 @@ class SessionView(Protocol):
     def row(self) -> int: ...
     @property
     def runtime(self) -> ModelParts: ...
+    @property
+    def options(self) -> ResolvedOptions: ...

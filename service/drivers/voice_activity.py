@@ -2,34 +2,36 @@
 
 Silero VAD (``models/silero_vad``) judges frames of exactly 512 samples at 16 kHz (256 at 8 kHz),
 but calls send what their transport carries: 20 ms telephony frames of 320 samples, 32 ms chunks,
-a whole file. So audio travels in a ``Run`` (its one tensor ``audio``, PCM16 or float32, any
-length), and the session keeps what does not fill a frame in its scratch until the next chunk
-completes it. Every completed frame is one model step through the scheduler (so the frames of
-all calls share batches) and one ``RunOutput`` with its speech probability; a per-session state
-machine turns the probabilities into speech-start and speech-end events exactly as silero-vad's
-own ``VADIterator`` does (``SpeechTracker``). A Run is one seq, applied entirely or not at all,
-so a refused or broken chunk leaves the buffered samples, the tracker and the model state as they
-were. The Run's options (threshold, neg_threshold, ...) stay set for the session's later Runs.
-docs/vad.md is the user's page.
+a whole file. So a chunk (one tensor ``audio``, PCM16 or float32, any length) is joined to what
+the session buffered in its scratch, and every completed frame is one model step through the
+scheduler (the frames of all calls share batches). A live call's chunk is a plain ``Step``
+(``decode_session_step``: the cheap path; a chunk short of a frame makes no model call) answered
+by one StepOutput per frame; a ``Run`` takes the same chunk with options (threshold, ...), which
+stay set for the session's later chunks. A per-session state machine turns the probabilities
+into speech events exactly as silero-vad's ``VADIterator`` does (``SpeechTracker``). Either
+request is one seq, applied entirely or not at all: the buffer and the tracker are written only
+once the chunk's frames have run. docs/vad.md is the user's page.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from service.answer_bytes import OutputTensors, length_delimited, step_result
 from service.api import statestream_pb2 as pb
-from service.contract import Arrays, ContractError, Manifest
+from service.contract import Arrays, ContractError, Manifest, TensorSpec
 from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext
 from service.drivers.session_view import SessionView
 from service.drivers.steps import StepInputs
 from service.errors import InvalidArgument, ResourceExhausted
+from service.session_options import ResolvedOptions
 from service.tasks import register
 from service.tensors import add_proto
 
@@ -45,8 +47,12 @@ PCM16_SCALE = 32768.0
 NEG_THRESHOLD_OFFSET = 0.15
 #: Scratch keys: samples waiting for a frame; the tracker's counters; the options set so far.
 PENDING, TRACKER, OPTIONS = "vad_pending", "vad_tracker", "vad_options"
+#: A session's tracker counters (triggered, temp_end, current_sample) before its first frame.
+NO_EVENTS_YET = np.zeros(3, np.int64)
 #: Longest padding or minimum silence an option may ask for, in ms.
 MAX_DURATION_MS = 60_000.0
+#: The most bytes one frame's answer holds: its probability, an event's sample and its label.
+FRAME_ANSWER_BYTES = bounds.tensor(PROBABILITY, (), np.float32) + bounds.tensor(EVENT_SAMPLE, (), np.int64) + 24
 
 RUN_OPTIONS: dict[str, tuple[float, str]] = {
     "sample_rate": (16000.0, "the audio's rate in Hz; must be the model's (the manifest's decoding.sample_rate)"),
@@ -147,14 +153,20 @@ class SpeechTracker:
 
 @register(TASK)
 class VoiceActivityDriver(Driver):
-    sends = "audio in Runs: tensor audio [N], PCM16 (int16) or float32 in [-1, 1], any N; see run"
-    returns = "per completed frame, a RunOutput: speech_probability []; label speech_start/speech_end with sample []"
+    sends = (
+        "a chunk of audio per Step (a live call's path) or per Run (with options): tensor audio [N], "
+        "PCM16 (int16) or float32 in [-1, 1], any N; samples short of a frame wait for the next chunk"
+    )
+    returns = (
+        "per completed frame, a StepOutput (in a Step's StepResult, or a Run's RunOutput): "
+        "speech_probability []; label speech_start/speech_end with sample []"
+    )
     run = (
         "feeds one chunk of audio: the samples buffered from earlier chunks and this chunk's are cut "
         "into the model's frames (512 samples at 16 kHz); each completed frame is stepped and "
         "answered with its speech probability and any speech event (silero-vad's VADIterator); the "
         "rest waits for the next chunk. max_steps must cover the frames completed (N // frame + 1 "
-        "always does). Options stay set for the session's later Runs."
+        "always does). Options stay set for the session's later chunks (Steps and Runs)."
     )
     run_options = RUN_OPTIONS
 
@@ -164,6 +176,7 @@ class VoiceActivityDriver(Driver):
         self.frame_samples = manifest.inputs[0].shape[0]
         self.probability_output = manifest.outputs[0].name
         self.sample_rate = sample_rate_of(manifest)
+        self.frame_answers = FrameAnswers()
 
     def task_info(self) -> pb.TaskInfo:
         """As the base says, with this model's rate as ``sample_rate``'s default (clients read it there)."""
@@ -186,10 +199,41 @@ class VoiceActivityDriver(Driver):
             raise ContractError(f"at {rate} Hz the model's frame is {FRAME_SAMPLES[rate]} samples")
 
     def decode_step(self, step: pb.Step, max_chunk: int) -> StepInputs:
-        raise InvalidArgument(
-            f"model {self.manifest.name!r} takes audio in Run requests (tensor {AUDIO!r}), not Steps: "
-            "a Step would bypass the session's frame buffer and speech events"
-        )
+        """Without its session a chunk cannot be cut into frames (the engine calls ``decode_session_step``)."""
+        raise InvalidArgument(f"model {self.manifest.name!r} takes audio only in a session's Steps and Runs")
+
+    def decode_session_step(self, session: SessionView, step: pb.Step, max_chunk: int) -> StepInputs:
+        """A live call's chunk: the buffered samples and the Step's ``audio``, cut into frames.
+
+        Changes nothing (``encode_session_result`` writes the buffer once the frames have run);
+        a chunk that completes no frame is 0 model steps, applied without a model call."""
+        if step.WhichOneof("input") != "tensors":
+            raise InvalidArgument(
+                f"model {self.manifest.name!r} takes audio: send tensors with one tensor {AUDIO!r} (PCM16 or float32 [N])"
+            )
+        if step.last_only:
+            raise InvalidArgument("last_only is not taken: a voice-activity step answers every frame (its events)")
+        samples = self._joined(session, decode_audio(step.tensors, self.frame_samples * max_chunk))
+        frames = len(samples) // self.frame_samples
+        completed = samples[: frames * self.frame_samples].reshape(frames, self.frame_samples)
+        return AudioStep({self.audio_input: completed}, frames, rest=samples[frames * self.frame_samples :].copy())
+
+    def encode_session_result(self, session: SessionView, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
+        """One StepOutput per frame (probability, event), and the session's buffer and tracker moved on."""
+        assert isinstance(decoded, AudioStep)
+        scratch = session.scratch
+        answers: list[bytes] = []
+        if decoded.steps:
+            tracker = self.tracker_of(session, self.options_of(session))
+            probabilities = outputs[self.probability_output].reshape(-1)
+            encode, frame = self.frame_answers.encode, tracker.frame
+            answers = [encode(probabilities, t, frame(float(p))) for t, p in enumerate(probabilities)]
+            scratch[TRACKER] = tracker.counters()
+        scratch[PENDING] = decoded.rest  # replaced, never changed in place (checkpoints hold the old)
+        return step_result(step.seq, answers)
+
+    def output_bytes_bound(self, options: ResolvedOptions) -> int:
+        return bounds.STEP_OUTPUT_FRAMING + FRAME_ANSWER_BYTES
 
     def plan_run(self, session: SessionView, request: pb.Run, limits: bounds.Limits) -> Loop:
         """Checks the chunk and the options; nothing has changed when this raises."""
@@ -201,19 +245,58 @@ class VoiceActivityDriver(Driver):
                 f"audio at sample_rate {rate:g} Hz: model {self.manifest.name!r} takes {self.sample_rate} Hz; "
                 "resample the audio, or serve a model imported for that rate"
             )
-        stored = session.scratch.get(OPTIONS)
-        options = (VadOptions() if stored is None else VadOptions.from_array(stored)).updated(request.options)
-        audio = decode_audio(request.tensors, self.frame_samples * limits.max_chunk)
-        pending = session.scratch.get(PENDING, np.zeros(0, np.float32))
-        frames = (len(pending) + len(audio)) // self.frame_samples
+        options = self.options_of(session).updated(request.options)
+        samples = self._joined(session, decode_audio(request.tensors, self.frame_samples * limits.max_chunk))
+        frames = len(samples) // self.frame_samples
         if frames > request.max_steps:
             raise InvalidArgument(
                 f"the chunk completes {frames} frame(s) but max_steps is {request.max_steps}; "
                 f"set max_steps to at least {frames} (samples // {self.frame_samples} + 1 always suffices)"
             )
-        per_frame = bounds.tensor(PROBABILITY, (), np.float32) + bounds.tensor(EVENT_SAMPLE, (), np.int64) + 24
-        limits.check_fits(bounds.run_output(bounds.STEP_OUTPUT_FRAMING + per_frame), "one audio frame", "")
-        return ChunkLoop(request.seq, self, np.concatenate([pending, audio]), options)
+        limits.check_fits(bounds.run_output(bounds.STEP_OUTPUT_FRAMING + FRAME_ANSWER_BYTES), "one audio frame", "")
+        return ChunkLoop(request.seq, self, samples, options)
+
+    # -- the session's scratch -----------------------------------------------------------
+
+    @staticmethod
+    def options_of(session: SessionView) -> VadOptions:
+        stored = session.scratch.get(OPTIONS)
+        return VadOptions() if stored is None else VadOptions.from_array(stored)
+
+    def tracker_of(self, session: SessionView, options: VadOptions) -> SpeechTracker:
+        counters = session.scratch.get(TRACKER, NO_EVENTS_YET)
+        return SpeechTracker(counters, options, self.sample_rate, self.frame_samples)
+
+    @staticmethod
+    def _joined(session: SessionView, audio: np.ndarray) -> np.ndarray:
+        """The samples buffered from earlier chunks, then ``audio``."""
+        pending = session.scratch.get(PENDING)
+        return audio if pending is None or not len(pending) else np.concatenate([pending, audio])
+
+
+@dataclass
+class AudioStep(StepInputs):
+    """A chunk cut into frames (``arrays``: ``[frames, frame]``), and the samples left for the next."""
+
+    rest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+class FrameAnswers:
+    """A frame's StepOutput as bytes: what ``frame_output``'s message serializes to, its parts made once."""
+
+    def __init__(self) -> None:
+        self.tensors = OutputTensors([TensorSpec(PROBABILITY, "float32", ()), TensorSpec(EVENT_SAMPLE, "int64", ())])
+        self.labels = {name: length_delimited(4, name.encode()) for name in (SPEECH_START, SPEECH_END)}
+
+    def encode(self, probabilities: np.ndarray, t: int, event: tuple[str, int] | None) -> bytes:
+        """Frame ``t``'s answer: its probability (of the chunk's ``[frames]`` float32), and its event."""
+        answer = self.tensors.encode((PROBABILITY,), {PROBABILITY: probabilities}, t)
+        assert answer is not None  # a float32 scalar, as the spec says
+        if event is None:
+            return answer
+        sample = self.tensors.encode((EVENT_SAMPLE,), {EVENT_SAMPLE: np.array([event[1]], np.int64)}, 0)
+        assert sample is not None
+        return answer + sample + self.labels[event[0]]
 
 
 def sample_rate_of(manifest: Manifest) -> int:
@@ -235,10 +318,10 @@ def sample_rate_of(manifest: Manifest) -> int:
 
 
 def decode_audio(tensors: pb.TensorInput, max_samples: int) -> np.ndarray:
-    """A Run's ``audio`` tensor as float32 samples; INVALID_ARGUMENT or RESOURCE_EXHAUSTED naming the problem."""
+    """A chunk's ``audio`` tensor as float32 samples; INVALID_ARGUMENT or RESOURCE_EXHAUSTED naming the problem."""
     if [t.name for t in tensors.tensors] != [AUDIO]:
         names = [t.name for t in tensors.tensors]
-        raise InvalidArgument(f"a voice-activity Run carries one tensor, {AUDIO!r}; got {names}")
+        raise InvalidArgument(f"a voice-activity chunk carries one tensor, {AUDIO!r}; got {names}")
     tensor = tensors.tensors[0]
     data = tensor.data
     if tensor.dtype == pb.DATA_TYPE_INT16:
@@ -260,7 +343,7 @@ def decode_audio(tensors: pb.TensorInput, max_samples: int) -> np.ndarray:
         raise ResourceExhausted("max_chunk", max_samples, f"the audio chunk holds {count} samples (max_chunk frames)")
     samples = np.frombuffer(data, dtype)
     if dtype.kind == "i":
-        return (samples / np.float32(PCM16_SCALE)).astype(np.float32)
+        return (samples / np.float32(PCM16_SCALE)).astype(np.float32, copy=False)
     if not np.isfinite(samples).all():
         raise InvalidArgument("the audio holds NaN or Inf samples")
     return samples.astype(np.float32)
@@ -279,8 +362,7 @@ class ChunkLoop(Loop):
     async def run(self, context: LoopContext) -> AsyncIterator[pb.SessionResponse]:
         driver, scratch = self.driver, context.session.scratch
         frame = driver.frame_samples
-        counters = scratch.get(TRACKER, np.zeros(3, np.int64))
-        tracker = SpeechTracker(counters, self.options, driver.sample_rate, frame)
+        tracker = driver.tracker_of(context.session, self.options)
         frames = len(self.samples) // frame
         for index in range(frames):
             step = StepInputs({driver.audio_input: self.samples[index * frame : (index + 1) * frame][None]}, 1)
