@@ -442,8 +442,8 @@ CALL_FRAMES = call_audio().reshape(-1, 320)
 
 @workload("silero_vad", slo_ms={"vad_frame": 100.0})  # a live call's frame, answered before the next is due
 class VadUser(StatestreamUser):
-    """A live call's voice-activity detection: 20 ms PCM16 frames on a real-time schedule; the server
-    buffers them into Silero's 512-sample frames and answers each completed one (and any event)."""
+    """A live call's voice-activity detection: 20 ms PCM16 frames in Steps on a real-time schedule; the
+    server buffers them into Silero's 512-sample frames and answers each completed one (and any event)."""
 
     weight = 1
     wait_time = constant_throughput(50)  # one 20 ms frame every 20 ms: real time
@@ -451,10 +451,10 @@ class VadUser(StatestreamUser):
     @task
     def vad_frame(self) -> None:
         self.stream.seq += 1
-        request = pb.Run(seq=self.stream.seq, max_steps=2)
-        request.tensors.tensors.append(to_proto("audio", CALL_FRAMES[self.position % len(CALL_FRAMES)]))
+        step = pb.Step(seq=self.stream.seq)
+        step.tensors.tensors.append(to_proto("audio", CALL_FRAMES[self.position % len(CALL_FRAMES)]))
         self.position += 1
-        self.server_run("vad_frame", request)
+        self.send_step("vad_frame", step)
 
 
 if __name__ == "__main__":

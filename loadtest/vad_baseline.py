@@ -4,9 +4,9 @@ This is how voice-agent frameworks run Silero VAD (one silero-vad ``OnnxWrapper`
 per stream an ``InferenceSession`` of the wheel's ``silero_vad.onnx`` with one thread, as
 OnnxWrapper makes it, the state ``[2, 1, 128]`` and the 64-sample context it prepends, each
 512-sample frame one ``run`` at batch 1 on the event loop. It speaks statestream's Session
-proto as the ``voice_activity`` driver does (a Run of PCM16 audio, partial frames buffered,
-answered per frame with the same messages and the same speech events, by the driver's own
-helpers), so ``statestream bench --vad-calls`` drives both servers with one client.
+proto as the ``voice_activity`` driver does (a Step or a Run of PCM16 audio, partial frames
+buffered, answered per frame with the same messages and the same speech events, by the
+driver's own helpers), so ``statestream bench --vad-calls`` drives both servers with one client.
 Run it as ``python -m loadtest.vad_baseline --port 0``.
 """
 
@@ -56,25 +56,38 @@ class Call:
         self.tracker = SpeechTracker(np.zeros(3, np.int64), VadOptions(), RATE, FRAME)
         self.sr = np.array(RATE, np.int64)
 
-    def run(self, request: pb.Run) -> list[pb.SessionResponse]:
-        samples = np.concatenate([self.pending, decode_audio(request.tensors, MAX_SAMPLES)])
+    def frames(self, audio: pb.TensorInput) -> list[pb.StepOutput]:
+        """Each frame the chunk completes, run through the call's own session, as its answer."""
+        samples = np.concatenate([self.pending, decode_audio(audio, MAX_SAMPLES)])
         frames = len(samples) // FRAME
-        answers = []
+        outputs = []
         for index in range(frames):
             x = np.concatenate([self.context, samples[None, index * FRAME : (index + 1) * FRAME]], axis=1)
             out, self.state = self.session.run(None, {"input": x, "state": self.state, "sr": self.sr})
             self.context = x[:, -CONTEXT:]
             probability = np.float32(out.reshape(-1)[0])
-            output = frame_output(probability, self.tracker.frame(float(probability)))
-            answers.append(pb.SessionResponse(run_output=pb.RunOutput(seq=request.seq, index=index, output=output)))
+            outputs.append(frame_output(probability, self.tracker.frame(float(probability))))
         self.pending = samples[frames * FRAME :]
-        answers.append(pb.SessionResponse(run_done=pb.RunDone(seq=request.seq, steps=frames, stop_reason="chunk")))
+        return outputs
+
+    def run(self, request: pb.Run) -> list[pb.SessionResponse]:
+        outputs = self.frames(request.tensors)
+        answers = [
+            pb.SessionResponse(run_output=pb.RunOutput(seq=request.seq, index=index, output=output))
+            for index, output in enumerate(outputs)
+        ]
+        answers.append(
+            pb.SessionResponse(run_done=pb.RunDone(seq=request.seq, steps=len(outputs), stop_reason="chunk"))
+        )
         return answers
+
+    def step(self, request: pb.Step) -> list[pb.SessionResponse]:
+        return [pb.SessionResponse(result=pb.StepResult(seq=request.seq, outputs=self.frames(request.tensors)))]
 
 
 class BaselineServicer(EchoServicer):
-    """SessionService.Session: open makes a Call, each Run feeds it, close ends the stream (the
-    other methods are the echo server's: the benchmark uses only Session)."""
+    """SessionService.Session: open makes a Call, each Step or Run feeds it, close ends the stream
+    (the other methods are the echo server's: the benchmark uses only Session)."""
 
     def __init__(self, graph: bytes) -> None:
         self.graph = graph
@@ -91,9 +104,9 @@ class BaselineServicer(EchoServicer):
             if kind == "open":
                 call = Call(self.graph)
                 yield pb.SessionResponse(opened=pb.SessionOpened(session_id=secrets.token_urlsafe(24), model="vad"))
-            elif kind == "run" and call is not None:
+            elif kind in ("step", "run") and call is not None:
                 try:
-                    for answer in call.run(request.run):
+                    for answer in call.step(request.step) if kind == "step" else call.run(request.run):
                         yield answer
                 except StatestreamError as exc:
                     error = pb.Error(code=status_number(exc.code), code_name=exc.code.name, message=str(exc))

@@ -1,15 +1,15 @@
 """``statestream bench --vad-calls``: how many live calls one server holds in real time (Silero VAD).
 
 Each of N streams is a call: it opens a session, then sends one 32 ms frame of PCM16 audio (512
-samples) every 32 ms on its own schedule, the N schedules spread over the 32 ms (spread
-arrivals), without waiting for answers, as a telephony gateway does. A call is held when the p99
-of its answers' latency (a Run sent to its RunDone read) is under 100 ms, every frame of the
+samples) in a Step every 32 ms on its own schedule, the N schedules spread over the 32 ms
+(spread arrivals), without waiting for answers, as a telephony gateway does. A call is held when
+the p99 of its answers' latency (a Step sent to its StepResult read) is under 100 ms, every frame of the
 window is answered, and the load generator never sent one of its frames more than a frame
 late (a late send means the generator, not the server, fell behind: it is counted apart). N is
 held when every call is. The ladder (32, 64, ... 1024) stops at the first N not held, per
 server: statestream (``models/silero_vad``, batched) and the baseline (``loadtest.vad_baseline``,
-one ORT session per call). Beside each rung: CPU per second of the server's event-loop thread
-and of its other threads (ONNX Runtime's and gRPC's), and of the load processes.
+one ORT session per call). Beside each rung: CPU per second of the server's event-loop thread,
+of its other Python threads (ONNX Runtime's worker), of gRPC's threads, and of the load processes.
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ async def one_call(channel: grpc.aio.Channel, spec: CallsSpec, index: int, windo
     async def read() -> None:
         while (response := await call.read()) is not grpc.aio.EOF:
             kind = response.WhichOneof("response")
-            if kind in ("run_done", "error"):
-                seq = response.run_done.seq if kind == "run_done" else response.error.seq
+            if kind in ("result", "error"):
+                seq = response.result.seq if kind == "result" else response.error.seq
                 started = sent.pop(seq, None)
                 stats.errors += kind == "error"
-                if started is not None and kind == "run_done":
+                if started is not None and kind == "result":
                     stats.latencies_s.append(time.monotonic() - started)
 
     reader = asyncio.ensure_future(read())
@@ -107,11 +107,11 @@ async def one_call(channel: grpc.aio.Channel, spec: CallsSpec, index: int, windo
         now = time.monotonic()
         seq += 1
         audio = AUDIO_FRAMES[(seq + index) % len(AUDIO_FRAMES)]
-        run = pb.Run(seq=seq, max_steps=2, tensors=pb.TensorInput(tensors=[to_proto("audio", audio)]))
+        step = pb.Step(seq=seq, tensors=pb.TensorInput(tensors=[to_proto("audio", audio)]))
         if due >= measure:
             sent[seq] = now
             stats.late += now - due > FRAME_S
-        await call.write(pb.SessionRequest(run=run))
+        await call.write(pb.SessionRequest(step=step))
     deadline = time.monotonic() + DRAIN_S
     while sent and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -168,7 +168,8 @@ class Rung:
     errors: int
     lost: int
     loop_cpu: float  # CPU seconds per second of the server's main (event-loop) thread
-    other_cpu: float  # ... of its other threads (ONNX Runtime, gRPC)
+    ort_cpu: float  # ... of its other Python threads: ONNX Runtime's worker (none in the baseline)
+    grpc_cpu: float  # ... of gRPC's own threads
     load_cpu: float  # ... of the load processes
 
     @property
@@ -179,11 +180,31 @@ class Rung:
         return {**self.__dict__, "held": self.held}
 
 
-def server_cpu_s(pid: int) -> tuple[float, float]:
-    """CPU seconds so far of the server's main thread and of all its other threads."""
-    threads = psutil.Process(pid).threads()
-    main = sum(t.user_time + t.system_time for t in threads if t.id == pid)
-    return main, sum(t.user_time + t.system_time for t in threads) - main
+def server_cpu_s(pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far of the server's main thread, its other Python threads, and gRPC's threads.
+
+    Told apart by the OS thread name: gRPC's core names its threads (``grpc_global_tim``,
+    ``event_engine``, ...), while the threads Python starts (the scheduler's ONNX Runtime worker,
+    ORT's own pool) keep the process's name."""
+    main_name = thread_name(pid, pid)
+    loop = own = grpc_threads = 0.0
+    for thread in psutil.Process(pid).threads():
+        cpu_s = thread.user_time + thread.system_time
+        if thread.id == pid:
+            loop += cpu_s
+        elif thread_name(pid, thread.id) in (main_name, ""):
+            own += cpu_s
+        else:
+            grpc_threads += cpu_s
+    return loop, own, grpc_threads
+
+
+def thread_name(pid: int, tid: int) -> str:
+    """The OS name of thread ``tid`` of ``pid`` (Linux), or "" when it has ended."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def measure_rung(server: ServerProcess, name: str, model: str, calls: int, processes: int, window_s: float) -> Rung:
@@ -207,9 +228,9 @@ def measure_rung(server: ServerProcess, name: str, model: str, calls: int, proce
         for pipe in pipes:
             pipe.send((go, measure, end))
         time.sleep(max(0.0, measure - time.monotonic()))
-        loop_start, other_start = server_cpu_s(server.pid)
+        cpu_start = server_cpu_s(server.pid)
         time.sleep(max(0.0, end - time.monotonic()))
-        loop_end, other_end = server_cpu_s(server.pid)
+        cpu_end = server_cpu_s(server.pid)
         reports: list[WorkerReport] = [_receive(pipe, window_s + 120.0) for pipe in pipes]
     finally:
         for worker in workers:
@@ -217,6 +238,9 @@ def measure_rung(server: ServerProcess, name: str, model: str, calls: int, proce
             if worker.is_alive():
                 worker.kill()  # our own child, by its PID
     stats = [call for report in reports for call in report.calls]
+    loop_cpu, ort_cpu, grpc_cpu = (
+        (after - before) / window_s for before, after in zip(cpu_start, cpu_end, strict=True)
+    )
     held = [s for s in stats if s.p99_ms() < HELD_P99_MS and not s.late and not s.errors and not s.lost]
     return Rung(
         name,
@@ -226,8 +250,9 @@ def measure_rung(server: ServerProcess, name: str, model: str, calls: int, proce
         sum(s.late for s in stats),
         sum(s.errors for s in stats),
         sum(s.lost for s in stats),
-        (loop_end - loop_start) / window_s,
-        (other_end - other_start) / window_s,
+        loop_cpu,
+        ort_cpu,
+        grpc_cpu,
         sum(r.cpu_s for r in reports) / window_s,
     )
 
@@ -277,13 +302,14 @@ def run_ladder(
 def format_ladder(rungs: list[Rung]) -> str:
     """The ladder as a table, then the largest N held by each server and their ratio."""
     lines = [
-        "| server | N calls | held | worst p99 ms | late sends | errors | lost | CPU/s: server loop | other threads | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | N calls | held | worst p99 ms | late sends | errors | lost "
+        "| CPU/s: server loop | ORT worker | gRPC threads | load processes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rungs:
         lines.append(
             f"| {r.server} | {r.calls} | {r.held_calls}/{r.calls} | {r.worst_p99_ms:.1f} | {r.late_sends} | "
-            f"{r.errors} | {r.lost} | {r.loop_cpu:.2f} | {r.other_cpu:.2f} | {r.load_cpu:.2f} |"
+            f"{r.errors} | {r.lost} | {r.loop_cpu:.2f} | {r.ort_cpu:.2f} | {r.grpc_cpu:.2f} | {r.load_cpu:.2f} |"
         )
     best = largest_held(rungs)
     lines.append("largest N held: " + ", ".join(f"{name} {n}" for name, n in best.items()))

@@ -8,14 +8,16 @@ silero-vad's OnnxWrapper, so the ladder compares like with like.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from loadtest import bench
+from loadtest import bench, vad_calls, vad_hotpath
 from loadtest.vad_calls import started
 from service.client.sdk import Client
 from tests.conftest import ROOT
@@ -34,11 +36,45 @@ def test_the_vad_ladder_measures_both_servers(capsys: pytest.CaptureFixture[str]
     for rung in rungs:
         assert rung["errors"] == 0 and rung["lost"] == 0, rung
         assert math.isfinite(rung["worst_p99_ms"]) and rung["worst_p99_ms"] > 0
-        assert rung["loop_cpu"] > 0 and rung["load_cpu"] > 0
+        assert rung["loop_cpu"] > 0 and rung["load_cpu"] > 0 and rung["grpc_cpu"] >= 0 and rung["ort_cpu"] >= 0
+    table = vad_calls.format_ladder([vad_calls.Rung(**{k: v for k, v in r.items() if k != "held"}) for r in rungs])
+    assert (
+        "ORT worker | gRPC threads | load processes" in table and "largest N held: statestream 2, baseline 2" in table
+    )
 
 
-def test_the_baseline_answers_as_onnx_wrapper(tmp_path: Path) -> None:
+def test_the_cpu_split_tells_grpcs_threads_from_the_servers_own() -> None:
+    """A real server's threads: its loop, its ORT worker (busy: chunks past the direct path), and
+    gRPC's named threads (nearly idle under asyncio: counted apart, whatever they spend)."""
+    with started("statestream", ROOT / "models") as server, Client(server.target) as client:
+        session = client.open("silero_vad")
+        for _ in range(40):  # 40 chunks of 8 frames: past the direct path, on the ORT worker thread
+            session.step(tensors={"audio": np.zeros(8 * 512, np.int16)})
+        loop, own, grpc_threads = vad_calls.server_cpu_s(server.pid)
+        names = {vad_calls.thread_name(server.pid, t.id) for t in psutil.Process(server.pid).threads()}
+    assert loop > 0 and own > 0 and grpc_threads >= 0
+    assert "grpc_global_tim" in names and len(names) > 2  # the process's name, and gRPC's threads' own
+
+
+@pytest.mark.parametrize("via", ["step", "run"])
+def test_the_baseline_answers_as_onnx_wrapper(tmp_path: Path, via: str) -> None:
     speech = speech_with_noise(tmp_path)[: 3 * 16000]
     with started("baseline", ROOT / "models") as baseline, Client(baseline.target) as client:
-        probabilities, _ = feed(client.open("silero_vad"), speech, 320)
+        probabilities, _ = feed(client.open("silero_vad"), speech, 320, via=via)
     np.testing.assert_allclose(probabilities, wrapper_probabilities(speech), rtol=0, atol=1e-5)
+
+
+def test_the_in_process_comparison_measures_both_paths_round_by_round(tmp_path: Path) -> None:
+    """``python -m loadtest.vad_hotpath``, smoked: each round measures Step and Run for each chunk
+    size (every frame answered, or it raises), in alternating order, and the summary has their ratio."""
+    (tmp_path / "silero_vad").symlink_to(ROOT / "models" / "silero_vad")
+    rows = asyncio.run(vad_hotpath.compare(tmp_path, "silero_vad", 3, [20.0, 32.0], 4, 2))
+    assert [(r["round"], r["chunk_ms"], r["path"]) for r in rows] == [
+        (1, 20.0, "step"), (1, 20.0, "run"), (1, 32.0, "step"), (1, 32.0, "run"),
+        (2, 20.0, "run"), (2, 20.0, "step"), (2, 32.0, "run"), (2, 32.0, "step"),
+    ]  # fmt: skip
+    assert {r["frames"] for r in rows if r["chunk_ms"] == 32.0} == {3 * 4}  # a frame per 32 ms chunk
+    assert {r["frames"] for r in rows if r["chunk_ms"] == 20.0} == {3 * (4 * 320 // 512)}
+    assert all(r["cpu_us_per_frame"] > 0 for r in rows)
+    lines = vad_hotpath.summary(rows)
+    assert len(lines) == 2 and lines[0].startswith("20 ms chunks") and "run/step" in lines[1]
