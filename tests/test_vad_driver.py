@@ -23,6 +23,7 @@ from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import Client, SyncSession
+from service.drivers.voice_activity import FrameAnswers, frame_output
 from service.settings import Settings
 from service.tensors import from_proto, to_proto
 from tests.servers import ServerThread
@@ -344,3 +345,13 @@ def test_client_vad_refuses_a_wav_it_cannot_send_in_one_line(
     assert command.run(lambda: commands.main(argv, environ={})) == command.EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "sox" in err[0], err
+
+
+@pytest.mark.parametrize("event", [None, ("speech_start", 0), ("speech_end", 123_456_789)])
+def test_a_steps_frame_answer_is_the_bytes_of_the_runs_message(event: tuple[str, int] | None) -> None:
+    """The Step path writes each frame's StepOutput straight as bytes; they must be what the Run
+    path's message (``frame_output``) serializes to, so both answers read alike."""
+    probabilities = np.array([0.0, 0.25, 0.999], np.float32)
+    answers = FrameAnswers()
+    for t, probability in enumerate(probabilities):
+        assert answers.encode(probabilities, t, event) == frame_output(probability, event).SerializeToString()
