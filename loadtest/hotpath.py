@@ -7,6 +7,8 @@ would), N streams at once on one event loop, and prints the process CPU time per
 sockets and HTTP/2 it counts only statestream's own code (decoding and checks, the session lock
 and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can run under
 ``valgrind --tool=callgrind`` (instruction counts repeat even on a loaded machine) or py-spy.
+``--protocols statestream,oip`` drives the Open Inference Protocol's ``ModelStreamInfer`` handler
+too (one sequence per stream, tritonclient's requests), alternated with the native one round by round.
 
     python -m loadtest.hotpath --model lstm256 --streams 1,256 --steps 1000,20
 """
@@ -17,15 +19,17 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from loadtest.load import model_fields
+from loadtest.load import _random_steps, model_fields, model_inputs
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
 from service import process
+from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.contract import Manifest
@@ -33,8 +37,9 @@ from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
+from service.servicers.inference import InferenceServicer
 from service.servicers.sessions import SessionServicer
-from service.servicers.wire import request_parser
+from service.servicers.wire import request_parser, serialize
 from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
@@ -68,64 +73,132 @@ class _Context:
         raise RuntimeError(f"stream aborted: {code} {details}")
 
 
+@dataclass(frozen=True)
+class Handlers:
+    """The stream handlers of one in-process server: statestream.v1's Session and OIP's ModelStreamInfer."""
+
+    native: SessionServicer
+    oip: InferenceServicer
+
+
 async def drive(
-    models_dir: Path, model: str, runs: list[tuple[int, int]], *, settle: bool = False
-) -> list[dict[str, float]]:
+    models_dir: Path,
+    model: str,
+    runs: list[tuple[int, int]],
+    *,
+    settle: bool = False,
+    protocols: tuple[str, ...] = ("statestream",),
+    rounds: int = 1,
+) -> list[dict[str, Any]]:
     """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step.
 
-    ``settle``: tune the garbage collector as ``statestream serve`` does once its models are
-    loaded (``service.process.settle_heap``); for a process of its own, not a test's.
+    Each run is measured ``rounds`` times, each round once per protocol of ``protocols`` in turn
+    ("statestream": the Session stream; "oip": ModelStreamInfer), so a noisy machine's drift
+    falls on every protocol alike. ``settle``: tune the garbage collector as ``statestream
+    serve`` does once its models are loaded (``service.process.settle_heap``); for a process of
+    its own, not a test's.
     """
     settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
     metrics = Metrics()
     runtimes = Runtimes(Registry.from_folder(models_dir, settings, driver_class), settings, metrics)
     store = SessionStore(runtimes, settings, metrics)
-    servicer = SessionServicer(SessionEngine(store, settings), metrics, Authenticator(None))
+    engine = SessionEngine(store, settings)
+    auth = Authenticator(None)
+    handlers = Handlers(SessionServicer(engine, metrics, auth), InferenceServicer(engine, metrics, auth))
     runtimes.start()
     if settle:
         process.settle_heap()
+    rows = []
     try:
-        return [await _measure(servicer, runtimes, model, streams, steps) for streams, steps in runs]
+        for streams, steps in runs:
+            for _ in range(rounds):
+                for protocol in protocols:
+                    row = await _measure(handlers, runtimes, model, protocol, streams, steps)
+                    rows.append({"protocol": protocol, **row})
+        return rows
     finally:
         await runtimes.stop()
 
 
-async def _measure(
-    servicer: SessionServicer, runtimes: Runtimes, model: str, streams: int, steps: int
-) -> dict[str, float]:
+#: One stream of a run: (its index, the event that lets it step, the answer counter) → its task.
+#: It answers its opening request first, and steps only once the event is set.
+StreamDriver = Callable[[int, asyncio.Event, list[int]], Coroutine[Any, Any, None]]
+
+
+def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
+    """Session streams: open, then ``steps`` pre-encoded Steps each, parsed by the server's deserializer."""
     parse: Callable[[bytes], Any] = request_parser(pb.SessionRequest)
-    manifest = runtimes.get(model).model.manifest
     fields = model_fields(manifest)
-    opening = open_request(model, return_tensors=fields.get("return_tensors", ()))
+    opening = open_request(manifest.name, return_tensors=fields.get("return_tensors", ()))
     inputs = step_inputs(manifest, 8)
     requests = [
         [session_step_request(seq, inputs[(seq + s) % 8]) for seq in range(1, steps + 1)] for s in range(streams)
     ]
     serialize = pb.SessionResponse.SerializeToString
-    ready = asyncio.Event()
-    answered = [0]
 
-    async def stream(index: int) -> None:
+    async def stream(index: int, ready: asyncio.Event, answered: list[int]) -> None:
         async def incoming() -> AsyncIterator[Any]:
             yield parse(opening)
             await ready.wait()
             for data in requests[index]:
                 yield parse(data)
 
-        async for response in servicer.Session(incoming(), _Context()):
+        async for response in handlers.native.Session(incoming(), _Context()):
             data = response if isinstance(response, bytes) else serialize(response)
             if data[:1] == b"\x2a":
                 raise RuntimeError(f"the server answered an error: {pb.SessionResponse.FromString(data)}")
             answered[0] += 1
 
-    tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
-    await asyncio.sleep(0.05)
+    return stream
+
+
+def _oip_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
+    """ModelStreamInfer streams: one sequence each, started before the clock, then ``steps`` requests."""
+    from loadtest import oip_load  # tritonclient: only this protocol needs it
+
+    parse: Callable[[bytes], Any] = request_parser(oip.ModelInferRequest)
+    inputs = _random_steps(model_inputs(manifest), np.random.default_rng(0), 1)
+    requests = [
+        [oip_load.infer_request(manifest.name, s + 1, inputs[(t + s) % len(inputs)]) for t in range(steps)]
+        for s in range(streams)
+    ]
+
+    async def stream(index: int, ready: asyncio.Event, answered: list[int]) -> None:
+        async def incoming() -> AsyncIterator[Any]:
+            yield parse(oip_load.infer_request(manifest.name, index + 1, inputs[0], start=True))
+            await ready.wait()
+            for data in requests[index]:
+                yield parse(data)
+            yield parse(oip_load.infer_request(manifest.name, index + 1, inputs[0], end=True))
+
+        async for response in handlers.oip.ModelStreamInfer(incoming(), _Context()):
+            data = serialize(response)
+            if oip_load.is_error(data):
+                raise RuntimeError(f"the server answered an error: {oip.ModelStreamInferResponse.FromString(data)}")
+            answered[0] += 1
+
+    return stream
+
+
+async def _measure(
+    handlers: Handlers, runtimes: Runtimes, model: str, protocol: str, streams: int, steps: int
+) -> dict[str, float]:
+    manifest = runtimes.get(model).model.manifest
+    make = {"statestream": _native_stream, "oip": _oip_stream}[protocol]
+    stream = make(handlers, manifest, streams, steps)
+    ready = asyncio.Event()
+    answered = [0]
+    tasks = [asyncio.create_task(stream(i, ready, answered)) for i in range(streams)]
+    while answered[0] < streams:  # every stream's session opened (its first answer), before the clock
+        await asyncio.sleep(0.001)
     answered[0] = 0
     cpu, wall = time.process_time(), time.perf_counter()
     ready.set()
     await asyncio.gather(*tasks)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     total = streams * steps
+    if protocol == "oip":
+        total += streams  # each sequence's ending request is a step too
     assert answered[0] == total, (answered[0], total)
     return {
         "streams": streams,
@@ -142,11 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default="1", help="comma-separated stream counts, measured in turn")
     parser.add_argument("--steps", default="200", help="steps per stream, one for all or one per stream count")
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
+    parser.add_argument(
+        "--protocols", default="statestream", help="comma-separated: statestream (Session), oip (ModelStreamInfer)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each run, protocols alternated")
     args = parser.parse_args(argv)
     streams = [int(n) for n in args.streams.split(",")]
     steps = [int(k) for k in args.steps.split(",")]
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
-    for row in process.run(drive(args.models_dir, args.model, runs, settle=True), args.event_loop):
+    protocols = tuple(args.protocols.split(","))
+    unknown = sorted(set(protocols) - {"statestream", "oip"})
+    if unknown:
+        parser.error(f"unknown protocol(s) {unknown}: choose from statestream, oip")
+    measured = drive(args.models_dir, args.model, runs, settle=True, protocols=protocols, rounds=args.rounds)
+    for row in process.run(measured, args.event_loop):
         print(json.dumps(row))
     return 0
 

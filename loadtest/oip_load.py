@@ -22,12 +22,17 @@ ERROR_TAG = 0x0A
 DATATYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "int16": "INT16"}
 
 
-def infer_request(model: str, sequence_id: int, arrays: dict[str, np.ndarray], *, start: bool = False) -> bytes:
-    """One step of sequence ``sequence_id`` ([1, *shape] per input), serialized."""
+def infer_request(
+    model: str, sequence_id: int, arrays: dict[str, np.ndarray], *, start: bool = False, end: bool = False
+) -> bytes:
+    """One step of sequence ``sequence_id`` ([1, *shape] per input), serialized; ``start``/``end``
+    set its sequence flags."""
     request = service_pb2.ModelInferRequest(model_name=model)
     request.parameters["sequence_id"].int64_param = sequence_id
     if start:
         request.parameters["sequence_start"].bool_param = True
+    if end:
+        request.parameters["sequence_end"].bool_param = True
     for name, array in arrays.items():
         request.inputs.add(name=name, datatype=DATATYPES[array.dtype.name], shape=array.shape)
         request.raw_input_contents.append(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes())

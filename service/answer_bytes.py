@@ -50,6 +50,11 @@ def length_delimited(number: int, payload: bytes) -> bytes:
     return key(number, LEN) + varint(len(payload)) + payload
 
 
+def packed_varints(values: Iterable[int]) -> bytes:
+    """The payload of a packed repeated field of non-negative integers (a shape)."""
+    return b"".join(varint(value) for value in values)
+
+
 #: StepResult.seq, StepResult.outputs, and StepResult.duplicate = true.
 _SEQ = key(1, VARINT)
 _OUTPUT = key(2, LEN)
@@ -99,7 +104,7 @@ class OutputTensors:
             tensor = (
                 length_delimited(1, spec.name.encode())
                 + (key(2, VARINT) + varint(number) if number else b"")
-                + (length_delimited(3, b"".join(varint(d) for d in spec.shape)) if spec.shape else b"")
+                + (length_delimited(3, packed_varints(spec.shape)) if spec.shape else b"")
                 + (key(4, LEN) + varint(size) if size else b"")
             )  # then the data: proto3 leaves out empty bytes, a zero DataType and an empty shape
             prefix = key(3, LEN) + varint(len(tensor) + size) + tensor

@@ -1,11 +1,12 @@
-"""A tiny run of the bench's ``oip`` variant: it starts, drives OIP sequences, reports rows and its target.
+"""Tiny runs of the bench's ``oip`` variant and of the in-process harness's ``oip`` protocol.
 
-The windows are far too short to say anything about speed (nothing here asserts one); this
-proves the variant runs end to end against the native stream on the same server, without errors.
+The windows are far too short to say anything about speed (nothing here asserts one); these
+prove each runs end to end against the native stream on the same server, without errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from loadtest import oip_load
 from loadtest.bench import main
+from loadtest.hotpath import drive
 from tests.fake_proc import pretend_machine
 
 
@@ -41,3 +43,12 @@ def test_an_error_answer_is_told_from_a_result_by_its_first_byte() -> None:
         infer_response=service_pb2.ModelInferResponse(model_name="m")
     ).SerializeToString()
     assert oip_load.is_error(error) == 1 and oip_load.is_error(result) == 0
+
+
+def test_the_in_process_harness_drives_oip_sequences_beside_native_streams(tiny_lm_dir: Path) -> None:
+    rows = asyncio.run(drive(tiny_lm_dir, "char_lm", [(2, 3)], protocols=("statestream", "oip"), rounds=2))
+    assert [(r["protocol"], r["streams"]) for r in rows] == [("statestream", 2), ("oip", 2)] * 2
+    # every request answered without an error (the harness raises on one): 3 steps a stream, and
+    # each OIP sequence's ending request
+    assert [r["steps"] for r in rows] == [6, 8] * 2
+    assert all(r["cpu_us_per_step"] > 0 for r in rows)

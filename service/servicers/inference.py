@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
+from service.answer_bytes import varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
@@ -23,7 +25,14 @@ from service.errors import FailedPrecondition, InvalidArgument, NotFound, States
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 from service.servicers import oip_tensors
-from service.servicers.oip_tensors import OipModel
+from service.servicers.oip_tensors import (
+    SEQUENCE_END,
+    SEQUENCE_ID,
+    SEQUENCE_START,
+    STREAM_RESULT,
+    OipModel,
+    StepCodec,
+)
 from service.servicers.sessions import checked
 from service.servicers.wire import Context, Malformed
 from service.session_log import events
@@ -31,28 +40,27 @@ from service.session_store import Session
 
 #: The protocol's extensions this server implements (ServerMetadata).
 EXTENSIONS = ("sequence", "model_configuration", "model_repository")
-#: The request parameters read; any other is refused (an option this server does not support).
-SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
-#: Answer parameters: the step's seq in its session, and whether the answer came from the cache.
-SEQ, DUPLICATE = "statestream_seq", "statestream_duplicate"
-
 SequenceId = int | str
 
 
-@dataclass(frozen=True)
-class SequenceFlags:
+class SequenceFlags(NamedTuple):
     """What a request's parameters say about its sequence (``id`` None: no sequence)."""
 
     id: SequenceId | None
     start: bool
     end: bool
+    #: The sequence_id parameter as sent (an encoded InferParameter), echoed in the answer.
+    echo: bytes = b""
+
+
+NO_SEQUENCE = SequenceFlags(None, False, False)
 
 
 @dataclass
 class Sequence:
     """A caller's sequence: its session, and once it ended, the answer of the request that ended it."""
 
-    session_id: str
+    session: Session
     model: str
     ended: bool = False
     ended_by: str = ""  # the id of the request that ended it
@@ -61,9 +69,17 @@ class Sequence:
 
 def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlags:
     """The sequence parameters, checked: types, a flag without an id, unknown parameters."""
+    if not parameters:
+        return NO_SEQUENCE
+    if len(parameters) == 1 and SEQUENCE_ID in parameters:  # a sequence's usual step: checked at once
+        value = parameters[SEQUENCE_ID]
+        if value.WhichOneof("parameter_choice") == "int64_param" and value.int64_param > 0:
+            return SequenceFlags(value.int64_param, False, False, value.SerializeToString())
     sequence_id: SequenceId | None = None
     start = end = False
-    for name, value in parameters.items():
+    echo = b""
+    for name in parameters:  # not items(): a Python view that looks each value up again
+        value = parameters[name]
         kind = value.WhichOneof("parameter_choice")
         if name == SEQUENCE_ID:
             if kind == "string_param":
@@ -75,6 +91,7 @@ def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlag
                 sequence_id = number or None
             else:
                 raise InvalidArgument(f"sequence_id must be an integer or a string, not {kind}")
+            echo = value.SerializeToString()
         elif name in (SEQUENCE_START, SEQUENCE_END):
             if kind != "bool_param":
                 raise InvalidArgument(f"{name} must be a bool, not {kind}")
@@ -85,7 +102,7 @@ def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlag
             )
     if sequence_id is None and (start or end):
         raise InvalidArgument(f"{SEQUENCE_START if start else SEQUENCE_END} needs a sequence_id (non-zero)")
-    return SequenceFlags(sequence_id, start, end)
+    return SequenceFlags(sequence_id, start, end, echo if sequence_id is not None else b"")
 
 
 def error_text(exc: StatestreamError) -> str:
@@ -104,6 +121,14 @@ class InferenceServicer:
         self.auth = auth
         #: Each model's protocol view, built once.
         self.models = {runtime.name: oip_tensors.oip_model(runtime.model.manifest) for runtime in self.runtimes}
+        #: Each model's per-step translation, built once.
+        self.codecs = {
+            runtime.name: StepCodec(self.models[runtime.name], runtime.model.manifest.version)
+            for runtime in self.runtimes
+        }
+        #: (model_name, model_version) as requests name them → the runtime and codec they reach
+        #: (models are loaded once, so an answer found once holds; refusals are not kept).
+        self._served: dict[tuple[str, str], tuple[ModelRuntime, StepCodec]] = {}
         #: (caller, sequence_id) → its sequence.
         self.sequences: dict[tuple[str, SequenceId], Sequence] = {}
         try:
@@ -189,7 +214,9 @@ class InferenceServicer:
 
     # -- inference -----------------------------------------------------------------------
 
-    async def ModelInfer(self, request: oip.ModelInferRequest | Malformed, context: Context) -> oip.ModelInferResponse:
+    async def ModelInfer(
+        self, request: oip.ModelInferRequest | Malformed, context: Context
+    ) -> oip.ModelInferResponse | bytes:
         try:
             caller = self.auth.caller(context)
             return await self._infer(checked(request), caller)
@@ -200,7 +227,7 @@ class InferenceServicer:
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[oip.ModelInferRequest | Malformed], context: Context
-    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+    ) -> AsyncIterator[oip.ModelStreamInferResponse | bytes]:
         """Answers each request in order before reading the next; a failed one is an error_message."""
         caller: str | None = None
         try:
@@ -215,7 +242,9 @@ class InferenceServicer:
                         await context.abort(exc.code, exc.message)
                         raise  # unreachable: abort raises
                 try:
-                    answer = await self._infer(checked(request), caller)
+                    # A stream's step may take the scheduler's fast lane: the next request is
+                    # read only once this one is answered, as on a Session stream.
+                    answer = await self._infer(checked(request), caller, lane=True)
                 except StatestreamError as exc:
                     events.refused(exc)
                     failed = oip.ModelInferResponse()
@@ -223,39 +252,30 @@ class InferenceServicer:
                         failed.model_name, failed.id = request.model_name, request.id
                     yield oip.ModelStreamInferResponse(error_message=error_text(exc), infer_response=failed)
                     continue
-                yield oip.ModelStreamInferResponse(infer_response=answer)
+                yield STREAM_RESULT + varint(len(answer)) + answer
         finally:
             if caller is not None:
                 self.engine.leave_stream()
 
-    async def _infer(self, request: oip.ModelInferRequest, caller: str) -> oip.ModelInferResponse:
-        """One request: checked whole before anything runs, then one step through the engine."""
-        runtime, model = self._reachable(request.model_name, request.model_version)
+    async def _infer(self, request: oip.ModelInferRequest, caller: str, *, lane: bool = False) -> bytes:
+        """One request, answered by its ModelInferResponse's bytes: checked whole before anything
+        runs, then one step through the engine."""
+        runtime, codec = self._served_model(request.model_name, request.model_version)
         self.metrics.requests.labels(runtime.name, "oip_infer").inc()
         flags = sequence_flags(request.parameters)
-        arrays, raw = oip_tensors.read_inputs(request, model)
-        outputs = oip_tensors.requested_outputs(request, model)
-        step = model.step(arrays)
+        step, raw = codec.step(request)
+        outputs = codec.requested_outputs(request)
         if flags.id is None:
-            answer = await self._one_shot(runtime, model, step, caller)
+            answer = await self._one_shot(runtime, codec.model, step, caller)
         else:
-            answer = await self._sequence_step(runtime, model, flags, step, request.id, caller)
-        result = pb.StepResult.FromString(answer)
-        if not result.outputs:  # a resend whose answer has left the reply cache
+            answer = await self._sequence_step(runtime, codec.model, flags, step, request.id, caller, lane)
+        result = codec.read_answer(answer, step.seq)  # the engine set a sequence step's seq
+        if result.tensors is None:  # a resend whose answer has left the reply cache
             raise FailedPrecondition(
                 f"request {request.id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
                 f"its answer is no longer cached (the server keeps the last --reply-cache answers)"
             )
-        response = oip.ModelInferResponse(
-            model_name=runtime.name, model_version=runtime.model.manifest.version, id=request.id
-        )
-        if flags.id is not None:
-            response.parameters[SEQUENCE_ID].CopyFrom(request.parameters[SEQUENCE_ID])
-        response.parameters[SEQ].int64_param = result.seq
-        if result.duplicate:
-            response.parameters[DUPLICATE].bool_param = True
-        oip_tensors.fill_outputs(response, model.answer(result.outputs[0]), outputs, raw)
-        return response
+        return codec.response(request.id, flags.echo, result, outputs, raw)
 
     async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
         """A request without a sequence: one step of a fresh session, closed at once."""
@@ -266,7 +286,14 @@ class InferenceServicer:
             await self.engine.close(session)
 
     async def _sequence_step(
-        self, runtime: ModelRuntime, model: OipModel, flags: SequenceFlags, step: pb.Step, request_id: str, caller: str
+        self,
+        runtime: ModelRuntime,
+        model: OipModel,
+        flags: SequenceFlags,
+        step: pb.Step,
+        request_id: str,
+        caller: str,
+        lane: bool,
     ) -> bytes:
         """A step of a sequence, exactly once by request id; sequence_end closes it after the step."""
         assert flags.id is not None
@@ -274,20 +301,29 @@ class InferenceServicer:
         known = self.sequences.get(key)
         if known is not None and known.ended and request_id and request_id == known.ended_by:
             return known.ended_answer + DUPLICATE_MARK  # the ending request, resent
-        session = await self._session_of(runtime, model, flags, request_id, caller)
-        answer = await self.engine.apply_step(session, step, key=request_id)
+        if known is None or flags.start or known.ended or known.session.closed or known.model != runtime.name:
+            session = await self._session_of(runtime, model, flags, request_id, caller, known)
+        else:
+            session = known.session  # an open sequence's next step (what _session_of would find)
+        answer = await self.engine.apply_step(session, step, lane=lane, key=request_id)
         if flags.end:
             await self.engine.close(session)
-            self.sequences[key] = Sequence(session.id, runtime.name, True, request_id, answer)
+            self.sequences[key] = Sequence(session, runtime.name, True, request_id, answer)
         return answer
 
     async def _session_of(
-        self, runtime: ModelRuntime, model: OipModel, flags: SequenceFlags, request_id: str, caller: str
+        self,
+        runtime: ModelRuntime,
+        model: OipModel,
+        flags: SequenceFlags,
+        request_id: str,
+        caller: str,
+        known: Sequence | None,
     ) -> Session:
-        """The sequence's session: opened by sequence_start, found (and alive) otherwise."""
+        """The sequence's session (``known``: what this servicer holds of it): opened by
+        sequence_start, found (and alive) otherwise."""
         assert flags.id is not None
         key = (caller, flags.id)
-        known = self.sequences.get(key)
         live = self._live(known, caller)
         if flags.start:
             if live is not None and request_id and request_id in live.keys:
@@ -296,7 +332,7 @@ class InferenceServicer:
                 await self.engine.close(live)
             self._forget_dead()
             session = await self.engine.open(self._open_request(runtime, model), caller)
-            self.sequences[key] = Sequence(session.id, runtime.name)
+            self.sequences[key] = Sequence(session, runtime.name)
             return session
         if known is None:
             raise FailedPrecondition(f"sequence {flags.id!r} is not open: its first request must set sequence_start")
@@ -314,10 +350,14 @@ class InferenceServicer:
         return live
 
     def _live(self, known: Sequence | None, caller: str) -> Session | None:
+        """The sequence's session if it is open: the one it holds while that is (the store closes
+        every session it lets go of), else whatever the store holds under its id."""
         if known is None or known.ended:
             return None
+        if not known.session.closed:
+            return known.session
         try:
-            return self.engine.get(known.session_id, caller)
+            return self.engine.get(known.session.id, caller)
         except NotFound:
             return None
 
@@ -339,6 +379,14 @@ class InferenceServicer:
             raise InvalidArgument("model name is required")
         runtime = self.runtimes.get(name, version)
         return runtime, self.models[runtime.name]
+
+    def _served_model(self, name: str, version: str) -> tuple[ModelRuntime, StepCodec]:
+        """``_reachable``'s model with its codec, kept once found (the per-step lookup)."""
+        served = self._served.get((name, version))
+        if served is None:
+            runtime, _ = self._reachable(name, version)
+            served = self._served[(name, version)] = (runtime, self.codecs[runtime.name])
+        return served
 
     def _reachable(self, name: str, version: str) -> tuple[ModelRuntime, OipModel]:
         """The model, if this protocol can run it (FAILED_PRECONDITION saying why not, otherwise)."""

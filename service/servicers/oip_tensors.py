@@ -9,21 +9,28 @@ A model whose sessions open with an init payload (captioner, translator) is not 
 this protocol has no place for the payload, and their decoders are server-side loops that
 stream, which the native API serves; nor is the voice-activity detector, whose audio travels
 in Runs (a frame buffer and speech events kept by a server-side loop).
+
+``StepCodec`` is the per-step translation, built once per model: a well-formed raw request
+becomes a native Step around its own bytes, and an answer is written as ModelInferResponse bytes
+from pieces made once, as the native path writes its answers (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
+from service.answer_bytes import LEN, VARINT, key, length_delimited, packed_varints, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
 from service.errors import InvalidArgument
-from service.tensors import MAX_DIMS, add_proto, from_proto
+from service.tensors import MAX_DIMS, add_proto, proto_dtype
 
 #: The protocol's datatype of each manifest dtype (every dtype a manifest may name).
 DATATYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "int16": "INT16"}
@@ -34,10 +41,18 @@ CONTENTS: dict[str, tuple[np.dtype[Any], str]] = {
     "INT32": (np.dtype("<i4"), "int_contents"),
     "INT16": (np.dtype("<i2"), "int_contents"),
 }
+#: Each datatype's little-endian numpy dtype and the native DataType its tensors carry.
+WIRE_TYPES = {datatype: (dtype, proto_dtype(dtype.name)) for datatype, (dtype, _) in CONTENTS.items()}
+#: The little-endian numpy dtype of each native DataType.
+NATIVE_DTYPES = {int(number): dtype for dtype, number in WIRE_TYPES.values()}
 #: ModelConfig's DataType of each datatype.
 CONFIG_TYPES = {"FP32": oip.TYPE_FP32, "INT64": oip.TYPE_INT64, "INT32": oip.TYPE_INT32, "INT16": oip.TYPE_INT16}
 #: The outputs a kind adds to its manifest's, computed from a native output.
 PROBABILITIES = "probabilities"
+#: The request parameters read; any other is refused (an option this server does not support).
+SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
+#: Answer parameters: the step's seq in its session, and whether the answer came from the cache.
+SEQ, DUPLICATE = "statestream_seq", "statestream_duplicate"
 
 
 @dataclass(frozen=True)
@@ -79,15 +94,6 @@ class OipModel:
         for name, array in arrays.items():
             add_proto(tensors, name, array if self.batch_is_chunk else array[0])
         return step
-
-    def answer(self, output: pb.StepOutput) -> dict[str, np.ndarray]:
-        """Every protocol output of a native StepOutput, [1, *shape] each."""
-        native = {tensor.name: from_proto(tensor) for tensor in output.tensors}
-        if self.softmax_of:
-            logits = native[self.softmax_of].astype(np.float64)
-            exp = np.exp(logits - logits.max())
-            native[PROBABILITIES] = (exp / exp.sum()).astype(np.float32)
-        return {t.name: native[t.name][np.newaxis] for t in self.outputs}
 
 
 def oip_model(manifest: Manifest) -> OipModel:
@@ -205,34 +211,6 @@ def typed_contents(
         raise InvalidArgument(f"input {tensor.name!r}: an element does not fit {tensor.datatype}") from exc
 
 
-def requested_outputs(request: oip.ModelInferRequest, model: OipModel) -> list[OipTensor]:
-    """The outputs to answer with, in the request's order (every output when it names none)."""
-    if not request.outputs:
-        return list(model.outputs)
-    known = {t.name: t for t in model.outputs}
-    chosen = []
-    for wanted in request.outputs:
-        spec = known.get(wanted.name)
-        if spec is None:
-            raise InvalidArgument(f"unknown output {wanted.name!r}: model {model.name!r} returns {sorted(known)}")
-        chosen.append(spec)
-    return chosen
-
-
-def fill_outputs(
-    response: oip.ModelInferResponse, arrays: dict[str, np.ndarray], outputs: list[OipTensor], raw: bool
-) -> None:
-    """Writes the outputs into the answer: raw bytes when the request sent raw, typed contents otherwise."""
-    for spec in outputs:
-        array = arrays[spec.name]
-        dtype, field = CONTENTS[spec.datatype]
-        out = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
-        if raw:
-            response.raw_output_contents.append(array.astype(dtype, copy=False).tobytes())
-        else:
-            getattr(out.contents, field).extend(array.reshape(-1).tolist())
-
-
 def model_config(model: OipModel, max_batch: int, idle_timeout_s: float) -> oip.ModelConfig:
     """Triton's configuration of a model, as far as it describes this server's."""
     return oip.ModelConfig(
@@ -249,3 +227,319 @@ def model_config(model: OipModel, max_batch: int, idle_timeout_s: float) -> oip.
         ],
         sequence_batching=oip.ModelSequenceBatching(max_sequence_idle_microseconds=int(idle_timeout_s * 1e6)),
     )
+
+
+# -- the per-step translation ---------------------------------------------------------------
+
+#: ModelStreamInferResponse.infer_response: a stream's answer is this, its length, the ModelInferResponse.
+STREAM_RESULT = key(2, LEN)
+#: Cached output headers per codec before the cache is emptied (shapes come from the model's
+#: outputs, so a few; the bound only keeps a surprise from growing it).
+MAX_CACHED_HEADERS = 64
+
+
+#: Keys of the ModelInferResponse fields written per step: id, a parameters entry, an output
+#: tensor, a raw output's contents; and InferParameter's int64_param.
+_ID, _PARAMETER, _OUTPUT, _RAW_OUTPUT = key(3, LEN), key(4, LEN), key(5, LEN), key(6, LEN)
+_INT64_PARAM = key(2, VARINT)
+
+
+def entry_name(name: str) -> bytes:
+    """A parameters map entry's key (field 1, ``name``) and the key of its value (field 2)."""
+    return length_delimited(1, name.encode()) + key(2, LEN)
+
+
+_SEQUENCE_ID_NAME, _SEQ_NAME = entry_name(SEQUENCE_ID), entry_name(SEQ)
+
+
+def parameter_entry(name: bytes, parameter: bytes) -> bytes:
+    """A ``parameters`` map entry: ``name`` (an ``entry_name``) → an encoded InferParameter."""
+    size = varint(len(parameter))
+    return _PARAMETER + varint(len(name) + len(size) + len(parameter)) + name + size + parameter
+
+
+#: statestream_duplicate = true (InferParameter.bool_param, field 1).
+DUPLICATE_ENTRY = parameter_entry(entry_name(DUPLICATE), key(1, VARINT) + varint(1))
+#: The statestream_seq entry up to its value, by the value's length as a varint (1 to 10 bytes).
+_SEQ_ENTRIES = [b""] + [parameter_entry(_SEQ_NAME, _INT64_PARAM + bytes(n))[:-n] for n in range(1, 11)]
+#: StepResult.seq's key.
+_RESULT_SEQ = key(1, VARINT)
+#: Distinct sequence_id entries a codec keeps made (clients choose the ids: emptied past this).
+MAX_CACHED_SEQUENCE_IDS = 1024
+
+#: A native output as the answer needs it: its little-endian bytes, its per-step shape, its DataType.
+NativeTensor = tuple[bytes, tuple[int, ...], int]
+
+
+class NativeAnswer(NamedTuple):
+    """What a step's StepResult says: its seq, whether it came from the reply cache, and its first
+    StepOutput's tensors by name (None: no output, the answer of a resend no longer cached)."""
+
+    seq: int
+    duplicate: bool
+    tensors: dict[str, NativeTensor] | None
+    #: Whether every tensor is of the model's own shape and DataType (read by the layout).
+    fixed: bool = False
+
+
+def typed_contents_field(datatype: str, data: bytes) -> bytes:
+    """An output's ``contents`` (InferOutputTensor field 5) holding ``data``'s elements typed.
+
+    FP32's packed floats are the raw little-endian bytes themselves; the integer types are varints,
+    encoded by protobuf (no shipped model answers integers over this protocol).
+    """
+    if not data:
+        return b""
+    dtype, field = CONTENTS[datatype]
+    if datatype == "FP32":
+        body = key(6, LEN) + varint(len(data)) + data  # fp32_contents, packed
+    else:
+        body = oip.InferTensorContents(**{field: np.frombuffer(data, dtype).tolist()}).SerializeToString()
+    return length_delimited(5, body)
+
+
+class StepCodec:
+    """One model's requests as native Steps and its answers as ModelInferResponse bytes, with no
+    message built per step but the Step itself.
+
+    A raw request whose inputs are exactly what the model takes (in its order, with its datatype,
+    shape [1, *shape] and byte count, no typed contents) becomes a Step parsed from pieces made
+    once around the request's own bytes, which the driver's StepDecoder then decodes with one
+    ``frombuffer``; anything else goes through ``read_inputs``, which accepts and refuses as
+    before and names what is wrong. An answer is written from pieces made once (model name and
+    version, each output's name, datatype and shape): the native tensors' bytes are already the
+    protocol's little-endian raw contents (and FP32's typed ones), so no array is built but the
+    softmax of a ``probabilities`` output.
+    """
+
+    def __init__(self, model: OipModel, version: str) -> None:
+        self.model = model
+        self._header = length_delimited(1, model.name.encode()) + length_delimited(2, version.encode())
+        self._outputs_by_name = {t.name: t for t in model.outputs}
+        #: Per input: name, datatype, [1, *shape], byte count, its Step bytes before its data
+        #: (the first also with the Step's own fields); None when a shape is open (-1) or the
+        #: request's batch axis is not the chunk's (those take the checked path).
+        self._raw_inputs = _raw_step_layout(model)
+        self._output_headers: dict[tuple[str, tuple[int, ...]], tuple[bytes, bytes]] = {}
+        self._sequence_id_entries: dict[bytes, bytes] = {}
+        #: The engine's answer to a fresh step of this model, byte for byte around its outputs'
+        #: data (see ``read_answer``); None where the outputs are not its tensors alone.
+        self._answer_layout = _answer_layout(model)
+        #: Every output's InferOutputTensor of a raw answer, in order, when their shapes are fixed.
+        self._raw_outputs = (
+            b"".join(self._output_header(t, (1, *t.shape))[1] for t in model.outputs)
+            if self._answer_layout is not None
+            else b""
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def step(self, request: oip.ModelInferRequest) -> tuple[pb.Step, bool]:
+        """The request's inputs as a native Step of one time step, and whether they came raw."""
+        raw = request.raw_input_contents
+        layout = self._raw_inputs
+        if raw and layout is not None and len(raw) == len(layout) == len(request.inputs):
+            parts: list[bytes] = []
+            for tensor, data, (name, datatype, shape, size, piece) in zip(request.inputs, raw, layout, strict=True):
+                if (
+                    tensor.name != name
+                    or tensor.datatype != datatype
+                    or tensor.shape != shape
+                    or len(data) != size
+                    or tensor.HasField("contents")
+                ):
+                    break
+                parts += (piece, data)
+            else:
+                return pb.Step.FromString(b"".join(parts)), True
+        arrays, was_raw = read_inputs(request, self.model)
+        return self.model.step(arrays), was_raw
+
+    def requested_outputs(self, request: oip.ModelInferRequest) -> Sequence[OipTensor]:
+        """The outputs to answer with, in the request's order (every output when it names none)."""
+        if not request.outputs:
+            return self.model.outputs
+        known = self._outputs_by_name
+        chosen = []
+        for wanted in request.outputs:
+            spec = known.get(wanted.name)
+            if spec is None:
+                raise InvalidArgument(
+                    f"unknown output {wanted.name!r}: model {self.model.name!r} returns {sorted(known)}"
+                )
+            chosen.append(spec)
+        return chosen
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def read_answer(self, answer: bytes, seq: int) -> NativeAnswer:
+        """The engine's answer (StepResult bytes) to a step applied as ``seq``, read.
+
+        The answer to a fresh step of a model whose outputs are its tensors is always the same
+        bytes around the outputs' data (``service.answer_bytes``: seq, one StepOutput, each tensor's
+        name, DataType and shape, then its data), and a duplicate's is that, marked: where the
+        bytes are exactly that, the data is sliced out; anything else is parsed by protobuf.
+        """
+        layout = self._answer_layout
+        if layout is not None:
+            head, size, tensors = layout
+            start = _RESULT_SEQ + varint(seq) + head
+            duplicate = len(answer) == len(start) + size + len(DUPLICATE_MARK) and answer.endswith(DUPLICATE_MARK)
+            if (duplicate or len(answer) == len(start) + size) and answer.startswith(start):
+                found: dict[str, NativeTensor] = {}
+                at = len(start)
+                for name, prefix, shape, number, data_size in tensors:
+                    if not answer.startswith(prefix, at):
+                        break
+                    at += len(prefix)
+                    found[name] = (answer[at : at + data_size], shape, number)
+                    at += data_size
+                else:
+                    return NativeAnswer(seq, duplicate, found, True)
+        result = pb.StepResult.FromString(answer)
+        if not result.outputs:
+            return NativeAnswer(result.seq, result.duplicate, None)
+        native = {t.name: (t.data, tuple(t.shape), int(t.dtype)) for t in result.outputs[0].tensors}
+        return NativeAnswer(result.seq, result.duplicate, native)
+
+    def response(
+        self,
+        request_id: str,
+        sequence_id: bytes,
+        answer: NativeAnswer,
+        outputs: Sequence[OipTensor],
+        raw: bool,
+    ) -> bytes:
+        """The ModelInferResponse of a step's answer (with its tensors): its id, the echoed
+        ``sequence_id`` (an encoded InferParameter, b"" for none), the seq and duplicate
+        parameters, and ``outputs`` raw (``raw``) or typed."""
+        assert answer.tensors is not None
+        parts = [self._header]
+        if request_id:
+            encoded = request_id.encode()
+            parts.append(_ID + varint(len(encoded)) + encoded)
+        if sequence_id:
+            parts.append(self._sequence_id_entry(sequence_id))
+        seq = varint(answer.seq)
+        parts.append(_SEQ_ENTRIES[len(seq)] + seq)
+        if answer.duplicate:
+            parts.append(DUPLICATE_ENTRY)
+        if raw and outputs is self.model.outputs and self._raw_outputs and answer.fixed:
+            parts.append(self._raw_outputs)  # every output, each of the model's shape
+            for spec in outputs:
+                data = answer.tensors[spec.name][0]
+                parts.append(_RAW_OUTPUT + varint(len(data)) + data)
+            return b"".join(parts)
+        raw_contents = []
+        for spec in outputs:
+            data, shape = self._output(spec, answer.tensors)
+            header, raw_output = self._output_header(spec, shape)
+            if raw:
+                parts.append(raw_output)
+                raw_contents.append(_RAW_OUTPUT + varint(len(data)) + data)
+            else:
+                parts.append(length_delimited(5, header + typed_contents_field(spec.datatype, data)))
+        parts += raw_contents
+        return b"".join(parts)
+
+    def _sequence_id_entry(self, sequence_id: bytes) -> bytes:
+        entry = self._sequence_id_entries.get(sequence_id)
+        if entry is None:
+            if len(self._sequence_id_entries) >= MAX_CACHED_SEQUENCE_IDS:
+                self._sequence_id_entries.clear()
+            entry = self._sequence_id_entries[sequence_id] = parameter_entry(_SEQUENCE_ID_NAME, sequence_id)
+        return entry
+
+    def _output(self, spec: OipTensor, native: Mapping[str, NativeTensor]) -> tuple[bytes, tuple[int, ...]]:
+        """An output's little-endian bytes and its shape [1, *shape]."""
+        dtype, number = WIRE_TYPES[spec.datatype]
+        if spec.name == PROBABILITIES and self.model.softmax_of:
+            logits = native_array(native[self.model.softmax_of]).astype(np.float64)
+            exp = np.exp(logits - logits.max())
+            probabilities = (exp / exp.sum()).astype(dtype)
+            return probabilities.tobytes(), (1, *probabilities.shape)
+        data, shape, native_number = native[spec.name]
+        if native_number == number:
+            return data, (1, *shape)
+        array = native_array(native[spec.name]).astype(dtype)  # not the manifest's dtype: as a client expects
+        return array.tobytes(), (1, *array.shape)
+
+    def _output_header(self, spec: OipTensor, shape: tuple[int, ...]) -> tuple[bytes, bytes]:
+        """An InferOutputTensor's name, datatype and shape, and the whole tensor of a raw answer
+        (no contents): made once per output and shape."""
+        cache_key = (spec.name, shape)
+        found = self._output_headers.get(cache_key)
+        if found is None:
+            if len(self._output_headers) >= MAX_CACHED_HEADERS:
+                self._output_headers.clear()
+            header = (
+                length_delimited(1, spec.name.encode())
+                + length_delimited(2, spec.datatype.encode())
+                + (length_delimited(3, packed_varints(shape)) if shape else b"")
+            )
+            found = self._output_headers[cache_key] = (header, length_delimited(5, header))
+        return found
+
+
+def _raw_step_layout(model: OipModel) -> tuple[tuple[str, str, list[int], int, bytes], ...] | None:
+    """What ``StepCodec.step`` compares a raw request with, and the Step bytes around its data.
+
+    A Step of seq 1 (the engine sets a sequence step's) holding one Tensor per input: name,
+    DataType, shape [1, *shape], data; every length in it is fixed by the model, so only the
+    inputs' bytes go between the pieces.
+    """
+    if not model.batch_is_chunk or any(-1 in t.shape for t in model.inputs):
+        return None
+    checks = []
+    tensors = []
+    for spec in model.inputs:
+        dtype, number = WIRE_TYPES[spec.datatype]
+        shape = [1, *spec.shape]
+        size = math.prod(shape) * dtype.itemsize
+        tensor = (
+            length_delimited(1, spec.name.encode())
+            + key(2, VARINT)
+            + varint(int(number))
+            + length_delimited(3, packed_varints(shape))
+            + key(4, LEN)
+            + varint(size)
+        )
+        checks.append((spec.name, spec.datatype, shape, size))
+        tensors.append(key(1, LEN) + varint(len(tensor) + size) + tensor)  # TensorInput.tensors entry
+    inputs_size = sum(len(piece) + size for piece, (*_, size) in zip(tensors, checks, strict=True))
+    tensors[0] = key(1, VARINT) + varint(1) + key(4, LEN) + varint(inputs_size) + tensors[0]  # seq, tensors
+    return tuple((*check, piece) for check, piece in zip(checks, tensors, strict=True))
+
+
+def native_array(tensor: NativeTensor) -> np.ndarray:
+    """A native output as an array."""
+    data, shape, number = tensor
+    return np.frombuffer(data, NATIVE_DTYPES[number]).reshape(shape)
+
+
+def _answer_layout(
+    model: OipModel,
+) -> tuple[bytes, int, tuple[tuple[str, bytes, tuple[int, ...], int, int], ...]] | None:
+    """What ``StepCodec.read_answer`` compares an answer with: the StepResult's bytes between its
+    seq and the first tensor, the size of all that follows, and per output (the session's
+    return_tensors, in order): name, its bytes before its data, per-step shape, DataType, data size.
+
+    Made by protobuf from a Tensor of each output's shape, so it is what a StepResult of these
+    tensors serializes to. None where the protocol's outputs are not the native ones as they are
+    (a softmax is added) or a shape is open.
+    """
+    by_name = {t.name: t for t in model.outputs}
+    if model.softmax_of or set(by_name) != set(model.return_tensors) or any(-1 in t.shape for t in model.outputs):
+        return None
+    tensors = []
+    body = b""
+    for name in model.return_tensors:
+        spec = by_name[name]
+        dtype, number = WIRE_TYPES[spec.datatype]
+        data_size = math.prod(spec.shape) * dtype.itemsize
+        tensor = pb.Tensor(name=name, dtype=number, shape=spec.shape, data=bytes(data_size))
+        entry = pb.StepOutput(tensors=[tensor]).SerializeToString()
+        tensors.append((name, entry[: len(entry) - data_size], spec.shape, int(number), data_size))
+        body += entry
+    head = key(2, LEN) + varint(len(body))  # StepResult.outputs: one StepOutput
+    return head, len(body), tuple(tensors)
