@@ -153,10 +153,10 @@ def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: 
 
 
 def _oip_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
-    """ModelStreamInfer streams: one sequence each, started before the clock, then ``steps`` requests."""
+    """ModelStreamInfer streams: one sequence each, started before the clock, then ``steps`` requests,
+    handed over as the bytes that arrived (the server registers this method with no deserializer)."""
     from loadtest import oip_load  # tritonclient: only this protocol needs it
 
-    parse: Callable[[bytes], Any] = request_parser(oip.ModelInferRequest)
     inputs = _random_steps(model_inputs(manifest), np.random.default_rng(0), 1)
     requests = [
         [oip_load.infer_request(manifest.name, s + 1, inputs[(t + s) % len(inputs)]) for t in range(steps)]
@@ -165,11 +165,11 @@ def _oip_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int
 
     async def stream(index: int, ready: asyncio.Event, answered: list[int]) -> None:
         async def incoming() -> AsyncIterator[Any]:
-            yield parse(oip_load.infer_request(manifest.name, index + 1, inputs[0], start=True))
+            yield oip_load.infer_request(manifest.name, index + 1, inputs[0], start=True)
             await ready.wait()
             for data in requests[index]:
-                yield parse(data)
-            yield parse(oip_load.infer_request(manifest.name, index + 1, inputs[0], end=True))
+                yield data
+            yield oip_load.infer_request(manifest.name, index + 1, inputs[0], end=True)
 
         async for response in handlers.oip.ModelStreamInfer(incoming(), _Context()):
             data = serialize(response)

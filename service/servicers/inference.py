@@ -6,17 +6,20 @@ caller, which session each ``sequence_id`` opened, and hands every request to th
 keep the exactly-once rule: the request ``id`` is the step's key (``apply_step(key=...)``), so
 a resend is answered from the reply cache. It translates only: tensors per kind are
 ``oip_tensors``'s, locks, seqs and commits are the engine's, statuses are the errors' own.
+ModelStreamInfer's requests arrive as their bytes: the common one (a sequence's step, its input
+raw) is read from them directly, any other is parsed and checked as every other call's.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import importlib.metadata
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
-from service.answer_bytes import varint
+from service.answer_bytes import length_delimited, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
@@ -31,10 +34,11 @@ from service.servicers.oip_tensors import (
     SEQUENCE_START,
     STREAM_RESULT,
     OipModel,
+    OipTensor,
     StepCodec,
 )
 from service.servicers.sessions import checked
-from service.servicers.wire import Context, Malformed
+from service.servicers.wire import Context, Malformed, request_parser
 from service.session_log import events
 from service.session_store import Session
 
@@ -54,6 +58,21 @@ class SequenceFlags(NamedTuple):
 
 
 NO_SEQUENCE = SequenceFlags(None, False, False)
+#: ModelStreamInfer's deserializer for a request not read from its bytes (Malformed never raises).
+parse_infer_request = request_parser(oip.ModelInferRequest)
+
+
+class InferStep(NamedTuple):
+    """A request read and checked, ready to run (from a message, or the common one from its bytes)."""
+
+    model_name: str  # as the request named it
+    request_id: str
+    runtime: ModelRuntime
+    codec: StepCodec
+    flags: SequenceFlags
+    step: pb.Step
+    raw: bool  # its inputs came in raw_input_contents: the answer's outputs go raw too
+    outputs: collections.abc.Sequence[OipTensor]
 
 
 @dataclass
@@ -113,6 +132,9 @@ def error_text(exc: StatestreamError) -> str:
 class InferenceServicer:
     """The Open Inference Protocol over the session engine."""
 
+    #: Methods whose requests the server hands over as their bytes (``wire.add_servicer``).
+    raw_requests: ClassVar[frozenset[str]] = frozenset({"ModelStreamInfer"})
+
     def __init__(self, engine: SessionEngine, metrics: Metrics, auth: Authenticator) -> None:
         self.engine = engine
         self.settings = engine.settings
@@ -129,6 +151,8 @@ class InferenceServicer:
         #: (model_name, model_version) as requests name them → the runtime and codec they reach
         #: (models are loaded once, so an answer found once holds; refusals are not kept).
         self._served: dict[tuple[str, str], tuple[ModelRuntime, StepCodec]] = {}
+        #: The same for a request naming no version, by its model_name field's bytes → the name too.
+        self._served_by_field: dict[bytes, tuple[str, ModelRuntime, StepCodec]] = {}
         #: (caller, sequence_id) → its sequence.
         self.sequences: dict[tuple[str, SequenceId], Sequence] = {}
         try:
@@ -219,19 +243,19 @@ class InferenceServicer:
     ) -> oip.ModelInferResponse | bytes:
         try:
             caller = self.auth.caller(context)
-            return await self._infer(checked(request), caller)
+            return await self._answer(self._read(checked(request)), caller)
         except StatestreamError as exc:
             events.refused(exc)
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[oip.ModelInferRequest | Malformed], context: Context
+        self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[oip.ModelStreamInferResponse | bytes]:
         """Answers each request in order before reading the next; a failed one is an error_message."""
         caller: str | None = None
         try:
-            async for request in requests:
+            async for data in requests:
                 if caller is None:  # refusals only after the first message is read, as in Session
                     try:
                         caller = self.auth.caller(context)
@@ -241,41 +265,74 @@ class InferenceServicer:
                         events.refused(exc)
                         await context.abort(exc.code, exc.message)
                         raise  # unreachable: abort raises
+                read = self._read_bytes(data)
+                request: oip.ModelInferRequest | Malformed | None = None
                 try:
+                    if read is None:
+                        request = parse_infer_request(data)
+                        read = self._read(checked(request))
                     # A stream's step may take the scheduler's fast lane: the next request is
                     # read only once this one is answered, as on a Session stream.
-                    answer = await self._infer(checked(request), caller, lane=True)
+                    answer = await self._answer(read, caller, lane=True)
                 except StatestreamError as exc:
                     events.refused(exc)
-                    failed = oip.ModelInferResponse()
-                    if not isinstance(request, Malformed):
-                        failed.model_name, failed.id = request.model_name, request.id
-                    yield oip.ModelStreamInferResponse(error_message=error_text(exc), infer_response=failed)
+                    yield self._failed(exc, read, request)
                     continue
                 yield STREAM_RESULT + varint(len(answer)) + answer
         finally:
             if caller is not None:
                 self.engine.leave_stream()
 
-    async def _infer(self, request: oip.ModelInferRequest, caller: str, *, lane: bool = False) -> bytes:
-        """One request, answered by its ModelInferResponse's bytes: checked whole before anything
-        runs, then one step through the engine."""
+    @staticmethod
+    def _failed(
+        exc: StatestreamError, read: InferStep | None, request: oip.ModelInferRequest | Malformed | None
+    ) -> oip.ModelStreamInferResponse:
+        """A stream's answer to a failed request: its error_message, with the request's model and id."""
+        failed = oip.ModelInferResponse()
+        if read is not None:
+            failed.model_name, failed.id = read.model_name, read.request_id
+        elif isinstance(request, oip.ModelInferRequest):
+            failed.model_name, failed.id = request.model_name, request.id
+        return oip.ModelStreamInferResponse(error_message=error_text(exc), infer_response=failed)
+
+    def _read(self, request: oip.ModelInferRequest) -> InferStep:
+        """A request checked whole before anything runs: its model, sequence flags, inputs, outputs."""
         runtime, codec = self._served_model(request.model_name, request.model_version)
         self.metrics.requests.labels(runtime.name, "oip_infer").inc()
         flags = sequence_flags(request.parameters)
         step, raw = codec.step(request)
         outputs = codec.requested_outputs(request)
+        return InferStep(request.model_name, request.id, runtime, codec, flags, step, raw, outputs)
+
+    def _read_bytes(self, data: bytes) -> InferStep | None:
+        """The common request read from its bytes: a served model named without a version, then what
+        ``StepCodec.read_request`` takes; None for any other (``_read`` then parses and checks it).
+        What it reads is what ``_read`` would make of the same request."""
+        served = self._served_by_field.get(data[: 2 + data[1]]) if len(data) > 1 and data[0] == 0x0A else None
+        if served is None:
+            return None
+        name, runtime, codec = served
+        raw = codec.read_request(data, 2 + data[1])
+        if raw is None:
+            return None
+        self.metrics.requests.labels(runtime.name, "oip_infer").inc()
+        flags = SequenceFlags(raw.sequence_id, False, False, raw.echo)
+        return InferStep(name, raw.request_id, runtime, codec, flags, raw.step, True, codec.model.outputs)
+
+    async def _answer(self, read: InferStep, caller: str, *, lane: bool = False) -> bytes:
+        """One read request's step through the engine, answered by its ModelInferResponse's bytes."""
+        runtime, codec, flags, step = read.runtime, read.codec, read.flags, read.step
         if flags.id is None:
             answer = await self._one_shot(runtime, codec.model, step, caller)
         else:
-            answer = await self._sequence_step(runtime, codec.model, flags, step, request.id, caller, lane)
+            answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
         result = codec.read_answer(answer, step.seq)  # the engine set a sequence step's seq
         if result.tensors is None:  # a resend whose answer has left the reply cache
             raise FailedPrecondition(
-                f"request {request.id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
+                f"request {read.request_id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
                 f"its answer is no longer cached (the server keeps the last --reply-cache answers)"
             )
-        return codec.response(request.id, flags.echo, result, outputs, raw)
+        return codec.response(read.request_id, flags.echo, result, read.outputs, read.raw)
 
     async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
         """A request without a sequence: one step of a fresh session, closed at once."""
@@ -386,6 +443,8 @@ class InferenceServicer:
         if served is None:
             runtime, _ = self._reachable(name, version)
             served = self._served[(name, version)] = (runtime, self.codecs[runtime.name])
+            if not version and len(name.encode()) < 0x80:  # a one-byte length: what _read_bytes reads
+                self._served_by_field[length_delimited(1, name.encode())] = (name, *served)
         return served
 
     def _reachable(self, name: str, version: str) -> tuple[ModelRuntime, OipModel]:

@@ -11,8 +11,8 @@ stream, which the native API serves; nor is the voice-activity detector, whose a
 in Runs (a frame buffer and speech events kept by a server-side loop).
 
 ``StepCodec`` is the per-step translation, built once per model: a well-formed raw request
-becomes a native Step around its own bytes, and an answer is written as ModelInferResponse bytes
-from pieces made once, as the native path writes its answers (docs/benchmarks.md).
+(the common stream request: straight from its bytes) becomes a native Step around its own
+bytes, and an answer is written as bytes from pieces made once (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -266,9 +266,25 @@ _SEQ_ENTRIES = [b""] + [parameter_entry(_SEQ_NAME, _INT64_PARAM + bytes(n))[:-n]
 _RESULT_SEQ = key(1, VARINT)
 #: Distinct sequence_id entries a codec keeps made (clients choose the ids: emptied past this).
 MAX_CACHED_SEQUENCE_IDS = 1024
+#: ModelInferRequest's id and raw_input_contents keys (its model_name's is ``length_delimited(1, ...)``).
+_REQUEST_ID, _RAW_INPUT = key(3, LEN), key(7, LEN)
+#: A request's ``sequence_id`` parameters entry up to its int64_param's value, by the value's
+#: varint length (1 to 9 bytes: a positive int64): the bytes protobuf writes for it.
+_SEQUENCE_ID_ENTRIES = [b""] + [parameter_entry(_SEQUENCE_ID_NAME, _INT64_PARAM + bytes(n))[:-n] for n in range(1, 10)]
 
 #: A native output as the answer needs it: its little-endian bytes, its per-step shape, its DataType.
 NativeTensor = tuple[bytes, tuple[int, ...], int]
+
+
+class RawRequest(NamedTuple):
+    """A request of the common shape, read from its bytes (``StepCodec.read_request``)."""
+
+    request_id: str
+    #: Its ``sequence_id`` (an int64 > 0), and that parameter as sent (an encoded InferParameter).
+    sequence_id: int
+    echo: bytes
+    #: Its inputs as the native Step the checked path builds of them.
+    step: pb.Step
 
 
 class NativeAnswer(NamedTuple):
@@ -320,8 +336,13 @@ class StepCodec:
         #: (the first also with the Step's own fields); None when a shape is open (-1) or the
         #: request's batch axis is not the chunk's (those take the checked path).
         self._raw_inputs = _raw_step_layout(model)
+        #: A common request's bytes after its parameters (every input's InferInputTensor), then per
+        #: input its raw_input_contents key and length, its byte count and its Step piece.
+        self._request_inputs = _request_layout(model, self._raw_inputs)
         self._output_headers: dict[tuple[str, tuple[int, ...]], tuple[bytes, bytes]] = {}
         self._sequence_id_entries: dict[bytes, bytes] = {}
+        #: A request's sequence_id entry (as ``_SEQUENCE_ID_ENTRIES`` + value) → the id and its InferParameter.
+        self._sequence_ids: dict[bytes, tuple[int, bytes]] = {}
         #: The engine's answer to a fresh step of this model, byte for byte around its outputs'
         #: data (see ``read_answer``); None where the outputs are not its tensors alone.
         self._answer_layout = _answer_layout(model)
@@ -354,6 +375,50 @@ class StepCodec:
                 return pb.Step.FromString(b"".join(parts)), True
         arrays, was_raw = read_inputs(request, self.model)
         return self.model.step(arrays), was_raw
+
+    def read_request(self, data: bytes, at: int) -> RawRequest | None:
+        """A ModelInferRequest's bytes from ``at`` (just past its model_name), read where they are the
+        common shape, exactly as protobuf writes it: an optional ``id``, the one parameter
+        ``sequence_id`` (an int64 > 0), the model's inputs as the raw path takes them (its order,
+        datatype, shape [1, *shape]), their raw_input_contents, nothing else. None for anything
+        else (the checked path's to read): so a field this server does not know never passes here.
+        """
+        layout = self._request_inputs
+        if layout is None:
+            return None
+        inputs, contents = layout
+        request_id = ""
+        try:
+            if data.startswith(_REQUEST_ID, at):
+                size = data[at + 1]
+                if size >= 0x80:
+                    return None
+                request_id = data[at + 2 : at + 2 + size].decode()
+                at += 2 + size
+            end = at + 2 + data[at + 1]
+        except (IndexError, UnicodeDecodeError):  # cut short, or an id that is not UTF-8
+            return None
+        entry = data[at:end]
+        found = self._sequence_ids.get(entry)
+        if found is None:
+            found = _sequence_id(entry)
+            if found is None:
+                return None
+            if len(self._sequence_ids) >= MAX_CACHED_SEQUENCE_IDS:
+                self._sequence_ids.clear()
+            self._sequence_ids[entry] = found
+        if not data.startswith(inputs, end):
+            return None
+        at = end + len(inputs)
+        parts: list[bytes] = []
+        for prefix, size, piece in contents:
+            if not data.startswith(prefix, at):
+                return None
+            at += len(prefix) + size
+            parts += (piece, data[at - size : at])
+        if at != len(data):
+            return None
+        return RawRequest(request_id, found[0], found[1], pb.Step.FromString(b"".join(parts)))
 
     def requested_outputs(self, request: oip.ModelInferRequest) -> Sequence[OipTensor]:
         """The outputs to answer with, in the request's order (every output when it names none)."""
@@ -509,6 +574,36 @@ def _raw_step_layout(model: OipModel) -> tuple[tuple[str, str, list[int], int, b
     inputs_size = sum(len(piece) + size for piece, (*_, size) in zip(tensors, checks, strict=True))
     tensors[0] = key(1, VARINT) + varint(1) + key(4, LEN) + varint(inputs_size) + tensors[0]  # seq, tensors
     return tuple((*check, piece) for check, piece in zip(checks, tensors, strict=True))
+
+
+def _request_layout(
+    model: OipModel, step_pieces: tuple[tuple[str, str, list[int], int, bytes], ...] | None
+) -> tuple[bytes, tuple[tuple[bytes, int, bytes], ...]] | None:
+    """What ``StepCodec.read_request`` compares a request's bytes with after its parameters: every
+    input's InferInputTensor (written by protobuf, so what a client's protobuf writes), then per
+    input its raw_input_contents key and length, byte count, and Step piece (``_raw_step_layout``).
+    None where the model's raw requests take the checked path."""
+    if step_pieces is None:
+        return None
+    inputs = oip.ModelInferRequest(
+        inputs=[oip.ModelInferRequest.InferInputTensor(name=n, datatype=d, shape=s) for n, d, s, *_ in step_pieces]
+    ).SerializeToString()
+    contents = tuple((_RAW_INPUT + varint(size), size, piece) for *_, size, piece in step_pieces)
+    return inputs, contents
+
+
+def _sequence_id(entry: bytes) -> tuple[int, bytes] | None:
+    """The id of a ``sequence_id`` parameters entry holding an int64 > 0 exactly as protobuf writes
+    it (``_SEQUENCE_ID_ENTRIES``), and its InferParameter; None for any other bytes."""
+    width = len(entry) - len(_SEQUENCE_ID_ENTRIES[1])  # every prefix is as long: the value's length differs
+    if not 1 <= width < len(_SEQUENCE_ID_ENTRIES) or not entry.startswith(_SEQUENCE_ID_ENTRIES[width]):
+        return None
+    value = 0
+    for shift, byte in enumerate(entry[-width:]):
+        value |= (byte & 0x7F) << (7 * shift)
+    if value == 0 or varint(value) != entry[-width:]:  # no id, or a varint protobuf would not write
+        return None
+    return value, entry[-width - 1 :]
 
 
 def native_array(tensor: NativeTensor) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import unknown_fields
@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError, Message
 from service.api import statestream_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,10 @@ class Malformed:
     parsed: Message | None = None
 
 
-def request_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+def request_parser(message_type: type[M]) -> Callable[[bytes], M | Malformed]:
     """The deserializer the server registers for ``message_type`` (also driven by ``loadtest.hotpath``)."""
 
-    def parse(data: bytes) -> Message | Malformed:
+    def parse(data: bytes) -> M | Malformed:
         try:
             message = message_type.FromString(data)
             message.DiscardUnknownFields()
@@ -78,15 +79,17 @@ _FACTORIES = {
 
 def add_servicer(server: grpc.aio.Server, service_name: str, servicer: Any, module: ModuleType = pb) -> None:
     """Registers every method of ``<service_name>`` from the descriptor of its generated ``module``
-    (statestream.v1's by default)."""
+    (statestream.v1's by default). A method the servicer names in its ``raw_requests`` gets its
+    requests as the bytes that arrived, to read or parse (with ``request_parser``) itself."""
     service = module.DESCRIPTOR.services_by_name[service_name]
+    raw: frozenset[str] = getattr(servicer, "raw_requests", frozenset())
     handlers = {}
     for method in service.methods:
         request_type = getattr(module, method.input_type.name)
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),
-            request_deserializer=request_parser(request_type),
+            request_deserializer=None if method.name in raw else request_parser(request_type),
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
