@@ -20,11 +20,14 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
+from service.answer_bytes import DUPLICATE, varint
 from service.api import grpc_service_pb2 as oip
+from service.api import statestream_pb2 as pb
 from service.servicers.inference import SequenceFlags, sequence_flags
-from service.servicers.oip_tensors import RawRequest, StepCodec
+from service.servicers.oip_tensors import STREAM_RESULT, OipTensor, RawRequest, StepCodec
 from service.servicers.wire import Malformed, request_parser
 from service.settings import Settings
+from service.tensors import to_proto
 from tests.conftest import SHIPPED_MODELS
 from tests.servers import ServerThread
 from tests.test_oip_wire import MODELS, codec_of, random_input
@@ -212,3 +215,39 @@ def test_answers_read_from_bytes_are_the_checked_paths_byte_for_byte(server: Ser
     assert answers[6].infer_response.parameters["statestream_duplicate"].bool_param
     assert answers[7].error_message.startswith("FAILED_PRECONDITION: sequence 78 is not open")
     assert (answers[7].infer_response.model_name, answers[7].infer_response.id) == ("lstm256", "lost")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_raw_answer_written_from_the_engines_bytes_is_the_response_read_and_written(name: str) -> None:
+    codec = codec_of(name)
+    rng = np.random.default_rng(5)
+    fixed = not codec.model.softmax_of and [t.name for t in codec.model.outputs] == list(codec.model.return_tensors)
+    fixed = fixed and not any(-1 in t.shape for t in codec.model.outputs)
+    for seq, request_id, echo, duplicate in [
+        (1, "", b"", False),
+        (300, "r-9", b"\x10\x07", True),
+        (2**40, "é", b"\x10\x80\x01", False),
+    ]:
+        outputs = [pb_tensor(t, rng) for t in codec.model.outputs if t.name in codec.model.return_tensors]
+        answer = pb.StepResult(seq=seq, outputs=[pb.StepOutput(tensors=outputs)]).SerializeToString()
+        if duplicate:
+            answer += DUPLICATE
+        written = codec.raw_response(request_id, echo, answer, seq, framed=True)
+        if not fixed:  # a softmax added, or an open shape: read and written the general way
+            assert written is None
+            continue
+        response = codec.response(request_id, echo, codec.read_answer(answer, seq), codec.model.outputs, True)
+        assert written == STREAM_RESULT + varint(len(response)) + response  # the bytes the general way writes
+        parsed = service_pb2.ModelStreamInferResponse.FromString(written).infer_response
+        assert parsed.parameters["statestream_seq"].int64_param == seq and parsed.id == request_id
+        assert parsed.parameters["statestream_duplicate"].bool_param == duplicate
+        assert [t.name for t in parsed.outputs] == [t.name for t in codec.model.outputs]
+        assert list(parsed.raw_output_contents) == [t.data for t in outputs]
+        assert codec.raw_response(request_id, echo, answer, seq, framed=False) == response
+        assert codec.raw_response(request_id, echo, answer, seq + 1, framed=True) is None  # another seq's answer
+
+
+def pb_tensor(spec: OipTensor, rng: np.random.Generator) -> pb.Tensor:
+    """A native output of ``spec``'s per-step shape and datatype, as the engine's answer holds it."""
+    array = random_input(spec, rng)[0]
+    return to_proto(spec.name, array)

@@ -85,6 +85,10 @@ class Sequence:
     ended_by: str = ""  # the id of the request that ended it
     ended_answer: bytes = b""  # that request's StepResult, for a resend of it
 
+    def steps_on(self, model: str) -> bool:
+        """Whether a plain step (no start, no end) of ``model`` goes on to its open session as it is."""
+        return not self.ended and not self.session.closed and self.model == model
+
 
 def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlags:
     """The sequence parameters, checked: types, a flag without an id, unknown parameters."""
@@ -273,12 +277,12 @@ class InferenceServicer:
                         read = self._read(checked(request))
                     # A stream's step may take the scheduler's fast lane: the next request is
                     # read only once this one is answered, as on a Session stream.
-                    answer = await self._answer(read, caller, lane=True)
+                    answer = await self._answer(read, caller, lane=True, framed=True)
                 except StatestreamError as exc:
                     events.refused(exc)
                     yield self._failed(exc, read, request)
                     continue
-                yield STREAM_RESULT + varint(len(answer)) + answer
+                yield answer
         finally:
             if caller is not None:
                 self.engine.leave_stream()
@@ -319,20 +323,31 @@ class InferenceServicer:
         flags = SequenceFlags(raw.sequence_id, False, False, raw.echo)
         return InferStep(name, raw.request_id, runtime, codec, flags, raw.step, True, codec.model.outputs)
 
-    async def _answer(self, read: InferStep, caller: str, *, lane: bool = False) -> bytes:
-        """One read request's step through the engine, answered by its ModelInferResponse's bytes."""
+    async def _answer(self, read: InferStep, caller: str, *, lane: bool = False, framed: bool = False) -> bytes:
+        """One read request's step through the engine, answered by its ModelInferResponse's bytes
+        (``framed``: as a stream's ModelStreamInferResponse)."""
         runtime, codec, flags, step = read.runtime, read.codec, read.flags, read.step
         if flags.id is None:
             answer = await self._one_shot(runtime, codec.model, step, caller)
         else:
-            answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
+            known = self.sequences.get((caller, flags.id))
+            if known is not None and not (flags.start or flags.end) and known.steps_on(runtime.name):
+                # an open sequence's next step (what _sequence_step would do, one coroutine less)
+                answer = await self.engine.apply_step(known.session, step, lane=lane, key=read.request_id)
+            else:
+                answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
+        if read.raw and read.outputs is codec.model.outputs:
+            written = codec.raw_response(read.request_id, flags.echo, answer, step.seq, framed)
+            if written is not None:
+                return written
         result = codec.read_answer(answer, step.seq)  # the engine set a sequence step's seq
         if result.tensors is None:  # a resend whose answer has left the reply cache
             raise FailedPrecondition(
                 f"request {read.request_id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
                 f"its answer is no longer cached (the server keeps the last --reply-cache answers)"
             )
-        return codec.response(read.request_id, flags.echo, result, read.outputs, read.raw)
+        response = codec.response(read.request_id, flags.echo, result, read.outputs, read.raw)
+        return STREAM_RESULT + varint(len(response)) + response if framed else response
 
     async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
         """A request without a sequence: one step of a fresh session, closed at once."""
@@ -358,7 +373,7 @@ class InferenceServicer:
         known = self.sequences.get(key)
         if known is not None and known.ended and request_id and request_id == known.ended_by:
             return known.ended_answer + DUPLICATE_MARK  # the ending request, resent
-        if known is None or flags.start or known.ended or known.session.closed or known.model != runtime.name:
+        if known is None or flags.start or not known.steps_on(runtime.name):
             session = await self._session_of(runtime, model, flags, request_id, caller, known)
         else:
             session = known.session  # an open sequence's next step (what _session_of would find)

@@ -274,6 +274,9 @@ _SEQUENCE_ID_ENTRIES = [b""] + [parameter_entry(_SEQUENCE_ID_NAME, _INT64_PARAM 
 
 #: A native output as the answer needs it: its little-endian bytes, its per-step shape, its DataType.
 NativeTensor = tuple[bytes, tuple[int, ...], int]
+#: Per output of the engine's fixed answer layout: name, its bytes before its data, per-step
+#: shape, DataType, data size (``_answer_layout``).
+_AnswerTensors = tuple[tuple[str, bytes, tuple[int, ...], int, int], ...]
 
 
 class RawRequest(NamedTuple):
@@ -351,6 +354,13 @@ class StepCodec:
             b"".join(self._output_header(t, (1, *t.shape))[1] for t in model.outputs)
             if self._answer_layout is not None
             else b""
+        )
+        #: Each output's raw_output_contents key and length, where the outputs are the engine's
+        #: answer's tensors in its order (``raw_response``); None otherwise.
+        self._raw_contents = (
+            tuple(_RAW_OUTPUT + varint(size) for *_, size in self._answer_layout[2])
+            if self._answer_layout is not None and [t.name for t in model.outputs] == list(model.return_tensors)
+            else None
         )
 
     # -- requests ----------------------------------------------------------------------------
@@ -445,27 +455,67 @@ class StepCodec:
         name, DataType and shape, then its data), and a duplicate's is that, marked: where the
         bytes are exactly that, the data is sliced out; anything else is parsed by protobuf.
         """
-        layout = self._answer_layout
-        if layout is not None:
-            head, size, tensors = layout
-            start = _RESULT_SEQ + varint(seq) + head
-            duplicate = len(answer) == len(start) + size + len(DUPLICATE_MARK) and answer.endswith(DUPLICATE_MARK)
-            if (duplicate or len(answer) == len(start) + size) and answer.startswith(start):
-                found: dict[str, NativeTensor] = {}
-                at = len(start)
-                for name, prefix, shape, number, data_size in tensors:
-                    if not answer.startswith(prefix, at):
-                        break
-                    at += len(prefix)
-                    found[name] = (answer[at : at + data_size], shape, number)
-                    at += data_size
-                else:
-                    return NativeAnswer(seq, duplicate, found, True)
+        fixed = self._fixed_answer(answer, seq)
+        if fixed is not None:
+            at, duplicate, tensors = fixed
+            found: dict[str, NativeTensor] = {}
+            for name, prefix, shape, number, data_size in tensors:
+                if not answer.startswith(prefix, at):
+                    break
+                at += len(prefix)
+                found[name] = (answer[at : at + data_size], shape, number)
+                at += data_size
+            else:
+                return NativeAnswer(seq, duplicate, found, True)
         result = pb.StepResult.FromString(answer)
         if not result.outputs:
             return NativeAnswer(result.seq, result.duplicate, None)
         native = {t.name: (t.data, tuple(t.shape), int(t.dtype)) for t in result.outputs[0].tensors}
         return NativeAnswer(result.seq, result.duplicate, native)
+
+    def _fixed_answer(self, answer: bytes, seq: int) -> tuple[int, bool, _AnswerTensors] | None:
+        """Where the engine's answer to ``seq`` starts and ends as the fixed layout's: where its first
+        tensor starts, whether it is a duplicate, the layout's tensors (each still to be compared)."""
+        layout = self._answer_layout
+        if layout is None:
+            return None
+        head, size, tensors = layout
+        start = _RESULT_SEQ + varint(seq) + head
+        duplicate = len(answer) == len(start) + size + len(DUPLICATE_MARK) and answer.endswith(DUPLICATE_MARK)
+        if (duplicate or len(answer) == len(start) + size) and answer.startswith(start):
+            return len(start), duplicate, tensors
+        return None
+
+    def raw_response(self, request_id: str, sequence_id: bytes, answer: bytes, seq: int, framed: bool) -> bytes | None:
+        """``response`` to a raw request for every output, written from the engine's answer (to
+        ``seq``) where that has the fixed layout and the outputs are its tensors in its order, as a
+        stream's ModelStreamInferResponse if ``framed``; None otherwise (``read_answer`` and
+        ``response`` then do it)."""
+        contents = self._raw_contents
+        fixed = self._fixed_answer(answer, seq) if contents is not None else None
+        if fixed is None or contents is None:
+            return None
+        at, duplicate, tensors = fixed
+        parts = [b"", self._header]
+        if request_id:
+            encoded = request_id.encode()
+            parts.append(_ID + varint(len(encoded)) + encoded)
+        if sequence_id:
+            parts.append(self._sequence_id_entry(sequence_id))
+        encoded_seq = varint(seq)
+        parts.append(_SEQ_ENTRIES[len(encoded_seq)] + encoded_seq)
+        if duplicate:
+            parts.append(DUPLICATE_ENTRY)
+        parts.append(self._raw_outputs)
+        for (_, prefix, _, _, data_size), content in zip(tensors, contents, strict=True):
+            if not answer.startswith(prefix, at):
+                return None
+            at += len(prefix)
+            parts += (content, answer[at : at + data_size])
+            at += data_size
+        if framed:
+            parts[0] = STREAM_RESULT + varint(sum(map(len, parts)))
+        return b"".join(parts)
 
     def response(
         self,
@@ -612,9 +662,7 @@ def native_array(tensor: NativeTensor) -> np.ndarray:
     return np.frombuffer(data, NATIVE_DTYPES[number]).reshape(shape)
 
 
-def _answer_layout(
-    model: OipModel,
-) -> tuple[bytes, int, tuple[tuple[str, bytes, tuple[int, ...], int, int], ...]] | None:
+def _answer_layout(model: OipModel) -> tuple[bytes, int, _AnswerTensors] | None:
     """What ``StepCodec.read_answer`` compares an answer with: the StepResult's bytes between its
     seq and the first tensor, the size of all that follows, and per output (the session's
     return_tensors, in order): name, its bytes before its data, per-step shape, DataType, data size.
