@@ -55,7 +55,8 @@ def setups(cores: int) -> list[Setup]:
 
 
 @contextlib.contextmanager
-def _redis() -> Iterator[str]:
+def redis_server() -> Iterator[tuple[str, int]]:
+    """A private redis-server for one measurement (append-only, fsync each second); its URL and pid."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
@@ -67,7 +68,7 @@ def _redis() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            yield f"redis://127.0.0.1:{port}"
+            yield f"redis://127.0.0.1:{port}", process.pid
         finally:
             process.terminate()
             process.wait(timeout=10)
@@ -79,11 +80,11 @@ def started(setup: Setup, models_dir: Path, stack: contextlib.ExitStack) -> Iter
     grace: tuple[str, ...] = ("--grace-s", "1")
     extra: tuple[str, ...]
     if setup.kind == "store":
-        store = stack.enter_context(_redis())
+        store, _ = stack.enter_context(redis_server())
         extra = (*grace, "--session-store", store, "--checkpoint-every", str(setup.count))
         yield stack.enter_context(ServerProcess(setup.name, serve_command(models_dir, "batched", extra)))
     elif setup.kind == "envoy":
-        store = stack.enter_context(_redis())
+        store, _ = stack.enter_context(redis_server())
         extra = (*grace, "--session-store", store, "--checkpoint-every", "0")
         replicas = [
             stack.enter_context(ServerProcess(f"{setup.name}/{i}", serve_command(models_dir, "batched", extra)))

@@ -33,12 +33,20 @@ log = logging.getLogger(__name__)
 
 PREFIX = "statestream:"
 
-#: KEYS[1] the session; ARGV epoch, record, ttl ms. 1 written, 0 fenced (another epoch owns it, or it is gone).
-_CHECKPOINT = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'record', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+#: KEYS the sessions; ARGV[1] ttl ms, then each session's epoch and record. Per session: 1 written,
+#: 0 fenced (another epoch owns it, or it is gone). One script for a whole batch: one round trip.
+_CHECKPOINT_MANY = """
+local written = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'epoch') == ARGV[2 * i] then
+    redis.call('HSET', key, 'record', ARGV[2 * i + 1])
+    redis.call('PEXPIRE', key, ARGV[1])
+    written[i] = 1
+  else
+    written[i] = 0
+  end
+end
+return written
 """
 
 #: KEYS[1] the session; ARGV owner, record, ttl ms, caller. A new session at epoch 1; 0 if the id exists.
@@ -97,6 +105,9 @@ class Stored:
     caller: str
 
 
+#: Connections to the store at most; more concurrent commands wait for one (at most 5 s).
+MAX_CONNECTIONS = 32
+
 #: How long a stop waits for the hand-over listener to finish after it is cancelled.
 LISTENER_STOP_S = 1.0
 
@@ -109,10 +120,16 @@ class RedisStore:
         self.replica = secrets.token_hex(8)
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.handover_timeout_s = handover_timeout_s
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        # A bounded pool that makes a caller wait for a free connection: redis-py's plain pool
+        # refuses the 101st concurrent command ("Too many connections"), which would read as
+        # the store being unreachable when 256 sessions open at once.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=5.0, socket_connect_timeout=2.0, socket_timeout=5.0
+        )
+        self.client = redis.Redis.from_pool(pool)
         # Subscriptions wait for messages indefinitely: no read timeout on their connection.
         self._subscriber = redis.Redis.from_url(url, socket_connect_timeout=2.0)
-        self._checkpoint = self.client.register_script(_CHECKPOINT)
+        self._checkpoint_many = self.client.register_script(_CHECKPOINT_MANY)
         self._create = self.client.register_script(_CREATE)
         self._claim = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
@@ -135,11 +152,12 @@ class RedisStore:
         return bool(created)
 
     async def checkpoint_many(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
-        """Writes many sessions' records in one round trip; each is True if written, False if fenced."""
-        pipe = self.client.pipeline(transaction=False)
+        """Writes many sessions' records in one command; each is True if written, False if fenced."""
+        args: list[bytes | int] = [self.ttl_ms]
         for c in checkpoints:
-            await self._checkpoint(keys=[session_key(c.session_id)], args=[c.epoch, c.record, self.ttl_ms], client=pipe)
-        results = await self._call(pipe.execute(), "checkpoint")
+            args += (c.epoch, c.record)
+        keys = [session_key(c.session_id) for c in checkpoints]
+        results = await self._call(self._checkpoint_many(keys=keys, args=args), "checkpoint")
         assert isinstance(results, list)
         return [bool(r) for r in results]
 

@@ -1,0 +1,171 @@
+"""Checkpoints made cheap stay as exact and as fenced as before (issue 26's durable path).
+
+A session's header is built once (RecordEncoder) and reused: its records must stay byte for byte
+what a record built from nothing writes, through every change of layout. A batch of checkpoints
+is one Lua command, not a pipeline of one command each: it must still refuse, session by session,
+every write whose epoch moved. And a server with a store must be able to open hundreds of
+sessions at once (redis-py's plain pool refused the 101st concurrent command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from service.api import statestream_pb2 as pb
+from service.client import Client
+from service.errors import FailedPrecondition
+from service.redis_store import Checkpoint, RedisStore, session_key
+from service.session_records import RecordEncoder, RecordIdentity, SessionRecord
+from tests.cluster import RedisServer, redis_server, replica
+
+IDENTITY = RecordIdentity("abc", "m", "1", "alice", 3, ("logits",))
+
+
+def _record(last_seq: int, rows: dict[str, np.ndarray], scratch: dict[str, np.ndarray], reply_kind: str,
+            initial: dict[str, np.ndarray] | None = None) -> SessionRecord:  # fmt: skip
+    reply = pb.StepResult(seq=last_seq).SerializeToString() if reply_kind == "step" else b"\x08\x01"
+    return SessionRecord(
+        session_id="abc", model="m", version="1", caller="alice", top_k=3, return_tensors=("logits",),
+        last_seq=last_seq, rows=rows, initial=initial, scratch=scratch, reply_kind=reply_kind, reply=reply,
+    )  # fmt: skip
+
+
+def test_an_encoders_records_equal_records_built_from_nothing_through_layout_changes() -> None:
+    encoder = RecordEncoder(IDENTITY)
+    rows = {"h": np.zeros((2, 3), np.float32), "c": np.zeros((2, 3), np.float32)}
+    steps: list[tuple[dict[str, np.ndarray], str, dict[str, np.ndarray] | None]] = [
+        ({}, "step", None),  # the first record: the header is built
+        ({}, "step", None),  # the same layout: the header is reused
+        ({"logits": np.array([0.5, -1.0], np.float32)}, "step", None),  # scratch gains an array
+        ({"logits": np.array([0.5, -1.0, 2.0], np.float32)}, "step", None),  # one changes shape
+        ({"logits": np.array([1.0, 2.0, 3.0], np.float64)}, "step", None),  # one changes dtype
+        ({"logits": np.array([1.0, 2.0, 3.0], np.float64)}, "generate", None),  # the answer's kind changes
+        ({}, "step", {"h": np.ones((2, 3), np.float32), "c": np.ones((2, 3), np.float32)}),  # an initial row
+    ]
+    for seq, (scratch, kind, initial) in enumerate(steps, start=1):
+        rows["h"][:] = seq
+        record = _record(seq, rows, scratch, kind, initial)
+        encoded = encoder.encode(seq, (rows, initial, scratch), kind, record.reply)
+        assert encoded == record.to_bytes(), f"record {seq}"
+        back = SessionRecord.from_bytes(encoded)
+        assert (back.last_seq, back.reply_kind, back.reply) == (seq, kind, record.reply)
+        np.testing.assert_array_equal(back.rows["h"], np.full((2, 3), seq, np.float32))
+        assert sorted(back.scratch) == sorted(scratch)
+        for name, value in scratch.items():
+            assert back.scratch[name].dtype == value.dtype
+            np.testing.assert_array_equal(back.scratch[name], value)
+        assert (back.initial is None) == (initial is None)
+
+
+def test_a_record_is_a_copy_of_the_row_when_it_was_made() -> None:
+    """A row that moves after its record was made does not move the record (no view into the slab)."""
+    rows = {"h": np.full((1, 4), 7.0, np.float32)}
+    encoded = RecordEncoder(IDENTITY).encode(7, (rows, None, {}), "", b"")
+    rows["h"][:] = -1.0
+    np.testing.assert_array_equal(SessionRecord.from_bytes(encoded).rows["h"], np.full((1, 4), 7.0, np.float32))
+
+
+def test_a_big_endian_array_is_written_little_endian() -> None:
+    rows = {"h": np.array([1.0, 2.0], dtype=">f4")}
+    encoded = RecordEncoder(IDENTITY).encode(1, (rows, None, {}), "", b"")
+    assert struct.pack("<2f", 1.0, 2.0) in encoded
+    np.testing.assert_array_equal(SessionRecord.from_bytes(encoded).rows["h"], [1.0, 2.0])
+
+
+def test_a_format_1_record_is_still_read() -> None:
+    """Written by a server of the version before (last seq and reply length in the JSON header)."""
+    state, reply = struct.pack("<3f", 1.0, 2.0, 3.0), b"\x08\x05"
+    header = json.dumps({
+        "id": "abc", "model": "m", "version": "1", "caller": "alice", "top_k": 0, "return_tensors": [],
+        "last_seq": 5, "has_initial": False, "reply_kind": "step", "reply_size": len(reply),
+        "arrays": [{"group": "rows", "name": "h", "dtype": "f4", "shape": [3], "offset": 0, "size": 12}],
+    }).encode()  # fmt: skip
+    blob = b"SSRC" + struct.pack("<BI", 1, len(header)) + header + state + reply
+    record = SessionRecord.from_bytes(blob)
+    assert (record.session_id, record.caller, record.last_seq, record.reply) == ("abc", "alice", 5, reply)
+    np.testing.assert_array_equal(record.rows["h"], [1.0, 2.0, 3.0])
+
+
+def test_a_record_of_an_unknown_format_is_refused_by_name() -> None:
+    blob = b"SSRC" + struct.pack("<BI", 9, 2) + b"{}"
+    with pytest.raises(FailedPrecondition, match="not format 2"):
+        SessionRecord.from_bytes(blob)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_batch_of_checkpoints_is_one_command_fenced_session_by_session(store: RedisServer) -> None:
+    async def scenario(direct: redis.Redis) -> list[bool]:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        rival = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            for name in ("one", "two", "three"):
+                assert await owner.create(name, "alice", b"created")
+            await owner.checkpoint_many([Checkpoint("one", 1, b"warm")])  # the script is loaded once
+            assert await rival.claim("two") == (2, b"created")  # epoch 2: the owner is fenced for "two"
+            before = _evalsha_calls(direct)
+            written = await owner.checkpoint_many(
+                [Checkpoint("one", 1, b"step 1"), Checkpoint("two", 1, b"stale"), Checkpoint("three", 1, b"step 1")]
+            )
+            assert _evalsha_calls(direct) == before + 1, "the batch went out as one command"
+            return written
+        finally:
+            await owner.close()
+            await rival.close()
+
+    with store.client() as direct:
+        assert asyncio.run(scenario(direct)) == [True, False, True]
+        assert direct.hget(session_key("one"), "record") == b"step 1"
+        assert direct.hget(session_key("two"), "record") == b"created", "the fenced write changed nothing"
+        assert direct.hget(session_key("three"), "record") == b"step 1"
+        assert "cmdstat_script" not in direct.info("commandstats"), "no SCRIPT EXISTS round trip before a batch"
+
+
+def test_hundreds_of_sessions_reach_the_store_at_once(store: RedisServer) -> None:
+    """More concurrent commands than the pool holds connections wait for one instead of failing."""
+    count = 300
+
+    async def scenario() -> list[bool]:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            return list(await asyncio.gather(*(owner.create(f"s{i}", "alice", b"r") for i in range(count))))
+        finally:
+            await owner.close()
+
+    assert asyncio.run(scenario()) == [True] * count
+    with store.client() as direct:
+        assert len(direct.keys(session_key("*"))) == count
+
+
+def test_every_acknowledged_step_is_in_the_store_with_its_answer(lm_dir: Path, store: RedisServer) -> None:
+    """K = 1: when a step's answer reaches the client, the store holds its seq, its state and that answer."""
+    with replica(lm_dir, store.url, "--checkpoint-every", "1") as (_, target), Client(target) as client:
+        session = client.open("char_lm", return_tensors=["logits"])
+        records = []
+        with store.client() as direct:
+            for char in "To be, or":
+                result = session.step(text=char)
+                record = SessionRecord.from_bytes(direct.hget(session_key(session.id), "record"))
+                assert record.last_seq == result.seq
+                assert pb.StepResult.FromString(record.reply) == result
+                records.append(record)
+        moved = [not np.array_equal(a.rows["h"], b.rows["h"]) for a, b in itertools.pairwise(records)]
+        assert all(moved), "each step's record holds that step's state"
+        session.close()
