@@ -33,20 +33,21 @@ log = logging.getLogger(__name__)
 
 PREFIX = "statestream:"
 
-#: KEYS the sessions; ARGV[1] ttl ms, then each session's epoch and record. Per session: 1 written,
-#: 0 fenced (another epoch owns it, or it is gone). One script for a whole batch: one round trip.
+#: KEYS the sessions; ARGV[1] ttl ms, then each session's epoch and record. One character per
+#: session: "1" written, "0" fenced (another epoch owns it, or it is gone). One script for a whole
+#: batch, one round trip, and one string to read back rather than an array of integers.
 _CHECKPOINT_MANY = """
 local written = {}
 for i, key in ipairs(KEYS) do
   if redis.call('HGET', key, 'epoch') == ARGV[2 * i] then
     redis.call('HSET', key, 'record', ARGV[2 * i + 1])
     redis.call('PEXPIRE', key, ARGV[1])
-    written[i] = 1
+    written[i] = '1'
   else
-    written[i] = 0
+    written[i] = '0'
   end
 end
-return written
+return table.concat(written)
 """
 
 #: KEYS[1] the session; ARGV owner, record, ttl ms, caller. A new session at epoch 1; 0 if the id exists.
@@ -105,6 +106,9 @@ class Stored:
     caller: str
 
 
+#: A checkpoint's flag in _CHECKPOINT_MANY's answer when it was written ("1").
+WRITTEN = ord("1")
+
 #: Connections to the store at most; more concurrent commands wait for one (at most 5 s).
 MAX_CONNECTIONS = 32
 
@@ -158,8 +162,8 @@ class RedisStore:
             args += (c.epoch, c.record)
         keys = [session_key(c.session_id) for c in checkpoints]
         results = await self._call(self._checkpoint_many(keys=keys, args=args), "checkpoint")
-        assert isinstance(results, list)
-        return [bool(r) for r in results]
+        assert isinstance(results, bytes) and len(results) == len(checkpoints)
+        return [flag == WRITTEN for flag in results]
 
     async def read(self, session_id: str) -> Stored | None:
         values = await self._call(self.client.hmget(session_key(session_id), ["epoch", "owner", "caller"]), "read")
