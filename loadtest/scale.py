@@ -7,9 +7,10 @@
 * ``store K``: one process with a Redis session store, a checkpoint every K acknowledged steps
   (K = 1 and 16; the cost of durability, against ``direct`` which has none).
 
-Each at 256 and 1,024 streams, interleaved and repeated like the main table; the target is
+Each at 256 and 1,024 streams, interleaved and repeated like the main table; the targets are
 steps/s of ``workers W`` ≥ 0.7 × W × ``workers 1``, for W up to the cores the load generator
-leaves free (on a 2-core machine shared with the load generator, none: the table says so).
+leaves free (on a 2-core machine shared with the load generator, none: the table says so), and
+``store K=1`` ≥ 0.8 ×, ``store K=16`` ≥ 0.95 × ``direct`` (issue 26: durability nearly free).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from loadtest.servers import ServerProcess, serve_command
 from service.contract import Manifest
 
 SCALE_STREAMS = (256, 1024)
-CHECKPOINT_EVERY = (1, 16)
+#: K of the ``store K`` rows, and the share of ``direct``'s steps/s each must keep (issue 26).
+DURABILITY_TARGETS = {1: 0.8, 16: 0.95}
+CHECKPOINT_EVERY = tuple(DURABILITY_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,33 @@ def load_processes(streams: int) -> int:
 
 
 def scale_targets(rows: list[Row], cores: int) -> list[Target]:
+    """The scaling targets, then the cost of durability (``durability_targets``)."""
+    return _scaling_targets(rows, cores) + durability_targets(rows)
+
+
+def durability_targets(rows: list[Row]) -> list[Target]:
+    """``store K`` against ``direct`` steps/s at each stream count: K = 1 ≥ 0.8×, K = 16 ≥ 0.95×."""
+    by_name = {(row.variant, row.streams): row for row in rows}
+    targets: list[Target] = []
+    for streams in SCALE_STREAMS:
+        direct = by_name.get(("direct", streams))
+        for every, threshold in DURABILITY_TARGETS.items():
+            store = by_name.get((Setup("store", every).name, streams))
+            if direct is None or store is None:
+                continue
+            targets.append(
+                Target(
+                    name=f"store_k{every}_vs_direct_n{streams}",
+                    value=store.steps_per_s / direct.steps_per_s,
+                    threshold=threshold,
+                    higher_is_better=True,
+                    detail=f"store K={every} / direct steps/s at N={streams} (a checkpoint every {every} steps)",
+                )
+            )
+    return targets
+
+
+def _scaling_targets(rows: list[Row], cores: int) -> list[Target]:
     """workers W against W × workers 1, at each stream count; judged only where W cores are left free."""
     by_name = {(row.variant, row.streams): row for row in rows}
     targets: list[Target] = []

@@ -40,3 +40,13 @@ def test_envoy_hashes_the_sdk_routing_header_and_checks_idle_replicas() -> None:
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     assert route["hash_policy"] == [{"header": {"header_name": ROUTE_HEADER}}]
+
+
+def test_durability_is_judged_against_the_server_without_a_store() -> None:
+    rows = [row("direct", n, 1000.0) for n in SCALE_STREAMS]
+    rows += [row("store K=1", n, 790.0) for n in SCALE_STREAMS] + [row("store K=16", n, 960.0) for n in SCALE_STREAMS]
+    targets = {t.name: t for t in scale_targets(rows, cores=2)}
+    assert sorted(targets) == sorted(f"store_k{k}_vs_direct_n{n}" for k in (1, 16) for n in SCALE_STREAMS)
+    k1, k16 = targets["store_k1_vs_direct_n256"], targets["store_k16_vs_direct_n1024"]
+    assert math.isclose(k1.value, 0.79) and k1.threshold == 0.8 and k1.judged and not k1.met
+    assert math.isclose(k16.value, 0.96) and k16.threshold == 0.95 and k16.met
