@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 import redis
 
+from loadtest import durable_hotpath
 from service.api import statestream_pb2 as pb
 from service.client import Client
 from service.errors import FailedPrecondition
 from service.redis_store import Checkpoint, RedisStore, session_key
 from service.session_records import RecordEncoder, RecordIdentity, SessionRecord
 from tests.cluster import RedisServer, redis_server, replica
+from tests.conftest import SHIPPED_MODELS
 
 IDENTITY = RecordIdentity("abc", "m", "1", "alice", 3, ("logits",))
 
@@ -169,3 +171,13 @@ def test_every_acknowledged_step_is_in_the_store_with_its_answer(lm_dir: Path, s
         moved = [not np.array_equal(a.rows["h"], b.rows["h"]) for a, b in itertools.pairwise(records)]
         assert all(moved), "each step's record holds that step's state"
         session.close()
+
+
+def test_the_in_process_durable_harness_measures_every_variant(store: RedisServer) -> None:
+    """loadtest.durable_hotpath smoked: no store, K = 1 and K = 16, each answering every step."""
+    assert store.process is not None
+    rows = asyncio.run(durable_hotpath.drive(SHIPPED_MODELS, "lstm256", store.url, store.process.pid, 4, 3, 1))
+    assert [row["variant"] for row in rows] == list(durable_hotpath.VARIANTS)
+    assert all(row["steps"] == 12 and row["cpu_us_per_step"] > 0 for row in rows)
+    with store.client() as direct:
+        assert direct.info("commandstats")["cmdstat_evalsha"]["calls"] > 0, "K = 1 checkpointed"
