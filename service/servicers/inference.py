@@ -28,6 +28,7 @@ from service.errors import FailedPrecondition, InvalidArgument, NotFound, States
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 from service.servicers import oip_tensors
+from service.servicers.admission import admit_stream
 from service.servicers.oip_tensors import (
     SEQUENCE_END,
     SEQUENCE_ID,
@@ -261,14 +262,7 @@ class InferenceServicer:
         try:
             async for data in requests:
                 if caller is None:  # refusals only after the first message is read, as in Session
-                    try:
-                        caller = self.auth.caller(context)
-                        self.engine.enter_stream()
-                    except StatestreamError as exc:
-                        caller = None
-                        events.refused(exc)
-                        await context.abort(exc.code, exc.message)
-                        raise  # unreachable: abort raises
+                    caller = await admit_stream(self.engine, self.auth, context)
                 read = self._read_bytes(data)
                 request: oip.ModelInferRequest | Malformed | None = None
                 try:

@@ -31,6 +31,7 @@ from service.errors import (
     status_number,
 )
 from service.metrics import Metrics
+from service.servicers.admission import admit_stream
 from service.servicers.wire import Context, Malformed
 from service.session_log import events
 
@@ -219,14 +220,7 @@ class SessionServicer:
         try:
             async for request in requests:
                 if caller is None:  # refusals only after the first message is read, as in Session
-                    try:
-                        caller = self.auth.caller(context)
-                        self.engine.enter_stream()
-                    except StatestreamError as exc:
-                        caller = None
-                        events.refused(exc)
-                        await context.abort(exc.code, exc.message)
-                        raise  # unreachable: abort raises
+                    caller = await admit_stream(self.engine, self.auth, context)
                 if isinstance(request, Malformed):
                     events.refused(InvalidArgument(request.reason))
                     yield pb.MultiplexResponse(
