@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,36 +52,46 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     return speech_with_noise(tmp_path_factory.mktemp("speech"), RATE)
 
 
-def wrapper_probabilities(audio: np.ndarray) -> list[float]:
-    """silero-vad's OnnxWrapper, one call per 512-sample frame of ``audio`` (int16), from a fresh state."""
+#: Silero's frame at each rate it runs at.
+FRAMES = {16000: 512, 8000: 256}
+
+
+def _frames(audio: np.ndarray, rate: int) -> list[torch.Tensor]:
+    """The whole frames of ``audio`` (int16) at ``rate``, as the floats silero-vad takes."""
+    floats, frame = torch.from_numpy(audio.astype(np.float32) / 32768.0), FRAMES[rate]
+    return [floats[i : i + frame] for i in range(0, len(audio) - frame + 1, frame)]
+
+
+def wrapper_probabilities(audio: np.ndarray, *, rate: int = RATE) -> list[float]:
+    """silero-vad's OnnxWrapper, one call per frame of ``audio`` (int16), from a fresh state."""
     model = OnnxWrapper(str(WHEEL_GRAPH), force_onnx_cpu=True)
-    floats = torch.from_numpy(audio.astype(np.float32) / 32768.0)
-    return [float(model(floats[i : i + FRAME], RATE).item()) for i in range(0, len(audio) - FRAME + 1, FRAME)]
+    return [float(model(frame, rate).item()) for frame in _frames(audio, rate)]
 
 
-def iterator_events(audio: np.ndarray, **options: float) -> Events:
-    """silero-vad's VADIterator over OnnxWrapper, fed the 512-sample frames of ``audio``."""
-    iterator = VADIterator(OnnxWrapper(str(WHEEL_GRAPH), force_onnx_cpu=True), sampling_rate=RATE, **options)
-    floats = torch.from_numpy(audio.astype(np.float32) / 32768.0)
+def iterator_events(audio: np.ndarray, options: Mapping[str, float] | None = None, *, rate: int = RATE) -> Events:
+    """silero-vad's VADIterator over OnnxWrapper, fed the frames of ``audio``."""
+    iterator = VADIterator(OnnxWrapper(str(WHEEL_GRAPH), force_onnx_cpu=True), sampling_rate=rate, **(options or {}))
     events: Events = []
-    for i in range(0, len(audio) - FRAME + 1, FRAME):
-        event = iterator(floats[i : i + FRAME])
+    for frame in _frames(audio, rate):
+        event = iterator(frame)
         if event:
             ((name, sample),) = event.items()
             events.append(("speech_" + name, int(sample)))
     return events
 
 
-def test_the_shipped_folder_is_the_wheels_graph_imported_with_its_spec(tmp_path: Path) -> None:
-    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+@pytest.mark.parametrize("model", ["silero_vad", "silero_vad_8k"])
+def test_the_shipped_folder_is_the_wheels_graph_imported_with_its_spec(tmp_path: Path, model: str) -> None:
+    shipped = SHIPPED.parent / model
+    manifest = json.loads((shipped / "manifest.json").read_text())
     assert manifest["training"]["sha256"] == hashlib.sha256(WHEEL_GRAPH.read_bytes()).hexdigest()
-    assert silero_vad.__version__ in (SHIPPED / "README.md").read_text()
-    out = tmp_path / "silero_vad"
-    argv = ["import", str(WHEEL_GRAPH), "--spec", str(SHIPPED / "import.toml"), "--out", str(out)]
-    assert statestream_main([*argv, "--name", "silero_vad", "--task", "voice_activity"]) == 0
+    assert silero_vad.__version__ in (shipped / "README.md").read_text()
+    out = tmp_path / model
+    argv = ["import", str(WHEEL_GRAPH), "--spec", str(shipped / "import.toml"), "--out", str(out)]
+    assert statestream_main([*argv, "--name", model, "--task", "voice_activity"]) == 0
     for name in ("manifest.json", "step.onnx"):
-        assert (out / name).read_bytes() == (SHIPPED / name).read_bytes(), name
-    assert "MIT License" in (SHIPPED / "LICENSE").read_text()
+        assert (out / name).read_bytes() == (shipped / name).read_bytes(), name
+    assert "MIT License" in (shipped / "LICENSE").read_text()
 
 
 async def stream_call(session: AsyncSession, audio: np.ndarray, chunk: int, as_steps: bool) -> list[float]:
@@ -136,7 +146,7 @@ def test_streamed_segments_equal_vad_iterators(
     with Client(silero_server.target) as client:
         probabilities, events = feed(client.open("silero_vad"), speech, 320, options, via)
     np.testing.assert_allclose(probabilities, wrapper_probabilities(speech), rtol=0, atol=TOLERANCE)
-    want = iterator_events(speech, **options)
+    want = iterator_events(speech, options)
     assert len(want) >= 4  # several utterances: starts and ends both compared
     assert events == want
 
