@@ -44,6 +44,9 @@ CLI_DISPATCH = {
 #: What training/ may use of service/: the manifest schema, the data sets, the command framework, and the
 #: importer (no server code: the contract, onnx and ONNX Runtime), which wraps an exported module's layout.
 TRAINING_USES = ("service.contract", "service.datasets", "service.command", "service.importer")
+#: And one driver: the voice-activity scorer counts speech segments with the served driver's own
+#: event state machine (VADIterator's), so its score is of the events served, not of a copy.
+TRAINING_USES_A_DRIVER = {("training.tasks.voice_activity.evaluate", "service.drivers.voice_activity")}
 
 
 def module_files() -> dict[str, Path]:
@@ -173,7 +176,7 @@ def test_training_uses_only_the_contract_the_data_and_the_commands_of_service(gr
         for target in targets
         if is_under(target, "service") and not any(is_under(target, allowed) for allowed in TRAINING_USES)
     }
-    assert crossings == set()
+    assert crossings <= TRAINING_USES_A_DRIVER, sorted(crossings - TRAINING_USES_A_DRIVER)
 
 
 def test_the_serving_core_imports_only_downwards(graph: dict[str, set[str]]) -> None:

@@ -1,4 +1,8 @@
-"""The training side's shape: one package per task, named as the server names it, recipes read without torch."""
+"""The training side's shape: one package per task, named as the server names it, recipes read without torch.
+
+A task is trained here (its package holds a recipe, train, export and evaluate) or its models are
+imported (``statestream import``: the package says ``IMPORTED = True`` and holds evaluate only).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import pytest
 from service import tasks as served
 from tests.test_import_graph import import_graph
 from training.recipes import RECIPES_DIR, load_recipe
-from training.tasks import known_tasks, task_of
+from training.tasks import UnknownTask, known_tasks, task_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "training" / "tasks"
 PARTS = ("recipe", "train", "export", "evaluate")
+#: What a task of imported models holds: only the scorer, which ``statestream eval`` runs.
+IMPORTED_PARTS = ("evaluate",)
 
 READ_EVERY_RECIPE = """
 import json, sys
@@ -34,18 +40,28 @@ def test_reading_every_shipped_recipe_imports_no_torch() -> None:
     )
     read = json.loads(done.stdout)
     assert read["heavy"] == []
-    assert read["tasks"] == known_tasks()  # every task was read, so every task's recipe code ran
+    assert read["tasks"] == known_tasks()  # every trained task was read, so every task's recipe code ran
 
 
-def test_a_task_is_a_package_with_its_recipe_training_export_and_evaluation() -> None:
+def test_a_task_is_a_package_with_its_recipe_training_export_and_evaluation_or_imported_with_evaluation() -> None:
     packages = sorted(path.parent.name for path in TASKS_DIR.glob("*/__init__.py"))
-    assert packages == known_tasks()
+    assert packages == known_tasks(include_imported=True)
+    assert set(known_tasks()) < set(packages)  # some task is of imported models (voice_activity)
     for name in packages:
-        assert all((TASKS_DIR / name / f"{part}.py").is_file() for part in PARTS), name
+        holds = {part for part in PARTS if (TASKS_DIR / name / f"{part}.py").is_file()}
+        assert holds == set(IMPORTED_PARTS if task_of(name, include_imported=True).imported else PARTS), name
+
+
+def test_a_task_of_imported_models_is_scored_but_never_trained() -> None:
+    assert task_of("voice_activity", include_imported=True).imported
+    assert "voice_activity" not in known_tasks()
+    with pytest.raises(UnknownTask, match="task 'voice_activity' is of imported models") as refused:
+        task_of("voice_activity")
+    assert "\n" not in str(refused.value)
 
 
 def test_every_task_is_one_the_server_serves() -> None:
-    assert set(known_tasks()) <= set(served.known_tasks())
+    assert set(known_tasks(include_imported=True)) <= set(served.known_tasks())
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.toml")), ids=lambda path: path.stem)

@@ -8,6 +8,7 @@ the verb; ``python -m training.cli VERB ...`` does the same without the server i
     python -m training.cli train path/to/recipe.toml
     python -m training.cli export --checkpoint runs/char_lm/weights.pt --out models/char_lm
     python -m training.cli eval --model models/char_lm --json
+    python -m training.cli eval --model models/silero_vad --record
 
 A recipe's ``task`` (``training.tasks``) picks the network, the data, the exporter and the scorer;
 these commands know nothing else of it.
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from service.command import (
     EXIT_INTERNAL,
@@ -31,6 +34,9 @@ from service.command import (
 )
 from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
 from training.tasks import ExportOptions, TrainOptions, UnknownTask, known_tasks, task_of
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from service.contract import Manifest
 
 
 def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -> bool:
@@ -138,7 +144,8 @@ def export_command(argv: list[str]) -> int:
 
 
 def eval_command(argv: list[str]) -> int:
-    """``eval --model FOLDER``: a model folder's scores, recomputed from its ONNX graphs by its task's scorer."""
+    """``eval --model FOLDER [--record]``: a model folder's scores, recomputed from its ONNX graphs by its
+    task's scorer (and written into its manifest with ``--record``)."""
     parser = Parser(
         prog="statestream eval",
         description="A model folder's scores, recomputed from its ONNX graphs (the artefact that is served)\n"
@@ -149,6 +156,11 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the scores into the folder's manifest.json as its scores (an imported model's are recorded so)",
+    )
     args = parser.parse_args(argv)
     if not (args.model / "manifest.json").is_file():
         raise CommandError(f"--model {args.model}: not a model folder (no manifest.json)", EXIT_USAGE)
@@ -157,9 +169,12 @@ def eval_command(argv: list[str]) -> int:
 
     try:
         manifest = Manifest.load(args.model)
-        score = task_of(manifest.task).evaluate(args.model, show_progress(quiet=args.quiet, as_json=args.json))
+        task = task_of(manifest.task, include_imported=True)
+        score = task.evaluate(args.model, show_progress(quiet=args.quiet, as_json=args.json))
     except (ContractError, UnknownTask) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    if args.record:
+        record_scores(args.model, manifest, score)
     if args.json:
         print(json.dumps(score))
     elif "val_loss_nats_per_char" in score:
@@ -168,7 +183,17 @@ def eval_command(argv: list[str]) -> int:
         )
     else:
         print(f"{manifest.name}: " + ", ".join(f"{key} {value}" for key, value in score.items() if key != "model"))
+    if args.record and not args.json:
+        print(f"recorded as the scores in {args.model / 'manifest.json'}")
     return 0
+
+
+def record_scores(folder: Path, manifest: Manifest, report: Mapping[str, Any]) -> dict[str, float]:
+    """A scorer's numbers written into ``folder``'s manifest as its scores, by the manifest's own writer
+    (``Manifest.save``, as export and import write it); nothing else of the file changes."""
+    scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    replace(manifest, scores=scores).save(folder)
+    return scores
 
 
 COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command}

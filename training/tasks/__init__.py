@@ -6,7 +6,9 @@ its ``recipe.py`` (the recipe's dataclass as ``RECIPE``, torch-free), ``train.py
 (``train(recipe, options)``), ``export.py`` (``export(options)``) and ``evaluate.py``
 (``evaluate(folder, progress)``). ``statestream train``, ``export`` and ``eval`` look a task up
 here and know nothing else of it; a new task is a new package, and looking one up imports only
-the part asked for (reading a recipe imports no torch).
+the part asked for (reading a recipe imports no torch). A task whose models are imported
+(``statestream import``), not trained, says ``IMPORTED = True`` in its package and holds only
+``evaluate.py``: ``eval`` scores its models, and no recipe names it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class TrainingTask:
 
     name: str
 
+    @property
+    def imported(self) -> bool:
+        """Whether the task's models are imported, not trained here (its package says ``IMPORTED = True``)."""
+        return bool(getattr(importlib.import_module(f"{__name__}.{self.name}"), "IMPORTED", False))
+
     def part(self, module: str) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.name}.{module}")
 
@@ -86,13 +93,21 @@ class TrainingTask:
         return scores
 
 
-def known_tasks() -> list[str]:
-    """The tasks the training side knows: every package under ``training/tasks/``."""
-    return sorted(module.name for module in pkgutil.iter_modules(__path__) if module.ispkg)
+def known_tasks(*, include_imported: bool = False) -> list[str]:
+    """The tasks trained here: packages under ``training/tasks/`` with a recipe, train, export and
+    evaluate; with ``include_imported`` also those of imported models (evaluate only)."""
+    every = sorted(module.name for module in pkgutil.iter_modules(__path__) if module.ispkg)
+    return every if include_imported else [name for name in every if not TrainingTask(name).imported]
 
 
-def task_of(name: str) -> TrainingTask:
-    """The task called ``name``; UnknownTask naming the known ones."""
-    if name not in known_tasks():
-        raise UnknownTask(f"unknown task {name!r}; known tasks: {known_tasks()}")
-    return TrainingTask(name)
+def task_of(name: str, *, include_imported: bool = False) -> TrainingTask:
+    """The task called ``name`` (a task of imported models only with ``include_imported``); UnknownTask otherwise."""
+    if name not in known_tasks(include_imported=True):
+        raise UnknownTask(f"unknown task {name!r}; known tasks: {known_tasks(include_imported=include_imported)}")
+    task = TrainingTask(name)
+    if task.imported and not include_imported:
+        raise UnknownTask(
+            f"task {name!r} is of imported models (statestream import): nothing trains it, so no recipe or "
+            f"checkpoint names it; known tasks: {known_tasks()}"
+        )
+    return task
