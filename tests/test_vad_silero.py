@@ -89,6 +89,9 @@ def test_the_shipped_folder_is_the_wheels_graph_imported_with_its_spec(tmp_path:
     out = tmp_path / model
     argv = ["import", str(WHEEL_GRAPH), "--spec", str(shipped / "import.toml"), "--out", str(out)]
     assert statestream_main([*argv, "--name", model, "--task", "voice_activity"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["scores"] == {}  # the import scores nothing
+    # The README's last step: the scores, recomputed from the graph, recorded in the manifest.
+    assert statestream_main(["eval", "--model", str(out), "--record", "--quiet"]) == 0
     for name in ("manifest.json", "step.onnx"):
         assert (out / name).read_bytes() == (shipped / name).read_bytes(), name
     assert "MIT License" in (shipped / "LICENSE").read_text()
