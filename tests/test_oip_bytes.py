@@ -23,8 +23,8 @@ from tritonclient.grpc import service_pb2
 from service.answer_bytes import DUPLICATE, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
-from service.servicers.inference import SequenceFlags, sequence_flags
-from service.servicers.oip_tensors import STREAM_RESULT, OipTensor, RawRequest, StepCodec
+from service.servicers.inference import sequence_flags
+from service.servicers.oip_tensors import STREAM_RESULT, OipTensor, RawRequest, SequenceFlags, StepCodec, sequence_entry
 from service.servicers.wire import Malformed, request_parser
 from service.settings import Settings
 from service.tensors import to_proto
@@ -79,7 +79,7 @@ def same_as_checked(codec: StepCodec, data: bytes, read: RawRequest) -> None:
     expected = checked_read(codec, data)
     assert expected is not None, "the bytes path took a request the checked path refuses"
     flags, step, outputs, request_id = expected
-    assert flags == SequenceFlags(read.sequence_id, False, False, read.echo)
+    assert flags == read.flags
     assert step == (read.step, True)
     assert outputs == codec.model.outputs
     assert request_id == read.request_id
@@ -96,7 +96,7 @@ def test_a_clients_usual_step_read_from_its_bytes_is_what_the_checked_path_reads
             assert read is None
             continue
         assert read is not None, (sequence_id, request_id)
-        assert read.sequence_id == sequence_id and read.request_id == request_id
+        assert read.flags.id == sequence_id and read.request_id == request_id
         same_as_checked(codec, data, read)
 
 
@@ -223,28 +223,28 @@ def test_a_raw_answer_written_from_the_engines_bytes_is_the_response_read_and_wr
     rng = np.random.default_rng(5)
     fixed = not codec.model.softmax_of and [t.name for t in codec.model.outputs] == list(codec.model.return_tensors)
     fixed = fixed and not any(-1 in t.shape for t in codec.model.outputs)
-    for seq, request_id, echo, duplicate in [
+    for seq, request_id, entry, duplicate in [
         (1, "", b"", False),
-        (300, "r-9", b"\x10\x07", True),
-        (2**40, "é", b"\x10\x80\x01", False),
+        (300, "r-9", sequence_entry(b"\x10\x07"), True),
+        (2**40, "é", sequence_entry(b"\x10\x80\x01"), False),
     ]:
         outputs = [pb_tensor(t, rng) for t in codec.model.outputs if t.name in codec.model.return_tensors]
         answer = pb.StepResult(seq=seq, outputs=[pb.StepOutput(tensors=outputs)]).SerializeToString()
         if duplicate:
             answer += DUPLICATE
-        written = codec.raw_response(request_id, echo, answer, seq, framed=True)
+        written = codec.raw_response(request_id, entry, answer, seq, framed=True)
         if not fixed:  # a softmax added, or an open shape: read and written the general way
             assert written is None
             continue
-        response = codec.response(request_id, echo, codec.read_answer(answer, seq), codec.model.outputs, True)
+        response = codec.response(request_id, entry, codec.read_answer(answer, seq), codec.model.outputs, True)
         assert written == STREAM_RESULT + varint(len(response)) + response  # the bytes the general way writes
         parsed = service_pb2.ModelStreamInferResponse.FromString(written).infer_response
         assert parsed.parameters["statestream_seq"].int64_param == seq and parsed.id == request_id
         assert parsed.parameters["statestream_duplicate"].bool_param == duplicate
         assert [t.name for t in parsed.outputs] == [t.name for t in codec.model.outputs]
         assert list(parsed.raw_output_contents) == [t.data for t in outputs]
-        assert codec.raw_response(request_id, echo, answer, seq, framed=False) == response
-        assert codec.raw_response(request_id, echo, answer, seq + 1, framed=True) is None  # another seq's answer
+        assert codec.raw_response(request_id, entry, answer, seq, framed=False) == response
+        assert codec.raw_response(request_id, entry, answer, seq + 1, framed=True) is None  # another seq's answer
 
 
 def pb_tensor(spec: OipTensor, rng: np.random.Generator) -> pb.Tensor:

@@ -28,6 +28,7 @@ from service.servicers.oip_tensors import (
     StepCodec,
     oip_model,
     read_inputs,
+    sequence_entry,
 )
 from service.session_options import ResolvedOptions
 from service.tasks import driver_class
@@ -226,10 +227,11 @@ def test_an_answer_written_as_bytes_is_the_response_built_through_protobuf(name:
             oip.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs if outputs is not names
         )
         chosen = codec.requested_outputs(request)
-        echo = request.parameters["sequence_id"].SerializeToString() if sequence_id is not None else b""
+        parameter = request.parameters["sequence_id"].SerializeToString() if sequence_id is not None else None
+        entry = sequence_entry(parameter) if parameter is not None else b""
         expected = expected_response(codec, native, seq, duplicate, request, outputs, raw)
         for guess in (seq, seq + 1):  # the seq the step was applied as, and a wrong guess: read the same
-            written = codec.response(request_id, echo, codec.read_answer(answer, guess), chosen, raw)
+            written = codec.response(request_id, entry, codec.read_answer(answer, guess), chosen, raw)
             assert oip.ModelInferResponse.FromString(written) == expected, (seq, guess)
 
 

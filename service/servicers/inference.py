@@ -16,7 +16,7 @@ import collections.abc
 import importlib.metadata
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
 from service.answer_bytes import length_delimited, varint
@@ -30,13 +30,17 @@ from service.runtime import ModelRuntime
 from service.servicers import oip_tensors
 from service.servicers.admission import admit_stream
 from service.servicers.oip_tensors import (
+    NO_SEQUENCE,
     SEQUENCE_END,
     SEQUENCE_ID,
     SEQUENCE_START,
     STREAM_RESULT,
     OipModel,
     OipTensor,
+    RawRequest,
+    SequenceFlags,
     StepCodec,
+    sequence_entry,
 )
 from service.servicers.sessions import checked
 from service.servicers.wire import Context, Malformed, request_parser
@@ -48,19 +52,17 @@ EXTENSIONS = ("sequence", "model_configuration", "model_repository")
 SequenceId = int | str
 
 
-class SequenceFlags(NamedTuple):
-    """What a request's parameters say about its sequence (``id`` None: no sequence)."""
-
-    id: SequenceId | None
-    start: bool
-    end: bool
-    #: The sequence_id parameter as sent (an encoded InferParameter), echoed in the answer.
-    echo: bytes = b""
-
-
-NO_SEQUENCE = SequenceFlags(None, False, False)
 #: ModelStreamInfer's deserializer for a request not read from its bytes (Malformed never raises).
 parse_infer_request = request_parser(oip.ModelInferRequest)
+
+
+class Served(NamedTuple):
+    """A model as a request names it (model_name, no version): its runtime, codec and request counter."""
+
+    name: str
+    runtime: ModelRuntime
+    codec: StepCodec
+    counted: Any  # the requests counter's child for (model, "oip_infer")
 
 
 class InferStep(NamedTuple):
@@ -98,10 +100,10 @@ def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlag
     if len(parameters) == 1 and SEQUENCE_ID in parameters:  # a sequence's usual step: checked at once
         value = parameters[SEQUENCE_ID]
         if value.WhichOneof("parameter_choice") == "int64_param" and value.int64_param > 0:
-            return SequenceFlags(value.int64_param, False, False, value.SerializeToString())
+            return SequenceFlags(value.int64_param, False, False, sequence_entry(value.SerializeToString()))
     sequence_id: SequenceId | None = None
     start = end = False
-    echo = b""
+    parameter = b""
     for name in parameters:  # not items(): a Python view that looks each value up again
         value = parameters[name]
         kind = value.WhichOneof("parameter_choice")
@@ -115,7 +117,7 @@ def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlag
                 sequence_id = number or None
             else:
                 raise InvalidArgument(f"sequence_id must be an integer or a string, not {kind}")
-            echo = value.SerializeToString()
+            parameter = value.SerializeToString()
         elif name in (SEQUENCE_START, SEQUENCE_END):
             if kind != "bool_param":
                 raise InvalidArgument(f"{name} must be a bool, not {kind}")
@@ -126,7 +128,14 @@ def sequence_flags(parameters: Mapping[str, oip.InferParameter]) -> SequenceFlag
             )
     if sequence_id is None and (start or end):
         raise InvalidArgument(f"{SEQUENCE_START if start else SEQUENCE_END} needs a sequence_id (non-zero)")
-    return SequenceFlags(sequence_id, start, end, echo if sequence_id is not None else b"")
+    return SequenceFlags(sequence_id, start, end, sequence_entry(parameter) if sequence_id is not None else b"")
+
+
+def raw_step(raw: RawRequest, served: Served) -> InferStep:
+    """A request read from its bytes as ``_read`` reads it (every output, raw)."""
+    return InferStep(
+        served.name, raw.request_id, served.runtime, served.codec, raw.flags, raw.step, True, served.codec.model.outputs
+    )
 
 
 def error_text(exc: StatestreamError) -> str:
@@ -156,8 +165,8 @@ class InferenceServicer:
         #: (model_name, model_version) as requests name them → the runtime and codec they reach
         #: (models are loaded once, so an answer found once holds; refusals are not kept).
         self._served: dict[tuple[str, str], tuple[ModelRuntime, StepCodec]] = {}
-        #: The same for a request naming no version, by its model_name field's bytes → the name too.
-        self._served_by_field: dict[bytes, tuple[str, ModelRuntime, StepCodec]] = {}
+        #: The same for a request naming no version, by its model_name field's bytes.
+        self._served_by_field: dict[bytes, Served] = {}
         #: (caller, sequence_id) → its sequence.
         self.sequences: dict[tuple[str, SequenceId], Sequence] = {}
         try:
@@ -257,26 +266,45 @@ class InferenceServicer:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[oip.ModelStreamInferResponse | bytes]:
-        """Answers each request in order before reading the next; a failed one is an error_message."""
+        """Answers each request in order before reading the next; a failed one is an error_message.
+
+        An open sequence's plain step, read from its bytes, goes straight to the engine (the hot
+        path: what ``_answer`` would do, with nothing built but the Step); any other request is
+        read whole (``_read``) and answered by ``_answer``.
+        """
         caller: str | None = None
         try:
             async for data in requests:
                 if caller is None:  # refusals only after the first message is read, as in Session
                     caller = await admit_stream(self.engine, self.auth, context)
-                read = self._read_bytes(data)
+                found = self._read_raw(data)
+                read: InferStep | None = None
                 request: oip.ModelInferRequest | Malformed | None = None
                 try:
-                    if read is None:
+                    if found is not None:
+                        raw, served = found
+                        known = self.sequences.get((caller, cast(int, raw.flags.id)))  # an int64 > 0 here
+                        if known is not None and known.steps_on(served.runtime.name):
+                            # A stream's step may take the scheduler's fast lane: the next request
+                            # is read only once this one is answered, as on a Session stream.
+                            answer = await self.engine.apply_step(
+                                known.session, raw.step, lane=True, key=raw.request_id
+                            )
+                            written = served.codec.raw_response(
+                                raw.request_id, raw.flags.entry, answer, raw.step.seq, True
+                            )
+                            yield written if written is not None else self._written(raw_step(raw, served), answer, True)
+                            continue
+                        read = raw_step(raw, served)
+                    else:
                         request = parse_infer_request(data)
                         read = self._read(checked(request))
-                    # A stream's step may take the scheduler's fast lane: the next request is
-                    # read only once this one is answered, as on a Session stream.
-                    answer = await self._answer(read, caller, lane=True, framed=True)
+                    answer_bytes = await self._answer(read, caller, lane=True, framed=True)
                 except StatestreamError as exc:
                     events.refused(exc)
-                    yield self._failed(exc, read, request)
+                    yield self._failed(exc, read if read is not None or found is None else raw_step(*found), request)
                     continue
-                yield answer
+                yield answer_bytes
         finally:
             if caller is not None:
                 self.engine.leave_stream()
@@ -302,20 +330,18 @@ class InferenceServicer:
         outputs = codec.requested_outputs(request)
         return InferStep(request.model_name, request.id, runtime, codec, flags, step, raw, outputs)
 
-    def _read_bytes(self, data: bytes) -> InferStep | None:
+    def _read_raw(self, data: bytes) -> tuple[RawRequest, Served] | None:
         """The common request read from its bytes: a served model named without a version, then what
         ``StepCodec.read_request`` takes; None for any other (``_read`` then parses and checks it).
-        What it reads is what ``_read`` would make of the same request."""
+        What it reads is what ``_read`` would make of the same request (``raw_step``)."""
         served = self._served_by_field.get(data[: 2 + data[1]]) if len(data) > 1 and data[0] == 0x0A else None
         if served is None:
             return None
-        name, runtime, codec = served
-        raw = codec.read_request(data, 2 + data[1])
+        raw = served.codec.read_request(data, 2 + data[1])
         if raw is None:
             return None
-        self.metrics.requests.labels(runtime.name, "oip_infer").inc()
-        flags = SequenceFlags(raw.sequence_id, False, False, raw.echo)
-        return InferStep(name, raw.request_id, runtime, codec, flags, raw.step, True, codec.model.outputs)
+        served.counted.inc()
+        return raw, served
 
     async def _answer(self, read: InferStep, caller: str, *, lane: bool = False, framed: bool = False) -> bytes:
         """One read request's step through the engine, answered by its ModelInferResponse's bytes
@@ -331,16 +357,21 @@ class InferenceServicer:
             else:
                 answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
         if read.raw and read.outputs is codec.model.outputs:
-            written = codec.raw_response(read.request_id, flags.echo, answer, step.seq, framed)
+            written = codec.raw_response(read.request_id, flags.entry, answer, step.seq, framed)
             if written is not None:
                 return written
-        result = codec.read_answer(answer, step.seq)  # the engine set a sequence step's seq
+        return self._written(read, answer, framed)
+
+    @staticmethod
+    def _written(read: InferStep, answer: bytes, framed: bool) -> bytes:
+        """The response to ``read`` holding the engine's ``answer``, written the general way."""
+        result = read.codec.read_answer(answer, read.step.seq)  # the engine set a sequence step's seq
         if result.tensors is None:  # a resend whose answer has left the reply cache
             raise FailedPrecondition(
-                f"request {read.request_id!r} was applied already (step {result.seq} of sequence {flags.id!r}); "
-                f"its answer is no longer cached (the server keeps the last --reply-cache answers)"
+                f"request {read.request_id!r} was applied already (step {result.seq} of sequence "
+                f"{read.flags.id!r}); its answer is no longer cached (the server keeps the last --reply-cache answers)"
             )
-        response = codec.response(read.request_id, flags.echo, result, read.outputs, read.raw)
+        response = read.codec.response(read.request_id, read.flags.entry, result, read.outputs, read.raw)
         return STREAM_RESULT + varint(len(response)) + response if framed else response
 
     async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
@@ -452,8 +483,9 @@ class InferenceServicer:
         if served is None:
             runtime, _ = self._reachable(name, version)
             served = self._served[(name, version)] = (runtime, self.codecs[runtime.name])
-            if not version and len(name.encode()) < 0x80:  # a one-byte length: what _read_bytes reads
-                self._served_by_field[length_delimited(1, name.encode())] = (name, *served)
+            if not version and len(name.encode()) < 0x80:  # a one-byte length: what _read_raw reads
+                counted = self.metrics.requests.labels(runtime.name, "oip_infer")
+                self._served_by_field[length_delimited(1, name.encode())] = Served(name, *served, counted)
         return served
 
     def _reachable(self, name: str, version: str) -> tuple[ModelRuntime, OipModel]:

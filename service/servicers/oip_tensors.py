@@ -279,13 +279,30 @@ NativeTensor = tuple[bytes, tuple[int, ...], int]
 _AnswerTensors = tuple[tuple[str, bytes, tuple[int, ...], int, int], ...]
 
 
+class SequenceFlags(NamedTuple):
+    """What a request's parameters say about its sequence (``id`` None: no sequence)."""
+
+    id: int | str | None
+    start: bool
+    end: bool
+    #: The answer's ``sequence_id`` parameters entry (the request's, echoed), encoded; b"" for none.
+    entry: bytes = b""
+
+
+NO_SEQUENCE = SequenceFlags(None, False, False)
+
+
+def sequence_entry(parameter: bytes) -> bytes:
+    """The ``sequence_id`` parameters entry of an answer, holding ``parameter`` (an encoded InferParameter)."""
+    return parameter_entry(_SEQUENCE_ID_NAME, parameter)
+
+
 class RawRequest(NamedTuple):
     """A request of the common shape, read from its bytes (``StepCodec.read_request``)."""
 
     request_id: str
-    #: Its ``sequence_id`` (an int64 > 0), and that parameter as sent (an encoded InferParameter).
-    sequence_id: int
-    echo: bytes
+    #: Its sequence: an int64 ``sequence_id`` > 0, no start, no end (made once per id and kept).
+    flags: SequenceFlags
     #: Its inputs as the native Step the checked path builds of them.
     step: pb.Step
 
@@ -343,9 +360,8 @@ class StepCodec:
         #: input its raw_input_contents key and length, its byte count and its Step piece.
         self._request_inputs = _request_layout(model, self._raw_inputs)
         self._output_headers: dict[tuple[str, tuple[int, ...]], tuple[bytes, bytes]] = {}
-        self._sequence_id_entries: dict[bytes, bytes] = {}
-        #: A request's sequence_id entry (as ``_SEQUENCE_ID_ENTRIES`` + value) → the id and its InferParameter.
-        self._sequence_ids: dict[bytes, tuple[int, bytes]] = {}
+        #: A request's sequence_id entry (as ``_SEQUENCE_ID_ENTRIES`` + value) → its flags.
+        self._sequence_ids: dict[bytes, SequenceFlags] = {}
         #: The engine's answer to a fresh step of this model, byte for byte around its outputs'
         #: data (see ``read_answer``); None where the outputs are not its tensors alone.
         self._answer_layout = _answer_layout(model)
@@ -355,10 +371,11 @@ class StepCodec:
             if self._answer_layout is not None
             else b""
         )
-        #: Each output's raw_output_contents key and length, where the outputs are the engine's
-        #: answer's tensors in its order (``raw_response``); None otherwise.
-        self._raw_contents = (
-            tuple(_RAW_OUTPUT + varint(size) for *_, size in self._answer_layout[2])
+        #: Per output, where the outputs are the engine's answer's tensors in its order
+        #: (``raw_response``): its bytes before its data in the answer, its data size, and its
+        #: raw_output_contents key and length; None otherwise.
+        self._raw_pieces = (
+            tuple((prefix, size, _RAW_OUTPUT + varint(size)) for _, prefix, _, _, size in self._answer_layout[2])
             if self._answer_layout is not None and [t.name for t in model.outputs] == list(model.return_tensors)
             else None
         )
@@ -409,14 +426,15 @@ class StepCodec:
         except (IndexError, UnicodeDecodeError):  # cut short, or an id that is not UTF-8
             return None
         entry = data[at:end]
-        found = self._sequence_ids.get(entry)
-        if found is None:
-            found = _sequence_id(entry)
-            if found is None:
+        flags = self._sequence_ids.get(entry)
+        if flags is None:
+            sequence_id = _sequence_id(entry)
+            if sequence_id is None:
                 return None
             if len(self._sequence_ids) >= MAX_CACHED_SEQUENCE_IDS:
                 self._sequence_ids.clear()
-            self._sequence_ids[entry] = found
+            # The answer's parameters are field 4 as the request's are: its entry is these bytes.
+            flags = self._sequence_ids[entry] = SequenceFlags(sequence_id, False, False, entry)
         if not data.startswith(inputs, end):
             return None
         at = end + len(inputs)
@@ -428,7 +446,7 @@ class StepCodec:
             parts += (piece, data[at - size : at])
         if at != len(data):
             return None
-        return RawRequest(request_id, found[0], found[1], pb.Step.FromString(b"".join(parts)))
+        return RawRequest(request_id, flags, pb.Step.FromString(b"".join(parts)))
 
     def requested_outputs(self, request: oip.ModelInferRequest) -> Sequence[OipTensor]:
         """The outputs to answer with, in the request's order (every output when it names none)."""
@@ -455,9 +473,10 @@ class StepCodec:
         name, DataType and shape, then its data), and a duplicate's is that, marked: where the
         bytes are exactly that, the data is sliced out; anything else is parsed by protobuf.
         """
-        fixed = self._fixed_answer(answer, seq)
-        if fixed is not None:
-            at, duplicate, tensors = fixed
+        fixed = self._fixed_answer(answer, varint(seq))
+        if fixed is not None and self._answer_layout is not None:
+            at, duplicate = fixed
+            tensors = self._answer_layout[2]
             found: dict[str, NativeTensor] = {}
             for name, prefix, shape, number, data_size in tensors:
                 if not answer.startswith(prefix, at):
@@ -473,41 +492,40 @@ class StepCodec:
         native = {t.name: (t.data, tuple(t.shape), int(t.dtype)) for t in result.outputs[0].tensors}
         return NativeAnswer(result.seq, result.duplicate, native)
 
-    def _fixed_answer(self, answer: bytes, seq: int) -> tuple[int, bool, _AnswerTensors] | None:
-        """Where the engine's answer to ``seq`` starts and ends as the fixed layout's: where its first
-        tensor starts, whether it is a duplicate, the layout's tensors (each still to be compared)."""
+    def _fixed_answer(self, answer: bytes, encoded_seq: bytes) -> tuple[int, bool] | None:
+        """Where the engine's answer to the seq ``encoded_seq`` (a varint) starts and ends as the
+        fixed layout's: where its first tensor starts and whether it is a duplicate (the layout's
+        tensors are still to be compared)."""
         layout = self._answer_layout
         if layout is None:
             return None
-        head, size, tensors = layout
-        start = _RESULT_SEQ + varint(seq) + head
-        duplicate = len(answer) == len(start) + size + len(DUPLICATE_MARK) and answer.endswith(DUPLICATE_MARK)
-        if (duplicate or len(answer) == len(start) + size) and answer.startswith(start):
-            return len(start), duplicate, tensors
+        head, size, _ = layout
+        at = len(_RESULT_SEQ) + len(encoded_seq) + len(head)
+        duplicate = len(answer) == at + size + len(DUPLICATE_MARK) and answer.endswith(DUPLICATE_MARK)
+        if (duplicate or len(answer) == at + size) and answer.startswith(_RESULT_SEQ + encoded_seq + head):
+            return at, duplicate
         return None
 
-    def raw_response(self, request_id: str, sequence_id: bytes, answer: bytes, seq: int, framed: bool) -> bytes | None:
+    def raw_response(self, request_id: str, entry: bytes, answer: bytes, seq: int, framed: bool) -> bytes | None:
         """``response`` to a raw request for every output, written from the engine's answer (to
         ``seq``) where that has the fixed layout and the outputs are its tensors in its order, as a
         stream's ModelStreamInferResponse if ``framed``; None otherwise (``read_answer`` and
-        ``response`` then do it)."""
-        contents = self._raw_contents
-        fixed = self._fixed_answer(answer, seq) if contents is not None else None
-        if fixed is None or contents is None:
+        ``response`` then do it). ``entry``: the answer's sequence_id entry (``SequenceFlags.entry``)."""
+        pieces = self._raw_pieces
+        encoded_seq = varint(seq)
+        fixed = self._fixed_answer(answer, encoded_seq) if pieces is not None else None
+        if fixed is None or pieces is None:
             return None
-        at, duplicate, tensors = fixed
+        at, duplicate = fixed
         parts = [b"", self._header]
         if request_id:
             encoded = request_id.encode()
             parts.append(_ID + varint(len(encoded)) + encoded)
-        if sequence_id:
-            parts.append(self._sequence_id_entry(sequence_id))
-        encoded_seq = varint(seq)
-        parts.append(_SEQ_ENTRIES[len(encoded_seq)] + encoded_seq)
+        parts += (entry, _SEQ_ENTRIES[len(encoded_seq)], encoded_seq)
         if duplicate:
             parts.append(DUPLICATE_ENTRY)
         parts.append(self._raw_outputs)
-        for (_, prefix, _, _, data_size), content in zip(tensors, contents, strict=True):
+        for prefix, data_size, content in pieces:
             if not answer.startswith(prefix, at):
                 return None
             at += len(prefix)
@@ -520,21 +538,20 @@ class StepCodec:
     def response(
         self,
         request_id: str,
-        sequence_id: bytes,
+        entry: bytes,
         answer: NativeAnswer,
         outputs: Sequence[OipTensor],
         raw: bool,
     ) -> bytes:
         """The ModelInferResponse of a step's answer (with its tensors): its id, the echoed
-        ``sequence_id`` (an encoded InferParameter, b"" for none), the seq and duplicate
+        ``sequence_id`` (``entry``: ``SequenceFlags.entry``, b"" for none), the seq and duplicate
         parameters, and ``outputs`` raw (``raw``) or typed."""
         assert answer.tensors is not None
         parts = [self._header]
         if request_id:
             encoded = request_id.encode()
             parts.append(_ID + varint(len(encoded)) + encoded)
-        if sequence_id:
-            parts.append(self._sequence_id_entry(sequence_id))
+        parts.append(entry)
         seq = varint(answer.seq)
         parts.append(_SEQ_ENTRIES[len(seq)] + seq)
         if answer.duplicate:
@@ -556,14 +573,6 @@ class StepCodec:
                 parts.append(length_delimited(5, header + typed_contents_field(spec.datatype, data)))
         parts += raw_contents
         return b"".join(parts)
-
-    def _sequence_id_entry(self, sequence_id: bytes) -> bytes:
-        entry = self._sequence_id_entries.get(sequence_id)
-        if entry is None:
-            if len(self._sequence_id_entries) >= MAX_CACHED_SEQUENCE_IDS:
-                self._sequence_id_entries.clear()
-            entry = self._sequence_id_entries[sequence_id] = parameter_entry(_SEQUENCE_ID_NAME, sequence_id)
-        return entry
 
     def _output(self, spec: OipTensor, native: Mapping[str, NativeTensor]) -> tuple[bytes, tuple[int, ...]]:
         """An output's little-endian bytes and its shape [1, *shape]."""
@@ -642,9 +651,9 @@ def _request_layout(
     return inputs, contents
 
 
-def _sequence_id(entry: bytes) -> tuple[int, bytes] | None:
+def _sequence_id(entry: bytes) -> int | None:
     """The id of a ``sequence_id`` parameters entry holding an int64 > 0 exactly as protobuf writes
-    it (``_SEQUENCE_ID_ENTRIES``), and its InferParameter; None for any other bytes."""
+    it (``_SEQUENCE_ID_ENTRIES``); None for any other bytes."""
     width = len(entry) - len(_SEQUENCE_ID_ENTRIES[1])  # every prefix is as long: the value's length differs
     if not 1 <= width < len(_SEQUENCE_ID_ENTRIES) or not entry.startswith(_SEQUENCE_ID_ENTRIES[width]):
         return None
@@ -653,7 +662,7 @@ def _sequence_id(entry: bytes) -> tuple[int, bytes] | None:
         value |= (byte & 0x7F) << (7 * shift)
     if value == 0 or varint(value) != entry[-width:]:  # no id, or a varint protobuf would not write
         return None
-    return value, entry[-width - 1 :]
+    return value
 
 
 def native_array(tensor: NativeTensor) -> np.ndarray:
