@@ -64,6 +64,7 @@ class ModelRuntime:
             max_batch=settings.max_batch,
             max_delay_ms=settings.max_delay_ms,
             batching=settings.scheduler == "batched",
+            inline_call_us=settings.inline_call_us,
             metrics=metrics,
             calls=calls,
         )

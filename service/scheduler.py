@@ -9,7 +9,9 @@ every session run as one batch as soon as the last batch finishes (no fixed wait
 * gather and scatter run on the event loop, only the ORT call on the model's worker thread;
 * a step waits until this turn of the loop has enqueued its peers, so steps that arrive together
   batch together. A lone short step runs inline (the direct path); a Session stream stepping alone
-  runs inside ``submit`` (the fast lane) until another session's step turns the lane off;
+  runs inside ``submit`` (the fast lane) until another session's step turns the lane off; a
+  small batch whose calls have cost under ``inline_call_us`` of CPU runs inline too (sparse,
+  paced load: a hand-off to the worker and back costs more than such a call);
 * ``--scheduler none`` is the naive baseline: a batch-1 ``InferenceSession.run`` per step, in a
   loop callback after the handler yields (inside the handler it ran slower, flattering our ratio);
 * a failed call writes no state; a failed batch reruns one step at a time, so a bad step fails alone.
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 #: A lone step of at most this many time steps runs inline on the event loop (the direct path);
 #: a longer chunk goes to the worker thread, so it cannot stall the loop.
 INLINE_MAX_STEPS = 4
+#: The largest batch (of single steps) that may run inline when its calls are cheap (``inline_call_us``).
+INLINE_MAX_BATCH = 32
+#: Weight of the newest call in a batch size's moving average of CPU per call.
+CALL_COST_WEIGHT = 0.2
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +79,7 @@ class Scheduler:
         batching: bool,
         metrics: Metrics,
         calls: StepCalls | None = None,
+        inline_call_us: float = 0.0,
     ) -> None:
         self.model = model
         self.slabs = slabs
@@ -87,6 +94,12 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
         self._lone_row = -1
+        #: A batch of single steps runs inline when its size's calls cost less CPU than this.
+        self.inline_call_s = inline_call_us / 1e6
+        #: Per batch size (single steps, up to INLINE_MAX_BATCH): a moving average of a call's CPU
+        #: seconds on the thread that made it (``time.thread_time``: the compute, with ORT's one
+        #: intra-op thread, and not the wait for the GIL after it); inf until one was measured.
+        self._call_cpu = [float("inf")] * (INLINE_MAX_BATCH + 1)
         self._input_names = [t.name for t in model.manifest.inputs]
         self._output_names = [t.name for t in model.manifest.outputs]
         self._state_pairs = [(s.input, s.output) for s in model.manifest.state]
@@ -209,7 +222,7 @@ class Scheduler:
                 if len(batch) == 1 and batch[0].steps <= INLINE_MAX_STEPS:
                     self._run_inline(batch[0])
                 else:
-                    await self._run_batch(loop, batch)
+                    await self._run_batch(loop, batch, inline=self._cheap(batch))
             except asyncio.CancelledError:  # stop() during a batch: its steps must not wait forever
                 _fail(batch, SchedulerStopped("the server stopped while this step was running"))
                 raise
@@ -287,7 +300,7 @@ class Scheduler:
         self.slabs.gather_row(job.row, call.state)
         started = time.perf_counter()
         self._m_queue.observe(started - job.enqueued)
-        derived = self._call(call)
+        derived = self._call(call, 1, job.steps)
         self._record(started, 1, job.steps)
         self.slabs.scatter_row(job.row, call.new_state)
         reused = call.reused
@@ -295,16 +308,28 @@ class Scheduler:
         outputs.update((name, out[0]) for name, out in derived.items())
         _settle(job, outputs, None)
 
-    def _call(self, call: BatchCall) -> Arrays:
-        """The ORT call and the driver's postprocess (on the worker thread when batched)."""
+    def _cheap(self, batch: list[StepJob]) -> bool:
+        """Whether a batch runs inline: single steps, few, and calls of its size cost under ``inline_call_s``."""
+        count = len(batch)
+        return count <= INLINE_MAX_BATCH and batch[0].steps == 1 and self._call_cpu[count] < self.inline_call_s
+
+    def _call(self, call: BatchCall, count: int, steps: int) -> Arrays:
+        """The ORT call and the driver's postprocess (on the worker thread when batched), its CPU
+        time counted for its batch size (``count`` sessions of ``steps`` steps; see ``_call_cpu``)."""
         if self.on_call is not None:
             self.on_call(call)
+        started = time.thread_time()
         call.run()
         postprocess = self.postprocess
-        return postprocess(call.outputs) if postprocess is not None else {}
+        derived = postprocess(call.outputs) if postprocess is not None else {}
+        if steps == 1 and count <= INLINE_MAX_BATCH:
+            used, known = time.thread_time() - started, self._call_cpu[count]
+            self._call_cpu[count] = used if known == float("inf") else known + CALL_COST_WEIGHT * (used - known)
+        return derived
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob]) -> None:
-        """Gathers on the loop, computes on the worker thread, scatters on the loop."""
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob], inline: bool = False) -> None:
+        """Gathers on the loop, computes on the worker thread (on the loop too, if ``inline``),
+        scatters on the loop."""
         count, steps = len(batch), batch[0].steps
         call = self.calls.get(count, steps)
         for name, view in call.inputs.items():
@@ -315,7 +340,11 @@ class Scheduler:
         started = time.perf_counter()
         self._m_queue.observe_many([started - job.enqueued for job in batch])
         try:
-            derived = await loop.run_in_executor(self._executor, self._call, call)
+            derived = (
+                self._call(call, count, steps)
+                if inline
+                else await loop.run_in_executor(self._executor, self._call, call, count, steps)
+            )
         except Exception as exc:
             # Nothing was scattered: every session keeps its state. One step may have made the
             # whole call fail; run them one by one so only the faulty step fails, not its batch.

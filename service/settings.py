@@ -41,6 +41,8 @@ MAX_WORKERS = 256
 INT32_MAX = 2**31 - 1
 #: The longest a scheduler may hold a batch open to let it fill: past a second it is a typo.
 MAX_DELAY_MS = 1000.0
+#: The largest --inline-call-us: a call this long holds the event loop (and every stream) that long.
+MAX_INLINE_CALL_US = 10000.0
 
 
 def worker_count(text: str) -> str:
@@ -83,6 +85,15 @@ class Settings:
         metadata={
             "help": "wait up to this long for a batch to fill (0: run at once)",
             "type": float_in(0, MAX_DELAY_MS),
+        },
+    )
+    inline_call_us: float = field(
+        default=50.0,
+        metadata={
+            "help": "run a small batch of single steps on the event loop, not the ORT thread, when calls of "
+            "its size have cost under this much CPU (µs; 0: lone steps only). A hand-off to the thread and "
+            "back costs more than such a call",
+            "type": float_in(0, MAX_INLINE_CALL_US),
         },
     )
     ort_intra_threads: int = field(

@@ -17,6 +17,7 @@ float tolerance, not bitwise; the tiny model's logits are O(1), so 1e-5 is ~1e-5
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,10 +234,17 @@ class Recorder:
     """
 
     def __init__(
-        self, model: LoadedModel, *, max_batch: int = 256, io_binding: bool = True, memory: str = "host"
+        self,
+        model: LoadedModel,
+        *,
+        max_batch: int = 256,
+        io_binding: bool = True,
+        memory: str = "host",
+        inline_call_us: float = 0.0,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
+        self.inline_call_us = inline_call_us
         self.slabs = make_slabs(model, memory, 4)
         settings = Settings(state_memory=memory, io_binding=io_binding, max_batch=max_batch)
         self.calls = build_calls(model, settings)
@@ -253,6 +261,7 @@ class Recorder:
             batching=True,
             metrics=Metrics(),
             calls=self.calls,
+            inline_call_us=self.inline_call_us,
         )
         scheduler.on_batch = self.record
         scheduler.on_call = self.on_call
@@ -417,6 +426,45 @@ def test_a_lone_streams_step_runs_inside_submit_and_a_second_session_brings_batc
     mine = np.stack([out["logits"][0] for out in (first, second, third, fourth)])
     np.testing.assert_allclose(mine, offline_lm.logits("hell"), atol=TOLERANCE)
     np.testing.assert_allclose(other["logits"][0], offline_lm.logits("x")[0], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("inline_call_us", [0.0, 10_000.0])
+def test_a_small_batch_runs_on_the_loop_once_calls_of_its_size_proved_cheap(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str, inline_call_us: float
+) -> None:
+    """Under ``inline_call_us`` a batch of single steps runs on the event loop's thread, once a call
+    of its size was measured; a chunk never does, and the answers are the same either way."""
+    recorder = Recorder(tiny_model, memory=memory, inline_call_us=inline_call_us)
+    rows = [recorder.slabs.allocate() for _ in range(3)]
+    threads: list[tuple[int, bool]] = []  # per model call: its rows, and whether it ran on the loop's thread
+    recorder.on_call = lambda call: threads.append(
+        (len(call.inputs["char_id"]), threading.current_thread() is threading.main_thread())
+    )
+    text = "abcd"
+
+    async def main() -> list[list[Any]]:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            rounds = []
+            for ch in text:  # three sessions' steps together, four times
+                ids = _ids(offline_lm, ch)
+                rounds.append(await asyncio.gather(*(scheduler.run(row, {"char_id": ids}, 1) for row in rows)))
+            chunks = _ids(offline_lm, "ef")  # two steps each: a chunk, never inline
+            rounds.append(await asyncio.gather(*(scheduler.run(row, {"char_id": chunks}, 2) for row in rows)))
+            return rounds
+        finally:
+            await scheduler.stop()
+
+    rounds = asyncio.run(main())
+    on_loop = [loop for rows_in_call, loop in threads if rows_in_call == len(rows)]
+    expected = (
+        [False] + [inline_call_us > 0] * (len(text) - 1) + [False]
+    )  # the first call of 3 is measured on the worker
+    assert on_loop == expected
+    for row_index in range(len(rows)):
+        logits = np.concatenate([outputs[row_index]["logits"] for outputs in rounds])
+        np.testing.assert_allclose(logits, offline_lm.logits(text + "ef"), atol=TOLERANCE)
 
 
 def test_a_failing_step_on_the_fast_lane_fails_alone_and_writes_no_state(
