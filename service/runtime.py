@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 #: a larger call (a long prompt chunk of many sessions at once) allocates its own arrays.
 MAX_BOUND_STEPS_PER_SESSION = 64
 
-#: How often a thread that holds the GIL is asked to hand it over (Python's default is 5 ms).
-#: A batch is handed to the ORT worker thread and back, and each hand-off needs the GIL while
-#: the event loop thread is busy decoding and answering: with 5 ms, a batch could wait up to two
-#: intervals for the GIL around its call. What 200 µs bought: docs/benchmarks.md, "GIL switch
-#: interval".
-GIL_SWITCH_INTERVAL_S = 200e-6
-
 
 @dataclass
 class ModelRuntime:
@@ -124,6 +117,7 @@ class Runtimes:
 
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
         self.registry = registry
+        self.gil_switch_interval_s = settings.gil_switch_interval_us / 1e6
         self._by_key = {m.key: ModelRuntime.build(m, settings, metrics) for m in registry}
 
     def get(self, name: str, version: str = "") -> ModelRuntime:
@@ -134,7 +128,7 @@ class Runtimes:
 
     def start(self) -> None:
         if any(runtime.scheduler.batching for runtime in self._by_key.values()):
-            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+            sys.setswitchinterval(self.gil_switch_interval_s)
         for runtime in self._by_key.values():
             runtime.scheduler.start()
 

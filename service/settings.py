@@ -43,6 +43,8 @@ INT32_MAX = 2**31 - 1
 MAX_DELAY_MS = 1000.0
 #: The largest --inline-call-us: a call this long holds the event loop (and every stream) that long.
 MAX_INLINE_CALL_US = 10000.0
+#: The GIL switch interval's range (µs): below 10 the threads do little but hand the GIL over.
+MIN_GIL_SWITCH_INTERVAL_US, MAX_GIL_SWITCH_INTERVAL_US = 10.0, 100000.0
 
 
 def worker_count(text: str) -> str:
@@ -94,6 +96,15 @@ class Settings:
             "its size have cost under this much CPU (µs; 0: lone steps only). A hand-off to the thread and "
             "back costs more than such a call",
             "type": float_in(0, MAX_INLINE_CALL_US),
+        },
+    )
+    gil_switch_interval_us: float = field(
+        default=200.0,
+        metadata={
+            "help": "how often a thread holding the GIL is asked to hand it over (µs; Python's default is 5000). "
+            "Each batch goes to the ORT thread and back; with 5 ms a batch could wait up to two intervals "
+            "for the GIL around its call (docs/benchmarks.md, 'GIL switch interval')",
+            "type": float_in(MIN_GIL_SWITCH_INTERVAL_US, MAX_GIL_SWITCH_INTERVAL_US),
         },
     )
     ort_intra_threads: int = field(
