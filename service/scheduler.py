@@ -34,6 +34,7 @@ from service.calls import BatchCall, StepCalls
 from service.contract import Arrays
 from service.errors import SchedulerStopped
 from service.metrics import Metrics
+from service.process import name_os_thread
 from service.registry import LoadedModel
 from service.slabs import Slabs
 
@@ -90,7 +91,12 @@ class Scheduler:
         self._pending: deque[StepJob] = deque()
         self._wakeup = asyncio.Event()
         self._busy = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.manifest.name}")
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"ort-{model.manifest.name}",
+            initializer=name_os_thread,
+            initargs=(f"ort-{model.manifest.name}",),
+        )
         self._task: asyncio.Task[None] | None = None
         #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
         self._lone_row = -1

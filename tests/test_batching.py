@@ -17,6 +17,7 @@ float tolerance, not bitwise; the tiny model's logits are O(1), so 1e-5 is ~1e-5
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -465,6 +466,19 @@ def test_a_small_batch_runs_on_the_loop_once_calls_of_its_size_proved_cheap(
     for row_index in range(len(rows)):
         logits = np.concatenate([outputs[row_index]["logits"] for outputs in rounds])
         np.testing.assert_allclose(logits, offline_lm.logits(text + "ef"), atol=TOLERANCE)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="OS thread names are read from /proc (Linux)")
+def test_the_models_worker_thread_carries_its_name_to_the_os(tiny_model: LoadedModel, offline_lm: OfflineLM) -> None:
+    """``top -H``, py-spy and the bench's per-thread CPU see the ORT worker as ``ort-<model>``."""
+    recorder = Recorder(tiny_model)
+    rows = [recorder.slabs.allocate() for _ in range(2)]
+    names: list[str] = []
+    recorder.on_call = lambda call: names.append(
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+    )
+    _run_jobs(recorder, [(row, _ids(offline_lm, "a")) for row in rows])  # a batch of two: the worker's
+    assert names == [f"ort-{tiny_model.manifest.name}"[:15]]
 
 
 def test_a_failing_step_on_the_fast_lane_fails_alone_and_writes_no_state(
