@@ -90,7 +90,7 @@ class Settings:
         },
     )
     inline_call_us: float = field(
-        default=50.0,
+        default=150.0,
         metadata={
             "help": "run a small batch of single steps on the event loop, not the ORT thread, when calls of "
             "its size have cost under this much CPU (µs; 0: lone steps only). A hand-off to the thread and "
