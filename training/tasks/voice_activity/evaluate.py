@@ -8,6 +8,8 @@ frames of all calls in each condition ``C`` of clean, snr20, snr10, snr5:
 - ``C_f1``: frame F1 of ``p >= 0.5`` against the labels;
 - ``C_auc``: ROC AUC of p against the labels (ties count half);
 
+both by scikit-learn's metrics (``f1_score``, ``roc_auc_score``),
+
 and at 10 dB SNR the speech segments that the served driver's own event state machine makes
 (``SpeechTracker``: VADIterator's, default options): ``snr10_utterances_found``, the fraction of
 utterances where a segment starts (after the previous utterance, before this one's end: an
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import f1_score, roc_auc_score
 
 from service.contract import ContractError, Manifest
 from service.drivers.voice_activity import FRAME_SAMPLES, NO_EVENTS_YET, SPEECH_START, SpeechTracker, VadOptions
@@ -29,24 +32,6 @@ from training.tasks.voice_activity.calls import Calls, make_calls
 
 THRESHOLD = 0.5
 SEGMENTS_AT = "snr10"
-
-
-def f1_score(probabilities: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD) -> float:
-    """F1 of ``probabilities >= threshold`` against boolean ``labels``: 2 tp / (2 tp + fp + fn)."""
-    said = probabilities >= threshold
-    tp = int(np.sum(said & labels))
-    wrong = int(np.sum(said != labels))
-    return 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The chance a speech frame scores above a non-speech frame (ties count half): Mann-Whitney U over n+ n-."""
-    order = np.argsort(scores, kind="stable")
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, ties at their mean rank
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def speech_segments(probabilities: np.ndarray, rate: int, frame: int) -> list[tuple[int, int]]:
@@ -104,8 +89,9 @@ def evaluate(folder: Path, progress: bool = False) -> dict[str, Any]:
     probabilities = probabilities_of(folder, manifest, calls)
     scores: dict[str, Any] = {"model": manifest.name}
     for condition, heard in zip(calls.conditions, probabilities, strict=True):
-        scores[f"{condition}_f1"] = f1_score(heard.ravel(), calls.labels.ravel())
-        scores[f"{condition}_auc"] = roc_auc(heard.ravel(), calls.labels.ravel())
+        heard, labels = heard.ravel(), calls.labels.ravel()
+        scores[f"{condition}_f1"] = float(f1_score(labels, heard >= THRESHOLD))
+        scores[f"{condition}_auc"] = float(roc_auc_score(labels, heard))
     found = false = 0
     for heard, utterances in zip(probabilities[calls.conditions.index(SEGMENTS_AT)], calls.utterances, strict=True):
         in_call = segment_scores(speech_segments(heard, rate, FRAME_SAMPLES[rate]), utterances)
