@@ -23,13 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest.cells import STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
+from loadtest.cells import BY_THREAD, STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
 from loadtest.flags import CountList
 from loadtest.load import LoadResult, create_sessions
 from loadtest.machine import NoiseGuard
 from loadtest.ortrate import OrtBench
 from loadtest.scale import run_scale, scale_targets
-from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
+from loadtest.servers import THREAD_BUCKETS, ServerProcess, echo_command, minimal_command, serve_command
 from loadtest.vad_calls import bench_vad_calls
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in
@@ -352,6 +352,7 @@ def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] 
             f"{row.variant:<12} {row.streams:>7} {row.steps_per_message:>9} {row.messages_per_s:>8.0f} "
             f"{row.steps_per_s:>9.0f} {row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {cpu:>11}  {vs}"
         )
+    lines += thread_block(rows)
     if memory is not None:
         lines += [
             "",
@@ -367,6 +368,27 @@ def format_table(rows: list[Row], targets: list[Target], memory: dict[str, Any] 
             f"  [{status}] {target.name}: {target.value:.2f} (target {sign} {target.threshold}) {target.detail}"
         )
     return "\n".join(lines)
+
+
+def thread_block(rows: list[Row]) -> list[str]:
+    """Each row's server CPU per step by thread bucket (``servers.thread_cpu_seconds``), after the table.
+
+    Rows without a split (ORT alone, a server of several processes) are left out; so is the
+    block when no row has one.
+    """
+    split = [row for row in rows if row.extra.get(BY_THREAD)]
+    if not split:
+        return []
+    columns = f"{'variant':<12} {'streams':>7} " + " ".join(f"{name:>8}" for name in THREAD_BUCKETS)
+    lines = ["", "server CPU per step by thread (us):", columns]
+    for row in split:
+        cells = " ".join(_us(row.extra[BY_THREAD].get(name)) for name in THREAD_BUCKETS)
+        lines.append(f"{row.variant:<12} {row.streams:>7} {cells}")
+    return lines
+
+
+def _us(value: float | None) -> str:
+    return f"{'':>8}" if value is None else f"{value:>8.1f}"
 
 
 #: The most streams (or sessions) a row may drive: the server's default ``--max-streams``.

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtest.load import LoadResult, LoadSpec, model_fields, model_inputs, run_load
-from loadtest.servers import ServerProcess
+from loadtest.servers import THREAD_BUCKETS, ServerProcess
 from service.contract import Manifest
 
 STREAMS_FULL = (1, 64, 256, 1024)
 STREAMS_QUICK = (1, 256)
+#: A row's ``extra`` key (and JSON field): the server's CPU µs per step of each thread bucket.
+BY_THREAD = "cpu_us_per_step_by_thread"
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,12 @@ def measure(cell: Cell, server: ServerProcess, plan: Plan, model: Manifest) -> L
         **model_fields(model),
     )
     return run_load(
-        spec, workers=workers, warmup_s=plan.warmup_s, duration_s=plan.duration_s, cpu_seconds=server.cpu_seconds
+        spec,
+        workers=workers,
+        warmup_s=plan.warmup_s,
+        duration_s=plan.duration_s,
+        cpu_seconds=server.cpu_seconds,
+        thread_cpu_seconds=server.thread_cpu_seconds,
     )
 
 
@@ -183,7 +190,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def summarize(cell: Cell, results: list[LoadResult]) -> Row:
-    return Row(
+    """The median over ``results`` of each measure; with every run's thread split, its medians in ``extra``."""
+    row = Row(
         variant=cell.variant,
         streams=cell.streams,
         steps_per_message=cell.steps_per_message,
@@ -196,3 +204,9 @@ def summarize(cell: Cell, results: list[LoadResult]) -> Row:
         response_bytes=median([r.bytes_per_message for r in results]),
         repeats=len(results),
     )
+    by_thread = [r.cpu_us_per_step_by_thread for r in results]
+    if by_thread and all(by_thread):
+        row.extra[BY_THREAD] = {
+            name: rounded(median([split.get(name, math.nan) for split in by_thread]), 1) for name in THREAD_BUCKETS
+        }
+    return row

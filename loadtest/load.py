@@ -105,6 +105,8 @@ class LoadResult:
     latencies_s: np.ndarray
     server_cpu_s: float
     response_bytes: int
+    #: The server's CPU seconds in the window per thread bucket (``servers.THREAD_BUCKETS``); {}: no split.
+    server_cpu_by_thread_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def messages_per_s(self) -> float:
@@ -122,6 +124,14 @@ class LoadResult:
     @property
     def cpu_us_per_step(self) -> float:
         return self.server_cpu_s / self.steps * 1e6 if self.steps else float("nan")
+
+    @property
+    def cpu_us_per_step_by_thread(self) -> dict[str, float]:
+        """``cpu_us_per_step`` of each thread bucket ({} without a split)."""
+        return {
+            name: cpu_s / self.steps * 1e6 if self.steps else float("nan")
+            for name, cpu_s in self.server_cpu_by_thread_s.items()
+        }
 
     @property
     def bytes_per_message(self) -> float:
@@ -337,10 +347,15 @@ def run_load(
     workers: int,
     warmup_s: float,
     duration_s: float,
-    cpu_seconds: Any,
+    cpu_seconds: Callable[[], float],
+    thread_cpu_seconds: Callable[[], dict[str, float]] = dict,
     open_timeout_s: float = 120.0,
 ) -> LoadResult:
-    """Runs ``spec.streams`` streams over ``workers`` processes; ``cpu_seconds()`` reads the server's CPU."""
+    """Runs ``spec.streams`` streams over ``workers`` processes; ``cpu_seconds()`` reads the server's CPU.
+
+    ``thread_cpu_seconds()`` reads it per thread bucket (``ServerProcess.thread_cpu_seconds``),
+    beside the total at both edges of the window; the default reads no split.
+    """
     context = mp.get_context("spawn")
     processes: list[Any] = []
     pipes: list[Connection] = []
@@ -362,9 +377,9 @@ def run_load(
         for pipe in pipes:
             pipe.send((go, measure, end))
         time.sleep(max(0.0, measure - time.monotonic()))
-        cpu_start = cpu_seconds()
+        cpu_start, threads_start = cpu_seconds(), thread_cpu_seconds()
         time.sleep(max(0.0, end - time.monotonic()))
-        cpu_end = cpu_seconds()
+        cpu_end, threads_end = cpu_seconds(), thread_cpu_seconds()
         results = [_expect(pipe, None, open_timeout_s) for pipe in pipes]
     finally:
         for process in processes:
@@ -381,6 +396,9 @@ def run_load(
         latencies_s=latencies,
         server_cpu_s=cpu_end - cpu_start,
         response_bytes=sum(r.response_bytes for r in results),
+        server_cpu_by_thread_s={
+            name: threads_end[name] - threads_start[name] for name in threads_start if name in threads_end
+        },
     )
 
 

@@ -75,6 +75,8 @@ class ServerProcess:
     start_timeout_s: float = 120.0
     process: subprocess.Popen[str] | None = None
     port: int = 0
+    #: grpc.aio's poller thread(s), found once the server listens (``aio_pollers``).
+    pollers: frozenset[int] = frozenset()
     _log: deque[str] = field(default_factory=lambda: deque(maxlen=50))
 
     def __enter__(self) -> ServerProcess:
@@ -107,6 +109,7 @@ class ServerProcess:
         )
         try:
             self.port = self._wait_for_port()
+            self.pollers = aio_pollers(self.pid)
         except BaseException:
             self.stop()
             raise
@@ -158,8 +161,95 @@ class ServerProcess:
                 total += times.user + times.system
         return total
 
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """``thread_cpu_seconds`` of this server's process; {} for a server of several processes.
+
+        A server with child processes (``--workers``: its workers and a private redis-server) has
+        no split: a child that is not a Python server has no loop or gRPC threads to tell apart,
+        and its CPU would land in the wrong bucket. Nor has an object that started no process.
+        """
+        if self.process is None:
+            return {}
+        process = psutil.Process(self.pid)
+        if process.children(recursive=True):
+            return {}
+        return thread_cpu_seconds(self.pid, self.pollers)
+
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 
     def recent_output(self) -> str:
         return "\n".join(self._log)
+
+
+#: The buckets of ``thread_cpu_seconds``, in the order the bench prints them.
+THREAD_BUCKETS = ("loop", "python", "grpc")
+
+
+def thread_cpu_seconds(pid: int, pollers: frozenset[int] = frozenset()) -> dict[str, float]:
+    """User + system CPU seconds so far of one process's live threads, in ``THREAD_BUCKETS``.
+
+    ``loop``: its main thread (the event loop; the bare servers run ONNX Runtime on it too).
+    ``python``: statestream's ORT worker (it names itself ``ort-<model>``) and the threads that
+    keep the process's OS name, which Python and native libraries start (ONNX Runtime's and
+    OpenBLAS's pools), but for ``pollers``. ``grpc``: gRPC's threads: ``pollers``
+    (``aio_pollers``) and the threads gRPC's core names (``grpc_global_tim``, ``event_engine``...).
+    A thread that has ended is in no bucket (its CPU leaves ``/proc/PID/task`` with it).
+    """
+    main_name = thread_name(pid, pid)
+    split = dict.fromkeys(THREAD_BUCKETS, 0.0)
+    for thread in psutil.Process(pid).threads():
+        cpu_s = thread.user_time + thread.system_time
+        if thread.id == pid:
+            split["loop"] += cpu_s
+        elif thread.id not in pollers and _own_thread(thread_name(pid, thread.id), main_name):
+            split["python"] += cpu_s
+        else:
+            split["grpc"] += cpu_s
+    return split
+
+
+#: How statestream's scheduler names its ORT worker thread to the OS (service.process.name_os_thread).
+ORT_WORKER_PREFIX = "ort-"
+
+
+def _own_thread(name: str, main_name: str) -> bool:
+    """Whether a thread of this name is the server's own (the ``python`` bucket) rather than gRPC's."""
+    return name in (main_name, "") or name.startswith(ORT_WORKER_PREFIX)
+
+
+def aio_pollers(pid: int, looks: int = 5) -> frozenset[int]:
+    """The threads of an idle server that keep the process's name and wait in epoll: grpc.aio's poller.
+
+    grpc.aio polls its completion queue from a Python thread (``_poll_wrapper``), so the thread
+    has no name of its own; of the unnamed threads besides the main one, only it waits in epoll
+    while the server is idle (the ORT worker and the native pools wait on futexes). Read
+    ``looks`` times 10 ms apart, in case it was awake at one; empty where the kernel hides
+    the wait channel.
+    """
+    main_name = thread_name(pid, pid)
+    found: set[int] = set()
+    for look in range(looks):
+        for thread in psutil.Process(pid).threads():
+            if thread.id != pid and thread_name(pid, thread.id) == main_name and _in_epoll(pid, thread.id):
+                found.add(thread.id)
+        if look + 1 < looks:
+            time.sleep(0.01)
+    return frozenset(found)
+
+
+def _in_epoll(pid: int, tid: int) -> bool:
+    """Whether thread ``tid`` of ``pid`` sleeps in epoll (its kernel wait channel: ``do_epoll_wait``, ``ep_poll``)."""
+    try:
+        channel = Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip()
+    except OSError:
+        return False
+    return "epoll" in channel or channel.startswith("ep_")
+
+
+def thread_name(pid: int, tid: int) -> str:
+    """The OS name of thread ``tid`` of ``pid`` (Linux), or "" when it has ended."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""

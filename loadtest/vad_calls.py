@@ -32,11 +32,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 
 from loadtest.call_audio import call_audio
 from loadtest.load import split
-from loadtest.servers import ServerProcess, serve_command
+from loadtest.servers import THREAD_BUCKETS, ServerProcess, serve_command
 from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
 from service.command import EXIT_USAGE, CommandError
@@ -167,10 +166,11 @@ class Rung:
     late_sends: int
     errors: int
     lost: int
-    loop_cpu: float  # CPU seconds per second of the server's main (event-loop) thread
-    ort_cpu: float  # ... of its other Python threads: ONNX Runtime's worker (none in the baseline)
-    grpc_cpu: float  # ... of gRPC's own threads
-    load_cpu: float  # ... of the load processes
+    #: CPU seconds per second of each of the server's thread buckets (ServerProcess.thread_cpu_seconds):
+    loop_cpu: float  # its main (event-loop) thread
+    ort_cpu: float  # its other Python threads: ONNX Runtime's worker (none in the baseline) and pools
+    grpc_cpu: float  # gRPC's own threads, grpc.aio's poller included
+    load_cpu: float  # CPU seconds per second of the load processes
 
     @property
     def held(self) -> bool:
@@ -178,33 +178,6 @@ class Rung:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "held": self.held}
-
-
-def server_cpu_s(pid: int) -> tuple[float, float, float]:
-    """CPU seconds so far of the server's main thread, its other Python threads, and gRPC's threads.
-
-    Told apart by the OS thread name: gRPC's core names its threads (``grpc_global_tim``,
-    ``event_engine``, ...), while the threads Python starts (the scheduler's ONNX Runtime worker,
-    ORT's own pool) keep the process's name."""
-    main_name = thread_name(pid, pid)
-    loop = own = grpc_threads = 0.0
-    for thread in psutil.Process(pid).threads():
-        cpu_s = thread.user_time + thread.system_time
-        if thread.id == pid:
-            loop += cpu_s
-        elif thread_name(pid, thread.id) in (main_name, ""):
-            own += cpu_s
-        else:
-            grpc_threads += cpu_s
-    return loop, own, grpc_threads
-
-
-def thread_name(pid: int, tid: int) -> str:
-    """The OS name of thread ``tid`` of ``pid`` (Linux), or "" when it has ended."""
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def measure_rung(server: ServerProcess, name: str, model: str, calls: int, processes: int, window_s: float) -> Rung:
@@ -228,9 +201,9 @@ def measure_rung(server: ServerProcess, name: str, model: str, calls: int, proce
         for pipe in pipes:
             pipe.send((go, measure, end))
         time.sleep(max(0.0, measure - time.monotonic()))
-        cpu_start = server_cpu_s(server.pid)
+        cpu_start = server.thread_cpu_seconds()
         time.sleep(max(0.0, end - time.monotonic()))
-        cpu_end = server_cpu_s(server.pid)
+        cpu_end = server.thread_cpu_seconds()
         reports: list[WorkerReport] = [_receive(pipe, window_s + 120.0) for pipe in pipes]
     finally:
         for worker in workers:
@@ -238,9 +211,7 @@ def measure_rung(server: ServerProcess, name: str, model: str, calls: int, proce
             if worker.is_alive():
                 worker.kill()  # our own child, by its PID
     stats = [call for report in reports for call in report.calls]
-    loop_cpu, ort_cpu, grpc_cpu = (
-        (after - before) / window_s for before, after in zip(cpu_start, cpu_end, strict=True)
-    )
+    loop_cpu, ort_cpu, grpc_cpu = ((cpu_end[name] - cpu_start[name]) / window_s for name in THREAD_BUCKETS)
     held = [s for s in stats if s.p99_ms() < HELD_P99_MS and not s.late and not s.errors and not s.lost]
     return Rung(
         name,

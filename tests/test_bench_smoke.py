@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, slo
 from loadtest.bench import main, targets_of
-from loadtest.cells import Plan, Row
+from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
 from service import answer_bytes
 from service.api import statestream_pb2 as pb
@@ -100,6 +101,10 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     assert abs(echo["response_bytes"] - ours["response_bytes"]) <= 8
     assert abs(minimal["response_bytes"] - ours["response_bytes"]) <= 8  # the same top-5 answers
     assert set(ours["vs"]) == {"echo_messages_per_s", "naive_steps_per_s", "minimal_steps_per_s", "minimal_p50"}
+    for row in load:
+        assert_split_sums_to_the_total(row)
+    # grpc.aio's poller is gRPC's: echo, which starts no thread of its own, has nothing in "python".
+    assert echo["cpu_us_per_step_by_thread"]["python"] == 0
     memory = next(r for r in rows if r["kind"] == "memory")
     assert memory["sessions"] == 200 and memory["state_bytes_per_session"] > 0
     targets = [r for r in rows if r["kind"] == "target"]
@@ -114,6 +119,23 @@ def test_a_tiny_bench_run_reports_every_variant_and_stops_its_servers(
     alive = [psutil.Process(p) for p in leftover if psutil.pid_exists(p)]
     running = [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not [c for c in running if not any("resource_tracker" in part for part in c)]
+
+
+def assert_split_sums_to_the_total(row: dict[str, Any], window_s: float = 0.4) -> None:
+    """A load row's server CPU per step by thread: the three buckets, summing to about its total.
+
+    /proc counts CPU time in clock ticks, per thread for the split and once for the process, so
+    they may differ by a few ticks over the window, on top of 15 %; ORT rows (no server) have none.
+    """
+    if row["kind"] == "ort":
+        assert "cpu_us_per_step_by_thread" not in row
+        return
+    split = row["cpu_us_per_step_by_thread"]
+    assert list(split) == ["loop", "python", "grpc"] and all(v >= 0 for v in split.values()), row
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    steps = row["steps_per_s"] * window_s
+    total = row["server_cpu_us_per_step"]
+    assert abs(sum(split.values()) - total) <= 0.15 * total + 5 * tick_us / steps, row
 
 
 def test_the_minimal_variant_on_a_tensor_model_reports_statestream_against_it(
@@ -187,6 +209,32 @@ def test_the_residual_target_is_statestreams_cpu_less_echos_and_orts_at_256_stre
     assert not [t for t in targets_of(rows, None, plan) if "ORT CPU/step" in t.name]
 
 
+def test_the_table_keeps_its_columns_and_adds_each_rows_cpu_by_thread_after_them() -> None:
+    def row(variant: str, cpu: float, split: dict[str, float] | None) -> Row:
+        extra = {BY_THREAD: split} if split else {}
+        return Row(variant, 256, 1, 1000, 1000, 1.0, 2.0, server_cpu_us_per_step=cpu, extra=extra)
+
+    rows = [
+        row("minimal", 300.0, {"loop": 250.0, "python": 10.0, "grpc": 40.0}),
+        row("statestream", 200.0, {"loop": 120.5, "python": 60.0, "grpc": 19.5}),
+        row("ort", 97.5, None),
+    ]
+    lines = bench.format_table(rows, [], None, "header").splitlines()
+    columns = ["variant", "streams", "steps/msg", "msg/s", "steps/s", "p50", "ms", "p99", "ms", "CPU", "us/step"]
+    assert lines[2].split() == [*columns, "vs"]  # the main table's columns, as before
+    assert lines[4].split()[:8] == ["minimal", "256", "1", "1000", "1000", "1.00", "2.00", "300"]
+    block = lines[lines.index("server CPU per step by thread (us):") :]
+    assert block[1].split() == ["variant", "streams", "loop", "python", "grpc"]
+    assert [line.split() for line in block[2:4]] == [
+        ["minimal", "256", "250.0", "10.0", "40.0"],
+        ["statestream", "256", "120.5", "60.0", "19.5"],
+    ]
+    assert block[4] == ""  # ORT alone has no server threads: no line, and the targets follow
+    assert lines.index("server CPU per step by thread (us):") < lines.index("targets (ratios from this run):")
+    no_split = [row("echo", 100.0, None)]
+    assert "by thread" not in bench.format_table(no_split, [], None, "header")
+
+
 @pytest.mark.parametrize("arrivals", ["spread", "together"])
 def test_paced_load_offers_every_row_the_same_rate_and_judges_no_speed_target(
     tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str], arrivals: str
@@ -209,6 +257,7 @@ def test_paced_load_offers_every_row_the_same_rate_and_judges_no_speed_target(
     bound = streams * (window_s * rate / streams + 1) / window_s
     for row in load_rows:
         assert row["errors"] == 0 and 0 < row["messages_per_s"] <= bound, row
+        assert set(row["cpu_us_per_step_by_thread"]) == {"loop", "python", "grpc"}  # paced rows too
     # The targets are defined on closed-loop load: none is judged on paced load (no memory row here).
     assert not [r for r in rows if r["kind"] == "target"]
 

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from loadtest import bench, vad_calls, vad_hotpath
+from loadtest.servers import thread_cpu_seconds, thread_name
 from loadtest.vad_calls import started
 from service.client.sdk import Client
 from tests.conftest import ROOT
@@ -45,15 +46,21 @@ def test_the_vad_ladder_measures_both_servers(capsys: pytest.CaptureFixture[str]
 
 def test_the_cpu_split_tells_grpcs_threads_from_the_servers_own() -> None:
     """A real server's threads: its loop, its ORT worker (busy: chunks past the direct path), and
-    gRPC's named threads (nearly idle under asyncio: counted apart, whatever they spend)."""
+    gRPC's threads: its named ones and grpc.aio's poller, a Python thread found waiting in epoll."""
     with started("statestream", ROOT / "models") as server, Client(server.target) as client:
+        (poller,) = server.pollers
         session = client.open("silero_vad")
         for _ in range(40):  # 40 chunks of 8 frames: past the direct path, on the ORT worker thread
             session.step(tensors={"audio": np.zeros(8 * 512, np.int16)})
-        loop, own, grpc_threads = vad_calls.server_cpu_s(server.pid)
-        names = {vad_calls.thread_name(server.pid, t.id) for t in psutil.Process(server.pid).threads()}
-    assert loop > 0 and own > 0 and grpc_threads >= 0
+        split = server.thread_cpu_seconds()
+        names = {thread_name(server.pid, t.id) for t in psutil.Process(server.pid).threads()}
+        poller_named_as_process = thread_name(server.pid, poller) == thread_name(server.pid, server.pid)
+        alone = thread_cpu_seconds(server.pid)  # without the poller: it counts as one of the process's own
+    assert list(split) == ["loop", "python", "grpc"]
+    assert split["loop"] > 0 and split["python"] > 0 and split["grpc"] >= 0
     assert "grpc_global_tim" in names and len(names) > 2  # the process's name, and gRPC's threads' own
+    assert poller_named_as_process  # unnamed: only its wait tells it apart
+    assert math.isclose(sum(alone.values()), sum(split.values()), abs_tol=0.05)  # moved, not lost
 
 
 @pytest.mark.parametrize("via", ["step", "run"])
