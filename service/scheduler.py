@@ -6,12 +6,10 @@ every session run as one batch as soon as the last batch finishes (no fixed wait
 
 * a batch holds at most ``max_batch`` steps of one chunk length K, never two of one session;
   steps passed over stay at the head of the queue, so each session's order holds;
-* gather and scatter run on the event loop, only the ORT call on the model's worker thread;
-* a step waits until this turn of the loop has enqueued its peers, so steps that arrive together
-  batch together. A lone short step runs inline (the direct path); a Session stream stepping alone
-  runs inside ``submit`` (the fast lane) until another session's step turns the lane off; a
-  small batch whose calls have cost under ``inline_call_us`` of CPU runs inline too (sparse,
-  paced load: a hand-off to the worker and back costs more than such a call);
+* gather and scatter run on the event loop, the ORT call on the model's worker thread (but see below);
+* steps that arrive in one turn of the loop batch together. A lone short step runs inline (the
+  direct path), a lone Session stream's inside ``submit`` (the fast lane), and a small batch too
+  when calls of its size cost under ``inline_call_us`` of CPU (less than a hand-off to the worker);
 * ``--scheduler none`` is the naive baseline: a batch-1 ``InferenceSession.run`` per step, in a
   loop callback after the handler yields (inside the handler it ran slower, flattering our ratio);
 * a failed call writes no state; a failed batch reruns one step at a time, so a bad step fails alone.

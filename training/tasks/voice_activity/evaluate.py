@@ -5,10 +5,8 @@ folder's rate (the import spec's ``sr``), run through ``step.onnx`` as the serve
 frame per step, the state threaded from step to step, all calls in one batch. Scores, over the
 frames of all calls in each condition ``C`` of clean, snr20, snr10, snr5:
 
-- ``C_f1``: frame F1 of ``p >= 0.5`` against the labels;
-- ``C_auc``: ROC AUC of p against the labels (ties count half);
-
-both by scikit-learn's metrics (``f1_score``, ``roc_auc_score``),
+- ``C_f1``: frame F1 of ``p >= 0.5`` against the labels (scikit-learn's ``f1_score``);
+- ``C_auc``: ROC AUC of p against the labels (its ``roc_auc_score``: ties count half);
 
 and at 10 dB SNR the speech segments that the served driver's own event state machine makes
 (``SpeechTracker``: VADIterator's, default options): ``snr10_utterances_found``, the fraction of
