@@ -16,12 +16,13 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from loadtest.cells import BY_THREAD, STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
 from loadtest.flags import CountList
@@ -438,11 +439,40 @@ def parser() -> Parser:
     parser.add_argument("--ladder", type=CountList(int_in(1, 4096)), help="--vad-calls: N (default 32,...,1024)")
     parser.add_argument("--load-processes", type=int_in(1, 64), help="--vad-calls: load processes (default cores/2)")
     parser.add_argument(
+        "--serve-flags",
+        help="extra 'statestream serve' flags for the statestream server, as one quoted string "
+        '(e.g. "--inline-call-us 0"), to compare a setting by running the bench with and without it',
+    )
+    parser.add_argument(
         "--arrivals",
         choices=("spread", "together"),
         help="paced load: the streams' schedules spread over the interval (default), or all streams send together",
     )
     return parser
+
+
+def serve_flags(text: str) -> tuple[str, ...]:
+    """``--serve-flags``, split as a shell would, checked by serve's own parser (one line if wrong)."""
+    from service import settings as settings_module
+
+    try:
+        flags = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise CommandError(f"--serve-flags {text!r}: {exc}", EXIT_USAGE) from exc
+    parser = _ServeFlags(prog="statestream serve")
+    settings_module.add_arguments(parser)
+    try:
+        settings_module.from_namespace(parser.parse_args(list(flags)))
+    except ValueError as exc:
+        raise CommandError(f"--serve-flags {text!r}: {exc}", EXIT_USAGE) from exc
+    return flags
+
+
+class _ServeFlags(Parser):
+    """serve's parser, whose usage error is a ValueError to report as --serve-flags' (not an exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
@@ -466,6 +496,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
         if args.rate is None:
             raise CommandError("--arrivals applies to paced load: give --rate too", EXIT_USAGE)
         changes["spread"] = args.arrivals == "spread"
+    if args.serve_flags:
+        changes["serve_flags"] = serve_flags(args.serve_flags)
     for name in (
         "repeats",
         "duration_s",
@@ -479,6 +511,17 @@ def plan_of(args: argparse.Namespace) -> Plan:
         if value is not None:
             changes[name] = value
     return replace(plan, **changes) if changes else plan
+
+
+def server_commands(plan: Plan, models_dir: Path, model: str) -> list[tuple[str, list[str]]]:
+    """Each server variant's name and command line (``--serve-flags`` go to statestream's)."""
+    grace = ("--grace-s", "1")
+    return [
+        ("echo", echo_command()),
+        ("naive", serve_command(models_dir, "none", grace)),
+        ("minimal", minimal_command(models_dir, model)),
+        ("statestream", serve_command(models_dir, "batched", (*grace, *plan.serve_flags))),
+    ]
 
 
 def run(
@@ -502,15 +545,9 @@ def run(
     ort_shapes = list(dict.fromkeys(ort_shapes))
     ort_runs: dict[tuple[int, int], list[Any]] = {shape: [] for shape in ort_shapes}
     servers: dict[str, ServerProcess] = {}
-    grace = ("--grace-s", "1")
     needed = {cell.server for cell in cells}
     try:
-        for name, command in (
-            ("echo", echo_command()),
-            ("naive", serve_command(models_dir, "none", grace)),
-            ("minimal", minimal_command(models_dir, model)),
-            ("statestream", serve_command(models_dir, "batched", grace)),
-        ):
+        for name, command in server_commands(plan, models_dir, model):
             if name not in needed:
                 continue
             server = ServerProcess(name, command)

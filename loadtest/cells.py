@@ -42,6 +42,9 @@ class Plan:
     rate: float = 0.0
     #: Paced load: the streams' schedules spread over the interval (else all send together).
     spread: bool = True
+    #: Extra ``statestream serve`` flags for the statestream server (its rows and chunked,
+    #: multiplexed, oip), e.g. to A/B a setting: ("--inline-call-us", "0").
+    serve_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,23 @@ def test_arrivals_without_a_rate_is_refused_before_anything_starts() -> None:
     assert refused.value.exit_code == EXIT_USAGE
 
 
+def test_serve_flags_reach_the_statestream_server_alone_and_are_checked_by_serves_parser() -> None:
+    args = bench.parser().parse_args(["--serve-flags=--inline-call-us 0 --gil-switch-interval-us 50"])
+    plan = bench.plan_of(args)
+    assert plan.serve_flags == ("--inline-call-us", "0", "--gil-switch-interval-us", "50")
+    commands = dict(bench.server_commands(plan, SHIPPED_MODELS, "lstm256"))
+    assert commands["statestream"][-4:] == list(plan.serve_flags)
+    assert all("--inline-call-us" not in command for name, command in commands.items() if name != "statestream")
+    for wrong, said in [
+        ("--inline-call-us 99999", "out of range"),
+        ("--no-such-flag", "unrecognized arguments"),
+        ("'unclosed", "No closing quotation"),
+    ]:
+        with pytest.raises(CommandError, match=said) as refused:
+            bench.plan_of(bench.parser().parse_args([f"--serve-flags={wrong}"]))
+        assert refused.value.exit_code == EXIT_USAGE and "--serve-flags" in str(refused.value)
+
+
 #: How a number is written inside each flag type that holds numbers in text.
 SPELLINGS: dict[type, Callable[[float], str]] = {
     CountList: lambda n: f"1,{n}",
