@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -48,12 +49,21 @@ class SessionMoved(Exception):
     """This process no longer answers for the session: the client must resume (UNAVAILABLE)."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A record waiting for the next flush, and the step's wait for its outcome (True: written)."""
+#: A record waiting for the next flush, and the step's wait for its outcome (True: written).
+_Pending = tuple[Checkpoint, "asyncio.Future[bool]"]
 
-    checkpoint: Checkpoint
-    done: asyncio.Future[bool]
+
+@dataclass(slots=True)
+class _Held:
+    """What this process keeps for a session it holds: the record's encoder, and what it was made for."""
+
+    encoder: RecordEncoder
+    runtime: object
+    owner: str
+    top_k: int
+    return_tensors: tuple[str, ...]
+    #: When a checkpoint last refreshed the session's expiry in the store (time.monotonic()).
+    refreshed: float = -math.inf
 
 
 class DurableSessions:
@@ -67,7 +77,7 @@ class DurableSessions:
         self._pending: list[_Pending] = []
         self._flush_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
-        self._encoders: dict[str, RecordEncoder] = {}  # by session id, while this process holds it
+        self._held: dict[str, _Held] = {}  # by session id, while this process holds it
 
     def start(self) -> None:
         self.redis.listen(self._handover_requested)
@@ -81,24 +91,37 @@ class DurableSessions:
         row between reading it and the record's bytes, and its few microseconds (the header is
         built once per session: RecordEncoder) cost less than a hand-off to a thread would.
         """
+        return self._record(session, self._holding(session))
+
+    def _record(self, session: Session, held: _Held) -> bytes:
         kind, reply = "", b""
         if session.replies:
             seq, (reply_kind, encoded) = next(reversed(session.replies.items()))
             if seq == session.last_seq:
                 kind, reply = reply_kind.value, encoded
         rows = session.runtime.slabs.read_row(session.row)
-        return self._encoder(session).encode(session.last_seq, (rows, session.initial, session.scratch), kind, reply)
+        return held.encoder.encode(session.last_seq, (rows, session.initial, session.scratch), kind, reply)
 
-    def _encoder(self, session: Session) -> RecordEncoder:
-        manifest = session.runtime.model.manifest
-        identity = RecordIdentity(
-            session.id, manifest.name, manifest.version, session.owner, session.options.top_k,
-            session.options.return_tensors,
-        )  # fmt: skip
-        encoder = self._encoders.get(session.id)
-        if encoder is None or encoder.identity != identity:
-            encoder = self._encoders[session.id] = RecordEncoder(identity)
-        return encoder
+    def _holding(self, session: Session) -> _Held:
+        """The session's encoder, made again if what its header says (model, caller, options) changed."""
+        held = self._held.get(session.id)
+        options = session.options
+        if (
+            held is None
+            or held.runtime is not session.runtime
+            or held.owner != session.owner
+            or held.top_k != options.top_k
+            or held.return_tensors != options.return_tensors
+        ):
+            manifest = session.runtime.model.manifest
+            identity = RecordIdentity(
+                session.id, manifest.name, manifest.version, session.owner, options.top_k, options.return_tensors
+            )
+            refreshed = held.refreshed if held is not None else -math.inf
+            held = _Held(RecordEncoder(identity), session.runtime, session.owner, options.top_k,
+                         options.return_tensors, refreshed)  # fmt: skip
+            self._held[session.id] = held
+        return held
 
     def _adopt(self, record: SessionRecord, epoch: int) -> Session:
         session = self.store.adopt(
@@ -124,9 +147,11 @@ class DurableSessions:
         """Writes the new session's first record, so another process can resume it."""
         session.epoch = 1
         try:
-            await self.redis.create(session.id, session.owner, self.record_of(session))
-        except BaseException:  # the engine drops the session: keep no encoder for it
-            self._encoders.pop(session.id, None)
+            held = self._holding(session)
+            await self.redis.create(session.id, session.owner, self._record(session, held))
+            held.refreshed = time.monotonic()  # create set its expiry
+        except BaseException:  # the engine drops the session: keep nothing for it
+            self._held.pop(session.id, None)
             raise
 
     async def acknowledged(self, session: Session) -> None:
@@ -141,7 +166,7 @@ class DurableSessions:
             self._spawn(self._save_locked(session))
 
     def closed(self, session: Session) -> None:
-        self._encoders.pop(session.id, None)
+        self._held.pop(session.id, None)
         if session.epoch:
             self._spawn(self._forget(session.id, session.epoch))
 
@@ -220,7 +245,12 @@ class DurableSessions:
         """Writes the session's record, in the next pipelined batch; drops the session if refused."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        self._pending.append(_Pending(Checkpoint(session.id, session.epoch, self.record_of(session)), done))
+        held = self._holding(session)
+        record, now = self._record(session, held), time.monotonic()
+        refresh = now - held.refreshed >= self.redis.refresh_s
+        if refresh:  # it is written, or the session is dropped here: either way it is not due again
+            held.refreshed = now
+        self._pending.append((Checkpoint(session.id, session.epoch, record, refresh), done))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
@@ -243,21 +273,21 @@ class DurableSessions:
     async def _flush(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await self.redis.checkpoint_many([p.checkpoint for p in batch])
+            results = await self.redis.checkpoint_many([checkpoint for checkpoint, _ in batch])
         except Unavailable as exc:
             self.metrics.checkpoint_failures.labels("unavailable").inc(len(batch))
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(exc)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
             return
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
-        self.metrics.checkpoint_bytes.inc(sum(len(p.checkpoint.record) for p in batch))
+        self.metrics.checkpoint_bytes.inc(sum(len(checkpoint.record) for checkpoint, _ in batch))
         self.metrics.checkpoints.inc(len(batch))
-        for pending, written in zip(batch, results, strict=True):
+        for (_, done), written in zip(batch, results, strict=True):
             if not written:
                 self.metrics.checkpoint_failures.labels("fenced").inc()
-            if not pending.done.done():
-                pending.done.set_result(written)
+            if not done.done():
+                done.set_result(written)
 
     async def _forget(self, session_id: str, epoch: int) -> None:
         try:
@@ -267,7 +297,7 @@ class DurableSessions:
 
     def _drop(self, session: Session, reason: str) -> None:
         """Lets go of the session here without closing it in the store (it is another process's now)."""
-        self._encoders.pop(session.id, None)
+        self._held.pop(session.id, None)
         self.store.drop(session, reason)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

@@ -116,16 +116,23 @@ class RecordEncoder:
     def __init__(self, identity: RecordIdentity) -> None:
         self.identity = identity
         self._key: tuple[Any, ...] | None = None
-        self._header = b""
+        self._header = self._prefix = b""
 
     def encode(self, last_seq: int, arrays: Arrays, reply_kind: str, reply: bytes) -> bytes:
         """The record, byte for byte what ``SessionRecord(...).to_bytes()`` writes for the same session."""
-        chunks = _chunks(arrays)
-        scratch_layout = tuple((name, value.dtype.str, value.shape) for name, value in arrays[2].items())
-        key = (reply_kind, arrays[1] is not None, scratch_layout, sum(map(len, chunks)))
+        rows, initial, scratch = arrays
+        chunks = [_little_endian(value) for value in rows.values()]
+        if initial is not None:
+            chunks += map(_little_endian, initial.values())
+        scratch_layout: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+        if scratch:
+            chunks += map(_little_endian, scratch.values())
+            scratch_layout = tuple((name, value.dtype.str, value.shape) for name, value in scratch.items())
+        key = (reply_kind, initial is not None, scratch_layout, sum(map(len, chunks)))
         if key != self._key:
             self._header, self._key = _header(self.identity, arrays, reply_kind), key
-        return _joined(self._header, last_seq, chunks, reply)
+            self._prefix = _PREFIX.pack(MAGIC, FORMAT, len(self._header))
+        return b"".join((self._prefix, _PROGRESS.pack(last_seq, len(reply)), self._header, *chunks, reply))
 
 
 @dataclass(frozen=True)

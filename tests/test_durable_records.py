@@ -13,8 +13,10 @@ import asyncio
 import itertools
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,9 +25,11 @@ import redis
 from loadtest import durable_hotpath
 from service.api import statestream_pb2 as pb
 from service.client import Client
-from service.errors import FailedPrecondition
+from service.durable_sessions import DurableSessions
+from service.errors import FailedPrecondition, Unavailable
 from service.redis_store import Checkpoint, RedisStore, session_key
 from service.session_records import RecordEncoder, RecordIdentity, SessionRecord
+from service.session_store import ReplyKind
 from tests.cluster import RedisServer, redis_server, replica
 from tests.conftest import SHIPPED_MODELS
 
@@ -181,3 +185,147 @@ def test_the_in_process_durable_harness_measures_every_variant(store: RedisServe
     assert all(row["steps"] == 12 and row["cpu_us_per_step"] > 0 for row in rows)
     with store.client() as direct:
         assert direct.info("commandstats")["cmdstat_evalsha"]["calls"] > 0, "K = 1 checkpointed"
+
+
+# -- issue 26, fourth session: the checkpoint command framed by hand, the expiry refreshed when due --
+
+
+def test_records_of_any_bytes_are_written_exactly_through_the_framed_command(store: RedisServer) -> None:
+    """The batch is framed here (RESP), not by redis-py: a record's bytes must arrive as they were."""
+    records = {
+        "framing": b"\r\n$3\r\nabc\r\n*2\r\n" * 3,  # what RESP itself is made of
+        "every_byte": bytes(range(256)) * 4,
+        "empty": b"",
+        "big": bytes(range(251)) * 600,  # ~150 KB: past redis-py's and Redis's big-argument cut-offs
+        "unicode_id_\u00e9": "caf\u00e9".encode(),
+    }
+
+    async def scenario() -> list[bool]:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            for name in records:
+                assert await owner.create(name, "alice", b"created")
+            return await owner.checkpoint_many([Checkpoint(name, 1, record) for name, record in records.items()])
+        finally:
+            await owner.close()
+
+    assert asyncio.run(scenario()) == [True] * len(records)
+    with store.client() as direct:
+        for name, record in records.items():
+            assert direct.hget(session_key(name), "record") == record, name
+
+
+def test_a_checkpoint_refreshes_the_expiry_only_when_asked_and_only_if_not_fenced(store: RedisServer) -> None:
+    async def scenario(direct: redis.Redis) -> None:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        rival = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            assert owner.expiry_ms == 60_000 + 60_000 // 16
+            for name in ("kept", "refreshed", "fenced"):
+                assert await owner.create(name, "alice", b"created")
+                assert direct.pttl(session_key(name)) > 60_000, "create sets the TTL and the slack"
+                direct.pexpire(session_key(name), 5_000)  # as if the expiry had run down since
+            assert await rival.claim("fenced") is not None
+            written = await owner.checkpoint_many(
+                [Checkpoint("kept", 1, b"a", refresh=False), Checkpoint("refreshed", 1, b"b", refresh=True),
+                 Checkpoint("fenced", 1, b"c", refresh=True)]
+            )  # fmt: skip
+            assert written == [True, True, False]
+        finally:
+            await owner.close()
+            await rival.close()
+
+    with store.client() as direct:
+        asyncio.run(scenario(direct))
+        assert 0 < direct.pttl(session_key("kept")) <= 5_000, "a checkpoint not due to refresh leaves the expiry"
+        assert direct.pttl(session_key("refreshed")) > 60_000, "a refresh sets the TTL and the slack again"
+        assert 0 < direct.pttl(session_key("fenced")) <= 5_000, "a fenced write changes nothing, expiry included"
+        assert direct.hget(session_key("kept"), "record") == b"a"
+
+
+def test_a_batch_goes_through_after_redis_forgot_its_scripts(store: RedisServer) -> None:
+    """A restarted Redis knows no script (NOSCRIPT): the batch loads it and is sent again, once."""
+
+    async def scenario(direct: redis.Redis) -> tuple[list[bool], list[bool]]:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            assert await owner.create("one", "alice", b"created")
+            first = await owner.checkpoint_many([Checkpoint("one", 1, b"step 1")])
+            direct.script_flush()
+            return first, await owner.checkpoint_many([Checkpoint("one", 1, b"step 2")])
+        finally:
+            await owner.close()
+
+    with store.client() as direct:
+        assert asyncio.run(scenario(direct)) == ([True], [True])
+        assert direct.hget(session_key("one"), "record") == b"step 2"
+
+
+def test_an_unreachable_store_fails_a_batch_as_unavailable(store: RedisServer) -> None:
+    async def scenario() -> None:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            assert await owner.create("one", "alice", b"created")
+            store.kill()
+            with pytest.raises(Unavailable, match="checkpoint"):
+                await owner.checkpoint_many([Checkpoint("one", 1, b"step 1")])
+        finally:
+            await owner.close()
+
+    asyncio.run(scenario())
+
+
+def _pexpire_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_pexpire", {}).get("calls", 0))
+
+
+def test_a_replicas_checkpoints_refresh_a_sessions_expiry_only_when_due(lm_dir: Path, store: RedisServer) -> None:
+    """K = 1 with the default TTL (an hour): a burst of steps sets the expiry once (at open), yet the
+    session still outlives its last checkpoint by the TTL; with a TTL of 1.6 s (a refresh due every
+    0.1 s), steps 0.3 s apart refresh it every time."""
+    with store.client() as direct:
+        with replica(lm_dir, store.url, "--checkpoint-every", "1") as (_, target), Client(target) as client:
+            session = client.open("char_lm")
+            before = _pexpire_calls(direct)
+            for char in "To be, or not":
+                session.step(text=char)
+            assert _pexpire_calls(direct) == before, "no refresh was due: the create set the expiry"
+            assert direct.pttl(session_key(session.id)) > 3600 * 1000, "it outlives the last step by the TTL"
+            session.close()
+        args = ("--checkpoint-every", "1", "--idle-timeout-s", "1.6")
+        with replica(lm_dir, store.url, *args) as (_, target), Client(target) as client:
+            session = client.open("char_lm")
+            before = _pexpire_calls(direct)
+            for char in "abc":
+                time.sleep(0.3)
+                session.step(text=char)
+            assert _pexpire_calls(direct) == before + 3, "each step came after a refresh was due"
+            assert direct.pttl(session_key(session.id)) > 1600 - 300
+            session.close()
+
+
+def _fake_session(owner: str, top_k: int, runtime: object) -> SimpleNamespace:
+    rows = {"h": np.arange(4, dtype=np.float32).reshape(1, 4)}
+    runtime.slabs = SimpleNamespace(read_row=lambda row: {k: v.copy() for k, v in rows.items()})  # type: ignore[attr-defined]
+    return SimpleNamespace(
+        id="abc", runtime=runtime, owner=owner, options=SimpleNamespace(top_k=top_k, return_tensors=("y",)),
+        replies={3: (ReplyKind.STEP, b"\x08\x03")}, last_seq=3, row=0, initial=None, scratch={},
+    )  # fmt: skip
+
+
+def test_a_records_header_follows_what_the_session_says_of_itself() -> None:
+    """A session's encoder is kept while its model, caller and options stay; a change makes a new header."""
+    durable = DurableSessions.__new__(DurableSessions)
+    durable._held = {}
+    manifest = SimpleNamespace(name="m", version="1")
+    runtime = SimpleNamespace(model=SimpleNamespace(manifest=manifest))
+    session = _fake_session("alice", 3, runtime)
+    first = SessionRecord.from_bytes(durable.record_of(session))  # type: ignore[arg-type]
+    assert (first.caller, first.top_k, first.last_seq, first.reply) == ("alice", 3, 3, b"\x08\x03")
+    session.options = SimpleNamespace(top_k=5, return_tensors=("y", "h"))
+    second = SessionRecord.from_bytes(durable.record_of(session))  # type: ignore[arg-type]
+    assert (second.top_k, second.return_tensors) == (5, ("y", "h"))
+    session.runtime = SimpleNamespace(model=SimpleNamespace(manifest=SimpleNamespace(name="m", version="2")))
+    session.runtime.slabs = runtime.slabs
+    assert SessionRecord.from_bytes(durable.record_of(session)).version == "2"  # type: ignore[arg-type]
+    np.testing.assert_array_equal(first.rows["h"], [[0, 1, 2, 3]])
