@@ -1,23 +1,27 @@
 """What durability costs a step, without gRPC: CPU per step with and without a session store.
 
-``statestream bench --scale`` compares whole servers, whose steps/s move by ±20 % on a shared
-machine. This drives the real Session handler in-process (loadtest/hotpath.py's streams) on a
-server with a Redis session store started for the run, checkpointing every K acknowledged
-steps, beside the same server without a store, alternated round by round so a noisy machine's
-drift falls on every variant alike. It prints the server's CPU per step and the Redis server's
-(on a 2-core machine both compete with the load), so the cost of a checkpoint can be read as a
-difference measured side by side: ``K=1`` minus ``none``.
+The real Session handler in-process (loadtest/hotpath.py's streams) on a server with a Redis
+session store started for the run, checkpointing every K acknowledged steps, beside the same
+server without a store, alternated round by round so a noisy machine's drift falls on every
+variant alike. It prints the server's CPU per step and the Redis server's (on 2 cores both
+compete with the load): a checkpoint's cost is ``K=1`` minus ``none``, measured side by side.
+In lockstep (the default) a batch's checkpoints are one command of all the streams; over gRPC
+steps arrive spread out. ``--spread J`` holds each request back 0 to J loop turns, at random
+(seeded), so batches and checkpoint commands come smaller, as there.
 
-    python -m loadtest.durable_hotpath --streams 256 --steps 40 --rounds 3
+    python -m loadtest.durable_hotpath --streams 256 --steps 40 --rounds 3 [--spread 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import random
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loadtest.hotpath import Handlers, _measure
 from loadtest.scale import redis_server
@@ -38,6 +42,22 @@ from service.tasks import driver_class
 VARIANTS = ("none", "K=1", "K=16")
 
 
+class _Spread:
+    """A Session servicer whose streams' requests each come 0 to ``turns`` turns of the loop late."""
+
+    def __init__(self, servicer: SessionServicer, turns: int) -> None:
+        self.servicer, self.turns, self.random = servicer, turns, random.Random(0)
+
+    def Session(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        return self.servicer.Session(self._late(requests), context)
+
+    async def _late(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            for _ in range(self.random.randint(0, self.turns)):
+                await asyncio.sleep(0)
+            yield request
+
+
 def process_cpu_s(pid: int) -> float:
     """A process's user + system CPU time so far (/proc/PID/stat), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -45,7 +65,7 @@ def process_cpu_s(pid: int) -> float:
 
 
 async def _measure_variant(
-    variant: str, models_dir: Path, model: str, store_url: str, streams: int, steps: int
+    variant: str, models_dir: Path, model: str, store_url: str, streams: int, steps: int, spread: int = 0
 ) -> dict[str, float]:
     every = None if variant == "none" else int(variant.removeprefix("K="))
     settings = Settings(
@@ -61,10 +81,16 @@ async def _measure_variant(
     durable = await connect_session_store(settings, store, metrics)
     engine = SessionEngine(store, settings, durable)
     auth = Authenticator(None)
-    handlers = Handlers(SessionServicer(engine, metrics, auth), InferenceServicer(engine, metrics, auth))
+    native = SessionServicer(engine, metrics, auth)
+    if spread:
+        native = cast(SessionServicer, _Spread(native, spread))
+    handlers = Handlers(native, InferenceServicer(engine, metrics, auth))
     runtimes.start()
     try:
-        return await _measure(handlers, runtimes, model, "statestream", streams, steps)
+        row = await _measure(handlers, runtimes, model, "statestream", streams, steps)
+        samples = [s for m in metrics.checkpoint_seconds.collect() for s in m.samples]  # one a checkpoint command
+        commands = next((s.value for s in samples if s.name.endswith("_count")), 0.0)
+        return {**row, "checkpoint_commands": commands}
     finally:
         await runtimes.stop()
         if durable is not None:
@@ -72,14 +98,14 @@ async def _measure_variant(
 
 
 async def drive(
-    models_dir: Path, model: str, store_url: str, redis_pid: int, streams: int, steps: int, rounds: int
+    models_dir: Path, model: str, store_url: str, redis_pid: int, streams: int, steps: int, rounds: int, spread: int = 0
 ) -> list[dict[str, Any]]:
     """Every variant ``rounds`` times, alternated; the server's and Redis's CPU per step of each."""
     rows = []
     for round_index in range(rounds):
         for variant in VARIANTS:
             redis_cpu = process_cpu_s(redis_pid)
-            row = await _measure_variant(variant, models_dir, model, store_url, streams, steps)
+            row = await _measure_variant(variant, models_dir, model, store_url, streams, steps, spread)
             redis_us = 1e6 * (process_cpu_s(redis_pid) - redis_cpu) / row["steps"]
             rows.append({"round": round_index + 1, "variant": variant, **row, "redis_cpu_us_per_step": redis_us})
     return rows
@@ -92,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40, help="steps per stream in each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each variant, alternated")
+    parser.add_argument("--spread", type=int, default=0, help="hold each request back 0 to J loop turns, at random")
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     args = parser.parse_args(argv)
-    if min(args.streams, args.steps, args.rounds) < 1:
-        parser.error("--streams, --steps and --rounds must each be at least 1")
+    if min(args.streams, args.steps, args.rounds) < 1 or args.spread < 0:
+        parser.error("--streams, --steps and --rounds must each be at least 1, --spread at least 0")
     with redis_server() as (store_url, redis_pid):
-        measured = drive(args.models_dir, args.model, store_url, redis_pid, args.streams, args.steps, args.rounds)
+        measured = drive(
+            args.models_dir, args.model, store_url, redis_pid, args.streams, args.steps, args.rounds, args.spread
+        )
         for row in process.run(measured, args.event_loop):
             print(json.dumps(row))
     return 0

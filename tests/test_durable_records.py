@@ -185,6 +185,20 @@ def test_the_in_process_durable_harness_measures_every_variant(store: RedisServe
     assert all(row["steps"] == 12 and row["cpu_us_per_step"] > 0 for row in rows)
     with store.client() as direct:
         assert direct.info("commandstats")["cmdstat_evalsha"]["calls"] > 0, "K = 1 checkpointed"
+    assert rows[1]["checkpoint_commands"] > 0 and rows[0]["checkpoint_commands"] == 0
+
+
+def test_the_harness_spreads_its_streams_out_of_lockstep(store: RedisServer) -> None:
+    """--spread J: every step is still answered, and K = 1's checkpoints go out in more, smaller commands."""
+    assert store.process is not None
+    pid = store.process.pid
+    lockstep, spread = (
+        asyncio.run(durable_hotpath.drive(SHIPPED_MODELS, "lstm256", store.url, pid, 16, 6, 1, turns))[1]
+        for turns in (0, 8)
+    )
+    assert lockstep["variant"] == spread["variant"] == "K=1"
+    assert lockstep["steps"] == spread["steps"] == 96
+    assert spread["checkpoint_commands"] > lockstep["checkpoint_commands"]
 
 
 # -- issue 26, fourth session: the checkpoint command framed by hand, the expiry refreshed when due --
