@@ -167,9 +167,11 @@ def test_client_vad_json_is_onnx_wrappers_probabilities_and_vad_iterators_segmen
     silero_server: ServerThread, speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wav = write_wav(tmp_path / "call.wav", speech, RATE)
+    png = tmp_path / "call.png"
     argv = ["client", "vad", "--target", silero_server.target, "--model", "silero_vad", "--wav", str(wav), "--json"]
-    assert statestream_main(argv) == 0
+    assert statestream_main([*argv, "--png", str(png)]) == 0
     document = json.loads(capsys.readouterr().out)
+    assert document["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_allclose(document["probabilities"], wrapper_probabilities(speech), rtol=0, atol=TOLERANCE)
     want = segments_of(iterator_events(speech), len(speech))
     got = [(segment["start"], segment["end"]) for segment in document["segments"]]

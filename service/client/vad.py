@@ -2,13 +2,15 @@
 
     statestream client vad --model silero_vad --wav call.wav
     statestream client vad --model silero_vad --wav call.wav --realtime --chunk-ms 20 --json
+    statestream client vad --model silero_vad --wav call.wav --png call.png
 
 The file (mono PCM16 at the model's rate, read with the standard library's ``wave``) is sent in
 chunks of ``--chunk-ms`` (32 ms: one Silero frame) as Runs of one session, each chunk sent as soon
 as the last is answered, or on a live call's schedule with ``--realtime``. The server buffers
 partial frames, so any chunk length gives the same answers. Segments are printed as their end
 is detected; ``--json`` prints one document with every frame's speech probability and the
-segments in seconds. A segment still open when the file ends closes at the file's end.
+segments in seconds; ``--png`` draws the waveform with the segments over it and each frame's
+probability against the threshold. A segment still open when the file ends closes at its end.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
+from service.client.plots import require_matplotlib
 from service.client.registry import command, served_model
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError, float_in, int_in
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-silence-ms", type=float_in(0, 60_000), default=100.0, help="silence that ends speech")
     parser.add_argument(
         "--speech-pad-ms", type=float_in(0, 60_000), default=30.0, help="padding on each side of a segment"
+    )
+    parser.add_argument(
+        "--png", type=Path, help="draw the waveform, the segments and every frame's probability (needs matplotlib)"
     )
 
 
@@ -79,6 +85,8 @@ def model_rate(info: Any) -> int:
 
 @command("vad", DESCRIPTION, add_arguments, tasks=("voice_activity",))
 def vad(client: Client, args: argparse.Namespace) -> int:
+    if args.png is not None:
+        require_matplotlib("--png")
     info = served_model(client, args)
     rate = model_rate(info)
     frame = int(info.inputs[0].shape[-1])
@@ -109,9 +117,14 @@ def vad(client: Client, args: argparse.Namespace) -> int:
         segments[-1]["end"] = round(audio_s, 4)
         _print_segment(segments[-1], args.json)
     wall_s = time.monotonic() - started
+    drawn = {}
+    if args.png is not None:
+        draw_call(args.png, samples, rate, frame, probabilities, segments, args.threshold, title=args.model)
+        drawn = {"png": str(args.png)}
     if args.json:
         summary = {"model": args.model, "sample_rate": rate, "audio_s": round(audio_s, 4), "frames": len(probabilities)}
-        print(json.dumps(summary | {"wall_s": round(wall_s, 3), "probabilities": probabilities, "segments": segments}))
+        found = {"wall_s": round(wall_s, 3), "probabilities": probabilities, "segments": segments}
+        print(json.dumps(summary | found | drawn))
         return 0
     speech_s = sum(s["end"] - s["start"] for s in segments)
     print(
@@ -135,3 +148,40 @@ def _event(output: Any, segments: list[dict[str, float]], rate: int, quiet: bool
 def _print_segment(segment: dict[str, float], quiet: bool) -> None:
     if not quiet:
         print(f"speech {segment['start']:.3f} s - {segment['end']:.3f} s", flush=True)
+
+
+def draw_call(
+    path: Path,
+    samples: np.ndarray,
+    rate: int,
+    frame: int,
+    probabilities: list[float],
+    segments: list[dict[str, float]],
+    threshold: float,
+    *,
+    title: str,
+) -> None:
+    """The waveform with the speech segments shaded over it, and below it each frame's probability
+    against the threshold, on one time axis (seconds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (wave_ax, prob_ax) = plt.subplots(2, 1, figsize=(8, 4), sharex=True, height_ratios=(3, 2))
+    wave_ax.plot(np.arange(len(samples)) / rate, samples / 32768.0, lw=0.4, color="tab:gray")
+    for segment in segments:
+        for ax in (wave_ax, prob_ax):
+            ax.axvspan(segment["start"], segment["end"], color="tab:green", alpha=0.2, lw=0)
+    wave_ax.set_ylabel("audio")
+    wave_ax.set_title(f"{title}: {len(segments)} speech segment(s), shaded", fontsize=9)
+    ends = (np.arange(len(probabilities)) + 1) * frame / rate  # a frame's answer comes once it is whole
+    prob_ax.step(ends, probabilities, where="post", lw=1.0, color="tab:blue")
+    prob_ax.axhline(threshold, color="tab:red", lw=0.8, ls="--", label=f"threshold {threshold:g}")
+    prob_ax.set_ylim(0, 1)
+    prob_ax.set_ylabel("speech p")
+    prob_ax.set_xlabel("seconds")
+    prob_ax.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
