@@ -302,7 +302,9 @@ class InferenceServicer:
                     answer_bytes = await self._answer(read, caller, lane=True, framed=True)
                 except StatestreamError as exc:
                     events.refused(exc)
-                    yield self._failed(exc, read if read is not None or found is None else raw_step(*found), request)
+                    if read is None and found is not None:  # refused on the hot path: named as _read names it
+                        read = raw_step(*found)
+                    yield self._failed(exc, read, request)
                     continue
                 yield answer_bytes
         finally:
