@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TextIO
 
 from service.command import (
     EXIT_INTERNAL,
@@ -33,10 +31,8 @@ from service.command import (
     positive_int,
 )
 from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
+from training.scores import write_scores
 from training.tasks import ExportOptions, TrainOptions, UnknownTask, known_tasks, task_of
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from service.contract import Manifest
 
 
 def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -> bool:
@@ -174,7 +170,7 @@ def eval_command(argv: list[str]) -> int:
     except (ContractError, UnknownTask) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     if args.record:
-        record_scores(args.model, manifest, score)
+        write_scores(args.model, score, manifest)
     if args.json:
         print(json.dumps(score))
     elif "val_loss_nats_per_char" in score:
@@ -186,14 +182,6 @@ def eval_command(argv: list[str]) -> int:
     if args.record and not args.json:
         print(f"recorded as the scores in {args.model / 'manifest.json'}")
     return 0
-
-
-def record_scores(folder: Path, manifest: Manifest, report: Mapping[str, Any]) -> dict[str, float]:
-    """A scorer's numbers written into ``folder``'s manifest as its scores, by the manifest's own writer
-    (``Manifest.save``, as export and import write it); nothing else of the file changes."""
-    scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    replace(manifest, scores=scores).save(folder)
-    return scores
 
 
 COMMANDS = {"train": train_command, "export": export_command, "eval": eval_command}

@@ -19,7 +19,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from service.contract import (
 )
 from training.nets.step import StepNet
 from training.onnx_replay import StepFn, open_session, ort_step_fn, run_sequence
+from training.scores import write_scores
 
 OPSET = 17
 GRAPH_FILE = "step.onnx"
@@ -285,8 +286,7 @@ def _install(staging: Path, out: Path) -> None:
 def record_scores(folder: Path, report: Mapping[str, Any]) -> dict[str, float]:
     """Write an evaluation report's numbers into the installed model's manifest as its scores and
     check the folder again; the scores describe the graph as installed, so they come after it."""
-    scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    replace(Manifest.load(folder), scores=scores).save(folder)
+    scores = write_scores(folder, report)
     self_check(folder)
     return scores
 
