@@ -58,10 +58,8 @@ class _Held:
     """What this process keeps for a session it holds: the record's encoder, and what it was made for."""
 
     encoder: RecordEncoder
+    #: The runtime its identity's model and version are of (compared by identity: cheaper than both).
     runtime: object
-    owner: str
-    top_k: int
-    return_tensors: tuple[str, ...]
     #: When a checkpoint last refreshed the session's expiry in the store (time.monotonic()).
     refreshed: float = -math.inf
 
@@ -106,21 +104,21 @@ class DurableSessions:
         """The session's encoder, made again if what its header says (model, caller, options) changed."""
         held = self._held.get(session.id)
         options = session.options
-        if (
-            held is None
-            or held.runtime is not session.runtime
-            or held.owner != session.owner
-            or held.top_k != options.top_k
-            or held.return_tensors != options.return_tensors
-        ):
-            manifest = session.runtime.model.manifest
-            identity = RecordIdentity(
-                session.id, manifest.name, manifest.version, session.owner, options.top_k, options.return_tensors
-            )
-            refreshed = held.refreshed if held is not None else -math.inf
-            held = _Held(RecordEncoder(identity), session.runtime, session.owner, options.top_k,
-                         options.return_tensors, refreshed)  # fmt: skip
-            self._held[session.id] = held
+        if held is not None:
+            made_for = held.encoder.identity
+            if (
+                held.runtime is session.runtime
+                and made_for.caller == session.owner
+                and made_for.top_k == options.top_k
+                and made_for.return_tensors == options.return_tensors
+            ):
+                return held
+        manifest = session.runtime.model.manifest
+        identity = RecordIdentity(
+            session.id, manifest.name, manifest.version, session.owner, options.top_k, options.return_tensors
+        )
+        refreshed = held.refreshed if held is not None else -math.inf
+        held = self._held[session.id] = _Held(RecordEncoder(identity), session.runtime, refreshed)
         return held
 
     def _adopt(self, record: SessionRecord, epoch: int) -> Session:
