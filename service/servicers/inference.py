@@ -16,7 +16,7 @@ import collections.abc
 import importlib.metadata
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple
 
 from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
 from service.answer_bytes import length_delimited, varint
@@ -283,8 +283,8 @@ class InferenceServicer:
                 try:
                     if found is not None:
                         raw, served = found
-                        known = self.sequences.get((caller, cast(int, raw.flags.id)))  # an int64 > 0 here
-                        if known is not None and known.steps_on(served.runtime.name):
+                        known = self._stepping(caller, raw.flags, served.runtime.name)
+                        if known is not None:
                             # A stream's step may take the scheduler's fast lane: the next request
                             # is read only once this one is answered, as on a Session stream.
                             answer = await self.engine.apply_step(
@@ -351,18 +351,24 @@ class InferenceServicer:
         runtime, codec, flags, step = read.runtime, read.codec, read.flags, read.step
         if flags.id is None:
             answer = await self._one_shot(runtime, codec.model, step, caller)
+        elif (known := self._stepping(caller, flags, runtime.name)) is not None:
+            # an open sequence's next step (what _sequence_step would do, one coroutine less)
+            answer = await self.engine.apply_step(known.session, step, lane=lane, key=read.request_id)
         else:
-            known = self.sequences.get((caller, flags.id))
-            if known is not None and not (flags.start or flags.end) and known.steps_on(runtime.name):
-                # an open sequence's next step (what _sequence_step would do, one coroutine less)
-                answer = await self.engine.apply_step(known.session, step, lane=lane, key=read.request_id)
-            else:
-                answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
+            answer = await self._sequence_step(runtime, codec.model, flags, step, read.request_id, caller, lane)
         if read.raw and read.outputs is codec.model.outputs:
             written = codec.raw_response(read.request_id, flags.entry, answer, step.seq, framed)
             if written is not None:
                 return written
         return self._written(read, answer, framed)
+
+    def _stepping(self, caller: str, flags: SequenceFlags, model: str) -> Sequence | None:
+        """The open sequence of ``model`` a plain step (no start, no end) of ``flags.id`` goes on to as
+        it is, or None (then ``_sequence_step`` finds, opens or refuses it)."""
+        if flags.id is None or flags.start or flags.end:
+            return None
+        known = self.sequences.get((caller, flags.id))
+        return known if known is not None and known.steps_on(model) else None
 
     @staticmethod
     def _written(read: InferStep, answer: bytes, framed: bool) -> bytes:
