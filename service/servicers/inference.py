@@ -39,6 +39,7 @@ from service.servicers.oip_tensors import (
     OipTensor,
     RawRequest,
     SequenceFlags,
+    SequenceId,
     StepCodec,
     sequence_entry,
 )
@@ -49,7 +50,6 @@ from service.session_store import Session
 
 #: The protocol's extensions this server implements (ServerMetadata).
 EXTENSIONS = ("sequence", "model_configuration", "model_repository")
-SequenceId = int | str
 
 
 #: ModelStreamInfer's deserializer for a request not read from its bytes (Malformed never raises).

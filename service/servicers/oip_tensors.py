@@ -279,10 +279,14 @@ NativeTensor = tuple[bytes, tuple[int, ...], int]
 _AnswerTensors = tuple[tuple[str, bytes, tuple[int, ...], int, int], ...]
 
 
+#: A sequence's id as a client names it: a uint64, or a string.
+SequenceId = int | str
+
+
 class SequenceFlags(NamedTuple):
     """What a request's parameters say about its sequence (``id`` None: no sequence)."""
 
-    id: int | str | None
+    id: SequenceId | None
     start: bool
     end: bool
     #: The answer's ``sequence_id`` parameters entry (the request's, echoed), encoded; b"" for none.
