@@ -52,12 +52,20 @@ def read_wav(path: Path) -> np.ndarray:
         return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").copy()
 
 
-def speak(text: str, voice: str, speed_wpm: int, folder: Path) -> dict[int, np.ndarray]:
-    """``text`` spoken by espeak-ng and resampled by sox (no dither) to each of :data:`RATES`: int16."""
+def require_tools() -> None:
+    """RuntimeError naming espeak-ng or sox if one is missing (Debian packages `make test` installs)."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed: `make test` installs it (Debian package {tool})")
+
+
+def speak(text: str, voice: str, speed_wpm: int, folder: Path, rates: tuple[int, ...] = RATES) -> dict[int, np.ndarray]:
+    """``text`` spoken by espeak-ng and resampled by sox (no dither) to each of ``rates``: int16.
+    Its WAV files are written in ``folder`` (the next call overwrites them)."""
     raw = folder / "espeak.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(raw), text], check=True, timeout=60)
     spoken = {}
-    for rate in RATES:
+    for rate in rates:
         out = folder / f"{rate}.wav"
         subprocess.run(
             ["sox", "-D", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True, timeout=60
@@ -74,9 +82,10 @@ def tool_version(argv: list[str]) -> str:
 
 def make(out: Path) -> str:
     """Speak the lines, write ``out`` (.npz) and its provenance (.md beside it); returns the provenance."""
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed (Debian package {tool})")
+    try:
+        require_tools()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     texts = validation_lines()
     voices = [VOICES[i % len(VOICES)] for i in range(len(texts))]
     speeds = [SPEEDS_WPM[i % len(SPEEDS_WPM)] for i in range(len(texts))]
