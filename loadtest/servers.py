@@ -23,6 +23,8 @@ from types import TracebackType
 
 import psutil
 
+from service.process import ORT_WORKER_PREFIX
+
 HOST = "127.0.0.1"
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 
@@ -207,10 +209,6 @@ def thread_cpu_seconds(pid: int, pollers: frozenset[int] = frozenset()) -> dict[
         else:
             split["grpc"] += cpu_s
     return split
-
-
-#: How statestream's scheduler names its ORT worker thread to the OS (service.process.name_os_thread).
-ORT_WORKER_PREFIX = "ort-"
 
 
 def _own_thread(name: str, main_name: str) -> bool:

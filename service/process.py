@@ -29,6 +29,9 @@ T = TypeVar("T")
 PR_SET_NAME = 15
 #: Longest thread name Linux keeps (16 bytes with its terminating NUL).
 MAX_OS_THREAD_NAME = 15
+#: A model's ORT worker thread is named this and the model's name, in Python and to the OS
+#: (``top -H``, py-spy, and the bench's per-thread CPU, which reads it to tell the worker apart).
+ORT_WORKER_PREFIX = "ort-"
 #: Net container allocations between young collections, young collections per middle one,
 #: middle ones per full one (CPython's defaults: 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)

@@ -32,7 +32,7 @@ from service.calls import BatchCall, StepCalls
 from service.contract import Arrays
 from service.errors import SchedulerStopped
 from service.metrics import Metrics
-from service.process import name_os_thread
+from service.process import ORT_WORKER_PREFIX, name_os_thread
 from service.registry import LoadedModel
 from service.slabs import Slabs
 
@@ -89,11 +89,9 @@ class Scheduler:
         self._pending: deque[StepJob] = deque()
         self._wakeup = asyncio.Event()
         self._busy = False
+        worker = ORT_WORKER_PREFIX + model.manifest.name
         self._executor = ThreadPoolExecutor(
-            1,
-            thread_name_prefix=f"ort-{model.manifest.name}",
-            initializer=name_os_thread,
-            initargs=(f"ort-{model.manifest.name}",),
+            1, thread_name_prefix=worker, initializer=name_os_thread, initargs=(worker,)
         )
         self._task: asyncio.Task[None] | None = None
         #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
