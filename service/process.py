@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import logging
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: prctl's option to name the calling thread (linux/prctl.h).
 PR_SET_NAME = 15
@@ -32,6 +34,9 @@ MAX_OS_THREAD_NAME = 15
 #: A model's ORT worker thread is named this and the model's name, in Python and to the OS
 #: (``top -H``, py-spy, and the bench's per-thread CPU, which reads it to tell the worker apart).
 ORT_WORKER_PREFIX = "ort-"
+#: How long the tasks still pending when the server's main coroutine returns get to finish once
+#: cancelled (``run``); past it the process exits without them.
+TEARDOWN_S = 2.0
 #: Net container allocations between young collections, young collections per middle one,
 #: middle ones per full one (CPython's defaults: 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -53,12 +58,49 @@ def event_loop_of(choice: str) -> str:
 
 
 def run(main: Coroutine[Any, Any, T], choice: str) -> T:
-    """Runs ``main`` to the end on the event loop ``choice`` names (``--event-loop``)."""
+    """Runs ``main`` to the end on the event loop ``choice`` names (``--event-loop``), as
+    ``asyncio.run`` does, except that the tasks still pending then get TEARDOWN_S to finish.
+
+    ``asyncio.run`` cancels them and waits for all, unbounded, so one task that cannot finish
+    (redis-py's pub/sub teardown, shielded from cancellation, cut off by a SIGTERM right after
+    start) kept a stopped server's process alive for ever. Here it is left behind, named in
+    the log, and the process exits.
+    """
     if event_loop_of(choice) == "uvloop":
         import uvloop  # a dependency on Linux and macOS; the CLI refuses 'uvloop' where it is missing
 
-        return uvloop.run(main)
-    return asyncio.run(main)
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_remaining(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancels the loop's pending tasks and runs it until they finish, or for TEARDOWN_S at most."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    loop.run_until_complete(asyncio.wait(tasks, timeout=TEARDOWN_S))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {"message": "unhandled exception during shutdown", "exception": task.exception(), "task": task}
+            )
+    stuck = sorted(task.get_name() for task in tasks if not task.done())
+    if stuck:
+        log.warning("exiting with %d task(s) that did not finish when cancelled: %s", len(stuck), ", ".join(stuck))
 
 
 def running_loop_name() -> str:

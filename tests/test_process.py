@@ -7,10 +7,13 @@ choice is a one-line usage error.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,44 @@ def test_auto_picks_uvloop_where_it_is_installed_and_asyncio_runs_the_standard_l
 
     assert process.run(name(), "auto") == "uvloop"
     assert process.run(name(), "asyncio") == "asyncio"
+
+
+@pytest.mark.parametrize("choice", ["uvloop", "asyncio"])
+def test_a_task_that_cannot_be_cancelled_does_not_keep_the_process_alive(
+    choice: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What redis-py's shielded pub/sub teardown did after a SIGTERM: asyncio.run waited on it for ever."""
+    monkeypatch.setattr(process, "TEARDOWN_S", 0.2)
+    ended: list[str] = []
+
+    async def stubborn() -> None:
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        while True:
+            try:
+                await asyncio.shield(never)
+            except asyncio.CancelledError:
+                continue  # swallowed, every time
+
+    async def polite() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append("polite")
+
+    async def main() -> str:
+        asyncio.get_running_loop().create_task(stubborn(), name="stubborn")
+        asyncio.get_running_loop().create_task(polite(), name="polite")
+        await asyncio.sleep(0)
+        return "done"
+
+    finished: list[str] = []
+    runner = threading.Thread(target=lambda: finished.append(process.run(main(), choice)), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="service.process"):
+        runner.start()
+        runner.join(timeout=30)
+    assert finished == ["done"]  # returned, the stubborn task left behind
+    assert ended == ["polite"]  # a task that honours cancellation still finished
+    assert "1 task(s) that did not finish when cancelled: stubborn" in caplog.text
 
 
 def test_settling_the_heap_freezes_what_is_alive_and_collects_less_often() -> None:
