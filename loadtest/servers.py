@@ -23,7 +23,7 @@ from types import TracebackType
 
 import psutil
 
-from service.process import ORT_WORKER_PREFIX
+from service.process import OWN_THREAD_PREFIXES
 
 HOST = "127.0.0.1"
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
@@ -213,7 +213,7 @@ def thread_cpu_seconds(pid: int, pollers: frozenset[int] = frozenset()) -> dict[
 
 def _own_thread(name: str, main_name: str) -> bool:
     """Whether a thread of this name is the server's own (the ``python`` bucket) rather than gRPC's."""
-    return name in (main_name, "") or name.startswith(ORT_WORKER_PREFIX)
+    return name in (main_name, "") or name.startswith(OWN_THREAD_PREFIXES)
 
 
 def aio_pollers(pid: int, looks: int = 5) -> frozenset[int]:

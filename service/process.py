@@ -34,6 +34,10 @@ MAX_OS_THREAD_NAME = 15
 #: A model's ORT worker thread is named this and the model's name, in Python and to the OS
 #: (``top -H``, py-spy, and the bench's per-thread CPU, which reads it to tell the worker apart).
 ORT_WORKER_PREFIX = "ort-"
+#: A model's batching-window clock (``service.loop_alarm``), named the same way.
+WINDOW_PREFIX = "window-"
+#: The prefixes of the threads statestream starts itself, as opposed to gRPC's.
+OWN_THREAD_PREFIXES = (ORT_WORKER_PREFIX, WINDOW_PREFIX)
 #: How long the tasks still pending when the server's main coroutine returns get to finish once
 #: cancelled (``run``); past it the process exits without them.
 TEARDOWN_S = 2.0

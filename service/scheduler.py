@@ -31,8 +31,9 @@ import numpy as np
 from service.calls import BatchCall, StepCalls
 from service.contract import Arrays
 from service.errors import SchedulerStopped
+from service.loop_alarm import LoopAlarm
 from service.metrics import Metrics
-from service.process import ORT_WORKER_PREFIX, name_os_thread
+from service.process import ORT_WORKER_PREFIX, WINDOW_PREFIX, name_os_thread
 from service.registry import LoadedModel
 from service.slabs import Slabs
 
@@ -94,6 +95,8 @@ class Scheduler:
             1, thread_name_prefix=worker, initializer=name_os_thread, initargs=(worker,)
         )
         self._task: asyncio.Task[None] | None = None
+        #: The batching window's clock: loop timers are whole milliseconds (see service.loop_alarm).
+        self._alarm = LoopAlarm(WINDOW_PREFIX + model.manifest.name) if self.max_delay_s else None
         #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
         self._lone_row = -1
         #: A batch of single steps runs inline when its size's calls cost less CPU than this.
@@ -155,6 +158,8 @@ class Scheduler:
             self._task = None
         self._fail_pending()
         self._executor.shutdown(wait=True)
+        if self._alarm is not None:
+            self._alarm.close()
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -211,10 +216,8 @@ class Scheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_delay_s and len(pending) < self.max_batch:
-                wait_s = pending[0].enqueued + self.max_delay_s - time.perf_counter()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
+            if self._alarm is not None and len(pending) < self.max_batch:
+                await self._alarm.sleep(pending[0].enqueued + self.max_delay_s - time.perf_counter())
             batch = self._take_batch()
             self._lone_row = batch[0].row if len(batch) == 1 else -1
             self._busy = True

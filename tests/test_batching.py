@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -242,10 +243,12 @@ class Recorder:
         io_binding: bool = True,
         memory: str = "host",
         inline_call_us: float = 0.0,
+        max_delay_ms: float = 0.0,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
         self.inline_call_us = inline_call_us
+        self.max_delay_ms = max_delay_ms
         self.slabs = make_slabs(model, memory, 4)
         settings = Settings(state_memory=memory, io_binding=io_binding, max_batch=max_batch)
         self.calls = build_calls(model, settings)
@@ -258,7 +261,7 @@ class Recorder:
             self.model,
             self.slabs,
             max_batch=self.max_batch,
-            max_delay_ms=0.0,
+            max_delay_ms=self.max_delay_ms,
             batching=True,
             metrics=Metrics(),
             calls=self.calls,
@@ -427,6 +430,38 @@ def test_a_lone_streams_step_runs_inside_submit_and_a_second_session_brings_batc
     mine = np.stack([out["logits"][0] for out in (first, second, third, fourth)])
     np.testing.assert_allclose(mine, offline_lm.logits("hell"), atol=TOLERANCE)
     np.testing.assert_allclose(other["logits"][0], offline_lm.logits("x")[0], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("window_ms", [0.0, 300.0])
+def test_a_step_that_arrives_within_the_window_joins_the_first_steps_batch(
+    tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str, window_ms: float
+) -> None:
+    """``--max-delay-ms``: the first step of a batch waits up to the window for others to join it;
+    without a window it runs at once. Either way each step's answer is its lone run's."""
+    recorder = Recorder(tiny_model, memory=memory, max_delay_ms=window_ms)
+    a, b = recorder.slabs.allocate(), recorder.slabs.allocate()
+
+    async def main() -> tuple[list[Any], float]:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            started = time.perf_counter()
+            first = asyncio.ensure_future(scheduler.run(a, {"char_id": _ids(offline_lm, "h")}, 1))
+            await asyncio.sleep(0.03)  # well inside the window, well after a turn of the loop
+            second = scheduler.run(b, {"char_id": _ids(offline_lm, "x")}, 1)
+            outputs = await asyncio.wait_for(asyncio.gather(first, second), 30)
+            return list(outputs), time.perf_counter() - started
+        finally:
+            await scheduler.stop()
+
+    (first, second), elapsed = asyncio.run(main())
+    if window_ms:
+        assert recorder.batches == [[(a, 1), (b, 1)]]
+        assert elapsed >= window_ms / 1000  # the first step waited out the window
+    else:
+        assert recorder.batches == [[(a, 1)], [(b, 1)]]
+    np.testing.assert_allclose(first["logits"][0], offline_lm.logits("h")[0], atol=TOLERANCE)
+    np.testing.assert_allclose(second["logits"][0], offline_lm.logits("x")[0], atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("inline_call_us", [0.0, 10_000.0])
