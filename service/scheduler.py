@@ -2,7 +2,7 @@
 
 Client steps are tiny, and one by one their fixed per-call costs dominate: the ready steps of
 every session run as one batch as soon as the last batch finishes (no fixed wait unless
-``max_delay_ms`` asks). Its rules, whose reasons and measurements are in docs/benchmarks.md:
+``max_delay_ms`` asks; ``service.loop_alarm`` times it). Its rules are in docs/benchmarks.md:
 
 * a batch holds at most ``max_batch`` steps of one chunk length K, never two of one session;
   steps passed over stay at the head of the queue, so each session's order holds;

@@ -85,7 +85,8 @@ class Settings:
     max_delay_ms: float = field(
         default=0.0,
         metadata={
-            "help": "wait up to this long for a batch to fill (0: run at once)",
+            "help": "the first step of a batch waits up to this long for others to join it (0: run at once; "
+            "fractions of a millisecond are kept)",
             "type": float_in(0, MAX_DELAY_MS),
         },
     )
