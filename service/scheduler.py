@@ -52,6 +52,12 @@ INLINE_MAX_STEPS = 4
 INLINE_MAX_BATCH = 32
 #: Weight of the newest call in a batch size's moving average of CPU per call.
 CALL_COST_WEIGHT = 0.2
+#: Weight of the newest gap between two steps' arrivals in the moving average the window reads.
+ARRIVAL_GAP_WEIGHT = 0.1
+#: The batching window opens when at least this many more steps are expected within it (the
+#: window divided by the mean gap between arrivals). Measured on ``lstm256`` under paced load, a
+#: 0.25 ms window paid at mean gaps of 278 and 417 µs and cost CPU at 833 µs (docs/benchmarks.md).
+WINDOW_MIN_ARRIVALS = 0.5
 
 
 @dataclass(slots=True, eq=False)
@@ -97,6 +103,10 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         #: The batching window's clock: loop timers are whole milliseconds (see service.loop_alarm).
         self._alarm = LoopAlarm(WINDOW_PREFIX + model.manifest.name) if self.max_delay_s else None
+        #: With a window: when the last step arrived, and a moving average of the gaps between
+        #: arrivals (inf until two were seen), so the window opens only where it fills batches.
+        self._last_arrival = float("-inf")
+        self._arrival_gap_s = float("inf")
         #: The row of the last batch when that batch was a lone step, else -1: the fast lane's test.
         self._lone_row = -1
         #: A batch of single steps runs inline when its size's calls cost less CPU than this.
@@ -189,6 +199,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
         job = StepJob(row, inputs, steps, future, time.perf_counter(), orphan)
+        if self._alarm is not None:
+            self._arrived(job.enqueued)
         if not self.batching:
             loop.call_soon(self._run_naive_job, job)
             return future
@@ -216,7 +228,7 @@ class Scheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._alarm is not None and len(pending) < self.max_batch:
+            if self._alarm is not None and len(pending) < self.max_batch and self._window_pays():
                 await self._alarm.sleep(pending[0].enqueued + self.max_delay_s - time.perf_counter())
             batch = self._take_batch()
             self._lone_row = batch[0].row if len(batch) == 1 else -1
@@ -235,6 +247,20 @@ class Scheduler:
                 _fail(batch, exc)
             finally:
                 self._busy = False
+
+    def _arrived(self, now: float) -> None:
+        """Counts a step's arrival (at ``now``, perf_counter seconds) in the mean gap between arrivals."""
+        gap, known = now - self._last_arrival, self._arrival_gap_s
+        self._last_arrival = now
+        self._arrival_gap_s = gap if known == float("inf") else known + ARRIVAL_GAP_WEIGHT * (gap - known)
+
+    def _window_pays(self) -> bool:
+        """Whether steps arrive densely enough that waiting out the window is likely to fill the batch.
+
+        Where they do not, a wait adds its latency and the two wake-ups of ``LoopAlarm`` to a
+        batch of one, and saves nothing.
+        """
+        return self.max_delay_s >= WINDOW_MIN_ARRIVALS * self._arrival_gap_s
 
     def _take_batch(self) -> list[StepJob]:
         """Up to max_batch jobs of the first job's chunk length, one per session, oldest first.

@@ -436,15 +436,18 @@ def test_a_lone_streams_step_runs_inside_submit_and_a_second_session_brings_batc
 def test_a_step_that_arrives_within_the_window_joins_the_first_steps_batch(
     tiny_model: LoadedModel, offline_lm: OfflineLM, memory: str, window_ms: float
 ) -> None:
-    """``--max-delay-ms``: the first step of a batch waits up to the window for others to join it;
-    without a window it runs at once. Either way each step's answer is its lone run's."""
+    """``--max-delay-ms``: once steps arrive densely, the first step of a batch waits up to the
+    window for others to join it; without a window it runs at once. Either way each step's
+    answer is its lone run's."""
     recorder = Recorder(tiny_model, memory=memory, max_delay_ms=window_ms)
-    a, b = recorder.slabs.allocate(), recorder.slabs.allocate()
+    a, b, *others = (recorder.slabs.allocate() for _ in range(6))
 
     async def main() -> tuple[list[Any], float]:
         scheduler = recorder.scheduler()
         scheduler.start()
         try:
+            # Four steps in one turn: arrivals are dense, so the window opens from now on.
+            await asyncio.gather(*(scheduler.run(row, {"char_id": _ids(offline_lm, "x")}, 1) for row in others))
             started = time.perf_counter()
             first = asyncio.ensure_future(scheduler.run(a, {"char_id": _ids(offline_lm, "h")}, 1))
             await asyncio.sleep(0.03)  # well inside the window, well after a turn of the loop
@@ -456,12 +459,47 @@ def test_a_step_that_arrives_within_the_window_joins_the_first_steps_batch(
 
     (first, second), elapsed = asyncio.run(main())
     if window_ms:
-        assert recorder.batches == [[(a, 1), (b, 1)]]
+        assert recorder.batches[-1:] == [[(a, 1), (b, 1)]]
         assert elapsed >= window_ms / 1000  # the first step waited out the window
     else:
-        assert recorder.batches == [[(a, 1)], [(b, 1)]]
+        assert recorder.batches[-2:] == [[(a, 1)], [(b, 1)]]
     np.testing.assert_allclose(first["logits"][0], offline_lm.logits("h")[0], atol=TOLERANCE)
     np.testing.assert_allclose(second["logits"][0], offline_lm.logits("x")[0], atol=TOLERANCE)
+
+
+def test_the_window_stays_shut_while_steps_arrive_too_sparsely_to_fill_it(
+    tiny_model: LoadedModel, offline_lm: OfflineLM
+) -> None:
+    """A wait pays only when another step is likely to come within it: with no step seen
+    before, or arrivals more than two windows apart, a step runs at once."""
+    window_s = 5.0
+    recorder = Recorder(tiny_model, max_delay_ms=window_s * 1000)
+    row = recorder.slabs.allocate()
+
+    async def main() -> float:
+        scheduler = recorder.scheduler()
+        scheduler.start()
+        try:
+            started = time.perf_counter()
+            await asyncio.wait_for(scheduler.run(row, {"char_id": _ids(offline_lm, "h")}, 1), 30)
+            elapsed = time.perf_counter() - started
+            # The rule on its own, fed arrival times: gaps of 11 s keep a 5 s window shut, gaps
+            # of 1 s open it.
+            later = time.perf_counter() + 100  # after the real arrival above
+            for gap in (11.0, 11.0, 11.0):
+                later += gap
+                scheduler._arrived(later)
+            assert not scheduler._window_pays()
+            for _ in range(40):  # the mean forgets the long gaps at a tenth an arrival
+                later += 1.0
+                scheduler._arrived(later)
+            assert scheduler._window_pays()
+            return elapsed
+        finally:
+            await scheduler.stop()
+
+    assert asyncio.run(main()) < window_s / 2  # the first step of all did not wait the window out
+    assert recorder.batches == [[(row, 1)]]
 
 
 @pytest.mark.parametrize("inline_call_us", [0.0, 10_000.0])
