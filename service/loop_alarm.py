@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import queue
-import sys
 import threading
 import time
 
-from service.process import name_os_thread
+from service.process import name_os_thread, set_timer_slack
 
-#: prctl's option that sets the calling thread's timer slack, in nanoseconds (Linux).
-PR_SET_TIMERSLACK = 29
-#: The alarm thread's timer slack: Linux lets a sleeping thread's wake-up slip by 50 µs unless
-#: it asks for less, a quarter of a 200 µs window.
+#: The alarm thread's timer slack (Linux's default, 50 µs, is a quarter of a 200 µs window).
 TIMER_SLACK_NS = 1_000
 
 #: What the alarm thread takes from its queue: when to ring, and the loop and future to ring.
@@ -32,7 +27,8 @@ _Wait = tuple[float, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class LoopAlarm:
-    """Sleeps of any length on an event loop, to within the kernel's timer slack (~50 µs)."""
+    """Sleeps of any length on an event loop, never short; they end ~50 µs late here (the thread's
+    and the loop's wake-ups)."""
 
     def __init__(self, name: str) -> None:
         self._waits: queue.SimpleQueue[_Wait | None] = queue.SimpleQueue()
@@ -56,7 +52,7 @@ class LoopAlarm:
 
     def _ring(self, name: str) -> None:
         name_os_thread(name)
-        _tighten_timer_slack()
+        set_timer_slack(TIMER_SLACK_NS)
         while (wait := self._waits.get()) is not None:
             deadline, loop, done = wait
             left = deadline - time.perf_counter()
@@ -69,13 +65,3 @@ class LoopAlarm:
 def _wake(done: asyncio.Future[None]) -> None:
     if not done.done():  # cancelled meanwhile (the scheduler stopped)
         done.set_result(None)
-
-
-def _tighten_timer_slack() -> None:
-    """Asks Linux to wake the calling thread within ``TIMER_SLACK_NS`` of its deadline; elsewhere, nothing."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
-    except (OSError, AttributeError):
-        return

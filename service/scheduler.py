@@ -199,11 +199,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
         job = StepJob(row, inputs, steps, future, time.perf_counter(), orphan)
-        if self._alarm is not None:
-            self._arrived(job.enqueued)
         if not self.batching:
             loop.call_soon(self._run_naive_job, job)
             return future
+        if self._alarm is not None:
+            self._arrived(job.enqueued)
         if self._task is None or self._task.done():
             raise SchedulerStopped("the model's scheduler is not running")
         if lane and row == self._lone_row and not self._busy and not self._pending and steps <= INLINE_MAX_STEPS:
