@@ -48,8 +48,11 @@ def _serve(argv: Sequence[str]) -> int:
         from service.workers import run_workers
 
         return run_workers(settings, argv)
+    # Before minutes of model loading, not after: a port in use is a usage error.
     if not settings.reuse_port:
-        _check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
+        _check_port_free(settings.host, settings.port)
+    if settings.metrics_port:
+        _check_port_free(settings.host, settings.metrics_port, "--metrics-port")
     try:
         process.run(serve(settings), settings.event_loop)
     except (SecurityConfigError, NoModelsServed) as exc:
@@ -57,11 +60,13 @@ def _serve(argv: Sequence[str]) -> int:
     except Unavailable as exc:  # the session store
         raise CommandError(exc.message, EXIT_USAGE, hint="is Redis running at --session-store?") from exc
     except BindError as exc:
-        raise _port_busy(settings.host, settings.port) from exc
+        raise _port_busy(settings.host, exc.port or settings.port, exc.flag) from exc
     return 0
 
 
-def _port_busy(host: str, port: int) -> CommandError:
+def _port_busy(host: str, port: int, flag: str = "--port") -> CommandError:
+    if flag != "--port":
+        return CommandError(f"{flag} {port}: port {port} on {host} is in use", EXIT_USAGE, hint=f"pick another {flag}")
     return CommandError(
         f"port {port} on {host} is in use",
         EXIT_USAGE,
@@ -70,8 +75,9 @@ def _port_busy(host: str, port: int) -> CommandError:
     )
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Raises the 'port in use' CommandError if ``host:port`` cannot be bound now (grpc binds it later)."""
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
+    """Raises the 'port in use' CommandError, naming ``flag``, if ``host:port`` cannot be bound now
+    (the server binds it later)."""
     if port == 0:
         return
     try:
@@ -85,7 +91,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise _port_busy(host, port) from exc
+                raise _port_busy(host, port, flag) from exc
 
 
 def _client(argv: Sequence[str]) -> int:

@@ -19,6 +19,7 @@ import bisect
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -196,6 +197,7 @@ def observe_many(child: Any, values: Sequence[float] | np.ndarray) -> None:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._http: WSGIServer | None = None  # /metrics, once serve_http started it
         r = self.registry
         tallies = _Tallies()
         r.register(tallies)  # first, so every collection folds the tallies in before reading
@@ -270,4 +272,12 @@ class Metrics:
         return generate_latest(self.registry)
 
     def serve_http(self, port: int, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        """Serves /metrics from a thread of its own (an OSError if the port cannot be bound)."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop_http(self) -> None:
+        """Stops serving /metrics and frees its port (nothing to do if it was never served)."""
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()

@@ -109,7 +109,16 @@ def warn_if_exposed(settings: Settings, transport: TransportSecurity, auth: Auth
 
 
 class BindError(OSError):
-    """The server cannot listen on its address (most often: the port is in use)."""
+    """The server cannot listen on its address (most often: the port is in use).
+
+    ``port`` and ``flag`` say which of the server's ports it was, so the error names the flag
+    that picks another.
+    """
+
+    def __init__(self, message: str, port: int = 0, flag: str = "--port") -> None:
+        super().__init__(message)
+        self.port = port
+        self.flag = flag
 
 
 def bind(server: grpc.aio.Server, target: str, transport: TransportSecurity) -> int:

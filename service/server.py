@@ -34,6 +34,7 @@ from service.redis_store import RedisStore
 from service.registry import Registry
 from service.runtime import Runtimes
 from service.security import (
+    BindError,
     TransportSecurity,
     authenticator,
     bind,
@@ -149,13 +150,26 @@ class Server:
             server,
             reflection_pool(),
         )
-        port = bind(server, settings.target, transport)
+        # /metrics first: a gRPC server that never started keeps its port bound until the process
+        # ends, while the metrics server can be closed if the gRPC port then cannot be bound.
+        if settings.metrics_port:
+            try:
+                metrics.serve_http(settings.metrics_port, settings.host)
+            except OSError as exc:
+                raise BindError(
+                    f"cannot serve /metrics on {settings.host}:{settings.metrics_port}: {exc.strerror or exc}",
+                    settings.metrics_port,
+                    "--metrics-port",
+                ) from exc
+        try:
+            port = bind(server, settings.target, transport)
+        except BindError:
+            metrics.stop_http()
+            raise
         warn_if_exposed(settings, transport, auth)
         runtimes.start()
         await server.start()
         await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING, served_services(settings))
-        if settings.metrics_port:
-            metrics.serve_http(settings.metrics_port, settings.host)
         running = cls(
             settings, server, store, runtimes, health_servicer, metrics, port, transport, auth, engine, durable
         )
@@ -198,6 +212,7 @@ class Server:
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.grpc_server.stop(grace_s)
+        await asyncio.to_thread(self.metrics.stop_http)  # waits out the HTTP server's poll (0.5 s)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.durable is not None:

@@ -270,6 +270,9 @@ class Settings:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        metrics_ports = range(self.metrics_port, self.metrics_port + max(1, self.worker_count))
+        if self.port and self.metrics_port and self.port in metrics_ports:
+            raise ValueError(f"metrics_port {self.metrics_port} takes port {self.port}, the gRPC port: pick another")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

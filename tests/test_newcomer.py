@@ -7,6 +7,7 @@ documented exit code (docs/api.md#exit-codes), never a traceback or a raw gRPC e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -19,6 +20,9 @@ import numpy as np
 import pytest
 
 from service import command
+from service.security import BindError
+from service.server import Server
+from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS, ShippedServer
 from tests.servers import STATESTREAM, serve_process
 from tests.test_docs_examples import Example, argv_of, console_examples
@@ -129,6 +133,74 @@ def test_serve_on_a_port_in_use_names_the_port(shipped_server: ShippedServer) ->
     host, port = shipped_server.target.rsplit(":", 1)
     done = statestream(shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--host", host, "--port", port)
     assert_one_error_line(done, command.EXIT_USAGE, f"port {port}", "in use", "--port")
+
+
+def test_serve_with_its_metrics_port_in_use_names_that_flag_before_loading_models(
+    shipped_server: ShippedServer,
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = str(holder.getsockname()[1])
+        done = statestream(
+            shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", "--metrics-port", taken
+        )
+    line = assert_one_error_line(done, command.EXIT_USAGE, f"--metrics-port {taken}", "in use")
+    assert "--port 0" not in line  # the gRPC port is not the one to change
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def can_bind(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("taken", ["--metrics-port", "--port"])
+def test_a_port_taken_after_the_commands_check_stops_the_start_and_leaves_the_other_free(taken: str) -> None:
+    """The race the command's early check cannot close (a port taken while models load): the start
+    fails with the BindError naming the flag to change, and holds neither port afterwards."""
+
+    async def start(settings: Settings) -> None:
+        await Server.start(settings)
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held, other = holder.getsockname()[1], free_port()
+        grpc_port, metrics_port = (other, held) if taken == "--metrics-port" else (held, other)
+        settings = Settings(models_dir=SHIPPED_MODELS, port=grpc_port, metrics_port=metrics_port)
+        with pytest.raises(BindError) as refused:
+            asyncio.run(start(settings))
+    assert refused.value.flag == taken
+    if taken == "--metrics-port":
+        assert refused.value.port == held
+    assert can_bind(other)
+
+
+def test_serve_with_the_metrics_port_on_the_grpc_port_refuses_to_start(shipped_server: ShippedServer) -> None:
+    args = ("serve", "--models-dir", str(SHIPPED_MODELS), "--port", "7311", "--metrics-port", "7311")
+    assert_one_error_line(statestream(shipped_server, *args), command.EXIT_USAGE, "metrics_port 7311", "port 7311")
+    workers = (
+        "serve",
+        "--models-dir",
+        str(SHIPPED_MODELS),
+        "--workers",
+        "2",
+        "--port",
+        "7312",
+        "--metrics-port",
+        "7311",
+    )
+    assert_one_error_line(statestream(shipped_server, *workers), command.EXIT_USAGE, "takes port 7312")
 
 
 def test_serve_with_a_missing_models_folder_says_so(shipped_server: ShippedServer, tmp_path: Path) -> None:
