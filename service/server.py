@@ -135,7 +135,7 @@ class Server:
         durable = await connect_session_store(settings, store, metrics)
 
         server = grpc.aio.server(options=grpc_options(settings))
-        add_servicer(server, "ModelService", ModelServicer(runtimes, auth))
+        add_servicer(server, "ModelService", ModelServicer(runtimes, auth, settings.max_run_steps))
         engine = SessionEngine(store, settings, durable)
         add_servicer(server, "SessionService", SessionServicer(engine, metrics, auth))
         if settings.oip:

@@ -9,6 +9,7 @@ cannot change a row).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ import pytest
 from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
+from service.client.forecast import DEFAULT_HORIZON, rollout_horizon
 from service.client.sdk import Client, StepFailed, SyncSession
 from service.datasets.mackey_glass import drifting_mackey_glass, mackey_glass
+from service.servicers.models import model_info
 from service.settings import Settings
 from service.tensors import from_proto
 from tests.servers import ServerThread
@@ -74,6 +77,14 @@ def test_a_forecast_session_equals_the_offline_run(forecast_server: ServerThread
         session = client.open("tiny_mg")
         got = [observe(session, v) for v in SERIES[:200]]
     np.testing.assert_allclose(got, want, atol=TOLERANCE)
+
+
+def test_model_info_says_the_longest_rollout_the_model_takes_here(forecast_server: ServerThread) -> None:
+    with Client(forecast_server.target) as client:
+        info = client.get_model("tiny_mg")
+    assert info.task_info.max_run_steps == 50  # its max_horizon, under the server's --max-run-steps of 100
+    runtime = forecast_server.server.runtimes.get("tiny_mg")
+    assert model_info(runtime, max_run_steps=30).task_info.max_run_steps == 30  # the server's bound when smaller
 
 
 def test_a_rollout_is_the_offline_free_run_and_does_not_move_the_session(
@@ -181,5 +192,22 @@ def test_client_forecast_refuses_what_it_cannot_do(
     assert exit_code() == command.EXIT_USAGE  # which series? the model's name is none
     assert "--series" in capsys.readouterr().err
     refused = exit_code("--series", "mackey_glass", "--steps", "10", "--rollout-every", "5", "--horizon", "51")
-    assert refused == command.EXIT_REFUSED
-    assert "max_horizon" in capsys.readouterr().err
+    assert refused == command.EXIT_USAGE  # refused before a step streams: ModelInfo says 50
+    assert "--horizon 51" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("horizon", "bound", "want"),
+    [(None, 5, 5), (None, 500, DEFAULT_HORIZON), (None, 0, DEFAULT_HORIZON), (7, 7, 7), (600, 0, 600)],
+    ids=["default-shortened", "default", "server-does-not-say", "asked-at-bound", "asked-unbounded"],
+)
+def test_the_rollout_horizon_keeps_within_what_model_info_allows(horizon: int | None, bound: int, want: int) -> None:
+    info = pb.ModelInfo(task_info=pb.TaskInfo(max_run_steps=bound))
+    assert rollout_horizon(argparse.Namespace(horizon=horizon, model="m"), info) == want
+
+
+def test_a_horizon_past_what_model_info_allows_is_a_usage_error() -> None:
+    info = pb.ModelInfo(task_info=pb.TaskInfo(max_run_steps=5))
+    with pytest.raises(command.CommandError) as refused:
+        rollout_horizon(argparse.Namespace(horizon=6, model="m"), info)
+    assert refused.value.exit_code == command.EXIT_USAGE and "at most 5" in str(refused.value)

@@ -69,6 +69,7 @@ def test_the_kind_is_described_by_its_driver(kind_server: ServerThread) -> None:
         "on_copy": 0.0,
     }
     assert info.task_info.run_moves_state and not info.task_info.generates
+    assert info.task_info.max_run_steps == 300  # the kind sets no bound of its own: the server's --max-run-steps
     assert [c.name for c in info.context] == ["scale"]
     assert [t.name for t in info.init_inputs] == ["offset"]
     assert info.state_bytes == 2 * UNITS * 4  # the state and the context, float32

@@ -40,6 +40,7 @@ def test_models_are_listed_with_their_contract(server: ServerThread) -> None:
     assert [t.name for t in info.state] == ["h", "c"]
     assert info.state_bytes == 2 * 2 * 32 * 4  # h and c, 2 layers x 32 units of float32
     assert "val_loss_nats_per_char" in info.scores
+    assert info.task_info.run == "" and info.task_info.max_run_steps == 0  # a language model has no Run
 
 
 def test_streamed_outputs_equal_an_offline_onnx_run(server: ServerThread, offline_lm: OfflineLM) -> None:

@@ -102,7 +102,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., description: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., state_bytes: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., scores: _Optional[_Mapping[str, float]] = ..., active_sessions: _Optional[int] = ..., task_info: _Optional[_Union[TaskInfo, _Mapping]] = ..., context: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., init_inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("sends", "returns", "generates", "run", "run_options", "run_moves_state", "init")
+    __slots__ = ("sends", "returns", "generates", "run", "run_options", "run_moves_state", "init", "max_run_steps")
     SENDS_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     GENERATES_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class TaskInfo(_message.Message):
     RUN_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RUN_MOVES_STATE_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUN_STEPS_FIELD_NUMBER: _ClassVar[int]
     sends: str
     returns: str
     generates: bool
@@ -117,7 +118,8 @@ class TaskInfo(_message.Message):
     run_options: _containers.RepeatedCompositeFieldContainer[RunOption]
     run_moves_state: bool
     init: str
-    def __init__(self, sends: _Optional[str] = ..., returns: _Optional[str] = ..., generates: _Optional[bool] = ..., run: _Optional[str] = ..., run_options: _Optional[_Iterable[_Union[RunOption, _Mapping]]] = ..., run_moves_state: _Optional[bool] = ..., init: _Optional[str] = ...) -> None: ...
+    max_run_steps: int
+    def __init__(self, sends: _Optional[str] = ..., returns: _Optional[str] = ..., generates: _Optional[bool] = ..., run: _Optional[str] = ..., run_options: _Optional[_Iterable[_Union[RunOption, _Mapping]]] = ..., run_moves_state: _Optional[bool] = ..., init: _Optional[str] = ..., max_run_steps: _Optional[int] = ...) -> None: ...
 
 class RunOption(_message.Message):
     __slots__ = ("name", "default", "doc")

@@ -9,15 +9,16 @@ The series is the project's own (``service/datasets``, numpy only): the Santa Fe
 then ``--steps`` held-out ones, and the command prints the one-step NRMSE. Every
 ``--rollout-every`` steps it asks for a rollout (a Run on a copy of the session's row) and
 scores it against what the series does next; the session goes on as if none had happened. A
-rollout is ``--horizon`` steps, or by default 20 or the model's ``max_horizon`` if that is less
-(read off the server's refusal). ``--plot`` draws it all (matplotlib, the ``train`` extra).
+rollout is ``--horizon`` steps, or by default 20 or the most the server lets a Run of the model
+take if that is less (``TaskInfo.max_run_steps``: the model's ``max_horizon`` or the server's
+``--max-run-steps``); a ``--horizon`` over it is refused before anything streams. ``--plot``
+draws it all (matplotlib, the ``train`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from service.api import statestream_pb2 as pb
 from service.client.plots import require_matplotlib
 from service.client.registry import command, served_model
-from service.client.sdk import Client, StepFailed, SyncSession
+from service.client.sdk import Client, SyncSession
 from service.command import EXIT_USAGE, UINT32_MAX, CommandError, int_in, non_negative_int, positive_int
 from service.tensors import from_proto
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--horizon",
         type=int_in(1, UINT32_MAX),
-        help=f"steps of each rollout (default: {DEFAULT_HORIZON}, or the model's max_horizon where it is smaller)",
+        help=f"steps of each rollout (default: {DEFAULT_HORIZON}, or the most a Run of the model may take where that is less)",
     )
     parser.add_argument("--plot", type=Path, help="draw truth against the forecasts (needs matplotlib)")
 
@@ -70,7 +71,7 @@ def held_out_stream(series: str) -> tuple[np.ndarray, int]:
 def forecast(client: Client, args: argparse.Namespace) -> int:
     if args.plot is not None:
         require_matplotlib("--plot")
-    served_model(client, args)
+    horizon = rollout_horizon(args, served_model(client, args))
     series = series_of(args)
     values, first = held_out_stream(series)
     start = first - args.warmup
@@ -80,7 +81,7 @@ def forecast(client: Client, args: argparse.Namespace) -> int:
             f"{len(values) - first} in it",
             EXIT_USAGE,
         )
-    predictions, rollouts = _stream(client, args, values, range(start, first + args.steps), first)
+    predictions, rollouts = _stream(client, args, values, range(start, first + args.steps), first, horizon)
     scored_at = np.arange(first - 1, first + args.steps - 1)
     one_step = _nrmse(np.asarray([predictions[t] for t in scored_at]), values[scored_at + 1], values)
     summary: dict[str, Any] = {
@@ -115,13 +116,27 @@ def series_of(args: argparse.Namespace) -> str:
     return max(named, key=len)
 
 
+def rollout_horizon(args: argparse.Namespace, info: pb.ModelInfo) -> int:
+    """The steps of each rollout: ``--horizon``, or DEFAULT_HORIZON, never more than a Run of the
+    model may take on this server (its ModelInfo says; 0 there means it does not say)."""
+    bound = info.task_info.max_run_steps
+    if args.horizon is None:
+        return min(DEFAULT_HORIZON, bound) if bound else DEFAULT_HORIZON
+    if bound and args.horizon > bound:
+        raise CommandError(
+            f"--horizon {args.horizon}: model {args.model!r} rolls out at most {bound} steps on this server",
+            EXIT_USAGE,
+        )
+    return int(args.horizon)
+
+
 def _stream(
-    client: Client, args: argparse.Namespace, values: np.ndarray, times: range, first: int
+    client: Client, args: argparse.Namespace, values: np.ndarray, times: range, first: int, horizon: int
 ) -> tuple[dict[int, float], list[dict[str, Any]]]:
-    """Streams ``values[times]`` over one session; returns the one-step predictions and the rollouts."""
+    """Streams ``values[times]`` over one session, rolling out ``horizon`` steps every
+    ``--rollout-every``; returns the one-step predictions and the rollouts."""
     predictions: dict[int, float] = {}  # index t -> prediction of values[t + 1]
     rollouts: list[dict[str, Any]] = []
-    horizon = DEFAULT_HORIZON if args.horizon is None else args.horizon
     session = client.open(args.model)
     try:
         for t in times:
@@ -130,25 +145,12 @@ def _stream(
             scored = t - first + 1
             due = args.rollout_every and scored > 0 and scored % args.rollout_every == 0
             if due and t + horizon < len(values):
-                path = _roll_out(session, horizon, may_shorten=args.horizon is None)
-                horizon = len(path)
+                path = _rollout_path(session, horizon)
                 truth = values[t + 1 : t + 1 + horizon]
                 rollouts.append({"after": t, "forecast": path, "nrmse": _nrmse(np.asarray(path), truth, values)})
     finally:  # a refused step or run (StepFailed) is reported by the client's one error path
         session.close()
     return predictions, rollouts
-
-
-def _roll_out(session: SyncSession, horizon: int, *, may_shorten: bool) -> list[float]:
-    """A rollout of ``horizon`` steps; or, where the horizon is the default and the model rolls out
-    fewer (its ``max_horizon``, named by the refusal), of as many as the model takes."""
-    try:
-        return _rollout_path(session, horizon)
-    except StepFailed as exc:
-        bound = re.search(r"limit max_horizon=(\d+)", exc.error.message)
-        if not may_shorten or bound is None or int(bound.group(1)) >= horizon:
-            raise
-        return _rollout_path(session, int(bound.group(1)))
 
 
 def _rollout_path(session: SyncSession, horizon: int) -> list[float]:

@@ -75,6 +75,12 @@ class Driver:
     def vocabulary_size(self) -> int:
         return 0
 
+    @property
+    def run_steps_bound(self) -> int | None:
+        """The most steps a Run of this model takes, where the model itself bounds it (None: only
+        the server's --max-run-steps does); ModelInfo reports the smaller of the two."""
+        return None
+
     def task_info(self) -> pb.TaskInfo:
         return pb.TaskInfo(
             sends=self.sends,

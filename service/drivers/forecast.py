@@ -71,6 +71,10 @@ class ForecastDriver(Driver):
         if manifest.decoding.get("steps_per_call") != 1:
             raise ContractError("a forecaster's graph runs one step per call: decoding.steps_per_call must be 1")
 
+    @property
+    def run_steps_bound(self) -> int:
+        return self.max_horizon
+
     def resolve_options(self, options: pb.SessionOptions) -> ResolvedOptions:
         resolved = super().resolve_options(options)
         if not resolved.return_tensors:
