@@ -342,7 +342,7 @@ class Scheduler:
     def _cheap(self, batch: list[StepJob]) -> bool:
         """Whether a batch runs inline: single steps, few, and calls of its size cost under ``inline_call_s``."""
         count = len(batch)
-        return count <= INLINE_MAX_BATCH and batch[0].steps == 1 and self._call_cpu[count] < self.inline_call_s
+        return _costed(count, batch[0].steps) and self._call_cpu[count] < self.inline_call_s
 
     def _call(self, call: BatchCall, count: int, steps: int) -> Arrays:
         """The ORT call and the driver's postprocess (on the worker thread when batched), its CPU
@@ -353,7 +353,7 @@ class Scheduler:
         call.run()
         postprocess = self.postprocess
         derived = postprocess(call.outputs) if postprocess is not None else {}
-        if steps == 1 and count <= INLINE_MAX_BATCH:
+        if _costed(count, steps):
             used, known = time.thread_time() - started, self._call_cpu[count]
             self._call_cpu[count] = used if known == float("inf") else known + CALL_COST_WEIGHT * (used - known)
         return derived
@@ -406,6 +406,12 @@ class Scheduler:
         self._m_batch.observe(batch)
         self._m_batches.inc()
         self._m_steps.inc(batch * steps)
+
+
+def _costed(count: int, steps: int) -> bool:
+    """Whether calls of ``count`` sessions × ``steps`` steps have their CPU kept (``_call_cpu``), and so
+    may run inline: batches of single steps, at most INLINE_MAX_BATCH of them."""
+    return steps == 1 and count <= INLINE_MAX_BATCH
 
 
 def _own(call: BatchCall) -> Arrays:
