@@ -44,46 +44,52 @@ def _serve(argv: Sequence[str]) -> int:
             "--event-loop uvloop: uvloop is not installed", EXIT_USAGE, hint="pip install uvloop, or --event-loop auto"
         )
     configure(settings.log_level, settings.log_json, worker=settings.worker_index)
+    # Before minutes of model loading, not after: the host, and every /metrics port (worker i
+    # serves on --metrics-port + i). Workers share the gRPC port (SO_REUSEPORT): the supervisor
+    # reserves it (service.workers), and a worker does not check it.
+    _check_can_listen(settings.host, 0)
+    for index in range(settings.worker_count if settings.metrics_port else 0):
+        _check_can_listen(settings.host, settings.metrics_port + index, "--metrics-port")
     if settings.worker_count > 1:
         from service.workers import run_workers
 
         return run_workers(settings, argv)
-    # Before minutes of model loading, not after: a port in use is a usage error.
     if not settings.reuse_port:
-        _check_port_free(settings.host, settings.port)
-    if settings.metrics_port:
-        _check_port_free(settings.host, settings.metrics_port, "--metrics-port")
+        _check_can_listen(settings.host, settings.port)
     try:
         process.run(serve(settings), settings.event_loop)
     except (SecurityConfigError, NoModelsServed) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except Unavailable as exc:  # the session store
         raise CommandError(exc.message, EXIT_USAGE, hint="is Redis running at --session-store?") from exc
-    except BindError as exc:
-        raise _port_busy(settings.host, exc.port or settings.port, exc.flag) from exc
+    except BindError as exc:  # taken while the models loaded: say why where the check can tell
+        port = exc.port or settings.port
+        _check_can_listen(settings.host, port, exc.flag)
+        raise CommandError(
+            f"cannot listen on {settings_module.address(settings.host, port)} ({exc.flag})", EXIT_USAGE
+        ) from exc
     return 0
 
 
 def _port_busy(host: str, port: int, flag: str = "--port") -> CommandError:
     if flag != "--port":
-        return CommandError(f"{flag} {port}: port {port} on {host} is in use", EXIT_USAGE, hint=f"pick another {flag}")
+        return CommandError(f"port {port} on {host} is in use ({flag})", EXIT_USAGE, hint=f"pick another {flag}")
     return CommandError(
         f"port {port} on {host} is in use",
         EXIT_USAGE,
-        hint=f"is another server running there ('statestream client models --target {host}:{port}')? "
+        hint=f"is another server running there ('statestream client models --target {settings_module.address(host, port)}')? "
         "Pick another with --port, or --port 0 for a free one",
     )
 
 
-def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
-    """Raises the 'port in use' CommandError, naming ``flag``, if ``host:port`` cannot be bound now
-    (the server binds it later)."""
-    if port == 0:
-        return
+def _check_can_listen(host: str, port: int, flag: str = "--port") -> None:
+    """Raises a one-line CommandError if nothing could listen on ``host:port`` now (the server
+    binds it later): the port in use (under ``flag``), or ``--host`` unresolvable or not this
+    machine's. Port 0 checks the host alone."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # an unresolvable host is grpc's to report
+    except socket.gaierror as exc:
+        raise CommandError(f"--host {host}: cannot resolve it ({exc.strerror})", EXIT_USAGE) from exc
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is not "in use"
@@ -92,6 +98,15 @@ def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise _port_busy(host, port, flag) from exc
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise CommandError(
+                    f"--host {host}: not an address of this machine, so the server cannot listen there",
+                    EXIT_USAGE,
+                    hint="give one of its addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (all of them)",
+                ) from exc
+            raise CommandError(
+                f"cannot listen on {settings_module.address(host, port)} ({flag}): {exc.strerror}", EXIT_USAGE
+            ) from exc
 
 
 def _client(argv: Sequence[str]) -> int:

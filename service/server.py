@@ -47,7 +47,7 @@ from service.servicers.sessions import SessionServicer
 from service.servicers.wire import add_servicer
 from service.session_log import events
 from service.session_store import SessionStore
-from service.settings import Settings
+from service.settings import Settings, address
 from service.tasks import driver_class
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,6 @@ async def serve(settings: Settings) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    print(f"statestream listening on {settings.host}:{server.port} ({server.transport.mode})", flush=True)
+    print(f"statestream listening on {address(settings.host, server.port)} ({server.transport.mode})", flush=True)
     await stopping.wait()
     await server.drain()

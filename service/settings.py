@@ -35,6 +35,7 @@ SCHEDULERS = ("batched", "none")
 PROVIDERS = ("auto", "cpu", "cuda")
 STATE_MEMORIES = ("auto", "host", "device")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: The most server processes ``--workers`` starts ('auto' is one per core).
 MAX_WORKERS = 256
 #: gRPC takes message sizes as a C int.
@@ -45,6 +46,11 @@ MAX_DELAY_MS = 1000.0
 MAX_INLINE_CALL_US = 10000.0
 #: The GIL switch interval's range (µs): below 10 the threads do little but hand the GIL over.
 MIN_GIL_SWITCH_INTERVAL_US, MAX_GIL_SWITCH_INTERVAL_US = 10.0, 100000.0
+
+
+def address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:50051``), as gRPC targets write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def worker_count(text: str) -> str:
@@ -67,7 +73,7 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)", "type": tcp_port})
     models_dir: Path = field(default=Path("models"), metadata={"help": "folder of model folders"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR (any case)"})
     log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
     log_session_events_per_s: float = field(
         default=20.0,
@@ -249,7 +255,8 @@ class Settings:
 
     @property
     def target(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` as gRPC and clients take it."""
+        return address(self.host, self.port)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -258,6 +265,10 @@ class Settings:
             raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
+        if self.host.startswith("["):
+            raise ValueError(f"host: give an IPv6 address without brackets (e.g. ::1), got {self.host!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.state_memory not in STATE_MEMORIES:
             raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
         for f in fields(self):

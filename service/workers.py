@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from service.command import EXIT_USAGE, MAX_PORT, CommandError
-from service.settings import Settings
+from service.settings import Settings, address
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,6 @@ def run_workers(settings: Settings, argv: Sequence[str]) -> int:
         signal.signal(signal.SIGINT, workers.stop)
         for index in range(count):
             workers.start(index)
-        print(f"statestream listening on {settings.host}:{port} ({count} workers)", flush=True)
+        print(f"statestream listening on {address(settings.host, port)} ({count} workers)", flush=True)
         workers.supervise()
     return 0

@@ -145,7 +145,7 @@ def test_serve_with_its_metrics_port_in_use_names_that_flag_before_loading_model
         done = statestream(
             shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", "--metrics-port", taken
         )
-    line = assert_one_error_line(done, command.EXIT_USAGE, f"--metrics-port {taken}", "in use")
+    line = assert_one_error_line(done, command.EXIT_USAGE, f"port {taken}", "in use", "--metrics-port")
     assert "--port 0" not in line  # the gRPC port is not the one to change
 
 
@@ -184,6 +184,43 @@ def test_a_port_taken_after_the_commands_check_stops_the_start_and_leaves_the_ot
     if taken == "--metrics-port":
         assert refused.value.port == held
     assert can_bind(other)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--log-level", "loud"), ("log_level must be one of", "'loud'")),
+        (("--host", "nosuchhost.invalid"), ("--host nosuchhost.invalid: cannot resolve it",)),
+        (("--host", "192.0.2.1"), ("--host 192.0.2.1: not an address of this machine",)),  # TEST-NET-1
+        (("--host", "192.0.2.1", "--workers", "2"), ("--host 192.0.2.1: not an address of this machine",)),
+        (("--host", "[::1]"), ("without brackets",)),
+    ],
+    ids=["log-level", "unresolvable-host", "foreign-host", "foreign-host-workers", "bracketed-ipv6"],
+)
+def test_serve_refuses_a_bad_setting_in_one_line_before_loading_models(
+    shipped_server: ShippedServer, flags: tuple[str, ...], expected: tuple[str, ...]
+) -> None:
+    done = statestream(shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", *flags)
+    assert "loaded model" not in done.stderr
+    assert_one_error_line(done, command.EXIT_USAGE, *expected)
+
+
+def test_a_worker_metrics_port_in_use_is_named_before_any_worker_starts(shipped_server: ShippedServer) -> None:
+    with socket.socket() as holder:  # worker 1 serves /metrics on --metrics-port + 1
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        args = ("serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", "--workers", "2")
+        done = statestream(shipped_server, *args, "--metrics-port", str(taken - 1))
+    assert_one_error_line(done, command.EXIT_USAGE, f"port {taken}", "in use", "--metrics-port")
+
+
+def test_serve_listens_on_ipv6_loopback_and_names_the_target_in_brackets(shipped_server: ShippedServer) -> None:
+    args = ["--models-dir", str(SHIPPED_MODELS), "--host", "::1"]
+    with serve_process(args, shipped_server.env) as (_, first_line, target):
+        assert target.startswith("[::1]:"), first_line
+        listed = statestream(shipped_server, "client", "models", "--target", target)
+    assert listed.returncode == 0 and "char_lm" in listed.stdout, listed.stderr
 
 
 def test_serve_with_the_metrics_port_on_the_grpc_port_refuses_to_start(shipped_server: ShippedServer) -> None:
