@@ -137,8 +137,10 @@ class LoadedModel:
 
         ``auto`` puts it on the device the model runs on: the GPU with CUDA (so it never crosses
         the bus), host memory with the CPU provider, where numpy's gather is cheaper than ORT's.
+        A model with no state and no context (a whole-sequence classifier) keeps nothing per
+        session: it stays on the host, since device slabs of no tensors would be graphs of no node.
         """
-        if state_memory == "host" or (state_memory == "auto" and self.provider != CUDA):
+        if state_memory == "host" or (state_memory == "auto" and self.provider != CUDA) or not self.manifest.rows:
             return HOST
         if self.provider == CUDA:
             return Device("cuda", self._cuda_device_id())

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.command import (
     InRange,
@@ -273,10 +274,8 @@ class Settings:
             raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
         for f in fields(self):
             _check_range(f, getattr(self, f.name))
-        if self.session_store and not self.session_store.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"session_store must be a redis://HOST:PORT (or unix://PATH) URL, got {self.session_store!r}"
-            )
+        if self.session_store:
+            _check_store_url(self.session_store)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -287,6 +286,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _check_store_url(url: str) -> None:
+    """Refuses a --session-store that is not a URL redis-py could connect to, before anything starts."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"session_store must be a redis://HOST:PORT (or unix://PATH) URL, got {url!r}")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:
+        raise ValueError(f"session_store {url!r}: the port must be a number from 0 to 65535") from None
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"session_store {url!r}: give the socket's path, e.g. unix:///run/redis.sock")
 
 
 def _check_range(f: Field[Any], value: Any) -> None:

@@ -247,6 +247,20 @@ def test_client_identify_sends_a_file_whole_to_a_bidirectional_model(
     assert summary["label"] == f"speaker {int(want.argmax()) + 1}"
 
 
+def test_a_stateless_model_is_served_under_state_memory_device(classifier_dir: Path) -> None:
+    """The bidirectional classifier keeps no state: --state-memory device leaves it on the host."""
+    running = ServerThread(Settings(models_dir=classifier_dir, state_memory="device"))
+    try:
+        utterance = TEST.utterances[3]
+        with Client(running.target) as client:
+            session = client.open("whole", return_tensors=["logits"])
+            got = from_proto(session.step(tensors={"frames": utterance}).outputs[0].tensors[0])
+        np.testing.assert_allclose(got, _offline_whole(classifier_dir / "whole", utterance), atol=1e-6)
+        assert running.server.runtimes.get("stream").slabs.__class__.__name__ == "DeviceSlabs"
+    finally:
+        running.stop()
+
+
 def test_client_identify_refuses_what_it_cannot_send(
     classifier_server: ServerThread, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

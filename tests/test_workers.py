@@ -79,6 +79,9 @@ def test_sessions_resume_across_workers(lm_dir: Path, shipped_lm: OfflineLM) -> 
         ({"workers": "0"}, r"workers: 0 is out of range \(1-256, or 'auto'\)"),
         ({"workers": "many"}, "workers: 'many' is neither a whole number nor 'auto'"),
         ({"session_store": "localhost:6379"}, "session_store must be a redis://HOST:PORT"),
+        ({"session_store": "redis://127.0.0.1:notaport"}, "the port must be a number from 0 to 65535"),
+        ({"session_store": "redis://127.0.0.1:70000"}, "the port must be a number from 0 to 65535"),
+        ({"session_store": "unix://"}, "give the socket's path"),
         ({"checkpoint_every": -1}, r"checkpoint_every: -1 is out of range \(0 or more\)"),
     ],
 )
@@ -87,16 +90,22 @@ def test_scale_settings_are_checked(values: dict[str, object], message: str) -> 
         Settings(**values)  # type: ignore[arg-type]
 
 
-def test_a_bad_scale_flag_is_one_line(lm_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--workers", "0"), "--workers: 0 is out of range (1-256, or 'auto')"),
+        (("--session-store", "redis://127.0.0.1:notaport"), "the port must be a number from 0 to 65535"),
+    ],
+)
+def test_a_bad_scale_flag_is_one_line(lm_dir: Path, flags: tuple[str, ...], message: str) -> None:
     done = subprocess.run(
-        [*STATESTREAM, "serve", "--models-dir", str(lm_dir), "--workers", "0"],
+        [*STATESTREAM, "serve", "--models-dir", str(lm_dir), *flags],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--workers: 0 is out of range (1-256, or 'auto')" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_an_unreachable_session_store_is_one_line(lm_dir: Path) -> None:
