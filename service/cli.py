@@ -39,6 +39,14 @@ def _serve(argv: Sequence[str]) -> int:
             EXIT_USAGE,
             hint="give a folder of model folders, e.g. --models-dir models (the shipped one)",
         )
+    if settings.provider == "cuda":
+        from service.providers import missing_cuda
+
+        missing = missing_cuda()
+        if missing:
+            raise CommandError(
+                f"--provider cuda: {missing}", EXIT_USAGE, hint="install onnxruntime-gpu, or --provider auto"
+            )
     if settings.event_loop == "uvloop" and not process.uvloop_installed():
         raise CommandError(
             "--event-loop uvloop: uvloop is not installed", EXIT_USAGE, hint="pip install uvloop, or --event-loop auto"

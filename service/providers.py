@@ -27,11 +27,17 @@ Providers = list[str | tuple[str, dict[str, str]]]
 CUDA_OPTIONS = {"use_tf32": "0"}
 
 
+def missing_cuda() -> str:
+    """Why ``--provider cuda`` cannot work here, or "" when this onnxruntime has the CUDA provider."""
+    available = ort.get_available_providers()
+    return "" if CUDA in available else f"this onnxruntime has no CUDA provider (it offers {', '.join(available)})"
+
+
 def choose_providers(requested: str) -> Providers:
     """CUDA when asked for or when ``auto`` finds it, CPU otherwise (always as the fallback)."""
     available = ort.get_available_providers()
     if requested == "cuda" and CUDA not in available:
-        raise RuntimeError(f"--provider cuda, but this onnxruntime offers only {available}")
+        raise RuntimeError(f"--provider cuda, but {missing_cuda()}")
     if requested == "cuda" or (requested == "auto" and CUDA in available):
         _preload_cuda_libraries()
         return [(CUDA, dict(CUDA_OPTIONS)), CPU]

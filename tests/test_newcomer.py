@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import command
+from service import cli, command, providers
 from service.security import BindError
 from service.server import Server
 from service.settings import Settings
@@ -203,6 +203,19 @@ def test_serve_refuses_a_bad_setting_in_one_line_before_loading_models(
     done = statestream(shipped_server, "serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", *flags)
     assert "loaded model" not in done.stderr
     assert_one_error_line(done, command.EXIT_USAGE, *expected)
+
+
+def test_serve_with_provider_cuda_where_onnxruntime_has_none_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    code = cli.main(["serve", "--models-dir", str(SHIPPED_MODELS), "--port", "0", "--provider", "cuda"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == command.EXIT_USAGE
+    assert lines == [
+        "statestream: error: --provider cuda: this onnxruntime has no CUDA provider (it offers "
+        "CPUExecutionProvider); install onnxruntime-gpu, or --provider auto"
+    ]
 
 
 def test_a_worker_metrics_port_in_use_is_named_before_any_worker_starts(shipped_server: ShippedServer) -> None:
