@@ -37,6 +37,8 @@ PROVIDERS = ("auto", "cpu", "cuda")
 STATE_MEMORIES = ("auto", "host", "device")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: The shortest HMAC key --snapshot-secret may be (UTF-8 bytes): shorter keys are guessable.
+MIN_SNAPSHOT_SECRET_BYTES = 16
 #: The most server processes ``--workers`` starts ('auto' is one per core).
 MAX_WORKERS = 256
 #: gRPC takes message sizes as a C int.
@@ -268,6 +270,11 @@ class Settings:
             raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
         if self.host.startswith("["):
             raise ValueError(f"host: give an IPv6 address without brackets (e.g. ::1), got {self.host!r}")
+        if self.snapshot_secret and len(self.snapshot_secret.encode()) < MIN_SNAPSHOT_SECRET_BYTES:
+            raise ValueError(
+                f"snapshot_secret must be at least {MIN_SNAPSHOT_SECRET_BYTES} bytes, "
+                f"got {len(self.snapshot_secret.encode())}"
+            )
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.state_memory not in STATE_MEMORIES:

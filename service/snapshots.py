@@ -23,6 +23,7 @@ import numpy as np
 
 from service.contract import Manifest
 from service.errors import FailedPrecondition, InvalidArgument
+from service.settings import MIN_SNAPSHOT_SECRET_BYTES
 
 MAGIC = b"SSNP"
 FORMAT = 1
@@ -42,8 +43,8 @@ class Sealer:
     """Seals and opens snapshot blobs with one secret key."""
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("the snapshot secret must be at least 16 bytes")
+        if len(key) < MIN_SNAPSHOT_SECRET_BYTES:
+            raise ValueError(f"the snapshot secret must be at least {MIN_SNAPSHOT_SECRET_BYTES} bytes")
         self._key = key
 
     @classmethod

@@ -82,6 +82,7 @@ def test_sessions_resume_across_workers(lm_dir: Path, shipped_lm: OfflineLM) -> 
         ({"session_store": "redis://127.0.0.1:notaport"}, "the port must be a number from 0 to 65535"),
         ({"session_store": "redis://127.0.0.1:70000"}, "the port must be a number from 0 to 65535"),
         ({"session_store": "unix://"}, "give the socket's path"),
+        ({"snapshot_secret": "abc"}, "snapshot_secret must be at least 16 bytes, got 3"),
         ({"checkpoint_every": -1}, r"checkpoint_every: -1 is out of range \(0 or more\)"),
     ],
 )
@@ -95,6 +96,7 @@ def test_scale_settings_are_checked(values: dict[str, object], message: str) -> 
     [
         (("--workers", "0"), "--workers: 0 is out of range (1-256, or 'auto')"),
         (("--session-store", "redis://127.0.0.1:notaport"), "the port must be a number from 0 to 65535"),
+        (("--snapshot-secret", "abc"), "snapshot_secret must be at least 16 bytes"),
     ],
 )
 def test_a_bad_scale_flag_is_one_line(lm_dir: Path, flags: tuple[str, ...], message: str) -> None:
