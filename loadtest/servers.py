@@ -196,12 +196,14 @@ def thread_cpu_seconds(pid: int, pollers: frozenset[int] = frozenset()) -> dict[
     keep the process's OS name, which Python and native libraries start (ONNX Runtime's and
     OpenBLAS's pools), but for ``pollers``. ``grpc``: gRPC's threads: ``pollers``
     (``aio_pollers``) and the threads gRPC's core names (``grpc_global_tim``, ``event_engine``...).
-    A thread that has ended is in no bucket (its CPU leaves ``/proc/PID/task`` with it).
+    A thread that has ended is in no bucket (its CPU leaves ``/proc/PID/task`` with it). Each
+    thread's time is read in nanoseconds where the kernel keeps it (``thread_run_seconds``).
     """
     main_name = thread_name(pid, pid)
     split = dict.fromkeys(THREAD_BUCKETS, 0.0)
     for thread in psutil.Process(pid).threads():
-        cpu_s = thread.user_time + thread.system_time
+        run_s = thread_run_seconds(pid, thread.id)
+        cpu_s = thread.user_time + thread.system_time if run_s is None else run_s
         if thread.id == pid:
             split["loop"] += cpu_s
         elif thread.id not in pollers and _own_thread(thread_name(pid, thread.id), main_name):
@@ -209,6 +211,19 @@ def thread_cpu_seconds(pid: int, pollers: frozenset[int] = frozenset()) -> dict[
         else:
             split["grpc"] += cpu_s
     return split
+
+
+def thread_run_seconds(pid: int, tid: int) -> float | None:
+    """Seconds thread ``tid`` of ``pid`` has run on a CPU, from ``/proc/PID/task/TID/schedstat``
+    (nanoseconds); None where the kernel keeps no schedstat or the thread has ended.
+
+    ``/proc``'s user and system times count whole clock ticks (10 ms here), too coarse to split
+    a few seconds of a server's CPU among its threads: two rows once read the same to the tick.
+    """
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _own_thread(name: str, main_name: str) -> bool:

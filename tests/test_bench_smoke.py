@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, slo
+from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, servers, slo
 from loadtest.bench import main, targets_of
 from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
@@ -364,3 +365,19 @@ def test_the_slab_bench_proves_device_slabs_against_host_slabs_and_times_both(
     header = (tmp_path / "gpu_bench.md").read_text().splitlines()[0]
     diff = float(header.split("cpu/device slabs ")[1].split()[0].rstrip(","))
     assert diff <= 1e-5  # device slabs give the host slabs' logits and state
+
+
+def test_a_threads_run_time_is_read_to_the_nanosecond_and_agrees_with_the_ticks() -> None:
+    """``/proc``'s user and system times count 10 ms ticks; schedstat's run time is what the split reads."""
+    pid = os.getpid()
+    before = servers.thread_run_seconds(pid, pid)
+    assert before is not None
+    deadline = time.thread_time() + 0.05
+    while time.thread_time() < deadline:  # 50 ms of this thread's CPU
+        pass
+    after = servers.thread_run_seconds(pid, pid)
+    assert after is not None and 0.045 < after - before < 0.5
+    main_thread = next(t for t in psutil.Process(pid).threads() if t.id == pid)
+    assert math.isclose(after, main_thread.user_time + main_thread.system_time, abs_tol=0.05)
+    assert round(after * 1e9) % 10_000_000 != 0 or round(before * 1e9) % 10_000_000 != 0  # not whole ticks
+    assert servers.thread_run_seconds(pid, 2**22 + 7) is None  # no such thread
