@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -240,3 +241,107 @@ def test_a_command_whose_code_a_serving_install_leaves_out_says_so_in_one_line(a
         "statestream: error: this command needs the project's 'loadtest' package, which a serving-only install "
         "leaves out; run it from a source checkout: pip install -e '.[cpu,dev]'\n"
     )
+
+
+# -- client inputs a user gets wrong: one usage line, before any call (nothing listens at NOWHERE) --
+
+NOWHERE = "127.0.0.1:1"
+
+
+def client_error(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The exit code and the one stderr line of ``statestream client ARGS``."""
+    code = cli.main(["client", *args])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("statestream: error: "), lines
+    return code, lines[0]
+
+
+BAD_TARGETS = {
+    "127.0.0.1": "--target '127.0.0.1' has no port",
+    "127.0.0.1:abc": "--target '127.0.0.1:abc': 'abc' is not a port (1-65535)",
+    "127.0.0.1:99999": "--target '127.0.0.1:99999': '99999' is not a port (1-65535)",
+    ":50051": "--target ':50051' has no host",
+    "a b:50051": "--target 'a b:50051': 'a b' is not a host name",
+    "[::1]": "--target '[::1]' has no port",
+    "::1:50051": "--target '::1:50051': an IPv6 address goes in brackets; e.g. [::1]:50051",
+    "": "--target is empty",
+}
+
+
+@pytest.mark.parametrize("target", list(BAD_TARGETS))
+def test_a_target_that_cannot_name_a_server_is_a_usage_error(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not exit 4 with gRPC's resolver text (or port 443 dialled), as if no server were there."""
+    code, line = client_error(capsys, "models", "--target", target)
+    assert code == command.EXIT_USAGE
+    assert line.startswith(f"statestream: error: {BAD_TARGETS[target]}")
+
+
+def test_text_that_is_not_utf8_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes of argv that are not UTF-8 arrive as lone surrogates, which protobuf cannot encode."""
+    code, line = client_error(capsys, "predict", "--target", NOWHERE, "--model", "m", "--text", "a\udcff")
+    assert (code, line) == (command.EXIT_USAGE, "statestream: error: --text is not UTF-8 text: b'a\\xff'")
+
+
+def test_a_token_grpc_cannot_send_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, line = client_error(capsys, "models", "--target", NOWHERE, "--token", "tökén")
+    assert code == command.EXIT_USAGE
+    assert line == "statestream: error: the bearer token holds a character outside printable ASCII"
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff\xfe token\n")
+    code, line = client_error(capsys, "models", "--target", NOWHERE, "--token-file", str(token_file))
+    assert (code, line) == (
+        command.EXIT_USAGE,
+        f"statestream: error: --token-file {token_file}: not a text file (not UTF-8)",
+    )
+
+
+#: Each drawing flag with the arguments its command needs to get as far as checking it.
+DRAWINGS = {
+    "caption": ("--attention-png", "--model", "m", "--image", "scene.png"),
+    "translate": ("--attention-png", "--model", "m", "--text", "Nov 27, 2026"),
+    "complete": ("--png", "--model", "m", "--pattern", "A"),
+    "forecast": ("--plot", "--model", "m"),
+    "identify": ("--png", "--model", "m", "--index", "0"),
+    "vad": ("--png", "--model", "m", "--wav", "call.wav"),
+}
+
+
+@pytest.mark.parametrize("name", list(DRAWINGS))
+def test_a_drawing_that_cannot_be_written_is_refused_before_the_command_runs(
+    name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It was a traceback after the whole stream had run."""
+    flag, *args = DRAWINGS[name]
+    for out, says in [
+        (tmp_path / "missing" / "x.png", f"there is no folder {tmp_path / 'missing'} to write it in"),
+        (tmp_path, "is a folder; give the name of the image to write"),
+        (tmp_path / "x.txt", "'.txt' is not an image format it writes; end the name in .png"),
+    ]:
+        code, line = client_error(capsys, name, "--target", NOWHERE, *args, flag, str(out))
+        assert (code, line) == (command.EXIT_USAGE, f"statestream: error: {flag} {out}: {says}")
+
+
+def test_an_empty_prompt_or_image_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The server answered them with 'no step yet' and 'needs an init payload', exit 3."""
+    code, line = client_error(capsys, "generate", "--target", NOWHERE, "--model", "m", "--prompt", "")
+    assert code == command.EXIT_USAGE
+    assert line == "statestream: error: --prompt is empty: give at least one character to start from"
+    empty = tmp_path / "scene.png"
+    empty.touch()
+    code, line = client_error(capsys, "caption", "--target", NOWHERE, "--model", "m", "--image", str(empty))
+    assert (code, line) == (command.EXIT_USAGE, f"statestream: error: --image {empty}: the file is empty")
+
+
+def test_an_empty_npy_or_wav_file_says_so_in_one_line(tmp_path: Path) -> None:
+    from service.client.step import _load
+    from service.client.vad import read_wav
+
+    empty = tmp_path / "empty"
+    empty.touch()
+    with pytest.raises(command.CommandError) as refused:
+        _load(empty, "--input")  # numpy's EOFError was a traceback
+    assert refused.value.exit_code == command.EXIT_USAGE
+    assert refused.value.line() == f"statestream: error: --input {empty}: the file is empty"
+    with pytest.raises(command.CommandError) as refused:
+        read_wav(empty, 16000)
+    assert refused.value.line().startswith(f"statestream: error: --wav {empty} is not a PCM WAV file; convert it")

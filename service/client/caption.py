@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
+from service.client.plots import check_drawing
 from service.client.registry import command
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError
@@ -41,10 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("caption", DESCRIPTION, add_arguments, tasks=("captioner",))
 def caption(client: Client, args: argparse.Namespace) -> int:
+    if args.attention_png is not None:
+        check_drawing("--attention-png", args.attention_png, matplotlib=False)
     try:
         data = args.image.read_bytes()
     except OSError as exc:
         raise CommandError(f"--image {args.image}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not data:  # sent as it is, the server would say the model needs an init payload
+        raise CommandError(f"--image {args.image}: the file is empty", EXIT_USAGE)
 
     def show(token: DecodedToken) -> None:
         if not args.json:

@@ -20,7 +20,7 @@ import grpc
 from service.client import registry
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
-from service.command import EXIT_UNREACHABLE, EXIT_USAGE, CommandError, Parser, call_error, rpc_error
+from service.command import EXIT_UNREACHABLE, EXIT_USAGE, MAX_PORT, CommandError, Parser, call_error, rpc_error
 
 #: flag destination → the environment variable that fills it when the flag is not given.
 ENVIRONMENT = {
@@ -125,6 +125,62 @@ def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) 
             setattr(args, dest, value if dest in ("target", "token", "tls_server_name") else Path(value))
 
 
+#: Targets in gRPC's own naming syntax (dns:///HOST:PORT, unix:PATH, ...): gRPC reads them, unchecked here.
+GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+TARGET_HINT = "give --target HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
+
+
+def check_target(target: str) -> str:
+    """``target`` itself, or the usage error of a HOST:PORT that cannot name a server.
+
+    gRPC takes such a target and fails only when it dials: with no port it dials 443, and
+    'host:abc', ':50051' or a port over 65535 come back as resolver errors or 'connection
+    refused', exit 4 as if no server were there. Checked here, each is one usage line.
+    """
+    if target.startswith(GRPC_SCHEMES):
+        return target
+    if not target.strip():
+        raise CommandError("--target is empty", EXIT_USAGE, hint=TARGET_HINT)
+    if target.startswith("["):  # [IPv6]:PORT
+        host, close, port_text = target.partition("]")
+        host += close
+        if not close or not port_text.startswith(":"):
+            raise CommandError(f"--target {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
+        port_text = port_text[1:]
+    else:
+        host, colon, port_text = target.rpartition(":")
+        if not colon:
+            raise CommandError(f"--target {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
+        if ":" in host:
+            raise CommandError(
+                f"--target {target!r}: an IPv6 address goes in brackets", EXIT_USAGE, hint="e.g. [::1]:50051"
+            )
+    if not host.strip("[]"):
+        raise CommandError(f"--target {target!r} has no host", EXIT_USAGE, hint=TARGET_HINT)
+    if any(c.isspace() for c in host):
+        raise CommandError(f"--target {target!r}: {host!r} is not a host name", EXIT_USAGE, hint=TARGET_HINT)
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= MAX_PORT:
+        raise CommandError(
+            f"--target {target!r}: {port_text!r} is not a port (1-{MAX_PORT})", EXIT_USAGE, hint=TARGET_HINT
+        )
+    return target
+
+
+def check_text(args: argparse.Namespace) -> None:
+    """Refuses, as a usage error, a text option whose bytes are not UTF-8.
+
+    Python keeps such bytes of the command line as lone surrogates; gRPC and protobuf cannot
+    encode them, and the command would end in a traceback at its first call.
+    """
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                flag = "--" + dest.replace("_", "-")
+                raise CommandError(f"{flag} is not UTF-8 text: {os.fsencode(value)!r}", EXIT_USAGE) from None
+
+
 def connection_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Client keyword arguments (credentials, metadata, options) the connection flags ask for."""
     if args.token is not None and args.token_file is not None:
@@ -144,11 +200,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Runs one client command; a refused or failed call is raised as a CommandError for service.command.run."""
     args = build_parser().parse_args(list(argv))
     fill_from_environment(args, os.environ if environ is None else environ)
+    check_text(args)
+    target = check_target(DEFAULT_TARGET if args.target is None else args.target)
     try:
         kwargs = connection_options(args)
     except ClientSecurityError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
-    target = args.target or DEFAULT_TARGET
     run = next(entry.run for entry in registry.commands() if entry.name == args.command)
     try:
         with Client(target, **kwargs) as client:

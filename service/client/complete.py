@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.plots import require_matplotlib
+from service.client.plots import check_drawing
 from service.client.registry import command, served_model
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, UINT32_MAX, CommandError, fraction, int_in, non_negative_float, seed
@@ -110,7 +110,7 @@ def _options(args: argparse.Namespace) -> dict[str, float]:
 @command("complete", DESCRIPTION, add_arguments, tasks=("associative_memory",))
 def complete(client: Client, args: argparse.Namespace) -> int:
     if args.png is not None:
-        require_matplotlib("--png")
+        check_drawing("--png", args.png)
     info = served_model(client, args)
     clamp = next((t for t in info.inputs if t.name == "clamp_values"), None)
     if clamp is None:

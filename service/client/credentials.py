@@ -62,6 +62,8 @@ def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     token = token.strip()
     if not token or any(c.isspace() for c in token):
         raise ClientSecurityError("the bearer token is empty or holds whitespace")
+    if not (token.isascii() and token.isprintable()):  # an HTTP/2 header value: gRPC fails the call on any other
+        raise ClientSecurityError("the bearer token holds a character outside printable ASCII")
     return ((TOKEN_HEADER, f"Bearer {token}"),)
 
 
@@ -71,6 +73,8 @@ def read_token_file(path: Path) -> str:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except OSError as exc:
         raise ClientSecurityError(f"--token-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ClientSecurityError(f"--token-file {path}: not a text file (not UTF-8)") from None
     if not lines:
         raise ClientSecurityError(f"--token-file {path}: the file is empty")
     return lines[0]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.plots import require_matplotlib
+from service.client.plots import check_drawing
 from service.client.registry import command, served_model
 from service.client.sdk import Client, SyncSession
 from service.command import EXIT_USAGE, UINT32_MAX, CommandError, int_in, non_negative_int, positive_int
@@ -70,7 +70,7 @@ def held_out_stream(series: str) -> tuple[np.ndarray, int]:
 @command("forecast", DESCRIPTION, add_arguments, tasks=("forecaster",))
 def forecast(client: Client, args: argparse.Namespace) -> int:
     if args.plot is not None:
-        require_matplotlib("--plot")
+        check_drawing("--plot", args.plot)
     horizon = rollout_horizon(args, served_model(client, args))
     series = series_of(args)
     values, first = held_out_stream(series)

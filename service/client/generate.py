@@ -12,7 +12,7 @@ from service.api import statestream_pb2 as pb
 from service.client.positions import within_text
 from service.client.registry import command, served_model
 from service.client.sdk import Client, StepFailed
-from service.command import UINT32_MAX, int_in, non_negative_float, rpc_error, seed
+from service.command import EXIT_USAGE, UINT32_MAX, CommandError, int_in, non_negative_float, rpc_error, seed
 
 DESCRIPTION = "sample text on the server, inside one session, after a prompt"
 
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("generate", DESCRIPTION, add_arguments, tasks=("language_model",))
 def generate(client: Client, args: argparse.Namespace) -> int:
+    if not args.prompt:  # the server would refuse it as a session that has seen no step
+        raise CommandError("--prompt is empty: give at least one character to start from", EXIT_USAGE)
     served_model(client, args)
     session = client.open(args.model)
     events = session.generate(args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)

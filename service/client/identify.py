@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.plots import require_matplotlib
+from service.client.plots import check_drawing
 from service.client.registry import command, served_model
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError, int_in
@@ -68,7 +68,7 @@ def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
 @command("identify", DESCRIPTION, add_arguments, tasks=("sequence_classifier",))
 def identify(client: Client, args: argparse.Namespace) -> int:
     if args.png is not None:
-        require_matplotlib("--png")
+        check_drawing("--png", args.png)
     info = served_model(client, args)
     frames, truth = read_utterance(args)
     whole = any(t.name == "frames" for t in info.inputs)

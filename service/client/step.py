@@ -82,6 +82,8 @@ def _load(path: Path, flag: str) -> np.ndarray | Any:
         return np.load(path, allow_pickle=False)
     except OSError as exc:
         raise CommandError(f"{flag} {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except EOFError:  # numpy's word for an empty file
+        raise CommandError(f"{flag} {path}: the file is empty", EXIT_USAGE) from None
     except ValueError:
         raise CommandError(f"{flag} {path}: not a .npy or .npz file of numbers", EXIT_USAGE) from None
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.client.attention_decode import DecodedToken, add_decoding_arguments, decode
+from service.client.plots import check_drawing
 from service.client.registry import command
 from service.client.sdk import Client
 
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("translate", DESCRIPTION, add_arguments, tasks=("translator",))
 def translate(client: Client, args: argparse.Namespace) -> int:
+    if args.attention_png is not None:
+        check_drawing("--attention-png", args.attention_png, matplotlib=False)
     text = args.text
 
     def show(token: DecodedToken) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.api import statestream_pb2 as pb
-from service.client.plots import require_matplotlib
+from service.client.plots import check_drawing
 from service.client.registry import command, served_model
 from service.client.sdk import Client
 from service.command import EXIT_USAGE, CommandError, float_in, int_in
@@ -65,7 +65,8 @@ def read_wav(path: Path, rate: int) -> np.ndarray:
     except OSError as exc:
         raise CommandError(f"cannot read --wav {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
     except (wave.Error, EOFError) as exc:
-        raise CommandError(f"--wav {path} is not a PCM WAV file ({exc})", EXIT_USAGE, hint=hint) from exc
+        reason = f" ({exc})" if str(exc) else ""  # an empty or short file: EOFError(), no words
+        raise CommandError(f"--wav {path} is not a PCM WAV file{reason}", EXIT_USAGE, hint=hint) from exc
     if channels != 1:
         raise CommandError(f"--wav {path} has {channels} channels; the VAD takes mono", EXIT_USAGE, hint=hint)
     if width != 2:
@@ -86,7 +87,7 @@ def model_rate(info: Any) -> int:
 @command("vad", DESCRIPTION, add_arguments, tasks=("voice_activity",))
 def vad(client: Client, args: argparse.Namespace) -> int:
     if args.png is not None:
-        require_matplotlib("--png")
+        check_drawing("--png", args.png)
     info = served_model(client, args)
     rate = model_rate(info)
     frame = int(info.inputs[0].shape[-1])
