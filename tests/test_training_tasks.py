@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from service import command
 from tests.accumulator_model import build
-from training.cli import eval_command
+from training.cli import eval_command, export_command, train_command
 from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
 from training.tasks import UnknownTask, known_tasks, task_of
 
@@ -64,3 +65,48 @@ def test_eval_of_a_model_whose_task_has_no_scorer_is_one_line_and_exit_2(
     assert command.run(lambda: eval_command(["--model", str(folder)])) == command.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("statestream: error: unknown task 'accumulator'") and "\n" not in err
+
+
+def one_error_line(run: Callable[[], int], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The exit code and the one stderr line of a training command run as the CLI runs it."""
+    code = command.run(run)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("statestream: error: "), lines
+    return code, lines[0]
+
+
+def test_a_recipe_that_is_a_folder_not_utf8_or_empty_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was a traceback: IsADirectoryError, UnicodeDecodeError, and '' read as the folder '.'."""
+    binary = tmp_path / "r.toml"
+    binary.write_bytes(b"\xff\xfe task")
+    for argv, says in [
+        (["char_lm", "--recipe", str(tmp_path)], f"{tmp_path}: is a folder; give a recipe's .toml file"),
+        ([str(tmp_path)], f"{tmp_path}: is a folder; give a recipe's .toml file"),
+        (["char_lm", "--recipe", str(binary)], f"{binary}: not a text file (not UTF-8), so not a recipe"),
+        ([""], "the recipe is empty: give a recipe's name or its .toml file"),
+    ]:
+        code, line = one_error_line(lambda argv=argv: train_command(argv), capsys)
+        assert code == command.EXIT_USAGE and line.startswith(f"statestream: error: {says}"), argv
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch.load's EOFError, KeyError or a dict of another format were tracebacks."""
+    import torch
+
+    empty, text, other = tmp_path / "empty.pt", tmp_path / "text.pt", tmp_path / "other.pt"
+    empty.touch()
+    text.write_text("hello\n")
+    torch.save({"a": 1}, other)
+    for checkpoint in (empty, text, other):
+        argv = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "model")]
+        code, line = one_error_line(lambda argv=argv: export_command(argv), capsys)
+        assert code == command.EXIT_USAGE
+        assert line == (
+            f"statestream: error: --checkpoint {checkpoint}: not a statestream weights file or checkpoint; "
+            "give the weights.pt, best.pt or checkpoint.pt of a run"
+        )
+    assert not (tmp_path / "model").exists()

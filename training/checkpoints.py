@@ -73,9 +73,14 @@ def write_weights(path: Path, model: torch.nn.Module, metadata: Mapping[str, Any
 
 
 def load_weights(path: Path) -> Weights:
-    """Read a weights file, or the model part of a resumable checkpoint."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
+    """Read a weights file, or the model part of a resumable checkpoint; ValueError for any other file."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception:  # torch.load's EOFError, UnpicklingError, RuntimeError, KeyError... for a file not its own
+        data = None
+    if not isinstance(data, dict) or data.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
         raise ValueError(f"{path}: not a statestream weights file or checkpoint")
     return Weights(model=data["model"], metadata=dict(data["metadata"]), training=dict(data.get("training", {})))
 

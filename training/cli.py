@@ -44,6 +44,8 @@ def show_progress(*, quiet: bool, as_json: bool, stream: TextIO | None = None) -
 
 def _recipe_file(name_or_path: str) -> Path:
     """A recipe given as a path to a TOML file, or by the name of a shipped one (training/recipes/NAME.toml)."""
+    if not name_or_path.strip():  # Path("") is ".", the current folder
+        raise CommandError("the recipe is empty: give a recipe's name or its .toml file", EXIT_USAGE)
     path = Path(name_or_path)
     return path if path.suffix == ".toml" or path.exists() else recipe_path(name_or_path)
 
@@ -117,12 +119,19 @@ def export_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
-        raise CommandError(f"--checkpoint {args.checkpoint}: no such file", EXIT_USAGE)
+        what = "is a folder" if args.checkpoint.is_dir() else "no such file"
+        raise CommandError(f"--checkpoint {args.checkpoint}: {what}", EXIT_USAGE)
 
     from training.checkpoints import load_weights
     from training.onnx_export import ParityError
 
-    task_name = recorded_recipe(load_weights(args.checkpoint).metadata.get("recipe", {})).get("task")
+    try:
+        weights = load_weights(args.checkpoint)
+    except ValueError as exc:
+        raise CommandError(
+            f"--checkpoint {exc}", EXIT_USAGE, hint="give the weights.pt, best.pt or checkpoint.pt of a run"
+        ) from exc
+    task_name = recorded_recipe(weights.metadata.get("recipe", {})).get("task")
     if not task_name:
         if args.recipe is None:
             raise CommandError(

@@ -74,6 +74,12 @@ def load_recipe(path: Path) -> Any:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder; give a recipe's .toml file or the name of a shipped one") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (not UTF-8), so not a recipe") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from None
     if "kind" in data:
