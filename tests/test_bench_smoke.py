@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, servers, slo
+from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, profile_paced, servers, slo
 from loadtest.bench import main, targets_of
 from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
@@ -381,3 +381,64 @@ def test_a_threads_run_time_is_read_to_the_nanosecond_and_agrees_with_the_ticks(
     assert math.isclose(after, main_thread.user_time + main_thread.system_time, abs_tol=0.05)
     assert round(after * 1e9) % 10_000_000 != 0 or round(before * 1e9) % 10_000_000 != 0  # not whole ticks
     assert servers.thread_run_seconds(pid, 2**22 + 7) is None  # no such thread
+
+
+PERF_REPORT = """\
+# To display the perf.data header info, please use --header/--header-only options.
+#
+# Samples: 4K of event 'cpu-clock:ppp'
+#
+# Overhead  Shared Object
+# ........  ....................
+#
+    37.93%  [kernel.kallsyms]
+    24.09%  libpython3.11.so.1.0
+    12.38%  cygrpc.cpython-311-x86_64-linux-gnu.so
+    11.26%  onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so
+     5.21%  libc.so.6
+     2.94%  _multiarray_umath.cpython-311-x86_64-linux-gnu.so
+     2.08%  loop.cpython-311-x86_64-linux-gnu.so
+     2.02%  _message.abi3.so
+     0.77%  _asyncio.cpython-311-x86_64-linux-gnu.so
+     1.32%  libstdc++.so.6.0.30
+"""
+
+
+def test_perfs_shared_objects_are_summed_into_the_libraries_a_reader_knows() -> None:
+    found = profile_paced.shares(PERF_REPORT)
+    assert list(found) == list(profile_paced.LIBRARIES)
+    assert found["kernel"] == pytest.approx(0.3793) and found["grpc"] == pytest.approx(0.1238)
+    assert found["event loop"] == pytest.approx(0.0208 + 0.0077)  # uvloop and asyncio's C part
+    assert found["other"] == pytest.approx(0.0132)  # libstdc++
+    assert sum(found.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rate", "100", "--variants", "echo,bogus"], "--variants: bogus; take echo, minimal, statestream"),
+        (["--rate", "0"], "--rate: 0"),
+        (["--rate", "100", "--model", "nope"], "--model nope: no such folder"),
+        (["--variants", "echo"], "--rate"),
+    ],
+)
+def test_the_profiler_refuses_bad_flags_in_one_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = profile_paced.main(argv)
+    except SystemExit as exited:  # argparse's own refusals (a missing or malformed flag) exit
+        code = int(exited.code or 0)
+    assert code == EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_the_profiler_says_when_perf_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(profile_paced.shutil, "which", lambda name: None)
+    assert profile_paced.main(["--rate", "100", "--models-dir", str(SHIPPED_MODELS)]) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        "statestream: error: perf is not installed; install Linux's perf tool (Debian: linux-perf)"
+    ]
