@@ -157,7 +157,7 @@ class Server:
                 metrics.serve_http(settings.metrics_port, settings.host)
             except OSError as exc:
                 raise BindError(
-                    f"cannot serve /metrics on {settings.host}:{settings.metrics_port}: {exc.strerror or exc}",
+                    f"cannot serve /metrics on {address(settings.host, settings.metrics_port)}: {exc.strerror or exc}",
                     settings.metrics_port,
                     "--metrics-port",
                 ) from exc
