@@ -177,6 +177,34 @@ def test_bad_spec_is_refused_in_one_line_and_nothing_is_written(case: str, graph
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.toml"]
 
 
+def test_bad_arguments_are_refused_in_one_line_before_the_graph_runs(
+    graphs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown --task or an empty --name had written a folder serve refused; an --out under a file or an
+    empty graph gave a traceback or a misleading line."""
+    from service import command
+    from service.importer.command import main
+
+    graph, spec, out = str(graphs / "one_step.onnx"), str(graphs / "one_step.toml"), tmp_path / "model"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    empty = tmp_path / "empty.onnx"
+    empty.touch()
+    cases = [
+        ([graph, "--task", "oracle"], "--task 'oracle': no driver serves it; known tasks: "),
+        ([graph, "--name", ""], "--name is empty; leave it out"),
+        ([graph, "--out", str(a_file / "model")], f"--out {a_file / 'model'}: cannot make a folder in {a_file}"),
+        ([str(empty)], f"{empty}: the file is empty, not an ONNX model"),
+        ([str(tmp_path)], f"{tmp_path}: is a folder; give the path of an .onnx graph"),
+    ]
+    for args, says in cases:
+        argv = [*args, "--spec", spec, *([] if "--out" in args else ["--out", str(out)])]
+        assert command.run(lambda argv=argv: main(argv)) == command.EXIT_USAGE, argv
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"statestream: error: {says}"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.onnx", "file"]
+
+
 def test_check_passes_an_imported_folder_and_names_the_rule_and_the_fix_of_a_broken_one(
     graphs: Path, tmp_path: Path
 ) -> None:

@@ -7,11 +7,38 @@ import is one line naming the check that failed, and nothing is written.
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from service.command import EXIT_USAGE, CommandError, Parser
-from service.contract import ContractError
+from service.contract import MANIFEST_FILE, ContractError
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuses, before the graph is run, a --task no driver serves, an empty --name and an --out it cannot write.
+
+    The first two had written a folder that 'serve' and 'check' then refused; an --out that
+    cannot be made was a traceback, and one that is not a model folder was refused, only after
+    the import's checks had run.
+    """
+    from service.tasks import known_tasks
+
+    if args.task not in known_tasks():
+        raise CommandError(
+            f"--task {args.task!r}: no driver serves it", EXIT_USAGE, hint=f"known tasks: {', '.join(known_tasks())}"
+        )
+    if args.name is not None and not args.name.strip():
+        raise CommandError("--name is empty", EXIT_USAGE, hint="leave it out to name the model after its --out folder")
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
+        raise CommandError(f"--out {out} exists and is not a model folder; refusing to replace it", EXIT_USAGE)
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: cannot make a folder in {existing}", EXIT_USAGE)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -38,7 +65,9 @@ def main(argv: Sequence[str]) -> int:
             hint="pip install 'statestream[cpu]' (or [gpu]): the importer runs the graph with ONNX Runtime",
         ) from exc
     if not args.graph.is_file():
-        raise CommandError(f"{args.graph}: no such file", EXIT_USAGE, hint="give the path of an .onnx graph")
+        what = "is a folder" if args.graph.is_dir() else "no such file"
+        raise CommandError(f"{args.graph}: {what}", EXIT_USAGE, hint="give the path of an .onnx graph")
+    check_arguments(args)
     try:
         report = import_onnx(args.graph, ImportSpec.load(args.spec), args.out, name=args.name, task=args.task)
     except ContractError as exc:

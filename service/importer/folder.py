@@ -105,6 +105,8 @@ def import_onnx(
         raise ImportRefused(f"{graph}: cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # protobuf's DecodeError and onnx's own
         raise ImportRefused(f"{graph}: not an ONNX model ({' '.join(str(exc).split())[:200]})") from None
+    if not data:  # protobuf reads no bytes as an empty model, refused later as one lacking every input
+        raise ImportRefused(f"{graph}: the file is empty, not an ONNX model")
     plan = plan_import(model, spec)
     reference = OriginalGraph(open_graph(data, "original graph"), plan)
     golden, shapes = reference.record_golden()
@@ -124,10 +126,13 @@ def _install(out: Path, wrapped: bytes, manifest: Manifest) -> None:
     """Writes the folder beside ``out`` and moves it into place; never replaces a folder that is not a model's."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
         raise ImportRefused(f"--out {out} exists and is not a model folder; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.importing"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:  # a parent that is a file, or a place no folder can be made
+        raise ImportRefused(f"--out {out}: cannot make its folder ({exc.strerror or exc})") from None
     try:
         (staging / STEP_GRAPH).write_bytes(wrapped)
         manifest.save(staging)
