@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError, Parser
+from service.command import EXIT_USAGE, CommandError, Parser, nonempty_path
 from service.contract import ContractError
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -46,7 +46,7 @@ def main(argv: Sequence[str]) -> int:
         description="Run the loader's checks on a model folder without serving it: the manifest's schema, the\n"
         "task's driver, the graphs' signatures against the manifest, and the golden trace's replay.",
     )
-    parser.add_argument("folder", type=Path, nargs="+", metavar="FOLDER", help="model folder(s) to check")
+    parser.add_argument("folder", type=nonempty_path, nargs="+", metavar="FOLDER", help="model folder(s) to check")
     args = parser.parse_args(list(argv))
     for folder in args.folder:
         model = check_folder(folder)

@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
@@ -291,6 +292,17 @@ fraction = float_in(0.0, 1.0)
 seconds = float_in(0.0, MAX_DURATION_S)
 #: A random seed (the protocol's ``uint64``).
 seed = int_in(0, 2**64 - 1)
+
+
+def nonempty_path(text: str) -> Path:
+    """An argparse type: a file or folder path, refused when empty.
+
+    ``Path("")`` is ``.``, the current folder: an unset shell variable in ``--out "$DIR"`` would
+    otherwise write into (or read) wherever the command was started.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

@@ -9,12 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.command import Parser, int_in, seed
+from service.command import EXIT_USAGE, CommandError, Parser, int_in, nonempty_path, seed
 from service.datasets.scenes import write_scenes
 
 #: The most scenes one command writes: samples to look at, not a data set.
 MAX_SCENES = 10_000
 SPLITS = ("train", "validation", "test", "composition")
+
+
+def check_out(out: Path) -> None:
+    """Refuses an --out that is a file or under one, in one usage line before any scene is drawn (it was a traceback)."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == out else f": {existing}"
+        raise CommandError(f"--out {out}{where} is a file, not a folder", EXIT_USAGE)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -24,11 +34,12 @@ def main(argv: Sequence[str]) -> int:
         description="Write sample scenes of the captioner's data set (service/datasets/scenes.py) as greyscale\n"
         "PNGs, with scenes.json holding each file's caption and digit boxes: images to caption.",
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
+    parser.add_argument("--out", type=nonempty_path, required=True, help="folder to write (created if missing)")
     parser.add_argument("--count", type=int_in(1, MAX_SCENES), default=8, help="how many scenes")
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split")
     parser.add_argument("--seed", type=seed, default=0, help="the same seed writes the same scenes")
     args = parser.parse_args(list(argv))
+    check_out(args.out)
     for line in write_scenes(args.out, args.split, args.count, args.seed):
         print(line)
     return 0

@@ -371,6 +371,23 @@ def test_scenes_command_writes_pngs_with_their_captions(tmp_path: Path) -> None:
             np.testing.assert_array_equal(np.asarray(png, np.float32) / 255, scene.image)
 
 
+def test_scenes_out_that_is_a_file_or_under_one_is_one_usage_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a traceback (FileExistsError, NotADirectoryError) from the folder's mkdir."""
+    from service import command
+    from service.scenes_command import main
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, says in [
+        (a_file, f"--out {a_file} is a file"),
+        (a_file / "sub", f"--out {a_file / 'sub'}: {a_file} is a file"),
+    ]:
+        assert command.run(lambda out=out: main(["--out", str(out)])) == command.EXIT_USAGE
+        assert capsys.readouterr().err == f"statestream: error: {says}, not a folder\n"
+
+
 # -- training options ------------------------------------------------------------------------
 
 

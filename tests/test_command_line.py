@@ -345,3 +345,33 @@ def test_an_empty_npy_or_wav_file_says_so_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(command.CommandError) as refused:
         read_wav(empty, 16000)
     assert refused.value.line().startswith(f"statestream: error: --wav {empty} is not a PCM WAV file; convert it")
+
+
+#: A path argument of each command, given empty: Path("") is ".", the current folder, which the
+#: command had read as the folder meant (scenes and export wrote into it).
+EMPTY_PATHS = [
+    ("scenes", "--out", ""),
+    ("check", ""),
+    ("import", "", "--spec", "s.toml", "--out", "m"),
+    ("eval", "--model", ""),
+    ("export", "--checkpoint", "w.pt", "--out", ""),
+    ("train", "char_lm", "--recipe", ""),
+]
+
+
+@pytest.mark.parametrize("args", EMPTY_PATHS, ids=" ".join)
+def test_an_empty_path_is_a_usage_error(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, as for any bad value
+        cli.main(list(args))
+    assert exited.value.code == command.EXIT_USAGE
+    err = capsys.readouterr().err
+    flag = {"check": "FOLDER", "import": "MODEL.onnx"}.get(args[0]) or args[args.index("") - 1]
+    assert err == f"statestream: error: {flag}: the path is empty; see 'statestream {args[0]} --help'\n"
+
+
+def test_train_out_given_empty_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a run written into the current folder."""
+    assert cli.main(["train", "char_lm", "--out", ""]) == command.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "statestream: error: --out is empty; leave it out to write where the recipe says\n"
+    )

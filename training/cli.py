@@ -28,6 +28,7 @@ from service.command import (
     CommandError,
     Parser,
     float_in,
+    nonempty_path,
     positive_int,
 )
 from training.recipes import RecipeError, load_recipe, recipe_path, recorded_recipe
@@ -68,7 +69,9 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument(
         "recipe", help="a shipped recipe's name (training/recipes/NAME.toml, e.g. char_lm) or a recipe TOML's path"
     )
-    parser.add_argument("--recipe", dest="recipe_file", type=Path, help="recipe TOML to read instead of RECIPE's")
+    parser.add_argument(
+        "--recipe", dest="recipe_file", type=nonempty_path, help="recipe TOML to read instead of RECIPE's"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--steps", type=positive_int, help="override the recipe's step count")
     parser.add_argument("--out", help="override the recipe's output folder")
@@ -82,6 +85,8 @@ def train_command(argv: list[str]) -> int:
         "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"
     )
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.strip():  # "" would train into the current folder
+        raise CommandError("--out is empty", EXIT_USAGE, hint="leave it out to write where the recipe says")
 
     path = args.recipe_file or _recipe_file(args.recipe)
     recipe = _load_recipe(path)
@@ -108,9 +113,11 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument(
         "recipe", nargs="?", help="the recipe it was trained with, for a checkpoint that does not name its task"
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="weights.pt, best.pt or checkpoint.pt")
-    parser.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/char_lm")
-    parser.add_argument("--loss-curve", type=Path, help="PNG to ship (default: loss_curve.png beside the checkpoint)")
+    parser.add_argument("--checkpoint", type=nonempty_path, required=True, help="weights.pt, best.pt or checkpoint.pt")
+    parser.add_argument("--out", type=nonempty_path, required=True, help="model folder to write, e.g. models/char_lm")
+    parser.add_argument(
+        "--loss-curve", type=nonempty_path, help="PNG to ship (default: loss_curve.png beside the checkpoint)"
+    )
     parser.add_argument(
         "--exporter",
         default="auto",
@@ -156,7 +163,7 @@ def eval_command(argv: list[str]) -> int:
         description="A model folder's scores, recomputed from its ONNX graphs (the artefact that is served)\n"
         "by the scorer of its task (a language model: validation loss on the held-out 10% of Tiny Shakespeare).",
     )
-    parser.add_argument("--model", type=Path, required=True, help="model folder, e.g. models/char_lm")
+    parser.add_argument("--model", type=nonempty_path, required=True, help="model folder, e.g. models/char_lm")
     parser.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)"

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError, Parser
+from service.command import EXIT_USAGE, CommandError, Parser, nonempty_path
 from service.contract import MANIFEST_FILE, ContractError
 
 
@@ -49,9 +49,11 @@ def main(argv: Sequence[str]) -> int:
         "(docs/your-model.md). The golden trace comes from the original graph; nothing is written unless\n"
         "the wrapped graph reproduces it and several sessions batched equal each run alone.",
     )
-    parser.add_argument("graph", type=Path, metavar="MODEL.onnx", help="the ONNX graph to import")
-    parser.add_argument("--spec", type=Path, required=True, help="the import spec (TOML)")
-    parser.add_argument("--out", type=Path, required=True, help="the model folder to write (replaced if it is one)")
+    parser.add_argument("graph", type=nonempty_path, metavar="MODEL.onnx", help="the ONNX graph to import")
+    parser.add_argument("--spec", type=nonempty_path, required=True, help="the import spec (TOML)")
+    parser.add_argument(
+        "--out", type=nonempty_path, required=True, help="the model folder to write (replaced if it is one)"
+    )
     parser.add_argument("--name", default=None, help="the model's name (default: the --out folder's name)")
     parser.add_argument("--task", default="sequence_model", help="the task whose driver serves it")
     args = parser.parse_args(list(argv))
