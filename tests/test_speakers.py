@@ -278,6 +278,18 @@ def test_client_identify_refuses_what_it_cannot_send(
     long.write_text("\n".join(" ".join(["0.5"] * 12) for _ in range(40)))
     assert exit_code("--file", str(long)) == command.EXIT_REFUSED
     assert "takes at most 32" in capsys.readouterr().err
+    # a file the client can read wrong itself is one usage line, before anything is sent
+    narrow, words, binary = tmp_path / "narrow.txt", tmp_path / "words.txt", tmp_path / "binary.txt"
+    narrow.write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")  # was the server's shape refusal, exit 3
+    words.write_text(" ".join(["0.5"] * 12) + "\n0.5 hello\n")  # was 'the same number of numbers'
+    binary.write_bytes(b"\xff\xfe\x00\x01")  # was 'the same number of numbers' too
+    for path, says in [
+        (narrow, "3 numbers a line; model 'whole' takes 12 a frame"),
+        (words, "line 2: 'hello' is not a number"),
+        (binary, "not a text file (not UTF-8)"),
+    ]:
+        assert exit_code("--file", str(path)) == command.EXIT_USAGE
+        assert capsys.readouterr().err == f"statestream: error: --file {path}: {says}\n"
 
 
 # -- the shipped models ------------------------------------------------------------------------

@@ -44,14 +44,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", type=Path, help="draw the running probabilities of each speaker (needs matplotlib)")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
     """``(frames [T, F] float32, the true speaker index or None)`` from ``--index`` or ``--file``."""
     if args.file is not None:
         try:
-            rows = [line.replace(",", " ").split() for line in args.file.read_text().splitlines() if line.strip()]
-            frames = np.array([[float(v) for v in row] for row in rows], dtype=np.float32)
+            text = args.file.read_text()
         except OSError as exc:
             raise CommandError(f"cannot read --file {args.file}: {exc.strerror}", EXIT_USAGE) from exc
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"--file {args.file}: not a text file (not UTF-8)", EXIT_USAGE) from exc
+        rows = [(number, line.replace(",", " ").split()) for number, line in enumerate(text.splitlines(), 1)]
+        rows = [(number, values) for number, values in rows if values]
+        for number, values in rows:  # each word named, where the reason had been 'the same number of numbers'
+            word = next((v for v in values if not _is_number(v)), None)
+            if word is not None:
+                raise CommandError(f"--file {args.file}: line {number}: {word!r} is not a number", EXIT_USAGE)
+        try:
+            frames = np.array([[float(v) for v in values] for _, values in rows], dtype=np.float32)
         except ValueError as exc:
             raise CommandError(
                 f"--file {args.file}: every line must be the same number of numbers", EXIT_USAGE
@@ -72,6 +89,12 @@ def identify(client: Client, args: argparse.Namespace) -> int:
     info = served_model(client, args)
     frames, truth = read_utterance(args)
     whole = any(t.name == "frames" for t in info.inputs)
+    width = next((t.shape[-1] for t in info.inputs if t.name in ("frame", "frames") and t.shape), 0)
+    if args.file is not None and width > 0 and frames.shape[1] != width:  # else the server's shape refusal, exit 3
+        raise CommandError(
+            f"--file {args.file}: {frames.shape[1]} numbers a line; model {args.model!r} takes {width} a frame",
+            EXIT_USAGE,
+        )
     session = client.open(args.model)
     try:
         if whole:
