@@ -302,6 +302,10 @@ class Manifest:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ContractError(f"{path}: no manifest") from None
+        except OSError as exc:  # a folder of that name, or one it may not read
+            raise ContractError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:  # a ValueError, but no JSONDecodeError: it was a traceback
+            raise ContractError(f"{path}: not valid JSON (not UTF-8 text)") from None
         except json.JSONDecodeError as exc:
             raise ContractError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):

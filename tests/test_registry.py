@@ -99,6 +99,26 @@ def test_a_folder_without_a_manifest_or_with_bad_json_is_refused(models_dir: Pat
         Manifest.load(models_dir / "empty")
 
 
+def test_a_manifest_that_is_not_utf8_or_is_a_folder_is_one_line_of_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both were tracebacks (UnicodeDecodeError, IsADirectoryError) in check, eval and the loader."""
+    from service import command
+    from service.check_command import main
+
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "manifest.json").write_bytes(b"\xff\xfe{}")
+    (tmp_path / "folder" / "manifest.json").mkdir(parents=True)
+    for name, says in [("binary", "not valid JSON (not UTF-8 text)"), ("folder", "cannot be read (Is a directory)")]:
+        folder = tmp_path / name
+        assert command.run(lambda folder=folder: main([str(folder)])) == command.EXIT_USAGE
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(
+            f"statestream: error: {folder}: check 'manifest' failed: {folder}/manifest.json: {says}; "
+        )
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", "UPPER", "x" * 65, "..", "-lead"])
 def test_model_names_cannot_escape_the_models_folder(name: str) -> None:
     with pytest.raises(ContractError, match="invalid model name"):
