@@ -276,6 +276,16 @@ def test_a_target_that_cannot_name_a_server_is_a_usage_error(target: str, capsys
     assert line.startswith(f"statestream: error: {BAD_TARGETS[target]}")
 
 
+def test_a_target_from_the_environment_is_checked_naming_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.client import commands
+
+    assert (
+        command.run(lambda: commands.main(["models"], environ={"STATESTREAM_TARGET": "127.0.0.1"}))
+        == command.EXIT_USAGE
+    )
+    assert capsys.readouterr().err.startswith("statestream: error: STATESTREAM_TARGET '127.0.0.1' has no port; ")
+
+
 def test_text_that_is_not_utf8_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """Bytes of argv that are not UTF-8 arrive as lone surrogates, which protobuf cannot encode."""
     code, line = client_error(capsys, "predict", "--target", NOWHERE, "--model", "m", "--text", "a\udcff")

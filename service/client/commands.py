@@ -130,8 +130,8 @@ GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
 TARGET_HINT = "give --target HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
 
 
-def check_target(target: str) -> str:
-    """``target`` itself, or the usage error of a HOST:PORT that cannot name a server.
+def check_target(target: str, where: str = "--target") -> str:
+    """``target`` itself, or the usage error (naming ``where``, its flag or variable) of a HOST:PORT that cannot be one.
 
     gRPC takes such a target and fails only when it dials: with no port it dials 443, and
     'host:abc', ':50051' or a port over 65535 come back as resolver errors or 'connection
@@ -140,28 +140,28 @@ def check_target(target: str) -> str:
     if target.startswith(GRPC_SCHEMES):
         return target
     if not target.strip():
-        raise CommandError("--target is empty", EXIT_USAGE, hint=TARGET_HINT)
+        raise CommandError(f"{where} is empty", EXIT_USAGE, hint=TARGET_HINT)
     if target.startswith("["):  # [IPv6]:PORT
         host, close, port_text = target.partition("]")
         host += close
         if not close or not port_text.startswith(":"):
-            raise CommandError(f"--target {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
+            raise CommandError(f"{where} {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
         port_text = port_text[1:]
     else:
         host, colon, port_text = target.rpartition(":")
         if not colon:
-            raise CommandError(f"--target {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
+            raise CommandError(f"{where} {target!r} has no port", EXIT_USAGE, hint=TARGET_HINT)
         if ":" in host:
             raise CommandError(
-                f"--target {target!r}: an IPv6 address goes in brackets", EXIT_USAGE, hint="e.g. [::1]:50051"
+                f"{where} {target!r}: an IPv6 address goes in brackets", EXIT_USAGE, hint="e.g. [::1]:50051"
             )
     if not host.strip("[]"):
-        raise CommandError(f"--target {target!r} has no host", EXIT_USAGE, hint=TARGET_HINT)
+        raise CommandError(f"{where} {target!r} has no host", EXIT_USAGE, hint=TARGET_HINT)
     if any(c.isspace() for c in host):
-        raise CommandError(f"--target {target!r}: {host!r} is not a host name", EXIT_USAGE, hint=TARGET_HINT)
+        raise CommandError(f"{where} {target!r}: {host!r} is not a host name", EXIT_USAGE, hint=TARGET_HINT)
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= MAX_PORT:
         raise CommandError(
-            f"--target {target!r}: {port_text!r} is not a port (1-{MAX_PORT})", EXIT_USAGE, hint=TARGET_HINT
+            f"{where} {target!r}: {port_text!r} is not a port (1-{MAX_PORT})", EXIT_USAGE, hint=TARGET_HINT
         )
     return target
 
@@ -199,9 +199,11 @@ def connection_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Runs one client command; a refused or failed call is raised as a CommandError for service.command.run."""
     args = build_parser().parse_args(list(argv))
+    from_environment = args.target is None
     fill_from_environment(args, os.environ if environ is None else environ)
     check_text(args)
-    target = check_target(DEFAULT_TARGET if args.target is None else args.target)
+    where = ENVIRONMENT["target"] if from_environment else "--target"
+    target = check_target(DEFAULT_TARGET if args.target is None else args.target, where)
     try:
         kwargs = connection_options(args)
     except ClientSecurityError as exc:
