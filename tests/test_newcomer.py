@@ -84,11 +84,10 @@ def test_predict_json_reports_a_refused_character_and_exits_non_zero(shipped_ser
     ("args", "expected"),
     [
         (("--prompt", "Romé"), ("INVALID_ARGUMENT", "position 3 of --prompt")),
-        (("--prompt", ""), ("FAILED_PRECONDITION", "give a prompt")),  # a fresh session has nothing to go on
         (("--prompt", "a", "--length", "5000"), ("RESOURCE_EXHAUSTED", "max_generate_tokens=4096")),
         (("--prompt", "a" * 5000), ("RESOURCE_EXHAUSTED", "max_chunk=4096")),
     ],
-    ids=["unknown-character", "empty-prompt", "length-over-limit", "prompt-over-limit"],
+    ids=["unknown-character", "length-over-limit", "prompt-over-limit"],
 )
 def test_a_refused_generate_is_one_line(
     shipped_server: ShippedServer, args: tuple[str, ...], expected: tuple[str, ...]
@@ -118,10 +117,19 @@ def test_an_unknown_model_names_the_loaded_ones(shipped_server: ShippedServer) -
         (("generate", "--model", "char_lm", "--prompt", "a", "--length", "-5"), "--length: -5 is out of range (1-"),
         (("generate", "--model", "char_lm", "--prompt", "a", "--temperature", "-1"), "--temperature"),
         (("predict", "--model", "char_lm", "--text", ""), "--text is empty"),
+        (("generate", "--model", "char_lm", "--prompt", ""), "--prompt is empty"),  # a fresh session has nothing
         (("predict", "--model", "char_lm"), "--text"),
         (("models", "--tls-cert", "x.pem"), "--tls-cert and --tls-key go together"),
     ],
-    ids=["length-0", "length-negative", "temperature-negative", "empty-text", "missing-text", "cert-without-key"],
+    ids=[
+        "length-0",
+        "length-negative",
+        "temperature-negative",
+        "empty-text",
+        "empty-prompt",
+        "missing-text",
+        "cert-without-key",
+    ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
     shipped_server: ShippedServer, args: tuple[str, ...], expected: str

@@ -143,6 +143,22 @@ def test_generate_continues_the_sessions_state(server: ServerThread, offline_lm:
     np.testing.assert_allclose(after, offline_lm.logits("ROMEO:" + done.text + "x")[-1], atol=TOLERANCE, rtol=0)
 
 
+def test_generate_without_a_prompt_on_a_fresh_session_is_refused_in_stream(server: ServerThread) -> None:
+    """Nothing to go on: FAILED_PRECONDITION, and the session goes on (a prompt-less generate after a
+    step continues from it). The command-line client refuses an empty --prompt before calling."""
+    from service.client import StepFailed
+
+    with Client(server.target) as client:
+        session = client.open("char_lm")
+        with pytest.raises(StepFailed) as failed:
+            list(session.generate("", 5))
+        assert failed.value.error.code_name == "FAILED_PRECONDITION" and "give a prompt" in failed.value.error.message
+        assert session.step(text="B").seq == 1
+        done = list(session.generate("", 3, temperature=0.0))[-1]
+        assert isinstance(done, pb.GenerateDone) and done.tokens == 3
+        session.close()
+
+
 @pytest.mark.parametrize("kwargs", [{"temperature": -1.0}, {"top_k": 1000}, {"temperature": float("nan")}])
 def test_bad_sampling_parameters_are_refused_in_stream(server: ServerThread, kwargs: dict[str, float]) -> None:
     from service.client import StepFailed
