@@ -33,7 +33,7 @@ from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import THREAD_BUCKETS, ServerProcess, echo_command, minimal_command, serve_command
 from loadtest.vad_calls import bench_vad_calls
 from service import command
-from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in
+from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path
 from service.contract import Manifest
 
 #: ``statestream bench --help``: what it runs and what each variant stands for.
@@ -398,7 +398,9 @@ MAX_STREAMS = 10_000
 
 def parser() -> Parser:
     parser = Parser(prog="statestream bench", description=DESCRIPTION)
-    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="folder holding the model folder")
+    parser.add_argument(
+        "--models-dir", type=nonempty_path, default=Path("models"), help="folder holding the model folder"
+    )
     parser.add_argument("--model", default="char_lm", help="model to serve")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 256, one repeat, short windows (< 2 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row on stdout")

@@ -28,7 +28,7 @@ from loadtest.cells import client_layout
 from loadtest.load import LoadSpec, model_fields, model_inputs, run_load
 from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
 from service import command
-from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, positive_int
+from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
 from service.contract import Manifest
 
 #: The columns, in order; a shared object that matches none of them is ``other``.
@@ -142,7 +142,7 @@ def parser() -> Parser:
     made.add_argument("--rate", type=float_in(1, 1_000_000), required=True, help="messages a second, all streams")
     made.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     made.add_argument("--streams", type=positive_int, default=256, help="streams (default 256)")
-    made.add_argument("--models-dir", type=Path, default=Path("models"))
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
     made.add_argument("--model", default="lstm256")
     made.add_argument("--duration-s", type=float_in(0.5, 600), default=4.0, help="seconds sampled (default 4)")
     made.add_argument("--warmup-s", type=float_in(0, 600), default=1.5, help="seconds before (default 1.5)")

@@ -25,7 +25,7 @@ from loadtest.flags import Objective, RunTime
 from loadtest.servers import ServerProcess, serve_command
 from loadtest.workloads import Workload, declared
 from service import command
-from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in
+from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -167,7 +167,9 @@ def parser() -> Parser:
     parser.add_argument(
         "--run-time", type=RunTime(int_in(1, 86400)), default="30s", help="Locust run time, e.g. 30s, 2m or 1h30m"
     )
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="models folder the server serves")
+    parser.add_argument(
+        "--models-dir", type=nonempty_path, default=ROOT / "models", help="models folder the server serves"
+    )
     parser.add_argument(
         "--slo",
         type=Objective(float_in(0.1, 600_000)),

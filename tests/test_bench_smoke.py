@@ -26,7 +26,7 @@ from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
 from service import answer_bytes
 from service.api import statestream_pb2 as pb
-from service.command import EXIT_USAGE, CommandError, InRange
+from service.command import EXIT_USAGE, CommandError, InRange, nonempty_path
 from service.contract import Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -270,6 +270,22 @@ def test_paced_streams_are_spread_over_the_interval_or_all_in_phase() -> None:
     assert {load._Pace.of(together, i) for i in range(4)} == {load._Pace(0.2, 0.0)}
 
 
+@pytest.mark.parametrize(
+    "command_line", [bench.parser, slo.parser, profile_paced.parser], ids=["bench", "loadtest", "profile_paced"]
+)
+def test_an_empty_models_dir_is_refused_not_read_as_the_current_folder(
+    command_line: Callable[[], argparse.ArgumentParser], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        command_line().parse_args(
+            ["--models-dir", "", "--rate", "10"] if command_line is profile_paced.parser else ["--models-dir", ""]
+        )
+    assert exited.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        f"statestream: error: --models-dir: the path is empty; see '{command_line().prog} --help'"
+    ]
+
+
 def test_arrivals_without_a_rate_is_refused_before_anything_starts() -> None:
     with pytest.raises(CommandError, match="give --rate too") as refused:
         main(["--models-dir", str(SHIPPED_MODELS), "--arrivals", "together"])
@@ -311,15 +327,16 @@ def range_of(flag_type: object) -> InRange[Any] | None:
 
 @pytest.mark.parametrize(
     "command_line",
-    [bench.parser, slo.parser, fuzz.parser, gpu_bench.parser, echo.parser],
-    ids=["bench", "loadtest", "fuzz", "gpu_bench", "echo"],
+    [bench.parser, slo.parser, fuzz.parser, gpu_bench.parser, echo.parser, profile_paced.parser],
+    ids=["bench", "loadtest", "fuzz", "gpu_bench", "echo", "profile_paced"],
 )
 def test_every_numeric_flag_refuses_a_value_out_of_its_range_in_one_line(
     command_line: Callable[[], argparse.ArgumentParser], capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = command_line()
     flags = [action for action in parser._actions if action.option_strings]
-    unchecked = [a.option_strings[0] for a in flags if range_of(a.type) is None and a.type not in (None, Path)]
+    paths = (Path, nonempty_path)
+    unchecked = [a.option_strings[0] for a in flags if range_of(a.type) is None and a.type not in (None, *paths)]
     assert not unchecked  # a flag that takes a number takes it range-checked
     numeric = [action for action in flags if range_of(action.type) is not None]
     assert numeric  # the loop below is not empty

@@ -349,6 +349,9 @@ def test_step_streams_tensors_to_a_raw_sequence_model(shipped_server: ShippedSer
     np.save(wrong, np.zeros((4, inputs["shape"][0] + 1), np.float32))
     done = statestream(shipped_server, "client", "step", "--model", "lstm256", "--input", str(wrong))
     assert_one_error_line(done, command.EXIT_USAGE, f"--input {wrong}", f"not [T, {inputs['shape'][0]}]")
+    twice = ("--tensor", f"{inputs['name']}=@{wrong}", "--tensor", f"{inputs['name']}=@{wrong}")
+    done = statestream(shipped_server, "client", "step", "--model", "lstm256", *twice)
+    assert_one_error_line(done, command.EXIT_USAGE, f"--tensor {inputs['name']} given more than once")
 
 
 # -- unreachable: exit 4 -------------------------------------------------------------------------

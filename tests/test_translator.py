@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from service import command
 from service.api import statestream_pb2 as pb
 from service.client import commands
 from service.client.sdk import Client
@@ -179,6 +180,12 @@ def test_an_empty_text_is_refused(translate_server: ServerThread) -> None:
     # An empty text is an empty payload on the wire: the translator says the text is empty.
     error = _open_fails(translate_server.target, pb.OpenSession(model="dates", init=pb.InitPayload(data=b"")))
     assert error.code().name == "INVALID_ARGUMENT" and "the text is empty" in (error.details() or "")
+
+
+def test_the_client_command_refuses_an_empty_text_before_calling(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["translate", "--model", "dates", "--text", "", "--target", "127.0.0.1:1"]  # nothing listens there
+    assert command.run(lambda: commands.main(argv, environ={})) == command.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == ["statestream: error: --text is empty: give the text to translate"]
 
 
 def test_the_client_command_prints_the_translation_and_draws_the_matrix(

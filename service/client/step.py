@@ -51,6 +51,10 @@ def step(client: Client, args: argparse.Namespace) -> int:
     if args.input is not None and args.tensor:
         raise CommandError("give --input or --tensor, not both", EXIT_USAGE)
     if args.tensor:
+        names = [text.partition("=@")[0] for text in args.tensor]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # dict() would keep the last one silently
+            raise CommandError(f"--tensor {', '.join(twice)} given more than once: one file per input", EXIT_USAGE)
         inputs = _checked(dict(_read_tensor(text) for text in args.tensor), "--tensor", info)
     elif args.input is not None:
         inputs = _read_inputs(args.input, info)

@@ -22,6 +22,7 @@ from service.client.attention_decode import DecodedToken, add_decoding_arguments
 from service.client.plots import check_drawing
 from service.client.registry import command
 from service.client.sdk import Client
+from service.command import EXIT_USAGE, CommandError
 
 DESCRIPTION = "translate a text on the server (e.g. a date to ISO 8601), streaming each character with its attention"
 DEFAULT_MAX_CHARS = 32
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("translate", DESCRIPTION, add_arguments, tasks=("translator",))
 def translate(client: Client, args: argparse.Namespace) -> int:
+    if not args.text:  # as predict's: the server would refuse it too, but as its own (exit 3)
+        raise CommandError("--text is empty: give the text to translate", EXIT_USAGE)
     if args.attention_png is not None:
         check_drawing("--attention-png", args.attention_png, matplotlib=False)
     text = args.text
