@@ -181,7 +181,8 @@ def test_bad_arguments_are_refused_in_one_line_before_the_graph_runs(
     graphs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An unknown --task or an empty --name had written a folder serve refused; an --out under a file or an
-    empty graph gave a traceback or a misleading line."""
+    empty graph gave a traceback or a misleading line. A known task whose driver cannot serve the graph
+    is found once the graph is wrapped, still before anything is written."""
     from service import command
     from service.importer.command import main
 
@@ -196,6 +197,7 @@ def test_bad_arguments_are_refused_in_one_line_before_the_graph_runs(
         ([graph, "--out", str(a_file / "model")], f"--out {a_file / 'model'}: cannot make a folder in {a_file}"),
         ([str(empty)], f"{empty}: the file is empty, not an ONNX model"),
         ([str(tmp_path)], f"{tmp_path}: is a folder; give the path of an .onnx graph"),
+        ([graph, "--task", "forecaster"], "task 'forecaster' cannot serve this graph: a forecaster takes"),
     ]
     for args, says in cases:
         argv = [*args, "--spec", spec, *([] if "--out" in args else ["--out", str(out)])]

@@ -17,6 +17,7 @@ import onnx
 
 from service.contract import (
     MANIFEST_FILE,
+    ContractError,
     GoldenTrace,
     Manifest,
     StateSpec,
@@ -116,10 +117,22 @@ def import_onnx(
     )
     session = open_graph(wrapped, "wrapped graph")
     check_graph(manifest, session)
+    _check_task_fit(manifest)
     golden_error = replay_golden(manifest, session)
     batch_error = check_batch_invariance(session, manifest, reference)
     _install(out, wrapped, manifest)
     return ImportReport(out, manifest, golden_error, batch_error)
+
+
+def _check_task_fit(manifest: Manifest) -> None:
+    """Refuses a graph its task's driver cannot serve (the loader's ``task_fit`` rule), before anything
+    is written: a folder that 'serve' and 'check' would refuse is no import."""
+    from service.tasks import driver_class  # the drivers, only once a graph has been wrapped
+
+    try:
+        driver_class(manifest.task).check_manifest(manifest)
+    except ContractError as exc:
+        raise ImportRefused(f"task {manifest.task!r} cannot serve this graph: {exc}") from None
 
 
 def _install(out: Path, wrapped: bytes, manifest: Manifest) -> None:
