@@ -461,6 +461,10 @@ def serve_flags(text: str) -> tuple[str, ...]:
         flags = tuple(shlex.split(text))
     except ValueError as exc:
         raise CommandError(f"--serve-flags {text!r}: {exc}", EXIT_USAGE) from exc
+    if {"-h", "--help"} & set(flags):  # serve's parser would print its help and end the bench, having run nothing
+        raise CommandError(
+            f"--serve-flags {text!r}: serve's flags are listed by 'statestream serve --help'", EXIT_USAGE
+        )
     parser = _ServeFlags(prog="statestream serve")
     settings_module.add_arguments(parser)
     try:

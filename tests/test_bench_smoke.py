@@ -303,6 +303,7 @@ def test_serve_flags_reach_the_statestream_server_alone_and_are_checked_by_serve
         ("--inline-call-us 99999", "out of range"),
         ("--no-such-flag", "unrecognized arguments"),
         ("'unclosed", "No closing quotation"),
+        ("--help", "listed by 'statestream serve --help'"),
     ]:
         with pytest.raises(CommandError, match=said) as refused:
             bench.plan_of(bench.parser().parse_args([f"--serve-flags={wrong}"]))
