@@ -286,6 +286,34 @@ def test_a_target_from_the_environment_is_checked_naming_the_variable(capsys: py
     assert capsys.readouterr().err.startswith("statestream: error: STATESTREAM_TARGET '127.0.0.1' has no port; ")
 
 
+@pytest.mark.parametrize(
+    ("variable", "said"),
+    [
+        ("STATESTREAM_CLIENT_TLS_CA", "STATESTREAM_CLIENT_TLS_CA /nonexistent/ca.pem: "),
+        ("STATESTREAM_TOKEN_FILE", "STATESTREAM_TOKEN_FILE /nonexistent/ca.pem: "),
+    ],
+)
+def test_a_file_from_the_environment_is_refused_naming_the_variable(
+    variable: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.client import commands
+
+    environ = {variable: "/nonexistent/ca.pem"}
+    assert command.run(lambda: commands.main(["models"], environ=environ)) == command.EXIT_USAGE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"statestream: error: {said}"), line
+
+
+def test_a_file_given_as_a_flag_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.client import commands
+
+    argv = ["--tls-ca", "/nonexistent/ca.pem", "models"]
+    environ = {"STATESTREAM_CLIENT_TLS_CA": "/also/missing"}  # the flag wins over its variable
+    assert command.run(lambda: commands.main(argv, environ=environ)) == command.EXIT_USAGE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("statestream: error: --tls-ca /nonexistent/ca.pem: "), line
+
+
 def test_text_that_is_not_utf8_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """Bytes of argv that are not UTF-8 arrive as lone surrogates, which protobuf cannot encode."""
     code, line = client_error(capsys, "predict", "--target", NOWHERE, "--model", "m", "--text", "a\udcff")

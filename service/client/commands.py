@@ -117,12 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Gives every connection flag that was not given its environment variable's value, if set."""
+def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
+    """Gives every connection flag that was not given its environment variable's value, if set;
+    returns those it filled (flag destination → variable), so an error can name what was given."""
+    filled = {}
     for dest, variable in ENVIRONMENT.items():
         value = environ.get(variable)
         if getattr(args, dest) is None and value:
             setattr(args, dest, value if dest in ("target", "token", "tls_server_name") else Path(value))
+            filled[dest] = variable
+    return filled
+
+
+def named_as_given(message: str, filled: Mapping[str, str]) -> str:
+    """A connection error that starts with a flag, naming instead the variable its value came from."""
+    for dest, variable in filled.items():
+        flag = "--" + dest.replace("_", "-")
+        if message.startswith(flag + " "):
+            return variable + message[len(flag) :]
+    return message
 
 
 #: Targets in gRPC's own naming syntax (dns:///HOST:PORT, unix:PATH, ...): gRPC reads them, unchecked here.
@@ -199,15 +212,14 @@ def connection_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Runs one client command; a refused or failed call is raised as a CommandError for service.command.run."""
     args = build_parser().parse_args(list(argv))
-    from_environment = args.target is None
-    fill_from_environment(args, os.environ if environ is None else environ)
+    filled = fill_from_environment(args, os.environ if environ is None else environ)
     check_text(args)
-    where = ENVIRONMENT["target"] if from_environment else "--target"
+    where = ENVIRONMENT["target"] if "target" in filled else "--target"
     target = check_target(DEFAULT_TARGET if args.target is None else args.target, where)
     try:
         kwargs = connection_options(args)
     except ClientSecurityError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from exc
+        raise CommandError(named_as_given(str(exc), filled), EXIT_USAGE) from exc
     run = next(entry.run for entry in registry.commands() if entry.name == args.command)
     try:
         with Client(target, **kwargs) as client:
