@@ -250,9 +250,8 @@ class Scheduler:
 
     def _arrived(self, now: float) -> None:
         """Counts a step's arrival (at ``now``, perf_counter seconds) in the mean gap between arrivals."""
-        gap, known = now - self._last_arrival, self._arrival_gap_s
-        self._last_arrival = now
-        self._arrival_gap_s = gap if known == float("inf") else known + ARRIVAL_GAP_WEIGHT * (gap - known)
+        gap, self._last_arrival = now - self._last_arrival, now
+        self._arrival_gap_s = _moving_average(self._arrival_gap_s, gap, ARRIVAL_GAP_WEIGHT)
 
     def _window_pays(self) -> bool:
         """Whether steps arrive densely enough that waiting out the window is likely to fill the batch.
@@ -354,8 +353,8 @@ class Scheduler:
         postprocess = self.postprocess
         derived = postprocess(call.outputs) if postprocess is not None else {}
         if _costed(count, steps):
-            used, known = time.thread_time() - started, self._call_cpu[count]
-            self._call_cpu[count] = used if known == float("inf") else known + CALL_COST_WEIGHT * (used - known)
+            used = time.thread_time() - started
+            self._call_cpu[count] = _moving_average(self._call_cpu[count], used, CALL_COST_WEIGHT)
         return derived
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[StepJob], inline: bool = False) -> None:
@@ -406,6 +405,11 @@ class Scheduler:
         self._m_batch.observe(batch)
         self._m_batches.inc()
         self._m_steps.inc(batch * steps)
+
+
+def _moving_average(known: float, new: float, weight: float) -> float:
+    """An exponential moving average after one more value; ``known`` is inf until the first one."""
+    return new if known == float("inf") else known + weight * (new - known)
 
 
 def _costed(count: int, steps: int) -> bool:
