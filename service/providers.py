@@ -35,10 +35,10 @@ def missing_cuda() -> str:
 
 def choose_providers(requested: str) -> Providers:
     """CUDA when asked for or when ``auto`` finds it, CPU otherwise (always as the fallback)."""
-    available = ort.get_available_providers()
-    if requested == "cuda" and CUDA not in available:
-        raise RuntimeError(f"--provider cuda, but {missing_cuda()}")
-    if requested == "cuda" or (requested == "auto" and CUDA in available):
+    missing = missing_cuda()
+    if requested == "cuda" and missing:
+        raise RuntimeError(f"--provider cuda, but {missing}")
+    if requested == "cuda" or (requested == "auto" and not missing):
         _preload_cuda_libraries()
         return [(CUDA, dict(CUDA_OPTIONS)), CPU]
     return [CPU]
