@@ -294,6 +294,11 @@ seconds = float_in(0.0, MAX_DURATION_S)
 seed = int_in(0, 2**64 - 1)
 
 
+def flag_of(dest: str) -> str:
+    """The command-line flag of an argparse destination or a settings field: ``max_batch`` → ``--max-batch``."""
+    return "--" + dest.replace("_", "-")
+
+
 def nonempty_path(text: str) -> Path:
     """An argparse type: a file or folder path, refused when empty.
 

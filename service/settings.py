@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from service.command import (
     InRange,
     OutOfRange,
+    flag_of,
     float_in,
     int_in,
     non_negative_float,
@@ -319,10 +320,6 @@ def _check_range(f: Field[Any], value: Any) -> None:
         raise ValueError(f"{f.name}: {exc}") from None
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -351,7 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = _converter(f)
         if kind is _parse_bool:
             parser.add_argument(
-                _flag(f.name),
+                flag_of(f.name),
                 dest=f.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
@@ -360,7 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(
-                _flag(f.name),
+                flag_of(f.name),
                 dest=f.name,
                 default=None,
                 type=kind,

@@ -20,7 +20,16 @@ import grpc
 from service.client import registry
 from service.client.credentials import ClientSecurityError, connection, read_token_file
 from service.client.sdk import DEFAULT_TARGET, Client, SessionLost, StepFailed
-from service.command import EXIT_UNREACHABLE, EXIT_USAGE, MAX_PORT, CommandError, Parser, call_error, rpc_error
+from service.command import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    MAX_PORT,
+    CommandError,
+    Parser,
+    call_error,
+    flag_of,
+    rpc_error,
+)
 
 #: flag destination → the environment variable that fills it when the flag is not given.
 ENVIRONMENT = {
@@ -132,7 +141,7 @@ def fill_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) 
 def named_as_given(message: str, filled: Mapping[str, str]) -> str:
     """A connection error that starts with a flag, naming instead the variable its value came from."""
     for dest, variable in filled.items():
-        flag = "--" + dest.replace("_", "-")
+        flag = flag_of(dest)
         if message.startswith(flag + " "):
             return variable + message[len(flag) :]
     return message
@@ -190,8 +199,7 @@ def check_text(args: argparse.Namespace) -> None:
             try:
                 value.encode()
             except UnicodeEncodeError:
-                flag = "--" + dest.replace("_", "-")
-                raise CommandError(f"{flag} is not UTF-8 text: {os.fsencode(value)!r}", EXIT_USAGE) from None
+                raise CommandError(f"{flag_of(dest)} is not UTF-8 text: {os.fsencode(value)!r}", EXIT_USAGE) from None
 
 
 def connection_options(args: argparse.Namespace) -> dict[str, Any]:
