@@ -310,6 +310,13 @@ def nonempty_path(text: str) -> Path:
     return Path(text)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists: where a folder for ``path`` would be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def debug_requested(argv: Sequence[str]) -> bool:
     """Whether ``--debug`` is among the arguments (before a ``--``)."""
     for arg in argv:

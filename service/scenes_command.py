@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError, Parser, int_in, nonempty_path, seed
+from service.command import EXIT_USAGE, CommandError, Parser, int_in, nearest_existing, nonempty_path, seed
 from service.datasets.scenes import write_scenes
 
 #: The most scenes one command writes: samples to look at, not a data set.
@@ -19,9 +19,7 @@ SPLITS = ("train", "validation", "test", "composition")
 
 def check_out(out: Path) -> None:
     """Refuses an --out that is a file or under one, in one usage line before any scene is drawn (it was a traceback)."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(out)
     if not existing.is_dir():
         where = "" if existing == out else f": {existing}"
         raise CommandError(f"--out {out}{where} is a file, not a folder", EXIT_USAGE)

@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError, Parser, nonempty_path
-from service.contract import MANIFEST_FILE, ContractError
+from service.command import EXIT_USAGE, CommandError, Parser, nearest_existing, nonempty_path
+from service.contract import ContractError
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -23,6 +23,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     cannot be made was a traceback, and one that is not a model folder was refused, only after
     the import's checks had run.
     """
+    from service.importer.folder import holds_something_else
     from service.tasks import known_tasks
 
     if args.task not in known_tasks():
@@ -32,11 +33,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.name is not None and not args.name.strip():
         raise CommandError("--name is empty", EXIT_USAGE, hint="leave it out to name the model after its --out folder")
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
+    if holds_something_else(out):
         raise CommandError(f"--out {out} exists and is not a model folder; refusing to replace it", EXIT_USAGE)
-    existing = out.parent
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(out.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise CommandError(f"--out {out}: cannot make a folder in {existing}", EXIT_USAGE)
 

@@ -135,9 +135,14 @@ def _check_task_fit(manifest: Manifest) -> None:
         raise ImportRefused(f"task {manifest.task!r} cannot serve this graph: {exc}") from None
 
 
+def holds_something_else(out: Path) -> bool:
+    """Whether ``out`` is there and is not a model folder (nor an empty one): an import never replaces it."""
+    return out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists()))
+
+
 def _install(out: Path, wrapped: bytes, manifest: Manifest) -> None:
     """Writes the folder beside ``out`` and moves it into place; never replaces a folder that is not a model's."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
+    if holds_something_else(out):
         raise ImportRefused(f"--out {out} exists and is not a model folder; refusing to replace it")
     staging = out.parent / f".{out.name}.importing"
     try:
