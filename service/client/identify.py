@@ -44,12 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", type=Path, help="draw the running probabilities of each speaker (needs matplotlib)")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _numbers(path: Path, number: int, words: list[str]) -> list[float]:
+    """Line ``number`` of ``--file`` as numbers; the first word that is not one is named in the error."""
+    values = []
+    for word in words:
+        try:
+            values.append(float(word))
+        except ValueError:
+            raise CommandError(f"--file {path}: line {number}: {word!r} is not a number", EXIT_USAGE) from None
+    return values
 
 
 def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
@@ -61,14 +64,10 @@ def read_utterance(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
             raise CommandError(f"cannot read --file {args.file}: {exc.strerror}", EXIT_USAGE) from exc
         except UnicodeDecodeError as exc:
             raise CommandError(f"--file {args.file}: not a text file (not UTF-8)", EXIT_USAGE) from exc
-        rows = [(number, line.replace(",", " ").split()) for number, line in enumerate(text.splitlines(), 1)]
-        rows = [(number, values) for number, values in rows if values]
-        for number, values in rows:  # each word named, where the reason had been 'the same number of numbers'
-            word = next((v for v in values if not _is_number(v)), None)
-            if word is not None:
-                raise CommandError(f"--file {args.file}: line {number}: {word!r} is not a number", EXIT_USAGE)
+        lines = [(number, line.replace(",", " ").split()) for number, line in enumerate(text.splitlines(), 1)]
+        rows = [_numbers(args.file, number, words) for number, words in lines if words]
         try:
-            frames = np.array([[float(v) for v in values] for _, values in rows], dtype=np.float32)
+            frames = np.array(rows, dtype=np.float32)
         except ValueError as exc:
             raise CommandError(
                 f"--file {args.file}: every line must be the same number of numbers", EXIT_USAGE
