@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from loadtest.cells import client_layout
-from loadtest.load import LoadSpec, model_fields, model_inputs, run_load
-from loadtest.servers import ServerProcess, echo_command, minimal_command, serve_command
+from loadtest.bench import server_commands
+from loadtest.cells import Cell, Plan, measure
+from loadtest.servers import ServerProcess
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
 from service.contract import Manifest
@@ -80,28 +80,14 @@ def _perf(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def profile(variant: str, args: argparse.Namespace, folder: Path) -> Profile:
-    """One server under the load, sampled for ``--duration-s`` after ``--warmup-s``."""
-    commands = {
-        "echo": echo_command(),
-        "minimal": minimal_command(args.models_dir, args.model),
-        "statestream": serve_command(args.models_dir, "batched", ("--grace-s", "1")),
-    }
+    """One server under the load, sampled for ``--duration-s`` after ``--warmup-s``: the bench's own
+    server command and measurement of a paced row (``cells.measure``)."""
+    plan = Plan(streams=(args.streams,), warmup_s=args.warmup_s, duration_s=args.duration_s, rate=args.rate)
+    commands = dict(server_commands(plan, args.models_dir, args.model))
     manifest = Manifest.load(args.models_dir / args.model)
     data = folder / f"{variant}.data"
     sampled: list[subprocess.CompletedProcess[str]] = []
     with ServerProcess(variant, commands[variant]) as server:
-        workers, channels = client_layout(args.streams)
-        spec = LoadSpec(
-            target=server.target,
-            model=manifest.name,
-            mode="stream",
-            streams=args.streams,
-            channels=channels,
-            interval_s=args.streams / args.rate,
-            spread=True,
-            model_inputs=model_inputs(manifest),
-            **model_fields(manifest),
-        )
 
         def sample() -> None:  # over the measured window
             time.sleep(args.warmup_s)
@@ -110,9 +96,7 @@ def profile(variant: str, args: argparse.Namespace, folder: Path) -> Profile:
 
         sampler = threading.Thread(target=sample, name="perf")
         sampler.start()
-        result = run_load(
-            spec, workers=workers, warmup_s=args.warmup_s, duration_s=args.duration_s, cpu_seconds=server.cpu_seconds
-        )
+        result = measure(Cell(variant, variant, "stream", args.streams), server, plan, manifest)
         sampler.join()
     if sampled[0].returncode != 0:
         said = (sampled[0].stderr.strip().splitlines() or ["no message"])[-1]
