@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtest.front import free_port
 from service import cli, command, providers
 from service.security import BindError
 from service.server import Server
@@ -155,12 +156,6 @@ def test_serve_with_its_metrics_port_in_use_names_that_flag_before_loading_model
         )
     line = assert_one_error_line(done, command.EXIT_USAGE, f"port {taken}", "in use", "--metrics-port")
     assert "--port 0" not in line  # the gRPC port is not the one to change
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def can_bind(port: int) -> bool:
