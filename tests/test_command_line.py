@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -248,9 +249,17 @@ def test_a_command_whose_code_a_serving_install_leaves_out_says_so_in_one_line(a
 NOWHERE = "127.0.0.1:1"
 
 
-def client_error(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """The exit code and the one stderr line of ``statestream client ARGS``."""
-    code = cli.main(["client", *args])
+def client_error(
+    capsys: pytest.CaptureFixture[str], *args: str, environ: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """The exit code and the one stderr line of ``statestream client ARGS`` (with only ``environ``'s
+    variables, where it is given)."""
+    if environ is None:
+        code = cli.main(["client", *args])
+    else:
+        from service.client import commands
+
+        code = command.run(lambda: commands.main(list(args), environ=environ))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("statestream: error: "), lines
     return code, lines[0]
@@ -277,13 +286,9 @@ def test_a_target_that_cannot_name_a_server_is_a_usage_error(target: str, capsys
 
 
 def test_a_target_from_the_environment_is_checked_naming_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
-    from service.client import commands
-
-    assert (
-        command.run(lambda: commands.main(["models"], environ={"STATESTREAM_TARGET": "127.0.0.1"}))
-        == command.EXIT_USAGE
-    )
-    assert capsys.readouterr().err.startswith("statestream: error: STATESTREAM_TARGET '127.0.0.1' has no port; ")
+    code, line = client_error(capsys, "models", environ={"STATESTREAM_TARGET": "127.0.0.1"})
+    assert code == command.EXIT_USAGE
+    assert line.startswith("statestream: error: STATESTREAM_TARGET '127.0.0.1' has no port; ")
 
 
 @pytest.mark.parametrize(
@@ -296,21 +301,15 @@ def test_a_target_from_the_environment_is_checked_naming_the_variable(capsys: py
 def test_a_file_from_the_environment_is_refused_naming_the_variable(
     variable: str, said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.client import commands
-
-    environ = {variable: "/nonexistent/ca.pem"}
-    assert command.run(lambda: commands.main(["models"], environ=environ)) == command.EXIT_USAGE
-    (line,) = capsys.readouterr().err.splitlines()
+    code, line = client_error(capsys, "models", environ={variable: "/nonexistent/ca.pem"})
+    assert code == command.EXIT_USAGE
     assert line.startswith(f"statestream: error: {said}"), line
 
 
 def test_a_file_given_as_a_flag_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    from service.client import commands
-
-    argv = ["--tls-ca", "/nonexistent/ca.pem", "models"]
     environ = {"STATESTREAM_CLIENT_TLS_CA": "/also/missing"}  # the flag wins over its variable
-    assert command.run(lambda: commands.main(argv, environ=environ)) == command.EXIT_USAGE
-    (line,) = capsys.readouterr().err.splitlines()
+    code, line = client_error(capsys, "--tls-ca", "/nonexistent/ca.pem", "models", environ=environ)
+    assert code == command.EXIT_USAGE
     assert line.startswith("statestream: error: --tls-ca /nonexistent/ca.pem: "), line
 
 
