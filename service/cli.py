@@ -52,18 +52,17 @@ def _serve(argv: Sequence[str]) -> int:
             "--event-loop uvloop: uvloop is not installed", EXIT_USAGE, hint="pip install uvloop, or --event-loop auto"
         )
     configure(settings.log_level, settings.log_json, worker=settings.worker_index)
-    # Before minutes of model loading, not after: the host, and every /metrics port (worker i
-    # serves on --metrics-port + i). Workers share the gRPC port (SO_REUSEPORT): the supervisor
-    # reserves it (service.workers), and a worker does not check it.
-    _check_can_listen(settings.host, 0)
+    # Before minutes of model loading, not after: the host and the gRPC port, and every /metrics
+    # port (worker i serves on --metrics-port + i). Workers share the gRPC port (SO_REUSEPORT):
+    # the supervisor reserves it (service.workers), so for them only the host is checked here.
+    shared_port = settings.reuse_port or settings.worker_count > 1
+    _check_can_listen(settings.host, 0 if shared_port else settings.port)
     for index in range(settings.worker_count if settings.metrics_port else 0):
         _check_can_listen(settings.host, settings.metrics_port + index, "--metrics-port")
     if settings.worker_count > 1:
         from service.workers import run_workers
 
         return run_workers(settings, argv)
-    if not settings.reuse_port:
-        _check_can_listen(settings.host, settings.port)
     try:
         process.run(serve(settings), settings.event_loop)
     except (SecurityConfigError, NoModelsServed) as exc:
