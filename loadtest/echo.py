@@ -5,12 +5,17 @@ every step with a StepResult of the same size as ``char_lm``'s (one StepOutput p
 with the input character and five TokenProbs), but computes nothing. What it reaches on this
 machine is the most a Python grpc.aio server can move, so the benchmark reports the real
 server as a fraction of it. It runs on the event loop statestream runs on by default (uvloop
-where installed, ``--event-loop``), so that the ceiling is the same stack's. Run it as
+where installed, ``--event-loop``) with the same gRPC core settings (``service.grpc_environment``,
+imported first), so that the ceiling is the same stack's. Run it as
 ``python -m loadtest.echo --port 0``.
 """
 
 from __future__ import annotations
 
+# isort: off
+import service.grpc_environment  # noqa: F401  (first: it must run before grpc is imported)
+
+# isort: on
 import asyncio
 import secrets
 import signal

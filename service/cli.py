@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import service.grpc_verbosity  # noqa: F401  (first: it must run before grpc is imported)
+import service.grpc_environment  # noqa: F401  (first: it must run before grpc is imported)
 from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError

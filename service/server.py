@@ -22,7 +22,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import process
+from service import grpc_environment, process
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
@@ -175,13 +175,14 @@ class Server:
         )
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
-            "serving %d model(s) on %s:%d (scheduler %s, max batch %d, event loop %s; %s, %s)",
+            "serving %d model(s) on %s:%d (scheduler %s, max batch %d, event loop %s, sockets read by the %s; %s, %s)",
             len(registry),
             settings.host,
             port,
             settings.scheduler,
             settings.max_batch,
             process.running_loop_name(),
+            grpc_environment.socket_reader(),
             transport.mode,
             f"bearer tokens for {len(auth.callers)} caller(s)" if auth.tokens is not None else "no tokens",
         )

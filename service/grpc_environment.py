@@ -1,0 +1,51 @@
+"""What gRPC's C core reads from the environment once, when grpc is first imported.
+
+The server's entry points (``statestream``, and the bench's echo server) import this module
+before anything imports grpc. A value the user set is kept. Imported after grpc, it changes
+nothing (gRPC has read the variables already).
+
+* ``GRPC_VERBOSITY=ERROR``: the C core writes INFO lines of its own to stderr (each failed TLS
+  handshake, for one), outside the server's logs and a command's one error line.
+  ``GRPC_VERBOSITY=INFO`` shows them again.
+* ``GRPC_EXPERIMENTS=-event_engine_listener``: the server's sockets are read by grpc.aio's
+  poller thread itself (gRPC core's epoll poller) instead of by an EventEngine thread that then
+  wakes the poller. A message crosses one thread fewer on its way to the event loop, and a paced
+  step costs about a fifth less CPU (docs/benchmarks.md, "One thread hand-off fewer"). Clients
+  are unaffected: the experiment is the listener's. Naming the listener in ``GRPC_EXPERIMENTS``
+  (``event_engine_listener`` to keep gRPC's default) is left as it is; other experiments given
+  there are kept, with this one added.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+
+#: gRPC core's experiment that reads a server's sockets on EventEngine threads (on by default).
+LISTENER_EXPERIMENT = "event_engine_listener"
+
+
+def experiments(environ: Mapping[str, str]) -> list[str]:
+    """``GRPC_EXPERIMENTS`` as gRPC reads it: names, each with "-" in front where it is turned off."""
+    return [name.strip() for name in environ.get("GRPC_EXPERIMENTS", "").split(",") if name.strip()]
+
+
+def with_defaults(environ: MutableMapping[str, str]) -> None:
+    """Sets statestream's defaults for gRPC core in ``environ``, keeping what is set there."""
+    environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    given = experiments(environ)
+    if not any(name.lstrip("-") == LISTENER_EXPERIMENT for name in given):
+        environ["GRPC_EXPERIMENTS"] = ",".join([*given, "-" + LISTENER_EXPERIMENT])
+
+
+def socket_reader() -> str:
+    """Which thread reads this process's server sockets: the server's start line says it."""
+    return "grpc.aio poller" if "-" + LISTENER_EXPERIMENT in READ_BY_GRPC else "event engine"
+
+
+if "grpc" not in sys.modules:
+    with_defaults(os.environ)
+#: The experiments gRPC core read (or will read) at its import: a process imports this module
+#: first, or after grpc, when it changed nothing.
+READ_BY_GRPC = tuple(experiments(os.environ))
