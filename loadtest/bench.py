@@ -30,9 +30,16 @@ from loadtest.load import LoadResult, create_sessions
 from loadtest.machine import NoiseGuard
 from loadtest.ortrate import OrtBench
 from loadtest.scale import run_scale, scale_targets
-from loadtest.servers import THREAD_BUCKETS, ServerProcess, echo_command, minimal_command, serve_command
+from loadtest.servers import (
+    THREAD_BUCKETS,
+    ServerProcess,
+    echo_command,
+    minimal_command,
+    serve_command,
+    variant_server,
+)
 from loadtest.vad_calls import bench_vad_calls
-from service import command
+from service import command, grpc_environment
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path
 from service.contract import Manifest
 
@@ -45,7 +52,9 @@ and the targets as ratios measured in this run. Variants:
   echo         the same proto and message sizes with no model: the ceiling of a Python server
   naive        --scheduler none, one batch-1 ONNX Runtime call per step: the baseline
   minimal      a bare grpc.aio server, same proto, state in the handler, one batch-1 ORT call
-               per step, no sessions or scheduler: what statestream's machinery costs
+               per step, no sessions or scheduler: what statestream's machinery costs. It
+               stands for a user's own server: asyncio's loop, gRPC core's settings as given
+               (GRPC_EXPERIMENTS=-event_engine_listener in the environment gives it statestream's)
   statestream  the batching scheduler, at N = 1, 64, 256, 1024 streams
   chunked      16 characters per message
   multiplexed  256 sessions per message
@@ -556,7 +565,7 @@ def run(
         for name, command in server_commands(plan, models_dir, model):
             if name not in needed:
                 continue
-            server = ServerProcess(name, command)
+            server = variant_server(name, command)
             servers[name] = server  # registered before start, so a failed start is still stopped
             server.start()
             log(f"started {name} (pid {server.pid}) on {server.target}")
@@ -638,10 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for target in targets:
             print(json.dumps(target.to_json()))
     else:
+        bare = grpc_environment.socket_reader(grpc_environment.given())
+        ours = grpc_environment.socket_reader(grpc_environment.given(defaults=True))
         header = (
             f"statestream bench: model {args.model} from {args.models_dir}, "
             f"median of {plan.repeats} run(s) of {plan.duration_s:g} s each, "
-            f"{time.monotonic() - started:.0f} s in all"
+            f"{time.monotonic() - started:.0f} s in all\n"
+            f"sockets read by: statestream and echo the {ours}, minimal the {bare}"
         )
         if plan.rate:
             header += (

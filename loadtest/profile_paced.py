@@ -26,7 +26,7 @@ from tempfile import TemporaryDirectory
 
 from loadtest.bench import server_commands
 from loadtest.cells import Cell, Plan, measure
-from loadtest.servers import ServerProcess
+from loadtest.servers import variant_server
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
 from service.contract import Manifest
@@ -87,7 +87,7 @@ def profile(variant: str, args: argparse.Namespace, folder: Path) -> Profile:
     manifest = Manifest.load(args.models_dir / args.model)
     data = folder / f"{variant}.data"
     sampled: list[subprocess.CompletedProcess[str]] = []
-    with ServerProcess(variant, commands[variant]) as server:
+    with variant_server(variant, commands[variant]) as server:
 
         def sample() -> None:  # over the measured window
             time.sleep(args.warmup_s)

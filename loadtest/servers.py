@@ -17,12 +17,14 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 
+from service import grpc_environment
 from service.process import OWN_THREAD_PREFIXES
 
 HOST = "127.0.0.1"
@@ -68,6 +70,13 @@ def minimal_command(models_dir: Path, model: str) -> list[str]:
     ]  # fmt: skip
 
 
+def variant_server(name: str, command: list[str]) -> ServerProcess:
+    """The bench's server variant ``name``: the bare server ("minimal") stands for a user's own
+    grpc.aio server, so it runs with gRPC core's settings as the user gave them, not with the ones
+    statestream sets for itself and echo (``service.grpc_environment``)."""
+    return ServerProcess(name, command, environ=grpc_environment.GIVEN if name == "minimal" else {})
+
+
 @dataclass
 class ServerProcess:
     """One server variant running as a child process."""
@@ -79,6 +88,8 @@ class ServerProcess:
     port: int = 0
     #: grpc.aio's poller thread(s), found once the server listens (``aio_pollers``).
     pollers: frozenset[int] = frozenset()
+    #: Variables this child gets on top of the caller's (None: unset there).
+    environ: Mapping[str, str | None] = field(default_factory=dict)
     _log: deque[str] = field(default_factory=lambda: deque(maxlen=50))
 
     def __enter__(self) -> ServerProcess:
@@ -101,6 +112,11 @@ class ServerProcess:
         # The variant's flags alone configure it: no STATESTREAM_* variable of the caller leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
         env["PYTHONUNBUFFERED"] = "1"
+        for name, value in self.environ.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         self.process = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,

@@ -39,11 +39,25 @@ def with_defaults(environ: MutableMapping[str, str]) -> None:
         environ["GRPC_EXPERIMENTS"] = ",".join([*given, "-" + LISTENER_EXPERIMENT])
 
 
-def socket_reader() -> str:
-    """Which thread reads this process's server sockets: the server's start line says it."""
-    return "grpc.aio poller" if "-" + LISTENER_EXPERIMENT in READ_BY_GRPC else "event engine"
+def socket_reader(environ: Mapping[str, str] | None = None) -> str:
+    """Which thread reads a server's sockets where gRPC was imported under ``environ`` (by
+    default: in this process, as the server's start line says)."""
+    names = READ_BY_GRPC if environ is None else experiments(environ)
+    return "grpc.aio poller" if "-" + LISTENER_EXPERIMENT in names else "event engine"
 
 
+def given(*, defaults: bool = False) -> dict[str, str]:
+    """The variables as this process was given them (``GIVEN``), unset ones left out; with
+    ``defaults``, as a server started with them sets them for itself."""
+    environ = {name: value for name, value in GIVEN.items() if value is not None}
+    if defaults:
+        with_defaults(environ)
+    return environ
+
+
+#: The variables set here, as this process was given them (None: unset), before the defaults: a
+#: child that stands for a user's own gRPC server (the bench's bare server) runs with these.
+GIVEN: dict[str, str | None] = {name: os.environ.get(name) for name in ("GRPC_VERBOSITY", "GRPC_EXPERIMENTS")}
 if "grpc" not in sys.modules:
     with_defaults(os.environ)
 #: The experiments gRPC core read (or will read) at its import: a process imports this module

@@ -24,7 +24,7 @@ from loadtest import bench, echo, fuzz, gpu_bench, load, lstm256, messages, prof
 from loadtest.bench import main, targets_of
 from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
-from service import answer_bytes
+from service import answer_bytes, grpc_environment
 from service.api import statestream_pb2 as pb
 from service.command import EXIT_USAGE, CommandError, InRange, nonempty_path
 from service.contract import Manifest
@@ -290,6 +290,28 @@ def test_arrivals_without_a_rate_is_refused_before_anything_starts() -> None:
     with pytest.raises(CommandError, match="give --rate too") as refused:
         main(["--models-dir", str(SHIPPED_MODELS), "--arrivals", "together"])
     assert refused.value.exit_code == EXIT_USAGE
+
+
+def test_the_bare_server_runs_with_grpcs_settings_as_the_user_gave_them_and_statestream_with_its_own(
+    tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As under `statestream bench`: the entry point set its defaults in the bench's environment,
+    # where the user had set GRPC_VERBOSITY and no experiment.
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "-event_engine_listener")
+    monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
+    monkeypatch.setattr(grpc_environment, "GIVEN", {"GRPC_VERBOSITY": "INFO", "GRPC_EXPERIMENTS": None})
+    plan = bench.plan_of(bench.parser().parse_args([]))
+    commands = dict(bench.server_commands(plan, tiny_lm_dir, "char_lm"))
+    environs = {}
+    for name in ("minimal", "statestream"):
+        with servers.variant_server(name, commands[name]) as server:
+            raw = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+            environs[name] = dict(entry.decode().partition("=")[::2] for entry in raw if entry)
+    assert "GRPC_EXPERIMENTS" not in environs["minimal"]  # gRPC's default: the event engine reads sockets
+    assert environs["minimal"]["GRPC_VERBOSITY"] == "INFO"
+    assert environs["statestream"]["GRPC_EXPERIMENTS"] == "-event_engine_listener"
+    assert grpc_environment.socket_reader(grpc_environment.given()) == "event engine"
+    assert grpc_environment.socket_reader(grpc_environment.given(defaults=True)) == "grpc.aio poller"
 
 
 def test_serve_flags_reach_the_statestream_server_alone_and_are_checked_by_serves_parser() -> None:
