@@ -1,19 +1,16 @@
 """What gRPC's C core reads from the environment once, when grpc is first imported.
 
-The server's entry points (``statestream``, and the bench's echo server) import this module
-before anything imports grpc. A value the user set is kept. Imported after grpc, it changes
-nothing (gRPC has read the variables already).
+The server's entry points (``statestream``, the bench's echo) import this module before
+anything imports grpc; imported after grpc, it changes nothing. A value the user set is kept.
 
-* ``GRPC_VERBOSITY=ERROR``: the C core writes INFO lines of its own to stderr (each failed TLS
-  handshake, for one), outside the server's logs and a command's one error line.
-  ``GRPC_VERBOSITY=INFO`` shows them again.
+* ``GRPC_VERBOSITY=ERROR``: the C core's own INFO lines (each failed TLS handshake, for one)
+  stay out of the server's logs and a command's one error line.
 * ``GRPC_EXPERIMENTS=-event_engine_listener``: the server's sockets are read by grpc.aio's
-  poller thread itself (gRPC core's epoll poller) instead of by an EventEngine thread that then
-  wakes the poller. A message crosses one thread fewer on its way to the event loop, and a paced
-  step costs about a fifth less CPU (docs/benchmarks.md, "One thread hand-off fewer"). Clients
-  are unaffected: the experiment is the listener's. Naming the listener in ``GRPC_EXPERIMENTS``
-  (``event_engine_listener`` to keep gRPC's default) is left as it is; other experiments given
-  there are kept, with this one added.
+  poller thread itself (gRPC's epoll poller), not by an EventEngine thread that then wakes it.
+  A message crosses one thread fewer on its way to the event loop: about a third less server
+  CPU a step (docs/benchmarks.md, "One thread hand-off fewer"). Clients are unaffected. Naming
+  the listener there (``event_engine_listener`` keeps gRPC's default) is left as it is; other
+  experiments given there are kept, with this one added.
 """
 
 from __future__ import annotations
