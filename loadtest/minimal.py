@@ -7,7 +7,9 @@ driver (so the work and the refusals match the real server's), run at batch 1 wi
 ``InferenceSession.run``, and answered as the real server answers (the same top-k ranking and
 ``return_tensors``, so the answer sizes match). Nothing else: no session ids that resolve, no
 resume, no seq check (the seq is only echoed), no batching, no Multiplex, no init graphs. It runs
-on asyncio's own event loop unless ``--event-loop uvloop`` asks for statestream's.
+on asyncio's own event loop unless ``--event-loop uvloop`` asks for statestream's, and with gRPC
+core's settings as the user gave them (grpc is imported before ``loadtest.echo``, so
+``service.grpc_environment`` changes nothing here): a user's own server.
 Run it as ``python -m loadtest.minimal --models-dir models --model lstm256 --port 0``;
 docs/benchmarks.md has what it measured.
 """

@@ -11,6 +11,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -312,6 +314,17 @@ def test_the_bare_server_runs_with_grpcs_settings_as_the_user_gave_them_and_stat
     assert environs["statestream"]["GRPC_EXPERIMENTS"] == "-event_engine_listener"
     assert grpc_environment.socket_reader(grpc_environment.given()) == "event engine"
     assert grpc_environment.socket_reader(grpc_environment.given(defaults=True)) == "grpc.aio poller"
+    # The bare server imports grpc before echo's module (which sets statestream's settings where
+    # grpc is not loaded yet), so it keeps the environment it was given; echo's own process does not.
+    probe = "import os, sys, importlib; importlib.import_module(sys.argv[1]); print(os.environ.get('GRPC_EXPERIMENTS'))"
+    given = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    read = {
+        module: subprocess.run(
+            [sys.executable, "-c", probe, module], env=given, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for module in ("loadtest.minimal", "loadtest.echo")
+    }
+    assert read == {"loadtest.minimal": "None", "loadtest.echo": "-event_engine_listener"}
 
 
 def test_serve_flags_reach_the_statestream_server_alone_and_are_checked_by_serves_parser() -> None:
