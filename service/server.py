@@ -175,10 +175,9 @@ class Server:
         )
         running._sweeper = asyncio.get_running_loop().create_task(store.run_sweeper(), name="session-sweeper")
         log.info(
-            "serving %d model(s) on %s:%d (scheduler %s, max batch %d, event loop %s, sockets read by the %s; %s, %s)",
+            "serving %d model(s) on %s (scheduler %s, max batch %d, event loop %s, sockets read by the %s; %s, %s)",
             len(registry),
-            settings.host,
-            port,
+            address(settings.host, port),
             settings.scheduler,
             settings.max_batch,
             process.running_loop_name(),
