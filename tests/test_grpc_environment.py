@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.servers import thread_name
 from service.grpc_environment import LISTENER_EXPERIMENT, with_defaults
 from tests.servers import STATESTREAM, serve_process
 
@@ -25,9 +26,10 @@ def event_engine_wakeups(pid: int) -> int:
     """How many times the process's EventEngine threads were put on a CPU (``schedstat``'s third field)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
+        if thread_name(pid, int(task.name)) != "event_engine":
+            continue
         try:
-            if (task / "comm").read_text().strip() == "event_engine":
-                total += int((task / "schedstat").read_text().split()[2])
+            total += int((task / "schedstat").read_text().split()[2])
         except FileNotFoundError:  # the thread ended meanwhile
             continue
     return total
