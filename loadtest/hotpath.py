@@ -2,8 +2,8 @@
 
 ``statestream bench`` measures whole servers, and on a shared machine its wall-clock numbers
 move by ±20 % between runs. This drives the real ``SessionServicer.Session`` handler in-process
-(the request bytes parsed by the server's own deserializer, each answer serialized as gRPC
-would), N streams at once on one event loop, and prints the process CPU time per step. Without
+(the request bytes as gRPC hands them over, each answer serialized as gRPC would), N streams
+at once on one event loop, and prints the process CPU time per step. Without
 sockets and HTTP/2 it counts only statestream's own code (decoding and checks, the session lock
 and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can run under
 ``valgrind --tool=callgrind`` (instruction counts repeat even on a loaded machine) or py-spy.
@@ -39,7 +39,7 @@ from service.registry import Registry
 from service.runtime import Runtimes
 from service.servicers.inference import InferenceServicer
 from service.servicers.sessions import SessionServicer
-from service.servicers.wire import request_parser, serialize
+from service.servicers.wire import serialize
 from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
@@ -126,8 +126,8 @@ StreamDriver = Callable[[int, asyncio.Event, list[int]], Coroutine[Any, Any, Non
 
 
 def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
-    """Session streams: open, then ``steps`` pre-encoded Steps each, parsed by the server's deserializer."""
-    parse: Callable[[bytes], Any] = request_parser(pb.SessionRequest)
+    """Session streams: open, then ``steps`` pre-encoded Steps each, handed over as the bytes that
+    arrived (the server registers Session with no deserializer)."""
     fields = model_fields(manifest)
     opening = open_request(manifest.name, return_tensors=fields.get("return_tensors", ()))
     inputs = step_inputs(manifest, 8)
@@ -138,10 +138,10 @@ def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: 
 
     async def stream(index: int, ready: asyncio.Event, answered: list[int]) -> None:
         async def incoming() -> AsyncIterator[Any]:
-            yield parse(opening)
+            yield opening
             await ready.wait()
             for data in requests[index]:
-                yield parse(data)
+                yield data
 
         async for response in handlers.native.Session(incoming(), _Context()):
             data = response if isinstance(response, bytes) else serialize(response)

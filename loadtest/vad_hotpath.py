@@ -18,7 +18,7 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.runtime import Runtimes
 from service.servicers.sessions import SessionServicer
-from service.servicers.wire import request_parser
 from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
@@ -61,7 +60,6 @@ async def measure(
     servicer: SessionServicer, model: str, path: str, calls: int, chunk: int, chunks: int
 ) -> dict[str, Any]:
     """``calls`` calls at once, each ``chunks`` chunks; CPU and wall time per frame answered."""
-    parse: Callable[[bytes], Any] = request_parser(pb.SessionRequest)
     opening = pb.SessionRequest(open=pb.OpenSession(model=model)).SerializeToString()
     requests = [chunk_requests(path, chunk, chunks, 7919 * index) for index in range(calls)]
     ready = asyncio.Event()
@@ -69,10 +67,10 @@ async def measure(
 
     async def call(index: int) -> None:
         async def incoming() -> AsyncIterator[Any]:
-            yield parse(opening)
+            yield opening
             await ready.wait()
             for data in requests[index]:
-                yield parse(data)
+                yield data
 
         async for response in servicer.Session(incoming(), HandlerContext()):
             answer = pb.SessionResponse.FromString(response) if isinstance(response, bytes) else response

@@ -55,6 +55,18 @@ def packed_varints(values: Iterable[int]) -> bytes:
     return b"".join(varint(value) for value in values)
 
 
+def tensor_prefix(name: str, number: int, shape: Sequence[int], size: int) -> bytes:
+    """A Tensor message's bytes before its ``size`` bytes of data: its name, DataType ``number``
+    and shape, and its data's key and length, as protobuf writes them (proto3 leaves out a zero
+    DataType, an empty shape and empty data)."""
+    return (
+        length_delimited(1, name.encode())
+        + (key(2, VARINT) + varint(number) if number else b"")
+        + (length_delimited(3, packed_varints(shape)) if shape else b"")
+        + (key(4, LEN) + varint(size) if size else b"")
+    )
+
+
 #: StepResult.seq, StepResult.outputs, and StepResult.duplicate = true.
 _SEQ = key(1, VARINT)
 _OUTPUT = key(2, LEN)
@@ -101,12 +113,7 @@ class OutputTensors:
             dtype = np.dtype(spec.np_dtype).newbyteorder("<")
             number = int(proto_dtype(spec.dtype))
             size = math.prod(spec.shape) * dtype.itemsize
-            tensor = (
-                length_delimited(1, spec.name.encode())
-                + (key(2, VARINT) + varint(number) if number else b"")
-                + (length_delimited(3, packed_varints(spec.shape)) if spec.shape else b"")
-                + (key(4, LEN) + varint(size) if size else b"")
-            )  # then the data: proto3 leaves out empty bytes, a zero DataType and an empty shape
+            tensor = tensor_prefix(spec.name, number, spec.shape, size)
             prefix = key(3, LEN) + varint(len(tensor) + size) + tensor
             self._fixed[spec.name] = (prefix, dtype, spec.shape)
 

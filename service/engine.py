@@ -111,7 +111,15 @@ class SessionEngine:
 
     # -- requests that change state ------------------------------------------------------
 
-    async def apply_step(self, session: Session, step: pb.Step, *, lane: bool = False, key: str | None = None) -> bytes:
+    async def apply_step(
+        self,
+        session: Session,
+        step: pb.Step,
+        *,
+        lane: bool = False,
+        key: str | None = None,
+        decoded: StepInputs | None = None,
+    ) -> bytes:
         """Applies one Step exactly once; its answer is the StepResult's bytes (a duplicate's: the
         cached answer, marked duplicate).
 
@@ -125,7 +133,9 @@ class SessionEngine:
         runs to the end; if the caller is cancelled meanwhile, the commit is the scheduler's to
         call (the ``orphan`` callback of ``Scheduler.submit``), so the state and
         ``last_applied_seq`` never disagree. ``lane``: a lone stream's step may take the
-        scheduler's fast lane (steps that arrive together batch instead).
+        scheduler's fast lane (steps that arrive together batch instead). ``decoded``: the step's
+        inputs, already read from its bytes by the driver's ``step_bytes`` (``step`` then holds
+        only its seq and ``last_only``); otherwise the driver decodes ``step``.
         """
         lock = session.lock
         await lock.acquire()  # cancelled while waiting: nothing has started
@@ -137,7 +147,8 @@ class SessionEngine:
                 step.seq = session.seq_for_key(key) if key else session.last_seq + 1
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return duplicate_result(session, step.seq)
-            decoded = session.runtime.driver.decode_session_step(session, step, self.settings.max_chunk)
+            if decoded is None:
+                decoded = session.runtime.driver.decode_session_step(session, step, self.settings.max_chunk)
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
             if decoded.steps == 0:  # nothing for the model (audio short of a frame): applied now
                 return await self._apply_without_model(session, step, decoded, key)

@@ -21,6 +21,7 @@ from service.answer_bytes import OutputTensors, step_result
 from service.api import statestream_pb2 as pb
 from service.contract import Arrays, Manifest
 from service.drivers import bounds
+from service.drivers.step_bytes import StepBytes
 from service.drivers.steps import StepDecoder, StepInputs, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
@@ -58,12 +59,21 @@ class Driver:
         self.manifest = manifest
         #: Decodes a Step's raw tensors into the model's inputs (``decode_step``).
         self.step_decoder = StepDecoder(manifest)
+        #: Reads a streamed step of one time step from its bytes (``service.drivers.step_bytes``);
+        #: None for a kind that decodes its steps its own way (it overrides ``decode_step`` or
+        #: ``decode_session_step``): every step of it is parsed and goes through them.
+        self.step_bytes = StepBytes(manifest) if self._decodes_plain_tensors() else None
         #: Writes the outputs' ``StepOutput.tensors`` entries as bytes (``encode_output``).
         self.output_tensors = OutputTensors(manifest.outputs)
         #: Runs after each batched call, on the worker thread, over the whole batch; its arrays
         #: join each step's outputs (see ``Scheduler.postprocess``). None: nothing to derive.
         self.postprocess: Postprocess | None = None
         self._output_bounds: dict[tuple[int, tuple[str, ...]], int] = {}
+
+    @classmethod
+    def _decodes_plain_tensors(cls) -> bool:
+        """Whether a step of this kind is its tensors and nothing else: the default decoding."""
+        return cls.decode_step is Driver.decode_step and cls.decode_session_step is Driver.decode_session_step
 
     @classmethod
     def check_manifest(cls, manifest: Manifest) -> None:

@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import grpc
 
 from service import answer_bytes, session_store
+from service.answer_bytes import LEN, key
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers import bounds
+from service.drivers.step_bytes import ReadStep, StepBytes, read_varint
+from service.drivers.steps import StepInputs
 from service.durable_sessions import SessionMoved
 from service.engine import SessionEngine
 from service.errors import (
@@ -32,7 +35,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.servicers.admission import admit_stream
-from service.servicers.wire import Context, Malformed
+from service.servicers.wire import Context, Malformed, request_parser
 from service.session_log import events
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,30 @@ def error_message(seq: int, error: StatestreamError) -> pb.Error:
     return pb.Error(seq=seq, code=status_number(error.code), code_name=error.code.name, message=error.message)
 
 
+#: Session's deserializer, called by the servicer for a request not read from its bytes.
+parse_session_request = request_parser(pb.SessionRequest)
+#: SessionRequest.step's key: the first byte of a request that holds a Step.
+_STEP_REQUEST = key(3, LEN)[0]
+#: Longest SessionRequest.step length varint read here (4 bytes: up to 256 MiB).
+_MAX_LENGTH_BYTES = 4
+
+
+def read_step_request(data: bytes, reader: StepBytes) -> ReadStep | None:
+    """A SessionRequest holding only a Step, read from its bytes where ``reader`` reads that Step
+    (one time step of the model's inputs, as protobuf writes it); None for any other request."""
+    if not data or data[0] != _STEP_REQUEST:
+        return None
+    size, at = read_varint(data, 1, _MAX_LENGTH_BYTES)
+    if size < 0 or at + size != len(data):
+        return None
+    return reader.read(data, at)
+
+
 class SessionServicer:
     """statestream.v1's SessionService over the session engine: translation to and from the wire only."""
+
+    #: Methods grpc hands the bytes that arrived (``wire.add_servicer``): Session reads its own.
+    raw_requests: ClassVar[frozenset[str]] = frozenset({"Session"})
 
     def __init__(self, engine: SessionEngine, metrics: Metrics, auth: Authenticator) -> None:
         self.engine = engine
@@ -91,17 +116,19 @@ class SessionServicer:
     # -- the stream ------------------------------------------------------------------------
 
     async def Session(
-        self, requests: AsyncIterator[pb.SessionRequest | Malformed], context: Context
+        self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.SessionResponse | bytes]:
+        """Reads each request as the bytes that arrived: a streamed step of one time step is read
+        from them (``read_step_request``), any other request is parsed and checked whole."""
         stream = object()  # identifies this stream as the session's holder
         session: session_store.Session | None = None
         counted = False
         try:
-            async for request in requests:
+            async for data in requests:
                 if session is None:
                     # Refusals (auth, limits) come only after the first message is read: a client
                     # whose first write races a status it has not read yet would see INTERNAL.
-                    session = await self._first(request, stream, context)
+                    session = await self._first(parse_session_request(data), stream, context)
                     counted = True
                     yield pb.SessionResponse(opened=self._opened(session))
                     continue
@@ -116,8 +143,15 @@ class SessionServicer:
                     yield pb.SessionResponse(error=error_message(0, taken))
                     return
                 try:
+                    reader = session.runtime.driver.step_bytes
+                    read = read_step_request(data, reader) if reader is not None else None
+                    if read is not None:  # the hot path: no message parsed, no nested generator
+                        step = pb.Step(seq=read.seq, last_only=read.last_only)
+                        yield await self._answer_step(session, step, read.inputs)
+                        continue
+                    request = parse_session_request(data)
                     if not isinstance(request, Malformed) and request.WhichOneof("request") == "step":
-                        yield await self._answer_step(session, request)  # the hot path: no nested generator
+                        yield await self._answer_step(session, request.step)
                         continue
                     async for response in self._handle(session, request):
                         yield response
@@ -162,19 +196,20 @@ class SessionServicer:
         return session
 
     async def _answer_step(
-        self, session: session_store.Session, request: pb.SessionRequest
+        self, session: session_store.Session, step: pb.Step, decoded: StepInputs | None = None
     ) -> pb.SessionResponse | bytes:
-        """One Step of a Session stream, answered by a result (its bytes) or an in-stream error."""
+        """One Step of a Session stream, answered by a result (its bytes) or an in-stream error;
+        ``decoded``: its inputs, read from its bytes (``SessionEngine.apply_step``)."""
         name = session.runtime.name
         self.metrics.requests.labels(name, "step").inc()
         try:
             return answer_bytes.session_response(
-                await self.engine.apply_step(session, checked(request).step, lane=True)
+                await self.engine.apply_step(session, step, lane=True, decoded=decoded)
             )
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             events.refused(exc, session)
-            return pb.SessionResponse(error=error_message(request.step.seq, exc))
+            return pb.SessionResponse(error=error_message(step.seq, exc))
 
     async def _handle(
         self, session: session_store.Session, request: pb.SessionRequest | Malformed
