@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
-from service.answer_bytes import LEN, VARINT, key, length_delimited, packed_varints, varint
+from service.answer_bytes import LEN, VARINT, key, length_delimited, packed_varints, tensor_prefix, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest
@@ -624,14 +624,7 @@ def _raw_step_layout(model: OipModel) -> tuple[tuple[str, str, list[int], int, b
         dtype, number = WIRE_TYPES[spec.datatype]
         shape = [1, *spec.shape]
         size = math.prod(shape) * dtype.itemsize
-        tensor = (
-            length_delimited(1, spec.name.encode())
-            + key(2, VARINT)
-            + varint(int(number))
-            + length_delimited(3, packed_varints(shape))
-            + key(4, LEN)
-            + varint(size)
-        )
+        tensor = tensor_prefix(spec.name, int(number), shape, size)
         checks.append((spec.name, spec.datatype, shape, size))
         tensors.append(key(1, LEN) + varint(len(tensor) + size) + tensor)  # TensorInput.tensors entry
     inputs_size = sum(len(piece) + size for piece, (*_, size) in zip(tensors, checks, strict=True))
