@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from loadtest.messages import SESSION_METHOD, open_request
-from service.answer_bytes import length_delimited
+from service.answer_bytes import length_delimited, varint
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest, TensorSpec
-from service.drivers.step_bytes import StepBytes
+from service.drivers.step_bytes import StepBytes, read_varint
 from service.drivers.steps import decode_tensors
 from service.errors import StatestreamError
 from service.servicers.sessions import read_step_request
@@ -97,6 +97,18 @@ def test_a_streamed_step_written_by_protobuf_is_read_as_the_checked_path_reads_i
             assert got is not None, (seq, last_only)
             assert got == checked(manifest, data)
             assert got[:2] == (seq, last_only)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16_383, 16_384, 2**21, 2**35, 2**63 - 1])
+@pytest.mark.parametrize("after", [b"", b"\x07"])
+def test_a_varint_is_read_as_protobuf_writes_it_and_a_padded_or_cut_one_is_not(value: int, after: bytes) -> None:
+    written = varint(value)
+    assert read_varint(b"\x01" + written + after, 1, 9) == (value, 1 + len(written))
+    assert read_varint(written[:-1], 0, 9) == (-1, 0)  # cut short
+    assert read_varint(written + after, 0, len(written) - 1) == (-1, 0) or len(written) == 1  # past the limit
+    padded = written[:-1] + bytes([written[-1] | 0x80, 0x00])
+    assert read_varint(padded + after, 0, 10) == (-1, 0)
+    assert pb.Step.FromString(b"\x08" + padded).seq == value  # protobuf reads it: the checked path's to take
 
 
 def _two(change: Callable[[pb.SessionRequest], object]) -> bytes:

@@ -45,6 +45,12 @@ class ReadStep(NamedTuple):
 def read_varint(data: bytes, at: int, limit: int) -> tuple[int, int]:
     """The varint at ``at`` of at most ``limit`` bytes, as protobuf writes it (its fewest bytes),
     and where the next field starts; (-1, at) for anything else, or bytes cut short."""
+    if at + 1 < len(data):  # the usual widths first: a seq or a length under 128, or 16,384
+        first, second = data[at], data[at + 1]
+        if first < 0x80:
+            return first, at + 1
+        if 0 < second < 0x80 and limit > 1:
+            return (first & 0x7F) | second << 7, at + 2
     value = shift = 0
     for index in range(at, min(at + limit, len(data))):
         byte = data[index]
