@@ -20,7 +20,8 @@ from service.api import statestream_pb2 as pb
 from service.contract import Arrays
 from service.drivers import bounds
 from service.drivers.loops import Loop, LoopContext
-from service.drivers.steps import StepInputs, finish_step, start_step
+from service.drivers.step_bytes import ReadStep
+from service.drivers.steps import StepHeader, StepInputs, finish_step, start_step
 from service.durable_sessions import DurableSessions, SessionMoved
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, StatestreamError, Unavailable
 from service.session_store import ReplyKind, SeqCheck, Session, SessionStore
@@ -114,11 +115,10 @@ class SessionEngine:
     async def apply_step(
         self,
         session: Session,
-        step: pb.Step,
+        step: pb.Step | ReadStep,
         *,
         lane: bool = False,
         key: str | None = None,
-        decoded: StepInputs | None = None,
     ) -> bytes:
         """Applies one Step exactly once; its answer is the StepResult's bytes (a duplicate's: the
         cached answer, marked duplicate).
@@ -133,9 +133,9 @@ class SessionEngine:
         runs to the end; if the caller is cancelled meanwhile, the commit is the scheduler's to
         call (the ``orphan`` callback of ``Scheduler.submit``), so the state and
         ``last_applied_seq`` never disagree. ``lane``: a lone stream's step may take the
-        scheduler's fast lane (steps that arrive together batch instead). ``decoded``: the step's
-        inputs, already read from its bytes by the driver's ``step_bytes`` (``step`` then holds
-        only its seq and ``last_only``); otherwise the driver decodes ``step``.
+        scheduler's fast lane (steps that arrive together batch instead). A ``ReadStep`` (a step
+        read from its bytes by the driver's ``step_bytes``) brings its inputs decoded; a
+        ``pb.Step`` is decoded by the driver.
         """
         lock = session.lock
         await lock.acquire()  # cancelled while waiting: nothing has started
@@ -143,12 +143,15 @@ class SessionEngine:
         try:
             if session.closed:
                 raise closed_error(session)
-            if key is not None:
+            if key is not None and isinstance(step, pb.Step):  # keyed protocols parse their steps
                 step.seq = session.seq_for_key(key) if key else session.last_seq + 1
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return duplicate_result(session, step.seq)
-            if decoded is None:
-                decoded = session.runtime.driver.decode_session_step(session, step, self.settings.max_chunk)
+            decoded = (
+                step.inputs
+                if isinstance(step, ReadStep)
+                else session.runtime.driver.decode_session_step(session, step, self.settings.max_chunk)
+            )
             self._check_answer_fits(session, 1 if step.last_only else decoded.steps)
             if decoded.steps == 0:  # nothing for the model (audio short of a frame): applied now
                 return await self._apply_without_model(session, step, decoded, key)
@@ -176,7 +179,7 @@ class SessionEngine:
     def _commit(
         self,
         session: Session,
-        step: pb.Step,
+        step: StepHeader,
         decoded: StepInputs,
         future: asyncio.Future[Arrays],
         key: str | None = None,
@@ -184,7 +187,9 @@ class SessionEngine:
         """The answer of a finished step (encoded), recorded with its seq (and key); a failed step records nothing."""
         return self._record(session, step, decoded, finish_step(session, future), key)
 
-    def _record(self, session: Session, step: pb.Step, decoded: StepInputs, outputs: Arrays, key: str | None) -> bytes:
+    def _record(
+        self, session: Session, step: StepHeader, decoded: StepInputs, outputs: Arrays, key: str | None
+    ) -> bytes:
         """Records an applied step: the driver's answer (and scratch), the seq, the key, the reply cache."""
         answer = session.runtime.driver.encode_session_result(session, step, decoded, outputs)
         session.record(step.seq, answer, self.settings.reply_cache)
@@ -193,7 +198,7 @@ class SessionEngine:
         return answer
 
     async def _apply_without_model(
-        self, session: Session, step: pb.Step, decoded: StepInputs, key: str | None
+        self, session: Session, step: StepHeader, decoded: StepInputs, key: str | None
     ) -> bytes:
         """A step of 0 model steps, under the caller's lock: nothing can fail, so it is recorded at
         once, then acknowledged like any step. Cancelled while acknowledging, it stays applied (as
@@ -203,7 +208,7 @@ class SessionEngine:
         return answer
 
     def _commit_orphan(
-        self, session: Session, step: pb.Step, decoded: StepInputs, key: str | None, future: asyncio.Future[Arrays]
+        self, session: Session, step: StepHeader, decoded: StepInputs, key: str | None, future: asyncio.Future[Arrays]
     ) -> None:
         """Commits a step whose caller has gone (its stream broke) and frees the session."""
         try:

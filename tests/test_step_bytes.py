@@ -42,7 +42,9 @@ MAX_CHUNK = 4096
 #: seqs of every varint length a seq below 2**63 takes (1 to 9 bytes).
 SEQS = [1, 127, 128, 16_384, 2**21, 2**28, 2**35, 2**42, 2**49, 2**56, 2**63 - 1]
 #: A model with a float input [2, 3] and an integer input [] (per time step).
-TWO_INPUTS = cast(Manifest, SimpleNamespace(inputs=(TensorSpec("x", "float32", (2, 3)), TensorSpec("ids", "int64", ()))))
+TWO_INPUTS = cast(
+    Manifest, SimpleNamespace(inputs=(TensorSpec("x", "float32", (2, 3)), TensorSpec("ids", "int64", ())))
+)
 LSTM = Manifest.load(SHIPPED_MODELS / "lstm256")
 MANIFESTS = {"two inputs": TWO_INPUTS, "lstm256": LSTM}
 
@@ -200,7 +202,9 @@ def test_only_kinds_that_decode_steps_the_default_way_read_them_from_bytes() -> 
             data = request(9, arrays_of(manifest)).SerializeToString()
             got = read(manifest, data)
             decoded = driver.decode_step(parse(data).step, MAX_CHUNK)
-            assert got is not None and got[2] == {n: (a.dtype.str, a.shape, a.tobytes()) for n, a in decoded.arrays.items()}
+            assert got is not None and got[2] == {
+                n: (a.dtype.str, a.shape, a.tobytes()) for n, a in decoded.arrays.items()
+            }
     assert {task for task, has in readers.items() if has} == {"sequence_model", "associative_memory"}, readers
 
 

@@ -22,7 +22,7 @@ from service.api import statestream_pb2 as pb
 from service.contract import Arrays, Manifest
 from service.drivers import bounds
 from service.drivers.step_bytes import StepBytes
-from service.drivers.steps import StepDecoder, StepInputs, named_tensors
+from service.drivers.steps import StepDecoder, StepHeader, StepInputs, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
 from service.session_options import ResolvedOptions
@@ -189,7 +189,9 @@ class Driver:
         once, without a model call."""
         return self.decode_step(step, max_chunk)
 
-    def encode_session_result(self, session: SessionView, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
+    def encode_session_result(
+        self, session: SessionView, step: StepHeader, decoded: StepInputs, outputs: Arrays
+    ) -> bytes:
         """The answer of an applied step (``encode_result``), where a kind also writes its scratch.
 
         Called once per step, only when it is applied: after its model call succeeded and its
@@ -223,7 +225,7 @@ class Driver:
             add_proto(out.tensors, name, outputs[name][t])
 
     def build_result(
-        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+        self, options: ResolvedOptions, step: StepHeader, decoded: StepInputs, outputs: Arrays
     ) -> pb.StepResult:
         """One StepOutput per time step (or only the last), as the session's options ask.
 
@@ -235,7 +237,7 @@ class Driver:
             self.build_output(options, decoded, outputs, t, result.outputs.add())
         return result
 
-    def encode_result(self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
+    def encode_result(self, options: ResolvedOptions, step: StepHeader, decoded: StepInputs, outputs: Arrays) -> bytes:
         """The answer's StepResult as wire bytes: what a Session stream sends and the reply cache keeps.
 
         The same bytes as ``build_result``'s message serialized: each StepOutput written by

@@ -23,7 +23,7 @@ from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext, resolve_seed
 from service.drivers.sampling import Sampler
 from service.drivers.session_view import SessionView
-from service.drivers.steps import StepInputs, check_chunk
+from service.drivers.steps import StepHeader, StepInputs, check_chunk
 from service.drivers.vocabulary import Vocabulary
 from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from service.session_options import ResolvedOptions
@@ -126,7 +126,7 @@ class LanguageDriver(Driver):
         )
 
     def build_result(
-        self, options: ResolvedOptions, step: pb.Step, decoded: StepInputs, outputs: Arrays
+        self, options: ResolvedOptions, step: StepHeader, decoded: StepInputs, outputs: Arrays
     ) -> pb.StepResult:
         """The top-k comes from the batch's ranking (``ranked_logits``), so here it is only read."""
         tokens = self.vocabulary.tokens

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -39,6 +39,17 @@ class StepInputs:
     arrays: Arrays
     steps: int
     token_ids: np.ndarray | None = None  # language models: the K input ids
+
+
+class StepHeader(Protocol):
+    """What an applied step's answer needs of the step: its seq, and whether only its last time
+    step is answered. A parsed ``pb.Step`` is one; so is a step read from its bytes
+    (``service.drivers.step_bytes.ReadStep``), which builds no message."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def last_only(self) -> bool: ...
 
 
 def check_chunk(steps: int, max_chunk: int) -> None:

@@ -29,7 +29,7 @@ from service.drivers import bounds
 from service.drivers.base import Driver
 from service.drivers.loops import Loop, LoopContext
 from service.drivers.session_view import SessionView
-from service.drivers.steps import StepInputs
+from service.drivers.steps import StepHeader, StepInputs
 from service.errors import InvalidArgument, ResourceExhausted
 from service.session_options import ResolvedOptions
 from service.tasks import register
@@ -218,7 +218,9 @@ class VoiceActivityDriver(Driver):
         completed = samples[: frames * self.frame_samples].reshape(frames, self.frame_samples)
         return AudioStep({self.audio_input: completed}, frames, rest=samples[frames * self.frame_samples :].copy())
 
-    def encode_session_result(self, session: SessionView, step: pb.Step, decoded: StepInputs, outputs: Arrays) -> bytes:
+    def encode_session_result(
+        self, session: SessionView, step: StepHeader, decoded: StepInputs, outputs: Arrays
+    ) -> bytes:
         """One StepOutput per frame (probability, event), and the session's buffer and tracker moved on."""
         assert isinstance(decoded, AudioStep)
         scratch = session.scratch

@@ -22,7 +22,6 @@ from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
 from service.drivers import bounds
 from service.drivers.step_bytes import ReadStep, StepBytes, read_varint
-from service.drivers.steps import StepInputs
 from service.durable_sessions import SessionMoved
 from service.engine import SessionEngine
 from service.errors import (
@@ -146,8 +145,7 @@ class SessionServicer:
                     reader = session.runtime.driver.step_bytes
                     read = read_step_request(data, reader) if reader is not None else None
                     if read is not None:  # the hot path: no message parsed, no nested generator
-                        step = pb.Step(seq=read.seq, last_only=read.last_only)
-                        yield await self._answer_step(session, step, read.inputs)
+                        yield await self._answer_step(session, read)
                         continue
                     request = parse_session_request(data)
                     if not isinstance(request, Malformed) and request.WhichOneof("request") == "step":
@@ -196,16 +194,14 @@ class SessionServicer:
         return session
 
     async def _answer_step(
-        self, session: session_store.Session, step: pb.Step, decoded: StepInputs | None = None
+        self, session: session_store.Session, step: pb.Step | ReadStep
     ) -> pb.SessionResponse | bytes:
-        """One Step of a Session stream, answered by a result (its bytes) or an in-stream error;
-        ``decoded``: its inputs, read from its bytes (``SessionEngine.apply_step``)."""
+        """One Step of a Session stream (parsed, or read from its bytes), answered by a result (its
+        bytes) or an in-stream error."""
         name = session.runtime.name
         self.metrics.requests.labels(name, "step").inc()
         try:
-            return answer_bytes.session_response(
-                await self.engine.apply_step(session, step, lane=True, decoded=decoded)
-            )
+            return answer_bytes.session_response(await self.engine.apply_step(session, step, lane=True))
         except StatestreamError as exc:
             self.metrics.failures.labels(name, exc.code.name).inc()
             events.refused(exc, session)
