@@ -119,3 +119,14 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped
         ),
     ):
         yield ShippedServer(target, log, {**clean, "STATESTREAM_TARGET": target})
+
+
+@pytest.fixture(scope="module")
+def lstm256_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A real server on loopback serving the shipped ``lstm256`` alone (idle sessions kept 60 s):
+    what the tests of requests read from their bytes send their streams to."""
+    models = tmp_path_factory.mktemp("lstm256") / "models"
+    shutil.copytree(SHIPPED_MODELS / "lstm256", models / "lstm256")
+    running = ServerThread(Settings(models_dir=models, idle_timeout_s=60.0))
+    yield running
+    running.stop()

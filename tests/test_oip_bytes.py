@@ -12,8 +12,7 @@ the checked one.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -26,9 +25,8 @@ from service.api import statestream_pb2 as pb
 from service.servicers.inference import sequence_flags
 from service.servicers.oip_tensors import STREAM_RESULT, OipTensor, RawRequest, SequenceFlags, StepCodec, sequence_entry
 from service.servicers.wire import Malformed, request_parser
-from service.settings import Settings
 from service.tensors import to_proto
-from tests.conftest import SHIPPED_MODELS
+from tests.corruptions import corrupted
 from tests.servers import ServerThread
 from tests.test_oip_wire import MODELS, codec_of, random_input
 
@@ -144,40 +142,19 @@ def test_every_other_shape_is_left_to_the_checked_path(case: str) -> None:
 
 def test_a_corrupted_request_it_reads_is_one_the_checked_path_reads_alike() -> None:
     codec = codec_of("lstm256")
-    rng = np.random.default_rng(11)
     valid = [
         client_request(codec, s, r, i).SerializeToString()
         for i, (s, r) in enumerate(zip(SEQUENCE_IDS, (REQUEST_IDS * 3)[: len(SEQUENCE_IDS)], strict=True))
     ]
     taken = refused = 0
-    for _ in range(5000):
-        data = bytearray(valid[int(rng.integers(len(valid)))])
-        at = int(rng.integers(len(data)))
-        how = int(rng.integers(4))
-        if how == 0:
-            data[at] = int(rng.integers(256))
-        elif how == 1:
-            del data[at:]
-        elif how == 2:
-            data.insert(at, int(rng.integers(256)))
-        else:
-            data[at] ^= 1 << int(rng.integers(8))
-        read = read_bytes(codec, bytes(data))
+    for data in corrupted(valid, 5000, seed=11):
+        read = read_bytes(codec, data)
         if read is None:
             refused += 1
         else:
             taken += 1
-            same_as_checked(codec, bytes(data), read)
+            same_as_checked(codec, data, read)
     assert taken > 100 and refused > 1000  # flips inside the input data keep a request readable
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    models = tmp_path_factory.mktemp("oip_bytes") / "models"
-    shutil.copytree(SHIPPED_MODELS / "lstm256", models / "lstm256")
-    running = ServerThread(Settings(models_dir=models, idle_timeout_s=60.0))
-    yield running
-    running.stop()
 
 
 def exchange(server: ServerThread, requests: list[bytes]) -> list[bytes]:
@@ -194,7 +171,7 @@ def as_checked(data: bytes) -> bytes:
     return request.SerializeToString()
 
 
-def test_answers_read_from_bytes_are_the_checked_paths_byte_for_byte(server: ServerThread) -> None:
+def test_answers_read_from_bytes_are_the_checked_paths_byte_for_byte(lstm256_server: ServerThread) -> None:
     codec = codec_of("lstm256")
 
     def sequence(shape: Callable[[bytes], bytes]) -> list[bytes]:
@@ -205,7 +182,7 @@ def test_answers_read_from_bytes_are_the_checked_paths_byte_for_byte(server: Ser
         unknown = shape(client_request(codec, 78, "lost", 9).SerializeToString())  # never started: an error
         end = client_request(codec, 77, "e", 7)
         end.parameters["sequence_end"].bool_param = True
-        return exchange(server, [start.SerializeToString(), *steps, resent, unknown, end.SerializeToString()])
+        return exchange(lstm256_server, [start.SerializeToString(), *steps, resent, unknown, end.SerializeToString()])
 
     from_bytes = sequence(lambda data: data)
     checked = sequence(as_checked)

@@ -13,7 +13,7 @@ shape the bytes path leaves to the checked one.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.tasks import driver_class
 from service.tensors import to_proto
 from tests.conftest import SHIPPED_MODELS
+from tests.corruptions import corrupted
 from tests.servers import ServerThread
 
 parse = request_parser(pb.SessionRequest)
@@ -164,27 +165,15 @@ def test_every_other_shape_is_left_to_the_checked_path(case: str) -> None:
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in dot")
 def test_a_corrupted_request_it_reads_is_one_the_checked_path_reads_alike() -> None:
-    rng = np.random.default_rng(13)
     valid = [request(seq, arrays_of(TWO_INPUTS, seed=i), i % 2 == 1).SerializeToString() for i, seq in enumerate(SEQS)]
     taken = left = 0
-    for _ in range(5000):
-        data = bytearray(valid[int(rng.integers(len(valid)))])
-        at = int(rng.integers(len(data)))
-        how = int(rng.integers(4))
-        if how == 0:
-            data[at] = int(rng.integers(256))
-        elif how == 1:
-            del data[at:]
-        elif how == 2:
-            data.insert(at, int(rng.integers(256)))
-        else:
-            data[at] ^= 1 << int(rng.integers(8))
-        got = read(TWO_INPUTS, bytes(data))
+    for data in corrupted(valid, 5000, seed=13):
+        got = read(TWO_INPUTS, data)
         if got is None:
             left += 1
             continue
         taken += 1
-        assert got == checked(TWO_INPUTS, bytes(data)), bytes(data).hex()
+        assert got == checked(TWO_INPUTS, data), data.hex()
     assert taken > 300 and left > 1000  # flips inside the values keep a request readable
 
 
@@ -208,15 +197,6 @@ def test_only_kinds_that_decode_steps_the_default_way_read_them_from_bytes() -> 
     assert {task for task, has in readers.items() if has} == {"sequence_model", "associative_memory"}, readers
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    models = tmp_path_factory.mktemp("step_bytes") / "models"
-    shutil.copytree(SHIPPED_MODELS / "lstm256", models / "lstm256")
-    running = ServerThread(Settings(models_dir=models, idle_timeout_s=60.0))
-    yield running
-    running.stop()
-
-
 def exchange(server: ServerThread, requests: list[bytes]) -> list[bytes]:
     """The answers' bytes to one Session stream's requests, one at a time; the opening's left out."""
     with grpc.insecure_channel(server.target) as channel:
@@ -232,12 +212,12 @@ def as_checked(data: bytes) -> bytes:
     return length_delimited(3, message.step.SerializeToString() + b"\x28\x00")
 
 
-def test_answers_to_steps_read_from_bytes_are_the_checked_paths_byte_for_byte(server: ServerThread) -> None:
+def test_answers_to_steps_read_from_bytes_are_the_checked_paths_byte_for_byte(lstm256_server: ServerThread) -> None:
     steps = [request(seq, arrays_of(LSTM, seed=seq), seq == 4).SerializeToString() for seq in range(1, 6)]
     nan = {"x": np.full((1, 64), np.nan, np.float32)}
     requests = [*steps, steps[2], request(7, arrays_of(LSTM)).SerializeToString(), request(6, nan).SerializeToString()]
-    from_bytes = exchange(server, requests)
-    from_message = exchange(server, [as_checked(data) for data in requests])
+    from_bytes = exchange(lstm256_server, requests)
+    from_message = exchange(lstm256_server, [as_checked(data) for data in requests])
     assert from_bytes == from_message
     answers = [pb.SessionResponse.FromString(a) for a in from_bytes]
     assert [a.result.seq for a in answers[:6]] == [1, 2, 3, 4, 5, 3]
