@@ -4,7 +4,7 @@
 shared machine. This drives the real ``SessionServicer.Session`` handler without gRPC (as
 ``loadtest.hotpath`` does for plain steps): N calls at once on one event loop, each sending its
 audio in chunks of 20 or 32 ms as a ``Step`` (the live-call path) or a ``Run`` (the path with
-options), the request bytes parsed by the server's own deserializer. The variants alternate
+options), handed over as the bytes that arrived (the server parses them itself). The variants alternate
 round by round, so the machine's drift falls on each alike, and it prints the process's CPU time
 (the event loop and ONNX Runtime's thread together) per 512-sample frame, with the run/step ratio.
 
