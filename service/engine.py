@@ -143,7 +143,7 @@ class SessionEngine:
         try:
             if session.closed:
                 raise closed_error(session)
-            if key is not None and isinstance(step, pb.Step):  # keyed protocols parse their steps
+            if key is not None:
                 step.seq = session.seq_for_key(key) if key else session.last_seq + 1
             if session.check_seq(step.seq) is SeqCheck.DUPLICATE:
                 return duplicate_result(session, step.seq)

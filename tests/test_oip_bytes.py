@@ -22,10 +22,22 @@ from tritonclient.grpc import service_pb2
 from service.answer_bytes import DUPLICATE, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
+from service.contract import Manifest
+from service.drivers.step_bytes import ReadStep
 from service.servicers.inference import sequence_flags
-from service.servicers.oip_tensors import STREAM_RESULT, OipTensor, RawRequest, SequenceFlags, StepCodec, sequence_entry
+from service.servicers.oip_tensors import (
+    STREAM_RESULT,
+    OipTensor,
+    RawRequest,
+    SequenceFlags,
+    StepCodec,
+    oip_model,
+    sequence_entry,
+)
 from service.servicers.wire import Malformed, request_parser
-from service.tensors import to_proto
+from service.tasks import driver_class
+from service.tensors import from_proto, to_proto
+from tests.conftest import SHIPPED_MODELS
 from tests.corruptions import corrupted
 from tests.servers import ServerThread
 from tests.test_oip_wire import MODELS, codec_of, random_input
@@ -73,19 +85,40 @@ def checked_read(codec: StepCodec, data: bytes) -> tuple[SequenceFlags, object, 
         return None
 
 
+def reading_codec(name: str) -> StepCodec:
+    """``name``'s codec as the server builds it: a raw request's inputs read into a ReadStep where the
+    model's driver decodes steps the default way, else a Step built for the driver to decode."""
+    manifest = Manifest.load(SHIPPED_MODELS / name)
+    return StepCodec(oip_model(manifest), "1", driver_class(manifest.task)(manifest).step_bytes is not None)
+
+
+def codec_for(name: str, reads: bool) -> StepCodec:
+    return reading_codec(name) if reads else codec_of(name)
+
+
+def step_of(step: pb.Step | ReadStep) -> tuple[int, bool, dict[str, tuple[str, tuple[int, ...], bytes]]]:
+    """A Step's seq, last_only and inputs (dtype, shape, bytes by name), parsed or read."""
+    if isinstance(step, ReadStep):
+        arrays = step.inputs.arrays
+    else:
+        arrays = {tensor.name: from_proto(tensor) for tensor in step.tensors.tensors}
+    return step.seq, step.last_only, {name: (a.dtype.str, a.shape, a.tobytes()) for name, a in arrays.items()}
+
+
 def same_as_checked(codec: StepCodec, data: bytes, read: RawRequest) -> None:
     expected = checked_read(codec, data)
     assert expected is not None, "the bytes path took a request the checked path refuses"
-    flags, step, outputs, request_id = expected
+    flags, (step, raw), outputs, request_id = expected
     assert flags == read.flags
-    assert step == (read.step, True)
+    assert raw and step_of(step) == step_of(read.step)
     assert outputs == codec.model.outputs
     assert request_id == read.request_id
 
 
+@pytest.mark.parametrize("reads", [False, True], ids=["as a Step", "inputs read"])
 @pytest.mark.parametrize("name", MODELS)
-def test_a_clients_usual_step_read_from_its_bytes_is_what_the_checked_path_reads(name: str) -> None:
-    codec = codec_of(name)
+def test_a_clients_usual_step_read_from_its_bytes_is_what_the_checked_path_reads(name: str, reads: bool) -> None:
+    codec = codec_for(name, reads)
     fixed = codec.model.batch_is_chunk and not any(-1 in t.shape for t in codec.model.inputs)
     for seed, (sequence_id, request_id) in enumerate((s, r) for s in SEQUENCE_IDS for r in REQUEST_IDS):
         data = client_request(codec, sequence_id, request_id, seed).SerializeToString()
@@ -133,15 +166,30 @@ OTHER_SHAPES: dict[str, Callable[[], bytes]] = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("reads", [False, True], ids=["as a Step", "inputs read"])
 @pytest.mark.parametrize("case", list(OTHER_SHAPES))
-def test_every_other_shape_is_left_to_the_checked_path(case: str) -> None:
+def test_every_other_shape_is_left_to_the_checked_path(case: str, reads: bool) -> None:
     data = OTHER_SHAPES[case]()
     assert data != _edit(lambda r: None)
-    assert read_bytes(codec_of("lstm256"), data) is None
+    assert read_bytes(codec_for("lstm256", reads), data) is None
 
 
-def test_a_corrupted_request_it_reads_is_one_the_checked_path_reads_alike() -> None:
-    codec = codec_of("lstm256")
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_inputs_read_leave_a_value_that_is_not_finite_to_the_checked_path(value: float) -> None:
+    """Where inputs are read, a NaN or Inf goes the checked way (which refuses it, naming the
+    tensor); a codec that builds a Step hands it to the driver's decode, which refuses it alike."""
+    request = client_request(codec_of("lstm256"), 5, "r")
+    values = np.zeros(64, np.float32)
+    values[7] = value
+    request.raw_input_contents[0] = values.tobytes()
+    data = request.SerializeToString()
+    assert read_bytes(reading_codec("lstm256"), data) is None
+    assert read_bytes(codec_of("lstm256"), data) is not None
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["as a Step", "inputs read"])
+def test_a_corrupted_request_it_reads_is_one_the_checked_path_reads_alike(reads: bool) -> None:
+    codec = codec_for("lstm256", reads)
     valid = [
         client_request(codec, s, r, i).SerializeToString()
         for i, (s, r) in enumerate(zip(SEQUENCE_IDS, (REQUEST_IDS * 3)[: len(SEQUENCE_IDS)], strict=True))

@@ -148,6 +148,7 @@ OTHER_SHAPES: dict[str, Callable[[], bytes]] = {
     "a padded length": lambda: b"\x1a" + bytes([_two(lambda r: None)[1] | 0x80, 0x00]) + _two(lambda r: None)[2:],
     "trailing garbage": lambda: _two(lambda r: None) + b"\x00",
     "cut short": lambda: _two(lambda r: None)[:-1],
+    "values cut short, lengths agreeing": lambda: length_delimited(3, _two(lambda r: None)[2:-1]),
     "a close": lambda: pb.SessionRequest(close=pb.Close()).SerializeToString(),
     "an empty request": lambda: b"",
 }  # fmt: skip

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +35,30 @@ _LAST_ONLY = key(5, VARINT) + varint(1)
 _MAX_SEQ_BYTES = 9
 
 
-class ReadStep(NamedTuple):
-    """A Step read from its bytes: its seq, ``last_only``, and its inputs (``[1, *shape]`` each)."""
+@dataclass(slots=True)
+class ReadStep:
+    """A Step read from its bytes: its seq, ``last_only``, and its inputs (``[1, *shape]`` each).
+
+    The engine sets ``seq`` of a protocol that names its requests by key (the Open Inference
+    Protocol), as it does a parsed ``pb.Step``'s."""
 
     seq: int
     last_only: bool
     inputs: StepInputs
+
+
+def read_values(data: bytes, at: int, dtype: np.dtype[Any], size: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The ``size`` bytes of ``data`` at ``at`` as an aligned array of ``shape``; None where the bytes
+    are cut short, or a float's values are not all finite by the fast test (the checked way then
+    looks closer)."""
+    if at + size > len(data):
+        return None
+    values = np.frombuffer(data, dtype, size // dtype.itemsize, at)
+    if dtype.kind == "f" and not all_finite(values):
+        return None
+    if at % dtype.itemsize:  # keep the values aligned, as a bytes field's own copy would be
+        values = values.copy()
+    return values.reshape(shape)
 
 
 def read_varint(data: bytes, at: int, limit: int) -> tuple[int, int]:
@@ -73,11 +92,11 @@ class StepBytes:
             size = math.prod(spec.shape) * dtype.itemsize
             tensor = tensor_prefix(spec.name, int(proto_dtype(spec.dtype)), (1, *spec.shape), size)
             entry = key(1, LEN) + varint(len(tensor) + size) + tensor  # TensorInput.tensors
-            pieces.append((entry, size, spec.name, dtype, (1, *spec.shape), dtype.kind == "f"))
+            pieces.append((entry, size, spec.name, dtype, (1, *spec.shape)))
         #: Step.tensors' key and length: what follows the seq.
         self._tensors = key(4, LEN) + varint(sum(len(entry) + size for entry, size, *_ in pieces))
-        #: Per input: its entry's bytes before its values, their byte count, its name, dtype,
-        #: shape [1, *shape], and whether its values must be finite.
+        #: Per input: its entry's bytes before its values, their byte count, its name, dtype
+        #: and shape [1, *shape].
         self._inputs = tuple(pieces)
         self._fast = sys.byteorder == "little"  # the wire is little-endian: no byte swap to do
 
@@ -90,16 +109,14 @@ class StepBytes:
             return None
         at += len(self._tensors)
         arrays = {}
-        for entry, size, name, dtype, shape, finite in self._inputs:
+        for entry, size, name, dtype, shape in self._inputs:
             if not data.startswith(entry, at):
                 return None
             at += len(entry)
-            values = np.frombuffer(data, dtype, size // dtype.itemsize, at)
-            if finite and not all_finite(values):  # False: the checked way looks closer
+            values = read_values(data, at, dtype, size, shape)
+            if values is None:
                 return None
-            if at % dtype.itemsize:  # keep the values aligned, as a bytes field's own copy would be
-                values = values.copy()
-            arrays[name] = values.reshape(shape)
+            arrays[name] = values
             at += size
         if at == len(data):
             return ReadStep(seq, False, StepInputs(arrays, 1))

@@ -23,6 +23,7 @@ from service.answer_bytes import length_delimited, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.drivers.step_bytes import ReadStep
 from service.engine import SessionEngine
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, StatestreamError
 from service.metrics import Metrics
@@ -73,7 +74,7 @@ class InferStep(NamedTuple):
     runtime: ModelRuntime
     codec: StepCodec
     flags: SequenceFlags
-    step: pb.Step
+    step: pb.Step | ReadStep  # read from its bytes where the driver decodes steps the default way
     raw: bool  # its inputs came in raw_input_contents: the answer's outputs go raw too
     outputs: collections.abc.Sequence[OipTensor]
 
@@ -159,7 +160,9 @@ class InferenceServicer:
         self.models = {runtime.name: oip_tensors.oip_model(runtime.model.manifest) for runtime in self.runtimes}
         #: Each model's per-step translation, built once.
         self.codecs = {
-            runtime.name: StepCodec(self.models[runtime.name], runtime.model.manifest.version)
+            runtime.name: StepCodec(
+                self.models[runtime.name], runtime.model.manifest.version, runtime.driver.step_bytes is not None
+            )
             for runtime in self.runtimes
         }
         #: (model_name, model_version) as requests name them → the runtime and codec they reach
@@ -382,7 +385,7 @@ class InferenceServicer:
         response = read.codec.response(read.request_id, read.flags.entry, result, read.outputs, read.raw)
         return STREAM_RESULT + varint(len(response)) + response if framed else response
 
-    async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step, caller: str) -> bytes:
+    async def _one_shot(self, runtime: ModelRuntime, model: OipModel, step: pb.Step | ReadStep, caller: str) -> bytes:
         """A request without a sequence: one step of a fresh session, closed at once."""
         session = await self.engine.open(self._open_request(runtime, model), caller)
         try:
@@ -395,7 +398,7 @@ class InferenceServicer:
         runtime: ModelRuntime,
         model: OipModel,
         flags: SequenceFlags,
-        step: pb.Step,
+        step: pb.Step | ReadStep,
         request_id: str,
         caller: str,
         lane: bool,

@@ -28,7 +28,9 @@ from service.answer_bytes import DUPLICATE as DUPLICATE_MARK
 from service.answer_bytes import LEN, VARINT, key, length_delimited, packed_varints, tensor_prefix, varint
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
-from service.contract import Manifest
+from service.contract import Arrays, Manifest
+from service.drivers.step_bytes import ReadStep, read_values
+from service.drivers.steps import StepInputs
 from service.errors import InvalidArgument
 from service.tensors import MAX_DIMS, add_proto, proto_dtype
 
@@ -307,8 +309,9 @@ class RawRequest(NamedTuple):
     request_id: str
     #: Its sequence: an int64 ``sequence_id`` > 0, no start, no end (made once per id and kept).
     flags: SequenceFlags
-    #: Its inputs as the native Step the checked path builds of them.
-    step: pb.Step
+    #: Its inputs: read (where the model's driver decodes steps the default way), else as the
+    #: native Step the checked path builds of them; seq 1 either way (the engine sets a sequence's).
+    step: pb.Step | ReadStep
 
 
 class NativeAnswer(NamedTuple):
@@ -352,8 +355,11 @@ class StepCodec:
     softmax of a ``probabilities`` output.
     """
 
-    def __init__(self, model: OipModel, version: str) -> None:
+    def __init__(self, model: OipModel, version: str, reads_inputs: bool = False) -> None:
         self.model = model
+        #: Whether a raw request's inputs go to the engine read (a ``ReadStep``, no Step parsed and
+        #: decoded): where the model's driver decodes steps the default way (its ``step_bytes``).
+        self._reads_inputs = reads_inputs
         self._header = length_delimited(1, model.name.encode()) + length_delimited(2, version.encode())
         self._outputs_by_name = {t.name: t for t in model.outputs}
         #: Per input: name, datatype, [1, *shape], byte count, its Step bytes before its data
@@ -361,7 +367,8 @@ class StepCodec:
         #: request's batch axis is not the chunk's (those take the checked path).
         self._raw_inputs = _raw_step_layout(model)
         #: A common request's bytes after its parameters (every input's InferInputTensor), then per
-        #: input its raw_input_contents key and length, its byte count and its Step piece.
+        #: input its raw_input_contents key and length, its byte count, its Step piece, its name,
+        #: dtype and shape [1, *shape].
         self._request_inputs = _request_layout(model, self._raw_inputs)
         self._output_headers: dict[tuple[str, tuple[int, ...]], tuple[bytes, bytes]] = {}
         #: A request's sequence_id entry (as ``_SEQUENCE_ID_ENTRIES`` + value) → its flags.
@@ -443,13 +450,22 @@ class StepCodec:
             return None
         at = end + len(inputs)
         parts: list[bytes] = []
-        for prefix, size, piece in contents:
+        arrays: Arrays = {}
+        for prefix, size, piece, name, dtype, shape in contents:
             if not data.startswith(prefix, at):
                 return None
             at += len(prefix) + size
-            parts += (piece, data[at - size : at])
+            if not self._reads_inputs:
+                parts += (piece, data[at - size : at])
+                continue
+            values = read_values(data, at - size, dtype, size, shape)
+            if values is None:  # not finite by the fast test: the checked path reads or refuses it
+                return None
+            arrays[name] = values
         if at != len(data):
             return None
+        if self._reads_inputs:
+            return RawRequest(request_id, flags, ReadStep(1, False, StepInputs(arrays, 1)))
         return RawRequest(request_id, flags, pb.Step.FromString(b"".join(parts)))
 
     def requested_outputs(self, request: oip.ModelInferRequest) -> Sequence[OipTensor]:
@@ -632,9 +648,14 @@ def _raw_step_layout(model: OipModel) -> tuple[tuple[str, str, list[int], int, b
     return tuple((*check, piece) for check, piece in zip(checks, tensors, strict=True))
 
 
+#: A raw input as ``StepCodec.read_request`` reads it: its raw_input_contents key and length, its
+#: byte count, its Step piece, its name, dtype and shape [1, *shape].
+_RawInput = tuple[bytes, int, bytes, str, np.dtype[Any], tuple[int, ...]]
+
+
 def _request_layout(
     model: OipModel, step_pieces: tuple[tuple[str, str, list[int], int, bytes], ...] | None
-) -> tuple[bytes, tuple[tuple[bytes, int, bytes], ...]] | None:
+) -> tuple[bytes, tuple[_RawInput, ...]] | None:
     """What ``StepCodec.read_request`` compares a request's bytes with after its parameters: every
     input's InferInputTensor (written by protobuf, so what a client's protobuf writes), then per
     input its raw_input_contents key and length, byte count, and Step piece (``_raw_step_layout``).
@@ -644,7 +665,10 @@ def _request_layout(
     inputs = oip.ModelInferRequest(
         inputs=[oip.ModelInferRequest.InferInputTensor(name=n, datatype=d, shape=s) for n, d, s, *_ in step_pieces]
     ).SerializeToString()
-    contents = tuple((_RAW_INPUT + varint(size), size, piece) for *_, size, piece in step_pieces)
+    contents = tuple(
+        (_RAW_INPUT + varint(size), size, piece, name, WIRE_TYPES[datatype][0], tuple(shape))
+        for name, datatype, shape, size, piece in step_pieces
+    )
     return inputs, contents
 
 
