@@ -22,7 +22,7 @@ from service.api import statestream_pb2 as pb
 from service.contract import Arrays, Manifest
 from service.drivers import bounds
 from service.drivers.step_bytes import StepBytes
-from service.drivers.steps import StepDecoder, StepHeader, StepInputs, named_tensors
+from service.drivers.steps import WIRE_IS_NATIVE, StepDecoder, StepHeader, StepInputs, named_tensors
 from service.errors import InvalidArgument, ResourceExhausted
 from service.scheduler import Postprocess
 from service.session_options import ResolvedOptions
@@ -61,8 +61,9 @@ class Driver:
         self.step_decoder = StepDecoder(manifest)
         #: Reads a streamed step of one time step from its bytes (``service.drivers.step_bytes``);
         #: None for a kind that decodes its steps its own way (it overrides ``decode_step`` or
-        #: ``decode_session_step``): every step of it is parsed and goes through them.
-        self.step_bytes = StepBytes(manifest) if self._decodes_plain_tensors() else None
+        #: ``decode_session_step``), and on a big-endian machine: every step is then parsed and
+        #: goes through them.
+        self.step_bytes = StepBytes(manifest) if WIRE_IS_NATIVE and self._decodes_plain_tensors() else None
         #: Writes the outputs' ``StepOutput.tensors`` entries as bytes (``encode_output``).
         self.output_tensors = OutputTensors(manifest.outputs)
         #: Runs after each batched call, on the worker thread, over the whole batch; its arrays

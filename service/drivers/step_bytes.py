@@ -16,7 +16,6 @@ step" or "look closer", as ``StepDecoder``'s fast pass does.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +82,8 @@ def read_varint(data: bytes, at: int, limit: int) -> tuple[int, int]:
 
 
 class StepBytes:
-    """One model's one-time-step Steps read from their bytes (see the module's docstring)."""
+    """One model's one-time-step Steps read from their bytes (see the module's docstring). A driver
+    makes one only where the wire's byte order is the machine's (``steps.WIRE_IS_NATIVE``)."""
 
     def __init__(self, manifest: Manifest) -> None:
         pieces = []
@@ -98,11 +98,10 @@ class StepBytes:
         #: Per input: its entry's bytes before its values, their byte count, its name, dtype
         #: and shape [1, *shape].
         self._inputs = tuple(pieces)
-        self._fast = sys.byteorder == "little"  # the wire is little-endian: no byte swap to do
 
     def read(self, data: bytes, at: int) -> ReadStep | None:
         """The Step whose bytes run from ``at`` to the end of ``data``, or None (see the module)."""
-        if not self._fast or at >= len(data) or data[at] != _SEQ:
+        if at >= len(data) or data[at] != _SEQ:
             return None
         seq, at = read_varint(data, at + 1, _MAX_SEQ_BYTES)
         if seq < 1 or not data.startswith(self._tensors, at):

@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # long way and accepted, so the overflow is expected and says nothing: keep it out of the log.
 warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
+#: The wire is little-endian: where this machine is too, a step's bytes are its values as they
+#: are, and the fast readers (``StepDecoder``'s first pass, ``step_bytes``) may take them.
+WIRE_IS_NATIVE = sys.byteorder == "little"
+
 
 @dataclass
 class StepInputs:
@@ -130,11 +134,10 @@ class StepDecoder:
             )
             for spec in manifest.inputs
         )
-        self._fast = sys.byteorder == "little"  # the wire is little-endian: no byte swap to do
 
     def decode(self, tensors: pb.TensorInput, max_chunk: int) -> StepInputs:
         """Raw tensors → step inputs, as ``decode_tensors`` decodes them (and refuses the same)."""
-        decoded = self._well_formed(tensors.tensors, max_chunk) if self._fast else None
+        decoded = self._well_formed(tensors.tensors, max_chunk) if WIRE_IS_NATIVE else None
         return decoded if decoded is not None else decode_tensors(self.manifest, tensors, max_chunk)
 
     def _well_formed(self, tensors: Collection[pb.Tensor], max_chunk: int) -> StepInputs | None:
