@@ -7,8 +7,8 @@
 * ``store K``: one process with a Redis session store, a checkpoint every K acknowledged steps
   (K = 1 and 16; the cost of durability, against ``direct`` which has none).
 
-Each at 256 and 1,024 streams, interleaved and repeated like the main table; the targets are
-steps/s of ``workers W`` ≥ 0.7 × W × ``workers 1``, for W up to the cores the load generator
+Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse; the
+targets, each the median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W × ``workers 1``, for W up to the cores the load generator
 leaves free (on a 2-core machine shared with the load generator, none: the table says so), and
 ``store K=1`` ≥ 0.8 ×, ``store K=16`` ≥ 0.95 × ``direct`` (issue 26: durability nearly free).
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.cells import Cell, Plan, Row, Target, client_layout, measure, summarize
+from loadtest.cells import Cell, Plan, Row, Target, client_layout, measure, median, summarize
 from loadtest.front import free_port, run_envoy
 from loadtest.load import LoadResult
 from loadtest.servers import ServerProcess, serve_command
@@ -34,6 +34,10 @@ SCALE_STREAMS = (256, 1024)
 #: K of the ``store K`` rows, and the share of ``direct``'s steps/s each must keep (issue 26).
 DURABILITY_TARGETS = {1: 0.8, 16: 0.95}
 CHECKPOINT_EVERY = tuple(DURABILITY_TARGETS)
+#: A scale row's ``extra`` key (and JSON field): its steps/s in each round, in round order.
+BY_ROUND = "steps_per_s_by_round"
+#: The table's order of the arrangements' kinds (each kind's own rows keep their order).
+SHOWN_ORDER = ("direct", "workers", "envoy", "store")
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class Setup:
 
 
 def setups(cores: int) -> list[Setup]:
-    arrangements = [Setup("direct")]
+    """Every arrangement, in the order a round runs them: each compared pair is measured side by
+    side (``direct`` beside the ``store`` rows, ``workers 1`` beside ``workers 2``)."""
+    arrangements = [Setup("store", k) for k in reversed(CHECKPOINT_EVERY)]
+    arrangements += [Setup("direct")]
     arrangements += [Setup("workers", w) for w in range(1, cores + 1)]
     arrangements += [Setup("envoy", r) for r in range(1, cores + 1)]
-    arrangements += [Setup("store", k) for k in CHECKPOINT_EVERY]
     return arrangements
 
 
@@ -122,15 +128,17 @@ def run_scale(
     """Every scale row; each arrangement is started, measured at every stream count, and stopped.
 
     Arrangements run one after another (not all at once: W workers of each would overcommit the
-    cores), and the whole sequence is repeated ``plan.repeats`` times so that each cell is a
-    median over runs spread through the measurement, as in the main table.
+    cores), and the whole sequence is repeated ``plan.repeats`` times, every other round in
+    reverse, so that each cell is a median over runs spread through the measurement and the
+    machine's drift falls on both sides of a compared pair. Each row keeps its rounds' steps/s
+    (``BY_ROUND``) for the targets' round-by-round ratios.
     """
     cores = cores or len(os.sched_getaffinity(0))
     manifest = Manifest.load(models_dir / model)
-    arrangements = setups(cores)
     results: dict[tuple[str, int], list[LoadResult]] = {}
     for repeat in range(plan.repeats):
-        for setup in arrangements:
+        arrangements = setups(cores)
+        for setup in arrangements if repeat % 2 == 0 else reversed(arrangements):
             with contextlib.ExitStack() as stack, started(setup, models_dir, stack) as server:
                 for streams in SCALE_STREAMS:
                     result = measure(Cell(setup.name, setup.name, "stream", streams), server, plan, manifest)
@@ -140,7 +148,24 @@ def run_scale(
                         f"{result.steps_per_s:8.0f} steps/s  p99 {result.percentile_ms(99):7.2f} ms"
                         + (f"  {result.errors} errors" if result.errors else "")
                     )
-    return [summarize(Cell(name, name, "stream", streams), runs) for (name, streams), runs in results.items()]
+    shown = [s.name for s in sorted(setups(cores), key=lambda s: (SHOWN_ORDER.index(s.kind), s.count))]
+    rows = []
+    for (name, streams), runs in sorted(results.items(), key=lambda item: (shown.index(item[0][0]), item[0][1])):
+        row = summarize(Cell(name, name, "stream", streams), runs)
+        row.extra[BY_ROUND] = [round(run.steps_per_s, 1) for run in runs]
+        rows.append(row)
+    return rows
+
+
+def ratio_by_round(row: Row, reference: Row, scale: float = 1.0) -> tuple[float, str]:
+    """``row`` over ``scale`` × ``reference`` in steps/s: the median of the rounds' own ratios (each
+    round measures the two side by side, so the machine's drift between rounds cancels), and
+    those ratios as text; the ratio of the two rows' medians where the rounds are not known."""
+    mine, theirs = row.extra.get(BY_ROUND), reference.extra.get(BY_ROUND)
+    if not mine or not theirs or len(mine) != len(theirs):
+        return row.steps_per_s / (scale * reference.steps_per_s), ""
+    ratios = [a / (scale * b) for a, b in zip(mine, theirs, strict=True)]
+    return median(ratios), "rounds " + ", ".join(f"{r:.2f}" for r in ratios)
 
 
 def load_processes(streams: int) -> int:
@@ -163,13 +188,15 @@ def durability_targets(rows: list[Row]) -> list[Target]:
             store = by_name.get((Setup("store", every).name, streams))
             if direct is None or store is None:
                 continue
+            value, rounds = ratio_by_round(store, direct)
             targets.append(
                 Target(
                     name=f"store_k{every}_vs_direct_n{streams}",
-                    value=store.steps_per_s / direct.steps_per_s,
+                    value=value,
                     threshold=threshold,
                     higher_is_better=True,
-                    detail=f"store K={every} / direct steps/s at N={streams} (a checkpoint every {every} steps)",
+                    detail=f"store K={every} / direct steps/s at N={streams} (a checkpoint every {every} steps)"
+                    + (f"; {rounds}" if rounds else ""),
                 )
             )
     return targets
@@ -192,13 +219,15 @@ def _scaling_targets(rows: list[Row], cores: int) -> list[Target]:
                 else f"{cores} cores, {load_processes(streams)} taken by the load generator, "
                 f"{max(free, 0)} free for {workers} workers"
             )
+            value, rounds = ratio_by_round(row, one, workers)
             targets.append(
                 Target(
                     name=f"workers_{workers}_scaling_n{streams}",
-                    value=row.steps_per_s / (workers * one.steps_per_s),
+                    value=value,
                     threshold=0.7,
                     higher_is_better=True,
-                    detail=f"workers {workers} / ({workers} x workers 1) steps/s at N={streams}",
+                    detail=f"workers {workers} / ({workers} x workers 1) steps/s at N={streams}"
+                    + (f"; {rounds}" if rounds else ""),
                     not_judged=unjudged,
                 )
             )

@@ -193,6 +193,37 @@ def test_issue_14s_targets_are_read_against_the_bare_server_with_echos_ceiling_b
     assert "echo" not in sixteen.detail  # no echo row at 16 streams
 
 
+def test_issue_26s_paced_targets_are_read_against_the_bare_server_with_echos_floor_beside_them() -> None:
+    def row(variant: str, rate: float, p50: float, p99: float, cpu: float) -> Row:
+        return Row(variant, 256, 1, rate, rate, p50, p99, server_cpu_us_per_step=cpu)
+
+    plan = Plan(streams=(256,), variants=("echo", "minimal", "statestream"), rate=2300.0)
+    rows = [
+        row("echo", 2300, 0.35, 0.69, 110.0),
+        row("minimal", 2300, 0.45, 1.20, 310.0),
+        row("statestream", 2295, 0.44, 0.93, 262.0),
+    ]
+    found = {t.name: t for t in targets_of(rows, None, plan)}
+    assert set(found) == {
+        f"statestream {q} / minimal {q} at 256 streams, 2300 msg/s" for q in ("p50", "p99", "CPU/step")
+    }
+    p50, p99, cpu = (
+        found[f"statestream {q} / minimal {q} at 256 streams, 2300 msg/s"] for q in ("p50", "p99", "CPU/step")
+    )
+    assert math.isclose(p50.value, 0.44 / 0.45) and p50.met and p50.judged
+    assert math.isclose(p99.value, 0.93 / 1.20) and not p99.met  # 0.78 > 0.5
+    assert p99.detail == "0.93 ms / 1.20 ms; echo's floor 0.57x"  # echo, with no model, misses it too
+    assert math.isclose(cpu.value, 262 / 310) and cpu.met and cpu.detail == "262 us / 310 us"
+    # A server that answered less than the offered rate was not paced: nothing is judged.
+    rows[1] = row("minimal", 2000, 5.0, 40.0, 300.0)
+    behind = targets_of(rows, None, plan)
+    assert len(behind) == 3 and all(t.not_judged == "minimal fell behind 2300 msg/s" for t in behind)
+    # Without the bare server there is nothing to judge against; closed loop judges none of these.
+    assert not targets_of([rows[0], rows[2]], None, plan)
+    closed = Plan(streams=(256,), variants=("echo", "minimal", "statestream"))
+    assert not [t for t in targets_of(rows, None, closed) if "msg/s" in t.name]
+
+
 def test_the_residual_target_is_statestreams_cpu_less_echos_and_orts_at_256_streams() -> None:
     """Issue 14's char_lm residual, from CPU per step of three rows of one run; absent without them."""
 
@@ -261,7 +292,7 @@ def test_paced_load_offers_every_row_the_same_rate_and_judges_no_speed_target(
     for row in load_rows:
         assert row["errors"] == 0 and 0 < row["messages_per_s"] <= bound, row
         assert set(row["cpu_us_per_step_by_thread"]) == {"loop", "python", "grpc"}  # paced rows too
-    # The targets are defined on closed-loop load: none is judged on paced load (no memory row here).
+    # No speed target on paced load; the paced ones need the bare server (no memory row here).
     assert not [r for r in rows if r["kind"] == "target"]
 
 
