@@ -482,7 +482,8 @@ def parser() -> Parser:
         "--scale",
         action="store_true",
         help="the scale-out rows instead (loadtest/scale.py): --workers W, Envoy in front of W replicas, "
-        "and the session store's checkpoint cost, at 256 and 1,024 streams",
+        "and the session store's checkpoint cost, at 256 and 1,024 streams; each round runs the compared "
+        "rows side by side, every other round in reverse, and a target is the median of its rounds' ratios",
     )
     parser.add_argument(
         "--variants",
