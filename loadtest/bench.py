@@ -1,7 +1,7 @@
 """``statestream bench``: the serving benchmark, every variant measured side by side in one run.
 
 It starts each server variant on 127.0.0.1 as a child process (stopped by its PID at the end,
-whatever happens), drives it from separate client processes (``loadtest.load``), and prints one
+whatever happens: SIGTERM too, ``stopping_children_on_sigterm``), drives it from separate client processes (``loadtest.load``), and prints one
 table and the targets as ratios measured in this run. The variants are listed in ``DESCRIPTION``
 (the ``--help`` text) and explained in docs/benchmarks.md; ``--scale`` measures the scale-out
 rows instead (``loadtest.scale``). The machine is shared and noisy, so the cells are measured
@@ -36,6 +36,7 @@ from loadtest.servers import (
     echo_command,
     minimal_command,
     serve_command,
+    stopping_children_on_sigterm,
     variant_server,
 )
 from loadtest.vad_calls import bench_vad_calls
@@ -668,6 +669,7 @@ def run(
     return rows, memory
 
 
+@stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.vad_calls:

@@ -359,6 +359,7 @@ def run_load(
     context = mp.get_context("spawn")
     processes: list[Any] = []
     pipes: list[Connection] = []
+    results: list[WorkerResult] = []
     try:
         offset = 0
         for count in split(spec.streams, workers):
@@ -383,6 +384,8 @@ def run_load(
         results = [_expect(pipe, None, open_timeout_s) for pipe in pipes]
     finally:
         for process in processes:
+            if not results:  # interrupted or failed: the load is not wanted any more
+                process.terminate()
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()  # our own child, by its PID
@@ -446,6 +449,7 @@ def create_sessions(target: str, model: str, count: int, *, workers: int = 2, ti
     context = mp.get_context("spawn")
     processes: list[Any] = []
     pipes: list[Connection] = []
+    results: list[WorkerResult] = []
     try:
         for part in split(count, workers):
             parent, child = context.Pipe()
@@ -457,6 +461,8 @@ def create_sessions(target: str, model: str, count: int, *, workers: int = 2, ti
         return sum(int(_expect(pipe, None, timeout_s)) for pipe in pipes)
     finally:
         for process in processes:
+            if not results:  # interrupted or failed: the load is not wanted any more
+                process.terminate()
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()

@@ -9,6 +9,7 @@ failing benchmark never leaves a server behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -17,10 +18,11 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import NoReturn, ParamSpec
 
 import psutil
 
@@ -28,6 +30,34 @@ from service import grpc_environment
 from service.process import OWN_THREAD_PREFIXES
 
 HOST = "127.0.0.1"
+P = ParamSpec("P")
+
+
+def stopping_children_on_sigterm(main: Callable[P, int]) -> Callable[P, int]:
+    """A command that SIGTERM (a CI timeout, ``kill``) stops as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, so every server, Envoy, Redis and load
+    generator it started would be left running: their context managers never run. Raised as
+    KeyboardInterrupt, it unwinds through them. The handler before is put back afterwards.
+    """
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return main(*args, **kwargs)  # only the main thread may set a handler
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return main(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadtest.flags import Objective, RunTime
-from loadtest.servers import ServerProcess, serve_command
+from loadtest.servers import ServerProcess, serve_command, stopping_children_on_sigterm
 from loadtest.workloads import Workload, declared
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path
@@ -182,6 +182,7 @@ def parser() -> Parser:
     return parser
 
 
+@stopping_children_on_sigterm
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.models_dir.is_dir():

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.flags import CountList, Objective, RunTime
 from service import answer_bytes, grpc_environment
 from service.api import statestream_pb2 as pb
-from service.command import EXIT_USAGE, CommandError, InRange, nonempty_path
+from service.command import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, InRange, nonempty_path
 from service.contract import Manifest
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -294,6 +295,57 @@ def test_paced_load_offers_every_row_the_same_rate_and_judges_no_speed_target(
         assert set(row["cpu_us_per_step_by_thread"]) == {"loop", "python", "grpc"}  # paced rows too
     # No speed target on paced load; the paced ones need the bare server (no memory row here).
     assert not [r for r in rows if r["kind"] == "target"]
+
+
+def test_sigterm_stops_a_bench_run_and_every_process_it_started(tiny_lm_dir: Path) -> None:
+    """A bench stopped by SIGTERM (a CI timeout, ``kill``) stops its servers and load generators as
+    Ctrl-C does, instead of dying at once and leaving them running."""
+    command = [
+        *(sys.executable, "-m", "service.cli", "bench", "--models-dir", str(tiny_lm_dir), "--variants", "echo"),
+        *("--streams", "1", "--repeats", "1", "--duration-s", "60", "--warmup-s", "0.2", "--memory-sessions", "0"),
+    ]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stderr is not None
+        lines = []
+        while not any(line.startswith("started echo") for line in lines):
+            line = run.stderr.readline()
+            assert line, "the bench ended before it started its echo server: " + "".join(lines)
+            lines.append(line)
+        bench_process = psutil.Process(run.pid)
+        deadline = time.monotonic() + 30
+        while len(bench_process.children(recursive=True)) < 2:  # the echo server and a load generator
+            assert time.monotonic() < deadline, "the load generator never started"
+            time.sleep(0.05)
+        started = bench_process.children(recursive=True)
+        run.send_signal(signal.SIGTERM)
+        rest = run.communicate(timeout=60)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == EXIT_INTERRUPTED, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
+
+
+def test_a_command_stopping_its_children_on_sigterm_unwinds_and_puts_the_old_handler_back() -> None:
+    unwound: list[str] = []
+
+    @servers.stopping_children_on_sigterm
+    def command_line(argv: list[str]) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts the wait
+            return 0
+        finally:
+            unwound.append(argv[0])  # as a server's context manager would stop it
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        command_line(["bench"])
+    assert unwound == ["bench"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_paced_streams_are_spread_over_the_interval_or_all_in_phase() -> None:
