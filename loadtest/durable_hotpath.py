@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from loadtest.hotpath import Handlers, _measure
 from loadtest.scale import redis_server
+from loadtest.servers import stopping_children_on_sigterm
 from service import process
 from service.auth import Authenticator
 from service.engine import SessionEngine
@@ -111,6 +112,7 @@ async def drive(
     return rows
 
 
+@stopping_children_on_sigterm
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.durable_hotpath", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=Path("models"))

@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from loadtest.servers import ServerProcess, serve_command
+from loadtest.servers import ServerProcess, serve_command, stopping_children_on_sigterm
 from service import command
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
@@ -1291,6 +1291,7 @@ def parser() -> Parser:
     return parser
 
 
+@stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
 

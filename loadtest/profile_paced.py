@@ -26,7 +26,7 @@ from tempfile import TemporaryDirectory
 
 from loadtest.bench import server_commands
 from loadtest.cells import Cell, Plan, measure
-from loadtest.servers import variant_server
+from loadtest.servers import stopping_children_on_sigterm, variant_server
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
 from service.contract import Manifest
@@ -134,6 +134,7 @@ def parser() -> Parser:
     return made
 
 
+@stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         args = parser().parse_args(argv)
