@@ -19,6 +19,7 @@ import service.grpc_environment  # noqa: F401  (first: it must run before grpc i
 from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError
+from service.workers import port_in_use
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -78,17 +79,6 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
-def _port_busy(host: str, port: int, flag: str = "--port") -> CommandError:
-    if flag != "--port":
-        return CommandError(f"port {port} on {host} is in use ({flag})", EXIT_USAGE, hint=f"pick another {flag}")
-    return CommandError(
-        f"port {port} on {host} is in use",
-        EXIT_USAGE,
-        hint=f"is another server running there ('statestream client models --target {settings_module.address(host, port)}')? "
-        "Pick another with --port, or --port 0 for a free one",
-    )
-
-
 def _check_can_listen(host: str, port: int, flag: str = "--port") -> None:
     """Raises a one-line CommandError if nothing could listen on ``host:port`` now (the server
     binds it later): the port in use (under ``flag``), or ``--host`` unresolvable or not this
@@ -104,7 +94,7 @@ def _check_can_listen(host: str, port: int, flag: str = "--port") -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise _port_busy(host, port, flag) from exc
+                raise port_in_use(host, port, flag) from exc
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise CommandError(
                     f"--host {host}: not an address of this machine, so the server cannot listen there",

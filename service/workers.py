@@ -16,6 +16,7 @@ starts a worker again if one dies.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import signal
@@ -43,8 +44,24 @@ def reserved_port(host: str, port: int) -> Iterator[tuple[socket.socket, int]]:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise CommandError(f"port {port} on {host} is in use", EXIT_USAGE, hint="pick another with --port") from exc
+            if exc.errno == errno.EADDRINUSE:
+                raise port_in_use(host, port) from exc
+            raise CommandError(f"cannot listen on {address(host, port)} (--port): {exc.strerror}", EXIT_USAGE) from exc
         yield sock, sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int, flag: str = "--port") -> CommandError:
+    """The one line for a port another process holds, naming the flag that picks another: the
+    same whether ``serve`` found it in use before starting or the supervisor of ``--workers``
+    found it as it reserved the port."""
+    if flag != "--port":
+        return CommandError(f"port {port} on {host} is in use ({flag})", EXIT_USAGE, hint=f"pick another {flag}")
+    return CommandError(
+        f"port {port} on {host} is in use",
+        EXIT_USAGE,
+        hint=f"is another server running there ('statestream client models --target {address(host, port)}')? "
+        "Pick another with --port, or --port 0 for a free one",
+    )
 
 
 @contextlib.contextmanager

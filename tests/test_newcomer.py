@@ -144,6 +144,17 @@ def test_serve_on_a_port_in_use_names_the_port(shipped_server: ShippedServer) ->
     assert_one_error_line(done, command.EXIT_USAGE, f"port {port}", "in use", "--port")
 
 
+def test_serve_with_workers_on_a_port_in_use_says_what_a_single_process_says(shipped_server: ShippedServer) -> None:
+    """The supervisor of --workers reserves the port itself (SO_REUSEPORT): a taken port gets the
+    same line, with its hint, as the single-process server's check gives."""
+    host, port = shipped_server.target.rsplit(":", 1)
+    args = ("serve", "--models-dir", str(SHIPPED_MODELS), "--host", host, "--port", port)
+    single = assert_one_error_line(statestream(shipped_server, *args), command.EXIT_USAGE, f"port {port}", "in use")
+    workers = assert_one_error_line(statestream(shipped_server, *args, "--workers", "2"), command.EXIT_USAGE)
+    assert workers == single
+    assert "is another server running there" in workers
+
+
 def test_serve_with_its_metrics_port_in_use_names_that_flag_before_loading_models(
     shipped_server: ShippedServer,
 ) -> None:
