@@ -17,9 +17,10 @@ falls behind sees closed-loop load again; the schedules are spread or all in pha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -341,6 +342,26 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+@contextlib.contextmanager
+def _stopped_at_the_end() -> Iterator[list[Any]]:
+    """The worker processes a caller starts (it appends them), stopped on the way out: joined once
+    they have answered, or terminated at once when the caller is interrupted or fails (their load
+    is not wanted any more); killed, by PID, if one is still there after 10 s."""
+    processes: list[Any] = []
+    try:
+        yield processes
+    except BaseException:
+        for process in processes:
+            process.terminate()
+        raise
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()  # our own child, by its PID
+                process.join(timeout=5)
+
+
 def run_load(
     spec: LoadSpec,
     *,
@@ -357,10 +378,8 @@ def run_load(
     beside the total at both edges of the window; the default reads no split.
     """
     context = mp.get_context("spawn")
-    processes: list[Any] = []
     pipes: list[Connection] = []
-    results: list[WorkerResult] = []
-    try:
+    with _stopped_at_the_end() as processes:
         offset = 0
         for count in split(spec.streams, workers):
             parent, child = context.Pipe()
@@ -382,14 +401,6 @@ def run_load(
         time.sleep(max(0.0, end - time.monotonic()))
         cpu_end, threads_end = cpu_seconds(), thread_cpu_seconds()
         results = [_expect(pipe, None, open_timeout_s) for pipe in pipes]
-    finally:
-        for process in processes:
-            if not results:  # interrupted or failed: the load is not wanted any more
-                process.terminate()
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()  # our own child, by its PID
-                process.join(timeout=5)
     latencies = np.concatenate([r.latencies_s for r in results]) if results else np.zeros(0, np.float32)
     return LoadResult(
         messages=sum(r.messages for r in results),
@@ -447,10 +458,8 @@ def _create_main(target: str, model: str, count: int, concurrency: int, conn: Co
 def create_sessions(target: str, model: str, count: int, *, workers: int = 2, timeout_s: float = 600.0) -> int:
     """Opens ``count`` idle sessions with CreateSession from ``workers`` processes; returns how many."""
     context = mp.get_context("spawn")
-    processes: list[Any] = []
     pipes: list[Connection] = []
-    results: list[WorkerResult] = []
-    try:
+    with _stopped_at_the_end() as processes:
         for part in split(count, workers):
             parent, child = context.Pipe()
             process = context.Process(target=_create_main, args=(target, model, part, 64, child), daemon=True)
@@ -459,11 +468,3 @@ def create_sessions(target: str, model: str, count: int, *, workers: int = 2, ti
             processes.append(process)
             pipes.append(parent)
         return sum(int(_expect(pipe, None, timeout_s)) for pipe in pipes)
-    finally:
-        for process in processes:
-            if not results:  # interrupted or failed: the load is not wanted any more
-                process.terminate()
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
