@@ -136,9 +136,9 @@ def run_scale(
     """
     cores = cores or len(os.sched_getaffinity(0))
     manifest = Manifest.load(models_dir / model)
+    arrangements = setups(cores)
     results: dict[tuple[str, int], list[LoadResult]] = {}
     for repeat in range(plan.repeats):
-        arrangements = setups(cores)
         for setup in arrangements if repeat % 2 == 0 else reversed(arrangements):
             with contextlib.ExitStack() as stack, started(setup, models_dir, stack) as server:
                 for streams in SCALE_STREAMS:
@@ -149,7 +149,7 @@ def run_scale(
                         f"{result.steps_per_s:8.0f} steps/s  p99 {result.percentile_ms(99):7.2f} ms"
                         + (f"  {result.errors} errors" if result.errors else "")
                     )
-    shown = [s.name for s in sorted(setups(cores), key=lambda s: (SHOWN_ORDER.index(s.kind), s.count))]
+    shown = [s.name for s in sorted(arrangements, key=lambda s: (SHOWN_ORDER.index(s.kind), s.count))]
     rows = []
     for (name, streams), runs in sorted(results.items(), key=lambda item: (shown.index(item[0][0]), item[0][1])):
         row = summarize(Cell(name, name, "stream", streams), runs)

@@ -8,7 +8,6 @@ a user error is one ``statestream: error: …`` line and a documented exit code 
 
 from __future__ import annotations
 
-import errno
 import socket
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import service.grpc_environment  # noqa: F401  (first: it must run before grpc i
 from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError
-from service.workers import port_in_use
+from service.listen_errors import listen_error
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -93,17 +92,7 @@ def _check_can_listen(host: str, port: int, flag: str = "--port") -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise port_in_use(host, port, flag) from exc
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise CommandError(
-                    f"--host {host}: not an address of this machine, so the server cannot listen there",
-                    EXIT_USAGE,
-                    hint="give one of its addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (all of them)",
-                ) from exc
-            raise CommandError(
-                f"cannot listen on {settings_module.address(host, port)} ({flag}): {exc.strerror}", EXIT_USAGE
-            ) from exc
+            raise listen_error(host, port, exc, flag) from exc
 
 
 def _client(argv: Sequence[str]) -> int:

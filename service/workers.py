@@ -16,7 +16,6 @@ starts a worker again if one dies.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import shutil
 import signal
@@ -29,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from service.command import EXIT_USAGE, MAX_PORT, CommandError
+from service.listen_errors import listen_error
 from service.settings import Settings, address
 
 log = logging.getLogger(__name__)
@@ -44,24 +44,8 @@ def reserved_port(host: str, port: int) -> Iterator[tuple[socket.socket, int]]:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise port_in_use(host, port) from exc
-            raise CommandError(f"cannot listen on {address(host, port)} (--port): {exc.strerror}", EXIT_USAGE) from exc
+            raise listen_error(host, port, exc) from exc
         yield sock, sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int, flag: str = "--port") -> CommandError:
-    """The one line for a port another process holds, naming the flag that picks another: the
-    same whether ``serve`` found it in use before starting or the supervisor of ``--workers``
-    found it as it reserved the port."""
-    if flag != "--port":
-        return CommandError(f"port {port} on {host} is in use ({flag})", EXIT_USAGE, hint=f"pick another {flag}")
-    return CommandError(
-        f"port {port} on {host} is in use",
-        EXIT_USAGE,
-        hint=f"is another server running there ('statestream client models --target {address(host, port)}')? "
-        "Pick another with --port, or --port 0 for a free one",
-    )
 
 
 @contextlib.contextmanager
