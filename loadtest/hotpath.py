@@ -10,7 +10,14 @@ and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can 
 ``--protocols statestream,oip`` drives the Open Inference Protocol's ``ModelStreamInfer`` handler
 too (one sequence per stream, tritonclient's requests), alternated with the native one round by round.
 
+``--rate R`` paces the streams as ``statestream bench --rate R --arrivals spread`` does: each
+step is released at its time by a feeder thread that hands it to the event loop as gRPC's
+poller thread hands over a message (``call_soon_threadsafe``), so the loop sleeps between steps
+as a paced server's does. Each row then also gives the event loop's own CPU per step and the
+latency from a step's release to its answer.
+
     python -m loadtest.hotpath --model lstm256 --streams 1,256 --steps 1000,20
+    python -m loadtest.hotpath --model lstm256 --streams 256 --steps 30 --rate 2400
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -89,6 +97,7 @@ async def drive(
     settle: bool = False,
     protocols: tuple[str, ...] = ("statestream",),
     rounds: int = 1,
+    rate: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Each (N streams, steps per stream) of ``runs`` in turn on one server; CPU and wall time per step.
 
@@ -96,7 +105,7 @@ async def drive(
     ("statestream": the Session stream; "oip": ModelStreamInfer), so a noisy machine's drift
     falls on every protocol alike. ``settle``: tune the garbage collector as ``statestream
     serve`` does once its models are loaded (``service.process.settle_heap``); for a process of
-    its own, not a test's.
+    its own, not a test's. ``rate``: steps a second over all streams, spread (0: closed loop).
     """
     settings = Settings(models_dir=models_dir, port=0, log_session_events_per_s=0)
     metrics = Metrics()
@@ -113,7 +122,7 @@ async def drive(
         for streams, steps in runs:
             for _ in range(rounds):
                 for protocol in protocols:
-                    row = await _measure(handlers, runtimes, model, protocol, streams, steps)
+                    row = await _measure(handlers, runtimes, model, protocol, streams, steps, rate)
                     rows.append({"protocol": protocol, **row})
         return rows
     finally:
@@ -125,7 +134,44 @@ async def drive(
 StreamDriver = Callable[[int, asyncio.Event, list[int]], Coroutine[Any, Any, None]]
 
 
-def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
+@dataclass(frozen=True)
+class Pacing:
+    """A paced run's gates (one per stream: each release lets one more step in) and when each
+    stream's steps were released and answered (perf_counter seconds, in step order)."""
+
+    gates: list[asyncio.Semaphore]
+    released: list[list[float]]
+    answered: list[list[float]]
+
+    @classmethod
+    def of(cls, streams: int) -> Pacing:
+        return cls([asyncio.Semaphore(0) for _ in range(streams)], [[] for _ in range(streams)],
+                   [[] for _ in range(streams)])  # fmt: skip
+
+    def feed(self, loop: asyncio.AbstractEventLoop, rate: float, steps: int, cpu: list[float]) -> None:
+        """Releases each stream's steps at their times (stream i at (k + i/N) N/R, as ``--arrivals
+        spread``), from this thread; its own CPU seconds go to ``cpu``."""
+        streams = len(self.gates)
+        period = streams / rate
+        schedule = sorted(((k + i / streams) * period, i) for i in range(streams) for k in range(steps))
+        started, start = time.thread_time(), time.perf_counter()
+        for at, index in schedule:
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.released[index].append(time.perf_counter())
+            loop.call_soon_threadsafe(self.gates[index].release)
+        cpu.append(time.thread_time() - started)
+
+    def latencies_us(self) -> np.ndarray:
+        return 1e6 * np.concatenate(
+            [np.subtract(done, sent) for done, sent in zip(self.answered, self.released, strict=True)]
+        )
+
+
+def _native_stream(
+    handlers: Handlers, manifest: Manifest, streams: int, steps: int, pacing: Pacing | None
+) -> StreamDriver:
     """Session streams: open, then ``steps`` pre-encoded Steps each, handed over as the bytes that
     arrived (the server registers Session with no deserializer)."""
     fields = model_fields(manifest)
@@ -137,10 +183,14 @@ def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: 
     serialize = pb.SessionResponse.SerializeToString
 
     async def stream(index: int, ready: asyncio.Event, answered: list[int]) -> None:
+        gate, done = (pacing.gates[index], pacing.answered[index]) if pacing else (None, None)
+
         async def incoming() -> AsyncIterator[Any]:
             yield opening
             await ready.wait()
             for data in requests[index]:
+                if gate is not None:
+                    await gate.acquire()
                 yield data
 
         async for response in handlers.native.Session(incoming(), _Context()):
@@ -148,13 +198,20 @@ def _native_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: 
             if data[:1] == b"\x2a":
                 raise RuntimeError(f"the server answered an error: {pb.SessionResponse.FromString(data)}")
             answered[0] += 1
+            if done is not None and ready.is_set():  # a step's answer, not the opening's
+                done.append(time.perf_counter())
 
     return stream
 
 
-def _oip_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int) -> StreamDriver:
+def _oip_stream(
+    handlers: Handlers, manifest: Manifest, streams: int, steps: int, pacing: Pacing | None
+) -> StreamDriver:
     """ModelStreamInfer streams: one sequence each, started before the clock, then ``steps`` requests,
-    handed over as the bytes that arrived (the server registers this method with no deserializer)."""
+    handed over as the bytes that arrived (the server registers this method with no deserializer);
+    closed loop only."""
+    if pacing is not None:
+        raise ValueError("paced runs drive Session streams only")
     from loadtest import oip_load  # tritonclient: only this protocol needs it
 
     inputs = _random_steps(model_inputs(manifest), np.random.default_rng(0), 1)
@@ -181,31 +238,52 @@ def _oip_stream(handlers: Handlers, manifest: Manifest, streams: int, steps: int
 
 
 async def _measure(
-    handlers: Handlers, runtimes: Runtimes, model: str, protocol: str, streams: int, steps: int
+    handlers: Handlers, runtimes: Runtimes, model: str, protocol: str, streams: int, steps: int, rate: float = 0.0
 ) -> dict[str, float]:
     manifest = runtimes.get(model).model.manifest
     make = {"statestream": _native_stream, "oip": _oip_stream}[protocol]
-    stream = make(handlers, manifest, streams, steps)
+    pacing = Pacing.of(streams) if rate else None
+    stream = make(handlers, manifest, streams, steps, pacing)
     ready = asyncio.Event()
     answered = [0]
     tasks = [asyncio.create_task(stream(i, ready, answered)) for i in range(streams)]
     while answered[0] < streams:  # every stream's session opened (its first answer), before the clock
         await asyncio.sleep(0.001)
     answered[0] = 0
-    cpu, wall = time.process_time(), time.perf_counter()
+    feeder_cpu: list[float] = []
+    cpu, loop_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
     ready.set()
+    if pacing is not None:
+        feeder = threading.Thread(
+            target=pacing.feed, args=(asyncio.get_running_loop(), rate, steps, feeder_cpu), name="feeder"
+        )
+        feeder.start()
     await asyncio.gather(*tasks)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
+    wall = time.perf_counter() - wall
     total = streams * steps
     if protocol == "oip":
         total += streams  # each sequence's ending request is a step too
     assert answered[0] == total, (answered[0], total)
-    return {
+    row = {
         "streams": streams,
         "steps": total,
         "cpu_us_per_step": 1e6 * cpu / total,
         "wall_us_per_step": 1e6 * wall / total,
+        "loop_cpu_us_per_step": 1e6 * loop_cpu / total,
     }
+    if pacing is not None:
+        feeder.join()
+        latencies = pacing.latencies_us()
+        row.update(
+            rate=rate,
+            steps_per_s=total / wall,
+            cpu_us_per_step=1e6 * (cpu - feeder_cpu[0]) / total,  # the server's: not the feeder's
+            feeder_cpu_us_per_step=1e6 * feeder_cpu[0] / total,
+            p50_us=float(np.percentile(latencies, 50)),
+            p99_us=float(np.percentile(latencies, 99)),
+        )
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,15 +297,33 @@ def main(argv: list[str] | None = None) -> int:
         "--protocols", default="statestream", help="comma-separated: statestream (Session), oip (ModelStreamInfer)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each run, protocols alternated")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="steps/s over all streams, spread as bench's (default 0: closed loop)"
+    )
     args = parser.parse_args(argv)
-    streams = [int(n) for n in args.streams.split(",")]
-    steps = [int(k) for k in args.steps.split(",")]
+    if not (args.models_dir / args.model / "manifest.json").is_file():
+        parser.error(f"no model folder {args.model!r} in {args.models_dir} (--models-dir, --model)")
+    if args.rate < 0:
+        parser.error("--rate must be 0 (closed loop) or more")
+    try:
+        streams = [int(n) for n in args.streams.split(",")]
+        steps = [int(k) for k in args.steps.split(",")]
+    except ValueError:
+        parser.error("--streams and --steps take whole numbers separated by commas")
+    if min(streams + steps) < 1 or args.rounds < 1:
+        parser.error("--streams, --steps and --rounds must be 1 or more")
+    if len(steps) not in (1, len(streams)):
+        parser.error(f"--steps gives {len(steps)} counts for {len(streams)} stream counts: give one, or one each")
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
     protocols = tuple(args.protocols.split(","))
     unknown = sorted(set(protocols) - {"statestream", "oip"})
     if unknown:
         parser.error(f"unknown protocol(s) {unknown}: choose from statestream, oip")
-    measured = drive(args.models_dir, args.model, runs, settle=True, protocols=protocols, rounds=args.rounds)
+    if args.rate and protocols != ("statestream",):
+        parser.error("--rate paces Session streams only: leave out --protocols")
+    measured = drive(
+        args.models_dir, args.model, runs, settle=True, protocols=protocols, rounds=args.rounds, rate=args.rate
+    )
     for row in process.run(measured, args.event_loop):
         print(json.dumps(row))
     return 0

@@ -11,6 +11,7 @@ the answers written as bytes must be the bytes of the messages they replace.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from loadtest.hotpath import drive
+from loadtest import hotpath
+from loadtest.hotpath import Pacing, drive
 from service.answer_bytes import varint
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest, TensorSpec
@@ -112,6 +114,52 @@ def test_the_hot_path_harness_answers_every_step(tiny_lm_dir: Path) -> None:
     rows = asyncio.run(drive(tiny_lm_dir, "char_lm", [(1, 5), (3, 4)]))
     assert [(row["streams"], row["steps"]) for row in rows] == [(1, 5), (3, 12)]
     assert all(row["cpu_us_per_step"] > 0 for row in rows)
+
+
+def test_a_paced_run_releases_each_step_at_its_time_and_times_each_answer(tiny_lm_dir: Path) -> None:
+    """``--rate``: 3 streams × 4 steps at 200 steps/s, stream i's k-th step at (k + i/3) × 15 ms."""
+    (row,) = asyncio.run(drive(tiny_lm_dir, "char_lm", [(3, 4)], rate=200.0))
+    assert (row["streams"], row["steps"], row["rate"]) == (3, 12, 200.0)
+    last_release_s = (3 + 2 / 3) * 3 / 200
+    assert row["wall_us_per_step"] * row["steps"] >= 1e6 * last_release_s  # paced: never faster than released
+    assert 0 < row["p50_us"] <= row["p99_us"]
+    assert row["feeder_cpu_us_per_step"] > 0 and row["loop_cpu_us_per_step"] > 0
+
+
+def test_pacing_spreads_the_streams_steps_over_each_period() -> None:
+    """3 streams × 2 steps at 300 steps/s: stream i's k-th step no sooner than (k + i/3) × 10 ms,
+    in that order, each released to its stream's gate once."""
+    started = time.perf_counter()
+
+    async def fed() -> Pacing:
+        pacing = Pacing.of(3)
+        cpu: list[float] = []
+        pacing.feed(asyncio.get_running_loop(), 300.0, 2, cpu)
+        assert len(cpu) == 1
+        for gate in pacing.gates:  # two steps let in, and no third
+            for _ in range(2):
+                await asyncio.wait_for(gate.acquire(), 1.0)
+            assert gate.locked()
+        return pacing
+
+    pacing = asyncio.run(fed())
+    order = sorted((t, stream) for stream, times in enumerate(pacing.released) for t in times)
+    assert [stream for _, stream in order] == [0, 1, 2, 0, 1, 2]
+    due = [(k + i / 3) * 3 / 300 for k in range(2) for i in range(3)]
+    assert all(t >= started + at for (t, _), at in zip(order, due, strict=True))  # sleep never wakes early
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["--rate", "-1"], "--rate must be 0"), (["--rate", "100", "--protocols", "oip"], "Session streams only")],
+)
+def test_the_harness_refuses_a_rate_it_cannot_run(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        hotpath.main(argv)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 #: A model with a float input [2, 3] and an integer input [] (per time step).
