@@ -33,11 +33,11 @@ from loadtest.scale import run_scale, scale_targets
 from loadtest.servers import (
     THREAD_BUCKETS,
     ServerProcess,
+    ServerVariant,
     echo_command,
     minimal_command,
     serve_command,
     stopping_children_on_sigterm,
-    variant_server,
 )
 from loadtest.vad_calls import bench_vad_calls
 from service import command, grpc_environment
@@ -582,14 +582,19 @@ def plan_of(args: argparse.Namespace) -> Plan:
     return replace(plan, **changes) if changes else plan
 
 
-def server_commands(plan: Plan, models_dir: Path, model: str) -> list[tuple[str, list[str]]]:
-    """Each server variant's name and command line (``--serve-flags`` go to statestream's)."""
+def server_variants(plan: Plan, models_dir: Path, model: str) -> list[ServerVariant]:
+    """Each server variant the bench can compare (``--serve-flags`` go to statestream's).
+
+    The bare server stands for a user's own grpc.aio server, so it runs with gRPC core's settings
+    as the user gave them, not with the ones statestream sets for itself and echo
+    (``service.grpc_environment``).
+    """
     grace = ("--grace-s", "1")
     return [
-        ("echo", echo_command()),
-        ("naive", serve_command(models_dir, "none", grace)),
-        ("minimal", minimal_command(models_dir, model)),
-        ("statestream", serve_command(models_dir, "batched", (*grace, *plan.serve_flags))),
+        ServerVariant("echo", echo_command()),
+        ServerVariant("naive", serve_command(models_dir, "none", grace)),
+        ServerVariant("minimal", minimal_command(models_dir, model), grpc_environment.GIVEN),
+        ServerVariant("statestream", serve_command(models_dir, "batched", (*grace, *plan.serve_flags))),
     ]
 
 
@@ -616,10 +621,11 @@ def run(
     servers: dict[str, ServerProcess] = {}
     needed = {cell.server for cell in cells}
     try:
-        for name, command in server_commands(plan, models_dir, model):
+        for variant in server_variants(plan, models_dir, model):
+            name = variant.name
             if name not in needed:
                 continue
-            server = variant_server(name, command)
+            server = variant.server()
             servers[name] = server  # registered before start, so a failed start is still stopped
             server.start()
             log(f"started {name} (pid {server.pid}) on {server.target}")

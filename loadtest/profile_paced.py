@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from loadtest.bench import server_commands
+from loadtest.bench import server_variants
 from loadtest.cells import Cell, Plan, measure
-from loadtest.servers import stopping_children_on_sigterm, variant_server
+from loadtest.servers import stopping_children_on_sigterm
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
 from service.contract import Manifest
@@ -83,11 +83,11 @@ def profile(variant: str, args: argparse.Namespace, folder: Path) -> Profile:
     """One server under the load, sampled for ``--duration-s`` after ``--warmup-s``: the bench's own
     server command and measurement of a paced row (``cells.measure``)."""
     plan = Plan(streams=(args.streams,), warmup_s=args.warmup_s, duration_s=args.duration_s, rate=args.rate)
-    commands = dict(server_commands(plan, args.models_dir, args.model))
+    variants = {v.name: v for v in server_variants(plan, args.models_dir, args.model)}
     manifest = Manifest.load(args.models_dir / args.model)
     data = folder / f"{variant}.data"
     sampled: list[subprocess.CompletedProcess[str]] = []
-    with variant_server(variant, commands[variant]) as server:
+    with variants[variant].server() as server:
 
         def sample() -> None:  # over the measured window
             time.sleep(args.warmup_s)

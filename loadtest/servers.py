@@ -22,11 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import NoReturn, ParamSpec
+from typing import NamedTuple, NoReturn, ParamSpec
 
 import psutil
 
-from service import grpc_environment
 from service.process import OWN_THREAD_PREFIXES
 
 HOST = "127.0.0.1"
@@ -100,11 +99,16 @@ def minimal_command(models_dir: Path, model: str) -> list[str]:
     ]  # fmt: skip
 
 
-def variant_server(name: str, command: list[str]) -> ServerProcess:
-    """The bench's server variant ``name``: the bare server ("minimal") stands for a user's own
-    grpc.aio server, so it runs with gRPC core's settings as the user gave them, not with the ones
-    statestream sets for itself and echo (``service.grpc_environment``)."""
-    return ServerProcess(name, command, environ=grpc_environment.GIVEN if name == "minimal" else {})
+class ServerVariant(NamedTuple):
+    """A server the bench compares: its name, its command line, and the variables its child gets
+    on top of the caller's (None: unset there)."""
+
+    name: str
+    command: list[str]
+    environ: Mapping[str, str | None] = {}
+
+    def server(self) -> ServerProcess:
+        return ServerProcess(self.name, self.command, environ=self.environ)
 
 
 @dataclass

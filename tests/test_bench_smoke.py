@@ -388,10 +388,10 @@ def test_the_bare_server_runs_with_grpcs_settings_as_the_user_gave_them_and_stat
     monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
     monkeypatch.setattr(grpc_environment, "GIVEN", {"GRPC_VERBOSITY": "INFO", "GRPC_EXPERIMENTS": None})
     plan = bench.plan_of(bench.parser().parse_args([]))
-    commands = dict(bench.server_commands(plan, tiny_lm_dir, "char_lm"))
+    variants = {v.name: v for v in bench.server_variants(plan, tiny_lm_dir, "char_lm")}
     environs = {}
     for name in ("minimal", "statestream"):
-        with servers.variant_server(name, commands[name]) as server:
+        with variants[name].server() as server:
             raw = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
             environs[name] = dict(entry.decode().partition("=")[::2] for entry in raw if entry)
     assert "GRPC_EXPERIMENTS" not in environs["minimal"]  # gRPC's default: the event engine reads sockets
@@ -416,7 +416,7 @@ def test_serve_flags_reach_the_statestream_server_alone_and_are_checked_by_serve
     args = bench.parser().parse_args(["--serve-flags=--inline-call-us 0 --gil-switch-interval-us 50"])
     plan = bench.plan_of(args)
     assert plan.serve_flags == ("--inline-call-us", "0", "--gil-switch-interval-us", "50")
-    commands = dict(bench.server_commands(plan, SHIPPED_MODELS, "lstm256"))
+    commands = {v.name: v.command for v in bench.server_variants(plan, SHIPPED_MODELS, "lstm256")}
     assert commands["statestream"][-4:] == list(plan.serve_flags)
     assert all("--inline-call-us" not in command for name, command in commands.items() if name != "statestream")
     for wrong, said in [
