@@ -7,7 +7,9 @@
 * ``store K``: one process with a Redis session store, a checkpoint every K acknowledged steps
   (K = 1 and 16; the cost of durability, against ``direct`` which has none).
 
-Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse. The
+Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse.
+``direct`` and the ``store`` rows run together through a round, their cells taken in turn (see
+``schedule``), so each compared pair is measured seconds apart instead of a minute. The
 targets, each the median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W ×
 ``workers 1``, for W up to the cores the load generator leaves free (on a 2-core machine shared
 with the load generator, none: the table says so), and ``store K=1`` ≥ 0.8 ×, ``store K=16``
@@ -39,6 +41,10 @@ CHECKPOINT_EVERY = tuple(DURABILITY_TARGETS)
 BY_ROUND = "steps_per_s_by_round"
 #: The table's order of the arrangements' kinds (each kind's own rows keep their order).
 SHOWN_ORDER = ("direct", "workers", "envoy", "store")
+#: Kinds of arrangement that run together through a round, their cells taken in turn: the
+#: durability targets compare ``store`` with ``direct`` to 5 %, and on a shared machine two cells
+#: a minute apart differ by up to 20 %. An idle server costs the one being measured nothing.
+TOGETHER = ("store", "direct")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,48 @@ def setups(cores: int) -> list[Setup]:
     arrangements += [Setup("workers", w) for w in range(1, cores + 1)]
     arrangements += [Setup("envoy", r) for r in range(1, cores + 1)]
     return arrangements
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Arrangements running at once during a round, and their cells (arrangement, streams) in the
+    order they are measured."""
+
+    setups: tuple[Setup, ...]
+    cells: tuple[tuple[Setup, int], ...]
+
+
+def schedule(arrangements: list[Setup], repeats: int) -> list[list[Stage]]:
+    """Each round's stages: the ``TOGETHER`` kinds (adjacent in ``arrangements``) as one stage,
+    every other arrangement a stage of its own, each started and stopped in turn.
+
+    Every other round runs the stages, and each stage's members, in reverse. Within a stage the
+    members take turns at each stream count, in reverse at the next, so at 256 streams the
+    ``store`` rows and ``direct`` are measured one after the other and the machine's drift
+    falls on both sides of each pair alike.
+    """
+    stages: list[tuple[Setup, ...]] = []
+    for setup in arrangements:
+        if stages and setup.kind in TOGETHER and stages[-1][-1].kind in TOGETHER:
+            stages[-1] += (setup,)
+        else:
+            stages.append((setup,))
+    rounds = []
+    for repeat in range(repeats):
+        forward = repeat % 2 == 0
+        rounds.append(
+            [_stage(members if forward else members[::-1]) for members in (stages if forward else stages[::-1])]
+        )
+    return rounds
+
+
+def _stage(members: tuple[Setup, ...]) -> Stage:
+    cells = [
+        (setup, streams)
+        for turn, streams in enumerate(SCALE_STREAMS)
+        for setup in (members if turn % 2 == 0 else members[::-1])
+    ]
+    return Stage(members, tuple(cells))
 
 
 @contextlib.contextmanager
@@ -129,7 +177,8 @@ def run_scale(
     """Every scale row; each arrangement is started, measured at every stream count, and stopped.
 
     Arrangements run one after another (not all at once: W workers of each would overcommit the
-    cores), and the whole sequence is repeated ``plan.repeats`` times, every other round in
+    cores), but for ``direct`` and the ``store`` rows, which run together through a round and take
+    turns (``schedule``). The whole sequence is repeated ``plan.repeats`` times, every other round in
     reverse, so that each cell is a median over runs spread through the measurement and the
     machine's drift falls on both sides of a compared pair. Each row keeps its rounds' steps/s
     (``BY_ROUND``) for the targets' round-by-round ratios.
@@ -138,11 +187,12 @@ def run_scale(
     manifest = Manifest.load(models_dir / model)
     arrangements = setups(cores)
     results: dict[tuple[str, int], list[LoadResult]] = {}
-    for repeat in range(plan.repeats):
-        for setup in arrangements if repeat % 2 == 0 else reversed(arrangements):
-            with contextlib.ExitStack() as stack, started(setup, models_dir, stack) as server:
-                for streams in SCALE_STREAMS:
-                    result = measure(Cell(setup.name, setup.name, "stream", streams), server, plan, manifest)
+    for repeat, stages in enumerate(schedule(arrangements, plan.repeats)):
+        for stage in stages:
+            with contextlib.ExitStack() as stack:
+                servers = {setup: stack.enter_context(started(setup, models_dir, stack)) for setup in stage.setups}
+                for setup, streams in stage.cells:
+                    result = measure(Cell(setup.name, setup.name, "stream", streams), servers[setup], plan, manifest)
                     results.setdefault((setup.name, streams), []).append(result)
                     log(
                         f"[{repeat + 1}/{plan.repeats}] {setup.name:<12} N={streams:<5} "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from loadtest.cells import Row
 from loadtest.front import envoy_config
-from loadtest.scale import BY_ROUND, SCALE_STREAMS, scale_targets, setups
+from loadtest.scale import BY_ROUND, SCALE_STREAMS, scale_targets, schedule, setups
 from service.client.sdk import ROUTE_HEADER
 
 
@@ -19,6 +20,32 @@ def test_every_worker_count_up_to_the_cores_is_measured_with_the_references() ->
     # In the order a round runs them: direct beside the store rows, workers 1 beside workers 2.
     assert names == ["store K=16", "store K=1", "direct", "workers 1", "workers 2", "workers 3",
                      "envoy 1", "envoy 2", "envoy 3"]  # fmt: skip
+
+
+def test_direct_and_the_store_rows_run_together_and_take_turns_cell_by_cell() -> None:
+    first, second = schedule(setups(2), 2)
+
+    def names(stages: list[Any]) -> list[tuple[list[str], list[str]]]:
+        return [([s.name for s in stage.setups], [f"{s.name}@{n}" for s, n in stage.cells]) for stage in stages]
+
+    assert names(first) == [
+        (["store K=16", "store K=1", "direct"],
+         ["store K=16@256", "store K=1@256", "direct@256", "direct@1024", "store K=1@1024", "store K=16@1024"]),
+        (["workers 1"], ["workers 1@256", "workers 1@1024"]),
+        (["workers 2"], ["workers 2@256", "workers 2@1024"]),
+        (["envoy 1"], ["envoy 1@256", "envoy 1@1024"]),
+        (["envoy 2"], ["envoy 2@256", "envoy 2@1024"]),
+    ]  # fmt: skip
+    # The next round in reverse: the stages, and the members of the stage that runs together.
+    assert names(second)[0] == (["envoy 2"], ["envoy 2@256", "envoy 2@1024"])
+    assert names(second)[-1] == (
+        ["direct", "store K=1", "store K=16"],
+        ["direct@256", "store K=1@256", "store K=16@256", "store K=16@1024", "store K=1@1024", "direct@1024"],
+    )
+    # Every cell of every arrangement once a round.
+    for stages in (first, second):
+        cells = [cell for stage in stages for cell in stage.cells]
+        assert sorted((s.name, n) for s, n in cells) == sorted((s.name, n) for s in setups(2) for n in SCALE_STREAMS)
 
 
 def test_scaling_is_judged_only_where_the_load_generator_leaves_the_cores_free() -> None:
