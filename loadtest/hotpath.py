@@ -1,20 +1,14 @@
 """The server's per-step cost without gRPC: for profilers and A/B runs on a noisy machine.
 
-``statestream bench`` measures whole servers, and on a shared machine its wall-clock numbers
-move by ±20 % between runs. This drives the real ``SessionServicer.Session`` handler in-process
-(the request bytes as gRPC hands them over, each answer serialized as gRPC would), N streams
-at once on one event loop, and prints the process CPU time per step. Without
-sockets and HTTP/2 it counts only statestream's own code (decoding and checks, the session lock
-and sequence rule, the scheduler, the ORT call, the answer, metrics), so it can run under
-``valgrind --tool=callgrind`` (instruction counts repeat even on a loaded machine) or py-spy.
-``--protocols statestream,oip`` drives the Open Inference Protocol's ``ModelStreamInfer`` handler
-too (one sequence per stream, tritonclient's requests), alternated with the native one round by round.
-
-``--rate R`` paces the streams as ``statestream bench --rate R --arrivals spread`` does: each
-step is released at its time by a feeder thread that hands it to the event loop as gRPC's
-poller thread hands over a message (``call_soon_threadsafe``), so the loop sleeps between steps
-as a paced server's does. Each row then also gives the event loop's own CPU per step and the
-latency from a step's release to its answer.
+``statestream bench``'s wall-clock numbers move by ±20 % between runs on a shared machine. This
+drives the real ``SessionServicer.Session`` handler in-process (the request bytes as gRPC hands
+them over, each answer serialized as gRPC would), N streams on one event loop, and prints the CPU
+time per step: statestream's own code alone, so it can run under callgrind or py-spy.
+``--protocols statestream,oip`` drives OIP's ``ModelStreamInfer`` too (tritonclient's requests),
+alternated with the native one round by round. ``--rate R`` paces the streams as the bench's
+``--arrivals spread``: a feeder thread hands each step to the loop as gRPC's poller thread hands
+over a message (``call_soon_threadsafe``), so the loop sleeps between steps as a paced server's
+does; each row then gives the loop's own CPU per step and each step's latency.
 
     python -m loadtest.hotpath --model lstm256 --streams 1,256 --steps 1000,20
     python -m loadtest.hotpath --model lstm256 --streams 256 --steps 30 --rate 2400

@@ -7,10 +7,8 @@
 * ``store K``: one process with a Redis session store, a checkpoint every K acknowledged steps
   (K = 1 and 16; the cost of durability, against ``direct`` which has none).
 
-Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse.
-``direct`` and the ``store`` rows run together through a round, their cells taken in turn (see
-``schedule``), so each compared pair is measured seconds apart instead of a minute. The
-targets, each the median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W ×
+Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse;
+``direct`` and the ``store`` rows take turns cell by cell (``schedule``). The targets, each the median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W ×
 ``workers 1``, for W up to the cores the load generator leaves free (on a 2-core machine shared
 with the load generator, none: the table says so), and ``store K=1`` ≥ 0.8 ×, ``store K=16``
 ≥ 0.95 × ``direct`` (issue 26: durability nearly free).
