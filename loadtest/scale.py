@@ -8,10 +8,11 @@
   (K = 1 and 16; the cost of durability, against ``direct`` which has none).
 
 Each at 256 and 1,024 streams, repeated like the main table, every other round in reverse;
-``direct`` and the ``store`` rows take turns cell by cell (``schedule``). The targets, each the median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W ×
-``workers 1``, for W up to the cores the load generator leaves free (on a 2-core machine shared
-with the load generator, none: the table says so), and ``store K=1`` ≥ 0.8 ×, ``store K=16``
-≥ 0.95 × ``direct`` (issue 26: durability nearly free).
+``direct`` and the ``store`` rows take turns cell by cell (``schedule``). The targets, each the
+median of its rounds' own ratios, are steps/s of ``workers W`` ≥ 0.7 × W × ``workers 1``, for W
+up to the cores the load generator leaves free (on a 2-core machine shared with the load
+generator, none: the table says so), and ``store K=1`` ≥ 0.8 ×, ``store K=16`` ≥ 0.95 ×
+``direct`` (issue 26: durability nearly free).
 """
 
 from __future__ import annotations
