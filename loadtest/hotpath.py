@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 
 from loadtest.load import _random_steps, model_fields, model_inputs
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
+from loadtest.pacing import Pacing
 from service import process
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
@@ -128,41 +128,6 @@ async def drive(
 StreamDriver = Callable[[int, asyncio.Event, list[int]], Coroutine[Any, Any, None]]
 
 
-@dataclass(frozen=True)
-class Pacing:
-    """A paced run's gates (one per stream: each release lets one more step in) and when each
-    stream's steps were released and answered (perf_counter seconds, in step order)."""
-
-    gates: list[asyncio.Semaphore]
-    released: list[list[float]]
-    answered: list[list[float]]
-
-    @classmethod
-    def of(cls, streams: int) -> Pacing:
-        return cls([asyncio.Semaphore(0) for _ in range(streams)], [[] for _ in range(streams)],
-                   [[] for _ in range(streams)])  # fmt: skip
-
-    def feed(self, loop: asyncio.AbstractEventLoop, rate: float, steps: int, cpu: list[float]) -> None:
-        """Releases each stream's steps at their times (stream i at (k + i/N) N/R, as ``--arrivals
-        spread``), from this thread; its own CPU seconds go to ``cpu``."""
-        streams = len(self.gates)
-        period = streams / rate
-        schedule = sorted(((k + i / streams) * period, i) for i in range(streams) for k in range(steps))
-        started, start = time.thread_time(), time.perf_counter()
-        for at, index in schedule:
-            delay = start + at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            self.released[index].append(time.perf_counter())
-            loop.call_soon_threadsafe(self.gates[index].release)
-        cpu.append(time.thread_time() - started)
-
-    def latencies_us(self) -> np.ndarray:
-        return 1e6 * np.concatenate(
-            [np.subtract(done, sent) for done, sent in zip(self.answered, self.released, strict=True)]
-        )
-
-
 def _native_stream(
     handlers: Handlers, manifest: Manifest, streams: int, steps: int, pacing: Pacing | None
 ) -> StreamDriver:
@@ -244,14 +209,9 @@ async def _measure(
     while answered[0] < streams:  # every stream's session opened (its first answer), before the clock
         await asyncio.sleep(0.001)
     answered[0] = 0
-    feeder_cpu: list[float] = []
     cpu, loop_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
     ready.set()
-    if pacing is not None:
-        feeder = threading.Thread(
-            target=pacing.feed, args=(asyncio.get_running_loop(), rate, steps, feeder_cpu), name="feeder"
-        )
-        feeder.start()
+    feeder = pacing.started(rate, steps) if pacing is not None else None
     await asyncio.gather(*tasks)
     cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
     wall = time.perf_counter() - wall
@@ -266,14 +226,15 @@ async def _measure(
         "wall_us_per_step": 1e6 * wall / total,
         "loop_cpu_us_per_step": 1e6 * loop_cpu / total,
     }
-    if pacing is not None:
+    if pacing is not None and feeder is not None:
         feeder.join()
+        (feeder_cpu,) = pacing.feeder_cpu
         latencies = pacing.latencies_us()
         row.update(
             rate=rate,
             steps_per_s=total / wall,
-            cpu_us_per_step=1e6 * (cpu - feeder_cpu[0]) / total,  # the server's: not the feeder's
-            feeder_cpu_us_per_step=1e6 * feeder_cpu[0] / total,
+            cpu_us_per_step=1e6 * (cpu - feeder_cpu) / total,  # the server's: not the feeder's
+            feeder_cpu_us_per_step=1e6 * feeder_cpu / total,
             p50_us=float(np.percentile(latencies, 50)),
             p99_us=float(np.percentile(latencies, 99)),
         )

@@ -4,10 +4,8 @@ Under paced load a server's event loop sleeps between steps, and a step run afte
 more CPU than the same step back to back: the loop's wake-up, and caches, TLB and branch
 predictors that other work took over meanwhile. ``loadtest.hotpath --rate`` measures that for
 statestream's own step. This measures it for a fixed workload with no statestream in it, paced
-the same way (a feeder thread hands each release to the event loop with
-``call_soon_threadsafe``, as gRPC's poller thread hands over a message), so the two can be read
-side by side: a step that grows by the same factor as the workload pays the machine's cost of
-idling, not a cost of its own.
+the same way (``loadtest.pacing``), so the two can be read side by side: a step that grows by
+the same factor as the workload pays the machine's cost of idling, not a cost of its own.
 
 The workloads: ``none`` (the wake-up alone), ``python`` (a dict walk), ``numpy`` (a
 matrix-vector product over 1 MiB of weights, the size of ``lstm256``'s) and ``both``.
@@ -18,14 +16,13 @@ matrix-vector product over 1 MiB of weights, the size of ``lstm256``'s) and ``bo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from loadtest.pacing import Pacing
 from service import process
 from service.settings import EVENT_LOOPS
 
@@ -56,24 +53,13 @@ async def measure(workload: str, rate: float, steps: int) -> dict[str, float | s
     """The loop thread's CPU per step, and the workload's share of it: back to back (rate 0) or
     each step after its release at ``rate`` a second."""
     work = WORKLOADS[workload]
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(0)
-
-    def feed() -> None:
-        start = time.perf_counter()
-        for k in range(steps):
-            delay = start + k / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            loop.call_soon_threadsafe(gate.release)
-
-    feeder = threading.Thread(target=feed, name="feeder") if rate else None
+    pacing = Pacing.of(1) if rate else None
+    gate = pacing.gates[0] if pacing is not None else None
     worked = 0.0
     started = time.thread_time()
-    if feeder is not None:
-        feeder.start()
+    feeder = pacing.started(rate, steps) if pacing is not None else None
     for _ in range(steps):
-        if feeder is not None:
+        if gate is not None:
             await gate.acquire()
         before = time.thread_time()
         work()

@@ -22,7 +22,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loadtest import hotpath
-from loadtest.hotpath import Pacing, drive
+from loadtest.hotpath import drive
+from loadtest.pacing import Pacing
 from service.answer_bytes import varint
 from service.api import statestream_pb2 as pb
 from service.contract import Manifest, TensorSpec
@@ -133,9 +134,8 @@ def test_pacing_spreads_the_streams_steps_over_each_period() -> None:
 
     async def fed() -> Pacing:
         pacing = Pacing.of(3)
-        cpu: list[float] = []
-        pacing.feed(asyncio.get_running_loop(), 300.0, 2, cpu)
-        assert len(cpu) == 1
+        pacing.feed(asyncio.get_running_loop(), 300.0, 2)
+        assert len(pacing.feeder_cpu) == 1
         for gate in pacing.gates:  # two steps let in, and no third
             for _ in range(2):
                 await asyncio.wait_for(gate.acquire(), 1.0)
