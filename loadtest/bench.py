@@ -1,10 +1,10 @@
 """``statestream bench``: the serving benchmark, every variant measured side by side in one run.
 
 It starts each server variant on 127.0.0.1 as a child process (stopped by its PID at the end,
-whatever happens: SIGTERM too, ``stopping_children_on_sigterm``), drives it from separate client processes (``loadtest.load``), and prints one
-table and the targets as ratios measured in this run. The variants are listed in ``DESCRIPTION``
-(the ``--help`` text) and explained in docs/benchmarks.md; ``--scale`` measures the scale-out
-rows instead (``loadtest.scale``). The machine is shared and noisy, so the cells are measured
+whatever happens: SIGTERM too, ``stopping_children_on_sigterm``), drives it from separate client
+processes (``loadtest.load``), and prints one table and the targets as ratios measured in this
+run. The variants are listed in ``DESCRIPTION`` (the ``--help`` text) and explained in
+docs/benchmarks.md; ``--scale`` measures the scale-out rows instead (``loadtest.scale``). The machine is shared and noisy, so the cells are measured
 interleaved and each is the median of ``--repeats`` runs.
 
     python -m loadtest.bench [--quick] [--json] [--models-dir models] [--model char_lm] [--repeats 3]
