@@ -25,21 +25,27 @@ from tests.waiting import wait_until
 
 
 class RedisServer:
-    """A redis-server on a free loopback port; ``kill`` and ``start`` again keep its port and its AOF."""
+    """A redis-server on a free loopback port; ``kill`` and ``start`` again keep its port and its AOF.
 
-    def __init__(self, folder: Path) -> None:
+    ``password`` makes it ask for one (``--requirepass``); ``socket`` also listens on that unix socket.
+    """
+
+    def __init__(self, folder: Path, password: str | None = None, socket: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (make test installs Debian's package)"
         self.binary = binary
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
+        self.password, self.socket = password, socket
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec"],
+             "--appendonly", "yes", "--appendfsync", "everysec",
+             *(("--requirepass", self.password) if self.password else ()),
+             *(("--unixsocket", str(self.socket), "--unixsocketperm", "700") if self.socket else ())],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         with self.client() as client:
@@ -51,12 +57,12 @@ class RedisServer:
         self.process.wait()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[RedisServer]:
-    server = RedisServer(folder)
+def redis_server(folder: Path, password: str | None = None, socket: Path | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(folder, password, socket)
     server.start()
     try:
         yield server
