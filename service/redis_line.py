@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
@@ -32,11 +33,20 @@ class LineBroken(ConnectionError):
     """The connection dropped, could not be made, or a reply was overdue: the command's fate is unknown."""
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """Commands sent together whose replies are being read: ``count`` of them, into ``replies`` as they come."""
+
+    future: asyncio.Future[list[object]]
+    count: int
+    replies: list[object] = field(default_factory=list)
+
+
 class RedisLine:
     """Commands framed by the caller (RESP), pipelined on one connection of ``pool``'s kind.
 
     Replies read back: a simple string or a bulk string as bytes, an integer as int, a null as
-    None, an error raised as redis-py raises it (``NoScriptError`` for NOSCRIPT, else
+    None, an error as redis-py's exception (``NoScriptError`` for NOSCRIPT, else
     ``ResponseError``). Arrays are not read: no command sent here answers one.
     """
 
@@ -45,24 +55,34 @@ class RedisLine:
         self.reply_timeout_s = reply_timeout_s
         self._connection: AbstractConnection | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._waiting: collections.deque[asyncio.Future[object]] = collections.deque()
+        self._waiting: collections.deque[_Waiting] = collections.deque()
         self._reading: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
 
     async def call(self, pieces: Sequence[bytes]) -> object:
-        """Sends one command, framed as ``pieces``, and returns its reply."""
+        """Sends one command, framed as ``pieces``, and returns its reply (an error reply is raised)."""
+        (reply,) = await self.call_many(pieces, 1)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def call_many(self, pieces: Sequence[bytes], count: int) -> list[object]:
+        """Sends ``count`` commands framed together as ``pieces``; their replies, an error reply as its exception.
+
+        One future for them all: a batch of commands costs the loop one wake-up, not one each.
+        """
         writer = self._writer
         if writer is None or writer.is_closing():
             writer = await self._connect()
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[object] = loop.create_future()
+        replies: asyncio.Future[list[object]] = loop.create_future()
         writer.writelines(pieces)
-        self._waiting.append(reply)
-        overdue = loop.call_later(self.reply_timeout_s, self._overdue, reply)
+        self._waiting.append(_Waiting(replies, count))
+        overdue = loop.call_later(self.reply_timeout_s, self._overdue, replies)
         try:
             if writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 await writer.drain()
-            return await reply
+            return await replies
         finally:
             overdue.cancel()
 
@@ -85,7 +105,7 @@ class RedisLine:
             return writer
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        """Resolves the waiting commands' futures in order, one reply each, until the connection ends."""
+        """Reads the replies in order, resolving each batch's future once all of its are in, until the connection ends."""
         try:
             while True:
                 line = await reader.readuntil(b"\r\n")
@@ -107,28 +127,27 @@ class RedisLine:
                     raise LineBroken(f"a reply this line does not read: {line[:40]!r}")
                 if not self._waiting:
                     raise LineBroken("a reply to no command")
-                reply = self._waiting.popleft()
-                if reply.done():
-                    continue  # its caller gave up (overdue or cancelled); the reply is spent
-                if isinstance(value, ResponseError):
-                    reply.set_exception(value)
-                else:
-                    reply.set_result(value)
+                waiting = self._waiting[0]
+                waiting.replies.append(value)
+                if len(waiting.replies) == waiting.count:
+                    self._waiting.popleft()
+                    if not waiting.future.done():  # else its caller gave up (overdue or cancelled)
+                        waiting.future.set_result(waiting.replies)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError) as exc:
             self._break(LineBroken(f"the connection to Redis ended: {exc or type(exc).__name__}"))
         except LineBroken as exc:
             self._break(exc)
 
-    def _overdue(self, reply: asyncio.Future[object]) -> None:
-        if not reply.done():
+    def _overdue(self, replies: asyncio.Future[list[object]]) -> None:
+        if not replies.done():
             self._break(LineBroken(f"no reply within {self.reply_timeout_s:g} s"))
 
     def _break(self, reason: LineBroken) -> None:
         """Fails every waiting command and lets go of the connection: a reply can no longer be matched."""
         waiting, self._waiting = self._waiting, collections.deque()
-        for reply in waiting:
-            if not reply.done():
-                reply.set_exception(reason)
+        for commands in waiting:
+            if not commands.future.done():
+                commands.future.set_exception(reason)
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -1,11 +1,11 @@
 """Sessions in Redis: checkpoints that outlive a process, and the owner epoch that fences them.
 
-One hash per session, ``statestream:session:{id}``, with four fields: ``epoch`` (incremented
-by every take-over), ``owner`` (the replica that holds the session now, "" when released),
-``caller`` (who may resume it) and ``record`` (service/session_records.py). Every write is a Lua script that first compares the
-writer's epoch with the stored one, so a replica that lost the session (it was taken over while
-it was cut off, paused or slow) can write nothing more: its checkpoint is refused, and the step
-it belonged to is refused to its client rather than acknowledged.
+A hash per session, ``statestream:session:{id}``: ``epoch`` (incremented by every take-over),
+``owner`` (the replica holding it, "" when released) and ``caller`` (who may resume it). Its
+record (service/session_records.py) is a string keyed by the epoch, ``statestream:record:{id}:
+{epoch}``, which a take-over renames to the new epoch's key. A checkpoint is ``SET ... XX``: it
+writes only while its epoch's key exists, so a replica that lost the session (taken over while
+it was cut off, paused or slow) writes nothing more, and the step is refused to its client.
 
 Each replica also listens on its own channel, ``statestream:replica:{id}``. A replica asked to
 resume a session that another live replica holds publishes a hand-over request there; the owner
@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
@@ -34,41 +34,49 @@ log = logging.getLogger(__name__)
 
 PREFIX = "statestream:"
 
-#: KEYS the sessions; ARGV[1] the expiry to set (ms), ARGV[2] each session's epoch followed by "+"
-#: (refresh its expiry) or "," (leave it), then each session's record. One character per session:
-#: "1" written, "0" fenced (another epoch owns it, or it is gone). One script for a whole batch, one
-#: round trip, one string to read back; the epochs in one argument and the expiry refreshed only
-#: when it is due (RedisStore.refresh_s) cost Redis less per record than an argument and a PEXPIRE.
-_CHECKPOINT_MANY = """
-local written = {}
-local i = 0
-for epoch, refresh in string.gmatch(ARGV[2], '(%d+)([+,])') do
-  i = i + 1
-  if redis.call('HGET', KEYS[i], 'epoch') == epoch then
-    redis.call('HSET', KEYS[i], 'record', ARGV[i + 2])
-    if refresh == '+' then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
-    written[i] = '1'
-  else
-    written[i] = '0'
-  end
-end
-return table.concat(written)
-"""
+T = TypeVar("T")
 
-#: KEYS[1] the session; ARGV owner, record, ttl ms, caller. A new session at epoch 1; 0 if the id exists.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'epoch', '1', 'owner', ARGV[1], 'record', ARGV[2], 'caller', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+#: KEYS[1] the session, KEYS[2] its record's key; ARGV[1] the expiry to set (ms), ARGV[2] the record.
+#: A checkpoint due to refresh the expiry: 1 written (both keys' expiry set again), 0 fenced.
+_CHECKPOINT_REFRESH = """
+if not redis.call('SET', KEYS[2], ARGV[2], 'XX', 'PX', ARGV[1]) then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-#: KEYS[1] the session; ARGV new owner. {epoch, record} after taking it over, or nil if it is gone.
+#: KEYS[1] the session, KEYS[2] its record's key at epoch 1; ARGV owner, record, ttl ms, caller.
+#: A new session at epoch 1; 0 if the id exists.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', '1', 'owner', ARGV[1], 'caller', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+#: KEYS[1] the session, KEYS[2] its records' key without the epoch; ARGV new owner.
+#: {epoch, record} after taking it over (the record moves to the new epoch's key), or nil if it is
+#: gone. A session stored before records had keys of their own (in the hash's ``record``) moves too.
 _CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local old = redis.call('HGET', KEYS[1], 'epoch')
+if not old then return nil end
+local from = KEYS[2] .. old
+local record = redis.call('GET', from)
+local legacy = not record
+if legacy then record = redis.call('HGET', KEYS[1], 'record') end
+if not record then return nil end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return {epoch, redis.call('HGET', KEYS[1], 'record')}
+local to = KEYS[2] .. epoch
+if legacy then
+  redis.call('SET', to, record)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', to, ttl) end
+  redis.call('HDEL', KEYS[1], 'record')
+else
+  redis.call('RENAME', from, to)
+end
+return {epoch, record}
 """
 
 #: KEYS[1] the session; ARGV epoch. Lets go of a session (owner ""), if still its owner.
@@ -78,10 +86,10 @@ redis.call('HSET', KEYS[1], 'owner', '')
 return 1
 """
 
-#: KEYS[1] the session; ARGV epoch. Deletes a closed session, if still its owner.
+#: KEYS[1] the session, KEYS[2] its record's key at ARGV[1], the epoch. Deletes a closed session, if still its owner.
 _DELETE = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
+return redis.call('DEL', KEYS[1], KEYS[2])
 """
 
 
@@ -89,13 +97,22 @@ def session_key(session_id: str) -> str:
     return f"{PREFIX}session:{session_id}"
 
 
+def records_key(session_id: str) -> str:
+    """The session's records' key without the epoch: ``record_key``'s start."""
+    return f"{PREFIX}record:{session_id}:"
+
+
+def record_key(session_id: str, epoch: int) -> str:
+    """Where the session's record is while ``epoch`` owns it."""
+    return f"{records_key(session_id)}{epoch}"
+
+
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def _command_head(arguments: int, sha: str, keys: int) -> bytes:
-    """The start of an EVALSHA of ``arguments`` arguments in all (RESP): its name, script and key count."""
-    return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (arguments, _bulk(sha.encode()), _bulk(b"%d" % keys))
+#: What follows a checkpoint's record in its ``SET key record XX KEEPTTL`` (RESP): its two options.
+_SET_TAIL = b"\r\n$2\r\nXX\r\n$7\r\nKEEPTTL\r\n"
 
 
 def replica_channel(replica: str) -> str:
@@ -122,9 +139,6 @@ class Stored:
     owner: str
     caller: str
 
-
-#: A checkpoint's flag in _CHECKPOINT_MANY's answer when it was written ("1").
-WRITTEN = ord("1")
 
 #: A session's expiry is set to its TTL and this fraction of it more, and refreshed by a checkpoint
 #: only once that fraction has passed since the last refresh: a stored session outlives its last
@@ -163,14 +177,17 @@ class RedisStore:
         self._line = RedisLine(pool, reply_timeout_s=CHECKPOINT_REPLY_S)
         # Subscriptions wait for messages indefinitely: no read timeout on their connection.
         self._subscriber = redis.Redis.from_url(url, socket_connect_timeout=2.0)
-        self._checkpoint_many = self.client.register_script(_CHECKPOINT_MANY)
+        refresh_sha = self.client.register_script(_CHECKPOINT_REFRESH).sha.encode()
+        #: The start of a refreshing checkpoint's EVALSHA (RESP), and its expiry argument.
+        self._refresh_head = b"*7\r\n$7\r\nEVALSHA\r\n" + _bulk(refresh_sha) + _bulk(b"2")
+        self._expiry = _bulk(b"%d" % self.expiry_ms)
         self._create = self.client.register_script(_CREATE)
         self._claim = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
         self._delete = self.client.register_script(_DELETE)
         self._listener: asyncio.Task[None] | None = None
 
-    async def _call(self, action: Awaitable[object], what: str) -> object:
+    async def _call(self, action: Awaitable[T], what: str) -> T:
         try:
             return await action
         except (RedisError, OSError) as exc:
@@ -181,49 +198,74 @@ class RedisStore:
 
     async def create(self, session_id: str, caller: str, record: bytes) -> bool:
         created = await self._call(
-            self._create(keys=[session_key(session_id)], args=[self.replica, record, self.expiry_ms, caller]), "create"
+            self._create(
+                keys=[session_key(session_id), record_key(session_id, 1)],
+                args=[self.replica, record, self.expiry_ms, caller],
+            ),
+            "create",
         )
         return bool(created)
 
     async def checkpoint_many(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
-        """Writes many sessions' records in one command; each is True if written, False if fenced.
+        """Writes many sessions' records in one round trip; each is True if written, False if fenced.
 
-        The command is framed here (RESP) as a list of pieces, each record one piece as it is,
-        and written as they are on the checkpoint line (service/redis_line.py): redis-py's packing
-        costs ~1 us an argument, 3 a record, and its pooled round trip ~100 us a command.
+        Each record is a ``SET key record XX KEEPTTL``, framed here (RESP) with the record one
+        piece as it is, all pipelined on the checkpoint line (service/redis_line.py). A plain SET
+        costs Redis ~40 % less a record than a Lua script; a record due to refresh the expiry (once
+        every TTL/16 a session) goes through _CHECKPOINT_REFRESH, which sets both keys' expiry.
         """
-        pieces, epochs = [_command_head(2 * len(checkpoints) + 5, self._checkpoint_many.sha, len(checkpoints))], []
+        replies = await self._call(self._checkpoint(checkpoints), "checkpoint")
+        return [reply == b"OK" or reply == 1 for reply in replies]
+
+    async def _checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[object]:
+        """The batch's replies; a refresh Redis refused for not knowing its script (restarted) is loaded, then sent again."""
+        replies = await self._send(self._framed(checkpoints), len(checkpoints))
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:
+            await self.client.script_load(_CHECKPOINT_REFRESH)
+            again = await self._send(self._framed([checkpoints[i] for i in unknown]), len(unknown))
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    def _framed(self, checkpoints: Sequence[Checkpoint]) -> list[bytes]:
+        """The checkpoints' commands (RESP) as pieces, each record a piece of its own as it is."""
+        pieces: list[bytes] = []
         for c in checkpoints:
-            pieces.append(_bulk(session_key(c.session_id).encode()))
-            epochs.append(b"%d%b" % (c.epoch, b"+" if c.refresh else b","))
-        pieces += (_bulk(b"%d" % self.expiry_ms), _bulk(b"".join(epochs)))
-        for c in checkpoints:
-            pieces += (b"$%d\r\n" % len(c.record), c.record, b"\r\n")
-        results = await self._call(self._evalsha(pieces, _CHECKPOINT_MANY), "checkpoint")
-        assert isinstance(results, bytes) and len(results) == len(checkpoints)
-        return [flag == WRITTEN for flag in results]
+            key = _bulk(record_key(c.session_id, c.epoch).encode())
+            if c.refresh:
+                hash_key = _bulk(session_key(c.session_id).encode())
+                pieces += (
+                    self._refresh_head,
+                    hash_key,
+                    key,
+                    self._expiry,
+                    b"$%d\r\n" % len(c.record),
+                    c.record,
+                    b"\r\n",
+                )
+            else:
+                pieces += (b"*5\r\n$3\r\nSET\r\n", key, b"$%d\r\n" % len(c.record), c.record, _SET_TAIL)
+        return pieces
 
-    async def _evalsha(self, pieces: list[bytes], script: str) -> object:
-        """Sends an EVALSHA framed as ``pieces``; a script Redis does not know (restarted) is loaded, then sent again."""
-        try:
-            return await self._send(pieces)
-        except NoScriptError:
-            await self.client.script_load(script)
-            return await self._send(pieces)
+    async def _send(self, pieces: list[bytes], count: int) -> list[object]:
+        """``count`` commands on the checkpoint line; if the connection was lost, sent once more on a new one.
 
-    async def _send(self, pieces: list[bytes]) -> object:
-        """One command on the checkpoint line; one whose connection was lost is sent once more on a new one.
-
-        Sending a fenced checkpoint again is safe: written twice, it is the same write, and one
-        fenced in between is refused, so its step is not acknowledged.
+        Sending a checkpoint again is safe: written twice, it is the same write, and one fenced in
+        between is refused, so its step is not acknowledged.
         """
         try:
-            return await self._line.call(pieces)
+            return await self._line.call_many(pieces, count)
         except LineBroken:
-            return await self._line.call(pieces)
+            return await self._line.call_many(pieces, count)
 
     async def read(self, session_id: str) -> Stored | None:
-        values = await self._call(self.client.hmget(session_key(session_id), ["epoch", "owner", "caller"]), "read")
+        values: object = await self._call(
+            self.client.hmget(session_key(session_id), ["epoch", "owner", "caller"]), "read"
+        )
         assert isinstance(values, list)
         epoch, owner, caller = values
         if epoch is None or caller is None:
@@ -241,7 +283,9 @@ class RedisStore:
 
     async def claim(self, session_id: str) -> tuple[int, bytes] | None:
         """Takes the session over (a new epoch fences the old owner); None if the store lost it."""
-        answer = await self._call(self._claim(keys=[session_key(session_id)], args=[self.replica]), "take-over")
+        answer = await self._call(
+            self._claim(keys=[session_key(session_id), records_key(session_id)], args=[self.replica]), "take-over"
+        )
         if answer is None:
             return None
         assert isinstance(answer, list)
@@ -251,7 +295,8 @@ class RedisStore:
         return bool(await self._call(self._release(keys=[session_key(session_id)], args=[epoch]), "release"))
 
     async def delete(self, session_id: str, epoch: int) -> bool:
-        return bool(await self._call(self._delete(keys=[session_key(session_id)], args=[epoch]), "delete"))
+        keys = [session_key(session_id), record_key(session_id, epoch)]
+        return bool(await self._call(self._delete(keys=keys, args=[epoch]), "delete"))
 
     async def answer(self, reply: str) -> None:
         await self._call(self.client.rpush(reply, b"1"), "hand-over")

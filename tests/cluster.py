@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.front import free_port
 from service.client import Client
+from service.redis_store import record_key, session_key
 from tests.servers import serve_process
 from tests.waiting import wait_until
 
@@ -85,6 +86,12 @@ def _answers_ping(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def stored_record(client: redis.Redis, session_id: str) -> bytes | None:
+    """The session's record as the store holds it now: at its current epoch's key (None: no session)."""
+    epoch = client.hget(session_key(session_id), "epoch")
+    return None if epoch is None else client.get(record_key(session_id, int(epoch)))
 
 
 def checkpoint_failures(metrics_port: int) -> float:

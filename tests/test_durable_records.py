@@ -2,7 +2,7 @@
 
 A session's header is built once (RecordEncoder) and reused: its records must stay byte for byte
 what a record built from nothing writes, through every change of layout. A batch of checkpoints
-is one Lua command, not a pipeline of one command each: it must still refuse, session by session,
+is one round trip of plain ``SET ... XX`` commands: it must still refuse, session by session,
 every write whose epoch moved. And a server with a store must be able to open hundreds of
 sessions at once (redis-py's plain pool refused the 101st concurrent command).
 """
@@ -27,10 +27,10 @@ from service.api import statestream_pb2 as pb
 from service.client import Client
 from service.durable_sessions import DurableSessions
 from service.errors import FailedPrecondition, Unavailable
-from service.redis_store import Checkpoint, RedisStore, session_key
+from service.redis_store import PREFIX, Checkpoint, RedisStore, record_key, session_key
 from service.session_records import RecordEncoder, RecordIdentity, SessionRecord
 from service.session_store import ReplyKind
-from tests.cluster import RedisServer, redis_server, replica
+from tests.cluster import RedisServer, redis_server, replica, stored_record
 from tests.conftest import SHIPPED_MODELS
 
 IDENTITY = RecordIdentity("abc", "m", "1", "alice", 3, ("logits",))
@@ -113,35 +113,88 @@ def store(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-def _evalsha_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+def _calls(client: redis.Redis, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-def test_a_batch_of_checkpoints_is_one_command_fenced_session_by_session(store: RedisServer) -> None:
-    async def scenario(direct: redis.Redis) -> list[bool]:
+def test_a_batch_of_checkpoints_is_one_round_trip_fenced_session_by_session(store: RedisServer) -> None:
+    async def scenario(direct: redis.Redis) -> tuple[list[bool], list[int]]:
         owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
         rival = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        sent: list[int] = []
+        call_many = owner._line.call_many
+
+        async def counted(pieces: list[bytes], count: int) -> list[object]:
+            sent.append(count)
+            return await call_many(pieces, count)
+
+        owner._line.call_many = counted  # type: ignore[method-assign]
         try:
             for name in ("one", "two", "three"):
                 assert await owner.create(name, "alice", b"created")
-            await owner.checkpoint_many([Checkpoint("one", 1, b"warm")])  # the script is loaded once
             assert await rival.claim("two") == (2, b"created")  # epoch 2: the owner is fenced for "two"
-            before = _evalsha_calls(direct)
+            before = {command: _calls(direct, command) for command in ("set", "evalsha")}
             written = await owner.checkpoint_many(
-                [Checkpoint("one", 1, b"step 1"), Checkpoint("two", 1, b"stale"), Checkpoint("three", 1, b"step 1")]
-            )
-            assert _evalsha_calls(direct) == before + 1, "the batch went out as one command"
-            return written
+                [Checkpoint(name, 1, record, refresh=False)
+                 for name, record in (("one", b"step 1"), ("two", b"stale"), ("three", b"step 1"))]
+            )  # fmt: skip
+            assert _calls(direct, "set") == before["set"] + 3, "one SET a record"
+            assert _calls(direct, "evalsha") == before["evalsha"], "no script when no refresh is due"
+            return written, sent
         finally:
             await owner.close()
             await rival.close()
 
     with store.client() as direct:
-        assert asyncio.run(scenario(direct)) == [True, False, True]
-        assert direct.hget(session_key("one"), "record") == b"step 1"
-        assert direct.hget(session_key("two"), "record") == b"created", "the fenced write changed nothing"
-        assert direct.hget(session_key("three"), "record") == b"step 1"
+        written, sent = asyncio.run(scenario(direct))
+        assert written == [True, False, True]
+        assert sent == [3], "the batch went out in one round trip"
+        assert stored_record(direct, "one") == b"step 1"
+        assert stored_record(direct, "two") == b"created", "the fenced write changed nothing"
+        assert stored_record(direct, "three") == b"step 1"
+        assert not direct.exists(record_key("two", 1)), "the fenced write left no key behind"
         assert "cmdstat_script" not in direct.info("commandstats"), "no SCRIPT EXISTS round trip before a batch"
+
+
+def test_a_take_over_moves_the_record_to_the_new_epoch_and_a_close_removes_both_keys(store: RedisServer) -> None:
+    async def scenario(direct: redis.Redis) -> None:
+        owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        rival = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            assert await owner.create("one", "alice", b"created")
+            assert direct.get(record_key("one", 1)) == b"created"
+            assert direct.pttl(record_key("one", 1)) > 60_000, "the record expires with its session"
+            assert await rival.claim("one") == (2, b"created")
+            assert not direct.exists(record_key("one", 1)) and direct.pttl(record_key("one", 2)) > 60_000
+            assert await rival.checkpoint_many([Checkpoint("one", 2, b"step 1", refresh=False)]) == [True]
+            assert await owner.delete("one", 1) is False, "a stale owner cannot delete it"
+            assert await rival.delete("one", 2) is True
+            assert direct.keys(f"{PREFIX}*") == [], "nothing of the session is left"
+        finally:
+            await owner.close()
+            await rival.close()
+
+    with store.client() as direct:
+        asyncio.run(scenario(direct))
+
+
+def test_a_session_stored_with_its_record_in_the_hash_is_taken_over(store: RedisServer) -> None:
+    """Sessions written before records had keys of their own survive an upgrade: the take-over moves them."""
+
+    async def scenario() -> tuple[int, bytes] | None:
+        replica_store = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
+        try:
+            return await replica_store.claim("old")
+        finally:
+            await replica_store.close()
+
+    with store.client() as direct:
+        direct.hset(session_key("old"), mapping={"epoch": 3, "owner": "gone", "caller": "alice", "record": b"r"})
+        direct.pexpire(session_key("old"), 30_000)
+        assert asyncio.run(scenario()) == (4, b"r")
+        assert stored_record(direct, "old") == b"r"
+        assert 0 < direct.pttl(record_key("old", 4)) <= 30_000, "the record keeps the session's expiry"
+        assert not direct.hexists(session_key("old"), "record")
 
 
 def test_hundreds_of_sessions_reach_the_store_at_once(store: RedisServer) -> None:
@@ -168,7 +221,7 @@ def test_every_acknowledged_step_is_in_the_store_with_its_answer(lm_dir: Path, s
         with store.client() as direct:
             for char in "To be, or":
                 result = session.step(text=char)
-                record = SessionRecord.from_bytes(direct.hget(session_key(session.id), "record"))
+                record = SessionRecord.from_bytes(stored_record(direct, session.id))
                 assert record.last_seq == result.seq
                 assert pb.StepResult.FromString(record.reply) == result
                 records.append(record)
@@ -226,7 +279,7 @@ def test_records_of_any_bytes_are_written_exactly_through_the_framed_command(sto
     assert asyncio.run(scenario()) == [True] * len(records)
     with store.client() as direct:
         for name, record in records.items():
-            assert direct.hget(session_key(name), "record") == record, name
+            assert stored_record(direct, name) == record, name
 
 
 def test_a_checkpoint_refreshes_the_expiry_only_when_asked_and_only_if_not_fenced(store: RedisServer) -> None:
@@ -254,25 +307,32 @@ def test_a_checkpoint_refreshes_the_expiry_only_when_asked_and_only_if_not_fence
         assert 0 < direct.pttl(session_key("kept")) <= 5_000, "a checkpoint not due to refresh leaves the expiry"
         assert direct.pttl(session_key("refreshed")) > 60_000, "a refresh sets the TTL and the slack again"
         assert 0 < direct.pttl(session_key("fenced")) <= 5_000, "a fenced write changes nothing, expiry included"
-        assert direct.hget(session_key("kept"), "record") == b"a"
+        assert stored_record(direct, "kept") == b"a"
 
 
 def test_a_batch_goes_through_after_redis_forgot_its_scripts(store: RedisServer) -> None:
-    """A restarted Redis knows no script (NOSCRIPT): the batch loads it and is sent again, once."""
+    """A restarted Redis knows no script (NOSCRIPT): the refreshing checkpoints load it and are sent again, once."""
 
     async def scenario(direct: redis.Redis) -> tuple[list[bool], list[bool]]:
         owner = RedisStore(store.url, ttl_s=60, handover_timeout_s=0)
         try:
             assert await owner.create("one", "alice", b"created")
+            assert await owner.create("two", "alice", b"created")
             first = await owner.checkpoint_many([Checkpoint("one", 1, b"step 1")])
             direct.script_flush()
-            return first, await owner.checkpoint_many([Checkpoint("one", 1, b"step 2")])
+            sets = _calls(direct, "set")
+            second = await owner.checkpoint_many(
+                [Checkpoint("one", 1, b"step 2"), Checkpoint("two", 1, b"step 1", refresh=False)]
+            )
+            assert _calls(direct, "set") == sets + 2, "the plain SET was not sent again"
+            return first, second
         finally:
             await owner.close()
 
     with store.client() as direct:
-        assert asyncio.run(scenario(direct)) == ([True], [True])
-        assert direct.hget(session_key("one"), "record") == b"step 2"
+        assert asyncio.run(scenario(direct)) == ([True], [True, True])
+        assert stored_record(direct, "one") == b"step 2"
+        assert stored_record(direct, "two") == b"step 1"
 
 
 def test_an_unreachable_store_fails_a_batch_as_unavailable(store: RedisServer) -> None:

@@ -25,10 +25,9 @@ from loadtest.front import free_port, run_envoy
 from service.api import statestream_pb2 as pb
 from service.client import Client
 from service.client.sdk import make_step
-from service.redis_store import session_key
 from service.session_records import SessionRecord
 from service.tensors import from_proto
-from tests.cluster import RedisServer, checkpoint_failures, holds_session, redis_server, replica
+from tests.cluster import RedisServer, checkpoint_failures, holds_session, redis_server, replica, stored_record
 from tests.conftest import OfflineLM
 from tests.waiting import wait_until
 
@@ -124,7 +123,7 @@ def test_failover_a_partitioned_old_owner_cannot_apply_a_step(cluster, shipped_l
             old.send_raw(pb.SessionRequest(step=stale))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         with store.client() as redis_client:  # the stale step reached neither the new owner nor the store
-            assert SessionRecord.from_bytes(redis_client.hget(session_key(old.id), "record")).last_seq == 20
+            assert SessionRecord.from_bytes(stored_record(redis_client, old.id)).last_seq == 20
         rows += [logits_of(new.step(text=char)) for char in text[20:]]
         assert new.last_seq == len(text)
     np.testing.assert_allclose(np.stack(rows), shipped_lm.logits(text), atol=TOLERANCE, rtol=0)
