@@ -81,10 +81,13 @@ class RedisLine:
         overdue = loop.call_later(self.reply_timeout_s, self._overdue, replies)
         try:
             if writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                await writer.drain()
+                with contextlib.suppress(OSError):  # the connection is gone: the replies' future says why
+                    await writer.drain()
             return await replies
         finally:
             overdue.cancel()
+            if not replies.done():  # given up before its replies came: they are spent when they do
+                replies.cancel()
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._connecting:
@@ -149,7 +152,7 @@ class RedisLine:
             if not commands.future.done():
                 commands.future.set_exception(reason)
         if self._writer is not None:
-            self._writer.close()
+            self._writer.transport.abort()  # not close(): that waits to send what is buffered, and a sender waits too
             self._writer = None
         reading, self._reading = self._reading, None
         if reading is not None and reading is not asyncio.current_task():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,31 @@ def test_the_line_connects_as_the_url_says_password_socket_and_database(tmp_path
             assert third.get("where") == b"db 3"
         with pytest.raises(LineBroken, match="cannot connect"):
             asyncio.run(scenario(f"unix://:wrong@{socket}?db=3"))
+
+
+def test_a_sender_waiting_for_a_stopped_redis_to_take_its_bytes_is_freed_when_the_reply_is_overdue(
+    store: RedisServer,
+) -> None:
+    """More bytes than the socket's buffers hold make the sender wait to send them; the reply timeout still holds."""
+    assert store.process is not None
+    pid = store.process.pid
+
+    async def scenario() -> tuple[float, object]:
+        line = line_to(store.url, reply_timeout_s=0.5)
+        try:
+            await line.call(command(b"PING"))
+            os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            try:
+                with pytest.raises(LineBroken, match=r"no reply within 0\.5 s"):
+                    await asyncio.wait_for(line.call(command(b"ECHO", b"x" * 32_000_000)), 10)
+                waited = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            return waited, await line.call(command(b"ECHO", b"after"))
+        finally:
+            await line.close()
+
+    waited, after = asyncio.run(scenario())
+    assert waited < 3, f"the sender was held {waited:.1f} s"
+    assert after == b"after"
