@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,10 +23,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from loadtest.cells import Cell, Plan, measure
-from loadtest.scale import redis_server
-from loadtest.servers import ServerProcess, serve_command, stopping_children_on_sigterm
+from loadtest.scale import GRACE, redis_server, store_flags
+from loadtest.servers import CHILD_FOLDER, ServerProcess, child_environment, serve_command, stopping_children_on_sigterm
 from service.command import float_in, int_in
 from service.contract import Manifest
 
@@ -85,24 +85,35 @@ def in_tree(tree: Path) -> dict[str, str | None]:
 
 
 def imports_from(environ: dict[str, str | None]) -> Path:
-    """Where a child with ``environ`` finds the ``service`` package: a guard against measuring the wrong tree."""
-    env = {**os.environ, **{k: v for k, v in environ.items() if v is not None}}
+    """Where a server child with ``environ`` finds the ``service`` package: a guard against measuring
+    the wrong tree. The child is started as ``ServerProcess`` starts one (environment, folder)."""
     code = "import service, pathlib; print(pathlib.Path(service.__file__).resolve().parent.parent)"
-    return Path(
-        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
-    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=child_environment(environ), cwd=CHILD_FOLDER,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return Path(done.stdout.strip())
 
 
-def compare(comparison: Comparison, base: Path) -> list[dict[str, float | int | str]]:
+class Measured(NamedTuple):
+    """One cell: its round (from 1), its row, and what the load measured."""
+
+    round: int
+    row: str
+    steps_per_s: float
+    cpu_us_per_step: float
+    errors: int
+
+
+def compare(comparison: Comparison, base: Path) -> list[Measured]:
     """Every row once a round, in turn; one result per cell, in the order measured."""
     manifest = Manifest.load(comparison.models_dir / comparison.model)
-    results: list[dict[str, float | int | str]] = []
+    results: list[Measured] = []
     with contextlib.ExitStack() as stack:
         url, _ = stack.enter_context(redis_server())
-        grace = ("--grace-s", "1")
-        store = (*grace, "--session-store", url, "--checkpoint-every", str(comparison.every))
+        store = store_flags(url, comparison.every)
         servers = {
-            "direct": ServerProcess("direct", serve_command(comparison.models_dir, "batched", grace)),
+            "direct": ServerProcess("direct", serve_command(comparison.models_dir, "batched", GRACE)),
             "base": ServerProcess(
                 "base", serve_command(comparison.models_dir, "batched", store), environ=in_tree(base)
             ),
@@ -114,35 +125,30 @@ def compare(comparison: Comparison, base: Path) -> list[dict[str, float | int | 
             for row in ROWS if round_index % 2 == 0 else ROWS[::-1]:
                 cell = Cell(row, row, "stream", comparison.streams)
                 result = measure(cell, servers[row], comparison.plan, manifest)
-                results.append({
-                    "round": round_index + 1,
-                    "row": row,
-                    "steps_per_s": result.steps_per_s,
-                    "cpu_us_per_step": 1e6 * result.server_cpu_s / max(1, result.steps),
-                    "errors": result.errors,
-                })  # fmt: skip
+                cpu_us = 1e6 * result.server_cpu_s / max(1, result.steps)
+                results.append(Measured(round_index + 1, row, result.steps_per_s, cpu_us, result.errors))
     return results
 
 
-def ratios(results: list[dict[str, float | int | str]]) -> dict[str, list[float]]:
+def ratios(results: list[Measured]) -> dict[str, list[float]]:
     """Each RATIOS pair's steps/s ratio, round by round."""
-    by_round: dict[object, dict[object, float]] = {}
+    by_round: dict[int, dict[str, float]] = {}
     for r in results:
-        by_round.setdefault(r["round"], {})[r["row"]] = float(r["steps_per_s"])
+        by_round.setdefault(r.round, {})[r.row] = r.steps_per_s
     return {
         f"{top}/{bottom}": [cells[top] / cells[bottom] for _, cells in sorted(by_round.items()) if cells[bottom] > 0]
         for top, bottom in RATIOS
     }
 
 
-def table(results: list[dict[str, float | int | str]], every: int, streams: int) -> str:
-    lines = [f"store K={every} at {streams} streams; medians of {max(int(r['round']) for r in results)} rounds", ""]
+def table(results: list[Measured], every: int, streams: int) -> str:
+    lines = [f"store K={every} at {streams} streams; medians of {max(r.round for r in results)} rounds", ""]
     lines += ["| row | steps/s | server CPU µs a step | errors |", "|---|---:|---:|---:|"]
     for row in ROWS:
-        mine = [r for r in results if r["row"] == row]
-        steps = statistics.median(float(r["steps_per_s"]) for r in mine)
-        cpu = statistics.median(float(r["cpu_us_per_step"]) for r in mine)
-        lines.append(f"| {row} | {steps:,.0f} | {cpu:.1f} | {sum(int(r['errors']) for r in mine)} |")
+        mine = [r for r in results if r.row == row]
+        steps = statistics.median(r.steps_per_s for r in mine)
+        cpu = statistics.median(r.cpu_us_per_step for r in mine)
+        lines.append(f"| {row} | {steps:,.0f} | {cpu:.1f} | {sum(r.errors for r in mine)} |")
     lines.append("")
     for name, values in ratios(results).items():
         rounds = ", ".join(f"{v:.3f}" for v in values)
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         results = compare(comparison, base)
     if args.json:
         for result in results:
-            print(json.dumps(result))
+            print(json.dumps(result._asdict()))
     else:
         print(table(results, args.checkpoint_every, args.streams))
     return 0

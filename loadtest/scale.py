@@ -131,18 +131,26 @@ def redis_server() -> Iterator[tuple[str, int]]:
             process.wait(timeout=10)
 
 
+#: Every scale server's stop: a second's grace, not the default's.
+GRACE = ("--grace-s", "1")
+
+
+def store_flags(url: str, every: int) -> tuple[str, ...]:
+    """``serve``'s flags for a replica of the session store at ``url``, a checkpoint every ``every`` steps."""
+    return (*GRACE, "--session-store", url, "--checkpoint-every", str(every))
+
+
 @contextlib.contextmanager
 def started(setup: Setup, models_dir: Path, stack: contextlib.ExitStack) -> Iterator[ServerProcess]:
     """The arrangement running; yields the server process the load goes to (its CPU is counted)."""
-    grace: tuple[str, ...] = ("--grace-s", "1")
     extra: tuple[str, ...]
     if setup.kind == "store":
         store, _ = stack.enter_context(redis_server())
-        extra = (*grace, "--session-store", store, "--checkpoint-every", str(setup.count))
+        extra = store_flags(store, setup.count)
         yield stack.enter_context(ServerProcess(setup.name, serve_command(models_dir, "batched", extra)))
     elif setup.kind == "envoy":
         store, _ = stack.enter_context(redis_server())
-        extra = (*grace, "--session-store", store, "--checkpoint-every", "0")
+        extra = store_flags(store, 0)
         replicas = [
             stack.enter_context(ServerProcess(f"{setup.name}/{i}", serve_command(models_dir, "batched", extra)))
             for i in range(setup.count)
@@ -150,7 +158,7 @@ def started(setup: Setup, models_dir: Path, stack: contextlib.ExitStack) -> Iter
         front, _ = stack.enter_context(run_envoy([r.target for r in replicas]))
         yield _Fronted(setup.name, replicas, front)
     else:
-        extra = (*grace, "--workers", str(setup.count)) if setup.kind == "workers" else grace
+        extra = (*GRACE, "--workers", str(setup.count)) if setup.kind == "workers" else GRACE
         yield stack.enter_context(ServerProcess(setup.name, serve_command(models_dir, "batched", extra)))
 
 

@@ -99,6 +99,23 @@ def minimal_command(models_dir: Path, model: str) -> list[str]:
     ]  # fmt: skip
 
 
+#: Where a server child runs: this checkout's root.
+CHILD_FOLDER = Path(__file__).resolve().parent.parent
+
+
+def child_environment(environ: Mapping[str, str | None]) -> dict[str, str]:
+    """A server child's environment: the caller's, less its STATESTREAM_* variables (the variant's
+    flags alone configure it), unbuffered, with ``environ`` on top (None: unset there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in environ.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
 class ServerVariant(NamedTuple):
     """A server the bench compares: its name, its command line, and the variables its child gets
     on top of the caller's (None: unset there)."""
@@ -143,21 +160,13 @@ class ServerProcess:
         return self.process.pid
 
     def start(self) -> None:
-        # The variant's flags alone configure it: no STATESTREAM_* variable of the caller leaks in.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        for name, value in self.environ.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
         self.process = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
-            cwd=Path(__file__).resolve().parent.parent,
+            env=child_environment(self.environ),
+            cwd=CHILD_FOLDER,
         )
         try:
             self.port = self._wait_for_port()

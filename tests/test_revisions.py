@@ -31,13 +31,13 @@ def test_every_row_is_measured_each_round_in_turn_and_the_ratios_follow() -> Non
     repository, commit = revisions.resolve("HEAD")
     with revisions.worktree(repository, commit) as base:
         results = revisions.compare(comparison, base)
-    assert [(r["round"], r["row"]) for r in results] == [
+    assert [(r.round, r.row) for r in results] == [
         (1, "direct"), (1, "base"), (1, "tree"), (2, "tree"), (2, "base"), (2, "direct")
     ]  # fmt: skip
-    assert all(r["errors"] == 0 and float(r["steps_per_s"]) > 0 for r in results)
+    assert all(r.errors == 0 and r.steps_per_s > 0 for r in results)
     ratios = revisions.ratios(results)
     assert set(ratios) == {"base/direct", "tree/direct", "tree/base"} and all(len(v) == 2 for v in ratios.values())
-    steps = {(r["round"], r["row"]): float(r["steps_per_s"]) for r in results}
+    steps = {(r.round, r.row): r.steps_per_s for r in results}
     assert ratios["tree/base"][1] == pytest.approx(steps[(2, "tree")] / steps[(2, "base")])
     assert "| tree |" in revisions.table(results, 1, 4)
 
