@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.flags import CountList
 from loadtest.load import _random_steps, model_fields, model_inputs
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
 from loadtest.pacing import Pacing
@@ -34,6 +36,7 @@ from service import process
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.command import positive_int
 from service.contract import Manifest
 from service.engine import SessionEngine
 from service.metrics import Metrics
@@ -245,28 +248,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--model", default="char_lm")
-    parser.add_argument("--streams", default="1", help="comma-separated stream counts, measured in turn")
-    parser.add_argument("--steps", default="200", help="steps per stream, one for all or one per stream count")
+    parser.add_argument(
+        "--streams", type=CountList(positive_int), default=(1,), help="comma-separated stream counts, measured in turn"
+    )
+    parser.add_argument(
+        "--steps",
+        type=CountList(positive_int),
+        default=(200,),
+        help="steps per stream, one for all or one per stream count",
+    )
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     parser.add_argument(
         "--protocols", default="statestream", help="comma-separated: statestream (Session), oip (ModelStreamInfer)"
     )
-    parser.add_argument("--rounds", type=int, default=1, help="measurements of each run, protocols alternated")
+    parser.add_argument("--rounds", type=positive_int, default=1, help="measurements of each run, protocols alternated")
     parser.add_argument(
         "--rate", type=float, default=0.0, help="steps/s over all streams, spread as bench's (default 0: closed loop)"
     )
     args = parser.parse_args(argv)
     if not (args.models_dir / args.model / "manifest.json").is_file():
         parser.error(f"no model folder {args.model!r} in {args.models_dir} (--models-dir, --model)")
-    if args.rate < 0:
-        parser.error("--rate must be 0 (closed loop) or more")
-    try:
-        streams = [int(n) for n in args.streams.split(",")]
-        steps = [int(k) for k in args.steps.split(",")]
-    except ValueError:
-        parser.error("--streams and --steps take whole numbers separated by commas")
-    if min(streams + steps) < 1 or args.rounds < 1:
-        parser.error("--streams, --steps and --rounds must be 1 or more")
+    if not math.isfinite(args.rate) or args.rate < 0:
+        parser.error(f"--rate must be 0 (closed loop) or more, a finite number, not {args.rate}")
+    streams, steps = args.streams, args.steps
     if len(steps) not in (1, len(streams)):
         parser.error(f"--steps gives {len(steps)} counts for {len(streams)} stream counts: give one, or one each")
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))

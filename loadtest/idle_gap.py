@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = [float(rate) for rate in args.rates.split(",")]
     except ValueError:
         parser.error(f"--rates takes numbers separated by commas, not {args.rates!r}")
-    if any(rate < 0 for rate in rates):
-        parser.error("--rates must be 0 (back to back) or more")
+    if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
+        parser.error(f"--rates must be 0 (back to back) or more, finite numbers, not {args.rates!r}")
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be 1 or more")
     for row in process.run(measure_all(workloads, rates, args.steps, args.rounds), args.event_loop):

@@ -151,7 +151,13 @@ def test_pacing_spreads_the_streams_steps_over_each_period() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "says"),
-    [(["--rate", "-1"], "--rate must be 0"), (["--rate", "100", "--protocols", "oip"], "Session streams only")],
+    [
+        (["--rate", "-1"], "--rate must be 0"),
+        (["--rate", "nan"], "--rate must be 0"),
+        (["--rate", "inf"], "--rate must be 0"),
+        (["--rate", "100", "--protocols", "oip"], "Session streams only"),
+        (["--streams", "0"], "argument --streams: 0 is out of range"),
+    ],
 )
 def test_the_harness_refuses_a_rate_it_cannot_run(
     argv: list[str], says: str, capsys: pytest.CaptureFixture[str]

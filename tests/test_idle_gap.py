@@ -30,6 +30,7 @@ def test_a_paced_measurement_waits_for_each_release() -> None:
         (["--workloads", "none,disk"], "unknown workload(s) ['disk']"),
         (["--rates", "0,fast"], "--rates takes numbers"),
         (["--rates", "-5"], "--rates must be 0"),
+        (["--rates", "0,nan"], "--rates must be 0"),
         (["--steps", "0"], "must be 1 or more"),
     ],
 )
