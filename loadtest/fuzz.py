@@ -35,12 +35,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from loadtest.flags import model_folder
 from loadtest.servers import ServerProcess, serve_command, stopping_children_on_sigterm
 from service import command
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
-from service.command import Parser, int_in, positive_int
-from service.contract import MANIFEST_FILE, Manifest
+from service.command import Parser, int_in, nonempty_path, positive_int
+from service.contract import Manifest
 from service.drivers import bounds
 from service.drivers.language import LanguageDriver
 from service.settings import INT32_MAX
@@ -118,13 +119,6 @@ class Reference:
     def logits(self, text: str) -> np.ndarray:
         """``[len(text), V]``: the logits after each character (as tests/conftest.OfflineLM)."""
         return np.stack([self.last_logits_of_ids([self.ids[c] for c in text[: i + 1]]) for i in range(len(text))])
-
-
-def find_model_folder(models_dir: Path, name: str) -> Path:
-    for manifest in sorted(models_dir.rglob(MANIFEST_FILE)):
-        if Manifest.load(manifest.parent).name == name:
-            return manifest.parent
-    raise FileNotFoundError(f"no model named {name!r} under {models_dir}")
 
 
 # -- cases --------------------------------------------------------------------------------------
@@ -1276,7 +1270,7 @@ def solo_outputs(target: str, model: str, text: str, logits_name: str) -> np.nda
 def parser() -> Parser:
     parser = Parser(prog="python -m loadtest.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int_in(1, 10_000_000), default=10_000, help="cases to run (default 10000)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="models folder to serve")
+    parser.add_argument("--models-dir", type=nonempty_path, default=Path("models"), help="models folder to serve")
     parser.add_argument("--model", default="char_lm", help="the token model the fuzz sessions run (default char_lm)")
     parser.add_argument(
         "--seed", type=command.seed, default=None, help="hypothesis seed (default: derandomized, repeatable)"
@@ -1293,10 +1287,11 @@ def parser() -> Parser:
 
 @stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    made = parser()
+    args = made.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     limits = Limits(args.max_chunk, args.max_message_bytes, args.max_generate_tokens)
-    folder = find_model_folder(args.models_dir, args.model)
+    folder = model_folder(made, args.models_dir, args.model, tasks=(LanguageDriver.task,))
     reference = Reference(folder)
     server = fuzz_target(args.models_dir, limits)
     server.start()
@@ -1324,4 +1319,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

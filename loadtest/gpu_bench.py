@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.flags import CountList
-from service.command import Parser, float_in, int_in
+from loadtest.flags import CountList, model_at
+from service import command
+from service.command import Parser, check_folder_to_write, float_in, int_in, nonempty_path
 
 BATCHES = (1, 16, 256, 1024, 4096, 16384)
 VARIANTS = ("cpu", "cpu-device", "cuda-host", "cuda-slab", "cuda-resident")
+#: The task of the model the rows run: one token id in, logits out.
+TASK = "language_model"
 
 
 def _timed(fn: Callable[[], Any], duration_s: float, batch: int) -> tuple[float, float]:
@@ -131,8 +135,8 @@ MAX_BATCH = 65_536
 
 def parser() -> Parser:
     parser = Parser(prog="python -m loadtest.gpu_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/char_lm"))
-    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--model", type=nonempty_path, default=Path("models/char_lm"), help="a language model's folder")
+    parser.add_argument("--out", type=nonempty_path, default=Path("."), help="folder to write the results into")
     parser.add_argument("--duration-s", type=float_in(0.001, 3600), default=1.0, help="timing window per row")
     batches = int_in(1, MAX_BATCH)
     parser.add_argument(
@@ -147,7 +151,10 @@ def parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    made = parser()
+    args = made.parse_args(argv)
+    model_at(made, args.model, f"--model {args.model}", tasks=(TASK,))  # the rows feed it token ids and read its logits
+    check_folder_to_write(args.out)  # before the rows are timed, not after
 
     with contextlib.suppress(ImportError):  # torch first: onnxruntime-gpu then finds its CUDA libraries
         import torch  # noqa: F401
@@ -200,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

@@ -16,10 +16,8 @@ does; each row then gives the loop's own CPU per step and each step's latency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -28,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.flags import CountList
+from loadtest.flags import CountList, model_folder
 from loadtest.load import _random_steps, model_fields, model_inputs
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
-from loadtest.pacing import Pacing
+from loadtest.pacing import Pacing, paced_rate
 from service import process
 from service.api import grpc_service_pb2 as oip
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
-from service.command import positive_int
+from service.command import Parser, nonempty_path, positive_int
 from service.contract import Manifest
 from service.engine import SessionEngine
 from service.metrics import Metrics
@@ -244,42 +242,47 @@ async def _measure(
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="char_lm")
-    parser.add_argument(
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.hotpath", description=__doc__.split("\n\n")[0])
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
+    made.add_argument("--model", default="char_lm")
+    made.add_argument(
         "--streams", type=CountList(positive_int), default=(1,), help="comma-separated stream counts, measured in turn"
     )
-    parser.add_argument(
+    made.add_argument(
         "--steps",
         type=CountList(positive_int),
         default=(200,),
         help="steps per stream, one for all or one per stream count",
     )
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
-    parser.add_argument(
+    made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
+    made.add_argument(
         "--protocols", default="statestream", help="comma-separated: statestream (Session), oip (ModelStreamInfer)"
     )
-    parser.add_argument("--rounds", type=positive_int, default=1, help="measurements of each run, protocols alternated")
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="steps/s over all streams, spread as bench's (default 0: closed loop)"
+    made.add_argument("--rounds", type=positive_int, default=1, help="measurements of each run, protocols alternated")
+    made.add_argument(
+        "--rate",
+        type=paced_rate,
+        default=0.0,
+        help="steps/s over all streams, spread as bench's (default 0: closed loop)",
     )
-    args = parser.parse_args(argv)
-    if not (args.models_dir / args.model / "manifest.json").is_file():
-        parser.error(f"no model folder {args.model!r} in {args.models_dir} (--models-dir, --model)")
-    if not math.isfinite(args.rate) or args.rate < 0:
-        parser.error(f"--rate must be 0 (closed loop) or more, a finite number, not {args.rate}")
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    made = parser()
+    args = made.parse_args(argv)
+    model_folder(made, args.models_dir, args.model)
     streams, steps = args.streams, args.steps
     if len(steps) not in (1, len(streams)):
-        parser.error(f"--steps gives {len(steps)} counts for {len(streams)} stream counts: give one, or one each")
+        made.error(f"--steps gives {len(steps)} counts for {len(streams)} stream counts: give one, or one each")
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
     protocols = tuple(args.protocols.split(","))
     unknown = sorted(set(protocols) - {"statestream", "oip"})
     if unknown:
-        parser.error(f"unknown protocol(s) {unknown}: choose from statestream, oip")
+        made.error(f"unknown protocol(s) {unknown}: choose from statestream, oip")
     if args.rate and protocols != ("statestream",):
-        parser.error("--rate paces Session streams only: leave out --protocols")
+        made.error("--rate paces Session streams only: leave out --protocols")
     measured = drive(
         args.models_dir, args.model, runs, settle=True, protocols=protocols, rounds=args.rounds, rate=args.rate
     )

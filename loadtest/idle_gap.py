@@ -15,16 +15,16 @@ matrix-vector product over 1 MiB of weights, the size of ``lstm256``'s) and ``bo
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from loadtest.pacing import Pacing
+from loadtest.flags import CountList
+from loadtest.pacing import Pacing, paced_rate
 from service import process
+from service.command import Parser, positive_int
 from service.settings import EVENT_LOOPS
 
 _WEIGHTS = np.random.default_rng(0).standard_normal((1024, 256)).astype(np.float32)  # 1 MiB
@@ -84,26 +84,29 @@ async def measure_all(
     return [await measure(workload, rate, steps) for _ in range(rounds) for workload in workloads for rate in rates]
 
 
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.idle_gap", description=__doc__.split("\n\n")[0])
+    made.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    made.add_argument(
+        "--rates",
+        type=CountList(paced_rate),
+        default=(0.0, 2400.0, 600.0),
+        help="comma-separated steps/s (0: back to back)",
+    )
+    made.add_argument("--steps", type=positive_int, default=2000, help="steps per measurement")
+    made.add_argument("--rounds", type=positive_int, default=2, help="times each measurement is repeated, in turn")
+    made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.idle_gap", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
-    parser.add_argument("--rates", default="0,2400,600", help="comma-separated steps/s (0: back to back)")
-    parser.add_argument("--steps", type=int, default=2000, help="steps per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="times each measurement is repeated, in turn")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
-    args = parser.parse_args(argv)
+    made = parser()
+    args = made.parse_args(argv)
     workloads = args.workloads.split(",")
     unknown = sorted(set(workloads) - set(WORKLOADS))
     if unknown:
-        parser.error(f"unknown workload(s) {unknown}: choose from {', '.join(WORKLOADS)}")
-    try:
-        rates = [float(rate) for rate in args.rates.split(",")]
-    except ValueError:
-        parser.error(f"--rates takes numbers separated by commas, not {args.rates!r}")
-    if not all(math.isfinite(rate) and rate >= 0 for rate in rates):
-        parser.error(f"--rates must be 0 (back to back) or more, finite numbers, not {args.rates!r}")
-    if args.steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be 1 or more")
+        made.error(f"unknown workload(s) {unknown}: choose from {', '.join(WORKLOADS)}")
+    rates = list(args.rates)
     for row in process.run(measure_all(workloads, rates, args.steps, args.rounds), args.event_loop):
         print(json.dumps(row))
     return 0

@@ -16,12 +16,14 @@ model proves the graph against an independent implementation of the same equatio
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from service import command
+from service.command import Parser, check_model_folder_to_write, nonempty_path
 from service.contract import GoldenTrace, Manifest, StateSpec, TensorSpec
 
 NAME = "lstm256"
@@ -146,13 +148,18 @@ def write(out: Path, seed: int = SEED) -> Path:
     return out
 
 
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.lstm256", description=__doc__.split("\n\n")[0])
+    made.add_argument("--out", type=nonempty_path, default=Path("models") / NAME, help="model folder to write")
+    return made
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.lstm256", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("models") / NAME, help="model folder to write")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    check_model_folder_to_write(args.out)
     print(f"wrote {write(args.out)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

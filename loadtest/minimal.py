@@ -16,8 +16,8 @@ docs/benchmarks.md has what it measured.
 
 from __future__ import annotations
 
-import argparse
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import NoReturn
@@ -26,9 +26,11 @@ import grpc
 import numpy as np
 
 from loadtest.echo import serve
-from service import process
+from loadtest.flags import model_folder
+from service import command, process
 from service.api import statestream_pb2 as pb
-from service.contract import zero_state
+from service.command import Parser, nonempty_path, port
+from service.contract import ContractError, zero_state
 from service.errors import FailedPrecondition, NotFound, StatestreamError, status_number
 from service.registry import LoadedModel
 from service.servicers.wire import Context, Malformed
@@ -124,18 +126,27 @@ async def _unimplemented(context: Context, what: str) -> NoReturn:
     raise AssertionError("context.abort raises")  # pragma: no cover
 
 
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.minimal", description=__doc__.split("\n\n")[0])
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
+    made.add_argument("--model", default="char_lm")
+    made.add_argument("--host", default="127.0.0.1")
+    made.add_argument("--port", type=port, default=0, help="0: a free one")
+    made.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the loop that runs it")
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.minimal", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="char_lm")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the loop that runs it")
-    args = parser.parse_args(argv)
-    model = LoadedModel.from_folder(args.models_dir / args.model, Settings(), driver_class)
+    made = parser()
+    args = made.parse_args(argv)
+    folder = model_folder(made, args.models_dir, args.model)
+    try:
+        model = LoadedModel.from_folder(folder, Settings(), driver_class)
+    except ContractError as exc:  # a manifest that reads, but a graph or golden trace the server would refuse too
+        made.error(f"--model {args.model}: {exc}")
     process.run(serve(MinimalServicer(model), "minimal", args.host, args.port), args.event_loop)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

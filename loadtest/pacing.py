@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.command import float_in
+
+#: A ``--rate``'s type: steps a second over all streams, 0 (back to back) up to bench ``--rate``'s top.
+paced_rate = float_in(0.0, 1_000_000)
+
 
 @dataclass(frozen=True)
 class Pacing:

@@ -26,6 +26,7 @@ from tempfile import TemporaryDirectory
 
 from loadtest.bench import server_variants
 from loadtest.cells import Cell, Plan, measure
+from loadtest.flags import model_folder
 from loadtest.servers import stopping_children_on_sigterm
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
@@ -137,13 +138,13 @@ def parser() -> Parser:
 @stopping_children_on_sigterm
 def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
-        args = parser().parse_args(argv)
+        made = parser()
+        args = made.parse_args(argv)
         variants = [v for v in args.variants.split(",") if v]
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown or not variants:
             raise CommandError(f"--variants: {','.join(unknown) or 'none given'}; take {', '.join(VARIANTS)}")
-        if not (args.models_dir / args.model).is_dir():
-            raise CommandError(f"--model {args.model}: no such folder in {args.models_dir}")
+        model_folder(made, args.models_dir, args.model)
         if shutil.which("perf") is None:
             raise CommandError("perf is not installed", hint="install Linux's perf tool (Debian: linux-perf)")
         with TemporaryDirectory(prefix="profile-paced-") as folder:

@@ -13,7 +13,6 @@ each round and the medians of the rounds' own ratios: each store row against ``d
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -26,9 +25,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from loadtest.cells import Cell, Plan, measure
+from loadtest.flags import model_folder
 from loadtest.scale import GRACE, redis_server, store_flags
 from loadtest.servers import CHILD_FOLDER, ServerProcess, child_environment, serve_command, stopping_children_on_sigterm
-from service.command import float_in, int_in
+from service import command
+from service.command import Parser, float_in, int_in, nonempty_path
 from service.contract import Manifest
 
 #: The rows of a round, in the order of even rounds (odd rounds run them reversed).
@@ -156,32 +157,36 @@ def table(results: list[Measured], every: int, streams: int) -> str:
     return "\n".join(lines)
 
 
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.revisions", description=__doc__.split("\n\n")[0])
+    made.add_argument("--base", required=True, help="the git revision to compare this tree with (e.g. HEAD~1)")
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
+    made.add_argument("--model", default="lstm256")
+    made.add_argument("--checkpoint-every", type=int_in(1, 1_000_000), default=1, help="K of both store rows")
+    made.add_argument("--streams", type=int_in(1, 4096), default=256)
+    made.add_argument("--rounds", type=int_in(1, 100), default=10)
+    made.add_argument("--duration-s", type=float_in(0.01, 600), default=3.0, help="measuring window of a cell")
+    made.add_argument("--warmup-s", type=float_in(0, 600), default=1.0, help="warm-up before each window")
+    made.add_argument("--json", action="store_true", help="one JSON object per cell instead of the table")
+    return made
+
+
 @stopping_children_on_sigterm
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.revisions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the git revision to compare this tree with (e.g. HEAD~1)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="lstm256")
-    parser.add_argument("--checkpoint-every", type=int_in(1, 1_000_000), default=1, help="K of both store rows")
-    parser.add_argument("--streams", type=int_in(1, 4096), default=256)
-    parser.add_argument("--rounds", type=int_in(1, 100), default=10)
-    parser.add_argument("--duration-s", type=float_in(0.01, 600), default=3.0, help="measuring window of a cell")
-    parser.add_argument("--warmup-s", type=float_in(0, 600), default=1.0, help="warm-up before each window")
-    parser.add_argument("--json", action="store_true", help="one JSON object per cell instead of the table")
-    args = parser.parse_args(argv)
-    if not (args.models_dir / args.model / "manifest.json").is_file():
-        parser.error(f"no model {args.model!r} in {args.models_dir}")
+    made = parser()
+    args = made.parse_args(argv)
+    model_folder(made, args.models_dir, args.model)
     try:
         repository, commit = resolve(args.base)
     except ValueError as exc:
-        parser.error(f"--base {args.base}: not a revision of this checkout ({exc})")
+        made.error(f"--base {args.base}: not a revision of this checkout ({exc})")
     plan = Plan(warmup_s=args.warmup_s, duration_s=args.duration_s)
     comparison = Comparison(
         args.models_dir.resolve(), args.model, args.checkpoint_every, args.streams, args.rounds, plan
     )
     with worktree(repository, commit) as base:
         if imports_from(in_tree(base)) != base.resolve():
-            parser.error(f"a child would not import {args.base}'s code from {base}")
+            made.error(f"a child would not import {args.base}'s code from {base}")
         results = compare(comparison, base)
     if args.json:
         for result in results:
@@ -192,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

@@ -30,6 +30,7 @@ from loadtest.cells import Cell, Plan, Row, Target, client_layout, measure, medi
 from loadtest.front import free_port, run_envoy
 from loadtest.load import LoadResult
 from loadtest.servers import ServerProcess, serve_command
+from service.command import EXIT_USAGE, CommandError
 from service.contract import Manifest
 
 SCALE_STREAMS = (256, 1024)
@@ -116,7 +117,7 @@ def redis_server() -> Iterator[tuple[str, int]]:
     """A private redis-server for one measurement (append-only, fsync each second); its URL and pid."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        raise CommandError("redis-server is not installed", EXIT_USAGE, hint="apt-get install redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="statestream-bench-redis-") as folder:
         process = subprocess.Popen(

@@ -13,6 +13,7 @@ Run it as ``python -m loadtest.vad_baseline --port 0``.
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import onnxruntime
 
 from loadtest.echo import EchoServicer, serve
 from loadtest.echo import parser as echo_parser
-from service import process
+from service import command, process
 from service.api import statestream_pb2 as pb
 from service.command import Parser
 from service.drivers.voice_activity import SpeechTracker, VadOptions, decode_audio, frame_output
@@ -131,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(command.run(main, debug=command.debug_requested(sys.argv)))

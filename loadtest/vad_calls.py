@@ -14,6 +14,7 @@ of its other Python threads (ONNX Runtime's worker), of gRPC's threads, and of t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -34,14 +35,17 @@ import grpc
 import numpy as np
 
 from loadtest.call_audio import call_audio
+from loadtest.flags import model_folder
 from loadtest.load import split
 from loadtest.servers import THREAD_BUCKETS, ServerProcess, serve_command
 from service.api import statestream_pb2 as pb
 from service.api import statestream_pb2_grpc as rpc
-from service.command import EXIT_USAGE, CommandError
+from service.contract import Manifest
 from service.tensors import to_proto
 
 FRAME, RATE = 512, 16000
+#: The task of the models a call's audio goes to, and the one --vad-calls serves unless --model says.
+VAD_TASK, VAD_MODEL = "voice_activity", "silero_vad"
 FRAME_S = FRAME / RATE
 LADDER = (32, 64, 128, 256, 512, 1024)
 HELD_P99_MS = 100.0
@@ -298,12 +302,19 @@ def largest_held(rungs: list[Rung]) -> dict[str, int]:
     return best
 
 
-def bench_vad_calls(args: Any, log: Callable[[str], None]) -> int:
-    """``statestream bench --vad-calls``: the ladder for ``args.model`` (default silero_vad), printed as a table."""
-    model = args.model if args.model != "char_lm" else "silero_vad"
+def vad_model_folder(parser: argparse.ArgumentParser, models_dir: Path, model: str) -> Path:
+    """``models_dir/model``, a voice-activity model whose frame is a call's (FRAME samples at RATE);
+    else a usage error: another model answers every call with errors, or with frames of another size."""
+    folder = model_folder(parser, models_dir, model, tasks=(VAD_TASK,))
+    frame = list(Manifest.load(folder).inputs[0].shape)
+    if frame != [FRAME]:
+        parser.error(f"--model {model}: its frame is {frame} samples; a call sends {RATE} Hz audio in [{FRAME}]")
+    return folder
+
+
+def bench_vad_calls(args: Any, model: str, log: Callable[[str], None]) -> int:
+    """``statestream bench --vad-calls``: the ladder for ``model`` (checked by vad_model_folder), printed as a table."""
     folder = (args.models_dir / model).resolve()
-    if not (folder / "manifest.json").is_file():
-        raise CommandError(f"no model {model!r} in {args.models_dir}", EXIT_USAGE, hint="set --models-dir")
     ladder = tuple(args.ladder or LADDER)
     window_s = args.duration_s or 30.0
     processes = args.load_processes or max(1, min(4, len(os.sched_getaffinity(0)) // 2))

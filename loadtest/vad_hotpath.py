@@ -13,7 +13,6 @@ round by round, so the machine's drift falls on each alike, and it prints the pr
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -23,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.call_audio import call_audio
+from loadtest.flags import CountList
 from loadtest.hotpath import _Context as HandlerContext
+from loadtest.vad_calls import FRAME, RATE, vad_model_folder
 from service import process
 from service.api import statestream_pb2 as pb
 from service.auth import Authenticator
+from service.command import Parser, float_in, nonempty_path, positive_int
 from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.registry import Registry
@@ -37,7 +39,6 @@ from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
 from service.tensors import to_proto
 
-RATE, FRAME = 16000, 512
 PATHS = ("step", "run")
 AUDIO = call_audio()
 
@@ -139,17 +140,35 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: The longest chunk, in ms: half the call's audio, which a chunk is cut from.
+MAX_CHUNK_MS = 1000 * len(AUDIO) / RATE / 2
+
+
+def parser() -> Parser:
+    made = Parser(prog="python -m loadtest.vad_hotpath", description=__doc__.split("\n\n")[0])
+    made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
+    made.add_argument("--model", default="silero_vad")
+    made.add_argument("--calls", type=positive_int, default=256, help="calls at once")
+    made.add_argument("--chunks", type=positive_int, default=40, help="chunks per call and measurement")
+    made.add_argument(
+        "--chunk-ms",
+        type=CountList(float_in(1000 / RATE, MAX_CHUNK_MS)),
+        default=(20.0, 32.0),
+        help="comma-separated chunk lengths, measured in turn",
+    )
+    made.add_argument("--rounds", type=positive_int, default=3, help="rounds of every chunk size and path")
+    made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.vad_hotpath", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="silero_vad")
-    parser.add_argument("--calls", type=int, default=256, help="calls at once")
-    parser.add_argument("--chunks", type=int, default=40, help="chunks per call and measurement")
-    parser.add_argument("--chunk-ms", default="20,32", help="comma-separated chunk lengths, measured in turn")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every chunk size and path")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
-    args = parser.parse_args(argv)
-    chunk_ms = [float(ms) for ms in args.chunk_ms.split(",")]
+    made = parser()
+    args = made.parse_args(argv)
+    vad_model_folder(made, args.models_dir, args.model)
+    chunk_ms = list(args.chunk_ms)
+    short = [ms for ms in chunk_ms if args.chunks * round(RATE * ms / 1000) < FRAME]
+    if short:
+        made.error(f"--chunks {args.chunks} of --chunk-ms {short[0]:g} fill no {1000 * FRAME / RATE:g} ms frame")
     rows = process.run(
         compare(args.models_dir, args.model, args.calls, chunk_ms, args.chunks, args.rounds, settle=True),
         args.event_loop,

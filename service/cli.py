@@ -8,7 +8,6 @@ a user error is one ``statestream: error: …`` line and a documented exit code 
 
 from __future__ import annotations
 
-import socket
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ import service.grpc_environment  # noqa: F401  (first: it must run before grpc i
 from service import command, process
 from service import settings as settings_module
 from service.command import EXIT_USAGE, CommandError
-from service.listen_errors import listen_error
+from service.listen_errors import check_can_listen
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -56,9 +55,9 @@ def _serve(argv: Sequence[str]) -> int:
     # port (worker i serves on --metrics-port + i). Workers share the gRPC port (SO_REUSEPORT):
     # the supervisor reserves it (service.workers), so for them only the host is checked here.
     shared_port = settings.reuse_port or settings.worker_count > 1
-    _check_can_listen(settings.host, 0 if shared_port else settings.port)
+    check_can_listen(settings.host, 0 if shared_port else settings.port)
     for index in range(settings.worker_count if settings.metrics_port else 0):
-        _check_can_listen(settings.host, settings.metrics_port + index, "--metrics-port")
+        check_can_listen(settings.host, settings.metrics_port + index, "--metrics-port")
     if settings.worker_count > 1:
         from service.workers import run_workers
 
@@ -71,28 +70,11 @@ def _serve(argv: Sequence[str]) -> int:
         raise CommandError(exc.message, EXIT_USAGE, hint="is Redis running at --session-store?") from exc
     except BindError as exc:  # taken while the models loaded: say why where the check can tell
         port = exc.port or settings.port
-        _check_can_listen(settings.host, port, exc.flag)
+        check_can_listen(settings.host, port, exc.flag)
         raise CommandError(
             f"cannot listen on {settings_module.address(settings.host, port)} ({exc.flag})", EXIT_USAGE
         ) from exc
     return 0
-
-
-def _check_can_listen(host: str, port: int, flag: str = "--port") -> None:
-    """Raises a one-line CommandError if nothing could listen on ``host:port`` now (the server
-    binds it later): the port in use (under ``flag``), or ``--host`` unresolvable or not this
-    machine's. Port 0 checks the host alone."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise CommandError(f"--host {host}: cannot resolve it ({exc.strerror})", EXIT_USAGE) from exc
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is not "in use"
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise listen_error(host, port, exc, flag) from exc
 
 
 def _client(argv: Sequence[str]) -> int:

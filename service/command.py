@@ -317,6 +317,31 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def check_folder_to_write(out: Path, flag: str = "--out") -> None:
+    """Refuses a folder to write (``flag``'s) that is a file or under one, as a usage error before any work."""
+    existing = nearest_existing(out)
+    if not existing.is_dir():
+        where = "" if existing == out else f": {existing}"
+        raise CommandError(f"{flag} {out}{where} is a file, not a folder", EXIT_USAGE)
+
+
+def check_model_folder_to_write(out: Path, flag: str = "--out") -> None:
+    """As :func:`check_folder_to_write`, and refuses a folder that holds something other than a model
+    (files, but no manifest.json): a model is written into it, or replaces it."""
+    from service.contract import MANIFEST_FILE  # here: the contract imports numpy, which a command may not need
+
+    check_folder_to_write(out, flag)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise CommandError(f"{flag} {out} exists and is not a model folder; refusing to write into it")
+
+
+def check_file_to_read(path: Path, flag: str) -> None:
+    """Refuses a file to read (``flag``'s) that is missing or a folder, as a usage error."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise CommandError(f"{flag} {path}: {what}", EXIT_USAGE)
+
+
 def debug_requested(argv: Sequence[str]) -> bool:
     """Whether ``--debug`` is among the arguments (before a ``--``)."""
     for arg in argv:

@@ -7,22 +7,13 @@ Pillow), so the command runs on the serving install, beside ``client caption``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from service.command import EXIT_USAGE, CommandError, Parser, int_in, nearest_existing, nonempty_path, seed
+from service.command import Parser, check_folder_to_write, int_in, nonempty_path, seed
 from service.datasets.scenes import write_scenes
 
 #: The most scenes one command writes: samples to look at, not a data set.
 MAX_SCENES = 10_000
 SPLITS = ("train", "validation", "test", "composition")
-
-
-def check_out(out: Path) -> None:
-    """Refuses an --out that is a file or under one, in one usage line before any scene is drawn (it was a traceback)."""
-    existing = nearest_existing(out)
-    if not existing.is_dir():
-        where = "" if existing == out else f": {existing}"
-        raise CommandError(f"--out {out}{where} is a file, not a folder", EXIT_USAGE)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -37,7 +28,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split")
     parser.add_argument("--seed", type=seed, default=0, help="the same seed writes the same scenes")
     args = parser.parse_args(list(argv))
-    check_out(args.out)
+    check_folder_to_write(args.out)
     for line in write_scenes(args.out, args.split, args.count, args.seed):
         print(line)
     return 0

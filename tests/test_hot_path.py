@@ -152,11 +152,11 @@ def test_pacing_spreads_the_streams_steps_over_each_period() -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--rate", "-1"], "--rate must be 0"),
-        (["--rate", "nan"], "--rate must be 0"),
-        (["--rate", "inf"], "--rate must be 0"),
+        (["--rate", "-1"], "--rate: -1 is out of range (0-1000000)"),
+        (["--rate", "nan"], "--rate: 'nan' is not a finite number"),
+        (["--rate", "inf"], "--rate: 'inf' is not a finite number"),
         (["--rate", "100", "--protocols", "oip"], "Session streams only"),
-        (["--streams", "0"], "argument --streams: 0 is out of range"),
+        (["--streams", "0"], "--streams: 0 is out of range"),
     ],
 )
 def test_the_harness_refuses_a_rate_it_cannot_run(

@@ -28,10 +28,10 @@ def test_a_paced_measurement_waits_for_each_release() -> None:
     ("argv", "says"),
     [
         (["--workloads", "none,disk"], "unknown workload(s) ['disk']"),
-        (["--rates", "0,fast"], "--rates takes numbers"),
-        (["--rates", "-5"], "--rates must be 0"),
-        (["--rates", "0,nan"], "--rates must be 0"),
-        (["--steps", "0"], "must be 1 or more"),
+        (["--rates", "0,fast"], "--rates: 'fast' is not a number"),
+        (["--rates", "-5"], "--rates: -5 is out of range (0-1000000)"),
+        (["--rates", "0,nan"], "--rates: 'nan' is not a finite number"),
+        (["--steps", "0"], "--steps: 0 is out of range (1 or more)"),
     ],
 )
 def test_the_probe_refuses_what_it_cannot_run(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,7 +46,7 @@ def test_every_row_is_measured_each_round_in_turn_and_the_ratios_follow() -> Non
     ("argv", "says"),
     [
         (["--base", "no-such-revision-here"], "--base no-such-revision-here: not a revision of this checkout"),
-        (["--base", "HEAD", "--model", "nothing"], "no model 'nothing'"),
+        (["--base", "HEAD", "--model", "nothing"], "no model folder 'nothing'"),
         (["--base", "HEAD", "--streams", "0"], "--streams"),
         (["--base", "HEAD", "--checkpoint-every", "x"], "--checkpoint-every"),
         (["--base", "HEAD", "--duration-s", "0"], "--duration-s"),
