@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,40 @@ def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line_and_exit_2(
             "give the weights.pt, best.pt or checkpoint.pt of a run"
         )
     assert not (tmp_path / "model").exists()
+
+
+def test_train_refuses_an_out_that_is_a_file_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a FileExistsError traceback."""
+    file = tmp_path / "runs"
+    file.write_text("")
+    for out, says in [(file, f"--out {file} is a file"), (file / "x", f"--out {file / 'x'}: {file} is a file")]:
+        argv = ["char_lm", "--out", str(out), "--steps", "1", "--quiet"]
+        code, line = one_error_line(partial(train_command, argv), capsys)
+        assert code == command.EXIT_USAGE and line == f"statestream: error: {says}, not a folder"
+
+
+def test_export_refuses_an_out_or_a_loss_curve_it_cannot_use_before_exporting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --out that is a file, or a folder of other things, was refused by a traceback after the whole
+    export (or, under a file, before it); a --loss-curve that is not there was left out without a word."""
+    checkpoint, file, other = tmp_path / "weights.pt", tmp_path / "file", tmp_path / "other"
+    checkpoint.write_text("not read: the flags are refused first")
+    file.write_text("")
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for flags, says in [
+        (["--out", str(file)], f"--out {file} is a file, not a folder"),
+        (["--out", str(other)], f"--out {other} exists and is not a model folder; refusing to write into it"),
+        (
+            ["--out", str(tmp_path / "m"), "--loss-curve", str(tmp_path / "no.png")],
+            f"--loss-curve {tmp_path / 'no.png'}: no such file",
+        ),
+        (["--out", str(tmp_path / "m"), "--loss-curve", str(other)], f"--loss-curve {other}: is a folder"),
+    ]:
+        argv = ["--checkpoint", str(checkpoint), *flags]
+        code, line = one_error_line(partial(export_command, argv), capsys)
+        assert code == command.EXIT_USAGE and line == f"statestream: error: {says}", argv
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"] and not (tmp_path / "m").exists()

@@ -27,6 +27,9 @@ from service.command import (
     MAX_DURATION_S,
     CommandError,
     Parser,
+    check_file_to_read,
+    check_folder_to_write,
+    check_model_folder_to_write,
     float_in,
     nonempty_path,
     positive_int,
@@ -87,6 +90,8 @@ def train_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.strip():  # "" would train into the current folder
         raise CommandError("--out is empty", EXIT_USAGE, hint="leave it out to write where the recipe says")
+    if args.out is not None:
+        check_folder_to_write(Path(args.out))
 
     path = args.recipe_file or _recipe_file(args.recipe)
     recipe = _load_recipe(path)
@@ -125,9 +130,10 @@ def export_command(argv: list[str]) -> int:
         help="torch's ONNX exporter; auto tries torchscript, then dynamo",
     )
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        what = "is a folder" if args.checkpoint.is_dir() else "no such file"
-        raise CommandError(f"--checkpoint {args.checkpoint}: {what}", EXIT_USAGE)
+    check_file_to_read(args.checkpoint, "--checkpoint")
+    if args.loss_curve is not None:  # else the export would ship no curve, and say nothing
+        check_file_to_read(args.loss_curve, "--loss-curve")
+    check_model_folder_to_write(args.out)  # else refused after the export's work, by a traceback
 
     from training.checkpoints import load_weights
     from training.onnx_export import ParityError
