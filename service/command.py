@@ -256,6 +256,30 @@ class InRange(Generic[N]):
         return f"{low} or more" if self.high is None else f"{low}-{_number(self.high)}"
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """An argparse ``type``: one of ``choices`` (``fold_case``: in any case, given back as typed).
+
+    Unlike argparse's ``choices``, it also checks a value set by code or an environment variable
+    (``check``), with the same message, so every way in to an option refuses alike.
+    """
+
+    choices: tuple[str, ...]
+    fold_case: bool = False
+
+    def __call__(self, text: str) -> str:
+        return self.check(text)
+
+    def check(self, value: str) -> str:
+        """``value`` itself, or OutOfRange naming it and the choices."""
+        if (value.upper() if self.fold_case else value) not in self.choices:
+            raise OutOfRange(f"{value!r} is not one of {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return ", ".join(self.choices)
+
+
 def _number(value: float) -> str:
     """``65535``, ``0.5``, ``31536000``: a bound as a reader writes it (no ``.0``, no exponent)."""
     return str(int(value)) if float(value).is_integer() else repr(value)

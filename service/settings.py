@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from service.command import (
     InRange,
+    OneOf,
     OutOfRange,
     flag_of,
     float_in,
@@ -77,7 +78,10 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free port)", "type": tcp_port})
     models_dir: Path = field(default=Path("models"), metadata={"help": "folder of model folders"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR (any case)"})
+    log_level: str = field(
+        default="INFO",
+        metadata={"help": "how much the log says (any case)", "type": OneOf(LOG_LEVELS, fold_case=True)},
+    )
     log_json: bool = field(default=False, metadata={"help": "structured JSON log lines"})
     log_session_events_per_s: float = field(
         default=20.0,
@@ -89,7 +93,8 @@ class Settings:
     )
 
     scheduler: str = field(
-        default="batched", metadata={"help": f"one of {SCHEDULERS}: 'none' runs one ORT call per step"}
+        default="batched",
+        metadata={"help": "'none' runs one ORT call per step", "type": OneOf(SCHEDULERS)},
     )
     max_batch: int = field(default=256, metadata={"help": "most session-steps in one ORT call", "type": positive_int})
     max_delay_ms: float = field(
@@ -122,13 +127,14 @@ class Settings:
         default=1, metadata={"help": "ONNX Runtime intra-op threads per model", "type": positive_int}
     )
     ort_spinning: bool = field(default=False, metadata={"help": "let ORT threads spin-wait (steals a core from gRPC)"})
-    provider: str = field(default="auto", metadata={"help": f"execution provider, one of {PROVIDERS}"})
+    provider: str = field(default="auto", metadata={"help": "the execution provider", "type": OneOf(PROVIDERS)})
     io_binding: bool = field(default=True, metadata={"help": "bind ORT inputs/outputs to preallocated buffers"})
     state_memory: str = field(
         default="auto",
         metadata={
-            "help": f"one of {STATE_MEMORIES}: where session state lives; 'device' keeps it in the execution "
-            "provider's memory (the GPU's with CUDA); 'auto' is device on CUDA, host on the CPU"
+            "help": "where session state lives; 'device' keeps it in the execution provider's memory (the "
+            "GPU's with CUDA); 'auto' is device on CUDA, host on the CPU",
+            "type": OneOf(STATE_MEMORIES),
         },
     )
 
@@ -196,8 +202,8 @@ class Settings:
     event_loop: str = field(
         default="auto",
         metadata={
-            "help": f"one of {EVENT_LOOPS}: the event loop that runs the server; 'auto' is uvloop where it is "
-            "installed, else asyncio's own"
+            "help": "the event loop that runs the server; 'auto' is uvloop where it is installed, else asyncio's own",
+            "type": OneOf(EVENT_LOOPS),
         },
     )
 
@@ -263,12 +269,6 @@ class Settings:
         return address(self.host, self.port)
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.provider not in PROVIDERS:
-            raise ValueError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
         if self.host.startswith("["):
             raise ValueError(f"host: give an IPv6 address without brackets (e.g. ::1), got {self.host!r}")
         if self.snapshot_secret and len(self.snapshot_secret.encode()) < MIN_SNAPSHOT_SECRET_BYTES:
@@ -276,10 +276,6 @@ class Settings:
                 f"snapshot_secret must be at least {MIN_SNAPSHOT_SECRET_BYTES} bytes, "
                 f"got {len(self.snapshot_secret.encode())}"
             )
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if self.state_memory not in STATE_MEMORIES:
-            raise ValueError(f"state_memory must be one of {STATE_MEMORIES}, got {self.state_memory!r}")
         for f in fields(self):
             _check_range(f, getattr(self, f.name))
         if self.session_store:
@@ -315,7 +311,7 @@ def _check_range(f: Field[Any], value: Any) -> None:
     if kind is None or value is None:
         return
     try:
-        kind.check(value) if isinstance(kind, InRange) else kind(value)
+        kind.check(value) if isinstance(kind, InRange | OneOf) else kind(value)
     except OutOfRange as exc:
         raise ValueError(f"{f.name}: {exc}") from None
 
@@ -361,6 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 default=None,
                 type=kind,
+                metavar="{" + ",".join(kind.choices) + "}" if isinstance(kind, OneOf) else None,
                 help=f"{f.metadata.get('help', '')} ({_default_text(f.default)}env {ENV_PREFIX}{f.name.upper()})",
             )
 

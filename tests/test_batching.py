@@ -691,7 +691,7 @@ def test_state_memory_auto_keeps_state_where_the_model_runs(tiny_model: LoadedMo
     assert tiny_model.state_device("auto") == HOST  # numpy's gather beats ORT's on the CPU
     assert tiny_model.state_device("host") == HOST
     assert tiny_model.state_device("device") == Device("cpu")
-    with pytest.raises(ValueError, match="state_memory must be one of"):
+    with pytest.raises(ValueError, match="state_memory: 'gpu' is not one of auto, host, device"):
         Settings(state_memory="gpu")
 
 

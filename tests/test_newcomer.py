@@ -203,13 +203,16 @@ def test_a_port_taken_after_the_commands_check_stops_the_start_and_leaves_the_ot
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (("--log-level", "loud"), ("log_level must be one of", "'loud'")),
+        (("--log-level", "loud"), ("--log-level: 'loud' is not one of DEBUG, INFO, WARNING, ERROR",)),
+        (("--scheduler", "eager"), ("--scheduler: 'eager' is not one of batched, none",)),
+        (("--provider", "tpu"), ("--provider: 'tpu' is not one of auto, cpu, cuda",)),
+        (("--state-memory", "gpu"), ("--state-memory: 'gpu' is not one of auto, host, device",)),
         (("--host", "nosuchhost.invalid"), ("--host nosuchhost.invalid: cannot resolve it",)),
         (("--host", "192.0.2.1"), ("--host 192.0.2.1: not an address of this machine",)),  # TEST-NET-1
         (("--host", "192.0.2.1", "--workers", "2"), ("--host 192.0.2.1: not an address of this machine",)),
         (("--host", "[::1]"), ("without brackets",)),
     ],
-    ids=["log-level", "unresolvable-host", "foreign-host", "foreign-host-workers", "bracketed-ipv6"],
+    ids=["log-level", "scheduler", "provider", "state-memory", "unresolvable-host", "foreign-host", "foreign-host-workers", "bracketed-ipv6"],
 )
 def test_serve_refuses_a_bad_setting_in_one_line_before_loading_models(
     shipped_server: ShippedServer, flags: tuple[str, ...], expected: tuple[str, ...]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service import cli, command, settings
-from service.command import EXIT_USAGE, InRange, Parser
+from service.command import EXIT_USAGE, InRange, OneOf, Parser
 
 COMMANDS = [c.name for c in cli.COMMANDS]
 
@@ -138,3 +138,35 @@ def test_workers_takes_a_count_or_auto(
     monkeypatch.setenv("STATESTREAM_WORKERS", workers)
     assert cli.main(["serve"]) == EXIT_USAGE
     assert f"statestream: error: STATESTREAM_WORKERS='{workers}': {message}" in capsys.readouterr().err
+
+
+CHOICE_SETTINGS = [f for f in fields(settings.Settings) if isinstance(f.metadata.get("type"), OneOf)]
+
+
+def test_the_settings_with_a_fixed_set_of_values_are_checked_as_choices() -> None:
+    assert [f.name for f in CHOICE_SETTINGS] == ["log_level", "scheduler", "provider", "state_memory", "event_loop"]
+
+
+@pytest.mark.parametrize("field", CHOICE_SETTINGS, ids=lambda f: f.name)
+def test_a_value_not_among_the_choices_is_one_line_naming_the_flag_the_variable_or_the_field(
+    field: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    choices = ", ".join(field.metadata["type"].choices)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", command.flag_of(field.name), "nope"])
+    assert exited.value.code == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"statestream: error: {command.flag_of(field.name)}: 'nope' is not one of {choices}; "
+        "see 'statestream serve --help'\n"
+    )
+    variable = settings.ENV_PREFIX + field.name.upper()
+    monkeypatch.setenv(variable, "nope")
+    assert cli.main(["serve"]) == EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"statestream: error: {variable}='nope': 'nope' is not one of {choices};")
+    with pytest.raises(ValueError, match=rf"^{field.name}: 'nope' is not one of {choices}$"):
+        settings.Settings(**{field.name: "nope"})
+
+
+def test_the_log_level_is_taken_in_any_case() -> None:
+    assert settings.parse(["--log-level", "debug"], {}).log_level == "debug"
+    assert settings.parse([], {"STATESTREAM_LOG_LEVEL": "Warning"}).log_level == "Warning"
