@@ -10,7 +10,7 @@ PORT ?= 50051
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck pytest bench protos redis-server speech-tools
+.PHONY: serve test lint typecheck pytest bench protos redis-server speech-tools valgrind
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,12 @@ speech-tools:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends espeak-ng sox; }
 
-pytest: $(VENV)/.dev redis-server speech-tools
+# loadtest.instructions counts a step's instructions under valgrind (tests/test_instructions.py).
+valgrind:
+	@command -v valgrind >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends valgrind; }
+
+pytest: $(VENV)/.dev redis-server speech-tools valgrind
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -19,7 +19,8 @@ import json
 import os
 import random
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from loadtest.scale import redis_server
 from loadtest.servers import stopping_children_on_sigterm
 from service import command, process
 from service.auth import Authenticator
-from service.command import Parser, int_in, nonempty_path, positive_int
+from service.command import InRange, OutOfRange, Parser, int_in, nonempty_path, positive_int
 from service.engine import SessionEngine
 from service.metrics import Metrics
 from service.registry import Registry
@@ -41,8 +42,33 @@ from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
 
-#: The variants of a round: no store, then a checkpoint every K acknowledged steps.
+#: The variants of a round by default: no store, then a checkpoint every K acknowledged steps.
 VARIANTS = ("none", "K=1", "K=16")
+#: The largest K a variant takes (``K=1000000``: a store connected, checkpoints only at the end).
+MAX_EVERY = 1_000_000
+
+
+@dataclass(frozen=True)
+class VariantList:
+    """An argparse type: ``none,K=16``, each ``none`` (no store) or ``K=N`` (a checkpoint every N steps, N in ``range``)."""
+
+    range: InRange[int]
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        variants = tuple(part.strip() for part in text.split(","))
+        for variant in variants:
+            if variants.count(variant) > 1:
+                raise OutOfRange(f"{variant} is given twice")
+            if variant == "none":
+                continue
+            every = variant.removeprefix("K=")
+            if every == variant:
+                raise OutOfRange(f"{variant!r} is neither 'none' nor K=N (a checkpoint every N steps)")
+            try:
+                self.range(every)
+            except OutOfRange as exc:
+                raise OutOfRange(f"{variant}: {exc}") from None
+        return variants
 
 
 class _Spread:
@@ -101,12 +127,20 @@ async def _measure_variant(
 
 
 async def drive(
-    models_dir: Path, model: str, store_url: str, redis_pid: int, streams: int, steps: int, rounds: int, spread: int = 0
+    models_dir: Path,
+    model: str,
+    store_url: str,
+    redis_pid: int,
+    streams: int,
+    steps: int,
+    rounds: int,
+    spread: int = 0,
+    variants: Sequence[str] = VARIANTS,
 ) -> list[dict[str, Any]]:
     """Every variant ``rounds`` times, alternated; the server's and Redis's CPU per step of each."""
     rows = []
     for round_index in range(rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             redis_cpu = process_cpu_s(redis_pid)
             row = await _measure_variant(variant, models_dir, model, store_url, streams, steps, spread)
             redis_us = 1e6 * (process_cpu_s(redis_pid) - redis_cpu) / row["steps"]
@@ -128,6 +162,12 @@ def parser() -> Parser:
     made.add_argument(
         "--spread", type=int_in(0, MAX_SPREAD), default=0, help="hold each request back 0 to J loop turns, at random"
     )
+    made.add_argument(
+        "--variants",
+        type=VariantList(int_in(1, MAX_EVERY)),
+        default=VARIANTS,
+        help=f"comma-separated, each none or K=N (default {','.join(VARIANTS)})",
+    )
     made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     return made
 
@@ -139,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     model_folder(made, args.models_dir, args.model)
     with redis_server() as (store_url, redis_pid):
         measured = drive(
-            args.models_dir, args.model, store_url, redis_pid, args.streams, args.steps, args.rounds, args.spread
+            args.models_dir,
+            args.model,
+            store_url,
+            redis_pid,
+            args.streams,
+            args.steps,
+            args.rounds,
+            args.spread,
+            args.variants,
         )
         for row in process.run(measured, args.event_loop):
             print(json.dumps(row))

@@ -27,6 +27,7 @@ import pytest
 from loadtest import bench, gpu_bench, load, lstm256, messages, profile_paced, servers, slo
 from loadtest.bench import main, targets_of
 from loadtest.cells import BY_THREAD, Plan, Row
+from loadtest.durable_hotpath import VariantList
 from loadtest.flags import CountList, Objective, RunTime
 from service import answer_bytes, grpc_environment
 from service.api import statestream_pb2 as pb
@@ -436,6 +437,7 @@ SPELLINGS: dict[type, Callable[[float], str]] = {
     CountList: lambda n: f"1,{n}",
     RunTime: lambda n: f"{n}s",
     Objective: lambda n: f"step={n}",
+    VariantList: lambda n: f"none,K={n}",
 }
 
 

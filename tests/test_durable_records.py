@@ -241,6 +241,19 @@ def test_the_in_process_durable_harness_measures_every_variant(store: RedisServe
     assert rows[1]["checkpoint_commands"] > 0 and rows[0]["checkpoint_commands"] == 0
 
 
+def test_the_harness_runs_the_variants_it_is_given_in_their_order(store: RedisServer) -> None:
+    """--variants K=1000,none: a store connected that checkpoints only when a stream ends, then none, twice."""
+    assert store.process is not None
+    rows = asyncio.run(
+        durable_hotpath.drive(
+            SHIPPED_MODELS, "lstm256", store.url, store.process.pid, 4, 3, 2, variants=("K=1000", "none")
+        )
+    )
+    assert [(row["round"], row["variant"]) for row in rows] == [(1, "K=1000"), (1, "none"), (2, "K=1000"), (2, "none")]
+    assert all(row["steps"] == 12 for row in rows)
+    assert rows[1]["checkpoint_commands"] == 0
+
+
 def test_the_harness_spreads_its_streams_out_of_lockstep(store: RedisServer) -> None:
     """--spread J: every step is still answered, and K = 1's checkpoints go out in more, smaller commands."""
     assert store.process is not None

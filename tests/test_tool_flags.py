@@ -30,6 +30,7 @@ MODEL_TOOLS = {
     "durable_hotpath": [],
     "fuzz": [],
     "hotpath": [],
+    "instructions": [],
     "minimal": [],
     "profile_paced": ["--rate", "10"],
     "revisions": ["--base", "HEAD"],
@@ -202,3 +203,32 @@ def test_the_envoy_config_refuses_a_replica_that_is_not_host_and_port(
 ) -> None:
     """A port of 70000 went into the config as it was; no port was an IndexError traceback."""
     assert says in refusal(partial(tool_main("front"), ["10.0.0.1:50051", target]), capsys)
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv", "says"),
+    [
+        ("durable_hotpath", ["--variants", "none,fast"], "--variants: 'fast' is neither 'none' nor K=N"),
+        ("durable_hotpath", ["--variants", "K=x"], "--variants: K=x: 'x' is not a whole number"),
+        ("durable_hotpath", ["--variants", "K=16,none,K=16"], "--variants: K=16 is given twice"),
+        ("instructions", ["--variants", "K=0"], "--variants: K=0: 0 is out of range (1-1000000)"),
+        ("instructions", ["--steps", "40,10"], "--steps takes two counts, the first below the second (got 40,10)"),
+        ("instructions", ["--steps", "10"], "--steps takes two counts, the first below the second (got 10)"),
+        ("instructions", ["--streams", "16", "--steps", "2,18"], "is 256 steps between the runs; give at least 2,000"),
+    ],
+)
+def test_the_durable_harnesses_refuse_variants_and_steps_they_cannot_run(
+    tool: str, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert says in refusal(partial(tool_main(tool), [*argv, "--models-dir", str(SHIPPED)]), capsys)
+
+
+def test_the_instruction_count_without_valgrind_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadtest import instructions
+
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
+    monkeypatch.setattr(instructions, "measure", served)  # had it gone on, the test fails rather than measures
+    line = refusal(partial(instructions.main, ["--models-dir", str(SHIPPED)]), capsys)
+    assert "valgrind is not installed" in line
