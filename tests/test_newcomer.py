@@ -212,7 +212,16 @@ def test_a_port_taken_after_the_commands_check_stops_the_start_and_leaves_the_ot
         (("--host", "192.0.2.1", "--workers", "2"), ("--host 192.0.2.1: not an address of this machine",)),
         (("--host", "[::1]"), ("without brackets",)),
     ],
-    ids=["log-level", "scheduler", "provider", "state-memory", "unresolvable-host", "foreign-host", "foreign-host-workers", "bracketed-ipv6"],
+    ids=[
+        "log-level",
+        "scheduler",
+        "provider",
+        "state-memory",
+        "unresolvable-host",
+        "foreign-host",
+        "foreign-host-workers",
+        "bracketed-ipv6",
+    ],
 )
 def test_serve_refuses_a_bad_setting_in_one_line_before_loading_models(
     shipped_server: ShippedServer, flags: tuple[str, ...], expected: tuple[str, ...]
