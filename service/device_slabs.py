@@ -114,6 +114,10 @@ class DeviceSlabs(AllocatedRows):
         self._run(self._gather, binding)
         return {name: value[0] for name, value in out.items()}
 
+    def peek_row(self, row: int) -> Mapping[str, np.ndarray]:
+        """The device's rows cannot be viewed from the host: a host copy, as ``read_row``."""
+        return self.read_row(row)
+
     def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None:
         """Sets one session's state from host arrays (``[*shape]`` each): a restore, a reset."""
         self._write(row, {s.input: np.ascontiguousarray(state[s.input], s.np_dtype)[np.newaxis] for s in self.specs})

@@ -1,7 +1,7 @@
 """Sessions that outlive their process: checkpoints to the session store, take-over and hand-over.
 
-The servicer calls four hooks, each one line: ``opened`` (the store learns the session),
-``acknowledged`` (before a state-changing request is answered), ``detached`` and ``closed``.
+The engine calls its hooks: ``opened`` (the store learns the session), ``acknowledge`` and
+``settle`` (before a state-changing request is answered), ``detached`` and ``closed``.
 Every ``checkpoint_every`` acknowledged requests of a session, its record is written before
 the answer goes out, so with K = 1 every answered step is durable. The writes of all the
 sessions whose answers are ready in the same turn of the event loop (one scheduler batch) go
@@ -49,8 +49,12 @@ class SessionMoved(Exception):
     """This process no longer answers for the session: the client must resume (UNAVAILABLE)."""
 
 
-#: A record waiting for the next flush, and the step's wait for its outcome (True: written).
-_Pending = tuple[Checkpoint, "asyncio.Future[bool]"]
+#: A checkpoint's outcome: True written, False fenced (another replica took the session over),
+#: or why the store could not take it. A result, never the future's exception: a step that
+#: stopped waiting leaves nothing unretrieved behind.
+Outcome = bool | Unavailable
+#: A record waiting for the next flush, and the step's wait for its outcome.
+_Pending = tuple[Checkpoint, "asyncio.Future[Outcome]"]
 
 
 @dataclass(slots=True)
@@ -96,8 +100,8 @@ class DurableSessions:
         if session.replies:
             seq, (reply_kind, encoded) = next(reversed(session.replies.items()))
             if seq == session.last_seq:
-                kind, reply = reply_kind.value, encoded
-        rows = session.runtime.slabs.read_row(session.row)
+                kind, reply = reply_kind._value_, encoded  # not .value: a descriptor call, every record
+        rows = session.runtime.slabs.peek_row(session.row)  # encoded before anything can move it
         return held.encoder.encode(session.last_seq, (rows, session.initial, session.scratch), kind, reply)
 
     def _holding(self, session: Session) -> _Held:
@@ -152,11 +156,29 @@ class DurableSessions:
             self._held.pop(session.id, None)
             raise
 
-    async def acknowledged(self, session: Session) -> None:
-        """Called with the session's lock held, after a request was applied and before it is answered."""
+    def acknowledge(self, session: Session) -> asyncio.Future[Outcome] | None:
+        """Called with the session's lock held, after a request was applied and before it is answered:
+        None, or the future of the checkpoint now due, whose outcome the caller hands to ``settle``.
+
+        Not a coroutine: most requests write nothing, and the one that does waits on its future
+        directly, a chain of coroutines fewer to resume (the engine's hot path).
+        """
         session.unsaved += 1
         if self.every and session.unsaved >= self.every:
-            await self._save(session)
+            return self._enqueue(session)
+        return None
+
+    def settle(self, session: Session, outcome: Outcome) -> None:
+        """The request is acknowledged if its checkpoint was written; else the session is dropped here
+        and SessionMoved raised (the client resumes where the session is now)."""
+        if outcome is True:
+            session.unsaved = 0
+            return
+        if isinstance(outcome, Unavailable):
+            self._drop(session, "store_unavailable")
+            raise SessionMoved(f"the session could not be checkpointed: {outcome.message}; resume it") from outcome
+        self._drop(session, "fenced")
+        raise SessionMoved("another replica has taken this session over; resume it there")
 
     def detached(self, session: Session) -> None:
         """Its stream ended: checkpoint now, so a resume elsewhere finds the latest state."""
@@ -241,8 +263,15 @@ class DurableSessions:
 
     async def _save(self, session: Session) -> None:
         """Writes the session's record, in the next pipelined batch; drops the session if refused."""
+        self.settle(session, await self._enqueue(session))
+
+    def _enqueue(self, session: Session) -> asyncio.Future[Outcome]:
+        """The session's record, queued for the next flush (this turn's); the future of its outcome.
+
+        A cancelled wait cancels only the future: the flush skips it, the write still goes out.
+        """
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
+        done: asyncio.Future[Outcome] = loop.create_future()
         held = self._holding(session)
         record, now = self._record(session, held), time.monotonic()
         refresh = now - held.refreshed >= self.redis.refresh_s
@@ -252,15 +281,7 @@ class DurableSessions:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
-        try:  # a cancelled wait cancels only this future: the flush skips it, the write still goes out
-            written = await done
-        except Unavailable as exc:
-            self._drop(session, "store_unavailable")
-            raise SessionMoved(f"the session could not be checkpointed: {exc.message}; resume it") from exc
-        if not written:
-            self._drop(session, "fenced")
-            raise SessionMoved("another replica has taken this session over; resume it there")
-        session.unsaved = 0
+        return done
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -276,7 +297,7 @@ class DurableSessions:
             self.metrics.checkpoint_failures.labels("unavailable").inc(len(batch))
             for _, done in batch:
                 if not done.done():
-                    done.set_exception(exc)
+                    done.set_result(exc)
             return
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         self.metrics.checkpoint_bytes.inc(sum(len(checkpoint.record) for checkpoint, _ in batch))

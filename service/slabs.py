@@ -84,7 +84,8 @@ class Slabs(Protocol):
     ``gather``/``scatter`` move a batch's rows to and from a call's state buffers (``[B, *shape]``
     per state input name); the ``_row`` variants are the batch-1 direct path; ``read_row`` /
     ``write_row`` / ``copy_row`` are the rare row operations (snapshot, restore, reset, fork),
-    always through host arrays of one row's shape, and move whole rows: state and context.
+    always through host arrays of one row's shape, and move whole rows: state and context;
+    ``peek_row`` is ``read_row`` without a copy where the rows are on the host (a checkpoint).
     ``gather`` fills the state and context inputs; ``scatter`` writes the state only.
     """
 
@@ -106,6 +107,7 @@ class Slabs(Protocol):
     def scatter(self, rows: np.ndarray, state: Mapping[str, StateBuffer]) -> None: ...
     def scatter_row(self, row: int, state: Mapping[str, StateBuffer]) -> None: ...
     def read_row(self, row: int) -> dict[str, np.ndarray]: ...
+    def peek_row(self, row: int) -> Mapping[str, np.ndarray]: ...
     def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None: ...
     def copy_row(self, source: int, target: int) -> None: ...
 
@@ -180,6 +182,11 @@ class StateSlabs(AllocatedRows):
     def read_row(self, row: int) -> dict[str, np.ndarray]:
         """A copy of one session's state, e.g. for a snapshot."""
         return {name: array[row].copy() for name, array in self.arrays.items()}
+
+    def peek_row(self, row: int) -> Mapping[str, np.ndarray]:
+        """One session's state as it is now, for a caller that copies it before anything can run
+        (a checkpoint record's bytes): views into the slab, no copy of their own."""
+        return {name: array[row] for name, array in self.arrays.items()}
 
     def write_row(self, row: int, state: Mapping[str, np.ndarray]) -> None:
         """Sets one session's whole row (state and context) from host arrays: a restore, a reset."""

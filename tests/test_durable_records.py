@@ -393,7 +393,7 @@ def test_a_replicas_checkpoints_refresh_a_sessions_expiry_only_when_due(lm_dir: 
 
 def _fake_session(owner: str, top_k: int, runtime: object) -> SimpleNamespace:
     rows = {"h": np.arange(4, dtype=np.float32).reshape(1, 4)}
-    runtime.slabs = SimpleNamespace(read_row=lambda row: {k: v.copy() for k, v in rows.items()})  # type: ignore[attr-defined]
+    runtime.slabs = SimpleNamespace(peek_row=lambda row: rows)  # type: ignore[attr-defined]
     return SimpleNamespace(
         id="abc", runtime=runtime, owner=owner, options=SimpleNamespace(top_k=top_k, return_tensors=("y",)),
         replies={3: (ReplyKind.STEP, b"\x08\x03")}, last_seq=3, row=0, initial=None, scratch={},

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from service.redis_line import LineBroken, RedisLine
+from service.redis_line import LineBroken, RedisLine, _Waiting
 from tests.cluster import RedisServer, redis_server
 
 
@@ -190,3 +190,32 @@ def test_a_sender_waiting_for_a_stopped_redis_to_take_its_bytes_is_freed_when_th
     waited, after = asyncio.run(scenario())
     assert waited < 3, f"the sender was held {waited:.1f} s"
     assert after == b"after"
+
+
+def test_replies_cut_anywhere_by_the_socket_are_each_read_whole_once() -> None:
+    """The reader parses whatever has arrived; a reply split across reads, at any byte, is read
+    when its rest comes, and no reply is read twice or skipped."""
+    replies = [
+        b"+OK\r\n",
+        b"$-1\r\n",
+        b":42\r\n",
+        b"$7\r\nab\r\n$-1\r\n",
+        b"-NOSCRIPT none\r\n",
+        b"_\r\n",
+        b"$0\r\n\r\n",
+    ]
+    stream = b"".join(replies)
+    expected = [b"OK", None, 42, b"ab\r\n$-1", "NOSCRIPT none", None, b""]
+
+    async def read_in_two(cut: int) -> list[object]:
+        line = RedisLine(aredis.ConnectionPool(), reply_timeout_s=5.0)
+        future = asyncio.get_running_loop().create_future()
+        line._waiting.append(_Waiting(future, len(replies)))  # as call_many leaves a batch sent
+        left = line._deliver(stream[:cut])
+        assert line._deliver(left + stream[cut:]) == b""
+        return list(await future)
+
+    for cut in range(len(stream) + 1):
+        got = asyncio.run(read_in_two(cut))
+        assert [str(v) if isinstance(v, Exception) else v for v in got] == expected, cut
+        assert isinstance(got[4], NoScriptError)
