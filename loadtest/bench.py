@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from loadtest.cells import BY_THREAD, STREAMS_QUICK, Cell, Plan, Row, Target, measure, median, summarize
-from loadtest.flags import CountList, model_folder
+from loadtest.flags import CountList, NameList, model_folder
 from loadtest.load import LoadResult, create_sessions
 from loadtest.machine import NoiseGuard
 from loadtest.ortrate import OrtBench
@@ -490,6 +490,7 @@ def parser() -> Parser:
     )
     parser.add_argument(
         "--variants",
+        type=NameList((*Plan.variants, "oip")),
         help="comma-separated subset of echo,naive,minimal,statestream,chunked,multiplexed,oip (default: all but oip)",
     )
     parser.add_argument(
@@ -556,11 +557,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
     if args.streams:
         changes["streams"] = args.streams
     if args.variants:
-        changes["variants"] = tuple(v.strip() for v in args.variants.split(","))
-        known = (*Plan.variants, "oip")
-        unknown = set(changes["variants"]) - set(known)
-        if unknown:
-            raise CommandError(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(known)}", EXIT_USAGE)
+        changes["variants"] = args.variants
     if args.rate is not None:
         changes["rate"] = args.rate
     if args.arrivals is not None:

@@ -65,6 +65,22 @@ class Objective:
             raise OutOfRange(f"the p99 objective of {name!r} in ms: {exc}") from None
 
 
+@dataclass(frozen=True)
+class NameList:
+    """``a,b``: comma-separated names, each one of ``choices``, none twice; a tuple in the order given."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(","))
+        for name in names:
+            if name not in self.choices:
+                raise OutOfRange(f"{name!r} is not one of {', '.join(self.choices)}")
+            if names.count(name) > 1:
+                raise OutOfRange(f"{name} is given twice")
+        return names
+
+
 def model_folder(parser: argparse.ArgumentParser, models_dir: Path, model: str, *, tasks: Collection[str] = ()) -> Path:
     """``models_dir/model``, a model folder (of one of ``tasks``, where given); else a usage error
     naming ``--models-dir`` and ``--model``, before anything starts."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.flags import CountList, model_folder
+from loadtest.flags import CountList, NameList, model_folder
 from loadtest.load import _random_steps, model_fields, model_inputs
 from loadtest.messages import open_request, session_step_request, tensors_input, text_input
 from loadtest.pacing import Pacing, paced_rate
@@ -46,6 +46,9 @@ from service.servicers.wire import serialize
 from service.session_store import SessionStore
 from service.settings import EVENT_LOOPS, Settings
 from service.tasks import driver_class
+
+#: The protocols a run can drive: statestream's Session stream, and OIP's ModelStreamInfer.
+PROTOCOLS = ("statestream", "oip")
 
 
 def step_inputs(manifest: Manifest, count: int, seed: int = 0) -> list[bytes]:
@@ -257,7 +260,10 @@ def parser() -> Parser:
     )
     made.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto", help="as statestream serve's")
     made.add_argument(
-        "--protocols", default="statestream", help="comma-separated: statestream (Session), oip (ModelStreamInfer)"
+        "--protocols",
+        type=NameList(PROTOCOLS),
+        default="statestream",
+        help="comma-separated: statestream (Session), oip (ModelStreamInfer)",
     )
     made.add_argument("--rounds", type=positive_int, default=1, help="measurements of each run, protocols alternated")
     made.add_argument(
@@ -277,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(steps) not in (1, len(streams)):
         made.error(f"--steps gives {len(steps)} counts for {len(streams)} stream counts: give one, or one each")
     runs = list(zip(streams, steps * len(streams) if len(steps) == 1 else steps, strict=True))
-    protocols = tuple(args.protocols.split(","))
-    unknown = sorted(set(protocols) - {"statestream", "oip"})
-    if unknown:
-        made.error(f"unknown protocol(s) {unknown}: choose from statestream, oip")
+    protocols = args.protocols
     if args.rate and protocols != ("statestream",):
         made.error("--rate paces Session streams only: leave out --protocols")
     measured = drive(

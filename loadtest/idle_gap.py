@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from loadtest.flags import CountList
+from loadtest.flags import CountList, NameList
 from loadtest.pacing import Pacing, paced_rate
 from service import process
 from service.command import Parser, positive_int
@@ -86,7 +86,12 @@ async def measure_all(
 
 def parser() -> Parser:
     made = Parser(prog="python -m loadtest.idle_gap", description=__doc__.split("\n\n")[0])
-    made.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    made.add_argument(
+        "--workloads",
+        type=NameList(tuple(WORKLOADS)),
+        default=",".join(WORKLOADS),
+        help="comma-separated, in that order",
+    )
     made.add_argument(
         "--rates",
         type=CountList(paced_rate),
@@ -102,10 +107,7 @@ def parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     made = parser()
     args = made.parse_args(argv)
-    workloads = args.workloads.split(",")
-    unknown = sorted(set(workloads) - set(WORKLOADS))
-    if unknown:
-        made.error(f"unknown workload(s) {unknown}: choose from {', '.join(WORKLOADS)}")
+    workloads = list(args.workloads)
     rates = list(args.rates)
     for row in process.run(measure_all(workloads, rates, args.steps, args.rounds), args.event_loop):
         print(json.dumps(row))

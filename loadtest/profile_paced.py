@@ -26,7 +26,7 @@ from tempfile import TemporaryDirectory
 
 from loadtest.bench import server_variants
 from loadtest.cells import Cell, Plan, measure
-from loadtest.flags import model_folder
+from loadtest.flags import NameList, model_folder
 from loadtest.servers import stopping_children_on_sigterm
 from service import command
 from service.command import EXIT_USAGE, CommandError, Parser, float_in, int_in, nonempty_path, positive_int
@@ -125,7 +125,9 @@ def format_table(profiles: Sequence[Profile]) -> str:
 def parser() -> Parser:
     made = Parser(prog="python -m loadtest.profile_paced", description=__doc__.split("\n\n")[0])
     made.add_argument("--rate", type=float_in(1, 1_000_000), required=True, help="messages a second, all streams")
-    made.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    made.add_argument(
+        "--variants", type=NameList(VARIANTS), default=",".join(VARIANTS), help="comma-separated, in that order"
+    )
     made.add_argument("--streams", type=positive_int, default=256, help="streams (default 256)")
     made.add_argument("--models-dir", type=nonempty_path, default=Path("models"))
     made.add_argument("--model", default="lstm256")
@@ -140,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         made = parser()
         args = made.parse_args(argv)
-        variants = [v for v in args.variants.split(",") if v]
-        unknown = sorted(set(variants) - set(VARIANTS))
-        if unknown or not variants:
-            raise CommandError(f"--variants: {','.join(unknown) or 'none given'}; take {', '.join(VARIANTS)}")
+        variants = list(args.variants)
         model_folder(made, args.models_dir, args.model)
         if shutil.which("perf") is None:
             raise CommandError("perf is not installed", hint="install Linux's perf tool (Debian: linux-perf)")

@@ -28,7 +28,7 @@ from loadtest import bench, gpu_bench, load, lstm256, messages, profile_paced, s
 from loadtest.bench import main, targets_of
 from loadtest.cells import BY_THREAD, Plan, Row
 from loadtest.durable_hotpath import VariantList
-from loadtest.flags import CountList, Objective, RunTime
+from loadtest.flags import CountList, NameList, Objective, RunTime
 from service import answer_bytes, grpc_environment
 from service.api import statestream_pb2 as pb
 from service.command import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, InRange, Parser, nonempty_path
@@ -464,7 +464,12 @@ def test_every_numeric_flag_refuses_a_value_out_of_its_range_in_one_line(
     assert isinstance(parser, Parser)  # the project's: a usage error is one line (argparse's own prints the usage too)
     flags = [action for action in parser._actions if action.option_strings]
     paths = (Path, nonempty_path)
-    unchecked = [a.option_strings[0] for a in flags if range_of(a.type) is None and a.type not in (None, *paths)]
+    names = [a for a in flags if isinstance(a.type, NameList)]  # a list of names takes no number
+    unchecked = [
+        a.option_strings[0]
+        for a in flags
+        if range_of(a.type) is None and a.type not in (None, *paths) and a not in names
+    ]
     assert not unchecked  # a flag that takes a number takes it range-checked
     numeric = [action for action in flags if range_of(action.type) is not None]
     assert numeric or tool in NO_NUMBERS  # the loop below is not empty
@@ -561,7 +566,7 @@ def test_perfs_shared_objects_are_summed_into_the_libraries_a_reader_knows() -> 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--rate", "100", "--variants", "echo,bogus"], "--variants: bogus; take echo, minimal, statestream"),
+        (["--rate", "100", "--variants", "echo,bogus"], "--variants: 'bogus' is not one of echo, minimal, statestream"),
         (["--rate", "0"], "--rate: 0"),
         (["--rate", "100", "--model", "nope"], "no model folder 'nope' in"),
         (["--variants", "echo"], "--rate"),
@@ -587,3 +592,21 @@ def test_the_profiler_says_when_perf_is_missing(
     assert capsys.readouterr().err.splitlines() == [
         "statestream: error: perf is not installed; install Linux's perf tool (Debian: linux-perf)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("variants", "says"),
+    [
+        ("echo,nope", "--variants: 'nope' is not one of echo, naive, minimal, statestream, chunked, multiplexed, oip"),
+        ("echo,echo", "--variants: echo is given twice"),
+    ],
+)
+def test_the_bench_refuses_a_variant_it_does_not_have_in_one_line(
+    variants: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.parser().parse_args(["--variants", variants])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert bench.parser().parse_args(["--variants", "oip,echo"]).variants == ("oip", "echo")

@@ -156,6 +156,8 @@ def test_pacing_spreads_the_streams_steps_over_each_period() -> None:
         (["--rate", "nan"], "--rate: 'nan' is not a finite number"),
         (["--rate", "inf"], "--rate: 'inf' is not a finite number"),
         (["--rate", "100", "--protocols", "oip"], "Session streams only"),
+        (["--protocols", "statestream,grpc"], "--protocols: 'grpc' is not one of statestream, oip"),
+        (["--protocols", "oip,oip"], "--protocols: oip is given twice"),
         (["--streams", "0"], "--streams: 0 is out of range"),
     ],
 )

@@ -27,7 +27,8 @@ def test_a_paced_measurement_waits_for_each_release() -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--workloads", "none,disk"], "unknown workload(s) ['disk']"),
+        (["--workloads", "none,disk"], "--workloads: 'disk' is not one of none, python, numpy, both"),
+        (["--workloads", "none,none"], "--workloads: none is given twice"),
         (["--rates", "0,fast"], "--rates: 'fast' is not a number"),
         (["--rates", "-5"], "--rates: -5 is out of range (0-1000000)"),
         (["--rates", "0,nan"], "--rates: 'nan' is not a finite number"),
