@@ -352,10 +352,10 @@ def check_folder_to_write(out: Path, flag: str = "--out") -> None:
 def check_model_folder_to_write(out: Path, flag: str = "--out") -> None:
     """As :func:`check_folder_to_write`, and refuses a folder that holds something other than a model
     (files, but no manifest.json): a model is written into it, or replaces it."""
-    from service.contract import MANIFEST_FILE  # here: the contract imports numpy, which a command may not need
+    from service.contract import holds_something_else  # here: the contract imports numpy, which a command may not need
 
     check_folder_to_write(out, flag)
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+    if holds_something_else(out):
         raise CommandError(f"{flag} {out} exists and is not a model folder; refusing to write into it")
 
 

@@ -32,6 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
+
+def holds_something_else(out: Path) -> bool:
+    """Whether ``out`` is there and is not a model folder (nor an empty one): a command that writes a
+    model there (export, import, the lstm256 builder) never replaces it."""
+    return out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists()))
+
+
 #: Tensors by name: a step's inputs or outputs, a session's state row, a graph's feed.
 Arrays = dict[str, np.ndarray]
 

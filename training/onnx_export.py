@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from service.contract import (
-    MANIFEST_FILE,
     Arrays,
     ContractError,
     GoldenTrace,
     Manifest,
     check_graph,
     check_init_graph,
+    holds_something_else,
     replay_golden,
 )
 from training.nets.step import StepNet
@@ -276,9 +276,9 @@ def self_check(folder: Path) -> float:
 
 def _install(staging: Path, out: Path) -> None:
     """Move the checked staging folder to ``out``, replacing an earlier model folder only."""
+    if holds_something_else(out):
+        raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it")
     if out.exists():
-        if any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
-            raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it")
         shutil.rmtree(out)
     staging.rename(out)
 

@@ -23,7 +23,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     cannot be made was a traceback, and one that is not a model folder was refused, only after
     the import's checks had run.
     """
-    from service.importer.folder import holds_something_else
+    from service.contract import holds_something_else
     from service.tasks import known_tasks
 
     if args.task not in known_tasks():

@@ -16,7 +16,6 @@ from pathlib import Path
 import onnx
 
 from service.contract import (
-    MANIFEST_FILE,
     ContractError,
     GoldenTrace,
     Manifest,
@@ -24,6 +23,7 @@ from service.contract import (
     TensorSpec,
     check_graph,
     check_model_name,
+    holds_something_else,
     replay_golden,
 )
 from service.importer.proof import OriginalGraph, check_batch_invariance, open_graph
@@ -133,11 +133,6 @@ def _check_task_fit(manifest: Manifest) -> None:
         driver_class(manifest.task).check_manifest(manifest)
     except ContractError as exc:
         raise ImportRefused(f"task {manifest.task!r} cannot serve this graph: {exc}") from None
-
-
-def holds_something_else(out: Path) -> bool:
-    """Whether ``out`` is there and is not a model folder (nor an empty one): an import never replaces it."""
-    return out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists()))
 
 
 def _install(out: Path, wrapped: bytes, manifest: Manifest) -> None:
